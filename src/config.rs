@@ -1,0 +1,176 @@
+//! Environment → typed configuration. One table per binary (name, default,
+//! meaning) feeds `--help`, the parser and the README.
+
+use std::fmt;
+use std::time::Duration;
+
+/// One setting: its variable, default (empty = none) and meaning.
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+pub const HOOK_SETTINGS: &[Setting] = &[
+    Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
+    Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
+    Setting { name: "HOOK_TOKEN", default: "", doc: "secret token for signatures; unset: generated once and shared through Redis" },
+    Setting { name: "HOOK_THREADS", default: "16", doc: "request worker threads" },
+    Setting { name: "HOOK_MAX_BODY", default: "26214400", doc: "largest accepted request body, in bytes (GitHub's cap is 25 MiB)" },
+    Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
+];
+
+pub const SLAVE_SETTINGS: &[Setting] = &[
+    Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
+    Setting { name: "SLAVE_CLUSTER", default: "slave", doc: "cluster name: `slave` or `slave-<cap>-<cap>...`; hints pick clusters by these caps" },
+    Setting { name: "SLAVE_INDEX", default: "", doc: "fixed index in the cluster; unset: the lowest free index is claimed" },
+    Setting { name: "SLAVE_CACHE", default: "/var/cache/ci", doc: "directory of the cached clones, one per repository and branch" },
+    Setting { name: "SLAVE_BUILD_TIMEOUT", default: "3600", doc: "seconds a whole build may run before its processes are killed" },
+    Setting { name: "SLAVE_LEASE", default: "10", doc: "membership lease, in seconds; a silent slave loses its index after it" },
+    Setting { name: "SLAVE_GRACE", default: "30", doc: "seconds a running build may still take after SIGTERM/SIGINT" },
+    Setting { name: "GIT_USERNAME", default: "", doc: "user for https clones (given to git only)" },
+    Setting { name: "GIT_PASSWORD", default: "", doc: "password or token for https clones (given to git only)" },
+    Setting { name: "GIT_NETRC", default: "", doc: "a netrc file with credentials, instead of GIT_USERNAME/GIT_PASSWORD" },
+    Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
+];
+
+/// A bad value in the environment, quoted with what was expected.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The `--help` text of a binary.
+pub fn help(binary: &str, about: &str, settings: &[Setting]) -> String {
+    let mut out = format!("{binary} — {about}\n\nConfiguration (environment variables):\n");
+    for s in settings {
+        let default = if s.default.is_empty() { "(unset)" } else { s.default };
+        out.push_str(&format!("  {:<20} {:<26} {}\n", s.name, default, s.doc));
+    }
+    out
+}
+
+fn raw(settings: &[Setting], name: &str) -> Option<String> {
+    let default = settings.iter().find(|s| s.name == name).map(|s| s.default).unwrap_or("");
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+        _ if !default.is_empty() => Some(default.to_string()),
+        _ => None,
+    }
+}
+
+fn number<T: std::str::FromStr>(settings: &[Setting], name: &str, what: &str) -> Result<T, ConfigError> {
+    let value = raw(settings, name).unwrap_or_default();
+    value
+        .parse()
+        .map_err(|_| ConfigError(format!("{name}={value:?}: expected {what}")))
+}
+
+#[derive(Debug, Clone)]
+pub struct HookConfig {
+    pub addr: String,
+    pub redis_url: String,
+    pub token: Option<String>,
+    pub threads: usize,
+    pub max_body: u64,
+}
+
+impl HookConfig {
+    pub fn from_env() -> Result<HookConfig, ConfigError> {
+        let s = HOOK_SETTINGS;
+        let threads: usize = number(s, "HOOK_THREADS", "a number of threads")?;
+        if threads == 0 {
+            return Err(ConfigError("HOOK_THREADS=\"0\": expected at least 1".into()));
+        }
+        Ok(HookConfig {
+            addr: raw(s, "HOOK_ADDR").unwrap_or_default(),
+            redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
+            token: raw(s, "HOOK_TOKEN"),
+            threads,
+            max_body: number(s, "HOOK_MAX_BODY", "a number of bytes")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SlaveConfig {
+    pub redis_url: String,
+    pub cluster: String,
+    pub index: Option<u32>,
+    pub cache: std::path::PathBuf,
+    pub build_timeout: Duration,
+    pub lease: Duration,
+    pub grace: Duration,
+    pub git: GitCredentials,
+}
+
+/// Credentials handed to git alone: never logged, never in a build's env.
+#[derive(Clone, Default)]
+pub struct GitCredentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub netrc: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GitCredentials(..)")
+    }
+}
+
+impl SlaveConfig {
+    pub fn from_env() -> Result<SlaveConfig, ConfigError> {
+        let s = SLAVE_SETTINGS;
+        let cluster = raw(s, "SLAVE_CLUSTER").unwrap_or_default();
+        if crate::routing::cluster_tokens(&cluster).is_none() {
+            return Err(ConfigError(format!(
+                "SLAVE_CLUSTER={cluster:?}: expected `slave` or `slave-<cap>-<cap>...` (letters, digits, `_`)"
+            )));
+        }
+        let index = match raw(s, "SLAVE_INDEX") {
+            None => None,
+            Some(_) => Some(number(s, "SLAVE_INDEX", "a slave index (0, 1, ...)")?),
+        };
+        let secs = |name: &str| -> Result<Duration, ConfigError> {
+            let n: u64 = number(s, name, "a number of seconds")?;
+            if n == 0 {
+                return Err(ConfigError(format!("{name}=\"0\": expected at least 1 second")));
+            }
+            Ok(Duration::from_secs(n))
+        };
+        Ok(SlaveConfig {
+            redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
+            cluster,
+            index,
+            cache: raw(s, "SLAVE_CACHE").unwrap_or_default().into(),
+            build_timeout: secs("SLAVE_BUILD_TIMEOUT")?,
+            lease: secs("SLAVE_LEASE")?,
+            grace: secs("SLAVE_GRACE")?,
+            git: GitCredentials {
+                username: raw(s, "GIT_USERNAME"),
+                password: raw(s, "GIT_PASSWORD"),
+                netrc: raw(s, "GIT_NETRC").map(Into::into),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_setting_with_its_default() {
+        let text = help("hook", "about", HOOK_SETTINGS);
+        for s in HOOK_SETTINGS {
+            assert!(text.contains(s.name), "{} missing", s.name);
+        }
+        assert!(text.contains("26214400"));
+    }
+}

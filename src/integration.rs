@@ -1,0 +1,310 @@
+//! `integration.yml` → steps. Parses and checks; runs nothing.
+//!
+//! The YAML event stream is consumed here rather than through a document
+//! loader so that aliases and nesting are bounded (an alias bomb is refused,
+//! not expanded) and every error names its line, step and key.
+
+use std::fmt;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Largest `integration.yml` read, in bytes.
+pub const MAX_FILE: usize = 1 << 20;
+const MAX_NODES: usize = 10_000;
+const MAX_DEPTH: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub title: String,
+    pub shell: Vec<String>,
+    /// Relative to the checkout; checked lexically to stay inside it.
+    pub cwd: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub debug: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct IntegrationError(pub String);
+
+impl fmt::Display for IntegrationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Scalar { value: String, plain: bool, line: usize },
+    Seq { items: Vec<Node>, line: usize },
+    Map { entries: Vec<(String, Node)>, line: usize },
+}
+
+impl Node {
+    fn line(&self) -> usize {
+        match self {
+            Node::Scalar { line, .. } | Node::Seq { line, .. } | Node::Map { line, .. } => *line,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Node::Scalar { .. } => 1,
+            Node::Seq { items, .. } => 1 + items.iter().map(Node::size).sum::<usize>(),
+            Node::Map { entries, .. } => 1 + entries.iter().map(|(_, v)| 1 + v.size()).sum::<usize>(),
+        }
+    }
+}
+
+enum Frame {
+    Seq(Vec<Node>, usize, usize),
+    /// entries, pending key, line, anchor
+    Map(Vec<(String, Node)>, Option<String>, usize, usize),
+}
+
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    anchors: std::collections::HashMap<usize, Node>,
+    root: Option<Node>,
+    nodes: usize,
+    error: Option<String>,
+}
+
+impl Builder {
+    fn fail(&mut self, msg: String) {
+        if self.error.is_none() {
+            self.error = Some(msg);
+        }
+    }
+
+    fn push_node(&mut self, node: Node, anchor: usize) {
+        self.nodes += node.size();
+        if self.nodes > MAX_NODES {
+            return self.fail(format!("line {}: document too large (over {MAX_NODES} nodes, aliases counted expanded)", node.line()));
+        }
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq(items, ..)) => items.push(node),
+            Some(Frame::Map(entries, key, ..)) => match key.take() {
+                Some(k) => entries.push((k, node)),
+                None => match node {
+                    Node::Scalar { value, .. } => *key = Some(value),
+                    other => {
+                        let line = other.line();
+                        self.fail(format!("line {line}: mapping keys must be plain strings"))
+                    }
+                },
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        let line = mark.line();
+        match ev {
+            Event::Scalar(value, style, anchor, _) => {
+                let plain = style == TScalarStyle::Plain;
+                self.push_node(Node::Scalar { value, plain, line }, anchor)
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) if self.stack.len() >= MAX_DEPTH => {
+                let _ = anchor;
+                self.fail(format!("line {line}: nested deeper than {MAX_DEPTH} levels"))
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq(Vec::new(), line, anchor)),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, line, anchor)),
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq(items, line, anchor)) = self.stack.pop() {
+                    self.nodes -= items.iter().map(Node::size).sum::<usize>();
+                    self.push_node(Node::Seq { items, line }, anchor)
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map(entries, _, line, anchor)) = self.stack.pop() {
+                    self.nodes -= entries.iter().map(|(_, v)| v.size()).sum::<usize>();
+                    self.push_node(Node::Map { entries, line }, anchor)
+                }
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(node) => self.push_node(node, 0),
+                None => self.fail(format!("line {line}: unknown alias")),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Parses `integration.yml`'s text into steps.
+pub fn parse(text: &str) -> Result<Vec<Step>, IntegrationError> {
+    let err = |m: String| IntegrationError(format!("integration.yml {m}"));
+    if text.len() > MAX_FILE {
+        return Err(err(format!("is larger than {MAX_FILE} bytes")));
+    }
+    let mut builder = Builder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, false) {
+        return Err(err(format!("line {}: invalid YAML: {}", e.marker().line(), e.info())));
+    }
+    if let Some(e) = builder.error {
+        return Err(err(e));
+    }
+    let steps = match builder.root {
+        None => return Err(err("line 1: is empty: expected a step or a list of steps".into())),
+        Some(Node::Seq { items, .. }) => items,
+        Some(map @ Node::Map { .. }) => vec![map],
+        Some(Node::Scalar { line, .. }) => return Err(err(format!("line {line}: expected a step (a mapping) or a list of steps"))),
+    };
+    if steps.is_empty() {
+        return Err(err("line 1: holds no steps".into()));
+    }
+    steps.iter().enumerate().map(|(i, node)| step(i + 1, node).map_err(&err)).collect()
+}
+
+fn step(number: usize, node: &Node) -> Result<Step, String> {
+    let Node::Map { entries, line } = node else {
+        return Err(format!("line {}, step {number}: expected a mapping with \"step\" and \"shell\"", node.line()));
+    };
+    let title = entries.iter().find(|(k, _)| k == "step").and_then(|(_, v)| match v {
+        Node::Scalar { value, .. } => Some(value.clone()),
+        _ => None,
+    });
+    let at = |line: usize| match &title {
+        Some(t) => format!("line {line}, step {number} ({t:?})"),
+        None => format!("line {line}, step {number}"),
+    };
+    let mut s = Step { title: String::new(), shell: Vec::new(), cwd: None, env: Vec::new(), debug: false };
+    let (mut has_title, mut has_shell) = (false, false);
+    for (key, value) in entries {
+        let vline = value.line();
+        match (key.as_str(), value) {
+            ("step", Node::Scalar { value, .. }) => {
+                s.title = value.clone();
+                has_title = true;
+            }
+            ("step", _) => return Err(format!("{}: \"step\" must be a string", at(vline))),
+            ("shell", Node::Scalar { value, .. }) => {
+                s.shell = vec![value.clone()];
+                has_shell = true;
+            }
+            ("shell", Node::Seq { items, .. }) => {
+                for item in items {
+                    match item {
+                        Node::Scalar { value, .. } => s.shell.push(value.clone()),
+                        _ => return Err(format!("{}: \"shell\" must be a string or a list of strings", at(item.line()))),
+                    }
+                }
+                has_shell = true;
+            }
+            ("shell", _) => return Err(format!("{}: \"shell\" must be a string or a list of strings", at(vline))),
+            ("cwd", Node::Scalar { value, .. }) => s.cwd = Some(check_cwd(value).map_err(|m| format!("{}: {m}", at(vline)))?),
+            ("cwd", _) => return Err(format!("{}: \"cwd\" must be a string", at(vline))),
+            ("env", Node::Map { entries, .. }) => {
+                for (k, v) in entries {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') {
+                        return Err(format!("{}: env name {k:?} is not a variable name", at(v.line())));
+                    }
+                    match v {
+                        Node::Scalar { value, plain, .. } => {
+                            let null = *plain && matches!(value.as_str(), "~" | "null" | "");
+                            s.env.push((k.clone(), if null { String::new() } else { value.clone() }))
+                        }
+                        _ => return Err(format!("{}: env value of {k:?} must be a string, number or boolean", at(v.line()))),
+                    }
+                }
+            }
+            ("env", _) => return Err(format!("{}: \"env\" must be a mapping of names to values", at(vline))),
+            ("debug", Node::Scalar { value, plain: true, .. }) if matches!(value.as_str(), "true" | "false" | "True" | "False" | "yes" | "no") => {
+                s.debug = matches!(value.as_str(), "true" | "True" | "yes");
+            }
+            ("debug", _) => return Err(format!("{}: \"debug\" must be true or false", at(vline))),
+            (other, _) => {
+                return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug)", at(vline)))
+            }
+        }
+    }
+    if !has_title {
+        return Err(format!("{}: \"step\" (the title) is required", at(*line)));
+    }
+    if !has_shell {
+        return Err(format!("{}: \"shell\" is required", at(*line)));
+    }
+    Ok(s)
+}
+
+/// A `cwd` must stay inside the checkout: relative, and no `..` that climbs
+/// above its root. Symlinks are checked again at run time.
+fn check_cwd(cwd: &str) -> Result<String, String> {
+    if cwd.starts_with('/') || cwd.contains('\0') {
+        return Err(format!("cwd {cwd:?} leaves the checkout"));
+    }
+    let mut depth = 0i32;
+    for part in cwd.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(format!("cwd {cwd:?} leaves the checkout"));
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(cwd.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_step_and_list() {
+        let one = parse("step: hello\nshell: echo hi\n").unwrap();
+        assert_eq!(one[0].title, "hello");
+        assert_eq!(one[0].shell, vec!["echo hi"]);
+        let two = parse("- step: a\n  shell: [x, y]\n  cwd: sub\n  env: {N: 1, B: true}\n  debug: true\n- step: b\n  shell: z\n").unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0].shell, vec!["x", "y"]);
+        assert_eq!(two[0].env, vec![("N".into(), "1".into()), ("B".into(), "true".into())]);
+        assert!(two[0].debug);
+        assert_eq!(two[0].cwd.as_deref(), Some("sub"));
+    }
+
+    #[test]
+    fn errors_name_line_step_and_key() {
+        let e = parse("- step: a\n  shell: x\n- step: build\n  shell: {a: 1}\n").unwrap_err();
+        assert_eq!(e.0, "integration.yml line 4, step 2 (\"build\"): \"shell\" must be a string or a list of strings");
+        let e = parse("step: a\nshell: [x\n").unwrap_err();
+        assert!(e.0.starts_with("integration.yml line "), "{}", e.0);
+        assert!(e.0.contains("invalid YAML"), "{}", e.0);
+        let e = parse("step: a\nshell: x\ncwd: ../..\n").unwrap_err();
+        assert!(e.0.contains("cwd \"../..\" leaves the checkout"), "{}", e.0);
+        assert!(parse("step: a\n").unwrap_err().0.contains("\"shell\" is required"));
+        assert!(parse("step: a\nshel: x\n").unwrap_err().0.contains("unknown key \"shel\""));
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        assert!(parse(&bomb).unwrap_err().0.contains("document too large"));
+        let deep = format!("{}x{}", "[".repeat(200), "]".repeat(200));
+        assert!(parse(&deep).unwrap_err().0.contains("nested deeper"));
+    }
+
+    #[test]
+    fn inside_cwd_is_allowed() {
+        assert!(check_cwd("a/../b").is_ok());
+        assert!(check_cwd("a/../../b").is_err());
+        assert!(check_cwd("/etc").is_err());
+    }
+}

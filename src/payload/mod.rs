@@ -1,0 +1,263 @@
+//! A sender's web-hook body → one normalized [`Push`], or the reason no build
+//! is needed. No I/O; each sender's field names live in its own module.
+
+mod gitea;
+mod github;
+mod gitlab;
+
+use serde_json::Value;
+use std::fmt;
+
+/// A push, as every sender's payload is normalized for queuing and building.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// Full name, `owner/name` (GitLab groups may add more `/`).
+    pub repo: String,
+    pub branch: String,
+    /// The pushed commit, full hex.
+    pub sha: String,
+    pub clone_url: String,
+    pub default_branch: Option<String>,
+    pub message: String,
+}
+
+impl Push {
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "repo": self.repo, "branch": self.branch, "sha": self.sha,
+            "clone_url": self.clone_url, "default_branch": self.default_branch,
+            "message": self.message,
+        })
+        .to_string()
+    }
+
+    pub fn from_json(text: &str) -> Option<Push> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        Some(Push {
+            repo: v["repo"].as_str()?.to_string(),
+            branch: v["branch"].as_str()?.to_string(),
+            sha: v["sha"].as_str()?.to_string(),
+            clone_url: v["clone_url"].as_str()?.to_string(),
+            default_branch: v["default_branch"].as_str().map(String::from),
+            message: v["message"].as_str().unwrap_or("").to_string(),
+        })
+    }
+}
+
+/// What a delivery asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Build(Push),
+    /// Answered 200 with this reason: ping, other events, deletions, tags.
+    NoBuild(String),
+}
+
+/// A body that cannot be understood (answered 400).
+#[derive(Debug, PartialEq, Eq)]
+pub struct PayloadError(pub String);
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The request facts the parser needs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Request<'a> {
+    pub content_type: Option<&'a str>,
+    /// `X-GitHub-Event` (also sent by Gitea), `X-Gitea-Event`, `X-Gogs-Event`.
+    pub github_event: Option<&'a str>,
+    pub gitea_event: Option<&'a str>,
+    pub gitlab_event: Option<&'a str>,
+    /// Bitbucket's `X-Event-Key`.
+    pub event_key: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Parses a delivery. Unknown and non-push events are `NoBuild`, never errors:
+/// GitLab disables a hook that keeps receiving 4xx.
+pub fn parse(req: &Request) -> Result<Delivery, PayloadError> {
+    let json = decode_body(req)?;
+    if let Some(event) = req.gitlab_event {
+        return gitlab::parse(event, &json);
+    }
+    if let Some(event) = req.event_key {
+        return Ok(Delivery::NoBuild(format!("event {event:?} is not supported: only pushes from GitHub, Gitea/Forgejo and GitLab are built")));
+    }
+    if let Some(event) = req.gitea_event {
+        return gitea::parse(event, &json);
+    }
+    match req.github_event {
+        Some(event) => github::parse(event, &json),
+        // No event header: a body shaped like a push is taken as one.
+        None if json.get("ref").is_some() && json.get("after").is_some() => github::parse("push", &json),
+        None => Err(PayloadError("no event header (X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event) and the body is not a push".into())),
+    }
+}
+
+fn decode_body(req: &Request) -> Result<Value, PayloadError> {
+    let ctype = req.content_type.unwrap_or("application/json");
+    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let text: std::borrow::Cow<[u8]> = match mime.as_str() {
+        "application/json" | "text/json" | "" => req.body.into(),
+        m if m.ends_with("+json") => req.body.into(),
+        "application/x-www-form-urlencoded" => form_payload(req.body)?.into(),
+        other => {
+            return Err(PayloadError(format!(
+                "unsupported content type {other:?}: send application/json or application/x-www-form-urlencoded"
+            )))
+        }
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(PayloadError("empty body: expected a JSON web-hook payload".into()));
+    }
+    let value: Value = serde_json::from_slice(&text).map_err(|e| PayloadError(format!("malformed JSON payload: {e}")))?;
+    if !value.is_object() {
+        return Err(PayloadError("malformed payload: expected a JSON object".into()));
+    }
+    Ok(value)
+}
+
+/// The `payload=` field of a form-encoded body (GitHub's other content type).
+fn form_payload(body: &[u8]) -> Result<Vec<u8>, PayloadError> {
+    for pair in body.split(|b| *b == b'&') {
+        if let Some(value) = pair.strip_prefix(b"payload=") {
+            return percent_decode(value).ok_or_else(|| PayloadError("malformed form body: bad percent-encoding in payload".into()));
+        }
+    }
+    Err(PayloadError("form-encoded body has no payload= field".into()))
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space).
+pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(input.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+/// Shared by the senders: a push's `ref`, `after` and repository facts →
+/// a build, or why none is needed.
+pub(crate) struct RawPush<'a> {
+    pub git_ref: Option<&'a str>,
+    pub sha: Option<&'a str>,
+    pub repo: Option<&'a str>,
+    pub clone_url: Option<&'a str>,
+    pub default_branch: Option<&'a str>,
+    pub message: Option<&'a str>,
+    pub deleted: bool,
+}
+
+pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
+    let git_ref = raw.git_ref.ok_or_else(|| missing("ref"))?;
+    if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
+        return Ok(Delivery::NoBuild(format!("tag push {tag:?}: tags are not built")));
+    }
+    let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
+        return Ok(Delivery::NoBuild(format!("push to {git_ref:?}: only branches are built")));
+    };
+    let zero = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'0');
+    if raw.deleted || raw.sha.is_none_or(zero) {
+        return Ok(Delivery::NoBuild(format!("branch {branch:?} deleted: nothing to build")));
+    }
+    let sha = raw.sha.unwrap_or_default();
+    let repo = raw.repo.ok_or_else(|| missing("repository full name"))?;
+    let clone_url = raw.clone_url.ok_or_else(|| missing("repository clone URL"))?;
+    check_name("repository name", repo, 200)?;
+    check_name("branch name", branch, 255)?;
+    if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PayloadError(format!("commit {sha:?} is not a full hex sha")));
+    }
+    if clone_url.is_empty() || clone_url.starts_with('-') || clone_url.chars().any(char::is_control) {
+        return Err(PayloadError(format!("clone URL {clone_url:?} is not usable")));
+    }
+    Ok(Delivery::Build(Push {
+        repo: repo.to_string(),
+        branch: branch.to_string(),
+        sha: sha.to_ascii_lowercase(),
+        clone_url: clone_url.to_string(),
+        default_branch: raw.default_branch.filter(|b| !b.is_empty()).map(String::from),
+        message: raw.message.unwrap_or("").to_string(),
+    }))
+}
+
+fn missing(what: &str) -> PayloadError {
+    PayloadError(format!("missing field: {what}"))
+}
+
+/// Names come from senders and end up in Redis keys, logs and (encoded)
+/// paths: no control characters, no empty or overlong values.
+fn check_name(what: &str, value: &str, max: usize) -> Result<(), PayloadError> {
+    if value.is_empty() || value.len() > max {
+        return Err(PayloadError(format!("{what} must be 1 to {max} bytes long")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(PayloadError(format!("{what} {value:?} holds control characters")));
+    }
+    Ok(())
+}
+
+/// The message of the pushed commit: `head_commit`, else the last commit.
+pub(crate) fn head_message(json: &Value) -> Option<&str> {
+    json.get("head_commit")
+        .and_then(|c| c.get("message"))
+        .and_then(Value::as_str)
+        .or_else(|| json.get("commits")?.as_array()?.last()?.get("message")?.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(event: &str, body: &'static str) -> Request<'static> {
+        let event: &'static str = Box::leak(event.to_string().into_boxed_str());
+        Request { github_event: Some(event), body: body.as_bytes(), ..Default::default() }
+    }
+
+    #[test]
+    fn form_encoded_payload_is_decoded() {
+        let body = "payload=%7B%22zen%22%3A%22a+b%22%2C%22hook_id%22%3A1%7D";
+        let r = Request { content_type: Some("application/x-www-form-urlencoded"), ..req("ping", body) };
+        assert!(matches!(parse(&r), Ok(Delivery::NoBuild(_))));
+    }
+
+    #[test]
+    fn malformed_and_wrong_type_are_errors() {
+        assert!(parse(&req("push", "{not json")).unwrap_err().0.contains("malformed JSON"));
+        let r = Request { content_type: Some("text/plain"), ..req("push", "{}") };
+        assert!(parse(&r).unwrap_err().0.contains("unsupported content type"));
+        assert!(parse(&req("push", "{}")).unwrap_err().0.contains("missing field: ref"));
+    }
+
+    #[test]
+    fn deletion_and_tags_build_nothing() {
+        let del = r#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
+        assert!(matches!(parse(&req("push", del)), Ok(Delivery::NoBuild(r)) if r.contains("deleted")));
+        let tag = r#"{"ref":"refs/tags/v1","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246"}"#;
+        assert!(matches!(parse(&req("push", tag)), Ok(Delivery::NoBuild(r)) if r.contains("tag")));
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        let body = r#"{"ref":"refs/heads/a\nb","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246","repository":{"full_name":"a/b","clone_url":"file:///x"}}"#;
+        assert!(parse(&req("push", body)).unwrap_err().0.contains("control characters"));
+    }
+
+    #[test]
+    fn push_json_round_trips() {
+        let p = Push { repo: "a/b".into(), branch: "main".into(), sha: "ab".repeat(20), clone_url: "file:///x".into(), default_branch: None, message: "m".into() };
+        assert_eq!(Push::from_json(&p.to_json()), Some(p));
+    }
+}

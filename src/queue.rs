@@ -1,0 +1,297 @@
+//! All Redis keys and scripts of the build queue. Verbs: [`enqueue`] (hook),
+//! [`take`], [`start`], [`finish`], [`requeue_working`], [`reroute_orphans`]
+//! (slave). Each verb that changes more than one key is one Lua script, so a
+//! crash between two writes cannot happen.
+//!
+//! Keys (prefix `ci:`), documented in the README:
+//! `build:<id>` HASH, `seq`, `last|done|pending|push:<repo>:<branch>`,
+//! `default:<repo>`, `delivery:<id>`, `queue|working:<cluster>:<index>`,
+//! `members:<cluster>` ZSET, `holders:<cluster>` HASH, `clusters` SET, `stats` HASH.
+
+use redis::{Connection, RedisResult, Script};
+use std::sync::OnceLock;
+
+pub fn queue_key(cluster: &str, index: u32) -> String {
+    format!("ci:queue:{cluster}:{index}")
+}
+
+pub fn working_key(cluster: &str, index: u32) -> String {
+    format!("ci:working:{cluster}:{index}")
+}
+
+pub fn build_key(id: &str) -> String {
+    format!("ci:build:{id}")
+}
+
+/// `<repo>:<branch>`: git refuses `:` in branch names, so this is unambiguous.
+pub fn branch_key(kind: &str, repo: &str, branch: &str) -> String {
+    format!("ci:{kind}:{repo}:{branch}")
+}
+
+/// How long a delivery id is remembered for redelivery detection.
+pub const DELIVERY_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Lua shared by the scripts: live slave count of a cluster.
+const LIVE_N: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function live_n(cluster, now)
+  return redis.call('ZCOUNT', 'ci:members:' .. cluster, '(' .. now, '+inf')
+end
+"#;
+
+const ENQUEUE: &str = r#"
+local repo, branch, sha, push, crc, hints, delivery, now, default_branch, reset =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+if delivery ~= '' then
+  local seen = redis.call('GET', 'ci:delivery:' .. delivery)
+  if seen then return {'duplicate', seen, ''} end
+end
+-- the cluster: first by (name length, name) offering every hint, with live slaves
+local wanted = {}
+for h in string.gmatch(hints, '%S+') do wanted[#wanted + 1] = h end
+local names = redis.call('SMEMBERS', 'ci:clusters')
+table.sort(names, function(a, b) if #a ~= #b then return #a < #b end return a < b end)
+local tms = now_ms()
+local cluster, n = nil, 0
+local live = {}
+for _, name in ipairs(names) do
+  local count = live_n(name, tms)
+  if count > 0 then
+    live[#live + 1] = name
+    local tokens = {}
+    for t in string.gmatch(name, '[^-]+') do tokens[string.lower(t)] = true end
+    local all = true
+    for _, h in ipairs(wanted) do if not tokens[h] then all = false end end
+    if all and not cluster then cluster, n = name, count end
+  end
+end
+if not cluster then return {'noslave', table.concat(live, ', '), ''} end
+local bkey = repo .. ':' .. branch
+local function remember()
+  redis.call('SET', 'ci:push:' .. bkey, push)
+  if default_branch ~= '' then redis.call('SET', 'ci:default:' .. repo, default_branch) end
+end
+-- coalesce: a newer push replaces the commit of the pending build
+local pending = redis.call('GET', 'ci:pending:' .. bkey)
+if pending and redis.call('HGET', 'ci:build:' .. pending, 'state') == 'queued' then
+  redis.call('HSET', 'ci:build:' .. pending, 'sha', sha, 'push', push)
+  if reset == '1' then redis.call('HSET', 'ci:build:' .. pending, 'reset', '1') end
+  remember()
+  if delivery ~= '' then redis.call('SET', 'ci:delivery:' .. delivery, pending, 'EX', ARGV[11]) end
+  return {'coalesced', pending, redis.call('HGET', 'ci:build:' .. pending, 'slave')}
+end
+local index = crc % n
+local slave = cluster .. '-' .. index
+local id = tostring(redis.call('INCR', 'ci:seq'))
+redis.call('HSET', 'ci:build:' .. id, 'id', id, 'repo', repo, 'branch', branch, 'sha', sha,
+  'state', 'queued', 'ok', 'false', 'log', '[]', 'slave', slave, 'cluster', cluster,
+  'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset)
+redis.call('SET', 'ci:last:' .. bkey, id)
+redis.call('SET', 'ci:pending:' .. bkey, id)
+remember()
+redis.call('LPUSH', 'ci:queue:' .. cluster .. ':' .. index, id)
+if delivery ~= '' then redis.call('SET', 'ci:delivery:' .. delivery, id, 'EX', ARGV[11]) end
+return {'queued', id, slave}
+"#;
+
+const START: &str = r#"
+local id, working, slave, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = 'ci:build:' .. id
+local state = redis.call('HGET', key, 'state')
+if not state or state == 'passed' or state == 'failed' then
+  redis.call('LREM', working, 1, id)
+  return false
+end
+local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
+local pkey = 'ci:pending:' .. repo .. ':' .. branch
+if redis.call('GET', pkey) == id then redis.call('DEL', pkey) end
+local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+redis.call('HSET', key, 'state', 'running', 'started_at', now, 'slave', slave)
+local f = redis.call('HMGET', key, 'push', 'sha', 'reset')
+return {tostring(attempt), f[1], f[2], f[3] or '0'}
+"#;
+
+const FINISH: &str = r#"
+local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local key = 'ci:build:' .. id
+if redis.call('HGET', key, 'attempt') ~= attempt then return 0 end
+redis.call('HSET', key, 'state', state, 'ok', tostring(state == 'passed'), 'log', log,
+  'seconds', seconds, 'finished_at', now)
+redis.call('HINCRBY', 'ci:stats', state, 1)
+local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
+local dkey = 'ci:done:' .. repo .. ':' .. branch
+local current = redis.call('GET', dkey)
+if not current or tonumber(current) <= tonumber(id) then redis.call('SET', dkey, id) end
+redis.call('LREM', working, 1, id)
+return 1
+"#;
+
+/// Moves one job, if it is still the oldest of `from`, to the front of `to`.
+const MOVE_ONE: &str = r#"
+if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
+redis.call('RPOP', KEYS[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"#;
+
+fn script(cell: &'static OnceLock<Script>, body: &str, with_live_n: bool) -> &'static Script {
+    cell.get_or_init(|| {
+        let code = if with_live_n { format!("{LIVE_N}{body}") } else { body.to_string() };
+        Script::new(&code)
+    })
+}
+
+fn enqueue_script() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    script(&S, ENQUEUE, true)
+}
+
+/// What a web-hook asks the queue for.
+pub struct Job<'a> {
+    pub push: &'a crate::payload::Push,
+    pub hints: &'a [String],
+    pub delivery: Option<&'a str>,
+    pub reset: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued { id: String, slave: String },
+    Coalesced { id: String, slave: String },
+    Duplicate { id: String },
+    /// No cluster with live slaves offers the hints; the live ones are listed.
+    NoSlave { live: String },
+}
+
+/// Stores the push record and queues its build in one atomic script.
+pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
+    let p = job.push;
+    let reply: (String, String, String) = enqueue_script()
+        .arg(&p.repo)
+        .arg(&p.branch)
+        .arg(&p.sha)
+        .arg(p.to_json())
+        .arg(crate::routing::repo_hash(&p.repo))
+        .arg(job.hints.join(" "))
+        .arg(job.delivery.unwrap_or(""))
+        .arg(format!("{:.3}", crate::unix_now()))
+        .arg(p.default_branch.as_deref().unwrap_or(""))
+        .arg(if job.reset { "1" } else { "0" })
+        .arg(DELIVERY_TTL_SECS)
+        .invoke(conn)?;
+    Ok(match reply.0.as_str() {
+        "queued" => Enqueued::Queued { id: reply.1, slave: reply.2 },
+        "coalesced" => Enqueued::Coalesced { id: reply.1, slave: reply.2 },
+        "duplicate" => Enqueued::Duplicate { id: reply.1 },
+        _ => Enqueued::NoSlave { live: reply.1 },
+    })
+}
+
+/// Blocks up to `wait` for the next job of a slave, moving it atomically to
+/// its in-progress list. The connection's read timeout must exceed `wait`.
+pub fn take(conn: &mut Connection, cluster: &str, index: u32, wait: std::time::Duration) -> RedisResult<Option<String>> {
+    redis::cmd("BLMOVE")
+        .arg(queue_key(cluster, index))
+        .arg(working_key(cluster, index))
+        .arg("RIGHT")
+        .arg("LEFT")
+        .arg(wait.as_secs_f64())
+        .query(conn)
+}
+
+/// A job taken and marked running.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: String,
+    pub attempt: String,
+    pub push: crate::payload::Push,
+    pub reset: bool,
+}
+
+/// Marks a taken job running (clearing its pending slot) and returns what to
+/// build; `None` when the record is gone or already finished (dropped).
+pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str) -> RedisResult<Option<Started>> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let reply: Option<(String, String, String, String)> = script(&S, START, false)
+        .arg(id)
+        .arg(working)
+        .arg(slave)
+        .arg(format!("{:.3}", crate::unix_now()))
+        .invoke(conn)?;
+    Ok(reply.and_then(|(attempt, push, sha, reset)| {
+        let mut push = crate::payload::Push::from_json(&push)?;
+        push.sha = sha; // a coalesced push may have replaced it
+        Some(Started { id: id.to_string(), attempt, push, reset: reset == "1" })
+    }))
+}
+
+/// The outcome a slave stores.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub passed: bool,
+    pub log: Vec<String>,
+    pub seconds: u64,
+}
+
+/// Stores the result and acknowledges the job, unless a later attempt of the
+/// same build has started since (then nothing is written: returns false).
+pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome) -> RedisResult<bool> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let stored: i64 = script(&S, FINISH, false)
+        .arg(&job.id)
+        .arg(&job.attempt)
+        .arg(working)
+        .arg(if outcome.passed { "passed" } else { "failed" })
+        .arg(serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()))
+        .arg(outcome.seconds)
+        .arg(format!("{:.3}", crate::unix_now()))
+        .invoke(conn)?;
+    Ok(stored == 1)
+}
+
+/// Puts every job of an in-progress list back at the front of its queue:
+/// what a dead holder of this index was running is run again.
+pub fn requeue_working(conn: &mut Connection, cluster: &str, index: u32) -> RedisResult<u32> {
+    let (from, to) = (working_key(cluster, index), queue_key(cluster, index));
+    let mut moved = 0;
+    while redis::cmd("LMOVE").arg(&from).arg(&to).arg("LEFT").arg("RIGHT").query::<Option<String>>(conn)?.is_some() {
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Re-routes every job of `list` (a queue, or the in-progress list of a dead
+/// slave) by CRC32(repo) mod `n`; returns how many moved.
+pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32) -> RedisResult<u32> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let mut moved = 0;
+    loop {
+        let Some(id): Option<String> = redis::cmd("LINDEX").arg(list).arg(-1).query(conn)? else { return Ok(moved) };
+        let repo: Option<String> = redis::cmd("HGET").arg(build_key(&id)).arg("repo").query(conn)?;
+        let Some(repo) = repo else {
+            let _: () = redis::cmd("LREM").arg(list).arg(1).arg(&id).query(conn)?;
+            continue;
+        };
+        let index = crate::routing::slave_index(&repo, n);
+        let target = queue_key(cluster, index);
+        let done: i64 = script(&S, MOVE_ONE, false).key(list).key(&target).arg(&id).invoke(conn)?;
+        if done == 1 {
+            let _: () = redis::cmd("HSET").arg(build_key(&id)).arg("slave").arg(format!("{cluster}-{index}")).query(conn)?;
+            log::info!("build.rerouted id={id} repo={} from={list} to={target}", crate::logging::quote(&repo));
+            moved += 1;
+        }
+    }
+}
+
+/// Lengths of every queue of a cluster up to `max_index`.
+pub fn depths(conn: &mut Connection, cluster: &str, max_index: u32) -> RedisResult<Vec<(u32, u64)>> {
+    let mut pipe = redis::pipe();
+    for i in 0..=max_index {
+        pipe.cmd("LLEN").arg(queue_key(cluster, i));
+    }
+    let lens: Vec<u64> = pipe.query(conn)?;
+    Ok(lens.into_iter().enumerate().map(|(i, l)| (i as u32, l)).collect())
+}

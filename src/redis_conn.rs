@@ -1,0 +1,87 @@
+//! One Redis connection that reconnects: the redis crate does not, so every
+//! caller goes through [`Redis::run`], which drops a broken connection and
+//! makes the next call dial again.
+
+use std::time::Duration;
+
+pub struct Redis {
+    client: redis::Client,
+    conn: Option<redis::Connection>,
+    /// Socket read/write timeout; blocking pops must block for less.
+    io_timeout: Duration,
+}
+
+impl Redis {
+    /// Parses the URL; connects lazily.
+    pub fn open(url: &str, io_timeout: Duration) -> Result<Redis, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL={:?}: {e}", redact_url(url)))?;
+        Ok(Redis { client, conn: None, io_timeout })
+    }
+
+    /// Runs `f` on a live connection, dialing first if needed. A connection
+    /// error (not a script or type error) drops the connection.
+    pub fn run<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if self.conn.is_none() {
+            let conn = self.client.get_connection_with_timeout(Duration::from_secs(2))?;
+            conn.set_read_timeout(Some(self.io_timeout))?;
+            conn.set_write_timeout(Some(self.io_timeout))?;
+            self.conn = Some(conn);
+        }
+        let result = f(self.conn.as_mut().expect("connected above"));
+        if let Err(e) = &result {
+            if is_connection_error(e) {
+                self.conn = None;
+            }
+        }
+        result
+    }
+
+    /// Forgets the connection (after a timeout that left its state unknown).
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+}
+
+/// Errors after which the connection's state is unknown.
+pub fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+/// The URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_string() };
+    let user = userinfo.split(':').next().unwrap_or("");
+    let slash = if rest.contains('/') { "/" } else { "" };
+    format!("{scheme}://{user}:***@{host}{slash}{path}")
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_leave() {
+        assert_eq!(redact_url("redis://:hunter2@db:6379/0"), "redis://:***@db:6379/0");
+        assert_eq!(redact_url("redis://u:p@db"), "redis://u:***@db");
+        assert_eq!(redact_url("redis://db:6379/0"), "redis://db:6379/0");
+    }
+}
