@@ -19,6 +19,7 @@ pub mod runner;
 pub mod signature;
 pub mod status;
 pub mod workspace;
+pub mod worker;
 
 /// Seconds since the Unix epoch, as the records store them.
 pub fn unix_now() -> f64 {

@@ -152,7 +152,6 @@ fn enqueue_script() -> &'static Script {
 /// What a web-hook asks the queue for.
 pub struct Job<'a> {
     pub push: &'a crate::payload::Push,
-    pub hints: &'a [String],
     pub delivery: Option<&'a str>,
     pub reset: bool,
 }
@@ -175,7 +174,7 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(&p.sha)
         .arg(p.to_json())
         .arg(crate::routing::repo_hash(&p.repo))
-        .arg(job.hints.join(" "))
+        .arg(p.hints.join(" "))
         .arg(job.delivery.unwrap_or(""))
         .arg(format!("{:.3}", crate::unix_now()))
         .arg(p.default_branch.as_deref().unwrap_or(""))
@@ -294,4 +293,24 @@ pub fn depths(conn: &mut Connection, cluster: &str, max_index: u32) -> RedisResu
     }
     let lens: Vec<u64> = pipe.query(conn)?;
     Ok(lens.into_iter().enumerate().map(|(i, l)| (i as u32, l)).collect())
+}
+
+/// The token every hook of a deployment shares: the first hook to start
+/// stores its generated one (SET NX); the others adopt it. Returns the token
+/// and whether this call stored it.
+pub fn shared_token(conn: &mut Connection, candidate: &str) -> RedisResult<(String, bool)> {
+    let stored: bool = redis::cmd("SET").arg("ci:token").arg(candidate).arg("NX").query::<Option<String>>(conn)?.is_some();
+    let token: String = redis::cmd("GET").arg("ci:token").query(conn)?;
+    Ok((token, stored))
+}
+
+/// The last push of a branch, for re-runs.
+pub fn last_push(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Option<crate::payload::Push>> {
+    let branch = match branch {
+        Some(b) => Some(b.to_string()),
+        None => redis::cmd("GET").arg(format!("ci:default:{repo}")).query::<Option<String>>(conn)?,
+    };
+    let Some(branch) = branch else { return Ok(None) };
+    let text: Option<String> = redis::cmd("GET").arg(branch_key("push", repo, &branch)).query(conn)?;
+    Ok(text.and_then(|t| crate::payload::Push::from_json(&t)))
 }

@@ -1,1 +1,217 @@
-//! todo
+//! The cached clones: one per repository and branch under the cache
+//! directory, at a path no name can steer outside it; git clone, fetch and
+//! checkout run with argument vectors, credentials given to git alone.
+
+use crate::config::GitCredentials;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Longest path component we write (file systems allow 255 bytes).
+const MAX_COMPONENT: usize = 180;
+
+/// `<cache>/<encoded repo>/<encoded branch>`.
+pub fn checkout_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
+    cache.join(encode(repo)).join(encode(branch))
+}
+
+/// Maps any name to one safe path component: `[A-Za-z0-9_.-]` kept, every
+/// other byte (and a leading `.` or `-`) as `%XX`, so names never collide,
+/// `/` and `..` never survive, and overlong names end in a CRC32.
+pub fn encode(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for (i, b) in name.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'_' || ((b == b'.' || b == b'-') && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push('%');
+    }
+    if out.len() > MAX_COMPONENT {
+        out.truncate(MAX_COMPONENT - 9);
+        out.push_str(&format!("~{:08x}", crc32fast::hash(name.as_bytes())));
+    }
+    out
+}
+
+/// A git failure: what ran (credentials never shown), how it ended, stderr.
+#[derive(Debug)]
+pub struct GitError(pub String);
+
+impl std::fmt::Display for GitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The pushed commit, as git knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub message: String,
+    /// Committer date, ISO 8601.
+    pub timestamp: String,
+}
+
+pub struct Git<'a> {
+    pub creds: &'a GitCredentials,
+    /// Holds `.netrc` when GIT_NETRC is set (git's HOME).
+    pub home: Option<PathBuf>,
+}
+
+impl Git<'_> {
+    fn command(&self, dir: Option<&Path>) -> Command {
+        let mut cmd = Command::new("git");
+        if let Some(dir) = dir {
+            cmd.arg("-C").arg(dir);
+        }
+        cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0"]);
+        if self.creds.username.is_some() || self.creds.password.is_some() {
+            // The helper reads the values from git's own environment only.
+            cmd.args(["-c", "credential.helper=", "-c"]);
+            cmd.arg("credential.helper=!f() { echo \"username=${CI_GIT_USERNAME}\"; echo \"password=${CI_GIT_PASSWORD}\"; }; f");
+            cmd.env("CI_GIT_USERNAME", self.creds.username.as_deref().unwrap_or(""));
+            cmd.env("CI_GIT_PASSWORD", self.creds.password.as_deref().unwrap_or(""));
+        }
+        if let Some(home) = &self.home {
+            cmd.env("HOME", home);
+        }
+        cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs git; `shown` is what an error message may say was run.
+    fn run(&self, dir: Option<&Path>, args: &[&str], shown: &str) -> Result<String, GitError> {
+        let out = self
+            .command(dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| GitError(format!("git {shown}: cannot run git: {e}")))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
+        let how = match out.status.code() {
+            Some(c) => format!("exit code {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        Err(GitError(scrub(&format!("git {shown} failed ({how}): {tail}"), self.creds)))
+    }
+
+    fn has_commit(&self, dir: &Path, sha: &str) -> bool {
+        self.command(Some(dir))
+            .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Makes `dir` a clone of `url` with `sha` checked out (detached).
+    /// Untracked files from earlier builds stay: the cache is the point.
+    pub fn prepare(&self, dir: &Path, url: &str, branch: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
+        if reset || (dir.exists() && !dir.join(".git").exists()) {
+            remove(dir)?;
+        }
+        if !dir.exists() {
+            self.clone_into(dir, url)?;
+        }
+        if !self.has_commit(dir, sha) {
+            // Fetch into refs, never a bare sha, so later fetches stay small.
+            let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+            let by_branch = self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <branch>");
+            if by_branch.is_err() || !self.has_commit(dir, sha) {
+                let spec = format!("+{sha}:refs/ci/build");
+                self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
+            }
+        }
+        self.run(Some(dir), &["checkout", "--quiet", "--force", "--detach", sha], &format!("checkout {sha}"))?;
+        let info = self.run(Some(dir), &["show", "-s", "--format=%cI%n%B", sha], "show")?;
+        let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
+        Ok(Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() })
+    }
+
+    fn clone_into(&self, dir: &Path, url: &str) -> Result<(), GitError> {
+        let parent = dir.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent).map_err(|e| GitError(format!("cannot create {}: {e}", parent.display())))?;
+        // Clone beside, then rename: a slave killed mid-clone leaves no half clone behind.
+        let tmp = parent.join(format!(".clone-{}-{}", std::process::id(), crate::unix_now() as u64));
+        let tmp_str = tmp.to_string_lossy().into_owned();
+        let result = self.run(None, &["clone", "--quiet", "--no-checkout", "--", url, &tmp_str], &format!("clone {}", scrub_url(url)));
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| GitError(format!("cannot move the clone into {}: {e}", dir.display())))
+    }
+}
+
+fn remove(dir: &Path) -> Result<(), GitError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(GitError(format!("cannot wipe {}: {e}", dir.display()))),
+    }
+}
+
+/// A URL without its user-info, for messages.
+pub fn scrub_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) if rest.contains('@') => {
+            let host = &rest[rest.rfind('@').map_or(0, |i| i + 1)..];
+            format!("{scheme}://***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Removes every credential from a message.
+pub fn scrub(text: &str, creds: &GitCredentials) -> String {
+    let mut out = text.to_string();
+    for secret in [&creds.password, &creds.username].into_iter().flatten() {
+        if secret.len() >= 3 {
+            out = out.replace(secret.as_str(), "***");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_leave_the_cache() {
+        let cache = Path::new("/cache");
+        for (repo, branch) in [("../../etc", "x"), ("/abs", ".."), ("a/b", "-rf"), ("a\0b", "é")] {
+            let p = checkout_dir(cache, repo, branch);
+            assert_eq!(p.components().count(), 4, "{p:?}");
+            assert!(p.starts_with(cache));
+            assert!(!p.to_string_lossy().contains("/../"));
+        }
+        assert_eq!(encode(".."), "%2E.");
+        assert_eq!(encode("acme/app"), "acme%2Fapp");
+        assert_ne!(encode("a/b"), encode("a%2Fb"));
+    }
+
+    #[test]
+    fn long_names_stay_short_and_distinct() {
+        let a = encode(&"x".repeat(1000));
+        let b = encode(&format!("{}y", "x".repeat(999)));
+        assert!(a.len() <= MAX_COMPONENT);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn urls_and_messages_are_scrubbed() {
+        assert_eq!(scrub_url("https://u:pw@host/r.git"), "https://***@host/r.git");
+        let creds = GitCredentials { username: Some("bob".into()), password: Some("s3cret".into()), netrc: None };
+        assert_eq!(scrub("auth s3cret for bob", &creds), "auth *** for ***");
+    }
+}

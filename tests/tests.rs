@@ -1,1 +1,33 @@
+//! The one integration-test binary of ci-backend (`autotests = false`): real redis-server,
+//! real git, real bash, the real `hook` and `slave` binaries over real HTTP. Every test owns
+//! its Redis and temp directory, so the areas run in parallel.
 
+/// Redis, hook, slave, git repos, HTTP and RESP clients, signatures, `wait_for`.
+mod harness;
+
+/// Every sample payload of tests/fixtures/webhooks answered as the SPEC says; buildable ones
+/// built and read back as text and JSON; routing by hints.
+mod webhooks;
+
+/// GitHub sha256/sha1, Gitea/Forgejo bare hex, GitLab token; wrong, missing, other key → 403;
+/// the generated token shared through Redis; `POST /build` authentication.
+mod signatures;
+
+/// Malformed bodies → 400, over HOOK_MAX_BODY → 413, hostile bytes and idle sockets.
+mod bad_input;
+
+/// integration.yml: keys, step environment, no-skip, skipped, debug, cwd, errors, timeout,
+/// huge output.
+mod integration;
+
+/// CRC32(repo) mod N routing with three slaves; the cache survives between builds; X-Reset.
+mod stickiness;
+
+/// Index claims, replacement of a killed slave, the hook's N, scale-down re-routing.
+mod membership;
+
+/// SIGKILL mid-build, Redis stopped and restarted, SIGTERM with and without enough grace.
+mod faults;
+
+/// One pending build per repo+branch; redelivered delivery ids.
+mod coalescing;

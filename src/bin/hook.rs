@@ -1,1 +1,63 @@
-fn main(){}
+//! `hook`: reads its configuration, starts the logger, settles the token,
+//! binds and runs the HTTP workers until Ctrl-C / SIGTERM.
+
+use ci_backend::logging::quote;
+use ci_backend::redis_conn::{redact_url, Backoff, Redis};
+use ci_backend::{config, http, logging, queue, signature};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn main() {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        print!("{}", config::help("hook", "ci-backend web-hook edge", config::HOOK_SETTINGS));
+        return;
+    }
+    logging::init();
+    if let Err(e) = run() {
+        log::error!("hook.failed error={}", quote(&e));
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let config = config::HookConfig::from_env().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst)).map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    let token = settle_token(&config, &stop)?;
+    let server = tiny_http::Server::http(&config.addr).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
+    let addr = server.server_addr().to_ip().map_or_else(|| config.addr.clone(), |a| a.to_string());
+    log::info!("hook.listening addr={addr} threads={} redis={} max_body={}", config.threads, quote(&redact_url(&config.redis_url)), config.max_body);
+    let hook = Arc::new(http::Hook::new(config, token));
+    http::serve(hook, Arc::new(server), stop);
+    log::info!("hook.stopped");
+    Ok(())
+}
+
+/// The configured token, else the one shared through Redis (this hook's
+/// random one if it is the first). Printed once: operators read it here.
+fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String, String> {
+    if let Some(token) = &config.token {
+        log::info!("hook.token source=configured token={token}");
+        return Ok(token.clone());
+    }
+    let candidate = signature::generate_token().map_err(|e| format!("cannot generate a token: {e}"))?;
+    let mut redis = Redis::open(&config.redis_url, Duration::from_secs(3))?;
+    let mut backoff = Backoff::default();
+    while !stop.load(Ordering::SeqCst) {
+        match redis.run(|c| queue::shared_token(c, &candidate)) {
+            Ok((token, stored)) => {
+                let source = if stored { "generated" } else { "shared" };
+                log::info!("hook.token source={source} token={token}");
+                return Ok(token);
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                log::warn!("redis.unreachable op=token redis={} error={} retry_ms={}", quote(&redact_url(&config.redis_url)), quote(&e.to_string()), delay.as_millis());
+                std::thread::sleep(delay);
+            }
+        }
+    }
+    Err("stopped before the token could be read from Redis".into())
+}

@@ -19,6 +19,8 @@ pub struct Push {
     pub clone_url: String,
     pub default_branch: Option<String>,
     pub message: String,
+    /// Capabilities asked for by the hook's path (`/JDK8+SBT`), kept for re-runs.
+    pub hints: Vec<String>,
 }
 
 impl Push {
@@ -26,7 +28,7 @@ impl Push {
         serde_json::json!({
             "repo": self.repo, "branch": self.branch, "sha": self.sha,
             "clone_url": self.clone_url, "default_branch": self.default_branch,
-            "message": self.message,
+            "message": self.message, "hints": self.hints,
         })
         .to_string()
     }
@@ -40,6 +42,7 @@ impl Push {
             clone_url: v["clone_url"].as_str()?.to_string(),
             default_branch: v["default_branch"].as_str().map(String::from),
             message: v["message"].as_str().unwrap_or("").to_string(),
+            hints: v["hints"].as_array().map(|a| a.iter().filter_map(|h| h.as_str().map(String::from)).collect()).unwrap_or_default(),
         })
     }
 }
@@ -190,6 +193,7 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         clone_url: clone_url.to_string(),
         default_branch: raw.default_branch.filter(|b| !b.is_empty()).map(String::from),
         message: raw.message.unwrap_or("").to_string(),
+        hints: Vec::new(),
     }))
 }
 
@@ -257,7 +261,7 @@ mod tests {
 
     #[test]
     fn push_json_round_trips() {
-        let p = Push { repo: "a/b".into(), branch: "main".into(), sha: "ab".repeat(20), clone_url: "file:///x".into(), default_branch: None, message: "m".into() };
+        let p = Push { repo: "a/b".into(), branch: "main".into(), sha: "ab".repeat(20), clone_url: "file:///x".into(), default_branch: None, message: "m".into(), hints: vec!["jdk8".into()] };
         assert_eq!(Push::from_json(&p.to_json()), Some(p));
     }
 }

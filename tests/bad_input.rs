@@ -1,0 +1,212 @@
+//! Malformed and hostile input: 400 with a reason, 413 over HOOK_MAX_BODY, a huge declared
+//! Content-Length, garbage bytes and 500 idle sockets — and the hook keeps serving.
+
+use crate::harness::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const TOKEN: &str = "bad-input-token";
+const MAX: usize = 65536;
+
+fn backend() -> Backend {
+    Backend::start(1, &[("HOOK_TOKEN", TOKEN), ("HOOK_MAX_BODY", &MAX.to_string())], &[])
+}
+
+/// A buildable repository and a valid GitHub push body for it.
+fn valid_push(b: &Backend, name: &str) -> (GitRepo, String, Value) {
+    let git = b.repo(name);
+    git.write("integration.yml", "step: s\nshell: \"true\"\n");
+    let sha = git.commit("valid");
+    git.push();
+    let body = github_push(&git.name, &git.file_url(), "main", &sha, "valid", "main");
+    (git, sha, body)
+}
+
+#[test]
+fn malformed_payloads_are_400_with_a_reason() {
+    let b = backend();
+    let (git, _sha, good) = valid_push(&b, "acme/malformed");
+    let without = |path: &[&str]| {
+        let mut v = good.clone();
+        let (last, parents) = path.split_last().unwrap();
+        let mut cur = &mut v;
+        for p in parents {
+            cur = &mut cur[*p];
+        }
+        cur.as_object_mut().unwrap().remove(*last);
+        v.to_string()
+    };
+    let with = |key: &str, val: Value| {
+        let mut v = good.clone();
+        v[key] = val;
+        v.to_string()
+    };
+    let gl_no_project = {
+        let mut v = gitlab_push(&git.name, &git.file_url(), "main", &git.head(), "m");
+        v.as_object_mut().unwrap().remove("project");
+        v.to_string()
+    };
+    let json = "application/json";
+    let form = "application/x-www-form-urlencoded";
+    // (name, content type, body, a word the error must contain or "")
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        ("truncated JSON", json, r#"{"ref": "refs/heads/main", "after": "#.into(), ""),
+        ("JSON array", json, "[1, 2, 3]".into(), ""),
+        ("empty body", json, "".into(), ""),
+        ("not JSON at all", json, "hello world".into(), ""),
+        ("wrong content type", "text/plain", good.to_string(), ""),
+        ("xml content type", "application/xml", "<push><ref>main</ref></push>".into(), ""),
+        ("form without payload=", form, "foo=bar".into(), ""),
+        ("form with broken JSON", form, format!("payload={}", urlencode("{\"ref\":")), ""),
+        ("missing repository", json, without(&["repository"]), "repository"),
+        ("missing ref", json, without(&["ref"]), "ref"),
+        ("missing after", json, without(&["after"]), "after"),
+        ("missing clone_url", json, without(&["repository", "clone_url"]), "clone_url"),
+        ("after is not a sha", json, with("after", json!("--upload-pack=touch /tmp/pwned")), ""),
+        ("ref is a number", json, with("ref", json!(42)), "ref"),
+    ];
+    let mut failures = vec![];
+    for (name, ct, body, word) in &cases {
+        let r = b.hook.send_github("/", "push", body.as_bytes(), &[("Content-Type", ct)]);
+        check_400(&mut failures, name, &r, word);
+    }
+    let r = b.hook.post("/", &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", TOKEN), ("Content-Type", json)], gl_no_project.as_bytes());
+    check_400(&mut failures, "gitlab without project", &r, "project");
+    assert!(failures.is_empty(), "malformed payloads:\n{}", failures.join("\n"));
+    assert_eq!(b.redis.keys("ci:build:*"), Vec::<String>::new(), "a malformed payload created a build");
+    assert_eq!(b.hook.get("/ping").code, 200);
+}
+
+fn check_400(failures: &mut Vec<String>, name: &str, r: &Response, word: &str) {
+    if r.code != 400 {
+        failures.push(format!("{name}: expected 400, got {r}"));
+        return;
+    }
+    let err = serde_json::from_slice::<Value>(&r.body).ok().and_then(|j| j["error"].as_str().map(String::from));
+    match err {
+        None => failures.push(format!("{name}: 400 without a JSON error: {r}")),
+        Some(e) if e.trim().is_empty() => failures.push(format!("{name}: empty error")),
+        Some(e) if !word.is_empty() && !e.contains(word) => failures.push(format!("{name}: error {e:?} does not name {word:?}")),
+        _ => {}
+    }
+}
+
+#[test]
+fn body_over_the_limit_is_413_and_under_it_is_accepted() {
+    let b = backend();
+    let (_git, sha, good) = valid_push(&b, "acme/sizes");
+    let padded = |total: usize| {
+        let mut v = good.clone();
+        v["padding"] = json!("");
+        let base = v.to_string().len();
+        v["padding"] = json!("p".repeat(total - base));
+        let s = v.to_string();
+        assert_eq!(s.len(), total);
+        s
+    };
+    let big = padded(MAX + 1000);
+    let r = b.hook.send_github("/", "push", big.as_bytes(), &[]);
+    assert_eq!(r.code, 413, "{} bytes with HOOK_MAX_BODY={MAX}: {r}", big.len());
+    assert!(r.json()["error"].as_str().map(|e| !e.is_empty()).unwrap_or(false), "413 without error: {r}");
+
+    let fits = padded(MAX);
+    let r = b.hook.send_github("/", "push", fits.as_bytes(), &[]);
+    assert_eq!(r.code, 202, "exactly HOOK_MAX_BODY bytes: {r}");
+    assert_eq!(r.json()["sha"], json!(sha));
+    assert_eq!(b.hook.get("/ping").code, 200);
+}
+
+fn read_some(s: &mut TcpStream, deadline: Duration) -> String {
+    s.set_read_timeout(Some(deadline)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn huge_declared_content_length_does_not_take_the_hook_down() {
+    let mut b = backend();
+    let (git, sha, _) = valid_push(&b, "acme/huge");
+    let mut raw = TcpStream::connect(b.hook.addr).unwrap();
+    raw.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\n\
+          Content-Length: 1000000000000\r\n\r\n{\"ref\": \"refs/heads/main\"",
+    )
+    .unwrap();
+    // A second one that hangs up at once.
+    {
+        let mut s = TcpStream::connect(b.hook.addr).unwrap();
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\nabc").unwrap();
+    }
+    // While the first is still open: the hook serves.
+    let r = b.hook.get("/ping");
+    assert_eq!(r.code, 200, "/ping after a 10^12 Content-Length: {r}");
+    let id = b.hook.push_ok(&git, &sha);
+    assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed");
+    assert!(b.hook.proc.alive(), "the hook died");
+    let hwm = proc_kb(b.hook.pid(), "VmHWM").unwrap_or(0);
+    assert!(hwm < 200 * 1024, "hook peak RSS {hwm} kB after a 10^12 Content-Length");
+    // And the huge request itself is refused as too large.
+    let answer = read_some(&mut raw, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 413"), "answer to Content-Length 10^12: {answer:?}");
+    drop(raw);
+    assert_eq!(b.hook.get("/ping").code, 200);
+}
+
+#[test]
+fn garbage_bytes_then_the_hook_still_answers() {
+    let b = backend();
+    let garbage: &[&[u8]] = &[
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello",
+        b"\x00\x00\x00\x00\xff\xfe\xfd\r\n\r\n",
+        b"GET /ping HTTP/9.9\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\nabc\r\n",
+        b"POST /../../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for g in garbage {
+        let mut s = TcpStream::connect(b.hook.addr).unwrap();
+        let _ = s.write_all(g);
+        let _ = read_some(&mut s, Duration::from_secs(2));
+        drop(s);
+        let r = b.hook.get("/ping");
+        assert_eq!(r.code, 200, "/ping after {:?}: {r}", String::from_utf8_lossy(g));
+    }
+    let r = b.hook.get("/no/such/route");
+    assert_eq!(r.code, 404, "{r}");
+}
+
+#[test]
+fn five_hundred_idle_connections_do_not_stop_a_signed_push() {
+    let b = backend();
+    let (git, sha, _) = valid_push(&b, "acme/idle");
+    let idle: Vec<TcpStream> = (0..500)
+        .map(|i| TcpStream::connect(b.hook.addr).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // Half of them also send an incomplete request line (slowloris).
+    for s in idle.iter().step_by(2) {
+        let mut w: &TcpStream = s;
+        let _ = w.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n");
+    }
+    let start = std::time::Instant::now();
+    let id = b.hook.push_ok(&git, &sha);
+    assert!(start.elapsed() < Duration::from_secs(10), "the push took {:?} with 500 idle sockets", start.elapsed());
+    assert_eq!(b.hook.get("/ping").code, 200);
+    assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed");
+    drop(idle);
+    assert_eq!(b.hook.get("/ping").code, 200);
+}
