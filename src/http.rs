@@ -88,7 +88,8 @@ pub fn serve(hook: Arc<Hook>, server: Arc<tiny_http::Server>, stop: Arc<AtomicBo
             Ok(Ok(None)) => {}
             // tiny_http already answered 400/408/417 on that connection.
             // A client closing its keep-alive connection is not an event.
-            Ok(Err(tiny_http::ReadError::ReadIoError(e))) => log::debug!("connection.closed error={}", quote(&e.to_string())),
+            // (The fork keeps its error type private: only its text is ours.)
+            Ok(Err(e)) if e.to_string().starts_with("[ReadIoError]") => log::debug!("connection.closed error={}", quote(&e.to_string())),
             Ok(Err(e)) => log::info!("request.rejected error={}", quote(&e.to_string())),
             Err(e) => {
                 log::error!("http.accept_failed error={}", quote(&e.to_string()));
