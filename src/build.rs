@@ -151,7 +151,15 @@ fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-fn step_env(ctx: &Context, job: &Started, commit: &workspace::Commit, short: &str, log: &[String], ok: bool, step: &Step) -> Vec<(String, String)> {
+fn step_env(
+    ctx: &Context,
+    job: &Started,
+    commit: &workspace::Commit,
+    short: &str,
+    log: &[String],
+    ok: bool,
+    step: &Step,
+) -> Vec<(String, String)> {
     let push = &job.push;
     let mut env: Vec<(String, String)> = ctx.base_env.to_vec();
     let mut abridged = String::new();
@@ -187,7 +195,12 @@ fn step_env(ctx: &Context, job: &Started, commit: &workspace::Commit, short: &st
 pub fn base_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
-            !(k.starts_with("SLAVE_") || k.starts_with("GIT_") || k.starts_with("REDIS") || k.starts_with("HOOK_") || k.starts_with("CI_GIT_") || k == "RUST_LOG")
+            !(k.starts_with("SLAVE_")
+                || k.starts_with("GIT_")
+                || k.starts_with("REDIS")
+                || k.starts_with("HOOK_")
+                || k.starts_with("CI_GIT_")
+                || k == "RUST_LOG")
         })
         .collect()
 }

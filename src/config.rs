@@ -22,7 +22,11 @@ pub const HOOK_SETTINGS: &[Setting] = &[
 
 pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
-    Setting { name: "SLAVE_CLUSTER", default: "slave", doc: "cluster name: `slave` or `slave-<cap>-<cap>...`; hints pick clusters by these caps" },
+    Setting {
+        name: "SLAVE_CLUSTER",
+        default: "slave",
+        doc: "cluster name: `slave` or `slave-<cap>-<cap>...`; hints pick clusters by these caps",
+    },
     Setting { name: "SLAVE_INDEX", default: "", doc: "fixed index in the cluster; unset: the lowest free index is claimed" },
     Setting { name: "SLAVE_CACHE", default: "/var/cache/ci", doc: "directory of the cached clones, one per repository and branch" },
     Setting { name: "SLAVE_BUILD_TIMEOUT", default: "3600", doc: "seconds a whole build may run before its processes are killed" },
@@ -67,9 +71,7 @@ fn raw(settings: &[Setting], name: &str) -> Option<String> {
 
 fn number<T: std::str::FromStr>(settings: &[Setting], name: &str, what: &str) -> Result<T, ConfigError> {
     let value = raw(settings, name).unwrap_or_default();
-    value
-        .parse()
-        .map_err(|_| ConfigError(format!("{name}={value:?}: expected {what}")))
+    value.parse().map_err(|_| ConfigError(format!("{name}={value:?}: expected {what}")))
 }
 
 #[derive(Debug, Clone)]

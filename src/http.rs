@@ -103,7 +103,13 @@ pub fn serve(hook: Arc<Hook>, server: Arc<tiny_http::Server>, stop: Arc<AtomicBo
     }
 }
 
-fn spawn_worker(hook: &Arc<Hook>, rx: &Receiver<Request>, idle: &Arc<AtomicUsize>, total: &Arc<AtomicUsize>, core: bool) -> std::thread::JoinHandle<()> {
+fn spawn_worker(
+    hook: &Arc<Hook>,
+    rx: &Receiver<Request>,
+    idle: &Arc<AtomicUsize>,
+    total: &Arc<AtomicUsize>,
+    core: bool,
+) -> std::thread::JoinHandle<()> {
     let (hook, rx, idle, total) = (Arc::clone(hook), rx.clone(), Arc::clone(idle), Arc::clone(total));
     total.fetch_add(1, Ordering::SeqCst);
     std::thread::spawn(move || {
@@ -259,7 +265,8 @@ fn queued(p: &payload::Push, id: String, slave: String, coalesced: bool) -> Repl
     let short = &p.sha[..10.min(p.sha.len())];
     let event = if coalesced { "build.coalesced" } else { "build.queued" };
     log::info!("{event} id={id} repo={} branch={} sha={short} slave={slave}", quote(&p.repo), quote(&p.branch));
-    let mut r = Reply::json(202, json!({ "id": id, "repo": p.repo, "branch": p.branch, "sha": p.sha, "slave": slave, "coalesced": coalesced }));
+    let mut r =
+        Reply::json(202, json!({ "id": id, "repo": p.repo, "branch": p.branch, "sha": p.sha, "slave": slave, "coalesced": coalesced }));
     r.facts = format!(" id={id} slave={slave}");
     r
 }

@@ -219,13 +219,13 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
                 }
             }
             ("env", _) => return Err(format!("{}: \"env\" must be a mapping of names to values", at(vline))),
-            ("debug", Node::Scalar { value, plain: true, .. }) if matches!(value.as_str(), "true" | "false" | "True" | "False" | "yes" | "no") => {
+            ("debug", Node::Scalar { value, plain: true, .. })
+                if matches!(value.as_str(), "true" | "false" | "True" | "False" | "yes" | "no") =>
+            {
                 s.debug = matches!(value.as_str(), "true" | "True" | "yes");
             }
             ("debug", _) => return Err(format!("{}: \"debug\" must be true or false", at(vline))),
-            (other, _) => {
-                return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug)", at(vline)))
-            }
+            (other, _) => return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug)", at(vline))),
         }
     }
     if !has_title {

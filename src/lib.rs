@@ -18,13 +18,10 @@ pub mod routing;
 pub mod runner;
 pub mod signature;
 pub mod status;
-pub mod workspace;
 pub mod worker;
+pub mod workspace;
 
 /// Seconds since the Unix epoch, as the records store them.
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

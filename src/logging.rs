@@ -18,8 +18,7 @@ pub fn init() {
 /// Formats one value for a `key=value` pair: quoted when it holds spaces,
 /// quotes or nothing; control characters escaped so one event stays one line.
 pub fn quote(value: &str) -> String {
-    let plain = !value.is_empty()
-        && value.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=');
+    let plain = !value.is_empty() && value.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '=');
     if plain {
         return value.to_string();
     }

@@ -158,11 +158,21 @@ pub struct Job<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Enqueued {
-    Queued { id: String, slave: String },
-    Coalesced { id: String, slave: String },
-    Duplicate { id: String },
+    Queued {
+        id: String,
+        slave: String,
+    },
+    Coalesced {
+        id: String,
+        slave: String,
+    },
+    Duplicate {
+        id: String,
+    },
     /// No cluster with live slaves offers the hints; the live ones are listed.
-    NoSlave { live: String },
+    NoSlave {
+        live: String,
+    },
 }
 
 /// Stores the push record and queues its build in one atomic script.
@@ -214,12 +224,8 @@ pub struct Started {
 /// build; `None` when the record is gone or already finished (dropped).
 pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str) -> RedisResult<Option<Started>> {
     static S: OnceLock<Script> = OnceLock::new();
-    let reply: Option<(String, String, String, String)> = script(&S, START, false)
-        .arg(id)
-        .arg(working)
-        .arg(slave)
-        .arg(format!("{:.3}", crate::unix_now()))
-        .invoke(conn)?;
+    let reply: Option<(String, String, String, String)> =
+        script(&S, START, false).arg(id).arg(working).arg(slave).arg(format!("{:.3}", crate::unix_now())).invoke(conn)?;
     Ok(reply.and_then(|(attempt, push, sha, reset)| {
         let mut push = crate::payload::Push::from_json(&push)?;
         push.sha = sha; // a coalesced push may have replaced it

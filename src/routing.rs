@@ -21,20 +21,14 @@ pub fn cluster_tokens(name: &str) -> Option<Vec<String>> {
 
 /// Hints from a request path: `/JDK8+SBT` → jdk8, sbt (lower-cased).
 pub fn parse_hints(path: &str) -> Vec<String> {
-    path.trim_matches('/')
-        .split(['+', ' '])
-        .filter(|h| !h.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect()
+    path.trim_matches('/').split(['+', ' ']).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase).collect()
 }
 
 /// The first cluster, ordered by (name length, name), offering every hint.
 pub fn choose_cluster<'a>(clusters: &[&'a str], hints: &[String]) -> Option<&'a str> {
     let mut sorted: Vec<&str> = clusters.to_vec();
     sorted.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
-    sorted.into_iter().find(|c| {
-        cluster_tokens(c).is_some_and(|tokens| hints.iter().all(|h| tokens.contains(h)))
-    })
+    sorted.into_iter().find(|c| cluster_tokens(c).is_some_and(|tokens| hints.iter().all(|h| tokens.contains(h))))
 }
 
 /// CRC32 (IEEE) of the repository's full name.

@@ -85,20 +85,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 || hex.is_empty() {
+    if !hex.len().is_multiple_of(2) || hex.is_empty() {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// HMAC-SHA256 of `body` under `token`, lower-case hex (what senders put in
 /// their headers); used by tools and tests that sign.
 pub fn sign_sha256(token: &str, body: &[u8]) -> String {
-    let mut mac = <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(token.as_bytes())
-        .expect("HMAC takes keys of any length");
+    let mut mac = <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(token.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(body);
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }

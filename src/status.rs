@@ -48,10 +48,8 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
     let Some(branch) = branch else {
         return Ok(not_found(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
     };
-    let (last, done): (Option<String>, Option<String>) = redis::pipe()
-        .get(branch_key("last", repo, &branch))
-        .get(branch_key("done", repo, &branch))
-        .query(conn)?;
+    let (last, done): (Option<String>, Option<String>) =
+        redis::pipe().get(branch_key("last", repo, &branch)).get(branch_key("done", repo, &branch)).query(conn)?;
     let Some(last) = last else {
         return Ok(not_found(format!("{repo:?} branch {branch:?} was never pushed")));
     };
@@ -101,7 +99,7 @@ impl Metrics {
         for ((route, code), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.push_str(&format!("ci_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}\n"));
         }
-        let redis_part = conn.map(|c| redis_metrics(c));
+        let redis_part = conn.map(redis_metrics);
         match redis_part {
             Some(Ok(text)) => {
                 out.push_str("# HELP ci_redis_up Whether Redis answered this scrape.\n# TYPE ci_redis_up gauge\nci_redis_up 1\n");

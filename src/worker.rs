@@ -40,7 +40,12 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let Some(index) = index else { return Ok(()) };
     let state = Arc::new(State { index: AtomicU32::new(index), lost: AtomicBool::new(false) });
     recover(&mut redis, &config.cluster, index, &signals);
-    log::info!("slave.ready cluster={} index={index} instance={} cache={}", config.cluster, member.instance, quote(&config.cache.to_string_lossy()));
+    log::info!(
+        "slave.ready cluster={} index={index} instance={} cache={}",
+        config.cluster,
+        member.instance,
+        quote(&config.cache.to_string_lossy())
+    );
     spawn_heartbeat(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
 
     let host = hostname();
@@ -55,7 +60,12 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
                 Some(i) => {
                     state.index.store(i, Ordering::SeqCst);
                     recover(&mut redis, &config.cluster, i, &signals);
-                    log::info!("slave.ready cluster={} index={i} instance={} cache={}", config.cluster, member.instance, quote(&config.cache.to_string_lossy()));
+                    log::info!(
+                        "slave.ready cluster={} index={i} instance={} cache={}",
+                        config.cluster,
+                        member.instance,
+                        quote(&config.cache.to_string_lossy())
+                    );
                 }
                 None => break,
             }
@@ -94,7 +104,13 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         };
         let p = &started.push;
         let short = &p.sha[..p.sha.len().min(10)];
-        log::info!("build.started id={} repo={} branch={} sha={short} slave={slave} attempt={}", started.id, quote(&p.repo), quote(&p.branch), started.attempt);
+        log::info!(
+            "build.started id={} repo={} branch={} sha={short} slave={slave} attempt={}",
+            started.id,
+            quote(&p.repo),
+            quote(&p.branch),
+            started.attempt
+        );
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
@@ -106,7 +122,12 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             abort: &signals.abort,
         };
         let Some(outcome) = build::run(&ctx, &started) else {
-            log::warn!("build.aborted id={} repo={} branch={} sha={short} slave={slave}: shutdown grace over, the job stays queued", started.id, quote(&p.repo), quote(&p.branch));
+            log::warn!(
+                "build.aborted id={} repo={} branch={} sha={short} slave={slave}: shutdown grace over, the job stays queued",
+                started.id,
+                quote(&p.repo),
+                quote(&p.branch)
+            );
             break;
         };
         let result = if outcome.passed { "passed" } else { "failed" };
@@ -168,7 +189,11 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
             Ok(Some(i)) => return Some(i),
             Ok(None) => {
                 if !waiting_logged {
-                    log::info!("slave.waiting cluster={} fixed={}: no free index yet; waiting for a lease to expire or for every holder to renew", member.cluster, fixed.map_or("-".to_string(), |i| i.to_string()));
+                    log::info!(
+                        "slave.waiting cluster={} fixed={}: no free index yet; waiting for a lease to expire or for every holder to renew",
+                        member.cluster,
+                        fixed.map_or("-".to_string(), |i| i.to_string())
+                    );
                     waiting_logged = true;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -195,7 +220,9 @@ fn recover(redis: &mut Redis, cluster: &str, index: u32, signals: &Signals) {
         match redis.run(|c| queue::requeue_working(c, cluster, index)) {
             Ok(0) => return,
             Ok(n) => {
-                log::info!("build.recovered cluster={cluster} index={index} jobs={n}: a previous holder left them in progress; they run again");
+                log::info!(
+                    "build.recovered cluster={cluster} index={index} jobs={n}: a previous holder left them in progress; they run again"
+                );
                 return;
             }
             Err(e) => {

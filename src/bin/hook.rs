@@ -24,11 +24,17 @@ fn run() -> Result<(), String> {
     let config = config::HookConfig::from_env().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst)).map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     let token = settle_token(&config, &stop)?;
     let server = tiny_http::Server::http(&config.addr).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = server.server_addr().to_ip().map_or_else(|| config.addr.clone(), |a| a.to_string());
-    log::info!("hook.listening addr={addr} threads={} redis={} max_body={}", config.threads, quote(&redact_url(&config.redis_url)), config.max_body);
+    log::info!(
+        "hook.listening addr={addr} threads={} redis={} max_body={}",
+        config.threads,
+        quote(&redact_url(&config.redis_url)),
+        config.max_body
+    );
     let hook = Arc::new(http::Hook::new(config, token));
     http::serve(hook, Arc::new(server), stop);
     log::info!("hook.stopped");
@@ -54,7 +60,12 @@ fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                log::warn!("redis.unreachable op=token redis={} error={} retry_ms={}", quote(&redact_url(&config.redis_url)), quote(&e.to_string()), delay.as_millis());
+                log::warn!(
+                    "redis.unreachable op=token redis={} error={} retry_ms={}",
+                    quote(&redact_url(&config.redis_url)),
+                    quote(&e.to_string()),
+                    delay.as_millis()
+                );
                 std::thread::sleep(delay);
             }
         }

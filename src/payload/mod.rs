@@ -86,7 +86,9 @@ pub fn parse(req: &Request) -> Result<Delivery, PayloadError> {
         return gitlab::parse(event, &json);
     }
     if let Some(event) = req.event_key {
-        return Ok(Delivery::NoBuild(format!("event {event:?} is not supported: only pushes from GitHub, Gitea/Forgejo and GitLab are built")));
+        return Ok(Delivery::NoBuild(format!(
+            "event {event:?} is not supported: only pushes from GitHub, Gitea/Forgejo and GitLab are built"
+        )));
     }
     if let Some(event) = req.gitea_event {
         return gitea::parse(event, &json);
@@ -247,7 +249,8 @@ mod tests {
 
     #[test]
     fn deletion_and_tags_build_nothing() {
-        let del = r#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
+        let del =
+            r#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
         assert!(matches!(parse(&req("push", del)), Ok(Delivery::NoBuild(r)) if r.contains("deleted")));
         let tag = r#"{"ref":"refs/tags/v1","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246"}"#;
         assert!(matches!(parse(&req("push", tag)), Ok(Delivery::NoBuild(r)) if r.contains("tag")));
@@ -261,7 +264,15 @@ mod tests {
 
     #[test]
     fn push_json_round_trips() {
-        let p = Push { repo: "a/b".into(), branch: "main".into(), sha: "ab".repeat(20), clone_url: "file:///x".into(), default_branch: None, message: "m".into(), hints: vec!["jdk8".into()] };
+        let p = Push {
+            repo: "a/b".into(),
+            branch: "main".into(),
+            sha: "ab".repeat(20),
+            clone_url: "file:///x".into(),
+            default_branch: None,
+            message: "m".into(),
+            hints: vec!["jdk8".into()],
+        };
         assert_eq!(Push::from_json(&p.to_json()), Some(p));
     }
 }

@@ -1,0 +1,29 @@
+# ci-backend — `make run` starts a local backend, `make test` runs the suite.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+.PHONY: deps
+deps: ## install redis-server, git, openssl, curl when missing (apt-get as root)
+	@scripts/deps.sh
+
+.PHONY: build
+build: deps ## release binaries in target/release
+	$(CARGO) build --release --bins
+
+.PHONY: run
+run: build ## Redis + hook on :5000 + three slaves; prints the token and a curl line
+	@scripts/run-local.sh
+
+.PHONY: test
+test: deps ## the whole suite: unit tests and the real-binaries integration tests
+	$(CARGO) test --all-targets
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings

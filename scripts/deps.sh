@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Makes sure the programs the backend and its tests run are installed:
+# apt-get when missing and running as root, else a clear message.
+set -euo pipefail
+need=()
+for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+for want in "$@"; do
+  cmd=${want%%:*}; pkg=${want#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+command -v cargo >/dev/null 2>&1 || { echo "deps: cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "deps: installing ${need[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  echo "deps: missing ${need[*]}: install them (Debian/Ubuntu: sudo apt-get install ${need[*]})" >&2
+  exit 1
+fi
