@@ -160,7 +160,7 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &mut Request, method: &Met
     match (method, path) {
         (Method::Get, "/ping") => ("ping", Reply::text(200, "pong\n".into())),
         (Method::Get, "/metrics") => {
-            let body = match redis.run(|c| Ok(hook.metrics.render(Some(c)))) {
+            let body = match redis.run_again(|c| Ok(hook.metrics.render(Some(c)))) {
                 Ok(text) => text,
                 Err(_) => hook.metrics.render(None),
             };
@@ -242,7 +242,7 @@ fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
     let p = job.push;
     let short = &p.sha[..10.min(p.sha.len())];
     let facts = format!(" repo={} branch={} sha={short}", quote(&p.repo), quote(&p.branch));
-    let mut reply = match redis.run(|c| queue::enqueue(c, job)) {
+    let mut reply = match redis.run_again(|c| queue::enqueue(c, job)) {
         Err(e) => redis_down(&e),
         Ok(Enqueued::Queued { id, slave }) => queued(p, id, slave, false),
         Ok(Enqueued::Coalesced { id, slave }) => queued(p, id, slave, true),
@@ -287,7 +287,7 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
     let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };
     let branch = query_param(query, "branch");
     let wants_json = header(req, "Accept").is_some_and(|a| a.contains("application/json"));
-    match redis.run(|c| status::read(c, &repo, branch.as_deref())) {
+    match redis.run_again(|c| status::read(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(view) if wants_json => {
             let code = if view.code == 404 { 404 } else { 200 };
@@ -308,7 +308,7 @@ fn post_build(hook: &Hook, redis: &mut Redis, req: &mut Request, raw_repo: &str,
     let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };
     let branch = query_param(query, "branch");
     let reset = header(req, "X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-    match redis.run(|c| queue::last_push(c, &repo, branch.as_deref())) {
+    match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
         Ok(Some(push)) => enqueue(redis, &Job { push: &push, delivery: None, reset }),

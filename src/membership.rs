@@ -68,11 +68,12 @@ hold(top + 1, lease)
 return top + 1
 "#;
 
-/// ARGV: cluster, instance, lease ms, index. 1 renewed, 0 lost.
+/// ARGV: cluster, instance, lease ms, index. 1 renewed, 0 lost. An index
+/// nobody holds (Redis lost its data) is taken back by its last holder.
 const RENEW: &str = r#"
 local lease, idx = tonumber(ARGV[3]), tonumber(ARGV[4])
 local who = holder(idx)
-if who ~= instance then return 0 end
+if who ~= nil and who ~= instance then return 0 end
 hold(idx, lease)
 return 1
 "#;

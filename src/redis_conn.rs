@@ -36,6 +36,18 @@ impl Redis {
         result
     }
 
+    /// Like [`Redis::run`], but a connection found dead (Redis restarted,
+    /// idle socket closed) is redialed and `f` tried once more. Only for
+    /// operations that are safe to repeat: reads, and scripts whose repeat
+    /// coalesces or is caught by a delivery id.
+    pub fn run_again<T>(&mut self, mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+        let had_connection = self.conn.is_some();
+        match self.run(&mut f) {
+            Err(e) if had_connection && is_connection_error(&e) && !e.is_timeout() => self.run(f),
+            other => other,
+        }
+    }
+
     /// Forgets the connection (after a timeout that left its state unknown).
     pub fn reset(&mut self) {
         self.conn = None;

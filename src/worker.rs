@@ -234,16 +234,22 @@ fn recover(redis: &mut Redis, cluster: &str, index: u32, signals: &Signals) {
     }
 }
 
-/// Between builds: move down to keep indexes contiguous, and re-route jobs
-/// queued on indexes at or above N (and in-progress jobs of dead holders there).
+/// Between builds: put back anything stranded in our own in-progress list
+/// (a BLMOVE whose reply was lost), move down to keep indexes contiguous,
+/// and re-route jobs queued on indexes at or above N (and in-progress jobs
+/// of dead holders there).
 fn maintain(redis: &mut Redis, member: &Member, state: &State) {
     let cluster = member.cluster.clone();
     let result = redis.run(|c| {
-        let index = state.index.load(Ordering::SeqCst);
+        let mut index = state.index.load(Ordering::SeqCst);
         if let Some(new) = member.compact(c, index)? {
             log::info!("slave.moved cluster={cluster} from={index} to={new}: indexes kept contiguous after a scale-down");
             state.index.store(new, Ordering::SeqCst);
-            queue::requeue_working(c, &cluster, new)?;
+            index = new;
+        }
+        let stranded = queue::requeue_working(c, &cluster, index)?;
+        if stranded > 0 {
+            log::info!("build.recovered cluster={cluster} index={index} jobs={stranded}: left in progress; they run again");
         }
         let n = membership::live_count(c, &cluster)?;
         if n == 0 {
