@@ -96,6 +96,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
                 continue;
             }
             let env = step_env(ctx, job, &commit, &short, &log, ok, step);
+            let masks = secret_values(&env, &step.secrets);
             let ran = runner::run(script, &cwd, &env, left, ctx.abort);
             let secs = ran.elapsed.as_secs();
             let (passed, how) = match &ran.exit {
@@ -106,12 +107,12 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
                 Exit::Aborted => return None,
             };
             let tag = if passed { "[passed]" } else { "[failed]" };
-            log.push(format!("{tag} {} ({secs} seconds, {how})", cut(script)));
+            log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
             if step.debug {
                 if ran.output.dropped > 0 {
                     log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
                 }
-                log.extend(ran.output.lines.iter().map(|l| format!("{tag}   . {l}")));
+                log.extend(ran.output.lines.iter().map(|l| format!("{tag}   . {}", mask(l, &masks))));
             }
             ok &= passed;
             if ran.exit == Exit::TimedOut {
@@ -120,6 +121,31 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
         }
     }
     Some(Outcome { passed: ok, log, seconds: started.elapsed().as_secs() })
+}
+
+/// The values to hide: each listed variable's value, and each line of a
+/// multi-line value on its own (output is recorded line by line). Values
+/// shorter than 4 characters are not masked (they would mask everything).
+fn secret_values(env: &[(String, String)], names: &[String]) -> Vec<String> {
+    let mut values: Vec<String> = Vec::new();
+    for (_, value) in env.iter().filter(|(k, _)| names.contains(k)) {
+        values.push(value.clone());
+        values.extend(value.lines().map(|l| l.trim().to_string()));
+    }
+    values.retain(|v| v.len() >= 4);
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    values
+}
+
+fn mask(line: &str, secrets: &[String]) -> String {
+    let mut out = line.to_string();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "***");
+        }
+    }
+    out
 }
 
 fn read_steps(dir: &Path) -> Result<Vec<Step>, String> {
@@ -213,6 +239,14 @@ mod tests {
     fn tag_keeps_only_safe_characters() {
         assert_eq!(tag("feature/x_y", "1a2b3c4d5e"), "feature-x-y-1a2b3c4d5e");
         assert_eq!(tag("a=b", "0"), "a=b-0");
+    }
+
+    #[test]
+    fn secrets_are_masked_line_by_line() {
+        let env = vec![("K".to_string(), "first-line\nsecond-line".to_string()), ("P".to_string(), "abc".to_string())];
+        let masks = secret_values(&env, &["K".to_string(), "P".to_string()]);
+        assert_eq!(mask("got second-line and first-line", &masks), "got *** and ***");
+        assert_eq!(mask("abc stays (too short to mask)", &masks), "abc stays (too short to mask)");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Step {
     pub cwd: Option<String>,
     pub env: Vec<(String, String)>,
     pub debug: bool,
+    /// Names of variables whose values are masked in the recorded output.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -178,7 +180,7 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
         Some(t) => format!("line {line}, step {number} ({t:?})"),
         None => format!("line {line}, step {number}"),
     };
-    let mut s = Step { title: String::new(), shell: Vec::new(), cwd: None, env: Vec::new(), debug: false };
+    let mut s = Step { title: String::new(), shell: Vec::new(), cwd: None, env: Vec::new(), debug: false, secrets: Vec::new() };
     let (mut has_title, mut has_shell) = (false, false);
     for (key, value) in entries {
         let vline = value.line();
@@ -225,7 +227,16 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
                 s.debug = matches!(value.as_str(), "true" | "True" | "yes");
             }
             ("debug", _) => return Err(format!("{}: \"debug\" must be true or false", at(vline))),
-            (other, _) => return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug)", at(vline))),
+            ("secrets", Node::Seq { items, .. }) => {
+                for item in items {
+                    match item {
+                        Node::Scalar { value, .. } if !value.is_empty() => s.secrets.push(value.clone()),
+                        _ => return Err(format!("{}: \"secrets\" must be a list of variable names", at(item.line()))),
+                    }
+                }
+            }
+            ("secrets", _) => return Err(format!("{}: \"secrets\" must be a list of variable names", at(vline))),
+            (other, _) => return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets)", at(vline))),
         }
     }
     if !has_title {
@@ -299,6 +310,13 @@ mod tests {
         assert!(parse(&bomb).unwrap_err().0.contains("document too large"));
         let deep = format!("{}x{}", "[".repeat(200), "]".repeat(200));
         assert!(parse(&deep).unwrap_err().0.contains("nested deeper"));
+    }
+
+    #[test]
+    fn secrets_are_names() {
+        let s = parse("step: a\nshell: x\nsecrets: [TOKEN, KEY]\n").unwrap();
+        assert_eq!(s[0].secrets, vec!["TOKEN", "KEY"]);
+        assert!(parse("step: a\nshell: x\nsecrets: TOKEN\n").unwrap_err().0.contains("\"secrets\" must be a list"));
     }
 
     #[test]
