@@ -27,3 +27,16 @@ test: deps ## the whole suite: unit tests and the real-binaries integration test
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+.PHONY: images
+images: ## build the hook, slave and redis images (base image built locally when it cannot be pulled)
+	@images/build-images.sh
+	@python3 images/validate.py --self-test
+
+.PHONY: e2e
+e2e: ## the deployment tests on a real Docker engine (needs `make images`)
+	@images/e2e.sh
+
+.PHONY: bench
+bench: ## benchmarks of issue 6 (ingest vs webhook/redis, latency, throughput, footprint, balance); ~10 min
+	@bench/run.sh
