@@ -148,6 +148,7 @@ pub fn parse(text: &str) -> Result<Vec<Step>, IntegrationError> {
     if text.len() > MAX_FILE {
         return Err(err(format!("is larger than {MAX_FILE} bytes")));
     }
+    check_compact_nesting(text).map_err(&err)?;
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
@@ -166,6 +167,24 @@ pub fn parse(text: &str) -> Result<Vec<Step>, IntegrationError> {
         return Err(err("line 1: holds no steps".into()));
     }
     steps.iter().enumerate().map(|(i, node)| step(i + 1, node).map_err(&err)).collect()
+}
+
+/// The YAML parser recurses once per compact block indicator (`- - - x`)
+/// with no limit of its own, so a line of thousands of them would overflow
+/// the stack before our depth check sees an event: count them first.
+fn check_compact_nesting(text: &str) -> Result<(), String> {
+    for (n, line) in text.lines().enumerate() {
+        let mut rest = line.trim_start_matches([' ', '\t']);
+        let mut depth = 0;
+        while let Some(after) = ["- ", "-\t", "? ", ": "].iter().find_map(|p| rest.strip_prefix(p)) {
+            depth += 1;
+            if depth > MAX_DEPTH {
+                return Err(format!("line {}: nested deeper than {MAX_DEPTH} levels", n + 1));
+            }
+            rest = after.trim_start_matches([' ', '\t']);
+        }
+    }
+    Ok(())
 }
 
 fn step(number: usize, node: &Node) -> Result<Step, String> {
@@ -190,14 +209,14 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
                 has_title = true;
             }
             ("step", _) => return Err(format!("{}: \"step\" must be a string", at(vline))),
-            ("shell", Node::Scalar { value, .. }) => {
+            ("shell", Node::Scalar { value, plain, .. }) if !typed(value, *plain) => {
                 s.shell = vec![value.clone()];
                 has_shell = true;
             }
             ("shell", Node::Seq { items, .. }) => {
                 for item in items {
                     match item {
-                        Node::Scalar { value, .. } => s.shell.push(value.clone()),
+                        Node::Scalar { value, plain, .. } if !typed(value, *plain) => s.shell.push(value.clone()),
                         _ => return Err(format!("{}: \"shell\" must be a string or a list of strings", at(item.line()))),
                     }
                 }
@@ -246,6 +265,13 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
         return Err(format!("{}: \"shell\" is required", at(*line)));
     }
     Ok(s)
+}
+
+/// A plain scalar YAML reads as a number, boolean or null (not a string).
+fn typed(value: &str, plain: bool) -> bool {
+    plain
+        && (matches!(value, "" | "~" | "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE")
+            || value.parse::<f64>().is_ok())
 }
 
 /// A `cwd` must stay inside the checkout: relative, and no `..` that climbs
@@ -297,6 +323,9 @@ mod tests {
         let e = parse("step: a\nshell: x\ncwd: ../..\n").unwrap_err();
         assert!(e.0.contains("cwd \"../..\" leaves the checkout"), "{}", e.0);
         assert!(parse("step: a\n").unwrap_err().0.contains("\"shell\" is required"));
+        assert!(parse("step: a\nshell: 42\n").unwrap_err().0.contains("\"shell\" must be a string or a list of strings"));
+        assert!(parse("step: a\nshell: [true]\n").unwrap_err().0.contains("\"shell\" must be a string"));
+        assert_eq!(parse("step: a\nshell: \"42\"\n").unwrap()[0].shell, vec!["42"]);
         assert!(parse("step: a\nshel: x\n").unwrap_err().0.contains("unknown key \"shel\""));
     }
 
@@ -310,6 +339,8 @@ mod tests {
         assert!(parse(&bomb).unwrap_err().0.contains("document too large"));
         let deep = format!("{}x{}", "[".repeat(200), "]".repeat(200));
         assert!(parse(&deep).unwrap_err().0.contains("nested deeper"));
+        let compact = format!("{}x\n", "- ".repeat(100_000));
+        assert_eq!(parse(&compact).unwrap_err().0, "integration.yml line 1: nested deeper than 32 levels");
     }
 
     #[test]

@@ -51,16 +51,36 @@ fn sender_signature_table() {
         ("github empty sha256", vec![ev_push, json, ("X-Hub-Signature-256", "sha256=")], &gh, 403),
         ("github non-hex sha256", vec![ev_push, json, ("X-Hub-Signature-256", "sha256=zz")], &gh, 403),
         ("github missing signature", vec![ev_push, json], &gh, 403),
-        ("github form-encoded", vec![ev_push, ("Content-Type", "application/x-www-form-urlencoded"), ("X-Hub-Signature-256", &form_ok)], &form, 202),
-        ("github form, JSON signed", vec![ev_push, ("Content-Type", "application/x-www-form-urlencoded"), ("X-Hub-Signature-256", &form_bad)], &form, 403),
+        (
+            "github form-encoded",
+            vec![ev_push, ("Content-Type", "application/x-www-form-urlencoded"), ("X-Hub-Signature-256", &form_ok)],
+            &form,
+            202,
+        ),
+        (
+            "github form, JSON signed",
+            vec![ev_push, ("Content-Type", "application/x-www-form-urlencoded"), ("X-Hub-Signature-256", &form_bad)],
+            &form,
+            403,
+        ),
         ("github ping signed", vec![("X-GitHub-Event", "ping"), json, ("X-Hub-Signature-256", &ping_ok)], &ping, 200),
         ("github ping other key", vec![("X-GitHub-Event", "ping"), json, ("X-Hub-Signature-256", &ping_other)], &ping, 403),
         ("github ping unsigned", vec![("X-GitHub-Event", "ping"), json], &ping, 403),
         ("gitea bare hex", vec![("X-Gitea-Event", "push"), json, ("X-Gitea-Signature", &gitea_ok)], &gt, 202),
         ("gitea other key", vec![("X-Gitea-Event", "push"), json, ("X-Gitea-Signature", &gitea_other)], &gt, 403),
         ("gitea missing", vec![("X-Gitea-Event", "push"), json], &gt, 403),
-        ("forgejo bare hex", vec![("X-Forgejo-Event", "push"), ("X-Gitea-Event", "push"), json, ("X-Forgejo-Signature", &gitea_ok)], &gt, 202),
-        ("forgejo other key", vec![("X-Forgejo-Event", "push"), ("X-Gitea-Event", "push"), json, ("X-Forgejo-Signature", &gitea_other)], &gt, 403),
+        (
+            "forgejo bare hex",
+            vec![("X-Forgejo-Event", "push"), ("X-Gitea-Event", "push"), json, ("X-Forgejo-Signature", &gitea_ok)],
+            &gt,
+            202,
+        ),
+        (
+            "forgejo other key",
+            vec![("X-Forgejo-Event", "push"), ("X-Gitea-Event", "push"), json, ("X-Forgejo-Signature", &gitea_other)],
+            &gt,
+            403,
+        ),
         ("gitlab token", vec![("X-Gitlab-Event", "Push Hook"), json, ("X-Gitlab-Token", TOKEN)], &gl, 202),
         ("gitlab wrong token", vec![("X-Gitlab-Event", "Push Hook"), json, ("X-Gitlab-Token", OTHER)], &gl, 403),
         ("gitlab token prefix", vec![("X-Gitlab-Event", "Push Hook"), json, ("X-Gitlab-Token", &TOKEN[..TOKEN.len() - 1])], &gl, 403),
@@ -79,7 +99,10 @@ fn sender_signature_table() {
                 failures.push(format!("{name}: 403 without a JSON error sentence: {r}"));
             }
         }
-        if r.code == 202 && serde_json::from_slice::<Value>(&r.body).ok().and_then(|j| j["sha"].as_str().map(String::from)).as_deref() != Some(sha.as_str()) {
+        if r.code == 202
+            && serde_json::from_slice::<Value>(&r.body).ok().and_then(|j| j["sha"].as_str().map(String::from)).as_deref()
+                != Some(sha.as_str())
+        {
             failures.push(format!("{name}: 202 without the sha: {r}"));
         }
     }
@@ -95,11 +118,7 @@ fn generated_token_is_shared_through_redis() {
     let a = Hook::start(&redis, &[]);
     assert_eq!(a.token_source, "generated");
     assert_eq!(a.token.len(), 32, "token {:?}", a.token);
-    assert!(
-        a.token.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'),
-        "token {:?} outside A-Za-z0-9+/",
-        a.token
-    );
+    assert!(a.token.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'), "token {:?} outside A-Za-z0-9+/", a.token);
     assert_eq!(redis.get("ci:token").as_deref(), Some(a.token.as_str()), "ci:token");
     let b = Hook::start(&redis, &[]);
     assert_eq!(b.token_source, "shared");

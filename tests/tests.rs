@@ -31,3 +31,23 @@ mod faults;
 
 /// One pending build per repo+branch; redelivered delivery ids.
 mod coalescing;
+
+/// HTTP abuse over raw sockets: lying Content-Length, over-limit bodies, huge headers, slow and
+/// idle clients, pipelining, invalid UTF-8, other methods — the hook keeps serving pushes.
+mod http_abuse;
+
+/// Hostile repository and branch names: `..`, leading `/`, long, control characters, shell
+/// metacharacters, leading `-`, unicode — nothing outside the cache, no option to git.
+mod hostile_names;
+
+/// The token, the git password and the Redis password never in logs, answers or build
+/// environments; `secrets:` values masked in recorded logs.
+mod secrets;
+
+/// Builds that misbehave (setsid daemon, closed stdout, full workspace disk, never ending):
+/// each ends with a status and the next build on the same slave passes.
+mod misbehaving;
+
+/// Deterministic property tests of the payload and integration.yml parsers: 20,000 mutations
+/// each, alias bombs, 100k-deep JSON and 10k-deep YAML nesting.
+mod fuzz;

@@ -22,18 +22,10 @@ fn send_sample(hook: &Hook, rel: &str, body: &[u8]) -> Response {
             "gitlab/system-hook-tag-push.json" => "System Hook",
             other => panic!("no header known for {other}"),
         };
-        return hook.post(
-            "/",
-            &[("X-Gitlab-Event", event), ("X-Gitlab-Token", &hook.token), ("Idempotency-Key", &delivery), json],
-            body,
-        );
+        return hook.post("/", &[("X-Gitlab-Event", event), ("X-Gitlab-Token", &hook.token), ("Idempotency-Key", &delivery), json], body);
     }
     if rel.starts_with("gitea/") {
-        return hook.post(
-            "/",
-            &[("X-Gitea-Event", "push"), ("X-Gitea-Delivery", &delivery), ("X-Gitea-Signature", &gitea), json],
-            body,
-        );
+        return hook.post("/", &[("X-Gitea-Event", "push"), ("X-Gitea-Delivery", &delivery), ("X-Gitea-Signature", &gitea), json], body);
     }
     if rel.starts_with("bitbucket/") {
         return hook.post(
@@ -201,9 +193,9 @@ fn buildable_samples_are_built_and_read_back_as_text_and_json() {
         assert_eq!(rec["log"], json!(expected));
         assert_eq!(rec["slave"], json!("slave-0"));
         assert!(rec["seconds"].is_number(), "seconds: {rec}");
-        let t = |k: &str| rec[k].as_u64().unwrap_or_else(|| panic!("{k} is not unix seconds: {rec}"));
+        let t = |k: &str| rec[k].as_f64().unwrap_or_else(|| panic!("{k} is not unix seconds: {rec}"));
         let (q, s, f) = (t("queued_at"), t("started_at"), t("finished_at"));
-        assert!(before <= q && q <= s && s <= f && f <= now() + 1, "times out of order: {rec}");
+        assert!(before as f64 <= q && q <= s && s <= f && f <= (now() + 1) as f64, "times out of order: {rec}");
     }
     // The repository's default branch (master, from the payload) is what /status shows
     // without ?branch.
@@ -250,7 +242,9 @@ fn hints_choose_the_shortest_cluster_offering_all_of_them() {
     git.write("integration.yml", "step: s\nshell: \"true\"\n");
     let sha = git.commit("hinted");
     git.push();
-    for (path, cluster) in [("/jdk8", "slave-jdk8"), ("/jdk8+sbt", "slave-jdk8-sbt"), ("/sbt+jdk8", "slave-jdk8-sbt"), ("/sbt", "slave-jdk8-sbt")] {
+    for (path, cluster) in
+        [("/jdk8", "slave-jdk8"), ("/jdk8+sbt", "slave-jdk8-sbt"), ("/sbt+jdk8", "slave-jdk8-sbt"), ("/sbt", "slave-jdk8-sbt")]
+    {
         let r = hook.push_to(path, &git, &sha);
         assert_eq!(r.code, 202, "POST {path}: {r}");
         let j = r.json();

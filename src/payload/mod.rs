@@ -174,10 +174,10 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         return Ok(Delivery::NoBuild(format!("push to {git_ref:?}: only branches are built")));
     };
     let zero = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'0');
-    if raw.deleted || raw.sha.is_none_or(zero) {
+    if raw.deleted || raw.sha.is_some_and(zero) {
         return Ok(Delivery::NoBuild(format!("branch {branch:?} deleted: nothing to build")));
     }
-    let sha = raw.sha.unwrap_or_default();
+    let sha = raw.sha.ok_or_else(|| missing("after (the pushed commit)"))?;
     let repo = raw.repo.ok_or_else(|| missing("repository full name"))?;
     let clone_url = raw.clone_url.ok_or_else(|| missing("repository clone URL"))?;
     check_name("repository name", repo, 200)?;

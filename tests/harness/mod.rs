@@ -41,13 +41,8 @@ pub fn test_name() -> String {
 
 /// A fresh, empty, numbered directory for one test.
 pub fn fresh_dir(name: &str) -> PathBuf {
-    let safe: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
-    let root = std::env::temp_dir()
-        .join("ci-backend-tests")
-        .join(format!("{}-{:03}-{}", std::process::id(), next(), safe));
+    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    let root = std::env::temp_dir().join("ci-backend-tests").join(format!("{}-{:03}-{}", std::process::id(), next(), safe));
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
     root
@@ -90,10 +85,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 /// Runs a command to completion; panics with command, cwd, status, stdout and stderr when it
 /// fails. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "command failed: {cmd:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
@@ -128,9 +120,7 @@ pub fn kv(line: &str, key: &str) -> Option<String> {
 
 /// The lines of `text` that carry the log event `event` (the word after the level).
 pub fn events<'a>(text: &'a str, event: &str) -> Vec<&'a str> {
-    text.lines()
-        .filter(|l| l.split_whitespace().nth(2) == Some(event))
-        .collect()
+    text.lines().filter(|l| l.split_whitespace().nth(2) == Some(event)).collect()
 }
 
 /// Unix time in seconds.
@@ -142,11 +132,7 @@ pub fn now() -> u64 {
 pub fn process_gone(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/status")) {
         Err(_) => true,
-        Ok(s) => s
-            .lines()
-            .find(|l| l.starts_with("State:"))
-            .map(|l| l.contains("Z") || l.contains("X"))
-            .unwrap_or(true),
+        Ok(s) => s.lines().find(|l| l.starts_with("State:")).map(|l| l.contains("Z") || l.contains("X")).unwrap_or(true),
     }
 }
 
@@ -295,18 +281,35 @@ impl Drop for Proc {
     }
 }
 
+/// The path of our binary `name` (`hook`, `slave`): Cargo's `CARGO_BIN_EXE_<name>` in the test
+/// binary; in a cargo example that includes this harness (`examples/soak.rs`, where Cargo sets no
+/// such variable), the binary beside it in `target/<profile>/`.
+pub fn bin(name: &str) -> String {
+    let from_cargo = match name {
+        "hook" => option_env!("CARGO_BIN_EXE_hook"),
+        "slave" => option_env!("CARGO_BIN_EXE_slave"),
+        _ => None,
+    };
+    if let Some(path) = from_cargo {
+        return path.to_string();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("the executable's directory").to_path_buf();
+    if dir.ends_with("examples") || dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build it first (cargo build --bins)", path.display());
+    path.to_string_lossy().into_owned()
+}
+
 /// Our binaries see only what we give them: the inherited HOOK_*, SLAVE_*, REDIS_*, GIT_* and
 /// RUST_LOG variables are removed first.
 fn scrubbed(bin: &str) -> Command {
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
-        if k.starts_with("HOOK_")
-            || k.starts_with("SLAVE_")
-            || k.starts_with("REDIS_")
-            || k.starts_with("GIT_")
-            || k == "RUST_LOG"
-        {
+        if k.starts_with("HOOK_") || k.starts_with("SLAVE_") || k.starts_with("REDIS_") || k.starts_with("GIT_") || k == "RUST_LOG" {
             cmd.env_remove(&k);
         }
     }
@@ -407,6 +410,30 @@ pub fn resp_cmd(port: u16, args: &[&str]) -> std::io::Result<Resp> {
     read_resp(&mut BufReader::new(s))
 }
 
+/// One command over a fresh TCP connection, after `AUTH <password>` (a Redis started with
+/// `requirepass`); an `AUTH` error reply is returned as the reply.
+pub fn resp_cmd_auth(port: u16, password: &str, args: &[&str]) -> std::io::Result<Resp> {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = Vec::new();
+    for cmd in [&["AUTH", password][..], args] {
+        req.extend_from_slice(format!("*{}\r\n", cmd.len()).as_bytes());
+        for a in cmd {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+    }
+    s.write_all(&req)?;
+    let mut r = BufReader::new(s);
+    match read_resp(&mut r)? {
+        err @ Resp::Error(_) => Ok(err),
+        _ => read_resp(&mut r),
+    }
+}
+
 /// A real `redis-server` on a free port, in its own directory, with `appendfsync always` so a
 /// stop and restart keeps every acknowledged write.
 pub struct Redis {
@@ -490,6 +517,22 @@ impl Redis {
             Err(_) => Ok(()),
             Ok(r) => Err(format!("{r:?}")),
         });
+    }
+
+    /// SIGKILL (a crash: no AOF rewrite, no goodbye), reaped; the port is closed afterwards.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+        wait_for("redis port to be closed", DEADLINE, || match resp_cmd(self.port, &["PING"]) {
+            Err(_) => Ok(()),
+            Ok(r) => Err(format!("{r:?}")),
+        });
+    }
+
+    /// Whether redis-server is running (not stopped or killed by the test).
+    pub fn running(&self) -> bool {
+        self.proc.is_some()
     }
 
     /// Starts redis-server again on the same port and directory.
@@ -612,14 +655,10 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response {} is not JSON ({e}): {:.500}", self.code, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response {} is not JSON ({e}): {:.500}", self.code, self.text()))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -639,19 +678,12 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or("");
-    let code: u16 = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad(&format!("bad status line {status:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let code: u16 =
+        status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad(&format!("bad status line {status:?}")))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     let mut body = raw[end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
@@ -669,10 +701,8 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
             rest = &rest[(size + 2).min(rest.len())..];
         }
         body = out;
-    } else if let Some(len) = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok())
+    } else if let Some(len) =
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok())
     {
         body.truncate(len);
     }
@@ -700,9 +730,10 @@ pub fn try_http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &s
     let mut raw = Vec::new();
     let read = s.read_to_end(&mut raw);
     if raw.is_empty() {
-        return Err(read.err().or(write_err).unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed without a response")
-        }));
+        return Err(read
+            .err()
+            .or(write_err)
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed without a response")));
     }
     parse_response(&raw)
 }
@@ -768,17 +799,12 @@ impl Hook {
     /// Starts the hook on `127.0.0.1:0` against `redis`; `env` is applied last.
     pub fn start(redis: &Redis, env: &[(&str, &str)]) -> Hook {
         let k = next();
-        let mut cmd = scrubbed(env!("CARGO_BIN_EXE_hook"));
+        let mut cmd = scrubbed(&bin("hook"));
         cmd.env("HOOK_ADDR", "127.0.0.1:0").env("REDIS_URL", redis.url()).current_dir(&redis.root);
         for (key, v) in env {
             cmd.env(key, v);
         }
-        let mut proc = Proc::spawn(
-            "hook",
-            cmd,
-            redis.root.join(format!("hook-{k}.out")),
-            redis.root.join(format!("hook-{k}.err")),
-        );
+        let mut proc = Proc::spawn("hook", cmd, redis.root.join(format!("hook-{k}.out")), redis.root.join(format!("hook-{k}.err")));
         let (addr, token, source) = wait_for("hook.listening and hook.token lines", DEADLINE, || {
             let out = proc.stdout();
             let listening = events(&out, "hook.listening").first().and_then(|l| kv(l, "addr"));
@@ -824,10 +850,7 @@ impl Hook {
     /// `ci_slaves{cluster="<cluster>"} N` from /metrics.
     pub fn slaves(&self, cluster: &str) -> Option<u64> {
         let prefix = format!("ci_slaves{{cluster=\"{cluster}\"}} ");
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<f64>().ok()))
-            .map(|v| v as u64)
+        self.metrics().lines().find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse::<f64>().ok())).map(|v| v as u64)
     }
 
     pub fn wait_slaves(&self, cluster: &str, n: u64) {
@@ -885,25 +908,13 @@ impl Slave {
         let k = next();
         let cache = redis.root.join(format!("slave-{k}-cache"));
         fs::create_dir_all(&cache).unwrap();
-        let mut cmd = scrubbed(env!("CARGO_BIN_EXE_slave"));
-        cmd.env("REDIS_URL", redis.url())
-            .env("SLAVE_CACHE", &cache)
-            .env("SLAVE_LEASE", "2")
-            .current_dir(&redis.root);
+        let mut cmd = scrubbed(&bin("slave"));
+        cmd.env("REDIS_URL", redis.url()).env("SLAVE_CACHE", &cache).env("SLAVE_LEASE", "2").current_dir(&redis.root);
         for (key, v) in env {
             cmd.env(key, v);
         }
-        let cache = env
-            .iter()
-            .find(|(key, _)| *key == "SLAVE_CACHE")
-            .map(|(_, v)| PathBuf::from(v))
-            .unwrap_or(cache);
-        let mut proc = Proc::spawn(
-            "slave",
-            cmd,
-            redis.root.join(format!("slave-{k}.out")),
-            redis.root.join(format!("slave-{k}.err")),
-        );
+        let cache = env.iter().find(|(key, _)| *key == "SLAVE_CACHE").map(|(_, v)| PathBuf::from(v)).unwrap_or(cache);
+        let mut proc = Proc::spawn("slave", cmd, redis.root.join(format!("slave-{k}.out")), redis.root.join(format!("slave-{k}.err")));
         let (cluster, index) = wait_for("slave.ready line", DEADLINE, || {
             let out = proc.stdout();
             if let Some(line) = events(&out, "slave.ready").first() {
@@ -945,10 +956,7 @@ impl Slave {
 
     /// The `build.started` lines of this slave that name build `id`.
     pub fn started(&self, id: &str) -> usize {
-        events(&self.log(), "build.started")
-            .iter()
-            .filter(|l| kv(l, "id").as_deref() == Some(id))
-            .count()
+        events(&self.log(), "build.started").iter().filter(|l| kv(l, "id").as_deref() == Some(id)).count()
     }
 }
 
@@ -1027,9 +1035,7 @@ impl Blocker {
     }
 
     pub fn wait_started(&self) {
-        wait_for(&format!("{} to exist", self.mark.display()), LONG, || {
-            if self.mark.exists() { Ok(()) } else { Err("absent".into()) }
-        });
+        wait_for(&format!("{} to exist", self.mark.display()), LONG, || if self.mark.exists() { Ok(()) } else { Err("absent".into()) });
     }
 
     pub fn release(&self) {

@@ -1,0 +1,184 @@
+//! Names from payloads used as paths and arguments: repository names with `..`, a leading
+//! `/`, very long ones; branch names with shell metacharacters, a leading `-`, git options,
+//! unicode; control characters refused with 400. Every buildable one is built from a real bare
+//! repository on that branch; nothing outside the slave's SLAVE_CACHE is touched, no shell
+//! ever sees a name, and git never takes one as an option.
+
+use crate::harness::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const TOKEN: &str = "hostile-names-token";
+
+/// Redis, a hook and one slave whose cache sits five levels below the test directory, so that
+/// any `..` escape of up to five levels lands where the snapshot sees it.
+fn backend() -> (Backend, PathBuf) {
+    let redis = Redis::start();
+    let cache = redis.root.join("sandbox/a/b/c/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let hook = Hook::start(&redis, &[("HOOK_TOKEN", TOKEN)]);
+    let slave = Slave::start(&redis, &[("SLAVE_CACHE", cache.to_str().unwrap())]);
+    hook.wait_slaves("slave", 1);
+    (Backend { slaves: vec![slave], hook, redis }, cache)
+}
+
+/// Every path under `root`, relative, except inside `skip` (the cache, Redis's files, the git
+/// repositories the test itself pushes to).
+fn snapshot(root: &Path, skip: &[PathBuf]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if skip.iter().any(|s| p.starts_with(s)) {
+                continue;
+            }
+            out.insert(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// `TAG` as the README defines it.
+fn tag(branch: &str, sha: &str) -> String {
+    format!("{branch}-{}", &sha[..10]).chars().map(|c| if c.is_ascii_alphanumeric() || c == '=' { c } else { '-' }).collect()
+}
+
+const YML: &str = "step: names\ndebug: true\nshell: 'printf \"%s|%s|%s\\n\" \"$REPO\" \"$BRANCH\" \"$TAG\"'\n";
+
+#[test]
+fn hostile_repository_and_branch_names_stay_inside_the_cache() {
+    let (b, cache) = backend();
+    let root = b.root().to_path_buf();
+    let unique = delivery_id();
+    let marker = std::env::temp_dir().join(format!("pwned-{unique}"));
+    let marker2 = std::env::temp_dir().join(format!("pwned-{unique}-2"));
+    let tmp = marker.display().to_string();
+    // A sentinel a `rm -rf x` run in the slave's working directory would remove.
+    std::fs::create_dir_all(root.join("x/keep")).unwrap();
+
+    // Repository names, each a real bare repository whose `main` is built.
+    let long = format!("long/{}", "n".repeat(185));
+    assert_eq!(long.len(), 190);
+    let repo_names = ["../../etc", "/abs", "a/../../b", "../../../../../escape", long.as_str()];
+    // Branch names of one repository: (name, is it a valid git ref, so pushed to the bare repo).
+    let branch_names: Vec<(String, bool)> = vec![
+        ("-rf".into(), true),
+        ("--upload-pack=touch${IFS}".to_string() + &tmp + "-2", true),
+        (format!("$(touch${{IFS}}{tmp})"), true),
+        (";rm${IFS}-rf${IFS}x".into(), true),
+        ("ünï/cödé".into(), true),
+        ("..".into(), false),
+        (format!("$(touch {tmp})"), false),
+        (";rm -rf x".into(), false),
+    ];
+
+    let mut jobs: Vec<(String, String, String, String)> = vec![]; // repo, branch, sha, id
+    let mut repos = vec![];
+    for name in repo_names {
+        let git = b.repo(name);
+        git.write("integration.yml", YML);
+        let sha = git.commit("hostile repository name");
+        git.push();
+        repos.push(git);
+        let git = repos.last().unwrap();
+        let r = b.hook.push(git, &sha);
+        assert_eq!(r.code, 202, "repository {name:?}: {r}");
+        jobs.push((name.to_string(), "main".into(), sha, r.json()["id"].as_str().unwrap().to_string()));
+    }
+    let mut names = b.repo("acme/names");
+    names.write("integration.yml", YML);
+    let sha = names.commit("hostile branch names");
+    names.push();
+    for (branch, valid_ref) in &branch_names {
+        names.branch = branch.clone();
+        if *valid_ref {
+            names.push();
+        }
+        let r = b.hook.push(&names, &sha);
+        assert_eq!(r.code, 202, "branch {branch:?}: {r}");
+        jobs.push(("acme/names".into(), branch.clone(), sha.clone(), r.json()["id"].as_str().unwrap().to_string()));
+    }
+    let skip = [cache.clone(), root.join("redis"), root.join("git")];
+    let before = snapshot(&root, &skip);
+
+    let mut failures = vec![];
+    for (repo, branch, sha, id) in &jobs {
+        let build = wait_build(&b.redis, id, LONG);
+        let valid = branch_names.iter().find(|(n, _)| n == branch).map(|(_, v)| *v).unwrap_or(true);
+        let echo = format!("[passed]   . {repo}|{branch}|{}", tag(branch, sha));
+        if valid {
+            if build.state != "passed" || !build.has_line(&echo) {
+                failures.push(format!("{repo:?} {branch:?}: expected passed with {echo:?}, got {} {:?}", build.state, build.log));
+            }
+            let dir = ci_backend::workspace::checkout_dir(&cache, repo, branch);
+            if !dir.join("integration.yml").is_file() {
+                failures.push(format!("{repo:?} {branch:?}: no checkout at {}", dir.display()));
+            } else if !dir.canonicalize().unwrap().starts_with(cache.canonicalize().unwrap()) {
+                failures.push(format!("{repo:?} {branch:?}: checkout {} is outside the cache", dir.display()));
+            }
+        }
+        // Whatever happened, it is a finished build whose log names the name only as data.
+        eprintln!("{repo:?} {branch:?}: {} {:?}", build.state, build.log);
+    }
+    assert!(failures.is_empty(), "hostile names:\n{}", failures.join("\n"));
+
+    let after = snapshot(&root, &skip);
+    let appeared: Vec<_> = after.difference(&before).collect();
+    let vanished: Vec<_> = before.difference(&after).collect();
+    assert!(appeared.is_empty() && vanished.is_empty(), "outside the cache, appeared: {appeared:?}, vanished: {vanished:?}");
+    assert!(root.join("x/keep").is_dir(), "`rm -rf x` ran somewhere");
+    let sandbox: Vec<_> = std::fs::read_dir(root.join("sandbox/a/b/c")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(sandbox, vec![std::ffi::OsString::from("cache")], "beside the cache");
+    for p in [&marker, &marker2] {
+        assert!(!p.exists(), "{} exists: a name was run by a shell or given to git as an option", p.display());
+    }
+    assert!(!Path::new("/abs").exists(), "/abs was created");
+    assert!(!root.parent().unwrap().join("escape").exists() && !root.parent().unwrap().join("b").exists(), "a name escaped the test dir");
+
+    // The names read back through /status, percent-encoded in the path and the query.
+    for (repo, branch, _sha, _id) in jobs.iter().filter(|(_, br, ..)| branch_names.iter().all(|(n, v)| n != br || *v)) {
+        let path = format!("/status/{}?branch={}", urlencode(repo).replace("%2F", "/"), urlencode(branch));
+        let r = b.hook.get(&path);
+        assert_eq!(r.code, 200, "GET {path}: {r}");
+        assert!(r.text().starts_with("- commit "), "GET {path}: {r}");
+    }
+    let _ = std::fs::remove_file(&marker);
+    let _ = std::fs::remove_file(&marker2);
+}
+
+#[test]
+fn names_with_control_characters_are_400_and_build_nothing() {
+    let (b, _cache) = backend();
+    let git = b.repo("acme/ctl");
+    git.write("integration.yml", YML);
+    let sha = git.commit("ctl");
+    git.push();
+    let cases: [(&str, &str); 6] = [
+        ("acme/ctl\nX-Injected: 1", "main"),
+        ("acme/c\0tl", "main"),
+        ("acme/ctl", "ma\nin"),
+        ("acme/ctl", "ma\0in"),
+        ("acme/\rctl", "main"),
+        ("acme/ctl", "x\x1b[31m"),
+    ];
+    for (repo, branch) in cases {
+        let body = github_push(repo, &git.file_url(), branch, &sha, "ctl", "main").to_string();
+        let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+        assert_eq!(r.code, 400, "repo {repo:?} branch {branch:?}: {r}");
+        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(err.contains("control characters"), "repo {repo:?} branch {branch:?}: reason {err:?}");
+    }
+    // Over-long names are refused too.
+    let body = github_push(&format!("o/{}", "n".repeat(300)), &git.file_url(), "main", &sha, "long", "main").to_string();
+    let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+    assert_eq!(r.code, 400, "a 302-byte repository name: {r}");
+    assert_eq!(b.redis.keys("ci:build:*"), Vec::<String>::new(), "a refused name created a build");
+    assert!(!b.hook.log().contains("X-Injected: 1\n"), "a newline from a name split a log line");
+    let id = b.hook.push_ok(&git, &sha);
+    assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed");
+}
