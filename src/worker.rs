@@ -59,6 +59,8 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             match claim(&mut redis, &member, None, &signals) {
                 Some(i) => {
                     state.index.store(i, Ordering::SeqCst);
+                    // The heartbeat kept failing on the old index while we waited.
+                    state.lost.store(false, Ordering::SeqCst);
                     recover(&mut redis, &config.cluster, i, &signals);
                     log::info!(
                         "slave.ready cluster={} index={i} instance={} cache={}",
@@ -131,7 +133,9 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             break;
         };
         let result = if outcome.passed { "passed" } else { "failed" };
-        store(&mut redis, &started, &working, &outcome, &signals);
+        if !store(&mut redis, &started, &working, &outcome, &signals) {
+            continue;
+        }
         log::info!(
             "build.finished id={} repo={} branch={} sha={short} slave={slave} result={result} seconds={}",
             started.id,
@@ -148,19 +152,21 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
 
 /// Stores a result, retrying with backoff while Redis is unreachable: a
 /// finished build is never thrown away for want of a connection.
-fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals) {
+/// True when stored; false when a later attempt owns the build or Redis
+/// stayed away past the shutdown grace.
+fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals) -> bool {
     let mut backoff = Backoff::default();
     loop {
         match redis.run(|c| queue::finish(c, job, working, outcome)) {
-            Ok(true) => return,
+            Ok(true) => return true,
             Ok(false) => {
                 log::warn!("build.superseded id={} attempt={}: a later attempt owns this build; result not stored", job.id, job.attempt);
-                return;
+                return false;
             }
             Err(e) => {
                 if signals.abort.load(Ordering::SeqCst) {
                     log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", job.id);
-                    return;
+                    return false;
                 }
                 let delay = backoff.next_delay();
                 log::warn!("redis.unreachable op=finish id={} error={} retry_ms={}", job.id, quote(&e.to_string()), delay.as_millis());
