@@ -40,3 +40,10 @@ e2e: ## the deployment tests on a real Docker engine (needs `make images`)
 .PHONY: bench
 bench: ## benchmarks of issue 6 (ingest vs webhook/redis, latency, throughput, footprint, balance); ~10 min
 	@bench/run.sh
+
+SOAK_SECONDS ?= 180
+
+.PHONY: soak
+soak: deps ## chaos soak for SOAK_SECONDS (180): kills and pauses under pushes; tallies; fails on a lost build
+	$(CARGO) build --release --bins
+	$(CARGO) run --release --example soak -- --seconds $(SOAK_SECONDS)

@@ -17,6 +17,11 @@ pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_TOKEN", default: "", doc: "secret token for signatures; unset: generated once and shared through Redis" },
     Setting { name: "HOOK_THREADS", default: "16", doc: "request worker threads" },
     Setting { name: "HOOK_MAX_BODY", default: "26214400", doc: "largest accepted request body, in bytes (GitHub's cap is 25 MiB)" },
+    Setting {
+        name: "HOOK_IDLE_TIMEOUT",
+        default: "10",
+        doc: "seconds a connection may stay silent (mid-request or idle) before it is closed",
+    },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -81,6 +86,7 @@ pub struct HookConfig {
     pub token: Option<String>,
     pub threads: usize,
     pub max_body: u64,
+    pub idle_timeout: Duration,
 }
 
 impl HookConfig {
@@ -96,6 +102,10 @@ impl HookConfig {
             token: raw(s, "HOOK_TOKEN"),
             threads,
             max_body: number(s, "HOOK_MAX_BODY", "a number of bytes")?,
+            idle_timeout: match number::<u64>(s, "HOOK_IDLE_TIMEOUT", "a number of seconds")? {
+                0 => return Err(ConfigError("HOOK_IDLE_TIMEOUT=\"0\": expected at least 1 second".into())),
+                n => Duration::from_secs(n),
+            },
         })
     }
 }

@@ -1,5 +1,6 @@
-//! The hook's HTTP edge: tiny_http requests on an elastic worker pool, the
-//! body limit, path + method → handler → status code, one log line each.
+//! The hook's HTTP edge: our accept loop with socket timeouts, tiny_http
+//! parsing on a thread per connection, the body limit, then path + method →
+//! handler → status code on a worker pool, one log line per request.
 
 use crate::config::HookConfig;
 use crate::logging::quote;
@@ -8,7 +9,7 @@ use crate::queue::{self, Enqueued, Job};
 use crate::redis_conn::Redis;
 use crate::signature::{self, Credentials};
 use crate::status::{self, Metrics};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::Receiver;
 use serde_json::{json, Value};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,8 +19,6 @@ use tiny_http::{Header, Method, Request, Response};
 
 /// Redis socket timeout for the hook: a request waits at most this long.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
-/// Extra workers (beyond HOOK_THREADS) exit after this long idle.
-const EXTRA_IDLE: Duration = Duration::from_secs(10);
 
 pub struct Hook {
     pub config: HookConfig,
@@ -62,82 +61,135 @@ impl Hook {
     }
 }
 
-/// Serves until `stop` is set; returns once every worker has left.
-pub fn serve(hook: Arc<Hook>, server: Arc<tiny_http::Server>, stop: Arc<AtomicBool>) {
-    let base = hook.config.threads;
-    let max = (base * 8).max(64);
-    let (tx, rx) = crossbeam_channel::unbounded::<Request>();
-    let idle = Arc::new(AtomicUsize::new(0));
-    let total = Arc::new(AtomicUsize::new(0));
-    let mut handles = Vec::new();
-    for _ in 0..base {
-        handles.push(spawn_worker(&hook, &rx, &idle, &total, true));
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// A request whose body the connection thread has read in full.
+struct Incoming {
+    req: Request,
+    body: Vec<u8>,
+    started: Instant,
+}
+
+/// Accepts connections until `stop` is set. Each connection gets a thread
+/// of its own that parses requests (tiny_http) and reads their bodies under
+/// HOOK_MAX_BODY, so slow or idle clients only ever hold their own thread;
+/// complete requests go to HOOK_THREADS workers, each with its Redis
+/// connection. The listener must carry SO_RCVTIMEO (see [`listen`]).
+pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
+    let (tx, rx) = crossbeam_channel::unbounded::<Incoming>();
+    let mut workers = Vec::new();
+    for _ in 0..hook.config.threads {
+        let (hook, rx) = (Arc::clone(&hook), rx.clone());
+        workers.push(std::thread::spawn(move || worker(&hook, &rx)));
     }
+    let listener = tiny_http::Listener::from(listener);
+    let plain = match tiny_http::SslContextWrap::build_ssl_capabilities(None) {
+        Ok(p) => p,
+        Err(e) => return log::error!("http.failed error={}", quote(&e.to_string())),
+    };
+    let open = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Ok(Some(req))) => {
-                // Slow clients hold a worker while their body trickles in:
-                // grow the pool so signed pushes keep being served.
-                if idle.load(Ordering::SeqCst) == 0 && total.load(Ordering::SeqCst) < max {
-                    spawn_worker(&hook, &rx, &idle, &total, false);
-                }
-                if tx.send(req).is_err() {
-                    break;
-                }
-            }
-            Ok(Ok(None)) => {}
-            // tiny_http already answered 400/408/417 on that connection.
-            // A client closing its keep-alive connection is not an event.
-            // (The fork keeps its error type private: only its text is ours.)
-            Ok(Err(e)) if e.to_string().starts_with("[ReadIoError]") => log::debug!("connection.closed error={}", quote(&e.to_string())),
-            Ok(Err(e)) => log::info!("request.rejected error={}", quote(&e.to_string())),
+        let conn = match tiny_http::Server::accept_connection(&listener, &plain) {
+            Ok(Some(conn)) => conn,
+            Ok(None) => continue,
+            // The accept timeout doubles as the stop poll.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) => {
-                log::error!("http.accept_failed error={}", quote(&e.to_string()));
-                break;
+                log::warn!("http.accept_failed error={}", quote(&e.to_string()));
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
             }
+        };
+        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            log::warn!("http.refused open={MAX_CONNECTIONS}: too many connections, closing the new one");
+            continue;
+        }
+        open.fetch_add(1, Ordering::SeqCst);
+        let (hook, tx, open) = (Arc::clone(&hook), tx.clone(), Arc::clone(&open));
+        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
+            for next in conn {
+                match next {
+                    Ok(req) => read_request(&hook, req, &tx),
+                    Err(e) => {
+                        log::debug!("connection.closed error={}", quote(&e.to_string()));
+                        break;
+                    }
+                }
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            log::warn!("http.thread_failed error={}", quote(&e.to_string()));
         }
     }
     drop(tx);
-    for h in handles {
-        let _ = h.join();
+    for w in workers {
+        let _ = w.join();
     }
 }
 
-fn spawn_worker(
-    hook: &Arc<Hook>,
-    rx: &Receiver<Request>,
-    idle: &Arc<AtomicUsize>,
-    total: &Arc<AtomicUsize>,
-    core: bool,
-) -> std::thread::JoinHandle<()> {
-    let (hook, rx, idle, total) = (Arc::clone(hook), rx.clone(), Arc::clone(idle), Arc::clone(total));
-    total.fetch_add(1, Ordering::SeqCst);
-    std::thread::spawn(move || {
-        let mut redis = Redis::open(&hook.config.redis_url, REDIS_TIMEOUT).ok();
-        loop {
-            idle.fetch_add(1, Ordering::SeqCst);
-            let got = if core { rx.recv().map_err(|_| RecvTimeoutError::Disconnected) } else { rx.recv_timeout(EXTRA_IDLE) };
-            idle.fetch_sub(1, Ordering::SeqCst);
-            match got {
-                Ok(req) => handle(&hook, redis.as_mut(), req),
-                Err(_) => break,
-            }
+/// Binds `addr` with SO_RCVTIMEO/SO_SNDTIMEO set on the listening socket:
+/// Linux copies them to every accepted socket, which is how tiny_http's
+/// reads and writes get the timeouts it has no setting for; accept itself
+/// wakes up at the same pace to check for shutdown.
+/// `idle` (HOOK_IDLE_TIMEOUT) cuts off a silent client instead of letting it
+/// hold its thread forever; GitHub itself gives up on a hook after 10 s.
+pub fn listen(addr: &str, idle: Duration) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind(addr)?;
+    let tv = libc::timeval { tv_sec: idle.as_secs() as libc::time_t, tv_usec: 0 };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: a valid socket fd and a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        total.fetch_sub(1, Ordering::SeqCst);
-    })
+    }
+    Ok(listener)
+}
+
+/// In the connection's thread: reads the body under the limit; refusals
+/// (413, unreadable body) are answered here, so draining whatever a lying
+/// client still sends never holds a worker.
+fn read_request(hook: &Hook, mut req: Request, tx: &crossbeam_channel::Sender<Incoming>) {
+    let started = Instant::now();
+    match read_body(&mut req, hook.config.max_body) {
+        Ok(body) => {
+            let _ = tx.send(Incoming { req, body, started });
+        }
+        Err(reply) => respond(hook, req, "body", reply, started),
+    }
+}
+
+fn worker(hook: &Hook, rx: &Receiver<Incoming>) {
+    let mut redis = Redis::open(&hook.config.redis_url, REDIS_TIMEOUT).ok();
+    while let Ok(Incoming { req, body, started }) = rx.recv() {
+        let method = req.method().clone();
+        let url = req.url().to_string();
+        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+        let (route, reply) = route(hook, redis.as_mut(), &req, &body, &method, path, query);
+        respond(hook, req, route, reply, started);
+    }
 }
 
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.headers().get(name).map(|v| v.as_str())
 }
 
-fn handle(hook: &Hook, redis: Option<&mut Redis>, mut req: Request) {
-    let started = Instant::now();
+fn respond(hook: &Hook, req: Request, route: &'static str, reply: Reply, started: Instant) {
     let n = hook.next_req.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let (route, reply) = route(hook, redis, &mut req, &method, path, query);
+    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
     hook.metrics.count(route, reply.code);
     let mut response = Response::from_string(reply.body).with_status_code(reply.code);
     response.add_header(Header::from_bytes(&b"Content-Type"[..], reply.ctype.as_bytes()).expect("static header"));
@@ -153,7 +205,15 @@ fn handle(hook: &Hook, redis: Option<&mut Redis>, mut req: Request) {
     }
 }
 
-fn route(hook: &Hook, redis: Option<&mut Redis>, req: &mut Request, method: &Method, path: &str, query: &str) -> (&'static str, Reply) {
+fn route(
+    hook: &Hook,
+    redis: Option<&mut Redis>,
+    req: &Request,
+    body: &[u8],
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> (&'static str, Reply) {
     let Some(redis) = redis else {
         return ("error", Reply::error(503, "REDIS_URL cannot be used"));
     };
@@ -167,8 +227,10 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &mut Request, method: &Met
             ("metrics", Reply { ctype: "text/plain; version=0.0.4", ..Reply::text(200, body) })
         }
         (Method::Get, p) if p.starts_with("/status/") => ("status", get_status(redis, req, &p[8..], query)),
-        (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, &p[7..], query)),
-        (Method::Post, p) if !p.starts_with("/status/") && p != "/ping" && p != "/metrics" => ("push", post_push(hook, redis, req, p)),
+        (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, body, &p[7..], query)),
+        (Method::Post, p) if !p.starts_with("/status/") && p != "/ping" && p != "/metrics" => {
+            ("push", post_push(hook, redis, req, body, p))
+        }
         (Method::Get | Method::Head, _) | (Method::Post, _) => ("other", Reply::error(404, format!("no such route: {method} {path}"))),
         _ => ("other", Reply::error(405, format!("method {method} is not allowed: use GET or POST"))),
     }
@@ -204,12 +266,8 @@ fn redis_down(e: &redis::RedisError) -> Reply {
     Reply::error(503, format!("redis unreachable, nothing was queued: {e}"))
 }
 
-fn post_push(hook: &Hook, redis: &mut Redis, req: &mut Request, path: &str) -> Reply {
-    let body = match read_body(req, hook.config.max_body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(e) = signature::verify(&hook.token, &body, &credentials(req)) {
+fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, body: &[u8], path: &str) -> Reply {
+    if let Err(e) = signature::verify(&hook.token, body, &credentials(req)) {
         return Reply::error(403, e.to_string());
     }
     let parsed = payload::parse(&payload::Request {
@@ -218,7 +276,7 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &mut Request, path: &str) -> R
         gitea_event: header(req, "X-Gitea-Event").or_else(|| header(req, "X-Gogs-Event")).or_else(|| header(req, "X-Forgejo-Event")),
         gitlab_event: header(req, "X-Gitlab-Event"),
         event_key: header(req, "X-Event-Key"),
-        body: &body,
+        body,
     });
     let mut push = match parsed {
         Ok(Delivery::Build(p)) => p,
@@ -297,12 +355,8 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
     }
 }
 
-fn post_build(hook: &Hook, redis: &mut Redis, req: &mut Request, raw_repo: &str, query: &str) -> Reply {
-    let body = match read_body(req, hook.config.max_body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    if let Err(e) = signature::verify(&hook.token, &body, &credentials(req)) {
+fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, body: &[u8], raw_repo: &str, query: &str) -> Reply {
+    if let Err(e) = signature::verify(&hook.token, body, &credentials(req)) {
         return Reply::error(403, e.to_string());
     }
     let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };

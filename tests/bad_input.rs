@@ -213,3 +213,36 @@ fn five_hundred_idle_connections_do_not_stop_a_signed_push() {
     drop(idle);
     assert_eq!(b.hook.get("/ping").code, 200);
 }
+
+/// tiny_http has no read timeout of its own: the hook sets HOOK_IDLE_TIMEOUT on
+/// its listening socket, which every accepted socket inherits. A silent client,
+/// idle or stuck mid-request, is cut off; a signed push is served meanwhile.
+#[test]
+fn silent_connections_are_closed_after_hook_idle_timeout() {
+    let b = Backend::start(1, &[("HOOK_TOKEN", TOKEN), ("HOOK_IDLE_TIMEOUT", "1")], &[]);
+    let idle = TcpStream::connect(b.hook.addr).unwrap();
+    let stuck = TcpStream::connect(b.hook.addr).unwrap();
+    (&stuck).write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Len").unwrap();
+    let (git, sha, _) = valid_push(&b, "acme/silent");
+    b.hook.push_ok(&git, &sha);
+    for (what, mut sock) in [("idle", idle), ("stuck mid-header", stuck)] {
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut seen = Vec::new();
+        wait_for(&format!("the {what} connection closed by the hook"), DEADLINE, || {
+            let mut buf = [0u8; 512];
+            match sock.read(&mut buf) {
+                Ok(0) => Ok(()),
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    Err(format!("read {n} bytes"))
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Err("still open".into()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 400"), "{what}: {text:?}");
+    }
+    assert_eq!(b.hook.get("/ping").code, 200);
+}

@@ -88,7 +88,8 @@ fn a_redelivered_delivery_id_is_answered_200_once_built() {
     let gh_sig = sign_sha256(gh.as_bytes(), "dup-token");
     let gt_sig = sign_gitea(gt.as_bytes(), "dup-token");
     let json = ("Content-Type", "application/json");
-    let sends: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type Send<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let sends: Vec<Send> = vec![
         ("github", vec![("X-GitHub-Event", "push"), ("X-GitHub-Delivery", &d1), ("X-Hub-Signature-256", &gh_sig), json], &gh),
         ("gitea", vec![("X-Gitea-Event", "push"), ("X-Gitea-Delivery", &d2), ("X-Gitea-Signature", &gt_sig), json], &gt),
         ("gitlab", vec![("X-Gitlab-Event", "Push Hook"), ("Idempotency-Key", &d3), ("X-Gitlab-Token", "dup-token"), json], &gl),

@@ -27,8 +27,9 @@ fn run() -> Result<(), String> {
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
         .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     let token = settle_token(&config, &stop)?;
-    let server = tiny_http::Server::http(&config.addr).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
-    let addr = server.server_addr().to_ip().map_or_else(|| config.addr.clone(), |a| a.to_string());
+    let listener =
+        http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
+    let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
         "hook.listening addr={addr} threads={} redis={} max_body={}",
         config.threads,
@@ -36,7 +37,7 @@ fn run() -> Result<(), String> {
         config.max_body
     );
     let hook = Arc::new(http::Hook::new(config, token));
-    http::serve(hook, Arc::new(server), stop);
+    http::serve(hook, listener, stop);
     log::info!("hook.stopped");
     Ok(())
 }

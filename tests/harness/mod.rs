@@ -485,12 +485,10 @@ impl Redis {
                 return false;
             }
             // Make sure it is *our* server that answers (another test may own a port we raced for).
-            if let Ok(r) = resp_cmd(self.port, &["CONFIG", "GET", "dir"]) {
-                if let Resp::Array(Some(items)) = &r {
-                    if items.get(1).and_then(|d| d.str()).map(PathBuf::from) == Some(want_dir.clone()) {
-                        self.proc = Some(proc);
-                        return true;
-                    }
+            if let Ok(Resp::Array(Some(items))) = resp_cmd(self.port, &["CONFIG", "GET", "dir"]) {
+                if items.get(1).and_then(|d| d.str()).map(PathBuf::from) == Some(want_dir.clone()) {
+                    self.proc = Some(proc);
+                    return true;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -687,8 +685,7 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
     if chunked {
         let mut out = Vec::new();
         let mut rest = &body[..];
-        loop {
-            let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+        while let Some(nl) = rest.windows(2).position(|w| w == b"\r\n") {
             let size_str = String::from_utf8_lossy(&rest[..nl]).to_string();
             let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16)
                 .map_err(|_| bad(&format!("bad chunk size {size_str:?}")))?;
