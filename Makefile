@@ -20,8 +20,9 @@ run: build ## Redis + hook on :5000 + three slaves; prints the token and a curl 
 	@scripts/run-local.sh
 
 .PHONY: test
-test: deps ## the whole suite: unit tests and the real-binaries integration tests
+test: deps ## the whole suite: unit tests, the real-binaries integration tests, the deployment definitions
 	$(CARGO) test --all-targets
+	python3 images/validate.py --self-test
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors

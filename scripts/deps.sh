@@ -3,7 +3,7 @@
 # apt-get when missing and running as root, else a clear message.
 set -euo pipefail
 need=()
-for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash; do
+for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -12,6 +12,12 @@ for want in "$@"; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v cargo >/dev/null 2>&1 || { echo "deps: cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
+# images/validate.py (run by make test) needs jsonschema and PyYAML; with
+# Debian's python3 they come from apt, otherwise validate.py uses pip.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import jsonschema, yaml' 2>/dev/null \
+   && [ "$(command -v python3)" = /usr/bin/python3 ]; then
+  need+=(python3-jsonschema python3-yaml)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "deps: installing ${need[*]} with apt-get"
