@@ -2,7 +2,7 @@
 # `make bench`: builds the release binaries and runs the benchmark suite of
 # issue 6 (bench/bench.py) against a private redis-server on a free port.
 # Everything listens on 127.0.0.1. Results: bench/out/results.{md,json},
-# logs: bench/out/logs/. About 10 minutes on 2 cores.
+# logs: bench/out/logs/. About 8 minutes on 2 cores.
 #
 # Knobs (environment): BENCH_RUNS (5), BENCH_SECONDS (10, per wrk run),
 # BENCH_CONNS (32), BENCH_PUSHES (100, per latency run), BENCH_EVERYSEC (1:
