@@ -104,34 +104,31 @@ impl Git<'_> {
         Err(GitError(scrub(&format!("git {shown} failed ({how}): {tail}"), self.creds)))
     }
 
-    fn has_commit(&self, dir: &Path, sha: &str) -> bool {
-        self.command(Some(dir))
-            .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
     /// Makes `dir` a clone of `url` with `sha` checked out (detached).
     /// Untracked files from earlier builds stay: the cache is the point.
     pub fn prepare(&self, dir: &Path, url: &str, branch: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
         if reset || (dir.exists() && !dir.join(".git").exists()) {
             remove(dir)?;
         }
-        if !dir.exists() {
+        let fresh = !dir.exists();
+        if fresh {
             self.clone_into(dir, url)?;
         }
-        if !self.has_commit(dir, sha) {
-            // Fetch into refs, never a bare sha, so later fetches stay small.
+        // The common path is three git processes: fetch, checkout, show.
+        // Fetch into refs, never a bare sha, so later fetches stay small.
+        let checkout = |git: &Self| git.run(Some(dir), &["checkout", "--quiet", "--force", "--detach", sha], &format!("checkout {sha}"));
+        if !fresh {
             let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-            let by_branch = self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <branch>");
-            if by_branch.is_err() || !self.has_commit(dir, sha) {
-                let spec = format!("+{sha}:refs/ci/build");
-                self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
-            }
+            // A deleted or renamed branch still builds by sha below.
+            let _ = self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <branch>");
         }
-        self.run(Some(dir), &["checkout", "--quiet", "--force", "--detach", sha], &format!("checkout {sha}"))?;
+        if checkout(self).is_err() {
+            // Not reachable from the branch (force-pushed since, or fetched
+            // before it was pushed): ask for the commit itself.
+            let spec = format!("+{sha}:refs/ci/build");
+            self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
+            checkout(self)?;
+        }
         let info = self.run(Some(dir), &["show", "-s", "--format=%cI%n%B", sha], "show")?;
         let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
         Ok(Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() })

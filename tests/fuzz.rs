@@ -327,7 +327,16 @@ fn payload_parser_refuses_100k_deep_nesting() {
             match run_payload(&req) {
                 Err(panic) => panic!("{what} ({ctype}): the parser panicked: {panic}"),
                 Ok(Ok(d)) => panic!("{what} ({ctype}): accepted as {d:?}"),
-                Ok(Err(e)) => assert!(e.0.contains("malformed JSON") && e.0.contains("recursion limit"), "{what} ({ctype}): {}", e.0),
+                // Refused by the parser's recursion limit; for a top-level array before parsing
+                // (a web-hook body must be a JSON object); for deep nesting under a key the hook
+                // skips, by what the push then lacks.
+                Ok(Err(e)) => assert!(
+                    e.0.starts_with("malformed JSON payload: ")
+                        || e.0 == "malformed payload: expected a JSON object"
+                        || e.0.starts_with("missing field: "),
+                    "{what} ({ctype}): {}",
+                    e.0
+                ),
             }
         }
     }

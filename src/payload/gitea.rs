@@ -1,11 +1,11 @@
 //! Gitea, Forgejo and Gogs deliveries: `X-Gitea-Event` / `X-Gogs-Event`.
 
-use super::{github, normalize, Delivery, PayloadError};
-use serde_json::Value;
+use super::{check_json, from_json, github, Delivery, PayloadError};
 
-pub(super) fn parse(event: &str, json: &Value) -> Result<Delivery, PayloadError> {
+pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
     match event {
-        "push" => normalize(github::raw_push(json)),
-        other => Ok(Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
+        // Gitea's push body has GitHub's shape.
+        "push" => github::push(&from_json(body)?),
+        other => check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
     }
 }

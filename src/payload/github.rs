@@ -1,26 +1,63 @@
 //! GitHub (and GitHub Enterprise) deliveries: `X-GitHub-Event`.
 
-use super::{head_message, normalize, Delivery, PayloadError, RawPush};
-use serde_json::Value;
+use super::{check_json, from_json, head_message, normalize, Delivery, PayloadError, RawCommit, RawPush};
+use serde::Deserialize;
+use std::borrow::Cow;
 
-pub(super) fn parse(event: &str, json: &Value) -> Result<Delivery, PayloadError> {
+/// The fields of a GitHub or Gitea push body that a build needs.
+#[derive(Deserialize)]
+pub(super) struct Body<'a> {
+    #[serde(rename = "ref", borrow)]
+    git_ref: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    after: Option<Cow<'a, str>>,
+    /// Kept loose: a non-boolean is simply not a deletion.
+    deleted: Option<serde_json::Value>,
+    #[serde(borrow)]
+    repository: Option<Repository<'a>>,
+    #[serde(borrow)]
+    head_commit: Option<RawCommit<'a>>,
+    #[serde(borrow)]
+    commits: Option<Vec<RawCommit<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Repository<'a> {
+    #[serde(borrow)]
+    full_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    clone_url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    default_branch: Option<Cow<'a, str>>,
+}
+
+pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
     match event {
-        "push" => normalize(raw_push(json)),
-        "ping" => Ok(Delivery::NoBuild("ping: hook is set up".into())),
-        other => Ok(Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
+        "push" => push(&from_json(body)?),
+        "ping" => check_json(body).map(|_| Delivery::NoBuild("ping: hook is set up".into())),
+        other => check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
     }
 }
 
-/// GitHub's and Gitea's push bodies share these fields.
-pub(super) fn raw_push(json: &Value) -> RawPush<'_> {
-    let repo = &json["repository"];
-    RawPush {
-        git_ref: json["ref"].as_str(),
-        sha: json["after"].as_str(),
-        repo: repo["full_name"].as_str(),
-        clone_url: repo["clone_url"].as_str(),
-        default_branch: repo["default_branch"].as_str(),
-        message: head_message(json),
-        deleted: json["deleted"].as_bool().unwrap_or(false),
+/// A body with no event header is built when it is shaped like a push.
+pub(super) fn parse_headerless(body: &[u8]) -> Result<Delivery, PayloadError> {
+    let parsed: Body = from_json(body)?;
+    if parsed.git_ref.is_none() || parsed.after.is_none() {
+        return Err(PayloadError("no event header (X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event) and the body is not a push".into()));
     }
+    push(&parsed)
+}
+
+/// GitHub's and Gitea's push bodies share these fields.
+pub(super) fn push(b: &Body) -> Result<Delivery, PayloadError> {
+    let repo = b.repository.as_ref();
+    normalize(RawPush {
+        git_ref: b.git_ref.as_deref(),
+        sha: b.after.as_deref(),
+        repo: repo.and_then(|r| r.full_name.as_deref()),
+        clone_url: repo.and_then(|r| r.clone_url.as_deref()),
+        default_branch: repo.and_then(|r| r.default_branch.as_deref()),
+        message: head_message(&b.head_commit, &b.commits),
+        deleted: b.deleted.as_ref().and_then(serde_json::Value::as_bool).unwrap_or(false),
+    })
 }

@@ -1,22 +1,51 @@
 //! GitLab deliveries: `X-Gitlab-Event: Push Hook` and the rest.
 
-use super::{head_message, normalize, Delivery, PayloadError, RawPush};
-use serde_json::Value;
+use super::{check_json, from_json, head_message, normalize, Delivery, PayloadError, RawCommit, RawPush};
+use serde::Deserialize;
+use std::borrow::Cow;
 
-pub(super) fn parse(event: &str, json: &Value) -> Result<Delivery, PayloadError> {
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(rename = "ref", borrow)]
+    git_ref: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    after: Option<Cow<'a, str>>,
+    /// `null` on a deleted branch; a Value keeps null apart from absent.
+    checkout_sha: Option<serde_json::Value>,
+    #[serde(borrow)]
+    project: Option<Project<'a>>,
+    #[serde(borrow)]
+    repository: Option<Project<'a>>,
+    #[serde(borrow)]
+    commits: Option<Vec<RawCommit<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Project<'a> {
+    #[serde(borrow)]
+    path_with_namespace: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    git_http_url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    default_branch: Option<Cow<'a, str>>,
+}
+
+pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
     if event != "Push Hook" {
-        return Ok(Delivery::NoBuild(format!("event {event:?} needs no build: only pushes are built")));
+        return check_json(body).map(|_| Delivery::NoBuild(format!("event {event:?} needs no build: only pushes are built")));
     }
-    let project = &json["project"];
+    let b: Body = from_json(body)?;
+    let project = b.project.as_ref();
     // A deleted branch has `checkout_sha: null` and an all-zero `after`.
-    let deleted = json.get("checkout_sha").is_some_and(Value::is_null);
+    let deleted = b.checkout_sha.as_ref().is_some_and(serde_json::Value::is_null);
+    let checkout = b.checkout_sha.as_ref().and_then(serde_json::Value::as_str);
     normalize(RawPush {
-        git_ref: json["ref"].as_str(),
-        sha: json["checkout_sha"].as_str().or_else(|| json["after"].as_str()),
-        repo: project["path_with_namespace"].as_str(),
-        clone_url: project["git_http_url"].as_str().or_else(|| json["repository"]["git_http_url"].as_str()),
-        default_branch: project["default_branch"].as_str(),
-        message: head_message(json),
+        git_ref: b.git_ref.as_deref(),
+        sha: checkout.or(b.after.as_deref()),
+        repo: project.and_then(|p| p.path_with_namespace.as_deref()),
+        clone_url: project.and_then(|p| p.git_http_url.as_deref()).or_else(|| b.repository.as_ref()?.git_http_url.as_deref()),
+        default_branch: project.and_then(|p| p.default_branch.as_deref()),
+        message: head_message(&None, &b.commits),
         deleted,
     })
 }

@@ -81,27 +81,28 @@ pub struct Request<'a> {
 /// Parses a delivery. Unknown and non-push events are `NoBuild`, never errors:
 /// GitLab disables a hook that keeps receiving 4xx.
 pub fn parse(req: &Request) -> Result<Delivery, PayloadError> {
-    let json = decode_body(req)?;
+    let body = decode_body(req)?;
     if let Some(event) = req.gitlab_event {
-        return gitlab::parse(event, &json);
+        return gitlab::parse(event, &body);
     }
     if let Some(event) = req.event_key {
+        check_json(&body)?;
         return Ok(Delivery::NoBuild(format!(
             "event {event:?} is not supported: only pushes from GitHub, Gitea/Forgejo and GitLab are built"
         )));
     }
     if let Some(event) = req.gitea_event {
-        return gitea::parse(event, &json);
+        return gitea::parse(event, &body);
     }
     match req.github_event {
-        Some(event) => github::parse(event, &json),
+        Some(event) => github::parse(event, &body),
         // No event header: a body shaped like a push is taken as one.
-        None if json.get("ref").is_some() && json.get("after").is_some() => github::parse("push", &json),
-        None => Err(PayloadError("no event header (X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event) and the body is not a push".into())),
+        None => github::parse_headerless(&body),
     }
 }
 
-fn decode_body(req: &Request) -> Result<Value, PayloadError> {
+/// The JSON text of the body: as sent, or the `payload=` field of a form.
+fn decode_body<'a>(req: &Request<'a>) -> Result<std::borrow::Cow<'a, [u8]>, PayloadError> {
     let ctype = req.content_type.unwrap_or("application/json");
     let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let text: std::borrow::Cow<[u8]> = match mime.as_str() {
@@ -114,14 +115,69 @@ fn decode_body(req: &Request) -> Result<Value, PayloadError> {
             )))
         }
     };
-    if text.iter().all(u8::is_ascii_whitespace) {
-        return Err(PayloadError("empty body: expected a JSON web-hook payload".into()));
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err(PayloadError("empty body: expected a JSON web-hook payload".into())),
+        Some(b'{') => Ok(text),
+        Some(_) => Err(PayloadError("malformed payload: expected a JSON object".into())),
     }
-    let value: Value = serde_json::from_slice(&text).map_err(|e| PayloadError(format!("malformed JSON payload: {e}")))?;
-    if !value.is_object() {
-        return Err(PayloadError("malformed payload: expected a JSON object".into()));
+}
+
+/// Deserializes the fields a sender module asks for; others are skipped.
+/// A field of the wrong type is named (serde's own message has no path).
+pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, PayloadError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let wrong = (e.classify() == serde_json::error::Category::Data).then(|| wrong_type(body)).flatten();
+        match wrong {
+            Some(field) => PayloadError(format!("malformed payload: {field}")),
+            None => PayloadError(format!("malformed JSON payload: {e}")),
+        }
+    })
+}
+
+/// The slow path of an error only: which field we read has the wrong type.
+fn wrong_type(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    const STRINGS: &[&str] = &[
+        "/ref",
+        "/after",
+        "/repository/full_name",
+        "/repository/clone_url",
+        "/repository/default_branch",
+        "/repository/git_http_url",
+        "/project/path_with_namespace",
+        "/project/git_http_url",
+        "/project/default_branch",
+        "/head_commit/message",
+    ];
+    const OBJECTS: &[&str] = &["/repository", "/project", "/head_commit"];
+    let kind = |x: &serde_json::Value| match x {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    };
+    let field = |path: &str| path.trim_start_matches('/').replace('/', ".");
+    for path in OBJECTS {
+        if let Some(x) = v.pointer(path).filter(|x| !x.is_object() && !x.is_null()) {
+            return Some(format!("field \"{}\" must be an object, not {}", field(path), kind(x)));
+        }
     }
-    Ok(value)
+    for path in STRINGS {
+        if let Some(x) = v.pointer(path).filter(|x| !x.is_string() && !x.is_null()) {
+            return Some(format!("field \"{}\" must be a string, not {}", field(path), kind(x)));
+        }
+    }
+    match v.get("commits") {
+        Some(c) if !c.is_array() && !c.is_null() => Some(format!("field \"commits\" must be an array, not {}", kind(c))),
+        _ => None,
+    }
+}
+
+/// Checks the body is well-formed JSON without building anything.
+pub(crate) fn check_json(body: &[u8]) -> Result<(), PayloadError> {
+    from_json::<serde::de::IgnoredAny>(body).map(drop)
 }
 
 /// The `payload=` field of a form-encoded body (GitHub's other content type).
@@ -215,12 +271,16 @@ fn check_name(what: &str, value: &str, max: usize) -> Result<(), PayloadError> {
     Ok(())
 }
 
+/// A commit as payloads list it.
+#[derive(serde::Deserialize, Default)]
+pub(crate) struct RawCommit<'a> {
+    #[serde(borrow)]
+    pub message: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// The message of the pushed commit: `head_commit`, else the last commit.
-pub(crate) fn head_message(json: &Value) -> Option<&str> {
-    json.get("head_commit")
-        .and_then(|c| c.get("message"))
-        .and_then(Value::as_str)
-        .or_else(|| json.get("commits")?.as_array()?.last()?.get("message")?.as_str())
+pub(crate) fn head_message<'b>(head: &'b Option<RawCommit>, commits: &'b Option<Vec<RawCommit>>) -> Option<&'b str> {
+    head.as_ref().and_then(|c| c.message.as_deref()).or_else(|| commits.as_ref()?.last()?.message.as_deref())
 }
 
 #[cfg(test)]
@@ -245,6 +305,14 @@ mod tests {
         let r = Request { content_type: Some("text/plain"), ..req("push", "{}") };
         assert!(parse(&r).unwrap_err().0.contains("unsupported content type"));
         assert!(parse(&req("push", "{}")).unwrap_err().0.contains("missing field: ref"));
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_named() {
+        let body = r#"{"ref":42,"after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246"}"#;
+        assert_eq!(parse(&req("push", body)).unwrap_err().0, "malformed payload: field \"ref\" must be a string, not a number");
+        let body = r#"{"ref":"refs/heads/a","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246","repository":"x"}"#;
+        assert!(parse(&req("push", body)).unwrap_err().0.contains("field \"repository\" must be an object"));
     }
 
     #[test]
