@@ -40,26 +40,6 @@ const YML: &str = "- step: work\n  shell:\n    - sleep 0.$((RANDOM % 6))\n    - 
 /// How long the drained state may take to arrive after chaos stops.
 const QUIESCENCE: Duration = Duration::from_secs(240);
 
-/// xorshift64 (Marsaglia).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn millis(&mut self, from: u64, to: u64) -> Duration {
-        Duration::from_millis(from + self.next() % (to - from).max(1))
-    }
-}
-
 /// One push the pusher sent.
 #[derive(Debug, Clone)]
 struct Sent {

@@ -39,13 +39,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let index = claim(&mut redis, &member, config.index, &signals);
     let Some(index) = index else { return Ok(()) };
     let state = Arc::new(State { index: AtomicU32::new(index), lost: AtomicBool::new(false) });
-    recover(&mut redis, &config.cluster, index, &signals);
-    log::info!(
-        "slave.ready cluster={} index={index} instance={} cache={}",
-        config.cluster,
-        member.instance,
-        quote(&config.cache.to_string_lossy())
-    );
+    take_over(&mut redis, &config, &member, index, &signals);
     spawn_heartbeat(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
 
     let host = hostname();
@@ -61,13 +55,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
                     state.index.store(i, Ordering::SeqCst);
                     // The heartbeat kept failing on the old index while we waited.
                     state.lost.store(false, Ordering::SeqCst);
-                    recover(&mut redis, &config.cluster, i, &signals);
-                    log::info!(
-                        "slave.ready cluster={} index={i} instance={} cache={}",
-                        config.cluster,
-                        member.instance,
-                        quote(&config.cache.to_string_lossy())
-                    );
+                    take_over(&mut redis, &config, &member, i, &signals);
                 }
                 None => break,
             }
@@ -217,6 +205,18 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
 fn holders(c: &mut redis::Connection, cluster: &str) -> redis::RedisResult<Vec<(u32, u64)>> {
     let map: std::collections::HashMap<u32, String> = redis::cmd("HGETALL").arg(format!("ci:holders:{cluster}")).query(c)?;
     Ok(map.into_iter().filter_map(|(i, v)| Some((i, v.split(' ').nth(1)?.parse().ok()?))).collect())
+}
+
+/// On a freshly claimed index: re-queue what its previous holder left in
+/// progress, then announce the slave ready.
+fn take_over(redis: &mut Redis, config: &SlaveConfig, member: &Member, index: u32, signals: &Signals) {
+    recover(redis, &config.cluster, index, signals);
+    log::info!(
+        "slave.ready cluster={} index={index} instance={} cache={}",
+        config.cluster,
+        member.instance,
+        quote(&config.cache.to_string_lossy())
+    );
 }
 
 /// Whatever a previous holder of this index was running goes back to the queue.
