@@ -47,11 +47,6 @@ impl Redis {
             other => other,
         }
     }
-
-    /// Forgets the connection (after a timeout that left its state unknown).
-    pub fn reset(&mut self) {
-        self.conn = None;
-    }
 }
 
 /// Errors after which the connection's state is unknown.

@@ -1,6 +1,7 @@
-//! Hints → cluster; CRC32(repo) mod N → slave index. No I/O: the queue's
-//! enqueue script applies the same rules atomically inside Redis, and these
-//! functions are what the tests and the README hold it to.
+//! Hints → cluster; CRC32(repo) mod N → slave index. No I/O. The cluster
+//! choice itself — the first live cluster, by (name length, name), whose
+//! tokens include every hint — runs inside the queue's enqueue script, so it
+//! reads live membership in the same atomic step that queues the job.
 
 /// The capabilities a cluster name offers: `slave-jdk8-sbt` → slave, jdk8,
 /// sbt. `None` when the name is not `slave` or `slave-<cap>-...`.
@@ -22,13 +23,6 @@ pub fn cluster_tokens(name: &str) -> Option<Vec<String>> {
 /// Hints from a request path: `/JDK8+SBT` → jdk8, sbt (lower-cased).
 pub fn parse_hints(path: &str) -> Vec<String> {
     path.trim_matches('/').split(['+', ' ']).filter(|h| !h.is_empty()).map(str::to_ascii_lowercase).collect()
-}
-
-/// The first cluster, ordered by (name length, name), offering every hint.
-pub fn choose_cluster<'a>(clusters: &[&'a str], hints: &[String]) -> Option<&'a str> {
-    let mut sorted: Vec<&str> = clusters.to_vec();
-    sorted.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
-    sorted.into_iter().find(|c| cluster_tokens(c).is_some_and(|tokens| hints.iter().all(|h| tokens.contains(h))))
 }
 
 /// CRC32 (IEEE) of the repository's full name.
@@ -54,12 +48,9 @@ mod tests {
     }
 
     #[test]
-    fn hints_pick_the_shortest_matching_cluster() {
-        let clusters = ["slave-jdk8-sbt", "slave", "slave-jdk8"];
-        assert_eq!(choose_cluster(&clusters, &parse_hints("/JDK8")), Some("slave-jdk8"));
-        assert_eq!(choose_cluster(&clusters, &parse_hints("/JDK8+SBT")), Some("slave-jdk8-sbt"));
-        assert_eq!(choose_cluster(&clusters, &parse_hints("/")), Some("slave"));
-        assert_eq!(choose_cluster(&clusters, &parse_hints("/go")), None);
+    fn hints_are_lower_cased_tokens() {
+        assert_eq!(parse_hints("/JDK8+SBT"), vec!["jdk8", "sbt"]);
+        assert!(parse_hints("/").is_empty());
     }
 
     #[test]
