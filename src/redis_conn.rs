@@ -1,31 +1,61 @@
 //! One Redis connection that reconnects: the redis crate does not, so every
 //! caller goes through [`Redis::run`], which drops a broken connection and
-//! makes the next call dial again.
+//! makes a later call dial again — with backoff, so a Redis that is down
+//! costs callers an immediate error rather than a connect timeout each.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Longest wait between two dials while Redis is unreachable.
+const MAX_REDIAL: Duration = Duration::from_secs(1);
 
 pub struct Redis {
     client: redis::Client,
     conn: Option<redis::Connection>,
     /// Socket read/write timeout; blocking pops must block for less.
     io_timeout: Duration,
+    /// No dial before this instant after a failed one; and the next wait.
+    redial_at: Option<Instant>,
+    redial_wait: Duration,
 }
 
 impl Redis {
     /// Parses the URL; connects lazily.
     pub fn open(url: &str, io_timeout: Duration) -> Result<Redis, String> {
         let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL={:?}: {e}", redact_url(url)))?;
-        Ok(Redis { client, conn: None, io_timeout })
+        Ok(Redis { client, conn: None, io_timeout, redial_at: None, redial_wait: Duration::from_millis(50) })
+    }
+
+    fn dial(&mut self) -> redis::RedisResult<()> {
+        if let Some(at) = self.redial_at.filter(|at| Instant::now() < *at) {
+            let ms = at.saturating_duration_since(Instant::now()).as_millis();
+            let why = format!("redis unreachable; next dial in {ms} ms");
+            return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, why)));
+        }
+        let dialed = self.client.get_connection_with_timeout(Duration::from_secs(2)).and_then(|conn| {
+            conn.set_read_timeout(Some(self.io_timeout))?;
+            conn.set_write_timeout(Some(self.io_timeout))?;
+            Ok(conn)
+        });
+        match dialed {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.redial_at = None;
+                self.redial_wait = Duration::from_millis(50);
+                Ok(())
+            }
+            Err(e) => {
+                self.redial_at = Some(Instant::now() + self.redial_wait);
+                self.redial_wait = (self.redial_wait * 2).min(MAX_REDIAL);
+                Err(e)
+            }
+        }
     }
 
     /// Runs `f` on a live connection, dialing first if needed. A connection
     /// error (not a script or type error) drops the connection.
     pub fn run<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
         if self.conn.is_none() {
-            let conn = self.client.get_connection_with_timeout(Duration::from_secs(2))?;
-            conn.set_read_timeout(Some(self.io_timeout))?;
-            conn.set_write_timeout(Some(self.io_timeout))?;
-            self.conn = Some(conn);
+            self.dial()?;
         }
         let result = f(self.conn.as_mut().expect("connected above"));
         if let Err(e) = &result {
