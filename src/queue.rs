@@ -30,6 +30,8 @@ pub fn branch_key(kind: &str, repo: &str, branch: &str) -> String {
 
 /// How long a delivery id is remembered for redelivery detection.
 pub const DELIVERY_TTL_SECS: u64 = 7 * 24 * 3600;
+/// How long a build record is kept once a newer build of its branch finished.
+pub const SUPERSEDED_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Lua shared by the scripts: live slave count of a cluster.
 const LIVE_N: &str = r#"
@@ -124,7 +126,11 @@ redis.call('HINCRBY', 'ci:stats', state, 1)
 local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
 local dkey = 'ci:done:' .. repo .. ':' .. branch
 local current = redis.call('GET', dkey)
-if not current or tonumber(current) <= tonumber(id) then redis.call('SET', dkey, id) end
+if not current or tonumber(current) <= tonumber(id) then
+  redis.call('SET', dkey, id)
+  -- the record this one supersedes is kept for a while, not forever
+  if current and current ~= id then redis.call('EXPIRE', 'ci:build:' .. current, ARGV[8]) end
+end
 redis.call('LREM', working, 1, id)
 return 1
 "#;
@@ -253,6 +259,7 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()))
         .arg(outcome.seconds)
         .arg(format!("{:.3}", crate::unix_now()))
+        .arg(SUPERSEDED_TTL_SECS)
         .invoke(conn)?;
     Ok(stored == 1)
 }

@@ -122,3 +122,20 @@ fn a_redelivered_delivery_id_is_answered_200_once_built() {
         assert!(ttl > 6 * 86400 && ttl <= 7 * 86400, "ci:delivery TTL {ttl}, want 7 days");
     }
 }
+
+/// Records do not pile up forever: once a newer build of the branch finished,
+/// the older record gets a 7-day TTL; the newest keeps none.
+#[test]
+fn a_superseded_build_record_expires() {
+    let b = Backend::start(1, &[], &[]);
+    let (git, _sha, first) = b.build("acme/retention", &[("integration.yml", "step: s\nshell: \"true\"\n")], "first");
+    git.write("x", "2");
+    let sha2 = git.commit("second");
+    git.push();
+    let second = wait_build(&b.redis, &b.hook.push_ok(&git, &sha2), LONG);
+    assert_eq!(second.state, "passed", "{:#?}", second.log);
+    let ttl = |id: &str| b.redis.cli(&["TTL", &format!("ci:build:{id}")]).int();
+    let old = ttl(&first.id);
+    assert!(old > 6 * 24 * 3600 && old <= 7 * 24 * 3600, "TTL of the superseded record: {old}");
+    assert_eq!(ttl(&second.id), -1, "the newest record must not expire");
+}
