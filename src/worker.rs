@@ -86,21 +86,14 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
                 continue;
             }
             Err(e) => {
-                // The job stays in the in-progress list; recovered on restart
-                // or claim. Put it back now so it is not stuck.
+                // The job stays in the in-progress list; the next maintenance
+                // pass between builds puts it back in the queue.
                 log::warn!("redis.unreachable op=start id={id} error={}", quote(&e.to_string()));
                 continue;
             }
         };
-        let p = &started.push;
-        let short = &p.sha[..p.sha.len().min(10)];
-        log::info!(
-            "build.started id={} repo={} branch={} sha={short} slave={slave} attempt={}",
-            started.id,
-            quote(&p.repo),
-            quote(&p.branch),
-            started.attempt
-        );
+        let facts = build_facts(&started, &slave);
+        log::info!("build.started {facts} attempt={}", started.attempt);
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
@@ -112,30 +105,26 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             abort: &signals.abort,
         };
         let Some(outcome) = build::run(&ctx, &started) else {
-            log::warn!(
-                "build.aborted id={} repo={} branch={} sha={short} slave={slave}: shutdown grace over, the job stays queued",
-                started.id,
-                quote(&p.repo),
-                quote(&p.branch)
-            );
+            log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
             break;
         };
         let result = if outcome.passed { "passed" } else { "failed" };
         if !store(&mut redis, &started, &working, &outcome, &signals) {
             continue;
         }
-        log::info!(
-            "build.finished id={} repo={} branch={} sha={short} slave={slave} result={result} seconds={}",
-            started.id,
-            quote(&p.repo),
-            quote(&p.branch),
-            outcome.seconds
-        );
+        log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
     }
     let index = state.index.load(Ordering::SeqCst);
     let _ = redis.run(|c| member.release(c, index));
     log::info!("slave.stopped cluster={} index={index}", config.cluster);
     Ok(())
+}
+
+/// `id=… repo=… branch=… sha=<10> slave=…` for a build's log lines.
+fn build_facts(job: &Started, slave: &str) -> String {
+    let p = &job.push;
+    let short = &p.sha[..p.sha.len().min(10)];
+    format!("id={} repo={} branch={} sha={short} slave={slave}", job.id, quote(&p.repo), quote(&p.branch))
 }
 
 /// Stores a result, retrying with backoff while Redis is unreachable: a
