@@ -218,7 +218,7 @@ fn route(
         return ("error", Reply::error(503, "REDIS_URL cannot be used"));
     };
     match (method, path) {
-        (Method::Get, "/ping") => ("ping", Reply::text(200, "pong\n".into())),
+        (Method::Get | Method::Head, "/ping") => ("ping", Reply::text(200, "pong\n".into())),
         (Method::Get, "/metrics") => {
             let body = match redis.run_again(|c| Ok(hook.metrics.render(Some(c)))) {
                 Ok(text) => text,

@@ -259,3 +259,17 @@ fn hints_choose_the_shortest_cluster_offering_all_of_them() {
     let err = r.json()["error"].as_str().unwrap_or("").to_string();
     assert!(err.contains("go"), "the 503 error should name the hints: {err:?}");
 }
+
+/// Load balancers probe with HEAD as often as GET: `/ping` answers both.
+#[test]
+fn head_ping_is_200_without_a_body() {
+    use std::io::{Read, Write};
+    let b = Backend::start(1, &[], &[]);
+    let mut sock = std::net::TcpStream::connect(b.hook.addr).unwrap();
+    sock.write_all(b"HEAD /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.ends_with("\r\n\r\n"), "a HEAD answer carries no body: {answer:?}");
+}
