@@ -160,10 +160,21 @@ impl Member {
     }
 }
 
+/// Redis's clock in milliseconds: leases are judged by one clock, not by
+/// each slave's.
+fn now_ms(conn: &mut Connection) -> RedisResult<u64> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// The lease expiry (ms) in a `ci:holders` value, `<instance> <expiry ms>`.
+fn lease_expiry(value: &str) -> Option<u64> {
+    value.split(' ').nth(1)?.parse().ok()
+}
+
 /// Live slaves of a cluster: the N of CRC32 mod N.
 pub fn live_count(conn: &mut Connection, cluster: &str) -> RedisResult<u32> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
-    let now = secs * 1000 + micros / 1000;
+    let now = now_ms(conn)?;
     redis::cmd("ZCOUNT").arg(format!("ci:members:{cluster}")).arg(format!("({now}")).arg("+inf").query(conn)
 }
 
@@ -173,10 +184,15 @@ pub fn clusters(conn: &mut Connection) -> RedisResult<Vec<(String, u32)>> {
     Ok(map.into_iter().collect())
 }
 
+/// Every held index of a cluster with its lease expiry (ms).
+pub fn holders(conn: &mut Connection, cluster: &str) -> RedisResult<Vec<(u32, u64)>> {
+    let map: std::collections::HashMap<u32, String> = redis::cmd("HGETALL").arg(format!("ci:holders:{cluster}")).query(conn)?;
+    Ok(map.into_iter().filter_map(|(i, v)| Some((i, lease_expiry(&v)?))).collect())
+}
+
 /// Whether `index` has a holder whose lease has not expired.
 pub fn held(conn: &mut Connection, cluster: &str, index: u32) -> RedisResult<bool> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(conn)?;
-    let now = secs * 1000 + micros / 1000;
+    let now = now_ms(conn)?;
     let v: Option<String> = redis::cmd("HGET").arg(format!("ci:holders:{cluster}")).arg(index).query(conn)?;
-    Ok(v.and_then(|v| v.split(' ').nth(1)?.parse::<u64>().ok()).is_some_and(|exp| exp >= now))
+    Ok(v.as_deref().and_then(lease_expiry).is_some_and(|exp| exp >= now))
 }

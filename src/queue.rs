@@ -317,13 +317,18 @@ pub fn shared_token(conn: &mut Connection, candidate: &str) -> RedisResult<(Stri
     Ok((token, stored))
 }
 
+/// The branch asked for, else the repository's default branch as the last
+/// push reported it (`None` when neither is known).
+pub fn branch_or_default(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Option<String>> {
+    match branch {
+        Some(b) => Ok(Some(b.to_string())),
+        None => redis::cmd("GET").arg(format!("ci:default:{repo}")).query(conn),
+    }
+}
+
 /// The last push of a branch, for re-runs.
 pub fn last_push(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Option<crate::payload::Push>> {
-    let branch = match branch {
-        Some(b) => Some(b.to_string()),
-        None => redis::cmd("GET").arg(format!("ci:default:{repo}")).query::<Option<String>>(conn)?,
-    };
-    let Some(branch) = branch else { return Ok(None) };
+    let Some(branch) = branch_or_default(conn, repo, branch)? else { return Ok(None) };
     let text: Option<String> = redis::cmd("GET").arg(branch_key("push", repo, &branch)).query(conn)?;
     Ok(text.and_then(|t| crate::payload::Push::from_json(&t)))
 }

@@ -40,10 +40,7 @@ fn record(conn: &mut Connection, id: &str) -> RedisResult<HashMap<String, String
 
 /// Reads the status of a repository's branch (its default branch if none).
 pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<StatusView> {
-    let branch = match branch {
-        Some(b) => Some(b.to_string()),
-        None => redis::cmd("GET").arg(format!("ci:default:{repo}")).query::<Option<String>>(conn)?,
-    };
+    let branch = crate::queue::branch_or_default(conn, repo, branch)?;
     let not_found = |what: String| StatusView { code: 404, text: format!("{what}\n"), json: json!({ "error": what }) };
     let Some(branch) = branch else {
         return Ok(not_found(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));

@@ -163,7 +163,7 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
     let mut waiting_logged = false;
     while !signals.stop.load(Ordering::SeqCst) {
         let attempt = redis.run(|c| {
-            let holders = holders(c, &member.cluster)?;
+            let holders = membership::holders(c, &member.cluster)?;
             let first = snapshot.get_or_insert_with(|| holders.clone());
             member.allow_new = first.iter().all(|(i, exp)| holders.iter().any(|(j, e)| j == i && e > exp));
             member.claim(c, fixed)
@@ -189,11 +189,6 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
         }
     }
     None
-}
-
-fn holders(c: &mut redis::Connection, cluster: &str) -> redis::RedisResult<Vec<(u32, u64)>> {
-    let map: std::collections::HashMap<u32, String> = redis::cmd("HGETALL").arg(format!("ci:holders:{cluster}")).query(c)?;
-    Ok(map.into_iter().filter_map(|(i, v)| Some((i, v.split(' ').nth(1)?.parse().ok()?))).collect())
 }
 
 /// On a freshly claimed index: re-queue what its previous holder left in
