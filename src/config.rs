@@ -37,6 +37,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "SLAVE_BUILD_TIMEOUT", default: "3600", doc: "seconds a whole build may run before its processes are killed" },
     Setting { name: "SLAVE_LEASE", default: "10", doc: "membership lease, in seconds; a silent slave loses its index after it" },
     Setting { name: "SLAVE_GRACE", default: "30", doc: "seconds a running build may still take after SIGTERM/SIGINT" },
+    Setting {
+        name: "SLAVE_MAX_ATTEMPTS",
+        default: "3",
+        doc: "a build whose slave died during this many attempts is failed instead of run again",
+    },
     Setting { name: "GIT_USERNAME", default: "", doc: "user for https clones (given to git only)" },
     Setting { name: "GIT_PASSWORD", default: "", doc: "password or token for https clones (given to git only)" },
     Setting { name: "GIT_NETRC", default: "", doc: "a netrc file with credentials, instead of GIT_USERNAME/GIT_PASSWORD" },
@@ -119,6 +124,7 @@ pub struct SlaveConfig {
     pub build_timeout: Duration,
     pub lease: Duration,
     pub grace: Duration,
+    pub max_attempts: u32,
     pub git: GitCredentials,
 }
 
@@ -164,6 +170,10 @@ impl SlaveConfig {
             build_timeout: secs("SLAVE_BUILD_TIMEOUT")?,
             lease: secs("SLAVE_LEASE")?,
             grace: secs("SLAVE_GRACE")?,
+            max_attempts: match number::<u32>(s, "SLAVE_MAX_ATTEMPTS", "a number of attempts")? {
+                0 => return Err(ConfigError("SLAVE_MAX_ATTEMPTS=\"0\": expected at least 1".into())),
+                n => n,
+            },
             git: GitCredentials {
                 username: raw(s, "GIT_USERNAME"),
                 password: raw(s, "GIT_PASSWORD"),

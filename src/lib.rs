@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod integration;
 pub mod logging;

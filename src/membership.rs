@@ -68,12 +68,17 @@ hold(top + 1, lease)
 return top + 1
 "#;
 
-/// ARGV: cluster, instance, lease ms, index. 1 renewed, 0 lost. An index
-/// nobody holds (Redis lost its data) is taken back by its last holder.
+/// ARGV: cluster, instance, lease ms, index, -, the job this slave is running
+/// ('' when idle). 1 renewed, 0 lost. An index nobody holds (forgotten after
+/// two silent leases, or Redis lost its data) is taken back only while the
+/// running job still sits in that index's in-progress list: once a new holder
+/// has re-queued it, the job is theirs and this slave must stop building it.
 const RENEW: &str = r#"
-local lease, idx = tonumber(ARGV[3]), tonumber(ARGV[4])
+local lease, idx, job = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6]
 local who = holder(idx)
-if who ~= nil and who ~= instance then return 0 end
+if who == instance then hold(idx, lease) return 1 end
+if who ~= nil then return 0 end
+if job ~= '' and not redis.call('LPOS', 'ci:working:' .. cluster .. ':' .. idx, job) then return 0 end
 hold(idx, lease)
 return 1
 "#;
@@ -105,7 +110,7 @@ if who == instance then redis.call('HSET', hkey, idx, instance .. ' ' .. now) en
 return 1
 "#;
 
-fn run(cell: &'static OnceLock<Script>, body: &str, conn: &mut Connection, who: &Member, extra: i64) -> RedisResult<i64> {
+fn run(cell: &'static OnceLock<Script>, body: &str, conn: &mut Connection, who: &Member, extra: i64, job: &str) -> RedisResult<i64> {
     let script = cell.get_or_init(|| Script::new(&format!("{COMMON}{body}")));
     script
         .arg(&who.cluster)
@@ -113,6 +118,7 @@ fn run(cell: &'static OnceLock<Script>, body: &str, conn: &mut Connection, who: 
         .arg(who.lease.as_millis() as u64)
         .arg(extra)
         .arg(if who.allow_new { "1" } else { "0" })
+        .arg(job)
         .invoke(conn)
 }
 
@@ -138,26 +144,39 @@ impl Member {
     /// `allow_new`). `None` while nothing can be claimed.
     pub fn claim(&self, conn: &mut Connection, fixed: Option<u32>) -> RedisResult<Option<u32>> {
         static S: OnceLock<Script> = OnceLock::new();
-        let got = run(&S, CLAIM, conn, self, fixed.map_or(-1, i64::from))?;
+        let got = run(&S, CLAIM, conn, self, fixed.map_or(-1, i64::from), "")?;
         Ok(u32::try_from(got).ok())
     }
 
-    /// Renews the lease on `index`; false when another instance holds it.
-    pub fn renew(&self, conn: &mut Connection, index: u32) -> RedisResult<bool> {
+    /// Renews the lease on `index`; false when it is lost (see RENEW).
+    /// `job`: the build this slave is running, if any.
+    pub fn renew(&self, conn: &mut Connection, index: u32, job: Option<&str>) -> RedisResult<bool> {
         static S: OnceLock<Script> = OnceLock::new();
-        Ok(run(&S, RENEW, conn, self, index.into())? == 1)
+        Ok(run(&S, RENEW, conn, self, index.into(), job.unwrap_or(""))? == 1)
     }
 
     /// Moves down to a free index below N when this one is above it.
     pub fn compact(&self, conn: &mut Connection, index: u32) -> RedisResult<Option<u32>> {
         static S: OnceLock<Script> = OnceLock::new();
-        Ok(u32::try_from(run(&S, COMPACT, conn, self, index.into())?).ok())
+        Ok(u32::try_from(run(&S, COMPACT, conn, self, index.into(), "")?).ok())
     }
 
     pub fn release(&self, conn: &mut Connection, index: u32) -> RedisResult<()> {
         static S: OnceLock<Script> = OnceLock::new();
-        run(&S, RELEASE, conn, self, index.into()).map(drop)
+        run(&S, RELEASE, conn, self, index.into(), "").map(drop)
     }
+}
+
+/// The claim policy for a new index (scale-up): allowed once every holder
+/// seen when this slave began to wait (`first`) has renewed since or is gone
+/// (its lease lapsed and was forgotten). So a replacement for a dead slave
+/// takes the dead one's index instead of growing N, and after a full restart
+/// (every holder dead and forgotten) the new slaves claim 0, 1, ... at once.
+pub fn may_open_new_index(first: &[(u32, u64)], now: &[(u32, u64)]) -> bool {
+    first.iter().all(|(i, exp)| match now.iter().find(|(j, _)| j == i) {
+        Some((_, e)) => e > exp,
+        None => true,
+    })
 }
 
 /// Redis's clock in milliseconds: leases are judged by one clock, not by
@@ -195,4 +214,21 @@ pub fn held(conn: &mut Connection, cluster: &str, index: u32) -> RedisResult<boo
     let now = now_ms(conn)?;
     let v: Option<String> = redis::cmd("HGET").arg(format!("ci:holders:{cluster}")).arg(index).query(conn)?;
     Ok(v.as_deref().and_then(lease_expiry).is_some_and(|exp| exp >= now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_open_new_index;
+
+    #[test]
+    fn a_new_index_waits_for_every_holder_to_renew_or_vanish() {
+        let first = [(0, 100), (1, 100)];
+        assert!(!may_open_new_index(&first, &first), "nobody renewed yet");
+        assert!(!may_open_new_index(&first, &[(0, 200), (1, 100)]), "index 1 has not renewed");
+        assert!(may_open_new_index(&first, &[(0, 200), (1, 150)]), "both renewed");
+        // issue 9: after a full restart every old holder is forgotten
+        assert!(may_open_new_index(&first, &[]), "dead holders that were forgotten do not block");
+        assert!(may_open_new_index(&first, &[(0, 200)]), "one renewed, one forgotten");
+        assert!(may_open_new_index(&[], &[(0, 100)]), "nobody was there when we began");
+    }
 }

@@ -99,8 +99,34 @@ if delivery ~= '' then redis.call('SET', 'ci:delivery:' .. delivery, id, 'EX', A
 return {'queued', id, slave}
 "#;
 
+/// Lua shared by START and FINISH: writes a finished record, counts it, makes
+/// it the branch's latest finished build (the one it supersedes expires) and
+/// acknowledges the job.
+const RECORD: &str = r#"
+local function record_result(id, working, state, log, seconds, now, superseded_ttl)
+  local key = 'ci:build:' .. id
+  redis.call('HSET', key, 'state', state, 'ok', tostring(state == 'passed'), 'log', log,
+    'seconds', seconds, 'finished_at', now)
+  redis.call('HINCRBY', 'ci:stats', state, 1)
+  local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
+  local dkey = 'ci:done:' .. repo .. ':' .. branch
+  local current = redis.call('GET', dkey)
+  if not current or tonumber(current) <= tonumber(id) then
+    redis.call('SET', dkey, id)
+    -- the record this one supersedes is kept for a while, not forever
+    if current and current ~= id then redis.call('EXPIRE', 'ci:build:' .. current, superseded_ttl) end
+  end
+  redis.call('LREM', working, 1, id)
+end
+"#;
+
+/// A record still `running` when it is started again means the attempt
+/// before died with its slave (a graceful stop or a lost lease sets it back
+/// to `queued` through ABANDON). After `max` such deaths the build is failed
+/// instead of started: a build that kills its slave must not hold an index
+/// forever.
 const START: &str = r#"
-local id, working, slave, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, working, slave, now, max, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local key = 'ci:build:' .. id
 local state = redis.call('HGET', key, 'state')
 if not state or state == 'passed' or state == 'failed' then
@@ -110,6 +136,14 @@ end
 local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
 local pkey = 'ci:pending:' .. repo .. ':' .. branch
 if redis.call('GET', pkey) == id then redis.call('DEL', pkey) end
+if state == 'running' then
+  local died = redis.call('HINCRBY', key, 'died', 1)
+  if died >= max then
+    local why = '* gave up after ' .. died .. ' attempts: the slave died during each'
+    record_result(id, working, 'failed', cjson.encode({why}), '0', now, ttl)
+    return {'gaveup', tostring(died)}
+  end
+end
 local attempt = redis.call('HINCRBY', key, 'attempt', 1)
 redis.call('HSET', key, 'state', 'running', 'started_at', now, 'slave', slave)
 local f = redis.call('HMGET', key, 'push', 'sha', 'reset')
@@ -118,20 +152,19 @@ return {tostring(attempt), f[1], f[2], f[3] or '0'}
 
 const FINISH: &str = r#"
 local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local key = 'ci:build:' .. id
-if redis.call('HGET', key, 'attempt') ~= attempt then return 0 end
-redis.call('HSET', key, 'state', state, 'ok', tostring(state == 'passed'), 'log', log,
-  'seconds', seconds, 'finished_at', now)
-redis.call('HINCRBY', 'ci:stats', state, 1)
-local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
-local dkey = 'ci:done:' .. repo .. ':' .. branch
-local current = redis.call('GET', dkey)
-if not current or tonumber(current) <= tonumber(id) then
-  redis.call('SET', dkey, id)
-  -- the record this one supersedes is kept for a while, not forever
-  if current and current ~= id then redis.call('EXPIRE', 'ci:build:' .. current, ARGV[8]) end
-end
-redis.call('LREM', working, 1, id)
+if redis.call('HGET', 'ci:build:' .. id, 'attempt') ~= attempt then return 0 end
+record_result(id, working, state, log, seconds, now, ARGV[8])
+return 1
+"#;
+
+/// ARGV: id, attempt. The attempt ended without a result and without its
+/// slave dying (shutdown grace over, lease lost): back to `queued`, so the
+/// next start does not count it as a death. The job itself stays where it
+/// is (an in-progress list); whoever holds that index next re-queues it.
+const ABANDON: &str = r#"
+local key = 'ci:build:' .. ARGV[1]
+if redis.call('HGET', key, 'attempt') ~= ARGV[2] or redis.call('HGET', key, 'state') ~= 'running' then return 0 end
+redis.call('HSET', key, 'state', 'queued')
 return 1
 "#;
 
@@ -143,16 +176,14 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
 "#;
 
-fn script(cell: &'static OnceLock<Script>, body: &str, with_live_n: bool) -> &'static Script {
-    cell.get_or_init(|| {
-        let code = if with_live_n { format!("{LIVE_N}{body}") } else { body.to_string() };
-        Script::new(&code)
-    })
+/// A script made once of a shared Lua prefix (`LIVE_N`, `RECORD` or "") and its body.
+fn script(cell: &'static OnceLock<Script>, prefix: &str, body: &str) -> &'static Script {
+    cell.get_or_init(|| Script::new(&format!("{prefix}{body}")))
 }
 
 fn enqueue_script() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();
-    script(&S, ENQUEUE, true)
+    script(&S, LIVE_N, ENQUEUE)
 }
 
 /// What a web-hook asks the queue for.
@@ -226,17 +257,48 @@ pub struct Started {
     pub reset: bool,
 }
 
+/// What [`start`] made of a taken job.
+#[derive(Debug)]
+pub enum Begun {
+    /// Marked running: build it.
+    Run(Started),
+    /// The slave died during each of the last `died` attempts: stored as
+    /// failed instead (SLAVE_MAX_ATTEMPTS).
+    GaveUp { died: u32 },
+    /// The record is gone or already finished: nothing to build.
+    Dropped,
+}
+
 /// Marks a taken job running (clearing its pending slot) and returns what to
-/// build; `None` when the record is gone or already finished (dropped).
-pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str) -> RedisResult<Option<Started>> {
+/// build, unless its slave died during `max_attempts` attempts already.
+pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_attempts: u32) -> RedisResult<Begun> {
     static S: OnceLock<Script> = OnceLock::new();
-    let reply: Option<(String, String, String, String)> =
-        script(&S, START, false).arg(id).arg(working).arg(slave).arg(format!("{:.3}", crate::unix_now())).invoke(conn)?;
-    Ok(reply.and_then(|(attempt, push, sha, reset)| {
-        let mut push = crate::payload::Push::from_json(&push)?;
-        push.sha = sha; // a coalesced push may have replaced it
-        Some(Started { id: id.to_string(), attempt, push, reset: reset == "1" })
-    }))
+    let reply: Option<Vec<String>> = script(&S, RECORD, START)
+        .arg(id)
+        .arg(working)
+        .arg(slave)
+        .arg(format!("{:.3}", crate::unix_now()))
+        .arg(max_attempts)
+        .arg(SUPERSEDED_TTL_SECS)
+        .invoke(conn)?;
+    Ok(match reply.as_deref() {
+        Some([gaveup, died]) if gaveup == "gaveup" => Begun::GaveUp { died: died.parse().unwrap_or(max_attempts) },
+        Some([attempt, push, sha, reset]) => match crate::payload::Push::from_json(push) {
+            Some(mut push) => {
+                push.sha = sha.clone(); // a coalesced push may have replaced it
+                Begun::Run(Started { id: id.to_string(), attempt: attempt.clone(), push, reset: reset == "1" })
+            }
+            None => Begun::Dropped,
+        },
+        _ => Begun::Dropped,
+    })
+}
+
+/// The attempt ended without a result and without its slave dying (shutdown
+/// grace over, lease lost): the next start does not count it as a death.
+pub fn abandon(conn: &mut Connection, job: &Started) -> RedisResult<()> {
+    static S: OnceLock<Script> = OnceLock::new();
+    script(&S, "", ABANDON).arg(&job.id).arg(&job.attempt).invoke::<i64>(conn).map(drop)
 }
 
 /// The outcome a slave stores.
@@ -251,7 +313,7 @@ pub struct Outcome {
 /// same build has started since (then nothing is written: returns false).
 pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome) -> RedisResult<bool> {
     static S: OnceLock<Script> = OnceLock::new();
-    let stored: i64 = script(&S, FINISH, false)
+    let stored: i64 = script(&S, RECORD, FINISH)
         .arg(&job.id)
         .arg(&job.attempt)
         .arg(working)
@@ -289,7 +351,7 @@ pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32) ->
         };
         let index = crate::routing::slave_index(&repo, n);
         let target = queue_key(cluster, index);
-        let done: i64 = script(&S, MOVE_ONE, false).key(list).key(&target).arg(&id).invoke(conn)?;
+        let done: i64 = script(&S, "", MOVE_ONE).key(list).key(&target).arg(&id).invoke(conn)?;
         if done == 1 {
             let _: () = redis::cmd("HSET").arg(build_key(&id)).arg("slave").arg(format!("{cluster}-{index}")).query(conn)?;
             log::info!("build.rerouted id={id} repo={} from={list} to={target}", crate::logging::quote(&repo));

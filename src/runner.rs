@@ -84,6 +84,8 @@ pub fn run(script: &str, cwd: &Path, env: &[(String, String)], timeout: Duration
         Err(e) => return failed(format!("bash: {e}")),
     };
     let pgid = child.id() as i32;
+    // Kills the group if this slave dies before the snippet ends.
+    let guard = crate::guard::watch(pgid);
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (eof_tx, eof_rx) = crossbeam_channel::bounded::<()>(1);
     {
@@ -120,6 +122,7 @@ pub fn run(script: &str, cwd: &Path, env: &[(String, String)], timeout: Duration
     // A daemon that escaped the group (setsid) may hold the pipe open: keep
     // what was read by now rather than wait for it.
     let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+    drop(guard);
     let output = std::mem::take(&mut *tail.lock().unwrap_or_else(|p| p.into_inner()));
     Ran { exit: exit.unwrap_or(Exit::Aborted), elapsed: started.elapsed(), output }
 }

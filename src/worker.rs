@@ -6,10 +6,10 @@ use crate::build;
 use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::membership::{self, Member};
-use crate::queue::{self, Started};
-use crate::redis_conn::{Backoff, Redis};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use crate::queue::{self, Begun, Started};
+use crate::redis_conn::{is_connection_error, Backoff, Redis};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long one blocking pop waits; the socket timeout is larger.
@@ -26,9 +26,26 @@ pub struct Signals {
     pub abort: AtomicBool,
 }
 
+/// What the loop and the heartbeat share.
 struct State {
-    index: AtomicU32,
+    /// The index held. It changes only under this lock, in the same step as
+    /// the Redis script that moves it, so the heartbeat never renews an index
+    /// this slave has just left.
+    index: Mutex<u32>,
+    /// The heartbeat found the index held by another instance.
     lost: AtomicBool,
+    /// Kill the running build: the grace is over or the index is lost.
+    kill_build: AtomicBool,
+    /// The build running now, if any (the heartbeat's renew needs it).
+    job: Mutex<Option<String>>,
+    /// The loop has ended and released the index: renew no more.
+    done: AtomicBool,
+}
+
+impl State {
+    fn index(&self) -> u32 {
+        *self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
@@ -36,9 +53,14 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let git_home = netrc_home(&config)?;
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
-    let index = claim(&mut redis, &member, config.index, &signals);
-    let Some(index) = index else { return Ok(()) };
-    let state = Arc::new(State { index: AtomicU32::new(index), lost: AtomicBool::new(false) });
+    let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
+    let state = Arc::new(State {
+        index: Mutex::new(index),
+        lost: AtomicBool::new(false),
+        kill_build: AtomicBool::new(false),
+        job: Mutex::new(None),
+        done: AtomicBool::new(false),
+    });
     take_over(&mut redis, &config, &member, index, &signals);
     spawn_heartbeat(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
 
@@ -47,24 +69,23 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let mut last_maintenance = Instant::now();
     let mut backoff = Backoff::default();
     while !signals.stop.load(Ordering::SeqCst) {
-        if state.lost.swap(false, Ordering::SeqCst) && config.index.is_none() {
-            let old = state.index.load(Ordering::SeqCst);
-            log::warn!("slave.lease_lost cluster={} index={old}: claiming again", config.cluster);
-            match claim(&mut redis, &member, None, &signals) {
-                Some(i) => {
-                    state.index.store(i, Ordering::SeqCst);
-                    // The heartbeat kept failing on the old index while we waited.
-                    state.lost.store(false, Ordering::SeqCst);
-                    take_over(&mut redis, &config, &member, i, &signals);
-                }
-                None => break,
+        if state.lost.swap(false, Ordering::SeqCst) {
+            let old = state.index();
+            log::info!("slave.reclaiming cluster={} index={old}: the lease was lost; claiming an index again", config.cluster);
+            let Some(i) = claim(&mut redis, &member, config.index, &signals) else { break };
+            {
+                let mut held = state.index.lock().unwrap_or_else(|p| p.into_inner());
+                *held = i;
+                // The heartbeat kept failing on the old index while we waited.
+                state.lost.store(false, Ordering::SeqCst);
             }
+            take_over(&mut redis, &config, &member, i, &signals);
         }
-        let index = state.index.load(Ordering::SeqCst);
         if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
             last_maintenance = Instant::now();
-            maintain(&mut redis, &member, &state);
+            maintain(&mut redis, &member, &state, config.index.is_some());
         }
+        let index = state.index();
         let taken = redis.run(|c| queue::take(c, &config.cluster, index, TAKE_WAIT));
         let id = match taken {
             Ok(Some(id)) => id,
@@ -79,21 +100,27 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         backoff = Backoff::default();
         let slave = format!("{}-{index}", config.cluster);
         let working = queue::working_key(&config.cluster, index);
-        let started = match redis.run(|c| queue::start(c, &id, &working, &slave)) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
+        let started = match redis.run(|c| queue::start(c, &id, &working, &slave, config.max_attempts)) {
+            Ok(Begun::Run(s)) => s,
+            Ok(Begun::GaveUp { died }) => {
+                log::error!("build.gave_up id={id} slave={slave} attempts={died}: the slave died during each; stored as failed");
+                continue;
+            }
+            Ok(Begun::Dropped) => {
                 log::info!("build.dropped id={id} slave={slave}: record gone or already finished");
                 continue;
             }
             Err(e) => {
                 // The job stays in the in-progress list; the next maintenance
                 // pass between builds puts it back in the queue.
-                log::warn!("redis.unreachable op=start id={id} error={}", quote(&e.to_string()));
+                log_redis_error("start", &e);
                 continue;
             }
         };
         let facts = build_facts(&started, &slave);
         log::info!("build.started {facts} attempt={}", started.attempt);
+        *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
+        state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
@@ -102,19 +129,28 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             slave: &slave,
             timeout: config.build_timeout,
             base_env: &base_env,
-            abort: &signals.abort,
+            abort: &state.kill_build,
         };
-        let Some(outcome) = build::run(&ctx, &started) else {
-            log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
-            break;
+        let outcome = build::run(&ctx, &started);
+        *state.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let Some(outcome) = outcome else {
+            state.kill_build.store(false, Ordering::SeqCst);
+            let _ = redis.run(|c| queue::abandon(c, &started));
+            if signals.abort.load(Ordering::SeqCst) {
+                log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
+                break;
+            }
+            log::warn!("build.abandoned {facts}: index lost to another instance, which runs the job again");
+            continue;
         };
         let result = if outcome.passed { "passed" } else { "failed" };
-        if !store(&mut redis, &started, &working, &outcome, &signals) {
+        if !store(&mut redis, &started, &working, &outcome, &signals, &facts) {
             continue;
         }
         log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
     }
-    let index = state.index.load(Ordering::SeqCst);
+    state.done.store(true, Ordering::SeqCst);
+    let index = state.index();
     let _ = redis.run(|c| member.release(c, index));
     log::info!("slave.stopped cluster={} index={index}", config.cluster);
     Ok(())
@@ -127,20 +163,50 @@ fn build_facts(job: &Started, slave: &str) -> String {
     format!("id={} repo={} branch={} sha={short} slave={slave}", job.id, quote(&p.repo), quote(&p.branch))
 }
 
-/// Stores a result, retrying with backoff while Redis is unreachable: a
-/// finished build is never thrown away for want of a connection.
-/// True when stored; false when a later attempt owns the build or Redis
-/// stayed away past the shutdown grace.
-fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals) -> bool {
+/// A Redis failure, worded by kind: a lost connection is retried (warn);
+/// anything else (a script error, OOM, a wrong type) is not (error).
+fn log_redis_error(op: &str, e: &redis::RedisError) {
+    if is_connection_error(e) {
+        log::warn!("redis.unreachable op={op} error={}", quote(&e.to_string()));
+    } else {
+        log::error!("redis.refused op={op} error={}", quote(&e.to_string()));
+    }
+}
+
+/// Lines of the log kept when the full result could not be stored.
+const FALLBACK_LINES: usize = 20;
+const FALLBACK_LINE_CHARS: usize = 300;
+
+/// The outcome stored when Redis refused the real one (OOM on a big log, a
+/// script error): failed, the head of the log, and why.
+fn fallback(outcome: &queue::Outcome, e: &redis::RedisError) -> queue::Outcome {
+    let mut log: Vec<String> = outcome.log.iter().take(FALLBACK_LINES).map(|l| l.chars().take(FALLBACK_LINE_CHARS).collect()).collect();
+    if outcome.log.len() > FALLBACK_LINES {
+        log.push(format!("* ({} more log lines not stored)", outcome.log.len() - FALLBACK_LINES));
+    }
+    let why: String = e.to_string().chars().take(FALLBACK_LINE_CHARS).collect();
+    log.push(format!("* the result could not be stored (redis refused it: {why}); the build is marked failed"));
+    queue::Outcome { passed: false, log, seconds: outcome.seconds }
+}
+
+/// Stores a result. A lost connection is retried with backoff (a finished
+/// build is never thrown away for want of a connection); any other refusal
+/// stores the build as failed with the reason instead; if even that is
+/// refused, the error is logged and the slave goes on (the job stays in
+/// progress and runs again, up to SLAVE_MAX_ATTEMPTS).
+/// True when the real result was stored.
+fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals, facts: &str) -> bool {
     let mut backoff = Backoff::default();
+    let mut substitute: Option<queue::Outcome> = None;
     loop {
-        match redis.run(|c| queue::finish(c, job, working, outcome)) {
-            Ok(true) => return true,
+        let current = substitute.as_ref().unwrap_or(outcome);
+        match redis.run(|c| queue::finish(c, job, working, current)) {
+            Ok(true) => return substitute.is_none(),
             Ok(false) => {
                 log::warn!("build.superseded id={} attempt={}: a later attempt owns this build; result not stored", job.id, job.attempt);
                 return false;
             }
-            Err(e) => {
+            Err(e) if is_connection_error(&e) => {
                 if signals.abort.load(Ordering::SeqCst) {
                     log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", job.id);
                     return false;
@@ -149,23 +215,30 @@ fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outco
                 log::warn!("redis.unreachable op=finish id={} error={} retry_ms={}", job.id, quote(&e.to_string()), delay.as_millis());
                 std::thread::sleep(delay);
             }
+            Err(e) if substitute.is_none() => {
+                log::error!("build.unstorable {facts} error={}: storing it as failed with the reason", quote(&e.to_string()));
+                substitute = Some(fallback(outcome, &e));
+            }
+            Err(e) => {
+                log::error!("build.unstored {facts} error={}: redis refused even the short record; going on", quote(&e.to_string()));
+                return false;
+            }
         }
     }
 }
 
-/// Claims an index: a free one at once; a new one only once every current
-/// holder has shown it is alive (renewed), so that a replacement for a dead
-/// slave takes its index instead of growing N.
+/// Claims an index: a free one at once; a new one only as the membership
+/// policy allows (see [`membership::may_open_new_index`]).
 fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signals) -> Option<u32> {
     let mut member = member.clone();
-    let mut snapshot: Option<Vec<(u32, u64)>> = None;
+    let mut first: Option<Vec<(u32, u64)>> = None;
     let mut backoff = Backoff::default();
     let mut waiting_logged = false;
     while !signals.stop.load(Ordering::SeqCst) {
         let attempt = redis.run(|c| {
             let holders = membership::holders(c, &member.cluster)?;
-            let first = snapshot.get_or_insert_with(|| holders.clone());
-            member.allow_new = first.iter().all(|(i, exp)| holders.iter().any(|(j, e)| j == i && e > exp));
+            let first = first.get_or_insert_with(|| holders.clone());
+            member.allow_new = membership::may_open_new_index(first, &holders);
             member.claim(c, fixed)
         });
         match attempt {
@@ -183,7 +256,7 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                log::warn!("redis.unreachable op=claim error={} retry_ms={}", quote(&e.to_string()), delay.as_millis());
+                log_redis_error("claim", &e);
                 std::thread::sleep(delay);
             }
         }
@@ -217,63 +290,104 @@ fn recover(redis: &mut Redis, cluster: &str, index: u32, signals: &Signals) {
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                log::warn!("redis.unreachable op=recover error={} retry_ms={}", quote(&e.to_string()), delay.as_millis());
+                log_redis_error("recover", &e);
                 std::thread::sleep(delay);
             }
         }
     }
 }
 
-/// Between builds: put back anything stranded in our own in-progress list
-/// (a BLMOVE whose reply was lost), move down to keep indexes contiguous,
-/// and re-route jobs queued on indexes at or above N (and in-progress jobs
-/// of dead holders there).
-fn maintain(redis: &mut Redis, member: &Member, state: &State) {
+/// Between builds: move down to keep indexes contiguous (not with a fixed
+/// SLAVE_INDEX), and put back anything stranded in our own in-progress list
+/// (a BLMOVE whose reply was lost, or a dead holder's job on the index we
+/// moved to).
+fn maintain(redis: &mut Redis, member: &Member, state: &State, fixed: bool) {
     let cluster = member.cluster.clone();
     let result = redis.run(|c| {
-        let mut index = state.index.load(Ordering::SeqCst);
-        if let Some(new) = member.compact(c, index)? {
-            log::info!("slave.moved cluster={cluster} from={index} to={new}: indexes kept contiguous after a scale-down");
-            state.index.store(new, Ordering::SeqCst);
-            index = new;
+        let mut held = state.index.lock().unwrap_or_else(|p| p.into_inner());
+        if !fixed {
+            if let Some(new) = member.compact(c, *held)? {
+                log::info!("slave.moved cluster={cluster} from={} to={new}: indexes kept contiguous after a scale-down", *held);
+                *held = new;
+            }
         }
+        let index = *held;
+        drop(held);
         let stranded = queue::requeue_working(c, &cluster, index)?;
         if stranded > 0 {
             log::info!("build.recovered cluster={cluster} index={index} jobs={stranded}: left in progress; they run again");
         }
-        let n = membership::live_count(c, &cluster)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(&cluster).query(c)?;
-        for i in n..=top.unwrap_or(0).max(n) {
-            queue::reroute_list(c, &queue::queue_key(&cluster, i), &cluster, n)?;
-            if !membership::held(c, &cluster, i)? {
-                queue::reroute_list(c, &queue::working_key(&cluster, i), &cluster, n)?;
-            }
-        }
         Ok(())
     });
     if let Err(e) = result {
-        log::warn!("redis.unreachable op=maintain error={}", quote(&e.to_string()));
+        log_redis_error("maintain", &e);
     }
 }
 
+/// Re-routes jobs queued on indexes at or above N, and in-progress jobs of
+/// dead holders there. Run by the heartbeat, so such jobs never wait for
+/// this slave's running build to end.
+fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redis::RedisResult<()> {
+    let n = membership::live_count(c, cluster)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
+    for i in n..=top.unwrap_or(0).max(n) {
+        queue::reroute_list(c, &queue::queue_key(cluster, i), cluster, n)?;
+        if !membership::held(c, cluster, i)? {
+            queue::reroute_list(c, &queue::working_key(cluster, i), cluster, n)?;
+        }
+    }
+    Ok(())
+}
+
+/// The heartbeat thread: renews the lease every quarter lease, re-routes
+/// vanished indexes' jobs, and kills the running build when the grace is
+/// over or the index was lost.
 fn spawn_heartbeat(config: &SlaveConfig, member: Member, state: Arc<State>, signals: Arc<Signals>) -> Result<(), String> {
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let every = config.lease / 4;
+    let tick = every.min(Duration::from_millis(100));
     std::thread::Builder::new()
         .name("heartbeat".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            if signals.stop.load(Ordering::SeqCst) && signals.abort.load(Ordering::SeqCst) {
-                return;
-            }
-            let index = state.index.load(Ordering::SeqCst);
-            match redis.run(|c| member.renew(c, index)) {
-                Ok(true) => {}
-                Ok(false) => state.lost.store(true, Ordering::SeqCst),
-                Err(e) => log::warn!("redis.unreachable op=renew index={index} error={}", quote(&e.to_string())),
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(tick);
+                if signals.abort.load(Ordering::SeqCst) {
+                    state.kill_build.store(true, Ordering::SeqCst);
+                }
+                if state.done.load(Ordering::SeqCst) {
+                    return;
+                }
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                {
+                    // Renewed and judged under the lock: the loop cannot move
+                    // or re-claim the index in between.
+                    let index = state.index.lock().unwrap_or_else(|p| p.into_inner());
+                    let job = state.job.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    match redis.run(|c| member.renew(c, *index, job.as_deref())) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if !state.lost.swap(true, Ordering::SeqCst) {
+                                log::warn!(
+                                    "slave.lease_lost cluster={} index={}: stopping the running build, if any",
+                                    member.cluster,
+                                    *index
+                                );
+                            }
+                            state.kill_build.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => log_redis_error("renew", &e),
+                    }
+                }
+                if let Err(e) = redis.run(|c| reroute_vanished(c, &member.cluster)) {
+                    log_redis_error("reroute", &e);
+                }
             }
         })
         .map(drop)
