@@ -261,7 +261,7 @@ pub struct Started {
 #[derive(Debug)]
 pub enum Begun {
     /// Marked running: build it.
-    Run(Started),
+    Run(Box<Started>),
     /// The slave died during each of the last `died` attempts: stored as
     /// failed instead (SLAVE_MAX_ATTEMPTS).
     GaveUp { died: u32 },
@@ -286,7 +286,7 @@ pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_at
         Some([attempt, push, sha, reset]) => match crate::payload::Push::from_json(push) {
             Some(mut push) => {
                 push.sha = sha.clone(); // a coalesced push may have replaced it
-                Begun::Run(Started { id: id.to_string(), attempt: attempt.clone(), push, reset: reset == "1" })
+                Begun::Run(Box::new(Started { id: id.to_string(), attempt: attempt.clone(), push, reset: reset == "1" }))
             }
             None => Begun::Dropped,
         },

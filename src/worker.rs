@@ -101,7 +101,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         let slave = format!("{}-{index}", config.cluster);
         let working = queue::working_key(&config.cluster, index);
         let started = match redis.run(|c| queue::start(c, &id, &working, &slave, config.max_attempts)) {
-            Ok(Begun::Run(s)) => s,
+            Ok(Begun::Run(s)) => *s,
             Ok(Begun::GaveUp { died }) => {
                 log::error!("build.gave_up id={id} slave={slave} attempts={died}: the slave died during each; stored as failed");
                 continue;
