@@ -66,6 +66,13 @@ impl Redis {
         result
     }
 
+    /// Drops the connection; the next call dials a fresh one. After Redis
+    /// refused a large command (OOM), the old connection's query buffer may
+    /// still hold its memory on the server.
+    pub fn reconnect(&mut self) {
+        self.conn = None;
+    }
+
     /// Like [`Redis::run`], but a connection found dead (Redis restarted,
     /// idle socket closed) is redialed and `f` tried once more. Only for
     /// operations that are safe to repeat: reads, and scripts whose repeat

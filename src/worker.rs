@@ -218,6 +218,7 @@ fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outco
             Err(e) if substitute.is_none() => {
                 log::error!("build.unstorable {facts} error={}: storing it as failed with the reason", quote(&e.to_string()));
                 substitute = Some(fallback(outcome, &e));
+                redis.reconnect();
             }
             Err(e) => {
                 log::error!("build.unstored {facts} error={}: redis refused even the short record; going on", quote(&e.to_string()));

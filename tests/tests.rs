@@ -51,3 +51,7 @@ mod misbehaving;
 /// Deterministic property tests of the payload and integration.yml parsers: 20,000 mutations
 /// each, alias bombs, 100k-deep JSON and 10k-deep YAML nesting.
 mod fuzz;
+
+/// A test per defect of issue 9 on the slave's side: membership after a full restart, poison
+/// jobs, results Redis refuses, orphaned builds.
+mod regressions;
