@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 /// How long one blocking pop waits; the socket timeout is larger.
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between builds, compaction and recovery run this often (or every lease,
+/// when that is shorter), so indexes are contiguous within three leases.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
 
 /// Flags the binary's signal handler sets.
@@ -81,7 +83,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             }
             take_over(&mut redis, &config, &member, i, &signals);
         }
-        if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+        if last_maintenance.elapsed() >= MAINTENANCE_EVERY.min(config.lease) {
             last_maintenance = Instant::now();
             maintain(&mut redis, &member, &state, config.index.is_some());
         }

@@ -55,3 +55,7 @@ mod fuzz;
 /// A test per defect of issue 9 on the slave's side: membership after a full restart, poison
 /// jobs, results Redis refuses, orphaned builds.
 mod regressions;
+
+/// Membership as a property over seeded random schedules of kills, pauses, full restarts,
+/// scale changes and Redis restarts, with pushes flowing.
+mod membership_property;
