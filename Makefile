@@ -31,11 +31,13 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 
 .PHONY: images
 images: ## build the hook, slave and redis images (base image built locally when it cannot be pulled)
+	@scripts/deps.sh debootstrap:debootstrap
 	@images/build-images.sh
 	@python3 images/validate.py --self-test
 
 .PHONY: e2e
 e2e: ## the deployment tests on a real Docker engine (needs `make images`)
+	@scripts/deps.sh
 	@images/e2e.sh
 
 .PHONY: bench
@@ -43,8 +45,10 @@ bench: ## benchmarks of issue 6 (ingest vs webhook/redis, latency, throughput, f
 	@bench/run.sh
 
 SOAK_SECONDS ?= 180
+MEMBERSHIP_SCHEDULES ?= 20
 
 .PHONY: soak
-soak: deps ## chaos soak for SOAK_SECONDS (180): kills and pauses under pushes; tallies; fails on a lost build
+soak: deps ## chaos soak for SOAK_SECONDS (180), then MEMBERSHIP_SCHEDULES (20) membership schedules; fails on a lost build
 	$(CARGO) build --release --bins
 	$(CARGO) run --release --example soak -- --seconds $(SOAK_SECONDS)
+	MEMBERSHIP_SCHEDULES=$(MEMBERSHIP_SCHEDULES) $(CARGO) test --release --test tests -- --ignored membership_holds_over_many --nocapture

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure the programs the backend and its tests run are installed:
 # apt-get when missing and running as root, else a clear message.
+# Arguments add more `command:package` pairs (`make images` asks for
+# debootstrap:debootstrap).
 set -euo pipefail
 need=()
-for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3; do
+for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -1,39 +1,68 @@
 #!/usr/bin/env bash
-# `make run`: a complete local backend — Redis, one hook on :5000, three
-# slaves — plus a bundled example repository and the curl line that builds it.
-# Ctrl-C stops everything.
+# `make run`: a complete local backend — Redis, one hook on :5000 (the next
+# free port when 5000 is taken and HOOK_ADDR is not set), three slaves — plus a
+# bundled example repository and the curl line that builds it.
+# Local slave i always holds index i (SLAVE_INDEX=i), caches in .run/cache-i
+# and logs to .run/slave-i.log, so caches stay warm across restarts.
+# Ctrl-C stops the slaves first (a running build finishes within their
+# grace and is stored), then the hook, then Redis.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-run="$root/.run"
-bin="$root/target/release"
+# RUN_DIR and BIN_DIR let the test suite run this script without touching
+# the developer's .run or needing a release build.
+run=${RUN_DIR:-$root/.run}
+bin=${BIN_DIR:-$root/target/release}
 mkdir -p "$run"
 
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 port=${REDIS_PORT:-6379}
-while redis-cli -p "$port" ping >/dev/null 2>&1; do port=$((port + 1)); done
-hook_addr=${HOOK_ADDR:-0.0.0.0:5000}
-hook_port=${hook_addr##*:}
+while port_taken "$port"; do port=$((port + 1)); done
+if [ -n "${HOOK_ADDR:-}" ]; then
+  hook_addr=$HOOK_ADDR
+  hook_port=${hook_addr##*:}
+  if port_taken "$hook_port"; then
+    echo "run: HOOK_ADDR=$hook_addr: port $hook_port is already in use; stop what holds it or choose another HOOK_ADDR" >&2
+    exit 1
+  fi
+else
+  hook_port=5000
+  while port_taken "$hook_port" || [ "$hook_port" = "$port" ]; do hook_port=$((hook_port + 1)); done
+  [ "$hook_port" = 5000 ] || echo "run: port 5000 is in use; the hook listens on $hook_port instead"
+  hook_addr=0.0.0.0:$hook_port
+fi
+grace=${SLAVE_GRACE:-30}
 
-pids=()
-cleanup() {
+# Each part in its own session, so Ctrl-C reaches this script alone and it
+# stops them in order.
+slave_pids=()
+hook_pid=""
+redis_pid=""
+tail_pid=""
+stop_all() {
   trap - INT TERM EXIT
-  echo; echo "run: stopping slaves, hook and redis"
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  echo; echo "run: stopping the slaves (a running build may take up to ${grace}s), then the hook, then redis"
+  [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null || true
+  for p in "${slave_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${slave_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  [ -n "$hook_pid" ] && { kill -TERM "$hook_pid" 2>/dev/null || true; wait "$hook_pid" 2>/dev/null || true; }
+  [ -n "$redis_pid" ] && { kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; }
+  echo "run: stopped"
 }
-trap cleanup INT TERM EXIT
+trap stop_all INT TERM EXIT
 
-redis-server --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 &
-pids+=($!)
+setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 &
+redis_pid=$!
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$port" ping >/dev/null || { echo "run: redis did not start, see $run/redis.log" >&2; exit 1; }
 export REDIS_URL="redis://127.0.0.1:$port/0"
 
 : >"$run/hook.log"
-HOOK_ADDR="$hook_addr" "$bin/hook" >>"$run/hook.log" 2>&1 &
-pids+=($!)
-for i in 1 2 3; do
-  SLAVE_CACHE="$run/cache-$i" "$bin/slave" >"$run/slave-$i.log" 2>&1 &
-  pids+=($!)
+HOOK_ADDR="$hook_addr" setsid "$bin/hook" >>"$run/hook.log" 2>&1 &
+hook_pid=$!
+for i in 0 1 2; do
+  SLAVE_INDEX=$i SLAVE_GRACE=$grace SLAVE_CACHE="$run/cache-$i" setsid "$bin/slave" >"$run/slave-$i.log" 2>&1 &
+  slave_pids+=($!)
 done
 
 # The bundled example, as a bare repository the slaves clone over file://.
@@ -51,8 +80,16 @@ sha=$(git -C "$example" rev-parse main)
 
 token=""
 for _ in $(seq 100); do
-  token=$(sed -n 's/.*hook.token source=[a-z]* token=\([^ ]*\).*/\1/p' "$run/hook.log" | head -1)
-  [ -n "$token" ] && break; sleep 0.1
+  if ! kill -0 "$hook_pid" 2>/dev/null; then
+    echo "run: the hook exited at start:" >&2
+    tail -n 5 "$run/hook.log" >&2
+    exit 1
+  fi
+  if grep -q 'hook.listening' "$run/hook.log"; then
+    token=$(sed -n 's/.*hook.token source=[a-z]* token=\([^ ]*\).*/\1/p' "$run/hook.log" | head -1)
+    [ -n "$token" ] && break
+  fi
+  sleep 0.1
 done
 [ -n "$token" ] || { echo "run: the hook did not start, see $run/hook.log" >&2; exit 1; }
 
@@ -63,8 +100,8 @@ sig=$(openssl dgst -sha256 -hmac "$token" <"$run/example-push.json" | sed 's/^.*
 
 cat <<MSG
 
-ci-backend is running: redis on 127.0.0.1:$port, hook on $hook_addr, 3 slaves.
-Logs: $run/{hook,slave-1,slave-2,slave-3,redis}.log
+ci-backend is running: redis on 127.0.0.1:$port, hook on $hook_addr, 3 slaves (indexes 0, 1, 2).
+Logs: $run/{hook,slave-0,slave-1,slave-2,redis}.log
 
 Secret token: $token
 
@@ -77,8 +114,9 @@ Then read its status:
 
   curl -i http://127.0.0.1:$hook_port/status/example/hello
 
-Ctrl-C stops everything.
+Ctrl-C stops everything (slaves first, then the hook, then redis).
 MSG
 tail -n 0 -f "$run/hook.log" "$run"/slave-*.log &
-pids+=($!)
-wait
+tail_pid=$!
+wait "$hook_pid"
+echo "run: the hook exited; see $run/hook.log" >&2

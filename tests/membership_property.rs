@@ -45,8 +45,9 @@ impl Cluster {
     fn start_slave(&mut self, index: Option<u32>) {
         let env = Cluster::env(index);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // Counted from before its start: it holds an index before it says it is ready.
+        self.alive.lock().unwrap().push((Instant::now(), self.slaves.len() + 1));
         self.slaves.push((Slave::start(&self.redis, &env), index));
-        self.note_alive();
     }
 
     fn kill(&mut self, at: usize) -> Option<u32> {
@@ -78,11 +79,8 @@ fn holders(redis: &Redis) -> HashMap<u32, String> {
 
 /// What must hold once the cluster settled; `Err` says what does not (yet).
 fn settled(c: &Cluster) -> Result<(), String> {
-    let want: BTreeSet<u32> = if c.fixed {
-        c.slaves.iter().filter_map(|(_, f)| *f).collect()
-    } else {
-        (0..c.slaves.len() as u32).collect()
-    };
+    let want: BTreeSet<u32> =
+        if c.fixed { c.slaves.iter().filter_map(|(_, f)| *f).collect() } else { (0..c.slaves.len() as u32).collect() };
     let held: BTreeSet<u32> = holders(&c.redis).into_keys().collect();
     if held != want {
         return Err(format!("held indexes {held:?}, want {want:?}"));
@@ -145,7 +143,12 @@ fn spawn_checker(
 }
 
 /// Pushes the repositories round robin until stopped; returns the ids answered 2xx.
-fn spawn_pusher(addr: std::net::SocketAddr, token: String, repos: Vec<(String, String, String)>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeSet<String>> {
+fn spawn_pusher(
+    addr: std::net::SocketAddr,
+    token: String,
+    repos: Vec<(String, String, String)>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<BTreeSet<String>> {
     std::thread::spawn(move || {
         let mut ids = BTreeSet::new();
         let mut k = 0;
@@ -154,8 +157,7 @@ fn spawn_pusher(addr: std::net::SocketAddr, token: String, repos: Vec<(String, S
             k += 1;
             let body = github_push(name, url, "main", sha, "membership", "main").to_string();
             let sig = sign_sha256(body.as_bytes(), &token);
-            let headers =
-                [("X-GitHub-Event", "push"), ("Content-Type", "application/json"), ("X-Hub-Signature-256", sig.as_str())];
+            let headers = [("X-GitHub-Event", "push"), ("Content-Type", "application/json"), ("X-Hub-Signature-256", sig.as_str())];
             if let Ok(r) = try_http(addr, "POST", "/", &headers, body.as_bytes()) {
                 if r.code == 202 {
                     ids.insert(r.json()["id"].as_str().unwrap().to_string());

@@ -94,7 +94,7 @@ fn issue9_2_a_graceful_stop_is_not_counted_as_a_death() {
 
 #[test]
 fn issue9_6_a_result_redis_refuses_is_stored_as_failed_with_the_reason() {
-    let mut b = Backend::start(1, &[], &[]);
+    let b = Backend::start(1, &[], &[]);
     let blocker = Blocker::new(b.root(), "oom");
     // Four snippets of ~200 KB of debug output each: a record of ~850 KB.
     let print = "for i in $(seq 1 2500); do printf '%080d\\n' $i; done";

@@ -59,3 +59,6 @@ mod regressions;
 /// Membership as a property over seeded random schedules of kills, pauses, full restarts,
 /// scale changes and Redis restarts, with pushes flowing.
 mod membership_property;
+
+/// `make run` (scripts/run-local.sh): a taken port, the stop order, fixed local indexes.
+mod run_local;

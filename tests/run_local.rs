@@ -1,0 +1,106 @@
+//! `make run` (scripts/run-local.sh), issue 9 point 8: a taken hook port stops it with the
+//! error; Ctrl-C stops the slaves first, so a running build's result is stored before Redis
+//! goes; local slave i holds index i and logs to slave-i.log.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run-local.sh")
+}
+
+fn bin_dir() -> String {
+    Path::new(&bin("hook")).parent().unwrap().to_string_lossy().into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run_local(dir: &Path, redis_port: u16, hook_port: u16) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script())
+        .env("RUN_DIR", dir)
+        .env("BIN_DIR", bin_dir())
+        .env("REDIS_PORT", redis_port.to_string())
+        .env("HOOK_ADDR", format!("127.0.0.1:{hook_port}"))
+        .env("SLAVE_GRACE", "20")
+        .env_remove("HOOK_TOKEN")
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn a_taken_hook_port_stops_make_run_with_the_error() {
+    let dir = fresh_dir(&test_name());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = run_local(&dir, free_port(), port).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains(&format!("port {port} is already in use")), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ci-backend is running"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ctrl_c_stores_the_running_build_before_redis_stops() {
+    let dir = fresh_dir(&test_name());
+    let (redis_port, hook_port) = (free_port(), free_port());
+    let out_path = dir.join("make-run.out");
+    let mut cmd = run_local(&dir, redis_port, hook_port);
+    cmd.stdout(std::fs::File::create(&out_path).unwrap()).stderr(std::fs::File::create(dir.join("make-run.err")).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let token = wait_for("make run to print its token", LONG, || {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("make run exited: {status}\n{text}\n{}", std::fs::read_to_string(dir.join("make-run.err")).unwrap_or_default());
+        }
+        text.lines().find_map(|l| l.strip_prefix("Secret token: ").map(str::to_string)).ok_or(text)
+    });
+    for i in 0..3 {
+        let log = std::fs::read_to_string(dir.join(format!("slave-{i}.log"))).unwrap_or_default();
+        let ready = events(&log, "slave.ready");
+        assert_eq!(ready.first().and_then(|l| kv(l, "index")), Some(i.to_string()), "slave-{i}.log: {log}");
+    }
+
+    // A build that is still running when Ctrl-C comes.
+    let started = dir.join("started");
+    let git = GitRepo::new(&dir, "local/slow");
+    git.write("integration.yml", &format!("step: slow\nshell: |\n  touch '{}'\n  sleep 2\n", started.display()));
+    let sha = git.commit("slow build");
+    git.push();
+    let body = github_push(&git.name, &git.file_url(), "main", &sha, "slow build", "main").to_string();
+    let sig = sign_sha256(body.as_bytes(), &token);
+    let addr = format!("127.0.0.1:{hook_port}").parse().unwrap();
+    let headers = [("X-GitHub-Event", "push"), ("Content-Type", "application/json"), ("X-Hub-Signature-256", sig.as_str())];
+    let r = http(addr, "POST", "/", &headers, body.as_bytes());
+    assert_eq!(r.code, 202, "{r}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    wait_for("the build to start", LONG, || if started.exists() { Ok(()) } else { Err("not yet".into()) });
+
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = wait_for("make run to stop", Duration::from_secs(60), || child.try_wait().unwrap().ok_or("running".to_string()));
+    assert!(status.success() || status.code().is_some(), "{status}");
+    let logs: String = (0..3).map(|i| std::fs::read_to_string(dir.join(format!("slave-{i}.log"))).unwrap_or_default()).collect();
+    assert!(events(&logs, "build.unstored").is_empty(), "{logs}");
+    assert_eq!(events(&logs, "build.finished").iter().filter(|l| kv(l, "id").as_deref() == Some(&id)).count(), 1, "{logs}");
+
+    // The oracle: Redis, started again from the AOF make run left, has the result.
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--dir", dir.to_str().unwrap()])
+        .args(["--appendonly", "yes", "--save", ""])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = wait_for("the restarted redis to answer", DEADLINE, || {
+        resp_cmd(redis_port, &["HGET", &format!("ci:build:{id}"), "state"]).map_err(|e| e.to_string())
+    });
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert_eq!(state.str().as_deref(), Some("passed"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
