@@ -1,16 +1,46 @@
 //! A watchdog per build process group: a tiny forked process that SIGKILLs
-//! the group if the slave dies (SIGKILL, the OOM killer, a crash) before the
-//! group ended. Without it a killed slave's build goes on as an orphan while
-//! the replacement runs the same job again, in the same cache.
+//! the group when the slave can no longer vouch for it, so a build never goes
+//! on while the same job runs again elsewhere:
+//! - the slave died (SIGKILL, the OOM killer, a crash): its end of the pipe
+//!   closes;
+//! - the slave stopped (SIGSTOP, a hung process): it sends no beat for half a
+//!   lease, while its lease still has at least a quarter lease to run, so the
+//!   group is dead before another slave may take the job over.
 //!
-//! The guard blocks reading a pipe whose only write end the slave holds. The
-//! slave disarms it by writing one byte when the group has ended normally;
-//! end-of-file without that byte means the slave is gone: kill the group.
+//! The slave disarms the guard when the group has ended by itself.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BEAT: u8 = b'h';
+const DISARM: u8 = b'x';
+/// The guard's exit code when it killed the group for want of beats.
+const FIRED_SILENT: i32 = 2;
+/// ... and when the slave's end closed without a disarm.
+const FIRED_ORPHANED: i32 = 1;
+
+/// Milliseconds without a beat after which a guard fires; 0 = never.
+static SILENCE_MS: AtomicU64 = AtomicU64::new(0);
+/// The write ends of every armed guard, for [`beat_all`].
+static ARMED: Mutex<Vec<libc::c_int>> = Mutex::new(Vec::new());
+
+/// Sets how long guards started from now wait for a beat (half the lease).
+pub fn set_silence_limit(limit: Duration) {
+    SILENCE_MS.store(limit.as_millis() as u64, Ordering::SeqCst);
+}
+
+/// Tells every armed guard the slave is alive. Never blocks: a guard that
+/// does not read (stopped with the slave) just misses beats.
+pub fn beat_all() {
+    for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // SAFETY: an open, non-blocking descriptor of ours (removed before close).
+        unsafe { libc::write(*fd, [BEAT].as_ptr().cast(), 1) };
+    }
+}
 
 pub struct Guard {
-    /// The write end: one byte disarms, closing without it fires.
     fd: libc::c_int,
     pid: libc::pid_t,
 }
@@ -23,8 +53,10 @@ pub fn watch(pgid: i32) -> io::Result<Guard> {
         return Err(io::Error::last_os_error());
     }
     let (read_end, write_end) = (fds[0], fds[1]);
+    let silence = SILENCE_MS.load(Ordering::SeqCst);
+    let timeout: libc::c_int = if silence == 0 { -1 } else { silence.min(i32::MAX as u64) as libc::c_int };
     // SAFETY: the child only makes async-signal-safe calls (close, signal,
-    // read, kill, _exit) before it exits; it never returns into Rust code.
+    // poll, read, kill, _exit) and never returns into Rust code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         let e = io::Error::last_os_error();
@@ -36,44 +68,89 @@ pub fn watch(pgid: i32) -> io::Result<Guard> {
         return Err(e);
     }
     if pid == 0 {
-        // SAFETY: see above; the guard holds no descriptor but its read end,
-        // so it keeps no socket or pipe of the slave open.
-        unsafe {
-            libc::close(write_end);
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-            if read_end > 3 {
-                libc::syscall(libc::SYS_close_range, 3u32, (read_end - 1) as u32, 0u32);
-            }
-            libc::syscall(libc::SYS_close_range, (read_end + 1) as u32, u32::MAX, 0u32);
-            let mut byte = 0u8;
-            let n = loop {
-                let n = libc::read(read_end, (&mut byte as *mut u8).cast(), 1);
-                if n >= 0 || *libc::__errno_location() != libc::EINTR {
-                    break n;
-                }
-            };
-            if n <= 0 {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-            libc::_exit(0);
-        }
+        // SAFETY: see above. The guard keeps no descriptor but its read end,
+        // so it holds no socket or pipe of the slave open.
+        unsafe { guard_main(read_end, write_end, pgid, timeout) }
     }
-    // SAFETY: the read end is the child's now.
-    unsafe { libc::close(read_end) };
+    // SAFETY: the read end is the child's now; the write end never blocks.
+    unsafe {
+        libc::close(read_end);
+        libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    ARMED.lock().unwrap_or_else(|p| p.into_inner()).push(write_end);
     Ok(Guard { fd: write_end, pid })
 }
 
-impl Drop for Guard {
-    /// The group has ended (or been killed) by the slave: disarm and reap.
-    fn drop(&mut self) {
-        // SAFETY: our own descriptor and child.
+/// The guard process: waits for beats; fires on silence or end-of-file.
+unsafe fn guard_main(read_end: libc::c_int, write_end: libc::c_int, pgid: i32, timeout: libc::c_int) -> ! {
+    libc::close(write_end);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+    if read_end > 3 {
+        libc::syscall(libc::SYS_close_range, 3u32, (read_end - 1) as u32, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, (read_end + 1) as u32, u32::MAX, 0u32);
+    let mut buf = [0u8; 64];
+    loop {
+        let mut pfd = libc::pollfd { fd: read_end, events: libc::POLLIN, revents: 0 };
+        let ready = libc::poll(&mut pfd, 1, timeout);
+        if ready < 0 {
+            if *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(0);
+        }
+        if ready == 0 {
+            libc::kill(-pgid, libc::SIGKILL);
+            libc::_exit(FIRED_SILENT);
+        }
+        let n = libc::read(read_end, buf.as_mut_ptr().cast(), buf.len());
+        if n < 0 && *libc::__errno_location() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            libc::kill(-pgid, libc::SIGKILL);
+            libc::_exit(FIRED_ORPHANED);
+        }
+        if buf[..n as usize].contains(&DISARM) {
+            libc::_exit(0);
+        }
+    }
+}
+
+impl Guard {
+    fn disarm(&mut self) {
+        ARMED.lock().unwrap_or_else(|p| p.into_inner()).retain(|fd| *fd != self.fd);
+        // SAFETY: our own descriptor, closed once (fd = -1 after).
         unsafe {
-            libc::write(self.fd, b"x".as_ptr().cast(), 1);
+            libc::write(self.fd, [DISARM].as_ptr().cast(), 1);
             libc::close(self.fd);
+        }
+        self.fd = -1;
+    }
+
+    /// Disarms the guard and tells whether it had fired for want of beats
+    /// (the slave stalled: the group was killed, the build must not count).
+    pub fn finish(mut self) -> bool {
+        self.disarm();
+        let mut status = 0;
+        // SAFETY: our own child, reaped once (pid = 0 after).
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        self.pid = 0;
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == FIRED_SILENT
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            self.disarm();
+        }
+        if self.pid > 0 {
             let mut status = 0;
-            libc::waitpid(self.pid, &mut status, 0);
+            // SAFETY: our own child.
+            unsafe { libc::waitpid(self.pid, &mut status, 0) };
         }
     }
 }

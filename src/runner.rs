@@ -23,7 +23,8 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 pub enum Exit {
     Code(i32),
     TimedOut,
-    /// Stopped because the slave is shutting down.
+    /// Stopped because the slave is shutting down, lost its index, or
+    /// stalled past half a lease (its guard killed the group).
     Aborted,
     SpawnFailed(String),
 }
@@ -122,7 +123,11 @@ pub fn run(script: &str, cwd: &Path, env: &[(String, String)], timeout: Duration
     // A daemon that escaped the group (setsid) may hold the pipe open: keep
     // what was read by now rather than wait for it.
     let _ = eof_rx.recv_timeout(Duration::from_secs(1));
-    drop(guard);
+    // A guard that fired for want of beats means this slave stalled past half
+    // a lease: the job may be taken over, so this run must not count.
+    if guard.is_ok_and(crate::guard::Guard::finish) {
+        exit = Some(Exit::Aborted);
+    }
     let output = std::mem::take(&mut *tail.lock().unwrap_or_else(|p| p.into_inner()));
     Ran { exit: exit.unwrap_or(Exit::Aborted), elapsed: started.elapsed(), output }
 }

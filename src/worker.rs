@@ -65,6 +65,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     });
     take_over(&mut redis, &config, &member, index, &signals);
     spawn_heartbeat(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
+    spawn_beats(config.lease, Arc::clone(&state))?;
 
     let host = hostname();
     let base_env = build::base_env();
@@ -142,7 +143,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
                 log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
                 break;
             }
-            log::warn!("build.abandoned {facts}: index lost to another instance, which runs the job again");
+            log::warn!("build.abandoned {facts}: the index was lost or this slave stalled past half a lease; the job runs again");
             continue;
         };
         let result = if outcome.passed { "passed" } else { "failed" };
@@ -395,6 +396,24 @@ fn spawn_heartbeat(config: &SlaveConfig, member: Member, state: Arc<State>, sign
         })
         .map(drop)
         .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
+}
+
+/// Beats every build guard (see [`crate::guard`]) from a thread that touches
+/// nothing else, so only a stopped or hung slave misses beats — not a slow
+/// Redis. Guards fire after half a lease of silence.
+fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
+    crate::guard::set_silence_limit(lease / 2);
+    let every = (lease / 8).min(Duration::from_millis(100));
+    std::thread::Builder::new()
+        .name("beats".into())
+        .spawn(move || {
+            while !state.done.load(Ordering::SeqCst) {
+                crate::guard::beat_all();
+                std::thread::sleep(every);
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the beat thread: {e}"))
 }
 
 /// With GIT_NETRC, git runs with a private HOME holding a copy of that file.

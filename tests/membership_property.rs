@@ -3,7 +3,7 @@
 //! restarts from its AOF, with `SLAVE_LEASE=1`, pushes flowing all along. Checked all the time:
 //! an instance holds at most one index; the hook's N never exceeds the slaves that were alive in
 //! the last two leases; no build runs twice at the same time (an flock per build id, taken by
-//! the step itself). Checked after every event, within 3 leases (+ slack for a loaded machine):
+//! the step itself, which runs 0 to 1.9 s: long enough to overlap a pause or a kill). Checked after every event, within 3 leases (+ slack for a loaded machine):
 //! the live slaves hold exactly 0..N-1 (or their fixed indexes) and the hook's N equals them;
 //! no job waits on an index nobody holds. At the end every push answered 2xx is built.
 //!
@@ -181,7 +181,7 @@ fn schedule(seed: u64) -> (usize, usize, Duration) {
     std::fs::create_dir_all(&locks).unwrap();
     let twice = root.join("built-twice-at-once");
     let yml = format!(
-        "step: once at a time\nshell: |\n  exec 9>>'{}/'\"$BUILD_ID\"\n  flock -n 9 || {{ echo \"$BUILD_ID\" >> '{}'; exit 1; }}\n  sleep 0.1\n",
+        "step: once at a time\nshell: |\n  exec 9>>'{}/'\"$BUILD_ID\"\n  flock -n 9 || {{ echo \"$BUILD_ID\" >> '{}'; exit 1; }}\n  sleep $((RANDOM % 2)).$((RANDOM % 10))\n",
         locks.display(),
         twice.display()
     );
