@@ -159,3 +159,108 @@ fn issue9_a_killed_slave_leaves_no_build_running() {
         }
     });
 }
+
+/// A repository name whose CRC32 mod `n` is `index`.
+fn name_for(prefix: &str, n: u32, index: u32) -> String {
+    (0..).map(|i| format!("{prefix}/repo-{i}")).find(|name| crc32(name.as_bytes()) % n == index).unwrap()
+}
+
+#[test]
+fn issue9_a_paused_slave_never_builds_alongside_the_one_that_took_its_job_over() {
+    let lease = [("SLAVE_LEASE", "1")];
+    let b = Backend::start(2, &[], &lease);
+    let paused = b.slaves.iter().position(|s| s.index == 1).unwrap();
+    let runs = b.root().join("runs");
+    let twice = b.root().join("built-twice-at-once");
+    // Each run appends a line, then holds an flock on the build for 6 seconds.
+    let yml = format!(
+        "step: long\nshell: |\n  echo run >> '{}'\n  exec 9>>'{}.lock'\n  flock -n 9 || {{ echo twice >> '{}'; exit 1; }}\n  sleep 6\n",
+        runs.display(),
+        runs.display(),
+        twice.display()
+    );
+    let git = b.repo(&name_for("paused", 2, 1));
+    git.write("integration.yml", &yml);
+    let sha = git.commit("outlives two leases");
+    git.push();
+    let id = b.hook.push_ok(&git, &sha);
+    let count_runs = || std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
+    wait_for("the first run", LONG, || if count_runs() == 1 { Ok(()) } else { Err(format!("{} runs", count_runs())) });
+
+    // Only the slave process stops: its build would go on, as in a hung slave.
+    b.slaves[paused].proc.signal("STOP");
+    wait_for("the job to be taken over by the other slave", LONG, || {
+        if count_runs() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", read_build(&b.redis, &id).map(|r| (r.state, r.slave))))
+        }
+    });
+    b.slaves[paused].proc.signal("CONT");
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert!(!twice.exists(), "the paused slave's build ran alongside its successor's");
+    wait_for("the paused slave to notice", DEADLINE, || {
+        let log = b.slaves[paused].log();
+        if events(&log, "build.abandoned").len() == 1 {
+            Ok(())
+        } else {
+            Err(tail_lines(&log, 5))
+        }
+    });
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn issue9_1_jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
+    let lease = [("SLAVE_LEASE", "1")];
+    let mut b = Backend::start(3, &[], &lease);
+    let mut blockers = Vec::new();
+    let mut ids = Vec::new();
+    // One running build on each of the three slaves.
+    for index in 0..3 {
+        let blocker = Blocker::new(b.root(), &format!("busy-{index}"));
+        let git = b.repo(&name_for(&format!("busy{index}"), 3, index));
+        git.write("integration.yml", &blocker.yml());
+        let sha = git.commit("busy");
+        git.push();
+        ids.push(b.hook.push_ok(&git, &sha));
+        blocker.wait_started();
+        blockers.push(blocker);
+    }
+    // And one queued behind the build on index 2.
+    let queued = b.repo(&name_for("queued", 3, 2));
+    queued.write("integration.yml", "step: s\nshell: \"true\"\n");
+    let sha = queued.commit("queued on index 2");
+    queued.push();
+    let queued_id = b.hook.push_ok(&queued, &sha);
+    assert_eq!(b.redis.lrange("ci:queue:slave:2"), vec![queued_id.clone()]);
+
+    let victim = b.slaves.iter().position(|s| s.index == 2).unwrap();
+    b.slaves[victim].kill9();
+    // Index 2 vanishes (N = 2): its queued and in-progress jobs move to CRC32 mod 2 while the
+    // builds on 0 and 1 still run.
+    let moved = |name: &str, id: &str| {
+        let want = format!("ci:queue:slave:{}", crc32(name.as_bytes()) % 2);
+        b.redis.lrange(&want).contains(&id.to_string())
+    };
+    wait_for("index 2's jobs to be re-routed", DEADLINE, || {
+        let left = (b.redis.lrange("ci:queue:slave:2"), b.redis.lrange("ci:working:slave:2"));
+        if left.0.is_empty() && left.1.is_empty() && moved(&queued.name, &queued_id) {
+            Ok(())
+        } else {
+            Err(format!("queue:2 {:?}, working:2 {:?}", left.0, left.1))
+        }
+    });
+    assert!(!blockers[0].release.exists() && !blockers[1].release.exists(), "the other builds were still running");
+    for blocker in &blockers {
+        blocker.release();
+    }
+    for id in ids.iter().chain([&queued_id]) {
+        assert_eq!(wait_build(&b.redis, id, LONG).state, "passed", "build {id}");
+    }
+}
