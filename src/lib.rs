@@ -8,6 +8,7 @@
 pub mod build;
 pub mod config;
 pub mod guard;
+pub mod heartbeat;
 pub mod http;
 pub mod integration;
 pub mod logging;

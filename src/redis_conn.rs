@@ -91,6 +91,16 @@ pub fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || e.is_unrecoverable_error()
 }
 
+/// A Redis failure, worded by kind: a lost connection is retried (warn);
+/// anything else (a script error, OOM, a wrong type) is not (error).
+pub fn log_error(op: &str, e: &redis::RedisError) {
+    if is_connection_error(e) {
+        log::warn!("redis.unreachable op={op} error={}", crate::logging::quote(&e.to_string()));
+    } else {
+        log::error!("redis.refused op={op} error={}", crate::logging::quote(&e.to_string()));
+    }
+}
+
 /// The URL with any password replaced by `***`, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };

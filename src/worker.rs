@@ -1,15 +1,17 @@
-//! The slave's loop: claim an index, keep the lease, take jobs reliably,
-//! build, store the result (retrying while Redis is away), re-route jobs
-//! stranded on vanished indexes, and stop gracefully.
+//! The slave's loop: claim an index, take jobs reliably, build, store the
+//! result (retrying while Redis is away, failing it when Redis refuses it),
+//! keep indexes contiguous, and stop gracefully. The lease and re-routing run
+//! beside it (`heartbeat`).
 
 use crate::build;
 use crate::config::SlaveConfig;
+use crate::heartbeat::{self, State};
 use crate::logging::quote;
 use crate::membership::{self, Member};
 use crate::queue::{self, Begun, Started};
-use crate::redis_conn::{is_connection_error, Backoff, Redis};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use crate::redis_conn::{is_connection_error, log_error, Backoff, Redis};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long one blocking pop waits; the socket timeout is larger.
@@ -19,36 +21,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// when that is shorter), so indexes are contiguous within three leases.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
 
-/// Flags the binary's signal handler sets.
-#[derive(Default)]
-pub struct Signals {
-    /// Stop taking jobs (SIGTERM/SIGINT).
-    pub stop: AtomicBool,
-    /// Grace period over: kill the running build, store nothing.
-    pub abort: AtomicBool,
-}
-
-/// What the loop and the heartbeat share.
-struct State {
-    /// The index held. It changes only under this lock, in the same step as
-    /// the Redis script that moves it, so the heartbeat never renews an index
-    /// this slave has just left.
-    index: Mutex<u32>,
-    /// The heartbeat found the index held by another instance.
-    lost: AtomicBool,
-    /// Kill the running build: the grace is over or the index is lost.
-    kill_build: AtomicBool,
-    /// The build running now, if any (the heartbeat's renew needs it).
-    job: Mutex<Option<String>>,
-    /// The loop has ended and released the index: renew no more.
-    done: AtomicBool,
-}
-
-impl State {
-    fn index(&self) -> u32 {
-        *self.index.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub use crate::heartbeat::Signals;
 
 pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     std::fs::create_dir_all(&config.cache).map_err(|e| format!("SLAVE_CACHE={:?}: cannot create: {e}", config.cache))?;
@@ -56,16 +29,10 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
-    let state = Arc::new(State {
-        index: Mutex::new(index),
-        lost: AtomicBool::new(false),
-        kill_build: AtomicBool::new(false),
-        job: Mutex::new(None),
-        done: AtomicBool::new(false),
-    });
+    let state = Arc::new(State::new(index));
     take_over(&mut redis, &config, &member, index, &signals);
-    spawn_heartbeat(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
-    spawn_beats(config.lease, Arc::clone(&state))?;
+    heartbeat::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
+    heartbeat::spawn_beats(config.lease, Arc::clone(&state))?;
 
     let host = hostname();
     let base_env = build::base_env();
@@ -116,7 +83,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             Err(e) => {
                 // The job stays in the in-progress list; the next maintenance
                 // pass between builds puts it back in the queue.
-                log_redis_error("start", &e);
+                log_error("start", &e);
                 continue;
             }
         };
@@ -164,16 +131,6 @@ fn build_facts(job: &Started, slave: &str) -> String {
     let p = &job.push;
     let short = &p.sha[..p.sha.len().min(10)];
     format!("id={} repo={} branch={} sha={short} slave={slave}", job.id, quote(&p.repo), quote(&p.branch))
-}
-
-/// A Redis failure, worded by kind: a lost connection is retried (warn);
-/// anything else (a script error, OOM, a wrong type) is not (error).
-fn log_redis_error(op: &str, e: &redis::RedisError) {
-    if is_connection_error(e) {
-        log::warn!("redis.unreachable op={op} error={}", quote(&e.to_string()));
-    } else {
-        log::error!("redis.refused op={op} error={}", quote(&e.to_string()));
-    }
 }
 
 /// Lines of the log kept when the full result could not be stored.
@@ -260,7 +217,7 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                log_redis_error("claim", &e);
+                log_error("claim", &e);
                 std::thread::sleep(delay);
             }
         }
@@ -294,7 +251,7 @@ fn recover(redis: &mut Redis, cluster: &str, index: u32, signals: &Signals) {
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                log_redis_error("recover", &e);
+                log_error("recover", &e);
                 std::thread::sleep(delay);
             }
         }
@@ -324,96 +281,8 @@ fn maintain(redis: &mut Redis, member: &Member, state: &State, fixed: bool) {
         Ok(())
     });
     if let Err(e) = result {
-        log_redis_error("maintain", &e);
+        log_error("maintain", &e);
     }
-}
-
-/// Re-routes jobs queued on indexes at or above N, and in-progress jobs of
-/// dead holders there. Run by the heartbeat, so such jobs never wait for
-/// this slave's running build to end.
-fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redis::RedisResult<()> {
-    let n = membership::live_count(c, cluster)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
-    for i in n..=top.unwrap_or(0).max(n) {
-        queue::reroute_list(c, &queue::queue_key(cluster, i), cluster, n)?;
-        if !membership::held(c, cluster, i)? {
-            queue::reroute_list(c, &queue::working_key(cluster, i), cluster, n)?;
-        }
-    }
-    Ok(())
-}
-
-/// The heartbeat thread: renews the lease every quarter lease, re-routes
-/// vanished indexes' jobs, and kills the running build when the grace is
-/// over or the index was lost.
-fn spawn_heartbeat(config: &SlaveConfig, member: Member, state: Arc<State>, signals: Arc<Signals>) -> Result<(), String> {
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
-    let every = config.lease / 4;
-    let tick = every.min(Duration::from_millis(100));
-    std::thread::Builder::new()
-        .name("heartbeat".into())
-        .spawn(move || {
-            let mut last = Instant::now();
-            loop {
-                std::thread::sleep(tick);
-                if signals.abort.load(Ordering::SeqCst) {
-                    state.kill_build.store(true, Ordering::SeqCst);
-                }
-                if state.done.load(Ordering::SeqCst) {
-                    return;
-                }
-                if last.elapsed() < every {
-                    continue;
-                }
-                last = Instant::now();
-                {
-                    // Renewed and judged under the lock: the loop cannot move
-                    // or re-claim the index in between.
-                    let index = state.index.lock().unwrap_or_else(|p| p.into_inner());
-                    let job = state.job.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    match redis.run(|c| member.renew(c, *index, job.as_deref())) {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            if !state.lost.swap(true, Ordering::SeqCst) {
-                                log::warn!(
-                                    "slave.lease_lost cluster={} index={}: stopping the running build, if any",
-                                    member.cluster,
-                                    *index
-                                );
-                            }
-                            state.kill_build.store(true, Ordering::SeqCst);
-                        }
-                        Err(e) => log_redis_error("renew", &e),
-                    }
-                }
-                if let Err(e) = redis.run(|c| reroute_vanished(c, &member.cluster)) {
-                    log_redis_error("reroute", &e);
-                }
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
-}
-
-/// Beats every build guard (see [`crate::guard`]) from a thread that touches
-/// nothing else, so only a stopped or hung slave misses beats — not a slow
-/// Redis. Guards fire after half a lease of silence.
-fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
-    crate::guard::set_silence_limit(lease / 2);
-    let every = (lease / 8).min(Duration::from_millis(100));
-    std::thread::Builder::new()
-        .name("beats".into())
-        .spawn(move || {
-            while !state.done.load(Ordering::SeqCst) {
-                crate::guard::beat_all();
-                std::thread::sleep(every);
-            }
-        })
-        .map(drop)
-        .map_err(|e| format!("cannot start the beat thread: {e}"))
 }
 
 /// With GIT_NETRC, git runs with a private HOME holding a copy of that file.

@@ -1,0 +1,142 @@
+//! The slave's background threads: the lease (renewed every quarter lease;
+//! a lost one stops the running build), the re-routing of jobs queued on
+//! vanished indexes, and the beats that keep build guards from firing.
+
+use crate::config::SlaveConfig;
+use crate::membership::{self, Member};
+use crate::queue;
+use crate::redis_conn::{log_error, Redis};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Flags the binary's signal handler sets.
+#[derive(Default)]
+pub struct Signals {
+    /// Stop taking jobs (SIGTERM/SIGINT).
+    pub stop: AtomicBool,
+    /// Grace period over: kill the running build, store nothing.
+    pub abort: AtomicBool,
+}
+
+/// What the loop and the heartbeat share.
+pub struct State {
+    /// The index held. It changes only under this lock, in the same step as
+    /// the Redis script that moves it, so the heartbeat never renews an index
+    /// this slave has just left.
+    pub index: Mutex<u32>,
+    /// The heartbeat found the index held by another instance.
+    pub lost: AtomicBool,
+    /// Kill the running build: the grace is over or the index is lost.
+    pub kill_build: AtomicBool,
+    /// The build running now, if any (the heartbeat's renew needs it).
+    pub job: Mutex<Option<String>>,
+    /// The loop has ended and released the index: renew no more.
+    pub done: AtomicBool,
+}
+
+impl State {
+    pub fn new(index: u32) -> State {
+        State {
+            index: Mutex::new(index),
+            lost: AtomicBool::new(false),
+            kill_build: AtomicBool::new(false),
+            job: Mutex::new(None),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    pub fn index(&self) -> u32 {
+        *self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Re-routes jobs queued on indexes at or above N, and in-progress jobs of
+/// dead holders there. Run by the heartbeat, so such jobs never wait for
+/// this slave's running build to end.
+fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redis::RedisResult<()> {
+    let n = membership::live_count(c, cluster)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
+    for i in n..=top.unwrap_or(0).max(n) {
+        queue::reroute_list(c, &queue::queue_key(cluster, i), cluster, n)?;
+        if !membership::held(c, cluster, i)? {
+            queue::reroute_list(c, &queue::working_key(cluster, i), cluster, n)?;
+        }
+    }
+    Ok(())
+}
+
+/// The heartbeat thread: renews the lease every quarter lease, re-routes
+/// vanished indexes' jobs, and kills the running build when the grace is
+/// over or the index was lost.
+pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: Arc<Signals>) -> Result<(), String> {
+    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
+    let every = config.lease / 4;
+    let tick = every.min(Duration::from_millis(100));
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            loop {
+                std::thread::sleep(tick);
+                if signals.abort.load(Ordering::SeqCst) {
+                    state.kill_build.store(true, Ordering::SeqCst);
+                }
+                if state.done.load(Ordering::SeqCst) {
+                    return;
+                }
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                {
+                    // Renewed and judged under the lock: the loop cannot move
+                    // or re-claim the index in between.
+                    let index = state.index.lock().unwrap_or_else(|p| p.into_inner());
+                    let job = state.job.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    match redis.run(|c| member.renew(c, *index, job.as_deref())) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if !state.lost.swap(true, Ordering::SeqCst) {
+                                log::warn!(
+                                    "slave.lease_lost cluster={} index={}: stopping the running build, if any",
+                                    member.cluster,
+                                    *index
+                                );
+                            }
+                            state.kill_build.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => log_error("renew", &e),
+                    }
+                }
+                if let Err(e) = redis.run(|c| reroute_vanished(c, &member.cluster)) {
+                    log_error("reroute", &e);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
+}
+
+/// Beats every build guard (see [`crate::guard`]) from a thread that touches
+/// nothing else, so only a stopped or hung slave misses beats — not a slow
+/// Redis. Guards fire after half a lease of silence.
+pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
+    crate::guard::set_silence_limit(lease / 2);
+    let every = (lease / 8).min(Duration::from_millis(100));
+    std::thread::Builder::new()
+        .name("beats".into())
+        .spawn(move || {
+            while !state.done.load(Ordering::SeqCst) {
+                crate::guard::beat_all();
+                std::thread::sleep(every);
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the beat thread: {e}"))
+}
