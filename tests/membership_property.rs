@@ -7,6 +7,9 @@
 //! the live slaves hold exactly 0..N-1 (or their fixed indexes) and the hook's N equals them;
 //! no job waits on an index nobody holds. At the end every push answered 2xx is built.
 //!
+//! The sleeps below are the schedule (how long a pause lasts, when the next event comes, the
+//! push rate), never a wait for something to happen: those poll to a deadline.
+//!
 //! `make test` runs a few seeds; `make soak` runs `MEMBERSHIP_SCHEDULES` more (ignored test).
 
 use crate::harness::*;
@@ -63,25 +66,30 @@ impl Cluster {
     }
 }
 
-/// Indexes with a live lease, by instance, read from Redis.
-fn holders(redis: &Redis) -> HashMap<u32, String> {
-    let time = redis.cli(&["TIME"]).list();
+/// Indexes with a live lease, by instance, read from Redis (`Err` while Redis cannot answer,
+/// e.g. `LOADING` just after a restart).
+fn holders(redis: &Redis) -> Result<HashMap<u32, String>, String> {
+    let ask = |args: &[&str]| match resp_cmd(redis.port, args) {
+        Ok(Resp::Array(Some(items))) => Ok(items.iter().map(|i| i.str().unwrap_or_default()).collect::<Vec<String>>()),
+        other => Err(format!("{args:?}: {other:?}")),
+    };
+    let time = ask(&["TIME"])?;
     let now: u64 = time[0].parse::<u64>().unwrap() * 1000 + time[1].parse::<u64>().unwrap() / 1000;
-    redis
-        .hgetall("ci:holders:slave")
-        .into_iter()
-        .filter_map(|(i, v)| {
-            let (who, exp) = v.split_once(' ')?;
-            (exp.parse::<u64>().ok()? >= now).then(|| (i.parse().unwrap(), who.to_string()))
+    let items = ask(&["HGETALL", "ci:holders:slave"])?;
+    Ok(items
+        .chunks(2)
+        .filter_map(|kv| {
+            let (who, exp) = kv[1].split_once(' ')?;
+            (exp.parse::<u64>().ok()? >= now).then(|| (kv[0].parse().unwrap(), who.to_string()))
         })
-        .collect()
+        .collect())
 }
 
 /// What must hold once the cluster settled; `Err` says what does not (yet).
 fn settled(c: &Cluster) -> Result<(), String> {
     let want: BTreeSet<u32> =
         if c.fixed { c.slaves.iter().filter_map(|(_, f)| *f).collect() } else { (0..c.slaves.len() as u32).collect() };
-    let held: BTreeSet<u32> = holders(&c.redis).into_keys().collect();
+    let held: BTreeSet<u32> = holders(&c.redis)?.into_keys().collect();
     if held != want {
         return Err(format!("held indexes {held:?}, want {want:?}"));
     }
@@ -89,10 +97,13 @@ fn settled(c: &Cluster) -> Result<(), String> {
     if n != Some(want.len() as u64) {
         return Err(format!("the hook counts {n:?} slaves, want {}", want.len()));
     }
-    for key in c.redis.keys("ci:queue:slave:*") {
-        let i: u32 = key.rsplit(':').next().unwrap().parse().unwrap();
-        if !held.contains(&i) && !c.redis.lrange(&key).is_empty() {
-            return Err(format!("{key} holds jobs but nobody holds index {i}"));
+    let top = held.iter().max().copied().unwrap_or(0) + 8;
+    for i in (0..top).filter(|i| !held.contains(i)) {
+        let key = format!("ci:queue:slave:{i}");
+        match resp_cmd(c.redis.port, &["LLEN", &key]) {
+            Ok(Resp::Int(0)) => {}
+            Ok(Resp::Int(n)) => return Err(format!("{key} holds {n} jobs but nobody holds index {i}")),
+            other => return Err(format!("LLEN {key}: {other:?}")),
         }
     }
     Ok(())
@@ -163,6 +174,7 @@ fn spawn_pusher(
                     ids.insert(r.json()["id"].as_str().unwrap().to_string());
                 }
             }
+            // The push rate, not a synchronisation.
             std::thread::sleep(Duration::from_millis(100));
         }
         ids
