@@ -258,7 +258,7 @@ fn credentials(req: &Request) -> Credentials<'_> {
         hub_sha1: header(req, "X-Hub-Signature"),
         gitea: header(req, "X-Gitea-Signature").or_else(|| header(req, "X-Forgejo-Signature")),
         gitlab_token: header(req, "X-Gitlab-Token"),
-        bearer: header(req, "Authorization").and_then(|a| a.strip_prefix("Bearer ")),
+        bearer: header(req, "Authorization").and_then(signature::bearer),
     }
 }
 
@@ -356,7 +356,7 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
 }
 
 fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, body: &[u8], raw_repo: &str, query: &str) -> Reply {
-    if let Err(e) = signature::verify(&hook.token, body, &credentials(req)) {
+    if let Err(e) = signature::verify_rebuild(&hook.token, body, &credentials(req), crate::unix_now()) {
         return Reply::error(403, e.to_string());
     }
     let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };

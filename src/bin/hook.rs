@@ -43,10 +43,11 @@ fn run() -> Result<(), String> {
 }
 
 /// The configured token, else the one shared through Redis (this hook's
-/// random one if it is the first). Printed once: operators read it here.
+/// random one if it is the first). A generated or shared one is printed
+/// once (operators read it here); a configured one only as its fingerprint.
 fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String, String> {
     if let Some(token) = &config.token {
-        log::info!("hook.token source=configured token={token}");
+        log::info!("hook.token source=configured fingerprint={}", signature::fingerprint(token));
         return Ok(token.clone());
     }
     let candidate = signature::generate_token().map_err(|e| format!("cannot generate a token: {e}"))?;
