@@ -31,10 +31,12 @@ fn run() -> Result<(), String> {
         http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
-        "hook.listening addr={addr} threads={} redis={} max_body={}",
+        "hook.listening addr={addr} threads={} queue={} redis={} max_body={} request_timeout={}",
         config.threads,
+        config.queue,
         quote(&redact_url(&config.redis_url)),
-        config.max_body
+        config.max_body,
+        config.request_timeout.as_secs()
     );
     let hook = Arc::new(http::Hook::new(config, token));
     http::serve(hook, listener, stop);
