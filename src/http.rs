@@ -35,13 +35,15 @@ struct Reply {
     code: u16,
     ctype: &'static str,
     body: String,
+    /// `Allow` of a 405: the methods the path answers.
+    allow: Option<&'static str>,
     /// `key=value` facts for the request's log line.
     facts: String,
 }
 
 impl Reply {
     fn json(code: u16, value: Value) -> Reply {
-        Reply { code, ctype: "application/json", body: format!("{value}\n"), facts: String::new() }
+        Reply { code, ctype: "application/json", body: format!("{value}\n"), allow: None, facts: String::new() }
     }
 
     /// One JSON sentence, `{"error": why}`; also on the log line.
@@ -53,7 +55,7 @@ impl Reply {
     }
 
     fn text(code: u16, body: String) -> Reply {
-        Reply { code, ctype: "text/plain; charset=utf-8", body, facts: String::new() }
+        Reply { code, ctype: "text/plain; charset=utf-8", body, allow: None, facts: String::new() }
     }
 }
 
@@ -234,6 +236,9 @@ fn response(reply: Reply) -> Answer {
     if reply.code == 503 {
         response.add_header(header("Retry-After", RETRY_AFTER));
     }
+    if let Some(allow) = reply.allow {
+        response.add_header(header("Allow", allow));
+    }
     Answer(response, LogFacts { code: reply.code, facts: reply.facts })
 }
 
@@ -248,7 +253,7 @@ fn log_request(hook: &Hook, method: &str, path: &str, route: &'static str, facts
     }
 }
 
-/// The methods a path answers.
+/// The methods a path answers (its `Allow`).
 fn allowed(path: &str) -> &'static str {
     if path == "/ping" || path == "/metrics" || path.starts_with("/status/") {
         "GET, HEAD"
@@ -280,7 +285,9 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str
         }
         (method, p) => {
             let allow = allowed(p);
-            ("other", Reply::error(405, format!("method {method} is not allowed on {path}: use {}", allow.replace(", ", " or "))))
+            let mut r = Reply::error(405, format!("method {method} is not allowed on {path}: use {}", allow.replace(", ", " or ")));
+            r.allow = Some(allow);
+            ("other", r)
         }
     }
 }
@@ -371,22 +378,34 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
-fn decode_repo(raw: &str) -> Option<String> {
-    let bytes = payload::percent_decode(raw.replace('+', "%2B").as_bytes())?;
-    String::from_utf8(bytes).ok().filter(|r| !r.is_empty())
+/// The repository of a `/status/<repo>` or `/build/<repo>` path, and the
+/// `?branch=`, both under the names rules of [`payload`].
+fn repo_and_branch(raw_repo: &str, query: &str) -> Result<(String, Option<String>), Reply> {
+    let bytes = payload::percent_decode(raw_repo.replace('+', "%2B").as_bytes());
+    let Some(repo) = bytes.and_then(|b| String::from_utf8(b).ok()) else {
+        return Err(Reply::error(400, "bad repository name in path: expected percent-encoded UTF-8"));
+    };
+    payload::check_repo(&repo).map_err(|e| Reply::error(400, e.0))?;
+    let branch = query_param(query, "branch");
+    if let Some(b) = &branch {
+        payload::check_branch(b).map_err(|e| Reply::error(400, e.0))?;
+    }
+    Ok((repo, branch))
 }
 
+/// Text (the log) by default, JSON when `Accept` asks for it. Errors are JSON
+/// either way; 412 is the failed build's log, as documented.
 fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
-    let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };
-    let branch = query_param(query, "branch");
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
     let wants_json = req.header("Accept").is_some_and(|a| a.contains("application/json"));
     match redis.run_again(|c| status::read(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
-        Ok(view) if wants_json => {
-            let code = if view.code == 404 { 404 } else { 200 };
-            Reply::json(code, view.json)
-        }
-        Ok(view) => Reply::text(view.code, view.text),
+        Ok(Err(never_pushed)) => Reply::error(404, never_pushed),
+        Ok(Ok(view)) if wants_json => Reply::json(200, view.json),
+        Ok(Ok(view)) => Reply::text(view.code, view.text),
     }
 }
 
@@ -394,8 +413,10 @@ fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, que
     if let Err(e) = signature::verify_rebuild(&hook.token, &req.body, &credentials(req), crate::unix_now()) {
         return Reply::error(403, e.to_string());
     }
-    let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };
-    let branch = query_param(query, "branch");
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
     let reset = req.header("X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),

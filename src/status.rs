@@ -8,10 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// What `GET /status/<repo>` answers.
+/// What `GET /status/<repo>` answers for a pushed branch.
 pub struct StatusView {
+    /// 200 passed, 412 failed, 202 no build finished yet (the text answer's code).
     pub code: u16,
+    /// The log of the latest finished build, or what the first one is doing.
     pub text: String,
+    /// The latest build's record, whatever its state.
     pub json: Value,
 }
 
@@ -38,17 +41,17 @@ fn record(conn: &mut Connection, id: &str) -> RedisResult<HashMap<String, String
     redis::cmd("HGETALL").arg(build_key(id)).query(conn)
 }
 
-/// Reads the status of a repository's branch (its default branch if none).
-pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<StatusView> {
+/// Reads the status of a repository's branch (its default branch if none);
+/// `Err` says why there is none.
+pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Result<StatusView, String>> {
     let branch = crate::queue::branch_or_default(conn, repo, branch)?;
-    let not_found = |what: String| StatusView { code: 404, text: format!("{what}\n"), json: json!({ "error": what }) };
     let Some(branch) = branch else {
-        return Ok(not_found(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
+        return Ok(Err(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
     };
     let (last, done): (Option<String>, Option<String>) =
         redis::pipe().get(branch_key("last", repo, &branch)).get(branch_key("done", repo, &branch)).query(conn)?;
     let Some(last) = last else {
-        return Ok(not_found(format!("{repo:?} branch {branch:?} was never pushed")));
+        return Ok(Err(format!("{repo:?} branch {branch:?} was never pushed")));
     };
     let latest = record(conn, &last)?;
     let json = record_json(&latest);
@@ -66,7 +69,7 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
             (202, format!("build {last} of {repo} {branch} is {state}\n"))
         }
     };
-    Ok(StatusView { code, text, json })
+    Ok(Ok(StatusView { code, text, json }))
 }
 
 /// Request counters kept by the hook process.

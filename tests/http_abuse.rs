@@ -346,14 +346,22 @@ fn invalid_utf8_in_path_and_body_is_refused_cleanly() {
 }
 
 #[test]
-fn put_delete_patch_are_405_with_a_json_error() {
+fn put_delete_patch_are_405_with_a_json_error_and_allow() {
     let (b, git) = backend(None);
-    for method in ["PUT", "DELETE", "PATCH"] {
-        for path in ["/", "/status/abuse/app", "/ping", "/build/abuse/app"] {
+    let paths = [
+        ("/", "POST"),
+        ("/status/abuse/app", "GET, HEAD"),
+        ("/ping", "GET, HEAD"),
+        ("/build/abuse/app", "POST"),
+        ("/metrics", "GET, HEAD"),
+    ];
+    for method in ["PUT", "DELETE", "PATCH", "POST"] {
+        for (path, allow) in paths.iter().filter(|(_, allow)| !allow.contains(method)) {
             let r = http(b.hook.addr, method, path, &[("X-GitHub-Event", "push")], b"{}");
             assert_eq!(r.code, 405, "{method} {path}: {r}");
             let err = r.json()["error"].as_str().unwrap_or_default().to_string();
             assert!(err.contains(method), "{method} {path}: the error should name the method: {err:?}");
+            assert_eq!(r.header("Allow"), Some(*allow), "{method} {path}: Allow");
         }
         assert_serves(&b, &git, &format!("{method} requests"));
     }
