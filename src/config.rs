@@ -32,6 +32,11 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         default: "30",
         doc: "seconds a client may take to send one whole request (head and body) from its first byte; then 408 and closed",
     },
+    Setting {
+        name: "HOOK_DURABILITY_CHECK",
+        default: "60",
+        doc: "seconds between two reads of Redis's persistence settings (logged when not durable, ci_redis_durable in /metrics)",
+    },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -99,6 +104,7 @@ pub struct HookConfig {
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub queue: usize,
+    pub durability_check: Duration,
 }
 
 impl HookConfig {
@@ -120,6 +126,7 @@ impl HookConfig {
             idle_timeout: secs("HOOK_IDLE_TIMEOUT")?,
             request_timeout: secs("HOOK_REQUEST_TIMEOUT")?,
             queue: at_least_one("HOOK_QUEUE", "a number of requests")? as usize,
+            durability_check: secs("HOOK_DURABILITY_CHECK")?,
         })
     }
 }

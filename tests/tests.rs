@@ -48,6 +48,10 @@ mod secrets;
 /// each ends with a status and the next build on the same slave passes.
 mod misbehaving;
 
+/// Redis's persistence settings in /metrics (`ci_redis_durable`) and the log, followed as they
+/// change; CONFIG refused.
+mod durability;
+
 /// Deterministic property tests of the payload and integration.yml parsers: 20,000 mutations
 /// each, alias bombs, 100k-deep JSON and 10k-deep YAML nesting.
 mod fuzz;

@@ -3,7 +3,7 @@
 
 use ci_backend::logging::quote;
 use ci_backend::redis_conn::{redact_url, Backoff, Redis};
-use ci_backend::{config, http, logging, queue, signature};
+use ci_backend::{config, http, logging, queue, signature, status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,11 @@ fn run() -> Result<(), String> {
         config.request_timeout.as_secs()
     );
     let hook = Arc::new(http::Hook::new(config, token));
+    // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
+    if let Ok(mut redis) = Redis::open(&hook.config.redis_url, Duration::from_secs(3)) {
+        let watched = Arc::clone(&hook);
+        std::thread::spawn(move || status::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
+    }
     http::serve(hook, listener, stop);
     log::info!("hook.stopped");
     Ok(())
