@@ -14,7 +14,11 @@ pub struct Setting {
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
     Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
-    Setting { name: "HOOK_TOKEN", default: "", doc: "secret token for signatures; unset: generated once and shared through Redis" },
+    Setting {
+        name: "HOOK_TOKEN",
+        default: "",
+        doc: "secret token for signatures (logged as its fingerprint); unset: generated once and shared through Redis",
+    },
     Setting { name: "HOOK_THREADS", default: "16", doc: "request worker threads" },
     Setting {
         name: "HOOK_QUEUE",
@@ -75,7 +79,7 @@ pub fn help(binary: &str, about: &str, settings: &[Setting]) -> String {
     let mut out = format!("{binary} — {about}\n\nConfiguration (environment variables):\n");
     for s in settings {
         let default = if s.default.is_empty() { "(unset)" } else { s.default };
-        out.push_str(&format!("  {:<20} {:<26} {}\n", s.name, default, s.doc));
+        out.push_str(&format!("  {:<22} {:<26} {}\n", s.name, default, s.doc));
     }
     out
 }
