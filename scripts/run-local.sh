@@ -87,6 +87,8 @@ for _ in $(seq 100); do
   fi
   if grep -q 'hook.listening' "$run/hook.log"; then
     token=$(sed -n 's/.*hook.token source=[a-z]* token=\([^ ]*\).*/\1/p' "$run/hook.log" | head -1)
+    # A configured HOOK_TOKEN is logged as its fingerprint only.
+    grep -q 'hook.token source=configured' "$run/hook.log" && token=${HOOK_TOKEN:-}
     [ -n "$token" ] && break
   fi
   sleep 0.1

@@ -14,13 +14,32 @@ pub struct Setting {
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
     Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
-    Setting { name: "HOOK_TOKEN", default: "", doc: "secret token for signatures; unset: generated once and shared through Redis" },
+    Setting {
+        name: "HOOK_TOKEN",
+        default: "",
+        doc: "secret token for signatures (logged as its fingerprint); unset: generated once and shared through Redis",
+    },
     Setting { name: "HOOK_THREADS", default: "16", doc: "request worker threads" },
+    Setting {
+        name: "HOOK_QUEUE",
+        default: "1024",
+        doc: "complete requests that may wait for a worker; more are answered 503 with Retry-After at once",
+    },
     Setting { name: "HOOK_MAX_BODY", default: "26214400", doc: "largest accepted request body, in bytes (GitHub's cap is 25 MiB)" },
     Setting {
         name: "HOOK_IDLE_TIMEOUT",
         default: "10",
         doc: "seconds a connection may stay silent (mid-request or idle) before it is closed",
+    },
+    Setting {
+        name: "HOOK_REQUEST_TIMEOUT",
+        default: "30",
+        doc: "seconds a client may take to send one whole request (head and body) from its first byte; then 408 and closed",
+    },
+    Setting {
+        name: "HOOK_DURABILITY_CHECK",
+        default: "60",
+        doc: "seconds between two reads of Redis's persistence settings (logged when not durable, ci_redis_durable in /metrics)",
     },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
@@ -65,7 +84,7 @@ pub fn help(binary: &str, about: &str, settings: &[Setting]) -> String {
     let mut out = format!("{binary} — {about}\n\nConfiguration (environment variables):\n");
     for s in settings {
         let default = if s.default.is_empty() { "(unset)" } else { s.default };
-        out.push_str(&format!("  {:<20} {:<26} {}\n", s.name, default, s.doc));
+        out.push_str(&format!("  {:<22} {:<26} {}\n", s.name, default, s.doc));
     }
     out
 }
@@ -92,25 +111,31 @@ pub struct HookConfig {
     pub threads: usize,
     pub max_body: u64,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub queue: usize,
+    pub durability_check: Duration,
 }
 
 impl HookConfig {
     pub fn from_env() -> Result<HookConfig, ConfigError> {
         let s = HOOK_SETTINGS;
-        let threads: usize = number(s, "HOOK_THREADS", "a number of threads")?;
-        if threads == 0 {
-            return Err(ConfigError("HOOK_THREADS=\"0\": expected at least 1".into()));
-        }
+        let at_least_one = |name: &str, what: &str| -> Result<u64, ConfigError> {
+            match number::<u64>(s, name, what)? {
+                0 => Err(ConfigError(format!("{name}=\"0\": expected {what}, at least 1"))),
+                n => Ok(n),
+            }
+        };
+        let secs = |name: &str| at_least_one(name, "a number of seconds").map(Duration::from_secs);
         Ok(HookConfig {
             addr: raw(s, "HOOK_ADDR").unwrap_or_default(),
             redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
             token: raw(s, "HOOK_TOKEN"),
-            threads,
+            threads: at_least_one("HOOK_THREADS", "a number of threads")? as usize,
             max_body: number(s, "HOOK_MAX_BODY", "a number of bytes")?,
-            idle_timeout: match number::<u64>(s, "HOOK_IDLE_TIMEOUT", "a number of seconds")? {
-                0 => return Err(ConfigError("HOOK_IDLE_TIMEOUT=\"0\": expected at least 1 second".into())),
-                n => Duration::from_secs(n),
-            },
+            idle_timeout: secs("HOOK_IDLE_TIMEOUT")?,
+            request_timeout: secs("HOOK_REQUEST_TIMEOUT")?,
+            queue: at_least_one("HOOK_QUEUE", "a number of requests")? as usize,
+            durability_check: secs("HOOK_DURABILITY_CHECK")?,
         })
     }
 }
@@ -194,5 +219,22 @@ mod tests {
             assert!(text.contains(s.name), "{} missing", s.name);
         }
         assert!(text.contains("26214400"));
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_hook_setting_with_its_default() {
+        let readme = include_str!("../README.md");
+        for s in HOOK_SETTINGS {
+            let row = readme.lines().find(|l| l.starts_with(&format!("| `{}` |", s.name)));
+            let row = row.unwrap_or_else(|| panic!("README.md's configuration table has no row for {}", s.name));
+            if !s.default.is_empty() {
+                assert!(
+                    row.contains(&format!("| `{}` |", s.default)),
+                    "README.md's row for {} lacks the default {}: {row}",
+                    s.name,
+                    s.default
+                );
+            }
+        }
     }
 }

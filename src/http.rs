@@ -1,6 +1,7 @@
-//! The hook's HTTP edge: our accept loop with socket timeouts, tiny_http
-//! parsing on a thread per connection, the body limit, then path + method →
-//! handler → status code on a worker pool, one log line per request.
+//! The hook's HTTP edge: our accept loop with socket timeouts, a thread per
+//! connection reading bounded requests ([`wire`]), a bounded queue to the
+//! worker pool, then path + method → handler → status code, one log line per
+//! request.
 
 use crate::config::HookConfig;
 use crate::logging::quote;
@@ -9,16 +10,18 @@ use crate::queue::{self, Enqueued, Job};
 use crate::redis_conn::Redis;
 use crate::signature::{self, Credentials};
 use crate::status::{self, Metrics};
-use crossbeam_channel::Receiver;
+use crate::wire::{self, Conn, Next, Request};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tiny_http::{Header, Method, Request, Response};
+use tiny_http::{Header, Method, Response};
 
 /// Redis socket timeout for the hook: a request waits at most this long.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a 503 asks the client to wait, in seconds.
+const RETRY_AFTER: &str = "5";
 
 pub struct Hook {
     pub config: HookConfig,
@@ -32,26 +35,27 @@ struct Reply {
     code: u16,
     ctype: &'static str,
     body: String,
-    retry_after: bool,
+    /// `Allow` of a 405: the methods the path answers.
+    allow: Option<&'static str>,
     /// `key=value` facts for the request's log line.
     facts: String,
 }
 
 impl Reply {
     fn json(code: u16, value: Value) -> Reply {
-        Reply { code, ctype: "application/json", body: format!("{value}\n"), retry_after: false, facts: String::new() }
+        Reply { code, ctype: "application/json", body: format!("{value}\n"), allow: None, facts: String::new() }
     }
 
+    /// One JSON sentence, `{"error": why}`; also on the log line.
     fn error(code: u16, why: impl Into<String>) -> Reply {
         let why = why.into();
         let mut r = Reply::json(code, json!({ "error": why }));
         r.facts = format!(" error={}", quote(&why));
-        r.retry_after = code == 503;
         r
     }
 
     fn text(code: u16, body: String) -> Reply {
-        Reply { code, ctype: "text/plain; charset=utf-8", body, retry_after: false, facts: String::new() }
+        Reply { code, ctype: "text/plain; charset=utf-8", body, allow: None, facts: String::new() }
     }
 }
 
@@ -59,40 +63,38 @@ impl Hook {
     pub fn new(config: HookConfig, token: String) -> Hook {
         Hook { config, token, metrics: Metrics::default(), next_req: AtomicU64::new(1) }
     }
+
+    fn limits(&self) -> wire::Limits {
+        wire::Limits { max_body: self.config.max_body, idle: self.config.idle_timeout, request: self.config.request_timeout }
+    }
 }
 
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 4096;
 
-/// A request whose body the connection thread has read in full.
-struct Incoming {
-    req: Request,
-    body: Vec<u8>,
-    started: Instant,
+/// A complete request on its way to a worker, and where its answer goes.
+struct Work {
+    req: Arc<Request>,
+    answer: Sender<(&'static str, Reply)>,
 }
 
-/// Accepts connections until `stop` is set. Each connection gets a thread
-/// of its own that parses requests (tiny_http) and reads their bodies under
-/// HOOK_MAX_BODY, so slow or idle clients only ever hold their own thread;
-/// complete requests go to HOOK_THREADS workers, each with its Redis
-/// connection. The listener must carry SO_RCVTIMEO (see [`listen`]).
+/// Accepts connections until `stop` is set. Each connection gets a thread of
+/// its own that reads requests under the [`wire`] bounds and writes the
+/// answers, so slow or idle clients only ever hold their own thread. Complete
+/// requests wait in a queue of HOOK_QUEUE for HOOK_THREADS workers, each with
+/// its Redis connection; when the queue is full the connection thread answers
+/// 503 at once. The listener must carry SO_RCVTIMEO (see [`listen`]).
 pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
-    let (tx, rx) = crossbeam_channel::unbounded::<Incoming>();
+    let (tx, rx) = crossbeam_channel::bounded::<Work>(hook.config.queue);
     let mut workers = Vec::new();
     for _ in 0..hook.config.threads {
         let (hook, rx) = (Arc::clone(&hook), rx.clone());
         workers.push(std::thread::spawn(move || worker(&hook, &rx)));
     }
-    let listener = tiny_http::Listener::from(listener);
-    let plain = match tiny_http::SslContextWrap::build_ssl_capabilities(None) {
-        Ok(p) => p,
-        Err(e) => return log::error!("http.failed error={}", quote(&e.to_string())),
-    };
     let open = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
-        let conn = match tiny_http::Server::accept_connection(&listener, &plain) {
-            Ok(Some(conn)) => conn,
-            Ok(None) => continue,
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
             // The accept timeout doubles as the stop poll.
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) => {
@@ -108,15 +110,7 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
         open.fetch_add(1, Ordering::SeqCst);
         let (hook, tx, open) = (Arc::clone(&hook), tx.clone(), Arc::clone(&open));
         let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-            for next in conn {
-                match next {
-                    Ok(req) => read_request(&hook, req, &tx),
-                    Err(e) => {
-                        log::debug!("connection.closed error={}", quote(&e.to_string()));
-                        break;
-                    }
-                }
-            }
+            connection(&hook, Conn::new(stream, hook.limits()), &tx);
             open.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
@@ -130,11 +124,10 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
 }
 
 /// Binds `addr` with SO_RCVTIMEO/SO_SNDTIMEO set on the listening socket:
-/// Linux copies them to every accepted socket, which is how tiny_http's
-/// reads and writes get the timeouts it has no setting for; accept itself
-/// wakes up at the same pace to check for shutdown.
-/// `idle` (HOOK_IDLE_TIMEOUT) cuts off a silent client instead of letting it
-/// hold its thread forever; GitHub itself gives up on a hook after 10 s.
+/// Linux copies them to every accepted socket, so every read and write of a
+/// connection has HOOK_IDLE_TIMEOUT (reads nearer their request's deadline
+/// get less, see [`wire`]); accept itself wakes up at the same pace to check
+/// for shutdown. GitHub itself gives up on a hook after 10 s.
 pub fn listen(addr: &str, idle: Duration) -> std::io::Result<std::net::TcpListener> {
     use std::os::fd::AsRawFd;
     let listener = std::net::TcpListener::bind(addr)?;
@@ -157,108 +150,155 @@ pub fn listen(addr: &str, idle: Duration) -> std::io::Result<std::net::TcpListen
     Ok(listener)
 }
 
-/// In the connection's thread: reads the body under the limit; refusals
-/// (413, unreadable body) are answered here, so draining whatever a lying
-/// client still sends never holds a worker.
-fn read_request(hook: &Hook, mut req: Request, tx: &crossbeam_channel::Sender<Incoming>) {
-    let started = Instant::now();
-    match read_body(&mut req, hook.config.max_body) {
-        Ok(body) => {
-            let _ = tx.send(Incoming { req, body, started });
+/// One connection's thread: read a request, have a worker answer it (or
+/// answer 503 when the queue is full), write the answer; again while the
+/// client keeps the connection alive. Refusals (408, 413, 431, malformed
+/// requests) are answered here and close the connection.
+fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>) {
+    loop {
+        match conn.next_request() {
+            Next::Closed(why) => {
+                log::debug!("connection.closed why={}", quote(&why));
+                return;
+            }
+            Next::Refused(refusal) => {
+                let started = Instant::now();
+                let (method, path) = refusal.request.clone().unwrap_or_else(|| ("-".into(), "-".into()));
+                let path = path.split_once('?').map_or(path.as_str(), |(p, _)| p).to_string();
+                let answer = response(Reply::error(refusal.code, refusal.why));
+                let _ = conn.send(None, answer.0);
+                log_request(hook, &method, &path, "edge", answer.1, started);
+                conn.close_after_refusal();
+                return;
+            }
+            Next::Request(req) => {
+                let started = Instant::now();
+                let req = Arc::new(req);
+                let (route, reply) = dispatch(&req, tx);
+                let keep_alive = req.keep_alive;
+                let answer = response(reply);
+                let _ = conn.send(Some(&req), answer.0);
+                log_request(hook, req.method.as_str(), req.path(), route, answer.1, started);
+                if !keep_alive {
+                    return;
+                }
+            }
         }
-        Err(reply) => respond(hook, req, "body", reply, started),
     }
 }
 
-fn worker(hook: &Hook, rx: &Receiver<Incoming>) {
-    let mut redis = Redis::open(&hook.config.redis_url, REDIS_TIMEOUT).ok();
-    while let Ok(Incoming { req, body, started }) = rx.recv() {
-        let method = req.method().clone();
-        let url = req.url().to_string();
-        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-        let (route, reply) = route(hook, redis.as_mut(), &req, &body, &method, path, query);
-        respond(hook, req, route, reply, started);
+/// Hands a request to the workers and waits for its answer; a full queue is
+/// answered 503 at once.
+fn dispatch(req: &Arc<Request>, tx: &Sender<Work>) -> (&'static str, Reply) {
+    let (answer, answered) = crossbeam_channel::bounded(1);
+    match tx.try_send(Work { req: Arc::clone(req), answer }) {
+        Ok(()) => answered.recv().unwrap_or_else(|_| ("error", Reply::error(500, "no worker answered this request; see the hook's log"))),
+        Err(TrySendError::Full(_)) => {
+            let queue = tx.capacity().unwrap_or(0);
+            ("busy", Reply::error(503, format!("the hook is busy: HOOK_QUEUE ({queue}) requests already wait for a worker; retry later")))
+        }
+        Err(TrySendError::Disconnected(_)) => ("busy", Reply::error(503, "the hook is stopping; retry later")),
     }
 }
 
-fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers().get(name).map(|v| v.as_str())
+/// A worker: answers requests with its own Redis connection. A panic while
+/// answering is answered 500 (the panic message goes to stderr) and the
+/// connection is dialed afresh; the worker goes on.
+fn worker(hook: &Hook, rx: &Receiver<Work>) {
+    let open = || Redis::open(&hook.config.redis_url, REDIS_TIMEOUT).ok();
+    let mut redis = open();
+    while let Ok(Work { req, answer }) = rx.recv() {
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| route(hook, redis.as_mut(), &req)));
+        let reply = answered.unwrap_or_else(|_| {
+            log::error!("http.worker_panicked method={} path={}", quote(req.method.as_str()), quote(req.path()));
+            redis = open();
+            ("error", Reply::error(500, "the hook failed on this request; see its log"))
+        });
+        let _ = answer.send(reply);
+    }
 }
 
-fn respond(hook: &Hook, req: Request, route: &'static str, reply: Reply, started: Instant) {
-    let n = hook.next_req.fetch_add(1, Ordering::Relaxed);
-    let method = req.method().clone();
-    let url = req.url().to_string();
-    let path = url.split_once('?').map_or(url.as_str(), |(p, _)| p);
-    hook.metrics.count(route, reply.code);
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
+}
+
+/// The tiny_http response of a reply, with what the log line needs.
+struct Answer(Response<std::io::Cursor<Vec<u8>>>, LogFacts);
+
+struct LogFacts {
+    code: u16,
+    facts: String,
+}
+
+fn response(reply: Reply) -> Answer {
     let mut response = Response::from_string(reply.body).with_status_code(reply.code);
-    response.add_header(Header::from_bytes(&b"Content-Type"[..], reply.ctype.as_bytes()).expect("static header"));
-    if reply.retry_after {
-        response.add_header(Header::from_bytes(&b"Retry-After"[..], &b"5"[..]).expect("static header"));
+    response.add_header(header("Content-Type", reply.ctype));
+    if reply.code == 503 {
+        response.add_header(header("Retry-After", RETRY_AFTER));
     }
-    let _ = req.respond(response);
+    if let Some(allow) = reply.allow {
+        response.add_header(header("Allow", allow));
+    }
+    Answer(response, LogFacts { code: reply.code, facts: reply.facts })
+}
+
+fn log_request(hook: &Hook, method: &str, path: &str, route: &'static str, facts: LogFacts, started: Instant) {
+    let n = hook.next_req.fetch_add(1, Ordering::Relaxed);
+    hook.metrics.count(route, facts.code);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let line = format!("request req={n} method={method} path={} code={} ms={ms:.2}{}", quote(path), reply.code, reply.facts);
-    match reply.code {
+    let line = format!("request req={n} method={} path={} code={} ms={ms:.2}{}", quote(method), quote(path), facts.code, facts.facts);
+    match facts.code {
         500.. => log::warn!("{line}"),
         _ => log::info!("{line}"),
     }
 }
 
-fn route(
-    hook: &Hook,
-    redis: Option<&mut Redis>,
-    req: &Request,
-    body: &[u8],
-    method: &Method,
-    path: &str,
-    query: &str,
-) -> (&'static str, Reply) {
+/// The methods a path answers (its `Allow`).
+fn allowed(path: &str) -> &'static str {
+    if path == "/ping" || path == "/metrics" || path.starts_with("/status/") {
+        "GET, HEAD"
+    } else {
+        "POST"
+    }
+}
+
+fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str, Reply) {
     let Some(redis) = redis else {
         return ("error", Reply::error(503, "REDIS_URL cannot be used"));
     };
-    match (method, path) {
+    let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
+    match (&req.method, path) {
         (Method::Get | Method::Head, "/ping") => ("ping", Reply::text(200, "pong\n".into())),
-        (Method::Get, "/metrics") => {
+        (Method::Get | Method::Head, "/metrics") => {
             let body = match redis.run_again(|c| Ok(hook.metrics.render(Some(c)))) {
                 Ok(text) => text,
                 Err(_) => hook.metrics.render(None),
             };
             ("metrics", Reply { ctype: "text/plain; version=0.0.4", ..Reply::text(200, body) })
         }
-        (Method::Get, p) if p.starts_with("/status/") => ("status", get_status(redis, req, &p[8..], query)),
-        (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, body, &p[7..], query)),
-        (Method::Post, p) if !p.starts_with("/status/") && p != "/ping" && p != "/metrics" => {
-            ("push", post_push(hook, redis, req, body, p))
+        (Method::Get | Method::Head, p) if p.starts_with("/status/") => ("status", get_status(redis, req, &p[8..], query)),
+        (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, &p[7..], query)),
+        (Method::Post, p) if allowed(p) == "POST" => ("push", post_push(hook, redis, req, p)),
+        // Paths that only take POST (a push with hints) are unknown to GET.
+        (Method::Get | Method::Head, p) if allowed(p) == "POST" => {
+            ("other", Reply::error(404, format!("no such route: {} {path}", req.method)))
         }
-        (Method::Get | Method::Head, _) | (Method::Post, _) => ("other", Reply::error(404, format!("no such route: {method} {path}"))),
-        _ => ("other", Reply::error(405, format!("method {method} is not allowed: use GET or POST"))),
-    }
-}
-
-/// Reads the whole body, refusing more than HOOK_MAX_BODY before reading it.
-fn read_body(req: &mut Request, max: u64) -> Result<Vec<u8>, Reply> {
-    let too_big = || Reply::error(413, format!("body larger than HOOK_MAX_BODY ({max} bytes)"));
-    if let Some(len) = req.body_length() {
-        if len as u64 > max {
-            return Err(too_big());
+        (method, p) => {
+            let allow = allowed(p);
+            let mut r = Reply::error(405, format!("method {method} is not allowed on {path}: use {}", allow.replace(", ", " or ")));
+            r.allow = Some(allow);
+            ("other", r)
         }
-    }
-    let mut body = Vec::with_capacity(req.body_length().unwrap_or(0).min(max as usize));
-    match req.as_reader().take(max + 1).read_to_end(&mut body) {
-        Ok(_) if body.len() as u64 > max => Err(too_big()),
-        Ok(_) => Ok(body),
-        Err(e) => Err(Reply::error(400, format!("could not read the body: {e}"))),
     }
 }
 
 fn credentials(req: &Request) -> Credentials<'_> {
     Credentials {
-        hub_sha256: header(req, "X-Hub-Signature-256"),
-        hub_sha1: header(req, "X-Hub-Signature"),
-        gitea: header(req, "X-Gitea-Signature").or_else(|| header(req, "X-Forgejo-Signature")),
-        gitlab_token: header(req, "X-Gitlab-Token"),
-        bearer: header(req, "Authorization").and_then(|a| a.strip_prefix("Bearer ")),
+        hub_sha256: req.header("X-Hub-Signature-256"),
+        hub_sha1: req.header("X-Hub-Signature"),
+        gitea: req.header("X-Gitea-Signature").or_else(|| req.header("X-Forgejo-Signature")),
+        gitlab_token: req.header("X-Gitlab-Token"),
+        bearer: req.header("Authorization").and_then(signature::bearer),
     }
 }
 
@@ -266,16 +306,17 @@ fn redis_down(e: &redis::RedisError) -> Reply {
     Reply::error(503, format!("redis unreachable, nothing was queued: {e}"))
 }
 
-fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, body: &[u8], path: &str) -> Reply {
+fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply {
+    let body = &req.body;
     if let Err(e) = signature::verify(&hook.token, body, &credentials(req)) {
         return Reply::error(403, e.to_string());
     }
     let parsed = payload::parse(&payload::Request {
-        content_type: header(req, "Content-Type"),
-        github_event: header(req, "X-GitHub-Event"),
-        gitea_event: header(req, "X-Gitea-Event").or_else(|| header(req, "X-Gogs-Event")).or_else(|| header(req, "X-Forgejo-Event")),
-        gitlab_event: header(req, "X-Gitlab-Event"),
-        event_key: header(req, "X-Event-Key"),
+        content_type: req.header("Content-Type"),
+        github_event: req.header("X-GitHub-Event"),
+        gitea_event: req.header("X-Gitea-Event").or_else(|| req.header("X-Gogs-Event")).or_else(|| req.header("X-Forgejo-Event")),
+        gitlab_event: req.header("X-Gitlab-Event"),
+        event_key: req.header("X-Event-Key"),
         body,
     });
     let mut push = match parsed {
@@ -288,11 +329,12 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, body: &[u8], path: &
         Err(e) => return Reply::error(400, e.0),
     };
     push.hints = crate::routing::parse_hints(path);
-    let delivery = header(req, "X-GitHub-Delivery")
-        .or_else(|| header(req, "X-Gitea-Delivery"))
-        .or_else(|| header(req, "X-Gogs-Delivery"))
-        .or_else(|| header(req, "Idempotency-Key"))
-        .or_else(|| header(req, "X-Gitlab-Event-UUID"));
+    let delivery = req
+        .header("X-GitHub-Delivery")
+        .or_else(|| req.header("X-Gitea-Delivery"))
+        .or_else(|| req.header("X-Gogs-Delivery"))
+        .or_else(|| req.header("Idempotency-Key"))
+        .or_else(|| req.header("X-Gitlab-Event-UUID"));
     enqueue(redis, &Job { push: &push, delivery, reset: false })
 }
 
@@ -336,32 +378,46 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
-fn decode_repo(raw: &str) -> Option<String> {
-    let bytes = payload::percent_decode(raw.replace('+', "%2B").as_bytes())?;
-    String::from_utf8(bytes).ok().filter(|r| !r.is_empty())
+/// The repository of a `/status/<repo>` or `/build/<repo>` path, and the
+/// `?branch=`, both under the names rules of [`payload`].
+fn repo_and_branch(raw_repo: &str, query: &str) -> Result<(String, Option<String>), Reply> {
+    let bytes = payload::percent_decode(raw_repo.replace('+', "%2B").as_bytes());
+    let Some(repo) = bytes.and_then(|b| String::from_utf8(b).ok()) else {
+        return Err(Reply::error(400, "bad repository name in path: expected percent-encoded UTF-8"));
+    };
+    payload::check_repo(&repo).map_err(|e| Reply::error(400, e.0))?;
+    let branch = query_param(query, "branch");
+    if let Some(b) = &branch {
+        payload::check_branch(b).map_err(|e| Reply::error(400, e.0))?;
+    }
+    Ok((repo, branch))
 }
 
+/// Text (the log) by default, JSON when `Accept` asks for it. Errors are JSON
+/// either way; 412 is the failed build's log, as documented.
 fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
-    let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };
-    let branch = query_param(query, "branch");
-    let wants_json = header(req, "Accept").is_some_and(|a| a.contains("application/json"));
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
+    let wants_json = req.header("Accept").is_some_and(|a| a.contains("application/json"));
     match redis.run_again(|c| status::read(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
-        Ok(view) if wants_json => {
-            let code = if view.code == 404 { 404 } else { 200 };
-            Reply::json(code, view.json)
-        }
-        Ok(view) => Reply::text(view.code, view.text),
+        Ok(Err(never_pushed)) => Reply::error(404, never_pushed),
+        Ok(Ok(view)) if wants_json => Reply::json(200, view.json),
+        Ok(Ok(view)) => Reply::text(view.code, view.text),
     }
 }
 
-fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, body: &[u8], raw_repo: &str, query: &str) -> Reply {
-    if let Err(e) = signature::verify(&hook.token, body, &credentials(req)) {
+fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
+    if let Err(e) = signature::verify_rebuild(&hook.token, &req.body, &credentials(req), crate::unix_now()) {
         return Reply::error(403, e.to_string());
     }
-    let Some(repo) = decode_repo(raw_repo) else { return Reply::error(400, "bad repository name in path") };
-    let branch = query_param(query, "branch");
-    let reset = header(req, "X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
+    let reset = req.header("X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),

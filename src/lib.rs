@@ -20,6 +20,7 @@ pub mod routing;
 pub mod runner;
 pub mod signature;
 pub mod status;
+pub mod wire;
 pub mod worker;
 pub mod workspace;
 

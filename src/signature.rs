@@ -1,6 +1,7 @@
 //! Web-hook authentication on raw bytes, constant time: GitHub's HMAC-SHA256
 //! and HMAC-SHA1 signatures, Gitea/Forgejo bare-hex HMAC-SHA256, GitLab's
-//! token header and `Authorization: Bearer`; and the generated token.
+//! token header and `Authorization: Bearer`; `POST /build`'s fresh signed
+//! body; the generated token and the fingerprint a configured one is logged as.
 
 use hmac::{Hmac, Mac};
 use std::fmt;
@@ -21,7 +22,16 @@ pub enum SignatureError {
     Missing,
     Malformed(&'static str),
     Mismatch(&'static str),
+    /// `POST /build` without a bearer token or an HMAC-SHA256 signature.
+    MissingRebuild,
+    /// A signed `POST /build` body that is not `{"at": <unix seconds>}`.
+    NotFresh,
+    /// A signed `POST /build` body whose `at` is this many seconds off the clock.
+    Stale(i64),
 }
+
+/// How far the `at` of a signed `POST /build` body may be from the hook's clock, in seconds.
+pub const REBUILD_WINDOW: f64 = 300.0;
 
 impl fmt::Display for SignatureError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -31,6 +41,16 @@ impl fmt::Display for SignatureError {
             ),
             SignatureError::Malformed(h) => write!(f, "malformed {h} header: expected a hex HMAC digest"),
             SignatureError::Mismatch(h) => write!(f, "{h} does not match the body signed with this hook's token"),
+            SignatureError::MissingRebuild => f.write_str(
+                "missing credentials: send Authorization: Bearer <token>, or X-Hub-Signature-256 over the body {\"at\": <unix seconds>}",
+            ),
+            SignatureError::NotFresh => f.write_str(
+                "a signed POST /build body must be {\"at\": <unix seconds>}: a signature of anything else could be replayed forever",
+            ),
+            SignatureError::Stale(skew) => write!(
+                f,
+                "the signed body's \"at\" is {skew} s off the hook's clock (allowed: {REBUILD_WINDOW} s either way): sign {{\"at\": <current unix seconds>}}"
+            ),
         }
     }
 }
@@ -59,6 +79,51 @@ pub fn verify(token: &str, body: &[u8], creds: &Credentials) -> Result<(), Signa
         return equal_or(given, token, "Authorization");
     }
     Err(SignatureError::Missing)
+}
+
+/// `POST /build` authentication: `Authorization: Bearer <token>`, or an
+/// HMAC-SHA256 signature (`X-Hub-Signature-256` or `X-Gitea-Signature`) of a
+/// body `{"at": <unix seconds>}` within [`REBUILD_WINDOW`] of `now`. A signed
+/// empty body would be a constant that could be replayed forever.
+pub fn verify_rebuild(token: &str, body: &[u8], creds: &Credentials, now: f64) -> Result<(), SignatureError> {
+    if let Some(given) = creds.bearer {
+        return equal_or(given, token, "Authorization");
+    }
+    if let Some(sig) = creds.hub_sha256 {
+        let hex = sig.strip_prefix("sha256=").ok_or(SignatureError::Malformed("X-Hub-Signature-256"))?;
+        check_hmac::<Hmac<sha2::Sha256>>(token, body, hex, "X-Hub-Signature-256")?;
+    } else if let Some(sig) = creds.gitea {
+        check_hmac::<Hmac<sha2::Sha256>>(token, body, sig.trim(), "X-Gitea-Signature")?;
+    } else {
+        return Err(SignatureError::MissingRebuild);
+    }
+    #[derive(serde::Deserialize)]
+    struct Fresh {
+        at: f64,
+    }
+    let at = serde_json::from_slice::<Fresh>(body).map_err(|_| SignatureError::NotFresh)?.at;
+    if !at.is_finite() {
+        return Err(SignatureError::NotFresh);
+    }
+    let skew = at - now;
+    if skew.abs() > REBUILD_WINDOW {
+        return Err(SignatureError::Stale(skew.round() as i64));
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization` value `Bearer <token>`, the scheme in any
+/// case (RFC 7235).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// What the log shows of a configured token: the first 8 hex characters of
+/// its SHA-256 (`printf %s "$HOOK_TOKEN" | sha256sum | cut -c1-8`).
+pub fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 fn check_hmac<M: Mac + hmac::digest::KeyInit>(token: &str, body: &[u8], hex: &str, header: &'static str) -> Result<(), SignatureError> {
@@ -148,6 +213,58 @@ mod tests {
         assert_eq!(verify("t", BODY, &Credentials::default()), Err(SignatureError::Missing));
         let bad = Credentials { hub_sha256: Some("sha256=zz"), ..Default::default() };
         assert_eq!(verify("t", BODY, &bad), Err(SignatureError::Malformed("X-Hub-Signature-256")));
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        let table = [
+            ("Bearer tok", Some("tok")),
+            ("bearer tok", Some("tok")),
+            ("BEARER  tok ", Some("tok")),
+            ("Basic dXNlcjpwdw==", None),
+            ("Bearertok", None),
+            ("tok", None),
+        ];
+        for (value, want) in table {
+            assert_eq!(bearer(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn rebuild_needs_a_bearer_or_a_fresh_signed_body() {
+        let now = 1_764_230_400.0;
+        let signed = |body: &str| format!("sha256={}", sign_sha256("tok", body.as_bytes()));
+        fn hub(sig: &str) -> Credentials<'_> {
+            Credentials { hub_sha256: Some(sig), ..Default::default() }
+        }
+        let bearer_ok = Credentials { bearer: Some("tok"), ..Default::default() };
+        assert_eq!(verify_rebuild("tok", b"", &bearer_ok, now), Ok(()));
+        let fresh = r#"{"at": 1764230460}"#;
+        assert_eq!(verify_rebuild("tok", fresh.as_bytes(), &hub(&signed(fresh)), now), Ok(()));
+        let gitea = sign_sha256("tok", fresh.as_bytes());
+        let gitea = Credentials { gitea: Some(&gitea), ..Default::default() };
+        assert_eq!(verify_rebuild("tok", fresh.as_bytes(), &gitea, now), Ok(()));
+        let table: &[(&str, SignatureError)] = &[
+            ("", SignatureError::NotFresh),
+            ("{}", SignatureError::NotFresh),
+            (r#"{"at": "1764230400"}"#, SignatureError::NotFresh),
+            (r#"{"at": 1764226800}"#, SignatureError::Stale(-3600)),
+            (r#"{"at": 1764230701}"#, SignatureError::Stale(301)),
+        ];
+        for (body, want) in table {
+            assert_eq!(verify_rebuild("tok", body.as_bytes(), &hub(&signed(body)), now).as_ref(), Err(want), "{body:?}");
+        }
+        let other_key = format!("sha256={}", sign_sha256("other", fresh.as_bytes()));
+        assert_eq!(verify_rebuild("tok", fresh.as_bytes(), &hub(&other_key), now), Err(SignatureError::Mismatch("X-Hub-Signature-256")));
+        let gitlab = Credentials { gitlab_token: Some("tok"), ..Default::default() };
+        assert_eq!(verify_rebuild("tok", b"", &gitlab, now), Err(SignatureError::MissingRebuild));
+    }
+
+    #[test]
+    fn fingerprint_is_the_start_of_sha256() {
+        // printf %s secret | sha256sum
+        assert_eq!(fingerprint("secret"), "2bb80d53");
+        assert_eq!(fingerprint(""), "e3b0c442");
     }
 
     #[test]

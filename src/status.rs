@@ -1,6 +1,7 @@
-//! Build records as `/status` shows them (text log or JSON), and the
-//! `/metrics` Prometheus text.
+//! Build records as `/status` shows them (text log or JSON), the `/metrics`
+//! Prometheus text, and whether Redis's settings make a 2xx durable.
 
+use crate::logging::quote;
 use crate::queue::{branch_key, build_key};
 use redis::{Connection, RedisResult};
 use serde_json::{json, Value};
@@ -8,10 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// What `GET /status/<repo>` answers.
+/// What `GET /status/<repo>` answers for a pushed branch.
 pub struct StatusView {
+    /// 200 passed, 412 failed, 202 no build finished yet (the text answer's code).
     pub code: u16,
+    /// The log of the latest finished build, or what the first one is doing.
     pub text: String,
+    /// The latest build's record, whatever its state.
     pub json: Value,
 }
 
@@ -38,17 +42,17 @@ fn record(conn: &mut Connection, id: &str) -> RedisResult<HashMap<String, String
     redis::cmd("HGETALL").arg(build_key(id)).query(conn)
 }
 
-/// Reads the status of a repository's branch (its default branch if none).
-pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<StatusView> {
+/// Reads the status of a repository's branch (its default branch if none);
+/// `Err` says why there is none.
+pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Result<StatusView, String>> {
     let branch = crate::queue::branch_or_default(conn, repo, branch)?;
-    let not_found = |what: String| StatusView { code: 404, text: format!("{what}\n"), json: json!({ "error": what }) };
     let Some(branch) = branch else {
-        return Ok(not_found(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
+        return Ok(Err(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
     };
     let (last, done): (Option<String>, Option<String>) =
         redis::pipe().get(branch_key("last", repo, &branch)).get(branch_key("done", repo, &branch)).query(conn)?;
     let Some(last) = last else {
-        return Ok(not_found(format!("{repo:?} branch {branch:?} was never pushed")));
+        return Ok(Err(format!("{repo:?} branch {branch:?} was never pushed")));
     };
     let latest = record(conn, &last)?;
     let json = record_json(&latest);
@@ -66,18 +70,124 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
             (202, format!("build {last} of {repo} {branch} is {state}\n"))
         }
     };
-    Ok(StatusView { code, text, json })
+    Ok(Ok(StatusView { code, text, json }))
 }
 
-/// Request counters kept by the hook process.
+/// Redis's persistence settings, as `CONFIG GET` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    pub appendonly: String,
+    pub appendfsync: String,
+    pub maxmemory_policy: String,
+}
+
+impl Durability {
+    /// What these settings cost an acknowledged push; `None` when it survives
+    /// a Redis crash (`appendonly yes`, `appendfsync always|everysec`,
+    /// `maxmemory-policy noeviction`).
+    pub fn risk(&self) -> Option<String> {
+        let mut risks = Vec::new();
+        if self.appendonly != "yes" {
+            risks.push("without the AOF, queued builds acknowledged since the last snapshot are lost when Redis restarts".to_string());
+        } else if self.appendfsync != "always" && self.appendfsync != "everysec" {
+            risks.push(format!(
+                "with appendfsync {}, the OS decides when the AOF reaches the disk: a power cut loses acknowledged pushes",
+                self.appendfsync
+            ));
+        }
+        if self.maxmemory_policy != "noeviction" {
+            risks.push(format!(
+                "maxmemory-policy {} evicts keys when memory is full: queued builds and records can vanish; use noeviction",
+                self.maxmemory_policy
+            ));
+        }
+        (!risks.is_empty()).then(|| risks.join("; "))
+    }
+
+    /// The `key=value` facts of the log lines.
+    fn facts(&self) -> String {
+        format!(
+            "appendonly={} appendfsync={} maxmemory_policy={}",
+            quote(&self.appendonly),
+            quote(&self.appendfsync),
+            quote(&self.maxmemory_policy)
+        )
+    }
+}
+
+/// Reads the persistence settings; an error reply means CONFIG is renamed,
+/// disabled or not allowed to this user.
+pub fn durability(conn: &mut Connection) -> RedisResult<Durability> {
+    // One name per CONFIG GET: Redis before 7 takes a single pattern.
+    let (a, f, m): (Vec<String>, Vec<String>, Vec<String>) = redis::pipe()
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query(conn)?;
+    let value = |v: Vec<String>| v.into_iter().nth(1).unwrap_or_default();
+    Ok(Durability { appendonly: value(a), appendfsync: value(f), maxmemory_policy: value(m) })
+}
+
+/// The last durability check, as `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DurableState {
+    NotChecked,
+    Known(Durability),
+    /// CONFIG GET refused: the reason.
+    Unknown(String),
+}
+
+/// Checks Redis's persistence settings now and every `every`, forever (the
+/// hook's process ends it). Logs when what they mean changes: WARN
+/// `redis.not_durable` with what is at risk, INFO `redis.durable`, WARN
+/// `redis.durability_unknown` when CONFIG GET is refused. An unreachable
+/// Redis changes nothing (its own lines say so).
+pub fn watch_durability(redis: &mut crate::redis_conn::Redis, metrics: &Metrics, every: std::time::Duration) {
+    loop {
+        let state = match redis.run_again(durability) {
+            Ok(d) => DurableState::Known(d),
+            Err(e) if crate::redis_conn::is_connection_error(&e) => {
+                std::thread::sleep(every);
+                continue;
+            }
+            Err(e) => DurableState::Unknown(e.to_string()),
+        };
+        let mut last = metrics.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if *last != state {
+            match &state {
+                DurableState::Known(d) => match d.risk() {
+                    Some(risk) => log::warn!("redis.not_durable {}: {risk}", d.facts()),
+                    None => log::info!("redis.durable {}: a 2xx is in the AOF before it is sent", d.facts()),
+                },
+                DurableState::Unknown(e) => log::warn!(
+                    "redis.durability_unknown error={}: CONFIG GET is refused, so the hook cannot tell whether a 2xx survives a Redis crash",
+                    quote(e)
+                ),
+                DurableState::NotChecked => {}
+            }
+            *last = state;
+        }
+        drop(last);
+        std::thread::sleep(every);
+    }
+}
+
+/// Request counters kept by the hook process, and the last durability check.
 pub struct Metrics {
     started: Instant,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    durable: Mutex<DurableState>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { started: Instant::now(), requests: Mutex::new(BTreeMap::new()) }
+        Metrics { started: Instant::now(), requests: Mutex::new(BTreeMap::new()), durable: Mutex::new(DurableState::NotChecked) }
     }
 }
 
@@ -104,6 +214,16 @@ impl Metrics {
             }
             _ => out.push_str("# HELP ci_redis_up Whether Redis answered this scrape.\n# TYPE ci_redis_up gauge\nci_redis_up 0\n"),
         }
+        out.push_str(
+            "# HELP ci_redis_durable Whether Redis keeps an acknowledged push across a crash \
+             (appendonly yes, appendfsync always or everysec, maxmemory-policy noeviction), at the last check.\n\
+             # TYPE ci_redis_durable gauge\n",
+        );
+        match &*self.durable.lock().unwrap_or_else(|p| p.into_inner()) {
+            DurableState::Known(d) => out.push_str(&format!("ci_redis_durable {}\n", u8::from(d.risk().is_none()))),
+            DurableState::NotChecked => out.push_str("# ci_redis_durable unknown: not checked yet\n"),
+            DurableState::Unknown(_) => out.push_str("# ci_redis_durable unknown: redis CONFIG GET unavailable\n"),
+        }
         out
     }
 }
@@ -128,4 +248,49 @@ fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
         out.push_str(&format!("ci_builds_total{{result=\"{result}\"}} {}\n", stats.get(result).copied().unwrap_or(0)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
+        Durability { appendonly: appendonly.into(), appendfsync: appendfsync.into(), maxmemory_policy: policy.into() }
+    }
+
+    #[test]
+    fn what_each_setting_risks() {
+        let table = [
+            (d("yes", "always", "noeviction"), None),
+            (d("yes", "everysec", "noeviction"), None),
+            (d("no", "always", "noeviction"), Some("without the AOF")),
+            (d("no", "no", "noeviction"), Some("without the AOF")),
+            (d("yes", "no", "noeviction"), Some("with appendfsync no, the OS decides")),
+            (d("yes", "always", "allkeys-lru"), Some("maxmemory-policy allkeys-lru evicts keys")),
+            (d("yes", "always", "volatile-ttl"), Some("maxmemory-policy volatile-ttl evicts keys")),
+        ];
+        for (settings, want) in table {
+            let risk = settings.risk();
+            match want {
+                None => assert_eq!(risk, None, "{settings:?}"),
+                Some(start) => assert!(risk.as_deref().is_some_and(|r| r.starts_with(start)), "{settings:?}: {risk:?}"),
+            }
+        }
+        let both = d("no", "always", "allkeys-lru").risk().unwrap();
+        assert!(both.contains("without the AOF") && both.contains("allkeys-lru"), "{both}");
+    }
+
+    #[test]
+    fn metrics_show_the_last_check_or_why_it_is_unknown() {
+        let m = Metrics::default();
+        assert!(m.render(None).contains("\n# ci_redis_durable unknown: not checked yet\n"));
+        *m.durable.lock().unwrap() = DurableState::Known(d("yes", "always", "noeviction"));
+        assert!(m.render(None).contains("\nci_redis_durable 1\n"));
+        *m.durable.lock().unwrap() = DurableState::Known(d("no", "always", "noeviction"));
+        assert!(m.render(None).contains("\nci_redis_durable 0\n"));
+        *m.durable.lock().unwrap() = DurableState::Unknown("NOPERM".into());
+        let text = m.render(None);
+        assert!(text.contains("\n# ci_redis_durable unknown: redis CONFIG GET unavailable\n"), "{text}");
+        assert!(!text.contains("\nci_redis_durable "), "{text}");
+    }
 }

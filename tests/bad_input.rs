@@ -171,27 +171,62 @@ fn huge_declared_content_length_does_not_take_the_hook_down() {
 }
 
 #[test]
-fn garbage_bytes_then_the_hook_still_answers() {
+fn garbage_bytes_get_their_status_and_a_json_reason_then_the_hook_still_answers() {
     let b = backend();
-    let garbage: &[&[u8]] = &[
-        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello",
-        b"\x00\x00\x00\x00\xff\xfe\xfd\r\n\r\n",
-        b"GET /ping HTTP/9.9\r\n\r\n",
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\nabc",
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nabc",
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\nabc\r\n",
-        b"POST /../../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    // (bytes, status, the JSON error)
+    let garbage: &[(&[u8], u16, &str)] = &[
+        (
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello",
+            400,
+            "a TLS handshake on the hook's plain-HTTP port: use http://, or put a TLS proxy in front",
+        ),
+        (b"\x00\x00\x00\x00\xff\xfe\xfd\r\n\r\n", 400, "the request head holds the non-ASCII byte 0xff: percent-encode the path"),
+        (b"GET /ping HTTP/9.9\r\n\r\n", 505, "HTTP/9.9 is not supported: use HTTP/1.1"),
+        (b"GET /ping\r\n\r\n", 400, "malformed request line \"GET /ping\": expected `METHOD /path HTTP/1.1`"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\nabc", 400, "Content-Length \"-5\" is not a number of bytes"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\nabc", 400, "Content-Length \"abc\" is not a number of bytes"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+            400,
+            "both Transfer-Encoding and Content-Length: send one of them (RFC 9112 section 6.3)",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\nabc\r\n",
+            400,
+            "malformed chunked body: chunk size \"zzzz\" is not a hex number",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+            400,
+            "a header line starts with white space (obsolete line folding): send each field on one line",
+        ),
+        (
+            b"POST /../../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            403,
+            "missing signature: send X-Hub-Signature-256, X-Hub-Signature, X-Gitea-Signature, X-Gitlab-Token or Authorization: Bearer",
+        ),
     ];
-    for g in garbage {
+    let mut failures = vec![];
+    for (g, code, error) in garbage {
         let mut s = TcpStream::connect(b.hook.addr).unwrap();
         let _ = s.write_all(g);
-        let _ = read_some(&mut s, Duration::from_secs(2));
-        drop(s);
+        let mut answer = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let got_code = text.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).unwrap_or_default();
+        let want_body = json!({ "error": error }).to_string();
+        if got_code != Some(*code) || body != want_body {
+            failures.push(format!("{:?}: expected {code} {want_body}, got {text:?}", String::from_utf8_lossy(g)));
+        }
         let r = b.hook.get("/ping");
         assert_eq!(r.code, 200, "/ping after {:?}: {r}", String::from_utf8_lossy(g));
     }
+    assert!(failures.is_empty(), "garbage:\n{}", failures.join("\n"));
     let r = b.hook.get("/no/such/route");
     assert_eq!(r.code, 404, "{r}");
+    assert_eq!(r.json(), json!({"error": "no such route: GET /no/such/route"}));
 }
 
 #[test]
@@ -242,7 +277,12 @@ fn silent_connections_are_closed_after_hook_idle_timeout() {
             }
         });
         let text = String::from_utf8_lossy(&seen);
-        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 400"), "{what}: {text:?}");
+        if what == "idle" {
+            assert_eq!(text, "", "an idle connection is closed without an answer");
+        } else {
+            let body = json!({"error": "nothing received for HOOK_IDLE_TIMEOUT (1 s) in the middle of a request"}).to_string();
+            assert!(text.starts_with("HTTP/1.1 408 ") && text.trim_end().ends_with(&body), "{what}: {text:?}");
+        }
     }
     assert_eq!(b.hook.get("/ping").code, 200);
 }

@@ -185,9 +185,15 @@ fn check_push(p: &Push) -> Result<(), String> {
         return Err(format!("sha {:?} is not full lower-case hex", p.sha));
     }
     for (what, v, max) in [("repo", &p.repo, 200), ("branch", &p.branch, 255)] {
-        if v.is_empty() || v.len() > max || v.chars().any(char::is_control) {
+        if v.is_empty() || v.len() > max || v.chars().any(char::is_control) || v.contains(':') {
             return Err(format!("{what} {v:?} accepted"));
         }
+    }
+    // The forges' rule, written here independently: `/`-separated `A-Za-z0-9._-` segments.
+    let segment_ok =
+        |s: &str| !s.is_empty() && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !p.repo.split('/').all(segment_ok) {
+        return Err(format!("repo {:?} accepted", p.repo));
     }
     if p.clone_url.is_empty() || p.clone_url.starts_with('-') || p.clone_url.chars().any(char::is_control) {
         return Err(format!("clone URL {:?} accepted", p.clone_url));
@@ -209,6 +215,7 @@ fn payload_parser_survives_twenty_thousand_mutations_of_the_real_fixtures() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut problems: Vec<String> = vec![];
     let (mut builds, mut no_builds, mut errors) = (0, 0, 0);
+    let mut branches = std::collections::BTreeSet::new();
     let ctypes = [
         Some("application/json"),
         None,
@@ -257,6 +264,7 @@ fn payload_parser_survives_twenty_thousand_mutations_of_the_real_fixtures() {
             Err(panic) => problems.push(format!("case {case} ({}): panicked: {panic}", path.display())),
             Ok(Ok(Delivery::Build(p))) => {
                 builds += 1;
+                branches.insert(p.branch.clone());
                 if let Err(e) = check_push(&p) {
                     problems.push(format!("case {case} ({}): {e}", path.display()));
                 }
@@ -278,9 +286,45 @@ fn payload_parser_survives_twenty_thousand_mutations_of_the_real_fixtures() {
             break;
         }
     }
-    eprintln!("payload fuzz: {builds} builds, {no_builds} no-builds, {errors} errors");
+    // Every branch name accepted is one git accepts (`git check-ref-format --branch`).
+    for branch in &branches {
+        let ok = std::process::Command::new("git").args(["check-ref-format", "--branch", branch]).output().unwrap().status.success();
+        if !ok {
+            problems.push(format!("branch {branch:?} accepted, git refuses it"));
+        }
+    }
+    eprintln!("payload fuzz: {builds} builds ({} branch names), {no_builds} no-builds, {errors} errors", branches.len());
     assert!(problems.is_empty(), "payload parser:\n{}", problems.join("\n"));
     assert!(builds > 100 && errors > 1000, "the mutations explored too little: {builds} builds, {errors} errors");
+}
+
+#[test]
+fn the_branch_rule_agrees_with_git_check_ref_format_on_random_names() {
+    // Short names over an alphabet dense in what git treats specially.
+    const ALPHABET: &[&str] =
+        &["a", "b", "-", "/", ".", ":", "~", "^", "?", "*", "[", "\\", " ", "@", "{", "}", "\u{7f}", "lock", "é", "$("];
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5D);
+    let mut disagree = vec![];
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let name: String = (0..1 + rng.below(6)).map(|_| rng.word(ALPHABET)).collect();
+        if name == "@" {
+            continue; // `--branch` reads a lone `@` as HEAD's shorthand; refs may not be `@`.
+        }
+        let ours = payload::check_branch(&name).is_ok();
+        let git = std::process::Command::new("git").args(["check-ref-format", "--branch", &name]).output().unwrap().status.success();
+        if ours != git {
+            disagree.push(format!("{name:?}: ours {ours}, git {git} ({:?})", payload::check_branch(&name).err()));
+        }
+        if ours {
+            accepted += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    eprintln!("branch rule vs git: {accepted} accepted, {refused} refused");
+    assert!(disagree.is_empty(), "the branch rule and git disagree:\n{}", disagree.join("\n"));
+    assert!(accepted > 40 && refused > 40, "too little explored: {accepted} accepted, {refused} refused");
 }
 
 #[test]

@@ -1,8 +1,10 @@
-//! Names from payloads used as paths and arguments: repository names with `..`, a leading
-//! `/`, very long ones; branch names with shell metacharacters, a leading `-`, git options,
-//! unicode; control characters refused with 400. Every buildable one is built from a real bare
-//! repository on that branch; nothing outside the slave's SLAVE_CACHE is touched, no shell
-//! ever sees a name, and git never takes one as an option.
+//! Names from payloads used as paths and arguments. Names the forges or git refuse are refused
+//! with 400 and the exact reason: repository names with `..` or empty segments, a `:` (which
+//! would make two builds share Redis keys), control characters; branch names with a leading
+//! `-`, `..`, spaces, `:` (the rules of `git check-ref-format --branch`, which the test asks for
+//! each name). The others — shell metacharacters, option-like components, unicode, very long
+//! names — are built from a real bare repository on that branch; nothing outside the slave's
+//! SLAVE_CACHE is touched, no shell ever sees a name, and git never takes one as an option.
 
 use crate::harness::*;
 use std::collections::BTreeSet;
@@ -64,18 +66,44 @@ fn hostile_repository_and_branch_names_stay_inside_the_cache() {
     // Repository names, each a real bare repository whose `main` is built.
     let long = format!("long/{}", "n".repeat(185));
     assert_eq!(long.len(), 190);
-    let repo_names = ["../../etc", "/abs", "a/../../b", "../../../../../escape", long.as_str()];
-    // Branch names of one repository: (name, is it a valid git ref, so pushed to the bare repo).
-    let branch_names: Vec<(String, bool)> = vec![
-        ("-rf".into(), true),
-        ("--upload-pack=touch${IFS}".to_string() + &tmp + "-2", true),
-        (format!("$(touch${{IFS}}{tmp})"), true),
-        (";rm${IFS}-rf${IFS}x".into(), true),
-        ("ünï/cödé".into(), true),
-        ("..".into(), false),
-        (format!("$(touch {tmp})"), false),
-        (";rm -rf x".into(), false),
+    let repo_names = ["-x/-rf", long.as_str()];
+    // Branch names of one repository, each pushed to the bare repository.
+    let branch_names: Vec<String> = vec![
+        format!("x/--upload-pack=touch${{IFS}}{tmp}-2"),
+        format!("$(touch${{IFS}}{tmp})"),
+        ";rm${IFS}-rf${IFS}x".into(),
+        "ünï/cödé".into(),
     ];
+    // Names refused with 400, and the reason.
+    let forges = ": forges allow `A-Za-z0-9._-` in `/`-separated segments";
+    let refused_repos: Vec<(&str, String)> = vec![
+        ("../../etc", format!("repository name \"../../etc\" has a \"..\" segment{forges}")),
+        ("/abs", format!("repository name \"/abs\" has an empty segment{forges}")),
+        ("a/../../b", format!("repository name \"a/../../b\" has a \"..\" segment{forges}")),
+        ("../../../../../escape", format!("repository name \"../../../../../escape\" has a \"..\" segment{forges}")),
+        ("t/br:x", format!("repository name \"t/br:x\" holds ':'{forges}")),
+        ("acme/$(touch x)", format!("repository name \"acme/$(touch x)\" holds '$'{forges}")),
+    ];
+    let git_refuses = ": git refuses it (git check-ref-format)";
+    let upload = format!("--upload-pack=touch${{IFS}}{tmp}-2");
+    let touch = format!("$(touch {tmp})");
+    let refused_branches: Vec<(String, String)> = vec![
+        ("-rf".into(), format!("branch name \"-rf\" starts with \"-\"{git_refuses}")),
+        (upload.clone(), format!("branch name {upload:?} starts with \"-\"{git_refuses}")),
+        ("..".into(), format!("branch name \"..\" holds \"..\"{git_refuses}")),
+        (touch.clone(), format!("branch name {touch:?} holds ' '{git_refuses}")),
+        (";rm -rf x".into(), format!("branch name \";rm -rf x\" holds ' '{git_refuses}")),
+        ("x:y".into(), format!("branch name \"x:y\" holds ':'{git_refuses}")),
+    ];
+    // The independent oracle for branch names: git itself.
+    let git_accepts =
+        |name: &str| std::process::Command::new("git").args(["check-ref-format", "--branch", name]).output().unwrap().status.success();
+    for name in &branch_names {
+        assert!(git_accepts(name), "git refuses {name:?}, which the test builds");
+    }
+    for (name, _) in &refused_branches {
+        assert!(!git_accepts(name), "git accepts {name:?}, which the hook refuses");
+    }
 
     let mut jobs: Vec<(String, String, String, String)> = vec![]; // repo, branch, sha, id
     let mut repos = vec![];
@@ -94,33 +122,42 @@ fn hostile_repository_and_branch_names_stay_inside_the_cache() {
     names.write("integration.yml", YML);
     let sha = names.commit("hostile branch names");
     names.push();
-    for (branch, valid_ref) in &branch_names {
+    for branch in &branch_names {
         names.branch = branch.clone();
-        if *valid_ref {
-            names.push();
-        }
+        names.push();
         let r = b.hook.push(&names, &sha);
         assert_eq!(r.code, 202, "branch {branch:?}: {r}");
         jobs.push(("acme/names".into(), branch.clone(), sha.clone(), r.json()["id"].as_str().unwrap().to_string()));
     }
+    // The refused names: 400, the reason, no build. (`t/br:x` + `y` and `t/br` + `x:y` would
+    // have shared the Redis keys `...:t/br:x:y`.)
+    let builds = b.redis.keys("ci:build:*").len();
+    let refusals = refused_repos
+        .iter()
+        .map(|(repo, why)| (repo.to_string(), "y".to_string(), why.clone()))
+        .chain(refused_branches.iter().map(|(branch, why)| ("t/br".to_string(), branch.clone(), why.clone())));
+    for (repo, branch, why) in refusals {
+        let body = github_push(&repo, &names.file_url(), &branch, &sha, "refused", "main").to_string();
+        let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+        assert_eq!(r.code, 400, "repo {repo:?} branch {branch:?}: {r}");
+        assert_eq!(r.json(), json!({ "error": why }), "repo {repo:?} branch {branch:?}");
+    }
+    assert_eq!(b.redis.keys("ci:build:*").len(), builds, "a refused name created a build");
     let skip = [cache.clone(), root.join("redis"), root.join("git")];
     let before = snapshot(&root, &skip);
 
     let mut failures = vec![];
     for (repo, branch, sha, id) in &jobs {
         let build = wait_build(&b.redis, id, LONG);
-        let valid = branch_names.iter().find(|(n, _)| n == branch).map(|(_, v)| *v).unwrap_or(true);
         let echo = format!("[passed]   . {repo}|{branch}|{}", tag(branch, sha));
-        if valid {
-            if build.state != "passed" || !build.has_line(&echo) {
-                failures.push(format!("{repo:?} {branch:?}: expected passed with {echo:?}, got {} {:?}", build.state, build.log));
-            }
-            let dir = ci_backend::workspace::checkout_dir(&cache, repo, branch);
-            if !dir.join("integration.yml").is_file() {
-                failures.push(format!("{repo:?} {branch:?}: no checkout at {}", dir.display()));
-            } else if !dir.canonicalize().unwrap().starts_with(cache.canonicalize().unwrap()) {
-                failures.push(format!("{repo:?} {branch:?}: checkout {} is outside the cache", dir.display()));
-            }
+        if build.state != "passed" || !build.has_line(&echo) {
+            failures.push(format!("{repo:?} {branch:?}: expected passed with {echo:?}, got {} {:?}", build.state, build.log));
+        }
+        let dir = ci_backend::workspace::checkout_dir(&cache, repo, branch);
+        if !dir.join("integration.yml").is_file() {
+            failures.push(format!("{repo:?} {branch:?}: no checkout at {}", dir.display()));
+        } else if !dir.canonicalize().unwrap().starts_with(cache.canonicalize().unwrap()) {
+            failures.push(format!("{repo:?} {branch:?}: checkout {} is outside the cache", dir.display()));
         }
         // Whatever happened, it is a finished build whose log names the name only as data.
         eprintln!("{repo:?} {branch:?}: {} {:?}", build.state, build.log);
@@ -141,7 +178,7 @@ fn hostile_repository_and_branch_names_stay_inside_the_cache() {
     assert!(!root.parent().unwrap().join("escape").exists() && !root.parent().unwrap().join("b").exists(), "a name escaped the test dir");
 
     // The names read back through /status, percent-encoded in the path and the query.
-    for (repo, branch, _sha, _id) in jobs.iter().filter(|(_, br, ..)| branch_names.iter().all(|(n, v)| n != br || *v)) {
+    for (repo, branch, _sha, _id) in &jobs {
         let path = format!("/status/{}?branch={}", urlencode(repo).replace("%2F", "/"), urlencode(branch));
         let r = b.hook.get(&path);
         assert_eq!(r.code, 200, "GET {path}: {r}");

@@ -1,5 +1,6 @@
-//! Sender × signature table: right → accepted, wrong / missing / other key → 403. The shared
-//! generated token. `POST /build` authentication.
+//! Sender × signature table: right → accepted, wrong / missing / other key → 403. A configured
+//! token logged only as its fingerprint; the shared generated token. `POST /build`
+//! authentication: a bearer token or a fresh signed body, never a replayable constant.
 
 use crate::harness::*;
 
@@ -9,7 +10,6 @@ const OTHER: &str = "some-other-key";
 #[test]
 fn sender_signature_table() {
     let b = Backend::start(1, &[("HOOK_TOKEN", TOKEN)], &[]);
-    assert_eq!(b.hook.token, TOKEN, "the startup line must show the configured token");
     assert_eq!(b.hook.token_source, "configured");
     let git = b.repo("acme/signed");
     git.write("integration.yml", "step: s\nshell: \"true\"\n");
@@ -39,6 +39,7 @@ fn sender_signature_table() {
 
     let json = ("Content-Type", "application/json");
     let ev_push = ("X-GitHub-Event", "push");
+    let (bearer, bearer_lower, bearer_upper) = (format!("Bearer {TOKEN}"), format!("bearer {TOKEN}"), format!("BEARER {TOKEN}"));
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16);
     let cases: Vec<Case> = vec![
         ("github sha256", vec![ev_push, json, ("X-Hub-Signature-256", &s256)], &gh, 202),
@@ -85,6 +86,11 @@ fn sender_signature_table() {
         ("gitlab wrong token", vec![("X-Gitlab-Event", "Push Hook"), json, ("X-Gitlab-Token", OTHER)], &gl, 403),
         ("gitlab token prefix", vec![("X-Gitlab-Event", "Push Hook"), json, ("X-Gitlab-Token", &TOKEN[..TOKEN.len() - 1])], &gl, 403),
         ("gitlab missing token", vec![("X-Gitlab-Event", "Push Hook"), json], &gl, 403),
+        ("Authorization: Bearer", vec![ev_push, json, ("Authorization", &bearer)], &gh, 202),
+        ("Authorization: bearer (RFC 7235: any case)", vec![ev_push, json, ("Authorization", &bearer_lower)], &gh, 202),
+        ("Authorization: BEARER", vec![ev_push, json, ("Authorization", &bearer_upper)], &gh, 202),
+        ("Authorization: bearer, wrong token", vec![ev_push, json, ("Authorization", "bearer wrong")], &gh, 403),
+        ("Authorization: Basic", vec![ev_push, json, ("Authorization", "Basic dXNlcjpwdw==")], &gh, 403),
     ];
     let mut failures = vec![];
     for (name, headers, body, want) in &cases {
@@ -107,9 +113,36 @@ fn sender_signature_table() {
         }
     }
     assert!(failures.is_empty(), "signature table:\n{}", failures.join("\n"));
-    // The log never carries the token after the startup line.
+    // A configured token is never in the log, not even in the startup line.
     let log = b.hook.log();
-    assert_eq!(log.matches(TOKEN).count(), 1, "the token appears in the hook log more than once:\n{log}");
+    assert_eq!(log.matches(TOKEN).count(), 0, "the configured token appears in the hook log:\n{log}");
+}
+
+/// `printf %s TOKEN | sha256sum`, its first 8 hex characters: coreutils, not the hook's code.
+fn sha256sum_prefix(token: &str) -> String {
+    let out = run(std::process::Command::new("bash").args(["-c", "printf %s \"$1\" | sha256sum", "sha", token]));
+    let hex = out.split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(hex.len(), 64, "sha256sum said {out:?}");
+    hex[..8].to_string()
+}
+
+#[test]
+fn a_configured_token_is_logged_only_as_its_sha256_fingerprint() {
+    let redis = Redis::start();
+    let hook = Hook::start(&redis, &[("HOOK_TOKEN", TOKEN)]);
+    let out = hook.log() + &std::fs::read_to_string(&hook.proc.err).unwrap_or_default();
+    let lines = events(&out, "hook.token");
+    assert_eq!(lines.len(), 1, "one hook.token line:\n{out}");
+    assert_eq!(kv(lines[0], "source").as_deref(), Some("configured"), "{}", lines[0]);
+    assert_eq!(kv(lines[0], "token"), None, "a configured token is printed: {}", lines[0]);
+    assert_eq!(hook.fingerprint.as_deref(), Some(sha256sum_prefix(TOKEN).as_str()), "{}", lines[0]);
+    assert!(!out.contains(TOKEN), "the configured token appears in the hook's output:\n{out}");
+    // It is the token in force.
+    let ping = fixture("github/ping/payload.json");
+    let sig = sign_sha256(&ping, TOKEN);
+    let r = hook.post("/", &[("X-GitHub-Event", "ping"), ("Content-Type", "application/json"), ("X-Hub-Signature-256", &sig)], &ping);
+    assert_eq!(r.code, 200, "{r}");
+    assert!(!hook.log().contains(TOKEN), "the configured token appears in the hook's log after a request");
 }
 
 #[test]
@@ -166,8 +199,51 @@ fn rebuild_endpoint_requires_the_token() {
     assert_eq!(build.state, "passed", "{:?}", build.log);
     assert_eq!(build.sha, sha);
 
-    let sig = sign_sha256(b"", TOKEN);
-    let r = b.hook.post(path, &[("X-Hub-Signature-256", &sig)], b"");
-    assert_eq!(r.code, 202, "signature of the (empty) body: {r}");
+    let r = b.hook.post(path, &[("Authorization", &format!("bearer {TOKEN}"))], b"");
+    assert_eq!(r.code, 202, "lower-case bearer: {r}");
     wait_build(&b.redis, r.json()["id"].as_str().unwrap(), LONG);
+
+    // A signature of the empty body is a constant: replayable forever, so refused.
+    let builds = b.redis.keys("ci:build:*").len();
+    let not_fresh = "a signed POST /build body must be {\"at\": <unix seconds>}: a signature of anything else could be replayed forever";
+    // (what, body, the error, or the clock skew it must name)
+    let refusals: [(&str, String, Result<&str, i64>); 4] = [
+        ("a signed empty body", String::new(), Ok(not_fresh)),
+        ("a signed body without \"at\"", "{}".into(), Ok(not_fresh)),
+        ("a body signed an hour ago", format!("{{\"at\": {}}}", now() - 3600), Err(-3600)),
+        ("a body signed for an hour ahead", format!("{{\"at\": {}}}", now() + 3600), Err(3600)),
+    ];
+    for (what, body, want) in &refusals {
+        let sig = sign_sha256(body.as_bytes(), TOKEN);
+        let r = b.hook.post(path, &[("X-Hub-Signature-256", &sig)], body.as_bytes());
+        assert_eq!(r.code, 403, "{what}: {r}");
+        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
+        match want {
+            Ok(error) => assert_eq!(&err, error, "{what}"),
+            Err(skew) => {
+                let said = err
+                    .strip_prefix("the signed body's \"at\" is ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|n| n.parse::<i64>().ok())
+                    .unwrap_or_else(|| panic!("{what}: error {err:?}"));
+                // Whole seconds on this side, fractional on the hook's: a second either way.
+                assert!((said - skew).abs() <= 1, "{what}: error {err:?}");
+                assert!(
+                    err.ends_with("s off the hook's clock (allowed: 300 s either way): sign {\"at\": <current unix seconds>}"),
+                    "{err:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(b.redis.keys("ci:build:*").len(), builds, "a refused re-run created a build");
+
+    // A body signed now is accepted (the clock is read just before sending).
+    let body = format!("{{\"at\": {}}}", now());
+    let sig = sign_sha256(body.as_bytes(), TOKEN);
+    let r = b.hook.post(path, &[("X-Hub-Signature-256", &sig)], body.as_bytes());
+    assert_eq!(r.code, 202, "a fresh signed body: {r}");
+    wait_build(&b.redis, r.json()["id"].as_str().unwrap(), LONG);
+    let other = sign_sha256(body.as_bytes(), "not-the-token");
+    let r = b.hook.post(path, &[("X-Hub-Signature-256", &other)], body.as_bytes());
+    assert_eq!(r.code, 403, "a fresh body signed with another key: {r}");
 }

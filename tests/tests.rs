@@ -9,11 +9,13 @@ mod harness;
 /// built and read back as text and JSON; routing by hints.
 mod webhooks;
 
-/// GitHub sha256/sha1, Gitea/Forgejo bare hex, GitLab token; wrong, missing, other key → 403;
-/// the generated token shared through Redis; `POST /build` authentication.
+/// GitHub sha256/sha1, Gitea/Forgejo bare hex, GitLab token, bearer in any case; wrong, missing,
+/// other key → 403; a configured token logged as its fingerprint only; the generated token
+/// shared through Redis; `POST /build`: a bearer token or a fresh signed body.
 mod signatures;
 
-/// Malformed bodies → 400, over HOOK_MAX_BODY → 413, hostile bytes and idle sockets.
+/// Malformed bodies → 400, over HOOK_MAX_BODY → 413, hostile bytes (each with its status and
+/// JSON reason) and idle sockets.
 mod bad_input;
 
 /// integration.yml: keys, step environment, no-skip, skipped, debug, cwd, errors, timeout,
@@ -32,8 +34,9 @@ mod faults;
 /// One pending build per repo+branch; redelivered delivery ids.
 mod coalescing;
 
-/// HTTP abuse over raw sockets: lying Content-Length, over-limit bodies, huge headers, slow and
-/// idle clients, pipelining, invalid UTF-8, other methods — the hook keeps serving pushes.
+/// HTTP abuse over raw sockets: lying Content-Length, over-limit bodies, heads over 64 KiB and an
+/// endless header line, slow, trickling and idle clients, a full request queue (peak memory
+/// measured), pipelining, invalid UTF-8, other methods — the hook keeps serving pushes.
 mod http_abuse;
 
 /// Hostile repository and branch names: `..`, leading `/`, long, control characters, shell
@@ -47,6 +50,10 @@ mod secrets;
 /// Builds that misbehave (setsid daemon, closed stdout, full workspace disk, never ending):
 /// each ends with a status and the next build on the same slave passes.
 mod misbehaving;
+
+/// Redis's persistence settings in /metrics (`ci_redis_durable`) and the log, followed as they
+/// change; CONFIG refused.
+mod durability;
 
 /// Deterministic property tests of the payload and integration.yml parsers: 20,000 mutations
 /// each, alias bombs, 100k-deep JSON and 10k-deep YAML nesting.

@@ -215,10 +215,20 @@ fn ping_metrics_and_unknown_repositories() {
     let b = Backend::start(1, &[], &[]);
     let r = b.hook.get("/ping");
     assert_eq!((r.code, r.text().trim().to_string()), (200, "pong".to_string()));
-    let r = b.hook.get("/status/nobody/never-pushed");
-    assert_eq!(r.code, 404, "{r}");
-    let r = b.hook.get_json("/status/nobody/never-pushed");
-    assert_eq!(r.code, 404, "{r}");
+    // Errors are one JSON sentence whether the client asked for text or JSON.
+    let never = json!({"error": "\"nobody/never-pushed\" was never pushed (or its default branch is unknown: add ?branch=)"});
+    for (what, r) in [("text", b.hook.get("/status/nobody/never-pushed")), ("JSON", b.hook.get_json("/status/nobody/never-pushed"))] {
+        assert_eq!((r.code, r.header("Content-Type")), (404, Some("application/json")), "{what}: {r}");
+        assert_eq!(r.json(), never, "{what}");
+    }
+    let r = b.hook.get("/status/nobody/never-pushed?branch=dev");
+    assert_eq!(r.json(), json!({"error": "\"nobody/never-pushed\" branch \"dev\" was never pushed"}), "{r}");
+    let r = b.hook.get("/status/t/br:x");
+    assert_eq!(r.code, 400, "{r}");
+    assert_eq!(r.json(), json!({"error": "repository name \"t/br:x\" holds ':': forges allow `A-Za-z0-9._-` in `/`-separated segments"}));
+    let r = b.hook.get("/status/t/br?branch=x%3Ay");
+    assert_eq!(r.code, 400, "{r}");
+    assert_eq!(r.json(), json!({"error": "branch name \"x:y\" holds ':': git refuses it (git check-ref-format)"}));
     let m = b.hook.metrics();
     assert!(m.lines().any(|l| l == "ci_slaves{cluster=\"slave\"} 1"), "metrics:\n{m}");
     assert!(!m.contains(&b.hook.token), "/metrics shows the token");

@@ -3,7 +3,7 @@
 
 use ci_backend::logging::quote;
 use ci_backend::redis_conn::{redact_url, Backoff, Redis};
-use ci_backend::{config, http, logging, queue, signature};
+use ci_backend::{config, http, logging, queue, signature, status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,22 +31,30 @@ fn run() -> Result<(), String> {
         http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
-        "hook.listening addr={addr} threads={} redis={} max_body={}",
+        "hook.listening addr={addr} threads={} queue={} redis={} max_body={} request_timeout={}",
         config.threads,
+        config.queue,
         quote(&redact_url(&config.redis_url)),
-        config.max_body
+        config.max_body,
+        config.request_timeout.as_secs()
     );
     let hook = Arc::new(http::Hook::new(config, token));
+    // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
+    if let Ok(mut redis) = Redis::open(&hook.config.redis_url, Duration::from_secs(3)) {
+        let watched = Arc::clone(&hook);
+        std::thread::spawn(move || status::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
+    }
     http::serve(hook, listener, stop);
     log::info!("hook.stopped");
     Ok(())
 }
 
 /// The configured token, else the one shared through Redis (this hook's
-/// random one if it is the first). Printed once: operators read it here.
+/// random one if it is the first). A generated or shared one is printed
+/// once (operators read it here); a configured one only as its fingerprint.
 fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String, String> {
     if let Some(token) = &config.token {
-        log::info!("hook.token source=configured token={token}");
+        log::info!("hook.token source=configured fingerprint={}", signature::fingerprint(token));
         return Ok(token.clone());
     }
     let candidate = signature::generate_token().map_err(|e| format!("cannot generate a token: {e}"))?;

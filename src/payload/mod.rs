@@ -236,8 +236,8 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
     let sha = raw.sha.ok_or_else(|| missing("after (the pushed commit)"))?;
     let repo = raw.repo.ok_or_else(|| missing("repository full name"))?;
     let clone_url = raw.clone_url.ok_or_else(|| missing("repository clone URL"))?;
-    check_name("repository name", repo, 200)?;
-    check_name("branch name", branch, 255)?;
+    check_repo(repo)?;
+    check_branch(branch)?;
     if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(PayloadError(format!("commit {sha:?} is not a full hex sha")));
     }
@@ -259,9 +259,9 @@ fn missing(what: &str) -> PayloadError {
     PayloadError(format!("missing field: {what}"))
 }
 
-/// Names come from senders and end up in Redis keys, logs and (encoded)
-/// paths: no control characters, no empty or overlong values.
-fn check_name(what: &str, value: &str, max: usize) -> Result<(), PayloadError> {
+/// Names come from senders and end up in Redis keys (`<repo>:<branch>`),
+/// logs and paths: no control characters, no empty or overlong values.
+fn check_length_and_controls(what: &str, value: &str, max: usize) -> Result<(), PayloadError> {
     if value.is_empty() || value.len() > max {
         return Err(PayloadError(format!("{what} must be 1 to {max} bytes long")));
     }
@@ -269,6 +269,50 @@ fn check_name(what: &str, value: &str, max: usize) -> Result<(), PayloadError> {
         return Err(PayloadError(format!("{what} {value:?} holds control characters")));
     }
     Ok(())
+}
+
+/// A repository's full name as the forges allow it (GitHub, Gitea, GitLab
+/// groups): `/`-separated segments of `A-Za-z0-9._-`, none empty, `.` or `..`;
+/// at most 200 bytes. So it never holds the `:` of the Redis keys.
+pub fn check_repo(name: &str) -> Result<(), PayloadError> {
+    check_length_and_controls("repository name", name, 200)?;
+    let refuse = |problem: String| {
+        PayloadError(format!("repository name {name:?} {problem}: forges allow `A-Za-z0-9._-` in `/`-separated segments"))
+    };
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-/".contains(*c))) {
+        return Err(refuse(format!("holds {c:?}")));
+    }
+    match name.split('/').find(|s| s.is_empty() || *s == "." || *s == "..") {
+        Some("") => Err(refuse("has an empty segment".into())),
+        Some(dots) => Err(refuse(format!("has a {dots:?} segment"))),
+        None => Ok(()),
+    }
+}
+
+/// A branch name git accepts (`git check-ref-format --branch`): no `:`, `..`,
+/// `~`, `^`, `?`, `*`, `[`, `\`, space, control character or `@{`; no leading
+/// `-` or `/`, no trailing `/` or `.`, no `//`; no component starting with `.`
+/// or ending with `.lock`; not `@` or `HEAD`; at most 255 bytes.
+pub fn check_branch(name: &str) -> Result<(), PayloadError> {
+    check_length_and_controls("branch name", name, 255)?;
+    let problem = if let Some(c) = name.chars().find(|c| ":~^?*[\\ ".contains(*c)) {
+        format!("holds {c:?}")
+    } else if let Some(seq) = ["..", "@{", "//"].into_iter().find(|s| name.contains(s)) {
+        format!("holds {seq:?}")
+    } else if name.starts_with(['-', '/']) {
+        format!("starts with {:?}", &name[..1])
+    } else if name.ends_with(['/', '.']) {
+        format!("ends with {:?}", &name[name.len() - 1..])
+    } else if name == "@" || name == "HEAD" {
+        format!("is {name:?}")
+    } else if name.split('/').any(|c| c.starts_with('.')) {
+        "has a component starting with \".\"".to_string()
+    } else if name.split('/').any(|c| c.ends_with(".lock")) {
+        "has a component ending with \".lock\"".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(PayloadError(format!("branch name {name:?} {problem}: git refuses it (git check-ref-format)")))
 }
 
 /// A commit as payloads list it.
@@ -328,6 +372,69 @@ mod tests {
     fn names_with_control_characters_are_refused() {
         let body = r#"{"ref":"refs/heads/a\nb","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246","repository":{"full_name":"a/b","clone_url":"file:///x"}}"#;
         assert!(parse(&req("push", body)).unwrap_err().0.contains("control characters"));
+    }
+
+    #[test]
+    fn repository_names_as_the_forges_allow_them() {
+        let why = |name: &str| check_repo(name).err().map(|e| e.0);
+        for ok in ["acme/app", "Acme-1/app.js_2", "group/sub/project", "a", "a/.github", "-x/y"] {
+            assert_eq!(why(ok), None, "{ok:?}");
+        }
+        let forges = ": forges allow `A-Za-z0-9._-` in `/`-separated segments";
+        let table: &[(&str, &str)] = &[
+            ("t/br:x", "holds ':'"),
+            ("acme/ünï", "holds 'ü'"),
+            ("acme/a b", "holds ' '"),
+            ("acme/$(x)", "holds '$'"),
+            ("/abs", "has an empty segment"),
+            ("acme/", "has an empty segment"),
+            ("a//b", "has an empty segment"),
+            ("../../etc", "has a \"..\" segment"),
+            ("a/./b", "has a \".\" segment"),
+        ];
+        for (name, problem) in table {
+            assert_eq!(why(name), Some(format!("repository name {name:?} {problem}{forges}")), "{name:?}");
+        }
+        assert_eq!(why("a\nb"), Some("repository name \"a\\nb\" holds control characters".into()));
+        assert_eq!(why(&"n".repeat(201)), Some("repository name must be 1 to 200 bytes long".into()));
+    }
+
+    #[test]
+    fn branch_names_as_git_check_ref_format_allows_them() {
+        let why = |name: &str| check_branch(name).err().map(|e| e.0);
+        for ok in ["main", "feature/x-1", "ünï/cödé", "$(touch${IFS}x)", ";rm${IFS}-rf", "a.b", "v1.lock2", "a@b", "x-"] {
+            assert_eq!(why(ok), None, "{ok:?}");
+        }
+        let git = ": git refuses it (git check-ref-format)";
+        let table: &[(&str, &str)] = &[
+            ("x:y", "holds ':'"),
+            ("a~1", "holds '~'"),
+            ("a^", "holds '^'"),
+            ("a?", "holds '?'"),
+            ("a*", "holds '*'"),
+            ("a[b", "holds '['"),
+            ("a\\b", "holds '\\\\'"),
+            ("a b", "holds ' '"),
+            ("a..b", "holds \"..\""),
+            ("..", "holds \"..\""),
+            ("a@{1}", "holds \"@{\""),
+            ("a//b", "holds \"//\""),
+            ("-rf", "starts with \"-\""),
+            ("/x", "starts with \"/\""),
+            ("x/", "ends with \"/\""),
+            ("x.", "ends with \".\""),
+            ("@", "is \"@\""),
+            ("HEAD", "is \"HEAD\""),
+            (".hidden", "has a component starting with \".\""),
+            ("a/.b", "has a component starting with \".\""),
+            ("a.lock", "has a component ending with \".lock\""),
+            ("a.lock/b", "has a component ending with \".lock\""),
+        ];
+        for (name, problem) in table {
+            assert_eq!(why(name), Some(format!("branch name {name:?} {problem}{git}")), "{name:?}");
+        }
+        assert_eq!(why("a\u{7f}"), Some("branch name \"a\\u{7f}\" holds control characters".into()));
+        assert_eq!(why(&"b".repeat(256)), Some("branch name must be 1 to 255 bytes long".into()));
     }
 
     #[test]

@@ -786,9 +786,13 @@ pub fn sign_gitea(body: &[u8], token: &str) -> String {
 
 pub struct Hook {
     pub addr: SocketAddr,
+    /// The token to sign with: from the startup line, or HOOK_TOKEN when configured (the line
+    /// then shows only its fingerprint).
     pub token: String,
     /// `configured`, `generated` or `shared`, from the startup line.
     pub token_source: String,
+    /// `fingerprint=` of the startup line (configured tokens).
+    pub fingerprint: Option<String>,
     pub proc: Proc,
 }
 
@@ -801,21 +805,28 @@ impl Hook {
         for (key, v) in env {
             cmd.env(key, v);
         }
+        let configured = env.iter().rev().find(|(k, _)| *k == "HOOK_TOKEN").map(|(_, v)| v.trim().to_string()).filter(|t| !t.is_empty());
         let mut proc = Proc::spawn("hook", cmd, redis.root.join(format!("hook-{k}.out")), redis.root.join(format!("hook-{k}.err")));
-        let (addr, token, source) = wait_for("hook.listening and hook.token lines", DEADLINE, || {
+        let (addr, line) = wait_for("hook.listening and hook.token lines", DEADLINE, || {
             let out = proc.stdout();
             let listening = events(&out, "hook.listening").first().and_then(|l| kv(l, "addr"));
-            let token = events(&out, "hook.token").first().map(|l| (kv(l, "token"), kv(l, "source")));
-            if let (Some(addr), Some((Some(token), source))) = (listening.clone(), token.clone()) {
-                return Ok((addr, token, source.unwrap_or_default()));
+            let token = events(&out, "hook.token").first().map(|l| l.to_string());
+            if let (Some(addr), Some(line)) = (listening.clone(), token.clone()) {
+                return Ok((addr, line));
             }
             if let Some(status) = proc.exited() {
                 panic!("hook exited during startup: {status}\nstdout:\n{}\nstderr:\n{}", tail(&proc.out, 30), tail(&proc.err, 30));
             }
             Err(format!("listening={listening:?} token={token:?}"))
         });
+        let source = kv(&line, "source").unwrap_or_default();
+        let token = match (source.as_str(), kv(&line, "token"), configured) {
+            ("configured", None, Some(t)) => t,
+            ("generated" | "shared", Some(t), _) => t,
+            _ => panic!("hook.token line {line:?} does not fit HOOK_TOKEN set={}", env.iter().any(|(k, _)| *k == "HOOK_TOKEN")),
+        };
         let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("hook.listening addr={addr:?}: {e}"));
-        Hook { addr, token, token_source: source, proc }
+        Hook { addr, token, token_source: source, fingerprint: kv(&line, "fingerprint"), proc }
     }
 
     pub fn pid(&self) -> u32 {
