@@ -66,16 +66,9 @@ fn a_failure_skips_later_snippets_but_not_no_skip_ones() {
     - no-skip echo bye; exit 3
 "#;
     let (git, sha, build) = b.build("acme/skips", &[("integration.yml", yml)], "skips");
-    // The no-skip snippet's own line: the snippet as run (prefix removed) is what SPEC says
-    // runs; accept the line with or without the prefix, everything else exactly.
-    let mut log = build.log.clone();
-    for l in log.iter_mut() {
-        if let Some(rest) = l.strip_prefix("[passed] no-skip ").or_else(|| l.strip_prefix("[failed] no-skip ")) {
-            *l = format!("{} {rest}", &l[..8]);
-        }
-    }
+    // A no-skip snippet's line shows the snippet as run: the prefix removed (README).
     assert_eq!(
-        log,
+        build.log,
         vec![
             commit_line(&sha, "skips"),
             "- one".into(),
@@ -366,9 +359,10 @@ fn a_timeout_kills_the_step_and_its_background_children() {
         .unwrap_or_else(|| panic!("not a timed-out line: {line:?}"))
         .parse()
         .unwrap_or_else(|_| panic!("seconds in {line:?}"));
-    // SLAVE_BUILD_TIMEOUT bounds the whole build (clone included), so the step itself may
-    // have run a little less than 3 seconds.
-    assert!((1..=15).contains(&secs), "{line:?}");
+    // SLAVE_BUILD_TIMEOUT bounds the whole build, checkout included: the step had 3 seconds
+    // minus the checkout's time, so its whole seconds are 0 to 3 (0 on a machine slow enough
+    // to spend over 2 seconds in git).
+    assert!(secs <= 3, "{line:?}");
     assert!(build.has_line("[skipped] echo never"), "{:#?}", build.log);
     let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     wait_for(&format!("background child {pid} to be killed"), DEADLINE, || {

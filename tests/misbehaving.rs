@@ -111,8 +111,9 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     let repo = "misbehave/fill";
     let yml = "step: fill\nshell: head -c 50M /dev/zero > big\n";
     // The repository's whole cache directory on an 8 MiB tmpfs: a full disk for its workspace
-    // only, not for the machine.
-    let dir = b.slaves[0].cache.join(ci_backend::workspace::encode(repo));
+    // only, not for the machine. README: `<SLAVE_CACHE>/<repo>/<branch>`, names encoded (`/` as
+    // %2F).
+    let dir = b.slaves[0].cache.join("misbehave%2Ffill");
     let tmpfs = Tmpfs::mount(&dir, "8m");
     let (git, build) = first_build(&b, repo, yml);
     let other = b.repo("misbehave/other");
@@ -125,7 +126,7 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     }
     assert_eq!(build.state, "failed", "{:#?}", build.log);
     line_like(&build, "[failed] head -c 50M /dev/zero > big (", "exit code 1)");
-    let big = ci_backend::workspace::checkout_dir(&b.slaves[0].cache, repo, "main").join("big");
+    let big = dir.join("main/big");
     let size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
     assert!(size > 4 << 20 && size < 8 << 20, "the step filled {size} bytes of an 8 MiB disk");
 
@@ -142,7 +143,13 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     git.push();
     let id = b.hook.push_ok(&git, &sha);
     let full = wait_build(&b.redis, &id, LONG);
-    eprintln!("the build on the full disk: {} {:?}", full.state, full.log);
+    // Nothing can be written there: the fetch of the new commit fails with the system's ENOSPC
+    // message, quoted from git's stderr.
+    assert_eq!(full.state, "failed", "{:#?}", full.log);
+    assert_eq!(full.log.len(), 2, "{:#?}", full.log);
+    assert_eq!(full.log[0], format!("- commit {}", &sha[..10]));
+    let why = format!("* checkout failed: git fetch origin {sha} failed (exit code 128): ");
+    assert!(full.log[1].starts_with(&why) && full.log[1].contains("No space left on device"), "{:#?}", full.log);
     // ...and a re-run on a fresh clone (X-Reset frees the disk) passes.
     let r = b.hook.post(&format!("/build/{repo}"), &[("Authorization", &format!("Bearer {}", b.hook.token)), ("X-Reset", "true")], b"");
     assert_eq!(r.code, 202, "{r}");
