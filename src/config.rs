@@ -37,6 +37,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "SLAVE_BUILD_TIMEOUT", default: "3600", doc: "seconds a whole build may run before its processes are killed" },
     Setting { name: "SLAVE_LEASE", default: "10", doc: "membership lease, in seconds; a silent slave loses its index after it" },
     Setting { name: "SLAVE_GRACE", default: "30", doc: "seconds a running build may still take after SIGTERM/SIGINT" },
+    Setting {
+        name: "SLAVE_MAX_LOG_BYTES",
+        default: "1048576",
+        doc: "largest recorded build log (JSON): its head and tail are kept, the middle counted",
+    },
     Setting { name: "GIT_USERNAME", default: "", doc: "user for https clones (given to git only)" },
     Setting { name: "GIT_PASSWORD", default: "", doc: "password or token for https clones (given to git only)" },
     Setting { name: "GIT_NETRC", default: "", doc: "a netrc file with credentials, instead of GIT_USERNAME/GIT_PASSWORD" },
@@ -119,6 +124,7 @@ pub struct SlaveConfig {
     pub build_timeout: Duration,
     pub lease: Duration,
     pub grace: Duration,
+    pub max_log_bytes: usize,
     pub git: GitCredentials,
 }
 
@@ -156,6 +162,10 @@ impl SlaveConfig {
             }
             Ok(Duration::from_secs(n))
         };
+        let max_log_bytes: usize = number(s, "SLAVE_MAX_LOG_BYTES", "a number of bytes")?;
+        if max_log_bytes < crate::build::MIN_LOG_BYTES {
+            return Err(ConfigError(format!("SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {}", crate::build::MIN_LOG_BYTES)));
+        }
         Ok(SlaveConfig {
             redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
             cluster,
@@ -164,6 +174,7 @@ impl SlaveConfig {
             build_timeout: secs("SLAVE_BUILD_TIMEOUT")?,
             lease: secs("SLAVE_LEASE")?,
             grace: secs("SLAVE_GRACE")?,
+            max_log_bytes,
             git: GitCredentials {
                 username: raw(s, "GIT_USERNAME"),
                 password: raw(s, "GIT_PASSWORD"),

@@ -12,6 +12,7 @@ pub mod integration;
 pub mod logging;
 pub mod membership;
 pub mod payload;
+pub mod process;
 pub mod queue;
 pub mod redis_conn;
 pub mod routing;

@@ -98,6 +98,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             cache: &config.cache,
             creds: &config.git,
             git_home: git_home.clone(),
+            max_log: config.max_log_bytes,
             host: &host,
             slave: &slave,
             timeout: config.build_timeout,

@@ -1,13 +1,27 @@
 //! The cached clones: one per repository and branch under the cache
 //! directory, at a path no name can steer outside it; git clone, fetch and
-//! checkout run with argument vectors, credentials given to git alone.
+//! checkout run with argument vectors, credentials given to git alone, under
+//! the build's deadline and abort flag, each in its own process group (see
+//! `process`).
 
 use crate::config::GitCredentials;
+use crate::process::{self, Capture, Exit};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 /// Longest path component we write (file systems allow 255 bytes).
 const MAX_COMPONENT: usize = 180;
+/// Bytes of a git command's stdout kept (`git show`: the commit message).
+const STDOUT_HEAD: usize = 64 * 1024;
+/// Bytes of a git command's stderr kept for its error message.
+const STDERR_TAIL: usize = 16 * 1024;
+/// An http(s) transfer slower than 1000 bytes/s for this long is given up.
+const LOW_SPEED_SECONDS: u32 = 60;
+/// ssh for git, unless the operator set GIT_SSH_COMMAND: no prompts, and a
+/// dead connection noticed within a minute.
+const SSH: &str = "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4";
 
 /// `<cache>/<encoded repo>/<encoded branch>`.
 pub fn checkout_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
@@ -37,13 +51,23 @@ pub fn encode(name: &str) -> String {
     out
 }
 
-/// A git failure: what ran (credentials never shown), how it ended, stderr.
-#[derive(Debug)]
-pub struct GitError(pub String);
+/// A git failure, or why git was stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GitError {
+    /// What ran (credentials never shown), how it ended, its stderr's end.
+    Failed(String),
+    /// `git <what> timed out after <n> seconds`.
+    TimedOut(String),
+    /// The slave is shutting down.
+    Aborted,
+}
 
 impl std::fmt::Display for GitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            GitError::Failed(m) | GitError::TimedOut(m) => f.write_str(m),
+            GitError::Aborted => f.write_str("stopped: the slave is shutting down"),
+        }
     }
 }
 
@@ -59,6 +83,10 @@ pub struct Git<'a> {
     pub creds: &'a GitCredentials,
     /// Holds `.netrc` when GIT_NETRC is set (git's HOME).
     pub home: Option<PathBuf>,
+    /// The build's deadline, and its length (SLAVE_BUILD_TIMEOUT) for messages.
+    pub deadline: Instant,
+    pub limit: Duration,
+    pub abort: &'a AtomicBool,
 }
 
 impl Git<'_> {
@@ -68,6 +96,10 @@ impl Git<'_> {
             cmd.arg("-C").arg(dir);
         }
         cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0"]);
+        cmd.args(["-c", "http.lowSpeedLimit=1000", "-c"]).arg(format!("http.lowSpeedTime={LOW_SPEED_SECONDS}"));
+        if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+            cmd.env("GIT_SSH_COMMAND", SSH);
+        }
         if self.creds.username.is_some() || self.creds.password.is_some() {
             // The helper reads the values from git's own environment only.
             cmd.args(["-c", "credential.helper=", "-c"]);
@@ -78,30 +110,26 @@ impl Git<'_> {
         if let Some(home) = &self.home {
             cmd.env("HOME", home);
         }
-        cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").stdin(Stdio::null());
+        cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true");
         cmd
     }
 
-    /// Runs git; `shown` is what an error message may say was run.
+    /// Runs git to its end or the build's deadline; `shown` is what a
+    /// message may say was run. Returns stdout's head.
     fn run(&self, dir: Option<&Path>, args: &[&str], shown: &str) -> Result<String, GitError> {
-        let out = self
-            .command(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| GitError(format!("git {shown}: cannot run git: {e}")))?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
-        let how = match out.status.code() {
-            Some(c) => format!("exit code {c}"),
-            None => "killed by a signal".to_string(),
+        let mut cmd = self.command(dir);
+        cmd.args(args);
+        let done = process::run(cmd, Capture::Split { head: STDOUT_HEAD, tail: STDERR_TAIL }, self.deadline, self.abort);
+        let how = match done.exit {
+            Exit::Code(0) => return Ok(String::from_utf8_lossy(&done.stdout).into_owned()),
+            Exit::Aborted => return Err(GitError::Aborted),
+            Exit::TimedOut => return Err(GitError::TimedOut(format!("git {shown} timed out after {} seconds", self.limit.as_secs()))),
+            Exit::SpawnFailed(e) => return Err(GitError::Failed(format!("git {shown}: cannot run git: {e}"))),
+            Exit::Code(c) => format!("exit code {c}"),
         };
-        Err(GitError(scrub(&format!("git {shown} failed ({how}): {tail}"), self.creds)))
+        let said: Vec<&str> = done.output.lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+        let said = said[said.len().saturating_sub(3)..].join(" / ");
+        Err(GitError::Failed(scrub(&format!("git {shown} failed ({how}): {said}"), self.creds)))
     }
 
     /// Makes `dir` a clone of `url` with `sha` checked out (detached).
@@ -120,14 +148,18 @@ impl Git<'_> {
         if !fresh {
             let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
             // A deleted or renamed branch still builds by sha below.
-            let _ = self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <branch>");
+            soft(self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <branch>"))?;
         }
-        if checkout(self).is_err() {
-            // Not reachable from the branch (force-pushed since, or fetched
-            // before it was pushed): ask for the commit itself.
-            let spec = format!("+{sha}:refs/ci/build");
-            self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
-            checkout(self)?;
+        match checkout(self) {
+            Ok(_) => {}
+            Err(GitError::Failed(_)) => {
+                // Not reachable from the branch (force-pushed since, or fetched
+                // before it was pushed): ask for the commit itself.
+                let spec = format!("+{sha}:refs/ci/build");
+                self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
+                checkout(self)?;
+            }
+            Err(e) => return Err(e),
         }
         let info = self.run(Some(dir), &["show", "-s", "--format=%cI%n%B", sha], "show")?;
         let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
@@ -136,7 +168,7 @@ impl Git<'_> {
 
     fn clone_into(&self, dir: &Path, url: &str) -> Result<(), GitError> {
         let parent = dir.parent().unwrap_or(dir);
-        std::fs::create_dir_all(parent).map_err(|e| GitError(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| GitError::Failed(format!("cannot create {}: {e}", parent.display())))?;
         // Clone beside, then rename: a slave killed mid-clone leaves no half clone behind.
         let tmp = parent.join(format!(".clone-{}-{}", std::process::id(), crate::unix_now() as u64));
         let tmp_str = tmp.to_string_lossy().into_owned();
@@ -145,7 +177,16 @@ impl Git<'_> {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        std::fs::rename(&tmp, dir).map_err(|e| GitError(format!("cannot move the clone into {}: {e}", dir.display())))
+        std::fs::rename(&tmp, dir).map_err(|e| GitError::Failed(format!("cannot move the clone into {}: {e}", dir.display())))
+    }
+}
+
+/// A failed fetch of the branch is no failure yet (the sha may be there);
+/// a timeout or an abort is.
+fn soft(result: Result<String, GitError>) -> Result<(), GitError> {
+    match result {
+        Ok(_) | Err(GitError::Failed(_)) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -153,7 +194,7 @@ fn remove(dir: &Path) -> Result<(), GitError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(GitError(format!("cannot wipe {}: {e}", dir.display()))),
+        Err(e) => Err(GitError::Failed(format!("cannot wipe {}: {e}", dir.display()))),
     }
 }
 

@@ -387,8 +387,59 @@ fn fifty_megabytes_of_output_keep_the_tail_and_bounded_memory() {
     let stored = build.fields.get("log").map(|l| l.len()).unwrap_or(0);
     assert!(stored < 10_000_000, "the stored log is {stored} bytes for 50 MB of output: no cap");
     let hwm = proc_kb(b.slaves[0].pid(), "VmHWM").expect("slave VmHWM");
-    assert!(hwm < 100 * 1024, "slave peak RSS {hwm} kB while a step printed 50 MB");
+    eprintln!("slave VmHWM after 50 MB of output: {hwm} kB");
+    assert!(hwm < 64 * 1024, "slave peak RSS {hwm} kB while a step printed 50 MB");
     let r = b.hook.get(&format!("/status/{}", git.name));
     assert_eq!(r.code, 200);
     assert!(r.text().ends_with("[passed]   . THE-END\n"));
+}
+
+/// The documented caps: a snippet's output keeps its last 256 KiB and at most 8,192 lines; the
+/// recorded log keeps its head and tail within SLAVE_MAX_LOG_BYTES (as JSON), one marker line
+/// between.
+const TAIL_LINES: u64 = 8192;
+
+#[test]
+fn floods_of_empty_and_short_lines_keep_the_log_capped_and_the_slave_small() {
+    let max_log: usize = 131_072;
+    let b = Backend::start(1, &[], &[("SLAVE_MAX_LOG_BYTES", &max_log.to_string())]);
+    let yml = "step: flood\ndebug: true\nshell:\n  - yes '' | head -c 200000000\n  - yes abcd | head -c 100000000\n  - echo THE-END\n";
+    let (_git, sha, build) = b.build("acme/floods", &[("integration.yml", yml)], "floods");
+    let hwm = proc_kb(b.slaves[0].pid(), "VmHWM").expect("slave VmHWM");
+    eprintln!("slave VmHWM after 200 MB of empty lines and 100 MB of short lines: {hwm} kB");
+    assert_eq!(build.state, "passed", "{:?}", &build.log[..build.log.len().min(5)]);
+
+    // What the build printed, line by line, before the build's cap: 200,000,000 empty lines and
+    // 20,000,000 lines "abcd" (5 bytes each), each snippet's last 8,192 lines kept.
+    let empty_dropped = 200_000_000 - TAIL_LINES;
+    let abcd_dropped = 20_000_000 - TAIL_LINES;
+    let produced = 2 + (1 + 1 + TAIL_LINES) + (1 + 1 + TAIL_LINES) + 2;
+    let stored = build.fields.get("log").map(|l| l.len()).unwrap_or(0);
+    assert!(stored <= max_log, "the stored log is {stored} bytes, over SLAVE_MAX_LOG_BYTES={max_log}");
+    assert!(stored > max_log / 4, "the stored log is {stored} bytes: the head and tail are missing");
+    let marker: Vec<(usize, u64)> = build
+        .log
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.strip_prefix("... (")?.strip_suffix(" lines dropped) ...")?.parse().ok().map(|n| (i, n)))
+        .collect();
+    assert_eq!(marker.len(), 1, "one marker line: {marker:?}");
+    let (at, dropped) = marker[0];
+    assert_eq!(build.log.len() as u64 - 1 + dropped, produced, "every line is kept or counted");
+    // The head: the commit, the step, the first snippet and its output.
+    assert_eq!(build.log[0], commit_line(&sha, "floods"));
+    assert_eq!(build.log[1], "- flood");
+    assert!(build.log[2].starts_with("[passed] yes '' | head -c 200000000 (") && build.log[2].ends_with(" seconds, exit code 0)"));
+    assert_eq!(build.log[3], format!("[passed]   . ({empty_dropped} earlier output lines dropped)"));
+    assert!(build.log[4..at].iter().all(|l| l == "[passed]   . "), "the head holds the empty lines");
+    // The tail: the short lines, then the last snippet.
+    let n = build.log.len();
+    assert_eq!(build.log[n - 1], out("THE-END"));
+    assert_eq!(build.log[n - 2], "[passed] echo THE-END (0 seconds, exit code 0)");
+    // With 64 KiB for the tail, it holds only "abcd" lines: the second snippet's own lines
+    // (its result, the count of its dropped output) went into the dropped middle.
+    assert!(n - 2 - (at + 1) > 1000, "the tail holds {} lines", n - 2 - (at + 1));
+    assert!(build.log[at + 1..n - 2].iter().all(|l| *l == out("abcd")), "{:?}", &build.log[at + 1..at + 3]);
+    assert!(!build.log.iter().any(|l| l.contains(&format!("({abcd_dropped} earlier"))), "that line is in the middle");
+    assert!(hwm < 64 * 1024, "slave peak RSS {hwm} kB while steps printed 300 MB");
 }
