@@ -1,12 +1,15 @@
 //! One build: workspace → integration.yml → runner → log lines. The log-line
 //! formats here are the contract `GET /status` prints.
 
-use crate::config::GitCredentials;
+use crate::build_user::BuildUser;
+use crate::credentials::Credentials;
 use crate::integration::{self, Step};
 use crate::queue::{Outcome, Started};
 use crate::runner::{self, Exit};
 use crate::workspace::{self, Git, GitError};
 use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -26,9 +29,11 @@ pub const MIN_LOG_BYTES: usize = 64 * 1024;
 
 /// What a slave builds with.
 pub struct Context<'a> {
+    /// Absolute.
     pub cache: &'a Path,
-    pub creds: &'a GitCredentials,
-    pub git_home: Option<PathBuf>,
+    pub creds: &'a Credentials,
+    /// Who steps (and the git commands writing their checkout) run as.
+    pub user: &'a BuildUser,
     pub host: &'a str,
     pub slave: &'a str,
     pub timeout: Duration,
@@ -153,8 +158,8 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
 
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let deadline = started + ctx.timeout;
-    let git = Git { creds: ctx.creds, home: ctx.git_home.clone(), deadline, limit: ctx.timeout, abort: ctx.abort };
-    let commit = match git.prepare(&dir, &push.clone_url, &push.branch, &push.sha, job.reset) {
+    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: ctx.base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
+    let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &push.sha, job.reset) {
         Ok(c) => c,
         Err(GitError::Aborted) => return None,
         Err(e) => {
@@ -193,7 +198,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
             }
             let env = step_env(ctx, job, &commit, &short, &log, ok, step);
             let masks = secret_values(&env, &step.secrets);
-            let ran = runner::run(script, &cwd, &env, left, ctx.abort);
+            let ran = runner::run(script, &cwd, &env, ctx.user, left, ctx.abort);
             let secs = ran.elapsed.as_secs();
             let (passed, how) = match &ran.exit {
                 Exit::Code(0) => (true, "exit code 0".to_string()),
@@ -246,17 +251,30 @@ fn mask(line: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Reads integration.yml from the checkout, which the build user writes: a
+/// symlink is followed only within the checkout, and only a regular file is
+/// read (never a FIFO left by a step), at most MAX_FILE bytes of it.
 fn read_steps(dir: &Path) -> Result<Vec<Step>, String> {
-    let path = dir.join("integration.yml");
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
+    let unreadable = |e: std::io::Error| format!("integration.yml unreadable: {e}");
+    let path = match dir.join("integration.yml").canonicalize() {
+        Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("integration.yml missing".into()),
-        Err(e) => return Err(format!("integration.yml unreadable: {e}")),
+        Err(e) => return Err(unreadable(e)),
     };
+    let root = dir.canonicalize().map_err(|e| format!("checkout unreadable: {e}"))?;
+    if !path.starts_with(&root) {
+        return Err("integration.yml is a symlink that leaves the checkout".into());
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err("integration.yml is not a regular file".into());
+    }
     if meta.len() > integration::MAX_FILE as u64 {
         return Err(format!("integration.yml is larger than {} bytes", integration::MAX_FILE));
     }
-    let text = std::fs::read(&path).map_err(|e| format!("integration.yml unreadable: {e}"))?;
+    let mut text = Vec::new();
+    file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(unreadable)?;
     let text = String::from_utf8(text).map_err(|_| "integration.yml is not UTF-8".to_string())?;
     integration::parse(&text).map_err(|e| e.0)
 }
@@ -286,6 +304,13 @@ fn step_env(
 ) -> Vec<(String, String)> {
     let push = &job.push;
     let mut env: Vec<(String, String)> = ctx.base_env.to_vec();
+    if ctx.user.switch {
+        let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
+        for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v));
+        }
+    }
     let vars = [
         ("HOST", ctx.host.to_string()),
         ("BRANCH", push.branch.clone()),
@@ -312,12 +337,7 @@ fn step_env(
 pub fn base_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
-            !(k.starts_with("SLAVE_")
-                || k.starts_with("GIT_")
-                || k.starts_with("REDIS")
-                || k.starts_with("HOOK_")
-                || k.starts_with("CI_GIT_")
-                || k == "RUST_LOG")
+            !(k.starts_with("SLAVE_") || k.starts_with("GIT_") || k.starts_with("REDIS") || k.starts_with("HOOK_") || k == "RUST_LOG")
         })
         .collect()
 }

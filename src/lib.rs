@@ -6,7 +6,9 @@
 //! one job; see STYLE.md for the map.
 
 pub mod build;
+pub mod build_user;
 pub mod config;
+pub mod credentials;
 pub mod http;
 pub mod integration;
 pub mod logging;

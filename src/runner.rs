@@ -1,8 +1,9 @@
-//! Runs one snippet: `bash -c` with a given env and cwd, in its
+//! Runs one snippet: `bash -c` as the build user, a given env and cwd, in its
 //! own process group with stdin from /dev/null, stdout and stderr merged into
 //! one pipe whose tail is kept within a byte and a line budget; killed (the
 //! whole group) on timeout or abort. The watching is `process`'s.
 
+use crate::build_user::BuildUser;
 use crate::process::{self, Capture};
 use std::path::Path;
 use std::process::Command;
@@ -20,11 +21,12 @@ pub struct Ran {
     pub output: Tail,
 }
 
-/// Runs `script` with exactly `env` (nothing inherited) in `cwd`.
-pub fn run(script: &str, cwd: &Path, env: &[(String, String)], timeout: Duration, abort: &AtomicBool) -> Ran {
+/// Runs `script` as `user` with exactly `env` (nothing inherited) in `cwd`.
+pub fn run(script: &str, cwd: &Path, env: &[(String, String)], user: &BuildUser, timeout: Duration, abort: &AtomicBool) -> Ran {
     let deadline = Instant::now() + timeout;
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(script).current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    user.apply(&mut cmd);
     let done = process::run(cmd, Capture::Merged { tail: OUTPUT_TAIL }, deadline, abort);
     let exit = match done.exit {
         Exit::SpawnFailed(e) => Exit::SpawnFailed(format!("bash: {e}")),
@@ -39,7 +41,7 @@ mod tests {
 
     fn sh(script: &str, timeout: u64) -> Ran {
         let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap_or_default())];
-        run(script, Path::new("/tmp"), &env, Duration::from_secs(timeout), &AtomicBool::new(false))
+        run(script, Path::new("/tmp"), &env, &BuildUser::current(), Duration::from_secs(timeout), &AtomicBool::new(false))
     }
 
     #[test]

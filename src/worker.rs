@@ -33,7 +33,7 @@ struct State {
 
 pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     std::fs::create_dir_all(&config.cache).map_err(|e| format!("SLAVE_CACHE={:?}: cannot create: {e}", config.cache))?;
-    let git_home = netrc_home(&config)?;
+    crate::workspace::prepare_cache(&config.cache, &config.build_user)?;
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
     let index = claim(&mut redis, &member, config.index, &signals);
@@ -97,7 +97,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
-            git_home: git_home.clone(),
+            user: &config.build_user,
             max_log: config.max_log_bytes,
             host: &host,
             slave: &slave,
@@ -279,18 +279,6 @@ fn spawn_heartbeat(config: &SlaveConfig, member: Member, state: Arc<State>, sign
         })
         .map(drop)
         .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
-}
-
-/// With GIT_NETRC, git runs with a private HOME holding a copy of that file.
-fn netrc_home(config: &SlaveConfig) -> Result<Option<std::path::PathBuf>, String> {
-    let Some(netrc) = &config.git.netrc else { return Ok(None) };
-    let home = config.cache.join(".git-home");
-    std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-    let target = home.join(".netrc");
-    std::fs::copy(netrc, &target).map_err(|e| format!("GIT_NETRC={:?}: cannot read: {e}", netrc))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600));
-    Ok(Some(home))
 }
 
 pub fn hostname() -> String {

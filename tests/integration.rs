@@ -169,15 +169,15 @@ shell: |
 #[test]
 fn the_step_environment_never_holds_secrets() {
     let redis = Redis::start();
-    let netrc = redis.root.join("netrc");
-    std::fs::write(&netrc, "machine example.invalid login netrc-user password netrc-s3cret\n").unwrap();
+    let file = redis.root.join("git-credentials");
+    std::fs::write(&file, "https://file-user:file-s3cret@example.invalid\n").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let hook = Hook::start(&redis, &[]);
     let slave = Slave::start(
         &redis,
         &[
-            ("GIT_USERNAME", "ci-user-s3cret"),
-            ("GIT_PASSWORD", "pw-s3cret-42"),
-            ("GIT_NETRC", netrc.to_str().unwrap()),
+            ("GIT_CREDENTIALS", "https://ci-user-s3cret:pw-s3cret-42@example.invalid"),
+            ("GIT_CREDENTIALS_FILE", file.to_str().unwrap()),
             ("HOOK_TOKEN", "hook-s3cret"),
         ],
     );
@@ -185,7 +185,7 @@ fn the_step_environment_never_holds_secrets() {
     let git = GitRepo::new(&redis.root, "acme/secrets");
     git.write(
         "integration.yml",
-        "step: secrets\ndebug: true\nshell:\n  - echo \"S=${GIT_USERNAME-unset},${GIT_PASSWORD-unset},${GIT_NETRC-unset},${REDIS_URL-unset},${HOOK_TOKEN-unset}\"\n  - env | grep -c s3cret || true\n",
+        "step: secrets\ndebug: true\nshell:\n  - echo \"S=${GIT_CREDENTIALS-unset},${GIT_CREDENTIALS_FILE-unset},${SLAVE_CREDENTIALS_FD-unset},${REDIS_URL-unset},${HOOK_TOKEN-unset}\"\n  - env | grep -c s3cret || true\n",
     );
     let sha = git.commit("secrets");
     git.push();

@@ -115,9 +115,9 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     let b = backend(&[]);
     let repo = "misbehave/fill";
     let yml = "step: fill\nshell: head -c 50M /dev/zero > big\n";
-    // The repository's whole cache directory on an 8 MiB tmpfs: a full disk for its workspace
-    // only, not for the machine. README: `<SLAVE_CACHE>/<repo>/<branch>`, names encoded (`/` as
-    // %2F).
+    // The repository's whole cache directory (its mirror and checkouts) on an 8 MiB tmpfs: a full
+    // disk for its workspace only, not for the machine. README: `<SLAVE_CACHE>/<repo>/<branch>`,
+    // names encoded (`/` as %2F).
     let dir = b.slaves[0].cache.join("misbehave%2Ffill");
     let tmpfs = Tmpfs::mount(&dir, "8m");
     let (git, build) = first_build(&b, repo, yml);
@@ -148,8 +148,8 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     git.push();
     let id = b.hook.push_ok(&git, &sha);
     let full = wait_build(&b.redis, &id, LONG);
-    // Nothing can be written there: the fetch of the new commit fails with the system's ENOSPC
-    // message, quoted from git's stderr.
+    // Nothing can be written there: the fetch of the new commit into the repository's mirror (on
+    // the same disk) fails with the system's ENOSPC message, quoted from git's stderr.
     assert_eq!(full.state, "failed", "{:#?}", full.log);
     assert_eq!(full.log.len(), 2, "{:#?}", full.log);
     assert_eq!(full.log[0], format!("- commit {}", &sha[..10]));
