@@ -12,7 +12,7 @@
    `settings` and `verbatim` mappings. The Marathon app the `deploy` tool
    would POST for it is rebuilt following FORMAT.md and must validate too.
 3. What this project needs from them: the hook on TCP 5000 with a /ping
-   health check and a blank HOOK_TOKEN; the slaves' blank git credentials and
+   health check and a blank HOOK_TOKEN; the slaves' blank GIT_CREDENTIALS and
    the Docker socket; Redis on 6379; image tags equal to the crate version.
 
 SCHEMA defaults to ../shared/data/marathon/AppDefinition.schema.json when
@@ -292,9 +292,12 @@ def project_checks(part, app, source):
         if env.get("HOOK_TOKEN", None) != "":
             problems.append("env HOOK_TOKEN must be present and blank (optional fixed token)")
     if part == "slave":
-        for name in ("GIT_USERNAME", "GIT_PASSWORD"):
-            if env.get(name, None) != "":
-                problems.append(f"env {name} must be present and blank")
+        if env.get("GIT_CREDENTIALS", None) != "":
+            problems.append("env GIT_CREDENTIALS must be present and blank")
+        for name in ("GIT_USERNAME", "GIT_PASSWORD", "GIT_NETRC"):
+            if name in env:
+                problems.append(f"env {name}: no longer read (the slave refuses to start); "
+                                f"use GIT_CREDENTIALS")
         vols = (app.get("container") or {}).get("volumes") or []
         if not any(v.get("containerPath") == "/var/run/docker.sock"
                    and v.get("hostPath") == "/var/run/docker.sock" and v.get("mode") == "RW"

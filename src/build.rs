@@ -1,11 +1,15 @@
 //! One build: workspace → integration.yml → runner → log lines. The log-line
 //! formats here are the contract `GET /status` prints.
 
-use crate::config::GitCredentials;
+use crate::build_user::BuildUser;
+use crate::credentials::Credentials;
 use crate::integration::{self, Step};
 use crate::queue::{Outcome, Started};
 use crate::runner::{self, Exit};
-use crate::workspace::{self, Git};
+use crate::workspace::{self, Git, GitError};
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -14,15 +18,27 @@ use std::time::{Duration, Instant};
 const SNIPPET_SHOWN: usize = 60;
 /// The `LOG` variable: at most this many bytes of the log so far.
 const LOG_ENV_BYTES: usize = 4096;
+/// Longest log line kept (an output line with its prefix fits).
+const MAX_LOG_LINE: usize = runner::MAX_LINE + 64;
+/// What a log line costs beyond its JSON: its `String` in memory.
+const LINE_OVERHEAD: usize = std::mem::size_of::<String>();
+/// Room kept for the `[` `]` of the JSON array and the marker line.
+const LOG_RESERVE: usize = 64;
+/// The smallest SLAVE_MAX_LOG_BYTES: two halves that hold the longest line.
+pub const MIN_LOG_BYTES: usize = 64 * 1024;
 
 /// What a slave builds with.
 pub struct Context<'a> {
+    /// Absolute.
     pub cache: &'a Path,
-    pub creds: &'a GitCredentials,
-    pub git_home: Option<PathBuf>,
+    pub creds: &'a Credentials,
+    /// Who steps (and the git commands writing their checkout) run as.
+    pub user: &'a BuildUser,
     pub host: &'a str,
     pub slave: &'a str,
     pub timeout: Duration,
+    /// The recorded log's budget (SLAVE_MAX_LOG_BYTES), as JSON.
+    pub max_log: usize,
     /// The slave's own environment, minus secrets: the base of every step's.
     pub base_env: &'a [(String, String)],
     /// Set on shutdown past the grace period: stop and store nothing.
@@ -45,21 +61,107 @@ pub fn tag(branch: &str, short: &str) -> String {
     format!("{branch}-{short}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '=' { c } else { '-' }).collect()
 }
 
+/// The build's log, bounded: its first lines within half of the budget, its
+/// last lines within the other half, and between them one marker line
+/// `... (N lines dropped) ...`. A line costs its JSON length plus a comma and
+/// its `String`, so the stored JSON array stays under the budget and a flood
+/// of empty lines is bounded too.
+pub struct Log {
+    half: usize,
+    head: Vec<String>,
+    head_cost: usize,
+    head_closed: bool,
+    tail: VecDeque<String>,
+    tail_cost: usize,
+    dropped: u64,
+}
+
+impl Log {
+    pub fn new(max_bytes: usize) -> Log {
+        let half = max_bytes.saturating_sub(LOG_RESERVE) / 2;
+        Log { half, head: vec![], head_cost: 0, head_closed: false, tail: VecDeque::new(), tail_cost: 0, dropped: 0 }
+    }
+
+    pub fn push(&mut self, mut line: String) {
+        if line.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE - 3;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str("...");
+        }
+        let cost = line_cost(&line);
+        if !self.head_closed && self.head_cost + cost <= self.half {
+            self.head_cost += cost;
+            self.head.push(line);
+            return;
+        }
+        self.head_closed = true;
+        self.tail_cost += cost;
+        self.tail.push_back(line);
+        while self.tail_cost > self.half {
+            let Some(old) = self.tail.pop_front() else { break };
+            self.tail_cost -= line_cost(&old);
+            self.dropped += 1;
+        }
+    }
+
+    /// The last lines, oldest first, within `bytes` (for the LOG variable).
+    fn recent(&self, bytes: usize) -> String {
+        let mut out = String::new();
+        for line in self.tail.iter().rev().chain(self.head.iter().rev()) {
+            if out.len() + line.len() + 1 > bytes {
+                break;
+            }
+            out.insert_str(0, &format!("{line}\n"));
+        }
+        out
+    }
+
+    pub fn into_lines(self) -> Vec<String> {
+        let mut lines = self.head;
+        if self.dropped > 0 {
+            lines.push(format!("... ({} lines dropped) ...", self.dropped));
+        }
+        lines.extend(self.tail);
+        lines
+    }
+}
+
+fn line_cost(line: &str) -> usize {
+    json_len(line) + 1 + LINE_OVERHEAD
+}
+
+/// The length of `s` as a JSON string (serde_json's escapes).
+fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// Runs the job; `None` when aborted by shutdown (the job stays queued).
 pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
     let started = Instant::now();
     let push = &job.push;
-    let mut log: Vec<String> = Vec::new();
+    let mut log = Log::new(ctx.max_log);
     let short: String = push.sha.chars().take(10).collect();
-    let fail = |mut log: Vec<String>, why: String| {
+    let fail = |mut log: Log, why: String| {
         log.push(format!("* {why}"));
-        Some(Outcome { passed: false, log, seconds: started.elapsed().as_secs() })
+        Some(Outcome { passed: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
     };
 
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
-    let git = Git { creds: ctx.creds, home: ctx.git_home.clone() };
-    let commit = match git.prepare(&dir, &push.clone_url, &push.branch, &push.sha, job.reset) {
+    let deadline = started + ctx.timeout;
+    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: ctx.base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
+    let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &push.sha, job.reset) {
         Ok(c) => c,
+        Err(GitError::Aborted) => return None,
         Err(e) => {
             log.push(format!("- commit {short}"));
             return fail(log, format!("checkout failed: {e}"));
@@ -74,7 +176,6 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
     };
 
     let mut ok = true;
-    let deadline = started + ctx.timeout;
     for (number, step) in steps.iter().enumerate() {
         log.push(format!("- {}", step.title));
         let cwd = match step_dir(&dir, step) {
@@ -97,7 +198,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
             }
             let env = step_env(ctx, job, &commit, &short, &log, ok, step);
             let masks = secret_values(&env, &step.secrets);
-            let ran = runner::run(script, &cwd, &env, left, ctx.abort);
+            let ran = runner::run(script, &cwd, &env, ctx.user, left, ctx.abort);
             let secs = ran.elapsed.as_secs();
             let (passed, how) = match &ran.exit {
                 Exit::Code(0) => (true, "exit code 0".to_string()),
@@ -112,7 +213,9 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
                 if ran.output.dropped > 0 {
                     log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
                 }
-                log.extend(ran.output.lines.iter().map(|l| format!("{tag}   . {}", mask(l, &masks))));
+                for line in &ran.output.lines {
+                    log.push(format!("{tag}   . {}", mask(line, &masks)));
+                }
             }
             ok &= passed;
             if ran.exit == Exit::TimedOut {
@@ -120,7 +223,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
             }
         }
     }
-    Some(Outcome { passed: ok, log, seconds: started.elapsed().as_secs() })
+    Some(Outcome { passed: ok, log: log.into_lines(), seconds: started.elapsed().as_secs() })
 }
 
 /// The values to hide: each listed variable's value, and each line of a
@@ -148,17 +251,30 @@ fn mask(line: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Reads integration.yml from the checkout, which the build user writes: a
+/// symlink is followed only within the checkout, and only a regular file is
+/// read (never a FIFO left by a step), at most MAX_FILE bytes of it.
 fn read_steps(dir: &Path) -> Result<Vec<Step>, String> {
-    let path = dir.join("integration.yml");
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
+    let unreadable = |e: std::io::Error| format!("integration.yml unreadable: {e}");
+    let path = match dir.join("integration.yml").canonicalize() {
+        Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("integration.yml missing".into()),
-        Err(e) => return Err(format!("integration.yml unreadable: {e}")),
+        Err(e) => return Err(unreadable(e)),
     };
+    let root = dir.canonicalize().map_err(|e| format!("checkout unreadable: {e}"))?;
+    if !path.starts_with(&root) {
+        return Err("integration.yml is a symlink that leaves the checkout".into());
+    }
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err("integration.yml is not a regular file".into());
+    }
     if meta.len() > integration::MAX_FILE as u64 {
         return Err(format!("integration.yml is larger than {} bytes", integration::MAX_FILE));
     }
-    let text = std::fs::read(&path).map_err(|e| format!("integration.yml unreadable: {e}"))?;
+    let mut text = Vec::new();
+    file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(unreadable)?;
     let text = String::from_utf8(text).map_err(|_| "integration.yml is not UTF-8".to_string())?;
     integration::parse(&text).map_err(|e| e.0)
 }
@@ -182,18 +298,18 @@ fn step_env(
     job: &Started,
     commit: &workspace::Commit,
     short: &str,
-    log: &[String],
+    log: &Log,
     ok: bool,
     step: &Step,
 ) -> Vec<(String, String)> {
     let push = &job.push;
     let mut env: Vec<(String, String)> = ctx.base_env.to_vec();
-    let mut abridged = String::new();
-    for line in log.iter().rev() {
-        if abridged.len() + line.len() + 1 > LOG_ENV_BYTES {
-            break;
+    if ctx.user.switch {
+        let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
+        for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v));
         }
-        abridged.insert_str(0, &format!("{line}\n"));
     }
     let vars = [
         ("HOST", ctx.host.to_string()),
@@ -203,7 +319,7 @@ fn step_env(
         ("MESSAGE", commit.message.clone()),
         ("TAG", tag(&push.branch, short)),
         ("TIMESTAMP", commit.timestamp.clone()),
-        ("LOG", abridged),
+        ("LOG", log.recent(LOG_ENV_BYTES)),
         ("OK", ok.to_string()),
         ("CI", "true".to_string()),
         ("REPO", push.repo.clone()),
@@ -221,12 +337,7 @@ fn step_env(
 pub fn base_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
-            !(k.starts_with("SLAVE_")
-                || k.starts_with("GIT_")
-                || k.starts_with("REDIS")
-                || k.starts_with("HOOK_")
-                || k.starts_with("CI_GIT_")
-                || k == "RUST_LOG")
+            !(k.starts_with("SLAVE_") || k.starts_with("GIT_") || k.starts_with("REDIS") || k.starts_with("HOOK_") || k == "RUST_LOG")
         })
         .collect()
 }
@@ -247,6 +358,46 @@ mod tests {
         let masks = secret_values(&env, &["K".to_string(), "P".to_string()]);
         assert_eq!(mask("got second-line and first-line", &masks), "got *** and ***");
         assert_eq!(mask("abc stays (too short to mask)", &masks), "abc stays (too short to mask)");
+    }
+
+    #[test]
+    fn the_log_keeps_head_and_tail_under_its_json_budget() {
+        let mut log = Log::new(MIN_LOG_BYTES);
+        let lines: Vec<String> = (0..100_000).map(|i| if i % 3 == 0 { String::new() } else { format!("line \"{i}\"\t\u{1}") }).collect();
+        for l in &lines {
+            log.push(l.clone());
+        }
+        let kept = log.into_lines();
+        let json = serde_json::to_string(&kept).unwrap();
+        assert!(json.len() <= MIN_LOG_BYTES, "{} bytes", json.len());
+        // Each line also counts its String (24 bytes): short lines fill a smaller part with JSON.
+        assert!(json.len() > MIN_LOG_BYTES / 4, "{} bytes: the budget is not used", json.len());
+        let marker = kept.iter().position(|l| l.starts_with("... (")).expect("a marker");
+        let dropped: usize = kept[marker].trim_start_matches("... (").split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(kept[marker], format!("... ({dropped} lines dropped) ..."));
+        assert_eq!(kept.len() - 1 + dropped, lines.len(), "every line is kept or counted");
+        assert_eq!(&kept[..marker], &lines[..marker], "the head, in order");
+        assert_eq!(&kept[marker + 1..], &lines[lines.len() - (kept.len() - marker - 1)..], "the tail, in order");
+    }
+
+    #[test]
+    fn a_short_log_is_kept_whole_and_long_lines_are_cut() {
+        let mut log = Log::new(MIN_LOG_BYTES);
+        log.push("a".into());
+        log.push("é".repeat(5000));
+        log.push("b".into());
+        assert_eq!(log.recent(4096), format!("b\n"));
+        let kept = log.into_lines();
+        assert_eq!(kept.len(), 3);
+        assert!(kept[1].len() <= MAX_LOG_LINE && kept[1].ends_with("...") && kept[1].starts_with("éé"), "{}", kept[1].len());
+        assert_eq!((kept[0].as_str(), kept[2].as_str()), ("a", "b"));
+    }
+
+    #[test]
+    fn json_lengths_match_serde_json() {
+        for s in ["", "plain", "q\"b\\", "\n\r\t\u{8}\u{c}", "\u{1}\u{1f}\u{7f}", "é中"] {
+            assert_eq!(json_len(s), serde_json::to_string(s).unwrap().len(), "{s:?}");
+        }
     }
 
     #[test]

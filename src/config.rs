@@ -1,6 +1,8 @@
 //! Environment → typed configuration. One table per binary (name, default,
 //! meaning) feeds `--help`, the parser and the README.
 
+use crate::build_user::BuildUser;
+use crate::credentials::Credentials;
 use std::fmt;
 use std::time::Duration;
 
@@ -61,9 +63,22 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         default: "3",
         doc: "a build whose slave died during this many attempts is failed instead of run again",
     },
-    Setting { name: "GIT_USERNAME", default: "", doc: "user for https clones (given to git only)" },
-    Setting { name: "GIT_PASSWORD", default: "", doc: "password or token for https clones (given to git only)" },
-    Setting { name: "GIT_NETRC", default: "", doc: "a netrc file with credentials, instead of GIT_USERNAME/GIT_PASSWORD" },
+    Setting {
+        name: "SLAVE_BUILD_USER",
+        default: "nobody",
+        doc: "when the slave runs as root: the unprivileged user steps run as (with the Docker socket's group); else unused",
+    },
+    Setting {
+        name: "SLAVE_MAX_LOG_BYTES",
+        default: "1048576",
+        doc: "largest recorded build log (JSON): its head and tail are kept, the middle counted",
+    },
+    Setting {
+        name: "GIT_CREDENTIALS",
+        default: "",
+        doc: "`https://<user>:<token>@<host>[:<port>][/<path>]` lines, space- or newline-separated: each sent by git to that host over https only",
+    },
+    Setting { name: "GIT_CREDENTIALS_FILE", default: "", doc: "a file of such lines (mode 0400/0600), e.g. a Docker secret" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -150,25 +165,17 @@ pub struct SlaveConfig {
     pub lease: Duration,
     pub grace: Duration,
     pub max_attempts: u32,
-    pub git: GitCredentials,
-}
-
-/// Credentials handed to git alone: never logged, never in a build's env.
-#[derive(Clone, Default)]
-pub struct GitCredentials {
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub netrc: Option<std::path::PathBuf>,
-}
-
-impl fmt::Debug for GitCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GitCredentials(..)")
-    }
+    /// Who steps run as (resolved from SLAVE_BUILD_USER when root).
+    pub build_user: BuildUser,
+    pub max_log_bytes: usize,
+    /// Handed to git alone, per host; never logged, never in a build's env.
+    pub git: Credentials,
 }
 
 impl SlaveConfig {
-    pub fn from_env() -> Result<SlaveConfig, ConfigError> {
+    /// The settings from the environment; `git` is what `credentials::take`
+    /// took out of it at startup.
+    pub fn from_env(git: Credentials) -> Result<SlaveConfig, ConfigError> {
         let s = SLAVE_SETTINGS;
         let cluster = raw(s, "SLAVE_CLUSTER").unwrap_or_default();
         if crate::routing::cluster_tokens(&cluster).is_none() {
@@ -187,11 +194,18 @@ impl SlaveConfig {
             }
             Ok(Duration::from_secs(n))
         };
+        let cache = raw(s, "SLAVE_CACHE").unwrap_or_default();
+        let cache = std::path::absolute(&cache).map_err(|e| ConfigError(format!("SLAVE_CACHE={cache:?}: {e}")))?;
+        let max_log_bytes: usize = number(s, "SLAVE_MAX_LOG_BYTES", "a number of bytes")?;
+        if max_log_bytes < crate::build::MIN_LOG_BYTES {
+            return Err(ConfigError(format!("SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {}", crate::build::MIN_LOG_BYTES)));
+        }
+        let build_user = BuildUser::resolve(&raw(s, "SLAVE_BUILD_USER").unwrap_or_default()).map_err(ConfigError)?;
         Ok(SlaveConfig {
             redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
             cluster,
             index,
-            cache: raw(s, "SLAVE_CACHE").unwrap_or_default().into(),
+            cache,
             build_timeout: secs("SLAVE_BUILD_TIMEOUT")?,
             lease: secs("SLAVE_LEASE")?,
             grace: secs("SLAVE_GRACE")?,
@@ -199,11 +213,9 @@ impl SlaveConfig {
                 0 => return Err(ConfigError("SLAVE_MAX_ATTEMPTS=\"0\": expected at least 1".into())),
                 n => n,
             },
-            git: GitCredentials {
-                username: raw(s, "GIT_USERNAME"),
-                password: raw(s, "GIT_PASSWORD"),
-                netrc: raw(s, "GIT_NETRC").map(Into::into),
-            },
+            build_user,
+            max_log_bytes,
+            git,
         })
     }
 }

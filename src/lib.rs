@@ -6,7 +6,9 @@
 //! one job; see STYLE.md for the map.
 
 pub mod build;
+pub mod build_user;
 pub mod config;
+pub mod credentials;
 pub mod guard;
 pub mod heartbeat;
 pub mod http;
@@ -14,6 +16,7 @@ pub mod integration;
 pub mod logging;
 pub mod membership;
 pub mod payload;
+pub mod process;
 pub mod queue;
 pub mod redis_conn;
 pub mod routing;

@@ -25,7 +25,7 @@ pub use crate::heartbeat::Signals;
 
 pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     std::fs::create_dir_all(&config.cache).map_err(|e| format!("SLAVE_CACHE={:?}: cannot create: {e}", config.cache))?;
-    let git_home = netrc_home(&config)?;
+    crate::workspace::prepare_cache(&config.cache, &config.build_user)?;
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
@@ -94,7 +94,8 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
-            git_home: git_home.clone(),
+            user: &config.build_user,
+            max_log: config.max_log_bytes,
             host: &host,
             slave: &slave,
             timeout: config.build_timeout,
@@ -283,18 +284,6 @@ fn maintain(redis: &mut Redis, member: &Member, state: &State, fixed: bool) {
     if let Err(e) = result {
         log_error("maintain", &e);
     }
-}
-
-/// With GIT_NETRC, git runs with a private HOME holding a copy of that file.
-fn netrc_home(config: &SlaveConfig) -> Result<Option<std::path::PathBuf>, String> {
-    let Some(netrc) = &config.git.netrc else { return Ok(None) };
-    let home = config.cache.join(".git-home");
-    std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-    let target = home.join(".netrc");
-    std::fs::copy(netrc, &target).map_err(|e| format!("GIT_NETRC={:?}: cannot read: {e}", netrc))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600));
-    Ok(Some(home))
 }
 
 pub fn hostname() -> String {

@@ -1,17 +1,56 @@
-//! The cached clones: one per repository and branch under the cache
-//! directory, at a path no name can steer outside it; git clone, fetch and
-//! checkout run with argument vectors, credentials given to git alone.
+//! The cached clones, at paths no name can steer outside the cache:
+//!
+//! - `<cache>/<repo>/.mirror-<crc32 of the URL>.git`: a bare mirror, written
+//!   only by the slave's own user. The one place git talks to the network, and
+//!   the only git commands that may get credentials.
+//! - `<cache>/<repo>/<branch>`: the checkout the steps run in, owned by the
+//!   build user, fetched from the mirror by the build user's git.
+//!
+//! Every git command runs by argument vector under the build's deadline and
+//! abort flag, in its own process group (see `process`).
 
-use crate::config::GitCredentials;
+use crate::build_user::BuildUser;
+use crate::credentials::Credentials;
+use crate::process::{self, Capture, Exit};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 /// Longest path component we write (file systems allow 255 bytes).
 const MAX_COMPONENT: usize = 180;
+/// The build user's HOME when the slave switches users.
+const HOME: &str = ".home";
+/// The global git configuration of the build user's git commands.
+const BUILD_GITCONFIG: &str = ".build-gitconfig";
+/// Where versions before credentials were host-bound copied GIT_NETRC.
+const OLD_NETRC_HOME: &str = ".git-home";
+/// Bytes of a git command's stdout kept (`git show`: the commit message).
+const STDOUT_HEAD: usize = 64 * 1024;
+/// Bytes of a git command's stderr kept for its error message.
+const STDERR_TAIL: usize = 16 * 1024;
+/// An http(s) transfer slower than 1000 bytes/s for this long is given up.
+const LOW_SPEED_SECONDS: u32 = 60;
+/// ssh for git, unless the operator set GIT_SSH_COMMAND: no prompts, and a
+/// dead connection noticed within a minute.
+const SSH: &str = "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4";
 
 /// `<cache>/<encoded repo>/<encoded branch>`.
 pub fn checkout_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
     cache.join(encode(repo)).join(encode(branch))
+}
+
+/// `<cache>/<encoded repo>/.mirror-<crc32 of url, 8 hex digits>.git`: one per
+/// URL, so that a push naming another URL for a repository never fetches
+/// into (or gets the credentials of) the mirror of the first.
+pub fn mirror_dir(cache: &Path, repo: &str, url: &str) -> PathBuf {
+    cache.join(encode(repo)).join(format!(".mirror-{:08x}.git", crc32fast::hash(url.as_bytes())))
+}
+
+/// The build user's HOME (when the slave switches users).
+pub fn home_dir(cache: &Path) -> PathBuf {
+    cache.join(HOME)
 }
 
 /// Maps any name to one safe path component: `[A-Za-z0-9_.-]` kept, every
@@ -37,13 +76,53 @@ pub fn encode(name: &str) -> String {
     out
 }
 
-/// A git failure: what ran (credentials never shown), how it ended, stderr.
-#[derive(Debug)]
-pub struct GitError(pub String);
+/// At startup: the cache directory readable by the build user, its HOME,
+/// the git configuration of its git commands, and no netrc copy left by an
+/// older version.
+pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
+    let fail = |path: &Path, e: std::io::Error| format!("SLAVE_CACHE: cannot prepare {}: {e}", path.display());
+    std::fs::create_dir_all(cache).map_err(|e| fail(cache, e))?;
+    let old = cache.join(OLD_NETRC_HOME);
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| fail(&old, e))?;
+        log::info!("slave.cleanup removed={}: a copy of GIT_NETRC left by an older version", crate::logging::quote(&old.to_string_lossy()));
+    }
+    // Trusts the mirrors (owned by the slave's user) for the build user's
+    // fetches from them; nothing else.
+    let config = cache.join(BUILD_GITCONFIG);
+    std::fs::write(&config, "[safe]\n\tdirectory = *\n").map_err(|e| fail(&config, e))?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).map_err(|e| fail(&config, e))?;
+    if user.switch {
+        let home = home_dir(cache);
+        if home.exists() && !user.owns(&home) {
+            std::fs::remove_dir_all(&home).map_err(|e| fail(&home, e))?;
+        }
+        if !home.exists() {
+            std::fs::create_dir(&home).map_err(|e| fail(&home, e))?;
+            user.give(&home).map_err(|e| fail(&home, e))?;
+        }
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail(&home, e))?;
+    }
+    Ok(())
+}
+
+/// A git failure, or why git was stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GitError {
+    /// What ran (credentials never shown), how it ended, its stderr's end.
+    Failed(String),
+    /// `git <what> timed out after <n> seconds`.
+    TimedOut(String),
+    /// The slave is shutting down.
+    Aborted,
+}
 
 impl std::fmt::Display for GitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            GitError::Failed(m) | GitError::TimedOut(m) => f.write_str(m),
+            GitError::Aborted => f.write_str("stopped: the slave is shutting down"),
+        }
     }
 }
 
@@ -55,105 +134,229 @@ pub struct Commit {
     pub timestamp: String,
 }
 
+/// Git for one build.
 pub struct Git<'a> {
-    pub creds: &'a GitCredentials,
-    /// Holds `.netrc` when GIT_NETRC is set (git's HOME).
-    pub home: Option<PathBuf>,
+    /// Absolute.
+    pub cache: &'a Path,
+    pub creds: &'a Credentials,
+    pub user: &'a BuildUser,
+    /// The environment of the build user's git commands (the steps' base).
+    pub env: &'a [(String, String)],
+    /// The build's deadline, and its length (SLAVE_BUILD_TIMEOUT) for messages.
+    pub deadline: Instant,
+    pub limit: Duration,
+    pub abort: &'a AtomicBool,
 }
 
 impl Git<'_> {
-    fn command(&self, dir: Option<&Path>) -> Command {
+    /// Git as the slave's user, in the mirror: the environment of the slave
+    /// minus its settings; credentials for `url` when one matches.
+    fn mirror_git(&self, dir: Option<&Path>, url: Option<&str>) -> Result<Command, GitError> {
         let mut cmd = Command::new("git");
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("SLAVE_") || k.starts_with("REDIS") || k.starts_with("HOOK_") {
+                cmd.env_remove(&*k);
+            }
+        }
+        if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+            cmd.env("GIT_SSH_COMMAND", SSH);
+        }
+        // No prompt and no askpass program: credentials come from GIT_CREDENTIALS alone.
+        cmd.env("GIT_TERMINAL_PROMPT", "0").env_remove("GIT_ASKPASS").env_remove("SSH_ASKPASS");
         if let Some(dir) = dir {
             cmd.arg("-C").arg(dir);
         }
-        cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0"]);
-        if self.creds.username.is_some() || self.creds.password.is_some() {
-            // The helper reads the values from git's own environment only.
-            cmd.args(["-c", "credential.helper=", "-c"]);
-            cmd.arg("credential.helper=!f() { echo \"username=${CI_GIT_USERNAME}\"; echo \"password=${CI_GIT_PASSWORD}\"; }; f");
-            cmd.env("CI_GIT_USERNAME", self.creds.username.as_deref().unwrap_or(""));
-            cmd.env("CI_GIT_PASSWORD", self.creds.password.as_deref().unwrap_or(""));
+        cmd.args(["-c", "gc.auto=0", "-c", "core.hooksPath=/dev/null", "-c", "core.sharedRepository=0644"]);
+        cmd.args(["-c", "http.lowSpeedLimit=1000", "-c"]).arg(format!("http.lowSpeedTime={LOW_SPEED_SECONDS}"));
+        self.creds.configure(&mut cmd, url).map_err(|e| GitError::Failed(format!("cannot hand git its credentials: {e}")))?;
+        Ok(cmd)
+    }
+
+    /// Git as the build user, in its checkout: the steps' base environment,
+    /// no credentials.
+    fn build_git(&self, dir: Option<&Path>) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
+        if self.user.switch {
+            cmd.env("HOME", home_dir(self.cache));
         }
-        if let Some(home) = &self.home {
-            cmd.env("HOME", home);
+        cmd.env("GIT_CONFIG_GLOBAL", self.cache.join(BUILD_GITCONFIG)).env("GIT_TERMINAL_PROMPT", "0");
+        if let Some(dir) = dir {
+            cmd.arg("-C").arg(dir);
         }
-        cmd.env("GIT_TERMINAL_PROMPT", "0").env("GIT_ASKPASS", "true").stdin(Stdio::null());
+        cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "credential.helper="]);
+        self.user.apply(&mut cmd);
         cmd
     }
 
-    /// Runs git; `shown` is what an error message may say was run.
-    fn run(&self, dir: Option<&Path>, args: &[&str], shown: &str) -> Result<String, GitError> {
-        let out = self
-            .command(dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(|e| GitError(format!("git {shown}: cannot run git: {e}")))?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = tail[tail.len().saturating_sub(3)..].join(" / ");
-        let how = match out.status.code() {
-            Some(c) => format!("exit code {c}"),
-            None => "killed by a signal".to_string(),
+    /// Runs git to its end or the build's deadline; `shown` is what a
+    /// message may say was run. Returns stdout's head.
+    fn run(&self, cmd: Result<Command, GitError>, args: &[&str], shown: &str) -> Result<String, GitError> {
+        let mut cmd = cmd?;
+        cmd.args(args);
+        let done = process::run(cmd, Capture::Split { head: STDOUT_HEAD, tail: STDERR_TAIL }, self.deadline, self.abort);
+        let how = match done.exit {
+            Exit::Code(0) => return Ok(String::from_utf8_lossy(&done.stdout).into_owned()),
+            Exit::Aborted => return Err(GitError::Aborted),
+            Exit::TimedOut => return Err(GitError::TimedOut(format!("git {shown} timed out after {} seconds", self.limit.as_secs()))),
+            Exit::SpawnFailed(e) => return Err(GitError::Failed(format!("git {shown}: cannot run git: {e}"))),
+            Exit::Code(c) => format!("exit code {c}"),
         };
-        Err(GitError(scrub(&format!("git {shown} failed ({how}): {tail}"), self.creds)))
+        let said: Vec<&str> = done.output.lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+        let said = said[said.len().saturating_sub(3)..].join(" / ");
+        Err(GitError::Failed(self.creds.scrub(&format!("git {shown} failed ({how}): {said}"))))
     }
 
-    /// Makes `dir` a clone of `url` with `sha` checked out (detached).
-    /// Untracked files from earlier builds stay: the cache is the point.
-    pub fn prepare(&self, dir: &Path, url: &str, branch: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
-        if reset || (dir.exists() && !dir.join(".git").exists()) {
-            remove(dir)?;
+    /// Makes the checkout of `branch` a clone of `url` with `sha` checked out
+    /// (detached). Untracked files from earlier builds stay: the cache is the
+    /// point. `reset` starts the checkout and the mirror afresh.
+    pub fn prepare(&self, repo: &str, url: &str, branch: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
+        if url.starts_with('-') {
+            return Err(GitError::Failed(format!("clone URL {:?} is not usable", scrub_url(url))));
         }
-        let fresh = !dir.exists();
-        if fresh {
-            self.clone_into(dir, url)?;
+        let repo_dir = self.cache.join(encode(repo));
+        let mirror = mirror_dir(self.cache, repo, url);
+        let dir = checkout_dir(self.cache, repo, branch);
+        if reset {
+            remove(&dir)?;
+            remove(&mirror)?;
         }
-        // The common path is three git processes: fetch, checkout, show.
-        // Fetch into refs, never a bare sha, so later fetches stay small.
-        let checkout = |git: &Self| git.run(Some(dir), &["checkout", "--quiet", "--force", "--detach", sha], &format!("checkout {sha}"));
-        if !fresh {
-            let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+        if mirror.exists() && !mirror.join("HEAD").is_file() {
+            remove(&mirror)?;
+        }
+        // Not a repository, or not the build user's (left by an older version,
+        // or SLAVE_BUILD_USER changed): start it again.
+        if dir.exists() && !(dir.join(".git").is_dir() && self.user.owns(&dir)) {
+            remove(&dir)?;
+        }
+        make_dir(&repo_dir)?;
+        let mirror_path = mirror.to_string_lossy().into_owned();
+
+        // The common path is four git processes: fetch into the mirror, fetch
+        // from it, checkout, show. Fetch into refs, never a bare sha, so later
+        // fetches stay small.
+        if mirror.exists() {
+            let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
             // A deleted or renamed branch still builds by sha below.
-            let _ = self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <branch>");
+            soft(self.run(
+                self.mirror_git(Some(&mirror), Some(url)),
+                &["fetch", "--quiet", "--no-tags", "origin", &spec],
+                "fetch origin <branch>",
+            ))?;
+        } else {
+            self.clone_mirror(&repo_dir, &mirror, url)?;
         }
-        if checkout(self).is_err() {
-            // Not reachable from the branch (force-pushed since, or fetched
-            // before it was pushed): ask for the commit itself.
-            let spec = format!("+{sha}:refs/ci/build");
-            self.run(Some(dir), &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
-            checkout(self)?;
+        if dir.exists() {
+            let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+            soft(self.run(
+                Ok(self.build_git(Some(&dir))),
+                &["fetch", "--quiet", "--no-tags", &mirror_path, &spec],
+                "fetch <mirror> <branch>",
+            ))?;
+        } else {
+            self.clone_checkout(&repo_dir, &mirror_path, &dir, url)?;
         }
-        let info = self.run(Some(dir), &["show", "-s", "--format=%cI%n%B", sha], "show")?;
+        let checkout =
+            || self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", sha], &format!("checkout {sha}"));
+        match checkout() {
+            Ok(_) => {}
+            Err(GitError::Failed(_)) => {
+                // Not reachable from the branch (force-pushed since, or fetched
+                // before it was pushed): ask for the commit itself.
+                let spec = format!("+{sha}:refs/ci/build");
+                self.run(
+                    self.mirror_git(Some(&mirror), Some(url)),
+                    &["fetch", "--quiet", "--no-tags", "origin", &spec],
+                    &format!("fetch origin {sha}"),
+                )?;
+                let spec = "+refs/ci/build:refs/ci/build";
+                self.run(
+                    Ok(self.build_git(Some(&dir))),
+                    &["fetch", "--quiet", "--no-tags", &mirror_path, spec],
+                    &format!("fetch <mirror> {sha}"),
+                )?;
+                checkout()?;
+            }
+            Err(e) => return Err(e),
+        }
+        let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", sha], "show")?;
         let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
         Ok(Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() })
     }
 
-    fn clone_into(&self, dir: &Path, url: &str) -> Result<(), GitError> {
-        let parent = dir.parent().unwrap_or(dir);
-        std::fs::create_dir_all(parent).map_err(|e| GitError(format!("cannot create {}: {e}", parent.display())))?;
-        // Clone beside, then rename: a slave killed mid-clone leaves no half clone behind.
-        let tmp = parent.join(format!(".clone-{}-{}", std::process::id(), crate::unix_now() as u64));
+    /// Clones beside, then renames: a slave killed mid-clone leaves no half
+    /// mirror behind.
+    fn clone_mirror(&self, repo_dir: &Path, mirror: &Path, url: &str) -> Result<(), GitError> {
+        let tmp = beside(repo_dir, "mirror");
         let tmp_str = tmp.to_string_lossy().into_owned();
-        let result = self.run(None, &["clone", "--quiet", "--no-checkout", "--", url, &tmp_str], &format!("clone {}", scrub_url(url)));
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| GitError(format!("cannot move the clone into {}: {e}", dir.display())))
+        let shown = format!("clone {}", scrub_url(url));
+        let result = self.run(self.mirror_git(None, Some(url)), &["clone", "--quiet", "--bare", "--", url, &tmp_str], &shown);
+        finish(result, &tmp, mirror)
+    }
+
+    /// The build user clones the mirror into a directory the slave made and
+    /// gave it, then points `origin` at the real URL (for steps that fetch).
+    fn clone_checkout(&self, repo_dir: &Path, mirror: &str, dir: &Path, url: &str) -> Result<(), GitError> {
+        let tmp = beside(repo_dir, "clone");
+        std::fs::create_dir(&tmp).map_err(|e| GitError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
+        let tmp_str = tmp.to_string_lossy().into_owned();
+        let result = self
+            .user
+            .give(&tmp)
+            .map_err(|e| GitError::Failed(format!("cannot give {} to {}: {e}", tmp.display(), self.user.name)))
+            .and_then(|_| {
+                self.run(
+                    Ok(self.build_git(None)),
+                    &["clone", "--quiet", "--no-checkout", "--no-hardlinks", "--", mirror, &tmp_str],
+                    "clone <mirror>",
+                )
+            })
+            .and_then(|_| self.run(Ok(self.build_git(Some(&tmp))), &["config", "remote.origin.url", url], "config remote.origin.url"));
+        finish(result, &tmp, dir)
     }
 }
 
+/// A failed fetch of the branch is no failure yet (the sha may be there);
+/// a timeout or an abort is.
+fn soft(result: Result<String, GitError>) -> Result<(), GitError> {
+    match result {
+        Ok(_) | Err(GitError::Failed(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A fresh temporary name in `dir`.
+fn beside(dir: &Path, what: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    dir.join(format!(".{what}-{}-{nanos}", std::process::id()))
+}
+
+/// Moves a finished clone into place, or removes the unfinished one.
+fn finish(result: Result<String, GitError>, tmp: &Path, to: &Path) -> Result<(), GitError> {
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(tmp);
+        return Err(e);
+    }
+    std::fs::rename(tmp, to).map_err(|e| GitError::Failed(format!("cannot move the clone into {}: {e}", to.display())))
+}
+
+/// A directory the build user may pass through but not write.
+fn make_dir(dir: &Path) -> Result<(), GitError> {
+    let fail = |e: std::io::Error| GitError::Failed(format!("cannot create {}: {e}", dir.display()));
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Removes a tree (symlinks inside are removed, never followed).
 fn remove(dir: &Path) -> Result<(), GitError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(GitError(format!("cannot wipe {}: {e}", dir.display()))),
+        Err(e) => Err(GitError::Failed(format!("cannot wipe {}: {e}", dir.display()))),
     }
 }
 
@@ -166,17 +369,6 @@ pub fn scrub_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// Removes every credential from a message.
-pub fn scrub(text: &str, creds: &GitCredentials) -> String {
-    let mut out = text.to_string();
-    for secret in [&creds.password, &creds.username].into_iter().flatten() {
-        if secret.len() >= 3 {
-            out = out.replace(secret.as_str(), "***");
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -198,6 +390,17 @@ mod tests {
     }
 
     #[test]
+    fn mirrors_never_collide_with_checkouts() {
+        let m = mirror_dir(Path::new("/cache"), "acme/app", "https://h/acme/app.git");
+        assert_eq!(m.parent(), checkout_dir(Path::new("/cache"), "acme/app", "main").parent());
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".mirror-") && name.ends_with(".git"), "{name}");
+        // Branch names that look like it are encoded: a leading `.` never survives.
+        assert!(encode(&name).starts_with("%2E"));
+        assert_ne!(m, mirror_dir(Path::new("/cache"), "acme/app", "https://evil/acme/app.git"));
+    }
+
+    #[test]
     fn long_names_stay_short_and_distinct() {
         let a = encode(&"x".repeat(1000));
         let b = encode(&format!("{}y", "x".repeat(999)));
@@ -206,9 +409,8 @@ mod tests {
     }
 
     #[test]
-    fn urls_and_messages_are_scrubbed() {
+    fn urls_are_scrubbed() {
         assert_eq!(scrub_url("https://u:pw@host/r.git"), "https://***@host/r.git");
-        let creds = GitCredentials { username: Some("bob".into()), password: Some("s3cret".into()), netrc: None };
-        assert_eq!(scrub("auth s3cret for bob", &creds), "auth *** for ***");
+        assert_eq!(scrub_url("https://host/r.git"), "https://host/r.git");
     }
 }

@@ -1,10 +1,15 @@
 //! Builds that misbehave: a step that forks a daemon out of its process group, one that closes
-//! its stdout early, one that fills the disk of its workspace, one that never ends. Each build
-//! ends with a status, the slave stays up, and the next build on the same slave runs and passes.
+//! its stdout early, one that fills the disk of its workspace, one that never ends, a git server
+//! that accepts and never answers. Each build ends with a status, the slave stays up, and the
+//! next build on the same slave runs and passes; a slave stopped mid-clone exits.
 
 use crate::harness::*;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// One slave (so "the next build" is on the same slave); `slave_env` applied last.
 fn backend(slave_env: &[(&str, &str)]) -> Backend {
@@ -110,9 +115,10 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     let b = backend(&[]);
     let repo = "misbehave/fill";
     let yml = "step: fill\nshell: head -c 50M /dev/zero > big\n";
-    // The repository's whole cache directory on an 8 MiB tmpfs: a full disk for its workspace
-    // only, not for the machine.
-    let dir = b.slaves[0].cache.join(ci_backend::workspace::encode(repo));
+    // The repository's whole cache directory (its mirror and checkouts) on an 8 MiB tmpfs: a full
+    // disk for its workspace only, not for the machine. README: `<SLAVE_CACHE>/<repo>/<branch>`,
+    // names encoded (`/` as %2F).
+    let dir = b.slaves[0].cache.join("misbehave%2Ffill");
     let tmpfs = Tmpfs::mount(&dir, "8m");
     let (git, build) = first_build(&b, repo, yml);
     let other = b.repo("misbehave/other");
@@ -125,7 +131,7 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     }
     assert_eq!(build.state, "failed", "{:#?}", build.log);
     line_like(&build, "[failed] head -c 50M /dev/zero > big (", "exit code 1)");
-    let big = ci_backend::workspace::checkout_dir(&b.slaves[0].cache, repo, "main").join("big");
+    let big = dir.join("main/big");
     let size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
     assert!(size > 4 << 20 && size < 8 << 20, "the step filled {size} bytes of an 8 MiB disk");
 
@@ -142,7 +148,13 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     git.push();
     let id = b.hook.push_ok(&git, &sha);
     let full = wait_build(&b.redis, &id, LONG);
-    eprintln!("the build on the full disk: {} {:?}", full.state, full.log);
+    // Nothing can be written there: the fetch of the new commit into the repository's mirror (on
+    // the same disk) fails with the system's ENOSPC message, quoted from git's stderr.
+    assert_eq!(full.state, "failed", "{:#?}", full.log);
+    assert_eq!(full.log.len(), 2, "{:#?}", full.log);
+    assert_eq!(full.log[0], format!("- commit {}", &sha[..10]));
+    let why = format!("* checkout failed: git fetch origin {sha} failed (exit code 128): ");
+    assert!(full.log[1].starts_with(&why) && full.log[1].contains("No space left on device"), "{:#?}", full.log);
     // ...and a re-run on a fresh clone (X-Reset frees the disk) passes.
     let r = b.hook.post(&format!("/build/{repo}"), &[("Authorization", &format!("Bearer {}", b.hook.token)), ("X-Reset", "true")], b"");
     assert_eq!(r.code, 202, "{r}");
@@ -180,4 +192,144 @@ fn a_step_that_never_ends_times_out_and_the_next_build_passes() {
         });
     }
     next_build_passes(&b, &git, &build);
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections, keeps them open and never answers (git's
+/// smart-HTTP client then waits for the ref advertisement forever).
+struct Silent {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, stop, held) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(vec![])));
+        let (a, s, h) = (Arc::clone(&accepted), Arc::clone(&stop), Arc::clone(&held));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    h.lock().unwrap().push(conn);
+                }
+            }
+        });
+        Silent { port, accepted, stop, held }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/x.git", self.port)
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.held.lock().unwrap().clear();
+    }
+}
+
+/// A push of `repo` whose clone URL is `url` (for a commit that exists nowhere), built to the end.
+fn push_url(b: &Backend, repo: &str, url: &str) -> String {
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let body = github_push(repo, url, "main", sha, "never fetched", "main").to_string();
+    let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+    assert_eq!(r.code, 202, "{r}");
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// `(pid, ppid, comm)` of every process, from /proc/<pid>/stat.
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let ppid = stat[close + 1..].split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        out.push((pid, ppid, stat[open + 1..close].to_string()));
+    }
+    out
+}
+
+/// The git processes among the descendants of `root`.
+fn git_descendants(root: u32) -> Vec<(u32, String)> {
+    let all = processes();
+    let mut family = vec![root];
+    let mut i = 0;
+    while i < family.len() {
+        let parent = family[i];
+        family.extend(all.iter().filter(|(_, pp, _)| *pp == parent).map(|(p, _, _)| *p));
+        i += 1;
+    }
+    all.into_iter().filter(|(p, _, c)| family[1..].contains(p) && c.starts_with("git")).map(|(p, _, c)| (p, c)).collect()
+}
+
+#[test]
+fn a_git_server_that_never_answers_times_out_the_build_and_the_next_build_passes() {
+    let b = backend(&[("SLAVE_BUILD_TIMEOUT", "3")]);
+    let server = Silent::start();
+    let started = Instant::now();
+    let id = push_url(&b, "misbehave/silent", &server.url());
+    // Without a deadline on git this never ends: the wait's own deadline is the bound.
+    let build = wait_build(&b.redis, &id, Duration::from_secs(60));
+    let took = started.elapsed();
+    assert!(server.accepted.load(Ordering::SeqCst) >= 1, "git never connected: nothing was tested");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    assert_eq!(
+        build.log,
+        vec!["- commit 0123456789".to_string(), format!("* checkout failed: git clone {} timed out after 3 seconds", server.url())]
+    );
+    assert!(took < Duration::from_secs(30), "the build took {took:?} with SLAVE_BUILD_TIMEOUT=3");
+    // No git left behind, and the slave builds on.
+    assert_eq!(git_descendants(b.slaves[0].pid()), vec![], "git processes left running");
+    let git = b.repo("misbehave/after-silent");
+    git.write("integration.yml", "step: first\nshell: \"true\"\n");
+    let sha = git.commit("first");
+    git.push();
+    let id = b.hook.push_ok(&git, &sha);
+    let first = wait_build(&b.redis, &id, LONG);
+    assert_eq!(first.state, "passed", "{:#?}", first.log);
+    next_build_passes(&b, &git, &first);
+}
+
+#[test]
+fn sigterm_stops_a_slave_stuck_in_a_clone_and_its_git_processes() {
+    let mut b = backend(&[("SLAVE_GRACE", "1")]);
+    let server = Silent::start();
+    let id = push_url(&b, "misbehave/stuck", &server.url());
+    let slave = b.slaves[0].pid();
+    let gits = wait_for("git to connect to the silent server", LONG, || {
+        let gits = git_descendants(slave);
+        if server.accepted.load(Ordering::SeqCst) >= 1 && gits.iter().any(|(_, c)| c.starts_with("git-remote-h")) {
+            Ok(gits)
+        } else {
+            Err(format!("accepted={} gits={gits:?}", server.accepted.load(Ordering::SeqCst)))
+        }
+    });
+    b.slaves[0].term();
+    let status = b.slaves[0].proc.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "the slave exited with {status}");
+    let log = b.slaves[0].log();
+    let aborted = events(&log, "build.aborted");
+    assert_eq!(aborted.len(), 1, "{log}");
+    assert_eq!(kv(aborted[0], "id").as_deref(), Some(id.as_str()), "{}", aborted[0]);
+    for (pid, comm) in gits {
+        wait_for(&format!("{comm} ({pid}) to be gone"), Duration::from_secs(5), || {
+            if process_gone(pid) {
+                Ok(())
+            } else {
+                Err(std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " "))
+            }
+        });
+    }
+    // Stopped, not failed: the job stays in the slave's in-progress list and runs again.
+    assert_eq!(read_build(&b.redis, &id).unwrap().state, "running");
+    assert_eq!(b.redis.lrange("ci:working:slave:0"), vec![id]);
 }

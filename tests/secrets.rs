@@ -2,12 +2,15 @@
 //! never appear in a log line (the `hook.token` startup line shows a fingerprint), an HTTP answer (status
 //! text and JSON, errors, metrics), or a build's environment; values a step lists under
 //! `secrets:` are masked as `***` in the recorded log, multi-line values line by line.
+//! Git credentials go to their own host over https only, never over http nor to another host,
+//! and a step cannot reach them: not in any environment it can read, not in a file it can open.
+//! Steps run as `nobody` when the slave is root; a slave that is not root is not dumpable.
 
 use crate::harness::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,9 +65,10 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// An HTTP server on 127.0.0.1 that answers every request `401` with a Basic challenge and keeps
-/// the `Authorization` headers it was sent (so the test sees the slave's git use its password).
+/// the `Authorization` headers it was sent (so the test sees what the slave's git would give it).
 struct Unauthorized {
     port: u16,
+    requests: Arc<AtomicUsize>,
     auth: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -75,8 +79,9 @@ impl Unauthorized {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let auth = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen, halt) = (Arc::clone(&auth), Arc::clone(&stop));
+        let (seen, count, halt) = (Arc::clone(&auth), Arc::clone(&requests), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming().take(100) {
                 if halt.load(Ordering::SeqCst) {
@@ -87,8 +92,11 @@ impl Unauthorized {
                 let mut reader = BufReader::new(conn.try_clone().unwrap());
                 let mut line = String::new();
                 while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
-                    if let Some(v) = line.strip_prefix("Authorization: ").or_else(|| line.strip_prefix("authorization: ")) {
-                        seen.lock().unwrap().push(v.trim().to_string());
+                    if line.starts_with("GET ") || line.starts_with("POST ") {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if line.to_ascii_lowercase().starts_with("authorization:") {
+                        seen.lock().unwrap().push(line["authorization:".len()..].trim().to_string());
                     }
                     line.clear();
                 }
@@ -97,7 +105,12 @@ impl Unauthorized {
                 );
             }
         });
-        Unauthorized { port, auth, stop, thread: Some(thread) }
+        Unauthorized { port, requests, auth, stop, thread: Some(thread) }
+    }
+
+    /// What git sent: `(requests, Authorization headers)`.
+    fn seen(&self) -> (usize, Vec<String>) {
+        (self.requests.load(Ordering::SeqCst), self.auth.lock().unwrap().clone())
     }
 }
 
@@ -156,17 +169,13 @@ fn token_git_password_and_redis_password_never_leak() {
     assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", &s.redis_password]), Resp::Simple("OK".into()));
     let url = format!("redis://:{}@127.0.0.1:{}/0", s.redis_password, redis.port);
     let hook = Hook::start(&redis, &[("REDIS_URL", &url), ("HOOK_TOKEN", &s.token), ("HOOK_MAX_BODY", "262144")]);
+    // A git server over plain http; the slave's credentials are for the same host and port, over
+    // https.
+    let server = Unauthorized::start();
+    let creds = format!("https://{}:{}@127.0.0.1:{}", s.git_user, s.git_password, server.port);
     // The slave has every secret in its environment (operators share env files).
-    let slave = Slave::start(
-        &redis,
-        &[
-            ("REDIS_URL", &url),
-            ("GIT_USERNAME", &s.git_user),
-            ("GIT_PASSWORD", &s.git_password),
-            ("HOOK_TOKEN", &s.token),
-            ("SLAVE_BUILD_TIMEOUT", "60"),
-        ],
-    );
+    let slave =
+        Slave::start(&redis, &[("REDIS_URL", &url), ("GIT_CREDENTIALS", &creds), ("HOOK_TOKEN", &s.token), ("SLAVE_BUILD_TIMEOUT", "60")]);
     hook.wait_slaves("slave", 1);
     let mut answers: Vec<(String, Response)> = vec![];
     let mut keep = |what: &str, r: Response| {
@@ -197,9 +206,8 @@ fn token_git_password_and_redis_password_never_leak() {
     }
     assert_clean(&s.all(), "the build's environment (`env` with debug)", &lines.join("\n"));
 
-    // 2. git over http with the credentials: the password reaches git (Authorization header)
-    //    and nothing else; the failed clone's message does not carry it.
-    let server = Unauthorized::start();
+    // 2. A clone over plain http from the host the credentials are for (over https): git asks,
+    //    gets a 401, and no credentials are sent; the failed clone's message names the URL.
     let private_url = format!("http://127.0.0.1:{}/leak/private.git", server.port);
     let body = github_push("leak/private", &private_url, "main", &env_sha, "private", "main").to_string();
     let r = keep("push (private)", hook.send_github("/", "push", body.as_bytes(), &[]));
@@ -207,10 +215,11 @@ fn token_git_password_and_redis_password_never_leak() {
     let build = finished(&hook, "leak/private", r.json()["id"].as_str().unwrap());
     let lines = log_lines(&build);
     assert_eq!(build["state"], json!("failed"), "{lines:#?}");
-    assert!(lines.iter().any(|l| l.starts_with("* checkout failed: ")), "{lines:#?}");
-    let expected = format!("Basic {}", base64(format!("{}:{}", s.git_user, s.git_password).as_bytes()));
-    let sent = server.auth.lock().unwrap().clone();
-    assert!(sent.contains(&expected), "git never sent the configured credentials; Authorization headers seen: {sent:?}");
+    let why = format!("* checkout failed: git clone {private_url} failed (exit code 128): ");
+    assert!(lines.len() == 2 && lines[1].starts_with(&why), "{lines:#?}");
+    let (requests, sent) = server.seen();
+    assert!(requests >= 1, "git never asked the http server: nothing was tested");
+    assert_eq!(sent, Vec::<String>::new(), "credentials for https://127.0.0.1:{} went over http", server.port);
     drop(server);
 
     // 3. Every kind of answer the hook gives.
@@ -230,14 +239,20 @@ fn token_git_password_and_redis_password_never_leak() {
     assert_eq!(r.code, 400, "{r}");
     let r = keep("too large", hook.send_github("/", "push", "x".repeat(300_000).as_bytes(), &[]));
     assert_eq!(r.code, 413, "{r}");
-    keep("ping", hook.get("/ping"));
-    keep("metrics", hook.get("/metrics"));
-    keep("status text", hook.get("/status/leak/env"));
-    keep("status json", hook.get_json("/status/leak/env"));
-    keep("status private", hook.get("/status/leak/private"));
-    keep("status 404", hook.get("/status/leak/none"));
-    keep("no route", hook.get("/nope"));
-    keep("put", http(hook.addr, "PUT", "/", &[], b""));
+    // Each answer's code as README's API table gives it.
+    for (what, r, code) in [
+        ("ping", hook.get("/ping"), 200),
+        ("metrics", hook.get("/metrics"), 200),
+        ("status text", hook.get("/status/leak/env"), 200),
+        ("status json", hook.get_json("/status/leak/env"), 200),
+        ("status private", hook.get("/status/leak/private"), 412),
+        ("status 404", hook.get("/status/leak/none"), 404),
+        ("no route", hook.get("/nope"), 404),
+        ("put", http(hook.addr, "PUT", "/", &[], b""), 405),
+    ] {
+        let r = keep(what, r);
+        assert_eq!(r.code, code, "{what}: {r}");
+    }
     let bearer = format!("Bearer {}", s.token);
     let r = keep("build bearer", hook.post("/build/leak/env", &[("Authorization", &bearer)], b""));
     assert_eq!(r.code, 202, "{r}");
@@ -253,8 +268,11 @@ fn token_git_password_and_redis_password_never_leak() {
         hook.post("/", &[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &right_sig)], good.as_bytes()),
     );
     assert_eq!(r.code, 503, "{r}");
-    keep("status while redis is down", hook.get("/status/leak/env"));
-    keep("metrics while redis is down", hook.get("/metrics"));
+    let r = keep("status while redis is down", hook.get("/status/leak/env"));
+    assert_eq!(r.code, 503, "{r}");
+    // /metrics answers without Redis (ci_redis_up 0).
+    let r = keep("metrics while redis is down", hook.get("/metrics"));
+    assert_eq!(r.code, 200, "{r}");
     wait_for("the slave to log redis.unreachable", DEADLINE, || {
         if events(&slave.log(), "redis.unreachable").is_empty() {
             Err(tail(&slave.proc.out, 3))
@@ -275,7 +293,8 @@ fn token_git_password_and_redis_password_never_leak() {
     let bad_hook = Hook::start(&redis, &[("REDIS_URL", &wrong_url), ("HOOK_TOKEN", &s.token)]);
     let r = keep("push with a wrong redis password", bad_hook.send_github("/", "push", good.as_bytes(), &[]));
     assert_eq!(r.code, 503, "{r}");
-    keep("metrics with a wrong redis password", bad_hook.get("/metrics"));
+    let r = keep("metrics with a wrong redis password", bad_hook.get("/metrics"));
+    assert_eq!(r.code, 200, "{r}");
 
     // Nothing in any answer...
     let mut all = s.all().to_vec();
@@ -336,4 +355,318 @@ fn secret_values_are_masked_in_the_recorded_log_multi_line_included() {
     assert_clean(&values, "GET /status (JSON)", &hook.get_json("/status/leak/masked").text());
     assert_clean(&values, "the slave's log", &slave.log());
     assert_clean(&values, "the hook's log", &hook.log());
+}
+
+/// A fresh password (unique per test) and its two halves: a step greps for the joined halves, so
+/// that its own environment (which holds the halves) does not match.
+fn password() -> (String, String, String) {
+    let u = delivery_id().replace('-', "");
+    let (a, b) = (format!("gitpw{}", &u[..8]), u[8..20].to_string());
+    (format!("{a}{b}"), a, b)
+}
+
+/// Every regular file under `dir` (symlinks not followed) that holds `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                todo.push(e.path());
+            } else if t.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push(e.path().display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The output lines (`debug: true`) of a build, without their prefix.
+fn output(build: &Build) -> Vec<String> {
+    build.log.iter().filter_map(|l| l.strip_prefix("[passed]   . ")).map(String::from).collect()
+}
+
+/// A step that looks for the password everywhere it can: every process's environment and
+/// command line, its own environment, the cache (files and `.netrc`), the credentials file, the
+/// slave's own /proc entry. The pattern reaches grep through a descriptor (`-f <(...)`), so that
+/// no command line of the step holds the joined password.
+fn snooping_yml(half1: &str, half2: &str, cache: &Path, file: &Path) -> String {
+    let grep = "grep -c -F -f <(printf '%s%s\\n' \"$HALF1\" \"$HALF2\")";
+    format!(
+        "step: snoop\ndebug: true\nenv:\n  HALF1: {half1}\n  HALF2: {half2}\n  CACHE: {}\n  FILE: {}\nshell:\n\
+         \x20 - id -un\n\
+         \x20 - cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | {grep} || true\n\
+         \x20 - cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | {grep} || true\n\
+         \x20 - env | {grep} || true\n\
+         \x20 - find \"$CACHE\" -name .netrc 2>/dev/null | wc -l\n\
+         \x20 - grep -rl -F -f <(printf '%s%s\\n' \"$HALF1\" \"$HALF2\") \"$CACHE\" 2>/dev/null | wc -l\n\
+         \x20 - cat \"$FILE\" 2>/dev/null | {grep} || true\n\
+         \x20 - if cat /proc/$PPID/environ > /dev/null 2>&1; then echo slave-environ-readable; else echo slave-environ-unreadable; fi\n",
+        cache.display(),
+        file.display()
+    )
+}
+
+/// What the snooping step must print: the build user, then nothing found anywhere.
+fn snooped_nothing() -> Vec<String> {
+    let mut want = vec![build_user()];
+    want.extend(["0", "0", "0", "0", "0", "0"].map(String::from));
+    want.push("slave-environ-unreadable".into());
+    want
+}
+
+/// The slave's /proc/<pid>/environ as the test (root, or the slave's own user) can read it.
+fn assert_environ_clean(pid: u32, password: &str) {
+    match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(env) => {
+            let env = String::from_utf8_lossy(&env);
+            assert!(!env.contains(password), "the password is in /proc/{pid}/environ");
+            assert!(!env.contains("GIT_CREDENTIALS="), "GIT_CREDENTIALS is in /proc/{pid}/environ");
+            assert!(env.contains("SLAVE_CREDENTIALS_FD="), "the slave did not restart without its credentials: {env}");
+        }
+        // Not root, and the slave is not dumpable: its environ is root's.
+        Err(e) => assert!(!is_root() && e.kind() == std::io::ErrorKind::PermissionDenied, "{e}"),
+    }
+}
+
+#[test]
+fn a_step_cannot_reach_the_git_credentials() {
+    let (pw, half1, half2) = password();
+    let redis = Redis::start();
+    let file = redis.root.join("git-credentials");
+    std::fs::write(&file, format!("https://file-user:{pw}@git.example.invalid/acme\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let hook = Hook::start(&redis, &[]);
+    // A cache where an older version copied GIT_NETRC.
+    let cache = redis.root.join("cache");
+    std::fs::create_dir_all(cache.join(".git-home")).unwrap();
+    std::fs::write(cache.join(".git-home/.netrc"), format!("machine git.example.invalid login ci password {pw}\n")).unwrap();
+    let inline = format!("https://ci-user:{pw}@git.example.invalid https://ci-user:{pw}@127.0.0.1:1");
+    let env =
+        [("GIT_CREDENTIALS", inline.as_str()), ("GIT_CREDENTIALS_FILE", file.to_str().unwrap()), ("SLAVE_CACHE", cache.to_str().unwrap())];
+    let slave = Slave::start(&redis, &env);
+    hook.wait_slaves("slave", 1);
+    assert!(!cache.join(".git-home").exists(), "the old netrc copy is still there");
+    assert_eq!(events(&slave.log(), "slave.cleanup").len(), 1, "{}", slave.log());
+    let yml = snooping_yml(&half1, &half2, &slave.cache, &file);
+    let (git, sha) = repo_with(&redis.root, "acme/snoop", &yml);
+    let id = hook.push_ok(&git, &sha);
+    let build = wait_build(&redis, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    let mut want = snooped_nothing();
+    if !is_root() {
+        // Tests run as a normal user: the slave and its steps are that user, the owner of the
+        // credentials file (README: give credentials to slaves running as root).
+        want[6] = "1".into();
+    }
+    assert_eq!(output(&build), want, "{:#?}", build.log);
+    assert_environ_clean(slave.pid(), &pw);
+    assert_eq!(files_holding(&slave.cache, &pw), Vec::<String>::new(), "files in the cache hold the password");
+    assert!(!slave.log().contains(&pw), "the slave's log holds the password");
+    let line = events(&slave.log(), "slave.isolation").first().map(|l| l.to_string()).unwrap_or_default();
+    assert_eq!(kv(&line, "build_user"), Some(build_user()), "{line}");
+    assert_eq!(kv(&line, "credentials_for").as_deref(), Some("git.example.invalid,127.0.0.1:1,git.example.invalid/acme"), "{line}");
+}
+
+#[test]
+fn git_credentials_go_to_no_other_host() {
+    let (pw, ..) = password();
+    let b = Backend::start(0, &[], &[]);
+    let other = Unauthorized::start();
+    let slave = Slave::start(&b.redis, &[("GIT_CREDENTIALS", &format!("https://ci-user:{pw}@git.example.invalid"))]);
+    b.hook.wait_slaves("slave", 1);
+    for url in [format!("http://127.0.0.1:{}/acme/x.git", other.port), format!("http://localhost:{}/acme/x.git", other.port)] {
+        let body = github_push("acme/x", &url, "main", &"a".repeat(40), "x", "main").to_string();
+        let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+        assert_eq!(r.code, 202, "{r}");
+        let build = wait_build(&b.redis, r.json()["id"].as_str().unwrap(), LONG);
+        assert_eq!(build.state, "failed", "{:#?}", build.log);
+        assert!(build.log[1].starts_with(&format!("* checkout failed: git clone {url} failed (exit code 128): ")), "{:#?}", build.log);
+    }
+    let (requests, sent) = other.seen();
+    assert!(requests >= 2, "git asked the server {requests} times: nothing was tested");
+    assert_eq!(sent, Vec::<String>::new(), "credentials went to a host they are not for");
+    assert!(!slave.log().contains(&pw));
+}
+
+/// Runs the slave binary with `env` until it exits (it must, at startup); its code and stderr.
+fn slave_refuses(env: &[(&str, &str)]) -> (i32, String) {
+    let dir = fresh_dir(&test_name());
+    let mut cmd = std::process::Command::new(bin("slave"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GIT_") || k.starts_with("SLAVE_") || k.starts_with("REDIS") {
+            cmd.env_remove(k);
+        }
+    }
+    let err = dir.join("stderr");
+    cmd.envs(env.iter().copied())
+        .env("SLAVE_CACHE", dir.join("cache"))
+        .env("REDIS_URL", "redis://127.0.0.1:1/0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let status = wait_for("the slave to refuse to start", DEADLINE, || child.try_wait().unwrap().ok_or("running".to_string()));
+    let text = std::fs::read_to_string(&err).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn unsafe_credential_settings_stop_the_slave_at_startup() {
+    let (pw, ..) = password();
+    for name in ["GIT_USERNAME", "GIT_PASSWORD", "GIT_NETRC"] {
+        let (code, err) = slave_refuses(&[(name, &pw)]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.starts_with(&format!("slave: {name} is no longer read: ")), "{name}: {err}");
+        assert!(err.contains("GIT_CREDENTIALS='https://<user>:<token>@<host>'"), "{err}");
+        assert!(!err.contains(&pw), "{err}");
+    }
+    let (code, err) = slave_refuses(&[("GIT_CREDENTIALS", &format!("http://ci-user:{pw}@git.example.com"))]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("slave: GIT_CREDENTIALS, entry 1: http:// is refused"), "{err}");
+    assert!(!err.contains(&pw), "{err}");
+    let dir = fresh_dir(&test_name());
+    let file = dir.join("creds");
+    std::fs::write(&file, format!("https://ci-user:{pw}@git.example.com\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, err) = slave_refuses(&[("GIT_CREDENTIALS_FILE", file.to_str().unwrap())]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("mode 0644 lets other users read it; give it mode 0400 or 0600"), "{err}");
+    assert!(!err.contains(&pw), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_slave_that_is_not_root_runs_steps_as_itself_and_keeps_its_environ() {
+    let (pw, half1, half2) = password();
+    let redis = Redis::start();
+    let hook = Hook::start(&redis, &[]);
+    // Root runs this slave as nobody: a slave that is not root.
+    let nobody = is_root().then_some((65534, 65534));
+    let home = redis.root.join("nobody-home");
+    std::fs::create_dir_all(&home).unwrap();
+    if let Some((uid, gid)) = nobody {
+        std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    }
+    let inline = format!("https://ci-user:{pw}@git.example.invalid");
+    let slave = Slave::start_as(&redis, &[("GIT_CREDENTIALS", &inline), ("HOME", home.to_str().unwrap())], nobody);
+    hook.wait_slaves("slave", 1);
+    let yml = snooping_yml(&half1, &half2, &slave.cache, &redis.root.join("none"));
+    let (git, sha) = repo_with(&redis.root, "acme/not-root", &yml);
+    if nobody.is_some() {
+        // git refuses a local repository of another user (safe.directory).
+        run(std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(&git.bare));
+    }
+    let id = hook.push_ok(&git, &sha);
+    let build = wait_build(&redis, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    let mut want = snooped_nothing();
+    want[0] = if nobody.is_some() { "nobody".into() } else { build_user() };
+    assert_eq!(output(&build), want, "{:#?}", build.log);
+    assert_environ_clean(slave.pid(), &pw);
+    let log = slave.log();
+    let line = events(&log, "slave.isolation").first().map(|l| l.to_string()).unwrap_or_default();
+    assert_eq!(kv(&line, "switch").as_deref(), Some("false"), "{line}");
+    assert_eq!(events(&log, "slave.credentials_shared").len(), 1, "no warning that steps share the slave's user:\n{log}");
+}
+
+/// A TLS server (`openssl s_server`, which prints what a client sends and sends what it is
+/// given) on 127.0.0.1 with a fresh self-signed certificate for that address.
+struct TlsServer {
+    port: u16,
+    cert: std::path::PathBuf,
+    out: std::path::PathBuf,
+    stdin: Option<std::process::ChildStdin>,
+    child: std::process::Child,
+}
+
+impl TlsServer {
+    fn start(dir: &Path) -> TlsServer {
+        let (key, cert, out) = (dir.join("tls.key"), dir.join("tls.crt"), dir.join("tls.out"));
+        run(std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null()));
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let stdin = child.stdin.take();
+        let server = TlsServer { port, cert, out, stdin, child };
+        server.wait_until("s_server to listen", |out| out.contains("ACCEPT"));
+        server
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        wait_for(what, LONG, || {
+            let out = self.output();
+            if done(&out) {
+                Ok(out)
+            } else {
+                Err(out.lines().last().unwrap_or("").to_string())
+            }
+        })
+    }
+
+    fn send(&mut self, bytes: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn git_credentials_reach_their_own_https_host() {
+    let (pw, ..) = password();
+    let b = Backend::start(0, &[], &[]);
+    let mut tls = TlsServer::start(b.root());
+    let creds = format!("https://ci-user:{pw}@127.0.0.1:{}/acme https://other-user:{pw}x@127.0.0.1:{}/other", tls.port, tls.port);
+    let cainfo = tls.cert.to_string_lossy().into_owned();
+    let slave = Slave::start(&b.redis, &[("GIT_CREDENTIALS", &creds), ("GIT_SSL_CAINFO", &cainfo)]);
+    b.hook.wait_slaves("slave", 1);
+    let url = format!("https://127.0.0.1:{}/acme/app.git", tls.port);
+    let body = github_push("acme/app", &url, "main", &"b".repeat(40), "app", "main").to_string();
+    let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+    assert_eq!(r.code, 202, "{r}");
+    // git asks without credentials first; the 401 makes it ask its helper.
+    let first = "GET /acme/app.git/info/refs?service=git-upload-pack HTTP/1.1\r\n";
+    tls.wait_until("git's first request", |out| out.split(first).nth(1).is_some_and(|rest| rest.contains("\r\n\r\n")));
+    tls.send("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"ci\"\r\nContent-Length: 0\r\n\r\n");
+    let out =
+        tls.wait_until("git's request with credentials", |out| out.split("Authorization: ").nth(1).is_some_and(|r| r.contains("\r\n\r\n")));
+    let sent: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("Authorization: ")).map(str::trim_end).collect();
+    let want = format!("Basic {}", base64(format!("ci-user:{pw}").as_bytes()));
+    assert_eq!(sent, vec![want.as_str()], "the credential of the longest matching path, once");
+    tls.send("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    let build = wait_build(&b.redis, r.json()["id"].as_str().unwrap(), LONG);
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    assert!(build.log[1].starts_with(&format!("* checkout failed: git clone {url} failed (exit code 128): ")), "{:#?}", build.log);
+    assert!(!build.log_text().contains(&pw) && !slave.log().contains(&pw), "{:#?}", build.log);
 }

@@ -1,7 +1,7 @@
-//! `slave`: reads its configuration, starts the logger, handles signals and
-//! runs the worker loop.
+//! `slave`: takes its credentials out of the environment, reads its
+//! configuration, starts the logger, handles signals and runs the worker loop.
 
-use ci_backend::{config, logging, worker};
+use ci_backend::{build_user, config, credentials, logging, worker};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,14 +10,29 @@ fn main() {
         print!("{}", config::help("slave", "ci-backend build worker", config::SLAVE_SETTINGS));
         return;
     }
+    // First, while this is the only thread: may restart the process.
+    let git = credentials::take().unwrap_or_else(|e| exit(2, &e));
+    build_user::protect_self().unwrap_or_else(|e| exit(1, &e));
     logging::init();
-    let config = match config::SlaveConfig::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("slave: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = config::SlaveConfig::from_env(git).unwrap_or_else(|e| exit(2, &e.to_string()));
+    let user = &config.build_user;
+    let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+    let creds = if config.git.is_empty() { "-".to_string() } else { config.git.hosts() };
+    log::info!(
+        "slave.isolation build_user={} uid={} gid={} groups={} switch={} credentials_for={}",
+        logging::quote(&user.name),
+        user.uid,
+        user.gid,
+        if groups.is_empty() { "-".to_string() } else { groups.join(",") },
+        user.switch,
+        logging::quote(&creds)
+    );
+    if !user.switch && !config.git.is_empty() {
+        log::warn!(
+            "slave.credentials_shared user={}: steps run as the slave's own user and can reach its git; run the slave as root so that they run as SLAVE_BUILD_USER",
+            logging::quote(&user.name)
+        );
+    }
     let signals = Arc::new(worker::Signals::default());
     let grace = config.grace;
     let handler_signals = Arc::clone(&signals);
@@ -40,4 +55,9 @@ fn main() {
         log::error!("slave.failed error={}", logging::quote(&e));
         std::process::exit(1);
     }
+}
+
+fn exit(code: i32, why: &str) -> ! {
+    eprintln!("slave: {why}");
+    std::process::exit(code);
 }

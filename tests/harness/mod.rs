@@ -39,13 +39,38 @@ pub fn test_name() -> String {
     std::thread::current().name().unwrap_or("test").to_string()
 }
 
-/// A fresh, empty, numbered directory for one test.
+/// A fresh, empty, numbered directory for one test. Writable by everyone, like /tmp (sticky):
+/// when the tests run as root, the slaves run build steps as `nobody`, and steps write marks
+/// and pid files here.
 pub fn fresh_dir(name: &str) -> PathBuf {
     let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let root = std::env::temp_dir().join("ci-backend-tests").join(format!("{}-{:03}-{}", std::process::id(), next(), safe));
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+    world_writable(&root);
     root
+}
+
+/// `chmod 1777`.
+pub fn world_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o1777)).unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+}
+
+/// Whether the tests run as root (then the slaves run steps as `nobody`).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The user build steps run as: `nobody` when the tests (and so the slaves) run as root, else
+/// the tests' own user (`id -un`).
+pub fn build_user() -> String {
+    if is_root() {
+        "nobody".into()
+    } else {
+        run(Command::new("id").arg("-un")).trim().to_string()
+    }
 }
 
 /// Polls `probe` every 20 ms until it returns `Ok`, or panics after `deadline` naming `what`
@@ -913,10 +938,20 @@ impl Slave {
     /// Starts a slave with its own cache dir and `SLAVE_LEASE=2`; `env` is applied last.
     /// Waits for `slave.ready` and reads the claimed index.
     pub fn start(redis: &Redis, env: &[(&str, &str)]) -> Slave {
+        Slave::start_as(redis, env, None)
+    }
+
+    /// The same, the slave running as `(uid, gid)` (tests running as root), its cache theirs.
+    pub fn start_as(redis: &Redis, env: &[(&str, &str)], user: Option<(u32, u32)>) -> Slave {
         let k = next();
         let cache = redis.root.join(format!("slave-{k}-cache"));
         fs::create_dir_all(&cache).unwrap();
         let mut cmd = scrubbed(&bin("slave"));
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            std::os::unix::fs::chown(&cache, Some(uid), Some(gid)).unwrap();
+            cmd.uid(uid).gid(gid);
+        }
         cmd.env("REDIS_URL", redis.url()).env("SLAVE_CACHE", &cache).env("SLAVE_LEASE", "2").current_dir(&redis.root);
         for (key, v) in env {
             cmd.env(key, v);
@@ -1025,6 +1060,7 @@ impl Blocker {
     pub fn new(root: &Path, name: &str) -> Blocker {
         let dir = root.join("blockers");
         fs::create_dir_all(&dir).unwrap();
+        world_writable(&dir);
         Blocker { mark: dir.join(format!("{name}.started")), release: dir.join(format!("{name}.release")) }
     }
 

@@ -1,0 +1,347 @@
+//! One child process under watch, for `runner` (bash snippets) and `workspace`
+//! (git): its own process group, stdin from /dev/null, stdout and stderr read
+//! on threads into bounded buffers, a deadline and an abort flag. When either
+//! is reached the whole group gets SIGTERM, then SIGKILL after a grace; when
+//! the child ends, whatever it left in its group is killed. A `guard` kills
+//! the group if the slave dies or stalls first.
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a group has after SIGTERM before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How often the deadline and the abort flag are looked at.
+const POLL: Duration = Duration::from_millis(100);
+/// Longest output line kept; the rest of a longer line is dropped.
+pub const MAX_LINE: usize = 4096;
+/// Most lines a tail keeps, however short they are.
+pub const MAX_LINES: usize = 8192;
+
+/// How a child ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Its exit code, or 128 + the signal that ended it.
+    Code(i32),
+    TimedOut,
+    /// Stopped because the slave is shutting down, lost its index, or
+    /// stalled past half a lease (its guard killed the group).
+    Aborted,
+    SpawnFailed(String),
+}
+
+/// Where a child's output goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Capture {
+    /// stdout and stderr through one pipe; the last `tail` bytes kept as lines.
+    Merged { tail: usize },
+    /// The first `head` bytes of stdout; the last `tail` bytes of stderr as lines.
+    Split { head: usize, tail: usize },
+}
+
+/// What a child left: how it ended, after how long, its output.
+pub struct Finished {
+    pub exit: Exit,
+    pub elapsed: Duration,
+    /// The merged output's tail, or stderr's.
+    pub output: Tail,
+    /// The head of stdout (`Capture::Split`); empty otherwise.
+    pub stdout: Vec<u8>,
+}
+
+/// The last lines of an output and how many lines came before them.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pub lines: Vec<String>,
+    pub dropped: u64,
+}
+
+/// Runs `cmd` (already given its program, arguments, env, cwd and user) to
+/// its end, the deadline or the abort flag, whichever comes first.
+pub fn run(mut cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool) -> Finished {
+    let started = Instant::now();
+    let failed = |e: String| Finished { exit: Exit::SpawnFailed(e), elapsed: started.elapsed(), output: Tail::default(), stdout: vec![] };
+    let (out_r, out_w) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return failed(format!("pipe: {e}")),
+    };
+    let (err_r, err_w) = match capture {
+        Capture::Merged { .. } => match out_w.try_clone() {
+            Ok(w) => (None, w),
+            Err(e) => return failed(format!("pipe: {e}")),
+        },
+        Capture::Split { .. } => match std::io::pipe() {
+            Ok((r, w)) => (Some(r), w),
+            Err(e) => return failed(format!("pipe: {e}")),
+        },
+    };
+    cmd.stdin(Stdio::null()).stdout(out_w).stderr(err_w).process_group(0);
+    let spawned = cmd.spawn();
+    drop(cmd); // closes our copies of the pipes' write ends
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string()),
+    };
+    let pgid = child.id() as i32;
+    // Kills the group if this slave dies or stalls before the child ends.
+    let guard = crate::guard::watch(pgid);
+
+    let (head_len, tail_len) = match capture {
+        Capture::Merged { tail } => (0, tail),
+        Capture::Split { head, tail } => (head, tail),
+    };
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Collected>();
+    let readers = if err_r.is_some() { 2 } else { 1 };
+    {
+        let tx = done_tx.clone();
+        let split = err_r.is_some();
+        std::thread::spawn(move || {
+            let _ = tx.send(if split { Collected::Head(read_head(out_r, head_len)) } else { Collected::Tail(read_tail(out_r, tail_len)) });
+        });
+    }
+    if let Some(err_r) = err_r {
+        let tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Collected::Tail(read_tail(err_r, tail_len)));
+        });
+    }
+    drop(done_tx);
+    let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+
+    let mut exit = None;
+    while exit.is_none() {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(POLL);
+        match exit_rx.recv_timeout(slice) {
+            Ok(status) => exit = Some(status_exit(status)),
+            Err(_) if abort.load(Ordering::SeqCst) => {
+                kill_group(pgid, &exit_rx);
+                exit = Some(Exit::Aborted);
+            }
+            Err(_) if Instant::now() >= deadline => {
+                kill_group(pgid, &exit_rx);
+                exit = Some(Exit::TimedOut);
+            }
+            Err(_) => {}
+        }
+    }
+    // Whatever the child left running in its group goes with it.
+    signal_group(pgid, libc::SIGKILL);
+    // A guard that fired for want of beats means this slave stalled past half
+    // a lease: the job may be taken over, so this run must not count.
+    if guard.is_ok_and(crate::guard::Guard::finish) {
+        exit = Some(Exit::Aborted);
+    }
+    // A daemon that escaped the group (setsid) may hold a pipe open: keep
+    // what was read by now rather than wait for it.
+    let mut output = Tail::default();
+    let mut stdout = vec![];
+    let grace = Instant::now() + Duration::from_secs(1);
+    for _ in 0..readers {
+        match done_rx.recv_deadline(grace) {
+            Ok(Collected::Tail(t)) => output = t,
+            Ok(Collected::Head(h)) => stdout = h,
+            Err(_) => break,
+        }
+    }
+    Finished { exit: exit.unwrap_or(Exit::Aborted), elapsed: started.elapsed(), output, stdout }
+}
+
+/// What a reader thread hands back.
+enum Collected {
+    Tail(Tail),
+    Head(Vec<u8>),
+}
+
+fn status_exit(status: std::io::Result<ExitStatus>) -> Exit {
+    match status {
+        Ok(s) => Exit::Code(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))),
+        Err(e) => Exit::SpawnFailed(format!("wait: {e}")),
+    }
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group only.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL if the leader is still there after a grace.
+fn kill_group(pgid: i32, exited: &crossbeam_channel::Receiver<std::io::Result<ExitStatus>>) {
+    signal_group(pgid, libc::SIGTERM);
+    if exited.recv_timeout(KILL_GRACE).is_err() {
+        signal_group(pgid, libc::SIGKILL);
+        let _ = exited.recv_timeout(KILL_GRACE);
+    }
+}
+
+/// The first `max` bytes of a stream; the rest is read and thrown away (so
+/// the writer never blocks on a full pipe).
+fn read_head(mut reader: impl Read, max: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn read_tail(mut reader: impl Read, cap: usize) -> Tail {
+    let mut tail = TailBuf::new(cap);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return tail.finish(),
+            Ok(n) => tail.feed(&buf[..n]),
+        }
+    }
+}
+
+/// The last `cap` bytes of a stream, newlines included (so a flood of empty
+/// lines costs a byte each), and how many newlines went by. Memory: at most
+/// twice `cap`. Turned into lines once, at the end.
+pub struct TailBuf {
+    cap: usize,
+    buf: Vec<u8>,
+    newlines: u64,
+    /// The bytes before `buf[0]` were dropped, mid-line.
+    starts_mid_line: bool,
+}
+
+impl TailBuf {
+    pub fn new(cap: usize) -> TailBuf {
+        TailBuf { cap: cap.max(1), buf: Vec::new(), newlines: 0, starts_mid_line: false }
+    }
+
+    pub fn feed(&mut self, data: &[u8]) {
+        self.newlines += count_newlines(data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > 2 * self.cap {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.buf.len() > self.cap {
+            let cut = self.buf.len() - self.cap;
+            self.starts_mid_line = self.buf[cut - 1] != b'\n';
+            self.buf.drain(..cut);
+        }
+    }
+
+    /// The kept lines (each cut at MAX_LINE bytes, `\r` at the end removed,
+    /// invalid UTF-8 replaced), at most MAX_LINES of them; a first line whose
+    /// start was dropped counts as dropped.
+    pub fn finish(mut self) -> Tail {
+        self.trim();
+        let text = self.buf.as_slice();
+        let (body, unterminated) = match text.strip_suffix(b"\n") {
+            Some(body) => (body, false),
+            None => (text, !text.is_empty()),
+        };
+        let total = self.newlines + u64::from(unterminated);
+        // `body` splits into one line more than it has newlines.
+        let mut available = if text.is_empty() { 0 } else { count_newlines(body) as usize + 1 };
+        if self.starts_mid_line {
+            available -= 1;
+        }
+        let keep = available.min(MAX_LINES);
+        let mut lines: Vec<String> = body.rsplit(|b| *b == b'\n').take(keep).map(line_text).collect();
+        lines.reverse();
+        Tail { dropped: total.saturating_sub(lines.len() as u64), lines }
+    }
+}
+
+fn line_text(line: &[u8]) -> String {
+    let line = &line[..line.len().min(MAX_LINE)];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8_lossy(line).into_owned()
+}
+
+/// Counts `\n` bytes eight at a time (a flood of output goes through here, and
+/// test builds are not optimised).
+fn count_newlines(data: &[u8]) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let mut chunks = data.chunks_exact(8);
+    let mut n = 0u64;
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7]]);
+        let x = word ^ 0x0a0a_0a0a_0a0a_0a0a; // zero bytes where '\n' was
+        let zero_high = !(((x & LOW7) + LOW7) | x | LOW7); // high bit set exactly in zero bytes
+        n += u64::from(zero_high.count_ones());
+    }
+    n + chunks.remainder().iter().filter(|b| **b == b'\n').count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(chunks: &[&[u8]], cap: usize) -> Tail {
+        let mut t = TailBuf::new(cap);
+        for c in chunks {
+            t.feed(c);
+        }
+        t.finish()
+    }
+
+    #[test]
+    fn newlines_are_counted_like_a_plain_count() {
+        let data: Vec<u8> = (0..1000u32).map(|i| if i % 7 == 0 || i % 11 == 3 { b'\n' } else { (i % 251) as u8 }).collect();
+        for start in 0..9 {
+            let slice = &data[start..];
+            assert_eq!(count_newlines(slice), slice.iter().filter(|b| **b == b'\n').count() as u64);
+        }
+        assert_eq!(count_newlines(&[0x8a, 0x0b, 0x09, b'\n', 0xff, 0x0a, 0, 0x0a]), 3);
+    }
+
+    #[test]
+    fn lines_are_split_and_the_last_unterminated_one_kept() {
+        let t = tail_of(&[b"a\r\nb\n", b"\nc"], 100);
+        assert_eq!((t.lines, t.dropped), (vec!["a".to_string(), "b".into(), "".into(), "c".into()], 0));
+        let t = tail_of(&[b"\n"], 100);
+        assert_eq!((t.lines, t.dropped), (vec![String::new()], 0));
+        let t = tail_of(&[], 100);
+        assert_eq!((t.lines.len(), t.dropped), (0, 0));
+    }
+
+    #[test]
+    fn empty_lines_cost_a_byte_each_and_are_counted() {
+        let chunk = vec![b'\n'; 64 * 1024];
+        let mut t = TailBuf::new(1000);
+        for _ in 0..100 {
+            t.feed(&chunk);
+            assert!(t.buf.len() <= 2000 + chunk.len());
+        }
+        let t = t.finish();
+        assert_eq!(t.lines.len(), 1000);
+        assert_eq!(t.dropped, 100 * 64 * 1024 - 1000);
+    }
+
+    #[test]
+    fn lines_are_bounded_in_number_too() {
+        let t = tail_of(&[&b"x\n".repeat(50_000)], 1 << 20);
+        assert_eq!((t.lines.len(), t.dropped), (MAX_LINES, 50_000 - MAX_LINES as u64));
+    }
+
+    #[test]
+    fn a_line_cut_at_the_front_is_dropped_and_long_lines_cut() {
+        // The last 10 bytes are "ABCDEF\nxy\n": "ABCDEF" lost its start.
+        let t = tail_of(&[b"0123456789ABCDEF\nxy\n"], 10);
+        assert_eq!((t.lines, t.dropped), (vec!["xy".to_string()], 1));
+        let long = vec![b'a'; MAX_LINE + 10];
+        let t = tail_of(&[&long, b"\nend\n"], 1 << 20);
+        assert_eq!(t.lines[0].len(), MAX_LINE);
+        assert_eq!(t.lines[1], "end");
+    }
+}
