@@ -191,6 +191,8 @@ fn schedule(seed: u64) -> (usize, usize, Duration) {
     let root = redis.root.clone();
     let locks = root.join("locks");
     std::fs::create_dir_all(&locks).unwrap();
+    // Steps run as the build user (`nobody` under root): the lock directory is everybody's.
+    std::fs::set_permissions(&locks, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     let twice = root.join("built-twice-at-once");
     let yml = format!(
         "step: once at a time\nshell: |\n  exec 9>>'{}/'\"$BUILD_ID\"\n  flock -n 9 || {{ echo \"$BUILD_ID\" >> '{}'; exit 1; }}\n  sleep $((RANDOM % 2)).$((RANDOM % 10))\n",

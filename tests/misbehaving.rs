@@ -329,7 +329,8 @@ fn sigterm_stops_a_slave_stuck_in_a_clone_and_its_git_processes() {
             }
         });
     }
-    // Stopped, not failed: the job stays in the slave's in-progress list and runs again.
-    assert_eq!(read_build(&b.redis, &id).unwrap().state, "running");
+    // Stopped, not failed: the job stays in the slave's in-progress list and runs again; the
+    // record is back to `queued` (an abandoned attempt, not a death: SLAVE_MAX_ATTEMPTS).
+    assert_eq!(read_build(&b.redis, &id).unwrap().state, "queued");
     assert_eq!(b.redis.lrange("ci:working:slave:0"), vec![id]);
 }
