@@ -39,11 +39,6 @@ impl Sampler {
     }
 }
 
-/// A repository name whose CRC32 mod `n` is `index`.
-fn name_for(prefix: &str, n: u32, index: u32, skip: usize) -> String {
-    (0..).map(|i| format!("{prefix}/repo-{i}")).filter(|name| crc32(name.as_bytes()) % n == index).nth(skip).unwrap()
-}
-
 #[test]
 fn a_replacement_takes_the_freed_index_and_n_stays_three() {
     let mut b = Backend::start(3, &[], &[]);

@@ -44,11 +44,8 @@ fn issue9_2_a_build_that_kills_its_slave_is_given_up_after_max_attempts() {
     // Steps run as an unprivileged user and cannot `kill -9 $PPID` a root slave; what kills the
     // slave here is the test, the moment the build runs — as the OOM killer would.
     let runs = b.root().join("poison.runs");
-    let git = b.repo("acme/poison");
-    git.write("integration.yml", &format!("step: poison\nshell: |\n  echo run >> '{}'\n  sleep 60\n", runs.display()));
-    let sha = git.commit("kills its slave");
-    git.push();
-    let id = b.hook.push_ok(&git, &sha);
+    let (_, id) =
+        b.queue("acme/poison", &format!("step: poison\nshell: |\n  echo run >> '{}'\n  sleep 60\n", runs.display()), "kills its slave");
 
     // A supervisor, as Marathon or Swarm would be: every time the slave dies, start another.
     let mut deaths = 0;
@@ -82,11 +79,7 @@ fn issue9_2_a_graceful_stop_is_not_counted_as_a_death() {
     let env = [("SLAVE_LEASE", "1"), ("SLAVE_MAX_ATTEMPTS", "1"), ("SLAVE_GRACE", "1")];
     let mut b = Backend::start(1, &[], &env);
     let blocker = Blocker::new(b.root(), "graceful");
-    let git = b.repo("acme/graceful");
-    git.write("integration.yml", &blocker.yml());
-    let sha = git.commit("outlives the grace");
-    git.push();
-    let id = b.hook.push_ok(&git, &sha);
+    let (_, id) = b.queue("acme/graceful", &blocker.yml(), "outlives the grace");
     blocker.wait_started();
     b.slaves[0].term();
     b.slaves[0].proc.wait_exit(DEADLINE);
@@ -107,11 +100,7 @@ fn issue9_6_a_result_redis_refuses_is_stored_as_failed_with_the_reason() {
         "step: big\ndebug: true\nshell:\n  - |\n{}  - \"{print}\"\n  - \"{print}\"\n  - \"{print}\"\n  - \"{print}\"\n",
         indent(&blocker.snippet(), 4)
     );
-    let git = b.repo("acme/oom");
-    git.write("integration.yml", &yml);
-    let sha = git.commit("a result too big for the memory left");
-    git.push();
-    let id = b.hook.push_ok(&git, &sha);
+    let (_, id) = b.queue("acme/oom", &yml, "a result too big for the memory left");
     blocker.wait_started();
     // Leave Redis 300 KB: the full record is refused with OOM, a short one fits.
     let info = b.redis.cli(&["INFO", "memory"]).str().unwrap();
@@ -165,11 +154,6 @@ fn issue9_a_killed_slave_leaves_no_build_running() {
     });
 }
 
-/// A repository name whose CRC32 mod `n` is `index`.
-fn name_for(prefix: &str, n: u32, index: u32) -> String {
-    (0..).map(|i| format!("{prefix}/repo-{i}")).find(|name| crc32(name.as_bytes()) % n == index).unwrap()
-}
-
 #[test]
 fn issue9_a_paused_slave_never_builds_alongside_the_one_that_took_its_job_over() {
     let lease = [("SLAVE_LEASE", "1")];
@@ -184,11 +168,7 @@ fn issue9_a_paused_slave_never_builds_alongside_the_one_that_took_its_job_over()
         runs.display(),
         twice.display()
     );
-    let git = b.repo(&name_for("paused", 2, 1));
-    git.write("integration.yml", &yml);
-    let sha = git.commit("outlives two leases");
-    git.push();
-    let id = b.hook.push_ok(&git, &sha);
+    let (_, id) = b.queue(&name_for("paused", 2, 1, 0), &yml, "outlives two leases");
     let count_runs = || std::fs::read_to_string(&runs).unwrap_or_default().lines().count();
     wait_for("the first run", LONG, || if count_runs() == 1 { Ok(()) } else { Err(format!("{} runs", count_runs())) });
 
@@ -229,7 +209,7 @@ fn issue9_1_jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
     // One running build on each of the three slaves.
     for index in 0..3 {
         let blocker = Blocker::new(b.root(), &format!("busy-{index}"));
-        let git = b.repo(&name_for(&format!("busy{index}"), 3, index));
+        let git = b.repo(&name_for(&format!("busy{index}"), 3, index, 0));
         git.write("integration.yml", &blocker.yml());
         let sha = git.commit("busy");
         git.push();
@@ -238,7 +218,7 @@ fn issue9_1_jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
         blockers.push(blocker);
     }
     // And one queued behind the build on index 2.
-    let queued = b.repo(&name_for("queued", 3, 2));
+    let queued = b.repo(&name_for("queued", 3, 2, 0));
     queued.write("integration.yml", "step: s\nshell: \"true\"\n");
     let sha = queued.commit("queued on index 2");
     queued.push();

@@ -168,6 +168,11 @@ pub fn proc_kb(pid: u32, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The `skip`-th repository name `<prefix>/repo-<i>` whose CRC32 mod `n` is `index`.
+pub fn name_for(prefix: &str, n: u32, index: u32, skip: usize) -> String {
+    (0..).map(|i| format!("{prefix}/repo-{i}")).filter(|name| crc32(name.as_bytes()) % n == index).nth(skip).unwrap()
+}
+
 /// CRC-32 (IEEE, reflected, polynomial 0xEDB88320), as crc32fast computes it.
 pub fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -1028,6 +1033,17 @@ impl Backend {
 
     pub fn repo(&self, name: &str) -> GitRepo {
         GitRepo::new(&self.redis.root, name)
+    }
+
+    /// A new repository `name` whose `integration.yml` is `yml`, committed with `msg`, pushed
+    /// and sent to the hook (202 expected); returns the repository and the build id.
+    pub fn queue(&self, name: &str, yml: &str, msg: &str) -> (GitRepo, String) {
+        let git = self.repo(name);
+        git.write("integration.yml", yml);
+        let sha = git.commit(msg);
+        git.push();
+        let id = self.hook.push_ok(&git, &sha);
+        (git, id)
     }
 
     /// A new repository `name` holding `files`, committed with `msg`, pushed, sent to the hook
