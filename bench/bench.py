@@ -58,6 +58,7 @@ INGEST_VARIANTS = 1000  # distinct repositories cycled over by wrk
 
 PROCS = []  # every Popen we started
 WORK = tempfile.mkdtemp(prefix="ci-bench-")
+os.chmod(WORK, 0o755)  # a root slave runs steps (and their checkouts) as nobody
 RESULTS = {"runs": RUNS}
 
 
@@ -676,6 +677,8 @@ def latency(redis, fixture):
     floor_dir = os.path.join(base, "floor-clone")
     shutil.copytree(checkout, floor_dir, symlinks=True)
     git("update-index", "-q", "--refresh", cwd=floor_dir)  # the copy has new inodes: refresh the stat cache once
+    # The slave's checkout fetches from its mirror; the floor fetches from the repository itself.
+    git("remote", "set-url", "origin", bare, cwd=floor_dir)
 
     gitc = ["git", "-C", floor_dir, "-c", "advice.detachedHead=false", "-c", "gc.auto=0"]
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")

@@ -60,8 +60,17 @@ export REDIS_URL="redis://127.0.0.1:$port/0"
 : >"$run/hook.log"
 HOOK_ADDR="$hook_addr" setsid "$bin/hook" >>"$run/hook.log" 2>&1 &
 hook_pid=$!
+# Steps run as SLAVE_BUILD_USER (nobody) when the slaves run as root: the
+# caches must be where that user can enter (a checkout under /root is not).
+cache_root=$run
+build_user=${SLAVE_BUILD_USER:-nobody}
+if [ "$(id -u)" = 0 ] && ! runuser -u "$build_user" -- test -x "$run" 2>/dev/null; then
+  cache_root=/var/tmp/ci-backend-$(printf %s "$run" | cksum | cut -d' ' -f1)
+  mkdir -p "$cache_root" && chmod 755 "$cache_root"
+  echo "run: $run is closed to the build user $build_user; the slaves' caches live in $cache_root"
+fi
 for i in 0 1 2; do
-  SLAVE_INDEX=$i SLAVE_GRACE=$grace SLAVE_CACHE="$run/cache-$i" setsid "$bin/slave" >"$run/slave-$i.log" 2>&1 &
+  SLAVE_INDEX=$i SLAVE_GRACE=$grace SLAVE_CACHE="$cache_root/cache-$i" setsid "$bin/slave" >"$run/slave-$i.log" 2>&1 &
   slave_pids+=($!)
 done
 

@@ -14,7 +14,7 @@ use crate::credentials::Credentials;
 use crate::process::{self, Capture, Exit};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,7 @@ pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
     std::fs::write(&config, "[safe]\n\tdirectory = *\n").map_err(|e| fail(&config, e))?;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).map_err(|e| fail(&config, e))?;
     if user.switch {
+        reachable_by(cache, user)?;
         let home = home_dir(cache);
         if home.exists() && !user.owns(&home) {
             std::fs::remove_dir_all(&home).map_err(|e| fail(&home, e))?;
@@ -104,6 +105,29 @@ pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail(&home, e))?;
     }
     Ok(())
+}
+
+/// Whether the build user can enter the cache (asked of the system itself,
+/// by a shell running as that user): a cache below a directory closed to
+/// others (`/root` is mode 0700) would fail every build at its first clone.
+fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), String> {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "cd -- \"$1\"", "sh"]).arg(cache).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    user.apply(&mut cmd);
+    if cmd.status().is_ok_and(|s| s.success()) {
+        return Ok(());
+    }
+    let closed = cache
+        .ancestors()
+        .filter_map(|dir| Some((dir, std::fs::metadata(dir).ok()?.permissions().mode())))
+        .filter(|(_, mode)| mode & 0o001 == 0)
+        .last()
+        .map_or(String::new(), |(dir, mode)| format!(" ({} is mode {:04o})", dir.display(), mode & 0o7777));
+    Err(format!(
+        "SLAVE_CACHE={}: the build user {} cannot enter it{closed}; put the cache where it can (e.g. /var/cache/ci) or open the directories above it to others (chmod o+x)",
+        cache.display(),
+        user.name
+    ))
 }
 
 /// A git failure, or why git was stopped.

@@ -48,7 +48,12 @@ fn a_taken_hook_port_stops_make_run_with_the_error() {
 
 #[test]
 fn ctrl_c_stores_the_running_build_before_redis_stops() {
-    let dir = fresh_dir(&test_name());
+    let top = fresh_dir(&test_name());
+    // Under a directory closed to others (as a clone in /root is): make run must put the
+    // caches where the build user (nobody, under root) can enter, and the build must pass.
+    let dir = top.join("closed").join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(top.join("closed"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let (redis_port, hook_port) = (free_port(), free_port());
     let out_path = dir.join("make-run.out");
     let mut cmd = run_local(&dir, redis_port, hook_port);
@@ -68,7 +73,7 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
     }
 
     // A build that is still running when Ctrl-C comes.
-    let started = dir.join("started");
+    let started = top.join("started");
     let git = GitRepo::new(&dir, "local/slow");
     git.write("integration.yml", &format!("step: slow\nshell: |\n  touch '{}'\n  sleep 2\n", started.display()));
     let sha = git.commit("slow build");
@@ -102,5 +107,10 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
     let _ = redis.kill();
     let _ = redis.wait();
     assert_eq!(state.str().as_deref(), Some("passed"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let moved = out.lines().find_map(|l| l.split_once("the slaves' caches live in ").map(|(_, d)| d.trim().to_string()));
+    let moved = moved.unwrap_or_else(|| panic!("make run did not say where it put the caches:\n{out}"));
+    assert!(Path::new(&moved).join("cache-0").is_dir(), "{moved}");
+    let _ = std::fs::remove_dir_all(&moved);
+    let _ = std::fs::remove_dir_all(&top);
 }
