@@ -249,17 +249,20 @@ impl Git<'_> {
         if mirror.exists() && !mirror.join("HEAD").is_file() {
             remove(&mirror)?;
         }
-        // Not a repository, or not the build user's (left by an older version,
-        // or SLAVE_BUILD_USER changed): start it again.
-        if dir.exists() && !(dir.join(".git").is_dir() && self.user.owns(&dir)) {
+        // Not a repository, not the build user's (left by an older version,
+        // or SLAVE_BUILD_USER changed), or not borrowing the mirror's objects:
+        // start it again. A new mirror gets a new checkout.
+        let borrowing = dir.join(".git/objects/info/alternates").is_file();
+        if dir.exists() && !(dir.join(".git").is_dir() && self.user.owns(&dir) && borrowing && mirror.exists()) {
             remove(&dir)?;
         }
         make_dir(&repo_dir)?;
         let mirror_path = mirror.to_string_lossy().into_owned();
 
-        // The common path is four git processes: fetch into the mirror, fetch
-        // from it, checkout, show. Fetch into refs, never a bare sha, so later
-        // fetches stay small.
+        // The common path is three git processes: fetch into the mirror,
+        // checkout (the checkout borrows the mirror's objects: no second
+        // fetch), show. Fetch into refs, never a bare sha, so later fetches
+        // stay small.
         if mirror.exists() {
             let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
             // A deleted or renamed branch still builds by sha below.
@@ -271,14 +274,7 @@ impl Git<'_> {
         } else {
             self.clone_mirror(&repo_dir, &mirror, url)?;
         }
-        if dir.exists() {
-            let spec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-            soft(self.run(
-                Ok(self.build_git(Some(&dir))),
-                &["fetch", "--quiet", "--no-tags", &mirror_path, &spec],
-                "fetch <mirror> <branch>",
-            ))?;
-        } else {
+        if !dir.exists() {
             self.clone_checkout(&repo_dir, &mirror_path, &dir, url)?;
         }
         let checkout =
@@ -293,12 +289,6 @@ impl Git<'_> {
                     self.mirror_git(Some(&mirror), Some(url)),
                     &["fetch", "--quiet", "--no-tags", "origin", &spec],
                     &format!("fetch origin {sha}"),
-                )?;
-                let spec = "+refs/ci/build:refs/ci/build";
-                self.run(
-                    Ok(self.build_git(Some(&dir))),
-                    &["fetch", "--quiet", "--no-tags", &mirror_path, spec],
-                    &format!("fetch <mirror> {sha}"),
                 )?;
                 checkout()?;
             }
@@ -320,7 +310,9 @@ impl Git<'_> {
     }
 
     /// The build user clones the mirror into a directory the slave made and
-    /// gave it, then points `origin` at the real URL (for steps that fetch).
+    /// gave it, borrowing its objects (`--shared`: read only, through
+    /// `objects/info/alternates`), then points `origin` at the real URL (for
+    /// steps that fetch).
     fn clone_checkout(&self, repo_dir: &Path, mirror: &str, dir: &Path, url: &str) -> Result<(), GitError> {
         let tmp = beside(repo_dir, "clone");
         std::fs::create_dir(&tmp).map_err(|e| GitError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
@@ -332,7 +324,7 @@ impl Git<'_> {
             .and_then(|_| {
                 self.run(
                     Ok(self.build_git(None)),
-                    &["clone", "--quiet", "--no-checkout", "--no-hardlinks", "--", mirror, &tmp_str],
+                    &["clone", "--quiet", "--no-checkout", "--shared", "--", mirror, &tmp_str],
                     "clone <mirror>",
                 )
             })
