@@ -21,6 +21,11 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         default: "",
         doc: "secret token for signatures (logged as its fingerprint); unset: generated once and shared through Redis",
     },
+    Setting {
+        name: "HOOK_READ_TOKEN",
+        default: "",
+        doc: "when set, every read route (status, history, repos, follow, dashboard) needs it (Bearer, or the login form's cookie); badges and /ping stay public; unset: open",
+    },
     Setting { name: "HOOK_THREADS", default: "16", doc: "request worker threads" },
     Setting {
         name: "HOOK_QUEUE",
@@ -123,6 +128,7 @@ pub struct HookConfig {
     pub addr: String,
     pub redis_url: String,
     pub token: Option<String>,
+    pub read_token: Option<String>,
     pub threads: usize,
     pub max_body: u64,
     pub idle_timeout: Duration,
@@ -145,6 +151,7 @@ impl HookConfig {
             addr: raw(s, "HOOK_ADDR").unwrap_or_default(),
             redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
             token: raw(s, "HOOK_TOKEN"),
+            read_token: raw(s, "HOOK_READ_TOKEN"),
             threads: at_least_one("HOOK_THREADS", "a number of threads")? as usize,
             max_body: number(s, "HOOK_MAX_BODY", "a number of bytes")?,
             idle_timeout: secs("HOOK_IDLE_TIMEOUT")?,

@@ -31,7 +31,8 @@ fn run() -> Result<(), String> {
         http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
-        "hook.listening addr={addr} threads={} queue={} redis={} max_body={} request_timeout={}",
+        "hook.listening addr={addr} reads={} threads={} queue={} redis={} max_body={} request_timeout={}",
+        config.read_token.as_deref().map_or("open".to_string(), |t| format!("token:{}", ci_backend::signature::fingerprint(t))),
         config.threads,
         config.queue,
         quote(&redact_url(&config.redis_url)),
