@@ -5,6 +5,7 @@
 //! branch, and runs the repository's `integration.yml`. Each module below has
 //! one job; see STYLE.md for the map.
 
+pub mod badge;
 pub mod build;
 pub mod build_user;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod integration;
 pub mod logging;
 pub mod membership;
+pub mod pages;
 pub mod payload;
 pub mod process;
 pub mod queue;

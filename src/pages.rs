@@ -1,0 +1,248 @@
+//! The dashboard's HTML, rendered on the server from build records (the JSON
+//! `/status` serves): repositories and their branches, a repository's
+//! history, a build's log (followed live by a few lines of plain JS; without
+//! JS the page refreshes while the build runs), and the read-token login
+//! form. One CSS block, no asset from outside, readable at 360 px; states
+//! are told by a word beside the coloured dot. No I/O.
+
+use serde_json::Value;
+
+/// HTML-escapes text for element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a repository or branch name for a path or query.
+pub fn url_part(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+const CSS: &str = "
+:root{color-scheme:light dark;--fg:#1f2328;--bg:#fff;--mute:#59636e;--line:#d1d9e0}
+@media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--bg:#0d1117;--mute:#9198a1;--line:#3d444d}}
+body{margin:0 auto;max-width:72rem;padding:.75rem;font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
+h1{font-size:1.25rem;margin:.25rem 0 .75rem}h1 a{color:inherit}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-weight:600;color:var(--mute)}td.num{text-align:right;white-space:nowrap}
+a{color:#0969da}@media (prefers-color-scheme:dark){a{color:#4493f8}}
+.state{white-space:nowrap;font-weight:600}.state::before{content:'';display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;background:currentColor}
+.passed{color:#1a7f37}.failed{color:#d1242f}.running,.queued{color:#9a6700}.unknown{color:var(--mute)}
+pre{overflow-x:auto;padding:.6rem;border:1px solid var(--line);border-radius:6px;font:13px/1.4 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
+.meta{color:var(--mute);font-size:.9rem}
+@media (max-width:40rem){.wide{display:none}th,td{padding:.3rem .25rem}}
+form{display:flex;gap:.5rem;flex-wrap:wrap}input{font:inherit;padding:.3rem}
+";
+
+/// A whole page: `refresh` adds a no-JS refresh every 5 s (a running build).
+fn page(title: &str, body: &str, refresh: bool) -> String {
+    let refresh = if refresh { "<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>" } else { "" };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">{refresh}<title>{} · ci-backend</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n",
+        escape(title)
+    )
+}
+
+/// A record's field as text.
+fn field<'a>(record: &'a Value, name: &str) -> &'a str {
+    record.get(name).and_then(Value::as_str).unwrap_or("")
+}
+
+/// A state as a dot and its word (never colour alone).
+fn state(word: &str) -> String {
+    let known = ["passed", "failed", "running", "queued"];
+    let class = if known.contains(&word) { word } else { "unknown" };
+    let word = if word.is_empty() { "unknown" } else { word };
+    format!("<span class=\"state {class}\">{}</span>", escape(word))
+}
+
+/// Seconds as `12 s`, `3 min 5 s`; empty when unknown.
+fn duration(record: &Value) -> String {
+    match record.get("seconds").and_then(Value::as_u64) {
+        Some(s) if s >= 60 => format!("{} min {} s", s / 60, s % 60),
+        Some(s) => format!("{s} s"),
+        None => String::new(),
+    }
+}
+
+/// Unix seconds as `2026-11-27 10:05 UTC`.
+pub fn utc(seconds: f64) -> String {
+    let secs = seconds.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+/// When a build was queued, as text.
+fn when(record: &Value) -> String {
+    let at = ["finished_at", "started_at", "queued_at"].iter().find_map(|k| record.get(*k).and_then(Value::as_f64));
+    at.map(utc).unwrap_or_default()
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
+}
+
+/// `/`: every repository, a row per branch with its latest build.
+pub fn dashboard(repos: &[(String, Vec<Value>)]) -> String {
+    let mut rows = String::new();
+    for (repo, branches) in repos {
+        for b in branches {
+            let id = field(b, "id");
+            rows.push_str(&format!(
+                "<tr><td><a href=\"/repo/{}\">{}</a></td><td>{}</td><td>{}</td><td><a href=\"/builds/{}\">#{}</a></td><td class=\"num\">{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td></tr>\n",
+                url_part(repo),
+                escape(repo),
+                escape(field(b, "branch")),
+                state(field(b, "state")),
+                url_part(id),
+                escape(id),
+                duration(b),
+                escape(field(b, "slave")),
+                when(b)
+            ));
+        }
+    }
+    let body = if rows.is_empty() {
+        "<p>No build yet: point a web-hook at this server and push.</p>".to_string()
+    } else {
+        format!("<table><thead><tr><th>repository</th><th>branch</th><th>state</th><th>build</th><th>took</th><th class=\"wide\">slave</th><th class=\"wide\">when</th></tr></thead><tbody>\n{rows}</tbody></table>")
+    };
+    page("builds", &format!("<h1>ci-backend</h1>\n{body}"), false)
+}
+
+/// `/repo/<repo>`: each branch's history, newest first.
+pub fn repository(repo: &str, branches: &[(String, Vec<Value>)]) -> String {
+    let mut body = format!("<h1><a href=\"/\">ci-backend</a> / {}</h1>\n", escape(repo));
+    for (branch, builds) in branches {
+        body.push_str(&format!(
+            "<h2>{}</h2>\n<p class=\"meta\"><img alt=\"badge\" src=\"/badge/{}.svg?branch={}\"></p>\n<table><thead><tr><th>build</th><th>state</th><th>commit</th><th>took</th><th class=\"wide\">slave</th><th class=\"wide\">when</th></tr></thead><tbody>\n",
+            escape(branch),
+            url_part(repo),
+            url_part(branch)
+        ));
+        for b in builds {
+            let id = field(b, "id");
+            body.push_str(&format!(
+                "<tr><td><a href=\"/builds/{}\">#{}</a></td><td>{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td></tr>\n",
+                url_part(id),
+                escape(id),
+                state(field(b, "state")),
+                escape(short(field(b, "sha"))),
+                duration(b),
+                escape(field(b, "slave")),
+                when(b)
+            ));
+        }
+        body.push_str("</tbody></table>\n");
+    }
+    page(repo, &body, false)
+}
+
+/// `/builds/<id>`: the build's facts and its log; while it runs, the log
+/// follows the `follow` URL (chunked text) and the page reloads at its end.
+pub fn build(record: &Value, lines: &[String], follow: &str) -> String {
+    let (repo, id, st) = (field(record, "repo"), field(record, "id"), field(record, "state"));
+    let running = st == "running" || st == "queued";
+    let mut log = String::new();
+    for l in lines {
+        log.push_str(&escape(l));
+        log.push('\n');
+    }
+    let mut body = format!(
+        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">branch {} · commit <code>{}</code> · {} · {} · {}</span></p>\n<pre id=\"log\">{log}</pre>\n",
+        url_part(repo),
+        escape(repo),
+        escape(id),
+        state(st),
+        escape(field(record, "branch")),
+        escape(short(field(record, "sha"))),
+        escape(field(record, "slave")),
+        duration(record),
+        when(record)
+    );
+    if running {
+        // Follows the live log; reloads for the final state when it ends.
+        body.push_str(&format!(
+            "<script>\n(async()=>{{const pre=document.getElementById('log');try{{const r=await fetch({},{{credentials:'same-origin'}});if(!r.ok||!r.body)return;const rd=r.body.getReader(),dec=new TextDecoder();let first=true;for(;;){{const{{done,value}}=await rd.read();if(done)break;if(first){{pre.textContent='';first=false}}pre.textContent+=dec.decode(value,{{stream:true}})}}}}catch(e){{}}location.reload()}})();\n</script>\n",
+            serde_json::to_string(follow).unwrap_or_else(|_| "\"\"".into())
+        ));
+    }
+    page(&format!("{repo} #{id}"), &body, running)
+}
+
+/// The read-token form (HOOK_READ_TOKEN): posts to `/login`.
+pub fn login(error: Option<&str>) -> String {
+    let error = error.map(|e| format!("<p class=\"failed\">{}</p>\n", escape(e))).unwrap_or_default();
+    let body = format!(
+        "<h1>ci-backend</h1>\n<p>Build logs here are private: enter the read token.</p>\n{error}<form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" autocomplete=\"current-password\" aria-label=\"read token\" required><button type=\"submit\">Open</button></form>\n"
+    );
+    page("sign in", &body, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(id: &str, state: &str) -> Value {
+        json!({"id": id, "repo": "acme/<app>", "branch": "main", "sha": "0123456789abcdef", "state": state,
+               "seconds": 75, "slave": "slave-0", "queued_at": 1_764_237_900.5})
+    }
+
+    #[test]
+    fn names_are_escaped_and_states_are_words() {
+        let html = dashboard(&[("acme/<app>".into(), vec![record("7", "failed")])]);
+        assert!(html.contains("acme/&lt;app&gt;"), "{html}");
+        assert!(!html.contains("<app>"));
+        assert!(html.contains("<span class=\"state failed\">failed</span>"));
+        assert!(html.contains("href=\"/repo/acme/%3Capp%3E\""));
+        assert!(html.contains("1 min 15 s"));
+        assert!(html.contains("2025-11-27 10:05 UTC"), "{html}");
+    }
+
+    #[test]
+    fn a_running_build_follows_and_refreshes_without_js() {
+        let html = build(&record("9", "running"), &["- commit 0123456789 (x)".into()], "/status/acme/app?follow=1&id=9");
+        assert!(html.contains("<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"));
+        assert!(html.contains("fetch(\"/status/acme/app?follow=1&id=9\""));
+        assert!(html.contains("- commit 0123456789 (x)\n</pre>"));
+        let done = build(&record("9", "passed"), &[], "/x");
+        assert!(!done.contains("<script>") && !done.contains("refresh"));
+    }
+
+    #[test]
+    fn utc_dates() {
+        // date -u -d @0 / @951782400 (2000-02-29) / @1764237900
+        assert_eq!(utc(0.0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400.0), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_764_237_900.0), "2025-11-27 10:05 UTC");
+    }
+}
