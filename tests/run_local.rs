@@ -101,9 +101,13 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let state = wait_for("the restarted redis to answer", DEADLINE, || {
-        resp_cmd(redis_port, &["HGET", &format!("ci:build:{id}"), "state"]).map_err(|e| e.to_string())
-    });
+    // Until it has loaded the AOF it answers `-LOADING`: wait for a real answer.
+    let state =
+        wait_for("the restarted redis to answer", DEADLINE, || match resp_cmd(redis_port, &["HGET", &format!("ci:build:{id}"), "state"]) {
+            Ok(Resp::Error(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(e.to_string()),
+        });
     let _ = redis.kill();
     let _ = redis.wait();
     assert_eq!(state.str().as_deref(), Some("passed"));
