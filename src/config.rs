@@ -48,6 +48,16 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         default: "60",
         doc: "seconds between two reads of Redis's persistence settings (logged when not durable, ci_redis_durable in /metrics)",
     },
+    Setting {
+        name: "HISTORY_KEEP",
+        default: "50",
+        doc: "builds kept per repository and branch (GET /history); older records and their logs are deleted at the next push",
+    },
+    Setting {
+        name: "HOOK_MAX_FOLLOWERS",
+        default: "256",
+        doc: "clients following a build's log at once (GET /status/<repo>?follow=1); more are answered 503 with Retry-After",
+    },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -135,6 +145,10 @@ pub struct HookConfig {
     pub request_timeout: Duration,
     pub queue: usize,
     pub durability_check: Duration,
+    /// HISTORY_KEEP: builds kept per repository and branch.
+    pub history_keep: usize,
+    /// HOOK_MAX_FOLLOWERS: log followers at once.
+    pub max_followers: usize,
 }
 
 impl HookConfig {
@@ -158,6 +172,8 @@ impl HookConfig {
             request_timeout: secs("HOOK_REQUEST_TIMEOUT")?,
             queue: at_least_one("HOOK_QUEUE", "a number of requests")? as usize,
             durability_check: secs("HOOK_DURABILITY_CHECK")?,
+            history_keep: at_least_one("HISTORY_KEEP", "a number of builds")? as usize,
+            max_followers: at_least_one("HOOK_MAX_FOLLOWERS", "a number of clients")? as usize,
         })
     }
 }

@@ -255,7 +255,7 @@ fn log_request(hook: &Hook, method: &str, path: &str, route: &'static str, facts
 
 /// The methods a path answers (its `Allow`).
 fn allowed(path: &str) -> &'static str {
-    if path == "/ping" || path == "/metrics" || path.starts_with("/status/") {
+    if path == "/ping" || path == "/metrics" || path == "/repos" || path.starts_with("/status/") || path.starts_with("/history/") {
         "GET, HEAD"
     } else {
         "POST"
@@ -277,6 +277,8 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str
             ("metrics", Reply { ctype: "text/plain; version=0.0.4", ..Reply::text(200, body) })
         }
         (Method::Get | Method::Head, p) if p.starts_with("/status/") => ("status", get_status(redis, req, &p[8..], query)),
+        (Method::Get | Method::Head, p) if p.starts_with("/history/") => ("history", get_history(hook, redis, req, &p[9..], query)),
+        (Method::Get | Method::Head, "/repos") => ("repos", get_repos(redis, req)),
         (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, &p[7..], query)),
         (Method::Post, p) if allowed(p) == "POST" => ("push", post_push(hook, redis, req, p)),
         // Paths that only take POST (a push with hints) are unknown to GET.
@@ -335,7 +337,7 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply
         .or_else(|| req.header("X-Gogs-Delivery"))
         .or_else(|| req.header("Idempotency-Key"))
         .or_else(|| req.header("X-Gitlab-Event-UUID"));
-    enqueue(redis, &Job { push: &push, delivery, reset: false })
+    enqueue(redis, &Job { push: &push, delivery, reset: false, keep: hook.config.history_keep })
 }
 
 fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
@@ -400,12 +402,69 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
         Ok(rb) => rb,
         Err(reply) => return reply,
     };
-    let wants_json = req.header("Accept").is_some_and(|a| a.contains("application/json"));
+    let wants_json = wants_json(req);
+    if let Some(id) = query_param(query, "id") {
+        return match redis.run_again(|c| status::build(c, &repo, &id)) {
+            Err(e) => redis_down(&e),
+            Ok(None) => Reply::error(404, format!("{repo:?} has no build {id:?} (ids are numbers; old builds leave after HISTORY_KEEP)")),
+            Ok(Some(record)) if wants_json => Reply::json(200, record),
+            Ok(Some(record)) => {
+                let (code, text) = status::record_text(&record);
+                Reply::text(code, text)
+            }
+        };
+    }
     match redis.run_again(|c| status::read(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(Err(never_pushed)) => Reply::error(404, never_pushed),
         Ok(Ok(view)) if wants_json => Reply::json(200, view.json),
         Ok(Ok(view)) => Reply::text(view.code, view.text),
+    }
+}
+
+fn wants_json(req: &Request) -> bool {
+    req.header("Accept").is_some_and(|a| a.contains("application/json"))
+}
+
+/// The last builds of a branch, newest first: one line each, or JSON records.
+fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
+    let keep = hook.config.history_keep;
+    let limit = match query_param(query, "limit") {
+        None => keep,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=keep).contains(&n) => n,
+            _ => return Reply::error(400, format!("limit={l:?}: expected a number from 1 to {keep} (HISTORY_KEEP)")),
+        },
+    };
+    match redis.run_again(|c| status::history(c, &repo, branch.as_deref(), limit)) {
+        Err(e) => redis_down(&e),
+        Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
+        Ok(Some(records)) if wants_json(req) => Reply::json(200, Value::Array(records)),
+        Ok(Some(records)) => Reply::text(200, records.iter().map(|r| format!("{}\n", status::record_line(r))).collect()),
+    }
+}
+
+/// Every repository with its branches' latest builds.
+fn get_repos(redis: &mut Redis, req: &Request) -> Reply {
+    match redis.run_again(status::repos) {
+        Err(e) => redis_down(&e),
+        Ok(repos) if wants_json(req) => Reply::json(
+            200,
+            Value::Array(repos.into_iter().map(|(repo, branches)| json!({ "repo": repo, "branches": branches })).collect()),
+        ),
+        Ok(repos) => {
+            let mut text = String::new();
+            for (repo, branches) in &repos {
+                for b in branches {
+                    text.push_str(&format!("{repo} {} {}\n", b["branch"].as_str().unwrap_or(""), status::record_line(b)));
+                }
+            }
+            Reply::text(200, text)
+        }
     }
 }
 
@@ -421,6 +480,6 @@ fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, que
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
-        Ok(Some(push)) => enqueue(redis, &Job { push: &push, delivery: None, reset }),
+        Ok(Some(push)) => enqueue(redis, &Job { push: &push, delivery: None, reset, keep: hook.config.history_keep }),
     }
 }

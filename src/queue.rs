@@ -6,7 +6,8 @@
 //! Keys (prefix `ci:`), documented in the README:
 //! `build:<id>` HASH, `seq`, `last|done|pending|push:<repo>:<branch>`,
 //! `default:<repo>`, `delivery:<id>`, `queue|working:<cluster>:<index>`,
-//! `members:<cluster>` ZSET, `holders:<cluster>` HASH, `clusters` SET, `stats` HASH.
+//! `members:<cluster>` ZSET, `holders:<cluster>` HASH, `clusters` SET, `stats` HASH,
+//! `history:<repo>:<branch>` LIST, `repos` SET, `branches:<repo>` SET, `log:<id>` STREAM.
 
 use redis::{Connection, RedisResult, Script};
 use std::sync::OnceLock;
@@ -30,8 +31,10 @@ pub fn branch_key(kind: &str, repo: &str, branch: &str) -> String {
 
 /// How long a delivery id is remembered for redelivery detection.
 pub const DELIVERY_TTL_SECS: u64 = 7 * 24 * 3600;
-/// How long a build record is kept once a newer build of its branch finished.
-pub const SUPERSEDED_TTL_SECS: u64 = 7 * 24 * 3600;
+/// The live log of a build (a capped Redis Stream, see `live`).
+pub fn log_key(id: &str) -> String {
+    format!("ci:log:{id}")
+}
 
 /// Lua shared by the scripts: live slave count of a cluster.
 const LIVE_N: &str = r#"
@@ -94,16 +97,31 @@ redis.call('HSET', 'ci:build:' .. id, 'id', id, 'repo', repo, 'branch', branch, 
 redis.call('SET', 'ci:last:' .. bkey, id)
 redis.call('SET', 'ci:pending:' .. bkey, id)
 remember()
+-- retention, the one rule: the last HISTORY_KEEP builds of a branch stay; older
+-- records (and their live logs) are deleted, unless still queued or running or
+-- the branch's latest finished build (then the list waits one push longer)
+local hkey = 'ci:history:' .. bkey
+redis.call('LPUSH', hkey, id)
+redis.call('SADD', 'ci:repos', repo)
+redis.call('SADD', 'ci:branches:' .. repo, branch)
+local keep, done = tonumber(ARGV[12]), redis.call('GET', 'ci:done:' .. bkey)
+while redis.call('LLEN', hkey) > keep do
+  local old = redis.call('LINDEX', hkey, -1)
+  local state = redis.call('HGET', 'ci:build:' .. old, 'state')
+  if state == 'queued' or state == 'running' or old == done then break end
+  redis.call('RPOP', hkey)
+  redis.call('DEL', 'ci:build:' .. old, 'ci:log:' .. old)
+end
 redis.call('LPUSH', 'ci:queue:' .. cluster .. ':' .. index, id)
 if delivery ~= '' then redis.call('SET', 'ci:delivery:' .. delivery, id, 'EX', ARGV[11]) end
 return {'queued', id, slave}
 "#;
 
 /// Lua shared by START and FINISH: writes a finished record, counts it, makes
-/// it the branch's latest finished build (the one it supersedes expires) and
-/// acknowledges the job.
+/// it the branch's latest finished build and acknowledges the job. (Records
+/// leave by the history bound of ENQUEUE, nowhere else.)
 const RECORD: &str = r#"
-local function record_result(id, working, state, log, seconds, now, superseded_ttl)
+local function record_result(id, working, state, log, seconds, now)
   local key = 'ci:build:' .. id
   redis.call('HSET', key, 'state', state, 'ok', tostring(state == 'passed'), 'log', log,
     'seconds', seconds, 'finished_at', now)
@@ -111,11 +129,7 @@ local function record_result(id, working, state, log, seconds, now, superseded_t
   local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
   local dkey = 'ci:done:' .. repo .. ':' .. branch
   local current = redis.call('GET', dkey)
-  if not current or tonumber(current) <= tonumber(id) then
-    redis.call('SET', dkey, id)
-    -- the record this one supersedes is kept for a while, not forever
-    if current and current ~= id then redis.call('EXPIRE', 'ci:build:' .. current, superseded_ttl) end
-  end
+  if not current or tonumber(current) <= tonumber(id) then redis.call('SET', dkey, id) end
   redis.call('LREM', working, 1, id)
 end
 "#;
@@ -126,7 +140,7 @@ end
 /// instead of started: a build that kills its slave must not hold an index
 /// forever.
 const START: &str = r#"
-local id, working, slave, now, max, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local id, working, slave, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = 'ci:build:' .. id
 local state = redis.call('HGET', key, 'state')
 if not state or state == 'passed' or state == 'failed' then
@@ -140,7 +154,7 @@ if state == 'running' then
   local died = redis.call('HINCRBY', key, 'died', 1)
   if died >= max then
     local why = '* gave up after ' .. died .. ' attempts: the slave died during each'
-    record_result(id, working, 'failed', cjson.encode({why}), '0', now, ttl)
+    record_result(id, working, 'failed', cjson.encode({why}), '0', now)
     return {'gaveup', tostring(died)}
   end
 end
@@ -153,7 +167,7 @@ return {tostring(attempt), f[1], f[2], f[3] or '0'}
 const FINISH: &str = r#"
 local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('HGET', 'ci:build:' .. id, 'attempt') ~= attempt then return 0 end
-record_result(id, working, state, log, seconds, now, ARGV[8])
+record_result(id, working, state, log, seconds, now)
 return 1
 "#;
 
@@ -191,6 +205,8 @@ pub struct Job<'a> {
     pub push: &'a crate::payload::Push,
     pub delivery: Option<&'a str>,
     pub reset: bool,
+    /// HISTORY_KEEP: builds of the branch kept (at least 1).
+    pub keep: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -227,6 +243,7 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(p.default_branch.as_deref().unwrap_or(""))
         .arg(if job.reset { "1" } else { "0" })
         .arg(DELIVERY_TTL_SECS)
+        .arg(job.keep.max(1))
         .invoke(conn)?;
     Ok(match reply.0.as_str() {
         "queued" => Enqueued::Queued { id: reply.1, slave: reply.2 },
@@ -279,7 +296,6 @@ pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_at
         .arg(slave)
         .arg(format!("{:.3}", crate::unix_now()))
         .arg(max_attempts)
-        .arg(SUPERSEDED_TTL_SECS)
         .invoke(conn)?;
     Ok(match reply.as_deref() {
         Some([gaveup, died]) if gaveup == "gaveup" => Begun::GaveUp { died: died.parse().unwrap_or(max_attempts) },
@@ -321,7 +337,6 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()))
         .arg(outcome.seconds)
         .arg(format!("{:.3}", crate::unix_now()))
-        .arg(SUPERSEDED_TTL_SECS)
         .invoke(conn)?;
     Ok(stored == 1)
 }

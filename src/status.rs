@@ -73,6 +73,107 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
     Ok(Ok(StatusView { code, text, json }))
 }
 
+/// The last `limit` builds (at least 1) of a repository's branch (its
+/// default branch if none), newest first, as [`record_json`]; `None` when the
+/// branch was never pushed.
+pub fn history(conn: &mut Connection, repo: &str, branch: Option<&str>, limit: usize) -> RedisResult<Option<Vec<Value>>> {
+    let Some(branch) = crate::queue::branch_or_default(conn, repo, branch)? else { return Ok(None) };
+    let mut ids: Vec<String> = redis::cmd("LRANGE").arg(branch_key("history", repo, &branch)).arg(0).arg(limit.max(1) - 1).query(conn)?;
+    if ids.is_empty() {
+        // A branch pushed before histories were kept has its latest build only.
+        let last: Option<String> = redis::cmd("GET").arg(branch_key("last", repo, &branch)).query(conn)?;
+        match last {
+            Some(id) => ids.push(id),
+            None => return Ok(None),
+        }
+    }
+    records(conn, &ids).map(Some)
+}
+
+/// The records of `ids` that still exist, in that order.
+fn records(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<Value>> {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HGETALL").arg(build_key(id));
+    }
+    let found: Vec<HashMap<String, String>> = pipe.query(conn)?;
+    Ok(found.iter().filter(|h| !h.is_empty()).map(record_json).collect())
+}
+
+/// Every pushed repository (sorted) with the latest build record of each of
+/// its branches (sorted by branch name).
+pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg("ci:repos").query(conn)?;
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for repo in names {
+        let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(format!("ci:branches:{repo}")).query(conn)?;
+        branches.sort();
+        let mut pipe = redis::pipe();
+        for b in &branches {
+            pipe.get(branch_key("last", &repo, b));
+        }
+        let last: Vec<Option<String>> = pipe.query(conn)?;
+        let ids: Vec<String> = last.into_iter().flatten().collect();
+        out.push((repo, records(conn, &ids)?));
+    }
+    Ok(out)
+}
+
+/// Build `id` as [`record_json`], if it exists and belongs to `repo`.
+pub fn build(conn: &mut Connection, repo: &str, id: &str) -> RedisResult<Option<Value>> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let h = record(conn, id)?;
+    Ok((h.get("repo").map(String::as_str) == Some(repo)).then(|| record_json(&h)))
+}
+
+/// A record's text answer: its log with 200 (passed) or 412 (failed); while
+/// queued or running, 202 and what it is doing.
+pub fn record_text(v: &Value) -> (u16, String) {
+    let state = v["state"].as_str().unwrap_or("");
+    let code = match state {
+        "passed" => 200,
+        "failed" => 412,
+        _ => 202,
+    };
+    let lines: Vec<&str> = v["log"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    if code == 202 && lines.is_empty() {
+        let (id, repo, branch) = (v["id"].as_str().unwrap_or(""), v["repo"].as_str().unwrap_or(""), v["branch"].as_str().unwrap_or(""));
+        return (202, format!("build {id} of {repo} {branch} is {state}\n"));
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    (code, text)
+}
+
+/// One line of a build list: id, state, short sha, seconds, slave, when
+/// (finished, else started, else queued; UTC ISO 8601).
+pub fn record_line(v: &Value) -> String {
+    let sha: String = v["sha"].as_str().unwrap_or("").chars().take(10).collect();
+    let seconds = v["seconds"].as_u64().map_or("-".to_string(), |s| format!("{s}s"));
+    let when = ["finished_at", "started_at", "queued_at"].iter().find_map(|k| v[*k].as_f64()).map_or("-".to_string(), iso_time);
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    format!("{} {} {sha} {seconds} {} {when}", s("id"), s("state"), s("slave"))
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), by the civil-from-days rule.
+pub fn iso_time(unix: f64) -> String {
+    let secs = unix.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Redis's persistence settings, as `CONFIG GET` reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Durability {
@@ -256,6 +357,15 @@ mod tests {
 
     fn d(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
         Durability { appendonly: appendonly.into(), appendfsync: appendfsync.into(), maxmemory_policy: policy.into() }
+    }
+
+    #[test]
+    fn iso_times_match_known_dates() {
+        // Oracles: `date -u -d @<n> +%FT%TZ`.
+        assert_eq!(iso_time(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(951_782_400.5), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_time(1_764_230_400.123), "2025-11-27T08:00:00Z");
+        assert_eq!(iso_time(4_102_444_799.0), "2099-12-31T23:59:59Z");
     }
 
     #[test]

@@ -123,19 +123,24 @@ fn a_redelivered_delivery_id_is_answered_200_once_built() {
     }
 }
 
-/// Records do not pile up forever: once a newer build of the branch finished,
-/// the older record gets a 7-day TTL; the newest keeps none.
+/// Records do not pile up forever, by one rule: the last HISTORY_KEEP builds of a branch stay
+/// (without expiry), an older one is deleted at the next push — but never the branch's latest
+/// finished build.
 #[test]
 fn a_superseded_build_record_expires() {
-    let b = Backend::start(1, &[], &[]);
+    let b = Backend::start(1, &[("HISTORY_KEEP", "2")], &[]);
     let (git, _sha, first) = b.build("acme/retention", &[("integration.yml", "step: s\nshell: \"true\"\n")], "first");
-    git.write("x", "2");
-    let sha2 = git.commit("second");
-    git.push();
-    let second = wait_build(&b.redis, &b.hook.push_ok(&git, &sha2), LONG);
-    assert_eq!(second.state, "passed", "{:#?}", second.log);
+    let mut ids = vec![first.id.clone()];
+    for n in 2..=3 {
+        git.write("x", &n.to_string());
+        let sha = git.commit(&format!("build {n}"));
+        git.push();
+        let build = wait_build(&b.redis, &b.hook.push_ok(&git, &sha), LONG);
+        assert_eq!(build.state, "passed", "{:#?}", build.log);
+        ids.push(build.id);
+    }
     let ttl = |id: &str| b.redis.cli(&["TTL", &format!("ci:build:{id}")]).int();
-    let old = ttl(&first.id);
-    assert!(old > 6 * 24 * 3600 && old <= 7 * 24 * 3600, "TTL of the superseded record: {old}");
-    assert_eq!(ttl(&second.id), -1, "the newest record must not expire");
+    assert_eq!(ttl(&ids[0]), -2, "the record past HISTORY_KEEP must be deleted");
+    assert_eq!((ttl(&ids[1]), ttl(&ids[2])), (-1, -1), "kept records never expire");
+    assert_eq!(b.redis.lrange("ci:history:acme/retention:main"), vec![ids[2].clone(), ids[1].clone()]);
 }

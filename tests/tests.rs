@@ -69,3 +69,7 @@ mod membership_property;
 
 /// `make run` (scripts/run-local.sh): a taken port, the stop order, fixed local indexes.
 mod run_local;
+
+/// Issue 10: the last HISTORY_KEEP builds per branch (`/history`, `/status?id=`), older records
+/// deleted; `/repos`.
+mod history;
