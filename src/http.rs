@@ -10,6 +10,7 @@ use crate::queue::{self, Enqueued, Job};
 use crate::redis_conn::Redis;
 use crate::signature::{self, Credentials};
 use crate::status::{self, Metrics};
+use crate::views;
 use crate::wire::{self, Conn, Next, Request};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
@@ -35,15 +36,15 @@ struct Reply {
     code: u16,
     ctype: &'static str,
     body: String,
-    /// `Allow` of a 405: the methods the path answers.
-    allow: Option<&'static str>,
+    /// Extra headers (`Allow` of a 405, a badge's `ETag`, a login's cookie).
+    headers: Vec<(&'static str, String)>,
     /// `key=value` facts for the request's log line.
     facts: String,
 }
 
 impl Reply {
     fn json(code: u16, value: Value) -> Reply {
-        Reply { code, ctype: "application/json", body: format!("{value}\n"), allow: None, facts: String::new() }
+        Reply { code, ctype: "application/json", body: format!("{value}\n"), headers: Vec::new(), facts: String::new() }
     }
 
     /// One JSON sentence, `{"error": why}`; also on the log line.
@@ -55,7 +56,7 @@ impl Reply {
     }
 
     fn text(code: u16, body: String) -> Reply {
-        Reply { code, ctype: "text/plain; charset=utf-8", body, allow: None, facts: String::new() }
+        Reply { code, ctype: "text/plain; charset=utf-8", body, headers: Vec::new(), facts: String::new() }
     }
 }
 
@@ -236,8 +237,8 @@ fn response(reply: Reply) -> Answer {
     if reply.code == 503 {
         response.add_header(header("Retry-After", RETRY_AFTER));
     }
-    if let Some(allow) = reply.allow {
-        response.add_header(header("Allow", allow));
+    for (name, value) in &reply.headers {
+        response.add_header(header(name, value));
     }
     Answer(response, LogFacts { code: reply.code, facts: reply.facts })
 }
@@ -255,10 +256,35 @@ fn log_request(hook: &Hook, method: &str, path: &str, route: &'static str, facts
 
 /// The methods a path answers (its `Allow`).
 fn allowed(path: &str) -> &'static str {
-    if path == "/ping" || path == "/metrics" || path == "/repos" || path.starts_with("/status/") || path.starts_with("/history/") {
+    const READS: [&str; 5] = ["/status/", "/history/", "/repo/", "/builds/", "/badge/"];
+    if path == "/" || path == "/login" {
+        "GET, HEAD, POST"
+    } else if path == "/ping" || path == "/metrics" || path == "/repos" || READS.iter().any(|p| path.starts_with(p)) {
         "GET, HEAD"
     } else {
         "POST"
+    }
+}
+
+/// Routes that show build logs or records: behind HOOK_READ_TOKEN when set.
+fn private(path: &str) -> bool {
+    path == "/" || path == "/repos" || ["/status/", "/history/", "/repo/", "/builds/"].iter().any(|p| path.starts_with(p))
+}
+
+fn wants_html(req: &Request) -> bool {
+    req.header("Accept").is_some_and(|a| a.contains("text/html"))
+}
+
+impl From<views::View> for Reply {
+    fn from(v: views::View) -> Reply {
+        Reply { code: v.code, ctype: v.ctype, body: v.body, headers: v.headers, facts: String::new() }
+    }
+}
+
+fn view(redis: &mut Redis, read: impl FnMut(&mut redis::Connection) -> redis::RedisResult<views::View>) -> Reply {
+    match redis.run_again(read) {
+        Ok(v) => v.into(),
+        Err(e) => Reply::error(503, format!("redis unreachable: {e}")),
     }
 }
 
@@ -267,8 +293,30 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str
         return ("error", Reply::error(503, "REDIS_URL cannot be used"));
     };
     let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
+    let reading = matches!(req.method, Method::Get | Method::Head);
+    if reading && private(path) {
+        let cookies = req.header("Cookie");
+        if !views::may_read(hook.config.read_token.as_deref(), req.header("Authorization"), cookies) {
+            return ("unauthorized", views::refused(wants_html(req)).into());
+        }
+    }
     match (&req.method, path) {
         (Method::Get | Method::Head, "/ping") => ("ping", Reply::text(200, "pong\n".into())),
+        (Method::Get | Method::Head, "/") if wants_html(req) => ("dashboard", view(redis, views::dashboard)),
+        (Method::Get | Method::Head, "/") => ("repos", get_repos(redis, req)),
+        (Method::Get | Method::Head, "/login") => ("login", views::refused(true).into()),
+        (Method::Post, "/login") => ("login", views::login(hook.config.read_token.as_deref(), &req.body).into()),
+        (Method::Get | Method::Head, p) if p.starts_with("/repo/") => match repo_and_branch(&p[6..], "") {
+            Ok((repo, _)) => ("dashboard", view(redis, |c| views::repository(c, &repo, hook.config.history_keep))),
+            Err(reply) => ("dashboard", reply),
+        },
+        (Method::Get | Method::Head, p) if p.starts_with("/builds/") => ("dashboard", view(redis, |c| views::build(c, &p[8..]))),
+        (Method::Get | Method::Head, p) if p.starts_with("/badge/") && p.ends_with(".svg") => {
+            match repo_and_branch(&p[7..p.len() - 4], query) {
+                Ok((repo, branch)) => ("badge", view(redis, |c| views::badge(c, &repo, branch.as_deref(), req.header("If-None-Match")))),
+                Err(reply) => ("badge", reply),
+            }
+        }
         (Method::Get | Method::Head, "/metrics") => {
             let body = match redis.run_again(|c| Ok(hook.metrics.render(Some(c)))) {
                 Ok(text) => text,
@@ -280,7 +328,7 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str
         (Method::Get | Method::Head, p) if p.starts_with("/history/") => ("history", get_history(hook, redis, req, &p[9..], query)),
         (Method::Get | Method::Head, "/repos") => ("repos", get_repos(redis, req)),
         (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, &p[7..], query)),
-        (Method::Post, p) if allowed(p) == "POST" => ("push", post_push(hook, redis, req, p)),
+        (Method::Post, p) if allowed(p).ends_with("POST") => ("push", post_push(hook, redis, req, p)),
         // Paths that only take POST (a push with hints) are unknown to GET.
         (Method::Get | Method::Head, p) if allowed(p) == "POST" => {
             ("other", Reply::error(404, format!("no such route: {} {path}", req.method)))
@@ -288,7 +336,7 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str
         (method, p) => {
             let allow = allowed(p);
             let mut r = Reply::error(405, format!("method {method} is not allowed on {path}: use {}", allow.replace(", ", " or ")));
-            r.allow = Some(allow);
+            r.headers.push(("Allow", allow.to_string()));
             ("other", r)
         }
     }

@@ -25,6 +25,7 @@ pub mod routing;
 pub mod runner;
 pub mod signature;
 pub mod status;
+pub mod views;
 pub mod wire;
 pub mod worker;
 pub mod workspace;

@@ -85,19 +85,8 @@ fn duration(record: &Value) -> String {
 
 /// Unix seconds as `2026-11-27 10:05 UTC`.
 pub fn utc(seconds: f64) -> String {
-    let secs = seconds.max(0.0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    let iso = crate::status::iso_time(seconds); // 2026-11-27T10:05:00Z
+    format!("{} {} UTC", &iso[..10], &iso[11..16])
 }
 
 /// When a build was queued, as text.

@@ -129,6 +129,16 @@ pub fn build(conn: &mut Connection, repo: &str, id: &str) -> RedisResult<Option<
     Ok((h.get("repo").map(String::as_str) == Some(repo)).then(|| record_json(&h)))
 }
 
+/// Build `id` as [`record_json`], whatever its repository (the dashboard's
+/// `/builds/<id>`); `None` when there is no such record.
+pub fn record_by_id(conn: &mut Connection, id: &str) -> RedisResult<Option<Value>> {
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let h = record(conn, id)?;
+    Ok((!h.is_empty()).then(|| record_json(&h)))
+}
+
 /// A record's text answer: its log with 200 (passed) or 412 (failed); while
 /// queued or running, 202 and what it is doing.
 pub fn record_text(v: &Value) -> (u16, String) {

@@ -73,3 +73,6 @@ mod run_local;
 /// Issue 10: the last HISTORY_KEEP builds per branch (`/history`, `/status?id=`), older records
 /// deleted; `/repos`.
 mod history;
+
+/// The dashboard in headless Chromium, badges parsed by xmllint, HOOK_READ_TOKEN.
+mod dashboard;
