@@ -59,7 +59,8 @@ fn the_dashboard_in_a_browser_lists_repositories_and_follows_a_running_build() {
     }
     let shot = output_dir().join("dashboard.png");
     screenshot(&format!("{base}/"), 360, &shot);
-    eprintln!("dashboard screenshot: {}", shot.display());
+    screenshot(&format!("{base}/"), 1000, &output_dir().join("dashboard-wide.png"));
+    eprintln!("dashboard screenshots: {} (360 px) and dashboard-wide.png (1000 px)", shot.display());
 
     // The running build's page shows its first line before the build ends.
     let page = dom(&format!("{base}/builds/{running}"));
