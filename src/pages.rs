@@ -41,7 +41,7 @@ const CSS: &str = "
 @media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--bg:#0d1117;--mute:#9198a1;--line:#3d444d}}
 body{margin:0 auto;max-width:72rem;padding:.75rem;font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
 h1{font-size:1.25rem;margin:.25rem 0 .75rem}h1 a{color:inherit}
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
+table{border-collapse:collapse;width:100%;overflow-wrap:anywhere}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
 th{font-weight:600;color:var(--mute)}td.num{text-align:right;white-space:nowrap}
 a{color:#0969da}@media (prefers-color-scheme:dark){a{color:#4493f8}}
 .state{white-space:nowrap;font-weight:600}.state::before{content:'';display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;background:currentColor}
@@ -106,7 +106,7 @@ pub fn dashboard(repos: &[(String, Vec<Value>)]) -> String {
         for b in branches {
             let id = field(b, "id");
             rows.push_str(&format!(
-                "<tr><td><a href=\"/repo/{}\">{}</a></td><td>{}</td><td>{}</td><td><a href=\"/builds/{}\">#{}</a></td><td class=\"num\">{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td></tr>\n",
+                "<tr><td><a href=\"/repo/{}\">{}</a></td><td>{}</td><td>{}</td><td><a href=\"/builds/{}\">#{}</a></td><td class=\"num wide\">{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td></tr>\n",
                 url_part(repo),
                 escape(repo),
                 escape(field(b, "branch")),
@@ -122,7 +122,7 @@ pub fn dashboard(repos: &[(String, Vec<Value>)]) -> String {
     let body = if rows.is_empty() {
         "<p>No build yet: point a web-hook at this server and push.</p>".to_string()
     } else {
-        format!("<table><thead><tr><th>repository</th><th>branch</th><th>state</th><th>build</th><th>took</th><th class=\"wide\">slave</th><th class=\"wide\">when</th></tr></thead><tbody>\n{rows}</tbody></table>")
+        format!("<table><thead><tr><th>repository</th><th>branch</th><th>state</th><th>build</th><th class=\"wide\">took</th><th class=\"wide\">slave</th><th class=\"wide\">when</th></tr></thead><tbody>\n{rows}</tbody></table>")
     };
     page("builds", &format!("<h1>ci-backend</h1>\n{body}"), false)
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 /// Headless Chromium's DOM of `url` after its scripts ran (`--dump-dom`).
 fn dom(url: &str) -> String {
     let out = Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=2000", "--dump-dom", url])
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--timeout=4000", "--dump-dom", url])
         .output()
         .unwrap_or_else(|e| panic!("chromium (installed by make deps): {e}"));
     assert!(out.status.success(), "chromium --dump-dom {url}: {}", String::from_utf8_lossy(&out.stderr));
