@@ -374,18 +374,14 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         let now = Instant::now();
         let wait = waiting.iter().map(|u| u.due.saturating_duration_since(now)).min().unwrap_or(Duration::from_secs(1));
         match rx.recv_timeout(wait.min(Duration::from_secs(1))) {
-            Ok(u) => {
-                waiting.retain(|w| w.url != u.url);
-                waiting.push(u);
-            }
+            Ok(u) => supersede(&mut waiting, u, &mut redis),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) if waiting.is_empty() => return,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
         }
         // Everything that arrived meanwhile first, so a stale state is not posted.
         while let Ok(u) = rx.try_recv() {
-            waiting.retain(|w| w.url != u.url);
-            waiting.push(u);
+            supersede(&mut waiting, u, &mut redis);
         }
         let now = Instant::now();
         let Some(i) = waiting.iter().position(|u| u.due <= now) else { continue };
@@ -412,6 +408,30 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         u.due = Instant::now() + backoff(u.attempts + 1);
         waiting.push(u);
     }
+}
+
+/// Queues `u`. A status of the same commit that already failed once and
+/// waits for its retry is given up (counted failed): posted after `u`, it
+/// would show a stale state. One never tried yet goes first, in order.
+fn supersede(waiting: &mut Vec<Update>, u: Update, redis: &mut Redis) {
+    let before = waiting.len();
+    waiting.retain(|w| {
+        let stale = w.url == u.url && w.attempts > 0;
+        if stale {
+            log::warn!(
+                "forge.status_failed repo={} sha={} state={} forge={} attempts={}: superseded by state={} before its retry",
+                quote(&w.repo),
+                short(&w.sha),
+                w.state,
+                w.forge.kind.name(),
+                w.attempts,
+                u.state
+            );
+        }
+        !stale
+    });
+    count(redis, "failed", (before - waiting.len()) as u64);
+    waiting.push(u);
 }
 
 /// One POST; the HTTP code, or why there is none (never the token).

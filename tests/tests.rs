@@ -69,3 +69,8 @@ mod membership_property;
 
 /// `make run` (scripts/run-local.sh): a taken port, the stop order, fixed local indexes.
 mod run_local;
+
+/// Commit statuses to GitHub, Gitea and GitLab (a local HTTP receiver per forge): pending then
+/// the result, exact requests; a forge answering 500 or never answering delays no build and is
+/// retried a bounded number of times; a payload naming another host gets no token.
+mod forge_status;
