@@ -123,6 +123,12 @@ impl Forges {
                 return Err(bad(&format!("{base:?} cannot hold `?` or `#`")));
             }
             let origin = origin(base).ok_or_else(|| bad(&format!("{base:?} is not an http(s) URL with a host")))?;
+            let loopback = ["localhost", "[::1]"].contains(&origin.host.as_str()) || origin.host.starts_with("127.");
+            if origin.scheme == "http" && !loopback {
+                return Err(bad(
+                    "http:// is refused: the token would travel in clear text; write https:// (http is for 127.0.0.1 and localhost only)",
+                ));
+            }
             if token.chars().any(|c| c.is_control()) {
                 return Err(bad("the token holds control characters"));
             }
@@ -477,7 +483,7 @@ mod tests {
 
     fn forges() -> Forges {
         Forges::parse(
-            "# ops\ngithub https://api.github.com/ ghp_T1\ngitea https://git.example.com:8443/api/v1 gt_T2\n\ngitlab http://gl.example.com/api/v4 gl_T3",
+            "# ops\ngithub https://api.github.com/ ghp_T1\ngitea https://git.example.com:8443/api/v1 gt_T2\n\ngitlab https://gl.example.com/api/v4 gl_T3",
             "SLAVE_FORGES",
         )
         .unwrap()
@@ -523,12 +529,12 @@ mod tests {
             assert_eq!(url(&push("gitea", Some(bad), None, None)), None, "{bad}");
         }
         assert_eq!(
-            url(&push("gitlab", Some("http://gl.example.com:80/mike/diaspora"), None, Some(15))),
-            Some(format!("http://gl.example.com/api/v4/projects/15/statuses/{sha}"))
+            url(&push("gitlab", Some("https://gl.example.com:443/mike/diaspora"), None, Some(15))),
+            Some(format!("https://gl.example.com/api/v4/projects/15/statuses/{sha}"))
         );
-        assert_eq!(url(&push("gitlab", Some("http://gl.example.com/mike/diaspora"), None, None)), None, "no project id");
-        assert_eq!(url(&push("gitlab", Some("https://gl.example.com/mike/diaspora"), None, Some(15))), None, "https is another origin");
-        assert_eq!(url(&push("", Some("http://gl.example.com/x"), None, Some(15))), None, "old record: no kind");
+        assert_eq!(url(&push("gitlab", Some("https://gl.example.com/mike/diaspora"), None, None)), None, "no project id");
+        assert_eq!(url(&push("gitlab", Some("http://gl.example.com/mike/diaspora"), None, Some(15))), None, "http is another origin");
+        assert_eq!(url(&push("", Some("https://gl.example.com/x"), None, Some(15))), None, "old record: no kind");
     }
 
     #[test]
@@ -540,11 +546,15 @@ mod tests {
             ("github https://u:p@h SECRET", "is not an http(s) URL"),
             ("github https://h/?x SECRET", "cannot hold"),
             ("github https://h SECRET extra", "4 fields"),
+            ("gitea http://git.example.com/api/v1 SECRET", "http:// is refused"),
         ] {
             let err = Forges::parse(&format!("gitlab https://ok tok\n{text}"), "SLAVE_FORGES").unwrap_err();
             assert!(err.starts_with("SLAVE_FORGES, line 2: "), "{text}: {err}");
             assert!(err.contains(want), "{text}: {err}");
             assert!(!err.contains("SECRET"), "{text}: {err}");
+        }
+        for local in ["http://127.0.0.1:3000/api/v1", "http://localhost/api/v4", "http://[::1]:8080"] {
+            assert!(Forges::parse(&format!("gitea {local} tok"), "t").is_ok(), "{local}");
         }
         let f = forges();
         assert!(!format!("{f:?}").contains("_T1") && !f.describe().contains("_T2"), "{}", f.describe());

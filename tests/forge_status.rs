@@ -191,12 +191,28 @@ fn token(kind: Kind) -> String {
     format!("{}-tok-{}", kind.name, delivery_id().replace('-', ""))
 }
 
-/// A backend with one slave whose SLAVE_FORGES names `receiver` as `kind`.
+/// A backend with one slave whose SLAVE_FORGES names `receiver` as `kind`; Gitea's line is
+/// given in a SLAVE_FORGES_FILE (mode 0600) instead.
 fn backend(kind: Kind, receiver: &Receiver, token: &str, extra: &[(&str, &str)]) -> Backend {
-    let forges = format!("{} {} {token}", kind.name, receiver.base(kind.api));
-    let mut env: Vec<(&str, &str)> = vec![("SLAVE_FORGES", &forges), ("CI_PUBLIC_URL", PUBLIC)];
+    let redis = Redis::start();
+    let line = format!("# the test's forge\n{} {} {token}\n", kind.name, receiver.base(kind.api));
+    let file = redis.root.join("forges");
+    let (name, value) = if kind.name == "gitea" {
+        std::fs::write(&file, &line).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        ("SLAVE_FORGES_FILE", file.to_string_lossy().into_owned())
+    } else {
+        ("SLAVE_FORGES", line)
+    };
+    let mut env: Vec<(&str, &str)> = vec![(name, &value), ("CI_PUBLIC_URL", PUBLIC)];
     env.extend_from_slice(extra);
-    Backend::start(1, &[], &env)
+    let hook = Hook::start(&redis, &[]);
+    let slaves = vec![Slave::start(&redis, &env)];
+    hook.wait_slaves("slave", 1);
+    let startup = events(&slaves[0].log(), "slave.forges").first().map(|l| l.to_string()).unwrap_or_default();
+    let want = format!("{} {} fingerprint=", kind.name, receiver.base(kind.api));
+    assert!(startup.contains(&want) && !startup.contains(token), "startup line: {startup}");
+    Backend { slaves, hook, redis }
 }
 
 /// Commits `files` to a new repository `name` and pushes it as `kind`, naming `host`; returns
