@@ -579,6 +579,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let poster = Poster { forges: forges(), public_url: None, tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)) };
+        let p = push("github", None, Some("https://api.github.com/repos/acme/app/statuses/{sha}"), None);
+        poster.report("1", &p, Event::Started { slave: "s-0".into() });
+        poster.report("1", &p, Event::Passed { seconds: 1 });
+        poster.report("2", &push("gitea", Some("https://elsewhere/x"), None, None), Event::Passed { seconds: 1 });
+        assert_eq!(poster.dropped.load(Ordering::SeqCst), 1, "the second is dropped; the third has no forge");
+        assert_eq!(rx.try_recv().map(|u| u.state).ok(), Some("pending"));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
     fn backoff_doubles_from_two_seconds() {
         let secs: Vec<u64> = (2..=6).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [2, 4, 8, 16, 32]);

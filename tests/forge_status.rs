@@ -195,6 +195,19 @@ fn token(kind: Kind) -> String {
 /// given in a SLAVE_FORGES_FILE (mode 0600) instead.
 fn backend(kind: Kind, receiver: &Receiver, token: &str, extra: &[(&str, &str)]) -> Backend {
     let redis = Redis::start();
+    let env = slave_env(&redis, kind, receiver, token, extra);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let hook = Hook::start(&redis, &[]);
+    let slaves = vec![Slave::start(&redis, &env)];
+    hook.wait_slaves("slave", 1);
+    let startup = events(&slaves[0].log(), "slave.forges").first().map(|l| l.to_string()).unwrap_or_default();
+    let want = format!("{} {} fingerprint=", kind.name, receiver.base(kind.api));
+    assert!(startup.contains(&want) && !startup.contains(token), "startup line: {startup}");
+    Backend { slaves, hook, redis }
+}
+
+/// The slave's environment for `backend`.
+fn slave_env(redis: &Redis, kind: Kind, receiver: &Receiver, token: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let line = format!("# the test's forge\n{} {} {token}\n", kind.name, receiver.base(kind.api));
     let file = redis.root.join("forges");
     let (name, value) = if kind.name == "gitea" {
@@ -204,15 +217,9 @@ fn backend(kind: Kind, receiver: &Receiver, token: &str, extra: &[(&str, &str)])
     } else {
         ("SLAVE_FORGES", line)
     };
-    let mut env: Vec<(&str, &str)> = vec![(name, &value), ("CI_PUBLIC_URL", PUBLIC)];
-    env.extend_from_slice(extra);
-    let hook = Hook::start(&redis, &[]);
-    let slaves = vec![Slave::start(&redis, &env)];
-    hook.wait_slaves("slave", 1);
-    let startup = events(&slaves[0].log(), "slave.forges").first().map(|l| l.to_string()).unwrap_or_default();
-    let want = format!("{} {} fingerprint=", kind.name, receiver.base(kind.api));
-    assert!(startup.contains(&want) && !startup.contains(token), "startup line: {startup}");
-    Backend { slaves, hook, redis }
+    let mut env = vec![(name.to_string(), value), ("CI_PUBLIC_URL".to_string(), PUBLIC.to_string())];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
 }
 
 /// Commits `files` to a new repository `name` and pushes it as `kind`, naming `host`; returns
@@ -404,4 +411,29 @@ fn gitea_web_url_of_another_host_gets_no_token() {
 #[test]
 fn gitlab_web_url_of_another_host_gets_no_token() {
     another_host_gets_no_token(GITLAB);
+}
+
+/// A build whose slave died during each of its SLAVE_MAX_ATTEMPTS attempts is given up: its
+/// status goes from pending (posted by the slave that died) to error.
+#[test]
+fn a_build_given_up_after_its_attempts_is_an_error() {
+    let rx = Receiver::start(Answer::Code(201));
+    let tok = token(GITHUB);
+    let extra = [("SLAVE_MAX_ATTEMPTS", "1"), ("SLAVE_LEASE", "1")];
+    let mut b = backend(GITHUB, &rx, &tok, &extra);
+    let blocker = Blocker::new(b.root(), "given-up");
+    let (_, sha, id) = push(&b, GITHUB, "acme/dies", &[("integration.yml", &blocker.yml())], &format!("127.0.0.1:{}", rx.port));
+    let path = GITHUB.path("acme/dies", &sha);
+    wait_states(&rx, &path, 1);
+    blocker.wait_started();
+    b.slaves[0].kill9();
+    let env = slave_env(&b.redis, GITHUB, &rx, &tok, &extra);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    b.slaves[0] = Slave::start(&b.redis, &env);
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.log, vec!["* gave up after 1 attempts: the slave died during each"]);
+    let got = wait_states(&rx, &path, 2);
+    let description = "could not run: gave up after 1 attempts: the slave died during each";
+    assert_eq!(got[1].body, GITHUB.body("error", description, &id), "{got:?}");
+    assert_eq!(got[0].body["state"], "pending");
 }
