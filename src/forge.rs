@@ -383,7 +383,8 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
             Ok(u) => supersede(&mut waiting, u, &mut redis),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) if waiting.is_empty() => return,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
+            // The slave is stopping: retries still due are tried (no busy wait) until done.
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => std::thread::sleep(wait.min(Duration::from_secs(1))),
         }
         // Everything that arrived meanwhile first, so a stale state is not posted.
         while let Ok(u) = rx.try_recv() {
