@@ -153,7 +153,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
     let short: String = push.sha.chars().take(10).collect();
     let fail = |mut log: Log, why: String| {
         log.push(format!("* {why}"));
-        Some(Outcome { passed: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
+        Some(Outcome { passed: false, could_not_run: true, log: log.into_lines(), seconds: started.elapsed().as_secs() })
     };
 
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
@@ -223,7 +223,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
             }
         }
     }
-    Some(Outcome { passed: ok, log: log.into_lines(), seconds: started.elapsed().as_secs() })
+    Some(Outcome { passed: ok, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
 }
 
 /// The values to hide: each listed variable's value, and each line of a

@@ -94,6 +94,19 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         doc: "`https://<user>:<token>@<host>[:<port>][/<path>]` lines, space- or newline-separated: each sent by git to that host over https only",
     },
     Setting { name: "GIT_CREDENTIALS_FILE", default: "", doc: "a file of such lines (mode 0400/0600), e.g. a Docker secret" },
+    Setting {
+        name: "SLAVE_FORGES",
+        default: "",
+        doc: "commit statuses: `<github|gitea|gitlab> <api base URL> <token>` lines; a token only for pushes of its forge's host",
+    },
+    Setting { name: "SLAVE_FORGES_FILE", default: "", doc: "a file of such lines (mode 0400/0600), e.g. a Docker secret" },
+    Setting { name: "SLAVE_FORGE_TIMEOUT", default: "10", doc: "seconds one commit-status request may take" },
+    Setting {
+        name: "SLAVE_FORGE_ATTEMPTS",
+        default: "5",
+        doc: "attempts per commit status (2, 4, 8, 16 s apart) before `forge.status_failed`",
+    },
+    Setting { name: "CI_PUBLIC_URL", default: "", doc: "public base URL of the hook: statuses link to `<it>/builds/<id>`; unset: no link" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -193,12 +206,15 @@ pub struct SlaveConfig {
     pub max_log_bytes: usize,
     /// Handed to git alone, per host; never logged, never in a build's env.
     pub git: Credentials,
+    /// Forge tokens for commit statuses; never logged, never in a build's env.
+    pub forges: crate::forge::Forges,
+    pub forge: crate::forge::Settings,
 }
 
 impl SlaveConfig {
     /// The settings from the environment; `git` is what `credentials::take`
     /// took out of it at startup.
-    pub fn from_env(git: Credentials) -> Result<SlaveConfig, ConfigError> {
+    pub fn from_env(taken: crate::credentials::Taken) -> Result<SlaveConfig, ConfigError> {
         let s = SLAVE_SETTINGS;
         let cluster = raw(s, "SLAVE_CLUSTER").unwrap_or_default();
         if crate::routing::cluster_tokens(&cluster).is_none() {
@@ -224,6 +240,21 @@ impl SlaveConfig {
             return Err(ConfigError(format!("SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {}", crate::build::MIN_LOG_BYTES)));
         }
         let build_user = BuildUser::resolve(&raw(s, "SLAVE_BUILD_USER").unwrap_or_default()).map_err(ConfigError)?;
+        let public_url = raw(s, "CI_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &public_url {
+            let lower = u.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://")) || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(ConfigError(format!("CI_PUBLIC_URL={u:?}: expected an http(s) URL")));
+            }
+        }
+        let forge = crate::forge::Settings {
+            timeout: secs("SLAVE_FORGE_TIMEOUT")?,
+            attempts: match number::<u32>(s, "SLAVE_FORGE_ATTEMPTS", "a number of attempts")? {
+                0 => return Err(ConfigError("SLAVE_FORGE_ATTEMPTS=\"0\": expected at least 1".into())),
+                n => n,
+            },
+            public_url,
+        };
         Ok(SlaveConfig {
             redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
             cluster,
@@ -238,7 +269,9 @@ impl SlaveConfig {
             },
             build_user,
             max_log_bytes,
-            git,
+            git: taken.git,
+            forges: taken.forges,
+            forge,
         })
     }
 }
@@ -259,7 +292,8 @@ mod tests {
     #[test]
     fn the_readme_table_lists_every_hook_setting_with_its_default() {
         let readme = include_str!("../README.md");
-        for s in HOOK_SETTINGS {
+        let forge = SLAVE_SETTINGS.iter().filter(|s| s.name.contains("FORGE") || s.name == "CI_PUBLIC_URL");
+        for s in HOOK_SETTINGS.iter().chain(forge) {
             let row = readme.lines().find(|l| l.starts_with(&format!("| `{}` |", s.name)));
             let row = row.unwrap_or_else(|| panic!("README.md's configuration table has no row for {}", s.name));
             if !s.default.is_empty() {

@@ -6,6 +6,9 @@
 //! /proc/<pid>/environ never holds them. A git command gets a credential only
 //! when its URL is https and names that host, port and path prefix; git's
 //! helper reads it from a pipe the slave fills for that one command.
+//!
+//! The forge tokens of commit statuses (SLAVE_FORGES, SLAVE_FORGES_FILE; see
+//! `crate::forge`) take the same way out of the environment, in the same memfd.
 
 use std::ffi::{CStr, OsString};
 use std::fmt;
@@ -24,6 +27,18 @@ const RETIRED: [&str; 3] = ["GIT_USERNAME", "GIT_PASSWORD", "GIT_NETRC"];
 /// Set by the slave for itself when it restarts: the memfd holding the lines.
 const HANDOVER: &str = "SLAVE_CREDENTIALS_FD";
 const MEMFD_NAME: &CStr = c"ci-git-credentials";
+/// Forge lines (`<kind> <api base> <token>`), and a file of them.
+pub const FORGES: &str = "SLAVE_FORGES";
+pub const FORGES_FILE: &str = "SLAVE_FORGES_FILE";
+/// Separates the git lines from the forge lines in the memfd.
+const FORGES_MARK: &str = "#forges\n";
+
+/// The secrets taken out of the environment.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub git: Credentials,
+    pub forges: crate::forge::Forges,
+}
 
 /// One credential: where it may go, and what it is.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,8 +66,9 @@ impl fmt::Debug for Credentials {
 /// `main`, before any thread exists. When GIT_CREDENTIALS or
 /// GIT_CREDENTIALS_FILE is set, it checks them, then restarts the slave
 /// (same executable and arguments) without them, handing the lines over in a
-/// memfd; it returns in the restarted process.
-pub fn take() -> Result<Credentials, String> {
+/// memfd; it returns in the restarted process. SLAVE_FORGES and
+/// SLAVE_FORGES_FILE are taken the same way.
+pub fn take() -> Result<Taken, String> {
     for name in RETIRED {
         if set(name).is_some() {
             return Err(format!(
@@ -65,12 +81,15 @@ pub fn take() -> Result<Credentials, String> {
     if let Some(fd) = std::env::var_os(HANDOVER) {
         std::env::remove_var(HANDOVER);
         let text = read_handover(&fd)?;
-        return Credentials::parse(&text, "the credentials handed over at restart");
+        let (git, forges) = text.split_once(FORGES_MARK).unwrap_or((&text, ""));
+        return Ok(Taken {
+            git: Credentials::parse(git, "the credentials handed over at restart")?,
+            forges: crate::forge::Forges::parse(forges, "the forge tokens handed over at restart")?,
+        });
     }
-    let inline = set(INLINE);
-    let file = set(FILE);
-    if inline.is_none() && file.is_none() {
-        return Ok(Credentials::default());
+    let (inline, file, forges, forges_file) = (set(INLINE), set(FILE), set(FORGES), set(FORGES_FILE));
+    if inline.is_none() && file.is_none() && forges.is_none() && forges_file.is_none() {
+        return Ok(Taken::default());
     }
     let mut all = Credentials::default();
     if let Some(value) = inline {
@@ -78,9 +97,18 @@ pub fn take() -> Result<Credentials, String> {
         all.0.extend(Credentials::parse(&value, INLINE)?.0);
     }
     if let Some(path) = file {
-        all.0.extend(Credentials::parse(&read_file(&path)?, &format!("{FILE}={path:?}"))?.0);
+        all.0.extend(Credentials::parse(&read_file(FILE, &path)?, &format!("{FILE}={path:?}"))?.0);
     }
-    Err(restart_without_env(&all.lines()))
+    let mut forge_lines = String::new();
+    if let Some(value) = forges {
+        let value = value.into_string().map_err(|_| format!("{FORGES}: not UTF-8"))?;
+        forge_lines.push_str(&crate::forge::Forges::parse(&value, FORGES)?.lines());
+    }
+    if let Some(path) = forges_file {
+        let text = read_file(FORGES_FILE, &path)?;
+        forge_lines.push_str(&crate::forge::Forges::parse(&text, &format!("{FORGES_FILE}={path:?}"))?.lines());
+    }
+    Err(restart_without_env(&format!("{}{FORGES_MARK}{forge_lines}", all.lines())))
 }
 
 /// A variable's value, when it is set and not blank.
@@ -90,8 +118,8 @@ fn set(name: &str) -> Option<OsString> {
 
 /// The file's lines; refused when anyone but its owner may read it, or when
 /// its owner is neither root nor the slave's user.
-fn read_file(path: &OsString) -> Result<String, String> {
-    let what = format!("{FILE}={path:?}");
+fn read_file(name: &str, path: &OsString) -> Result<String, String> {
+    let what = format!("{name}={path:?}");
     let meta = std::fs::metadata(path).map_err(|e| format!("{what}: cannot read: {e}"))?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -124,8 +152,15 @@ fn restart_without_env(lines: &str) -> String {
     let fd = file.into_raw_fd();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "slave".into());
-    let err =
-        Command::new("/proc/self/exe").arg0(argv0).args(args).env_remove(INLINE).env_remove(FILE).env(HANDOVER, fd.to_string()).exec();
+    let err = Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env_remove(INLINE)
+        .env_remove(FILE)
+        .env_remove(FORGES)
+        .env_remove(FORGES_FILE)
+        .env(HANDOVER, fd.to_string())
+        .exec();
     format!("cannot restart the slave without its credentials in the environment: {err}")
 }
 

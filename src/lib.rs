@@ -10,6 +10,7 @@ pub mod build;
 pub mod build_user;
 pub mod config;
 pub mod credentials;
+pub mod forge;
 pub mod guard;
 pub mod heartbeat;
 pub mod http;

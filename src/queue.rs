@@ -155,7 +155,8 @@ if state == 'running' then
   if died >= max then
     local why = '* gave up after ' .. died .. ' attempts: the slave died during each'
     record_result(id, working, 'failed', cjson.encode({why}), '0', now)
-    return {'gaveup', tostring(died)}
+    local f = redis.call('HMGET', key, 'push', 'sha')
+    return {'gaveup', tostring(died), f[1] or '', f[2] or ''}
   end
 end
 local attempt = redis.call('HINCRBY', key, 'attempt', 1)
@@ -280,8 +281,8 @@ pub enum Begun {
     /// Marked running: build it.
     Run(Box<Started>),
     /// The slave died during each of the last `died` attempts: stored as
-    /// failed instead (SLAVE_MAX_ATTEMPTS).
-    GaveUp { died: u32 },
+    /// failed instead (SLAVE_MAX_ATTEMPTS). The push, for its commit status.
+    GaveUp { died: u32, push: Option<Box<crate::payload::Push>> },
     /// The record is gone or already finished: nothing to build.
     Dropped,
 }
@@ -298,7 +299,13 @@ pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_at
         .arg(max_attempts)
         .invoke(conn)?;
     Ok(match reply.as_deref() {
-        Some([gaveup, died]) if gaveup == "gaveup" => Begun::GaveUp { died: died.parse().unwrap_or(max_attempts) },
+        Some([gaveup, died, push, sha]) if gaveup == "gaveup" => Begun::GaveUp {
+            died: died.parse().unwrap_or(max_attempts),
+            push: crate::payload::Push::from_json(push).map(|mut p| {
+                p.sha = sha.clone();
+                Box::new(p)
+            }),
+        },
         Some([attempt, push, sha, reset]) => match crate::payload::Push::from_json(push) {
             Some(mut push) => {
                 push.sha = sha.clone(); // a coalesced push may have replaced it
@@ -321,6 +328,9 @@ pub fn abandon(conn: &mut Connection, job: &Started) -> RedisResult<()> {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub passed: bool,
+    /// It could not run (checkout failed, integration.yml missing or
+    /// invalid, unstorable): an error, not a failure, to the forge.
+    pub could_not_run: bool,
     pub log: Vec<String>,
     pub seconds: u64,
 }

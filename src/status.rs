@@ -358,6 +358,14 @@ fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
     for result in ["passed", "failed"] {
         out.push_str(&format!("ci_builds_total{{result=\"{result}\"}} {}\n", stats.get(result).copied().unwrap_or(0)));
     }
+    let forge: HashMap<String, u64> = redis::cmd("HGETALL").arg(crate::forge::COUNTS_KEY).query(conn)?;
+    out.push_str(
+        "# HELP ci_forge_status_total Commit statuses posted by the slaves: sent (2xx), failed (after every attempt), \
+         dropped (queue full).\n# TYPE ci_forge_status_total counter\n",
+    );
+    for result in ["sent", "failed", "dropped"] {
+        out.push_str(&format!("ci_forge_status_total{{result=\"{result}\"}} {}\n", forge.get(result).copied().unwrap_or(0)));
+    }
     Ok(out)
 }
 

@@ -5,6 +5,7 @@
 
 use crate::build;
 use crate::config::SlaveConfig;
+use crate::forge::{self, Poster};
 use crate::heartbeat::{self, State};
 use crate::logging::quote;
 use crate::membership::{self, Member};
@@ -33,6 +34,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     take_over(&mut redis, &config, &member, index, &signals);
     heartbeat::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
     heartbeat::spawn_beats(config.lease, Arc::clone(&state))?;
+    let poster = Poster::spawn(config.forges.clone(), config.forge.clone(), &config.redis_url)?;
 
     let host = hostname();
     let base_env = build::base_env();
@@ -72,8 +74,12 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         let working = queue::working_key(&config.cluster, index);
         let started = match redis.run(|c| queue::start(c, &id, &working, &slave, config.max_attempts)) {
             Ok(Begun::Run(s)) => *s,
-            Ok(Begun::GaveUp { died }) => {
+            Ok(Begun::GaveUp { died, push }) => {
                 log::error!("build.gave_up id={id} slave={slave} attempts={died}: the slave died during each; stored as failed");
+                if let Some(push) = push {
+                    let why = format!("gave up after {died} attempts: the slave died during each");
+                    poster.report(&id, &push, forge::Event::Error { why });
+                }
                 continue;
             }
             Ok(Begun::Dropped) => {
@@ -89,6 +95,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         };
         let facts = build_facts(&started, &slave);
         log::info!("build.started {facts} attempt={}", started.attempt);
+        poster.report(&started.id, &started.push, forge::Event::Started { slave: slave.clone() });
         *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
         state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
         let ctx = build::Context {
@@ -115,7 +122,13 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             continue;
         };
         let result = if outcome.passed { "passed" } else { "failed" };
-        if !store(&mut redis, &started, &working, &outcome, &signals, &facts) {
+        let stored = store(&mut redis, &started, &working, &outcome, &signals, &facts);
+        match &stored {
+            Stored::Superseded => continue,
+            Stored::Real => poster.report(&started.id, &started.push, event(&outcome)),
+            Stored::Substitute(o) => poster.report(&started.id, &started.push, event(o)),
+        }
+        if !matches!(stored, Stored::Real) {
             continue;
         }
         log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
@@ -125,6 +138,18 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let _ = redis.run(|c| member.release(c, index));
     log::info!("slave.stopped cluster={} index={index}", config.cluster);
     Ok(())
+}
+
+/// A stored outcome as its commit status says it.
+fn event(outcome: &queue::Outcome) -> forge::Event {
+    if outcome.could_not_run {
+        let why = outcome.log.iter().rev().find_map(|l| l.strip_prefix("* ")).unwrap_or("see the build log");
+        return forge::Event::Error { why: why.to_string() };
+    }
+    match outcome.passed {
+        true => forge::Event::Passed { seconds: outcome.seconds },
+        false => forge::Event::Failed { seconds: outcome.seconds },
+    }
 }
 
 /// `id=… repo=… branch=… sha=<10> slave=…` for a build's log lines.
@@ -147,7 +172,7 @@ fn fallback(outcome: &queue::Outcome, e: &redis::RedisError) -> queue::Outcome {
     }
     let why: String = e.to_string().chars().take(FALLBACK_LINE_CHARS).collect();
     log.push(format!("* the result could not be stored (redis refused it: {why}); the build is marked failed"));
-    queue::Outcome { passed: false, log, seconds: outcome.seconds }
+    queue::Outcome { passed: false, could_not_run: true, log, seconds: outcome.seconds }
 }
 
 /// Stores a result. A lost connection is retried with backoff (a finished
@@ -155,22 +180,30 @@ fn fallback(outcome: &queue::Outcome, e: &redis::RedisError) -> queue::Outcome {
 /// stores the build as failed with the reason instead; if even that is
 /// refused, the error is logged and the slave goes on (the job stays in
 /// progress and runs again, up to SLAVE_MAX_ATTEMPTS).
-/// True when the real result was stored.
-fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals, facts: &str) -> bool {
+/// What was stored.
+enum Stored {
+    Real,
+    /// Redis refused the real one; this stood in for it.
+    Substitute(queue::Outcome),
+    /// Nothing: a later attempt owns the build, or Redis refused even the short record.
+    Superseded,
+}
+
+fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals, facts: &str) -> Stored {
     let mut backoff = Backoff::default();
     let mut substitute: Option<queue::Outcome> = None;
     loop {
         let current = substitute.as_ref().unwrap_or(outcome);
         match redis.run(|c| queue::finish(c, job, working, current)) {
-            Ok(true) => return substitute.is_none(),
+            Ok(true) => return substitute.map_or(Stored::Real, Stored::Substitute),
             Ok(false) => {
                 log::warn!("build.superseded id={} attempt={}: a later attempt owns this build; result not stored", job.id, job.attempt);
-                return false;
+                return Stored::Superseded;
             }
             Err(e) if is_connection_error(&e) => {
                 if signals.abort.load(Ordering::SeqCst) {
                     log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", job.id);
-                    return false;
+                    return Stored::Superseded;
                 }
                 let delay = backoff.next_delay();
                 log::warn!("redis.unreachable op=finish id={} error={} retry_ms={}", job.id, quote(&e.to_string()), delay.as_millis());
@@ -183,7 +216,7 @@ fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outco
             }
             Err(e) => {
                 log::error!("build.unstored {facts} error={}: redis refused even the short record; going on", quote(&e.to_string()));
-                return false;
+                return Stored::Superseded;
             }
         }
     }

@@ -76,3 +76,8 @@ mod history;
 
 /// The dashboard in headless Chromium, badges parsed by xmllint, HOOK_READ_TOKEN.
 mod dashboard;
+
+/// Commit statuses to GitHub, Gitea and GitLab (a local HTTP receiver per forge): pending then
+/// the result, exact requests; a forge answering 500 or never answering delays no build and is
+/// retried a bounded number of times; a payload naming another host gets no token.
+mod forge_status;

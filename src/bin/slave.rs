@@ -11,10 +11,10 @@ fn main() {
         return;
     }
     // First, while this is the only thread: may restart the process.
-    let git = credentials::take().unwrap_or_else(|e| exit(2, &e));
+    let taken = credentials::take().unwrap_or_else(|e| exit(2, &e));
     build_user::protect_self().unwrap_or_else(|e| exit(1, &e));
     logging::init();
-    let config = config::SlaveConfig::from_env(git).unwrap_or_else(|e| exit(2, &e.to_string()));
+    let config = config::SlaveConfig::from_env(taken).unwrap_or_else(|e| exit(2, &e.to_string()));
     let user = &config.build_user;
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
     let creds = if config.git.is_empty() { "-".to_string() } else { config.git.hosts() };
@@ -27,6 +27,9 @@ fn main() {
         user.switch,
         logging::quote(&creds)
     );
+    if !config.forges.is_empty() {
+        log::info!("slave.forges forges={}", logging::quote(&config.forges.describe()));
+    }
     if !user.switch && !config.git.is_empty() {
         log::warn!(
             "slave.credentials_shared user={}: steps run as the slave's own user and can reach its git; run the slave as root so that they run as SLAVE_BUILD_USER",

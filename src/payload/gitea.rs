@@ -5,7 +5,7 @@ use super::{check_json, from_json, github, Delivery, PayloadError};
 pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
     match event {
         // Gitea's push body has GitHub's shape.
-        "push" => github::push(&from_json(body)?),
+        "push" => github::push(&from_json(body)?, "gitea"),
         other => check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
     }
 }

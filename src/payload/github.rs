@@ -29,11 +29,15 @@ struct Repository<'a> {
     clone_url: Option<Cow<'a, str>>,
     #[serde(borrow)]
     default_branch: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    html_url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    statuses_url: Option<Cow<'a, str>>,
 }
 
 pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
     match event {
-        "push" => push(&from_json(body)?),
+        "push" => push(&from_json(body)?, "github"),
         "ping" => check_json(body).map(|_| Delivery::NoBuild("ping: hook is set up".into())),
         other => check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
     }
@@ -45,11 +49,11 @@ pub(super) fn parse_headerless(body: &[u8]) -> Result<Delivery, PayloadError> {
     if parsed.git_ref.is_none() || parsed.after.is_none() {
         return Err(PayloadError("no event header (X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event) and the body is not a push".into()));
     }
-    push(&parsed)
+    push(&parsed, "github")
 }
 
-/// GitHub's and Gitea's push bodies share these fields.
-pub(super) fn push(b: &Body) -> Result<Delivery, PayloadError> {
+/// GitHub's and Gitea's push bodies share these fields; `forge` says which sent it.
+pub(super) fn push(b: &Body, forge: &'static str) -> Result<Delivery, PayloadError> {
     let repo = b.repository.as_ref();
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
@@ -59,5 +63,10 @@ pub(super) fn push(b: &Body) -> Result<Delivery, PayloadError> {
         default_branch: repo.and_then(|r| r.default_branch.as_deref()),
         message: head_message(&b.head_commit, &b.commits),
         deleted: b.deleted.as_ref().and_then(serde_json::Value::as_bool).unwrap_or(false),
+        forge,
+        web_url: repo.and_then(|r| r.html_url.as_deref()),
+        // Gitea's body has no statuses_url; only GitHub's is used.
+        statuses_url: repo.and_then(|r| r.statuses_url.as_deref()).filter(|_| forge == "github"),
+        project_id: None,
     })
 }

@@ -18,6 +18,8 @@ struct Body<'a> {
     repository: Option<Project<'a>>,
     #[serde(borrow)]
     commits: Option<Vec<RawCommit<'a>>>,
+    /// Kept loose: anything but a non-negative integer is no id.
+    project_id: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +30,9 @@ struct Project<'a> {
     git_http_url: Option<Cow<'a, str>>,
     #[serde(borrow)]
     default_branch: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    web_url: Option<Cow<'a, str>>,
+    id: Option<serde_json::Value>,
 }
 
 pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
@@ -47,5 +52,9 @@ pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> 
         default_branch: project.and_then(|p| p.default_branch.as_deref()),
         message: head_message(&None, &b.commits),
         deleted,
+        forge: "gitlab",
+        web_url: project.and_then(|p| p.web_url.as_deref()),
+        statuses_url: None,
+        project_id: project.and_then(|p| p.id.as_ref()).or(b.project_id.as_ref()).and_then(serde_json::Value::as_u64),
     })
 }

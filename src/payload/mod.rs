@@ -21,6 +21,36 @@ pub struct Push {
     pub message: String,
     /// Capabilities asked for by the hook's path (`/JDK8+SBT`), kept for re-runs.
     pub hints: Vec<String>,
+    /// Where commit statuses could go, as the (untrusted) payload names it.
+    pub forge: ForgeFacts,
+}
+
+/// Which forge sent a push and what its payload says about the repository's
+/// place there. Chosen by whoever holds the shared web-hook token: the slave
+/// sends a forge token only when these match a configured forge (see
+/// `crate::forge`). Absent in records queued by earlier versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForgeFacts {
+    /// `github`, `gitea` or `gitlab`; empty when unknown.
+    pub kind: String,
+    /// The repository's web page (`repository.html_url`, `project.web_url`).
+    pub web_url: Option<String>,
+    /// GitHub's `repository.statuses_url` (`…/statuses/{sha}`).
+    pub statuses_url: Option<String>,
+    /// GitLab's numeric project id (`project.id`, `project_id`).
+    pub project_id: Option<u64>,
+}
+
+impl ForgeFacts {
+    /// Keeps only URLs that are short, printable and http(s).
+    fn url(value: Option<&str>) -> Option<String> {
+        let v = value?;
+        let lower = v.get(..8).unwrap_or(v).to_ascii_lowercase();
+        let ok = v.len() <= 500
+            && !v.chars().any(|c| c.is_control() || c.is_whitespace())
+            && (lower.starts_with("https://") || lower.starts_with("http://"));
+        ok.then(|| v.to_string())
+    }
 }
 
 impl Push {
@@ -29,6 +59,8 @@ impl Push {
             "repo": self.repo, "branch": self.branch, "sha": self.sha,
             "clone_url": self.clone_url, "default_branch": self.default_branch,
             "message": self.message, "hints": self.hints,
+            "forge": self.forge.kind, "web_url": self.forge.web_url,
+            "statuses_url": self.forge.statuses_url, "project_id": self.forge.project_id,
         })
         .to_string()
     }
@@ -43,12 +75,20 @@ impl Push {
             default_branch: v["default_branch"].as_str().map(String::from),
             message: v["message"].as_str().unwrap_or("").to_string(),
             hints: v["hints"].as_array().map(|a| a.iter().filter_map(|h| h.as_str().map(String::from)).collect()).unwrap_or_default(),
+            forge: ForgeFacts {
+                kind: v["forge"].as_str().unwrap_or("").to_string(),
+                web_url: v["web_url"].as_str().map(String::from),
+                statuses_url: v["statuses_url"].as_str().map(String::from),
+                project_id: v["project_id"].as_u64(),
+            },
         })
     }
 }
 
-/// What a delivery asks for.
+/// What a delivery asks for. One per request, never in a collection: the
+/// size of `Push` costs nothing worth a box.
 #[derive(Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Delivery {
     Build(Push),
     /// Answered 200 with this reason: ping, other events, deletions, tags.
@@ -219,6 +259,11 @@ pub(crate) struct RawPush<'a> {
     pub default_branch: Option<&'a str>,
     pub message: Option<&'a str>,
     pub deleted: bool,
+    /// `github`, `gitea` or `gitlab`.
+    pub forge: &'static str,
+    pub web_url: Option<&'a str>,
+    pub statuses_url: Option<&'a str>,
+    pub project_id: Option<u64>,
 }
 
 pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
@@ -252,6 +297,12 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         default_branch: raw.default_branch.filter(|b| !b.is_empty()).map(String::from),
         message: raw.message.unwrap_or("").to_string(),
         hints: Vec::new(),
+        forge: ForgeFacts {
+            kind: raw.forge.to_string(),
+            web_url: ForgeFacts::url(raw.web_url),
+            statuses_url: ForgeFacts::url(raw.statuses_url),
+            project_id: raw.project_id,
+        },
     }))
 }
 
@@ -447,7 +498,57 @@ mod tests {
             default_branch: None,
             message: "m".into(),
             hints: vec!["jdk8".into()],
+            forge: ForgeFacts {
+                kind: "gitlab".into(),
+                web_url: Some("https://gl.example/a/b".into()),
+                statuses_url: None,
+                project_id: Some(15),
+            },
         };
         assert_eq!(Push::from_json(&p.to_json()), Some(p));
+    }
+
+    #[test]
+    fn push_json_of_earlier_versions_still_parses() {
+        let old = r#"{"repo":"a/b","branch":"main","sha":"abababababababababababababababababababab","clone_url":"file:///x","default_branch":null,"message":"m","hints":[]}"#;
+        let p = Push::from_json(old).expect("parses");
+        assert_eq!(p.forge, ForgeFacts::default());
+    }
+
+    fn fixture_push(event: (&str, &str), rel: &str) -> Push {
+        let body = std::fs::read(format!("{}/tests/fixtures/webhooks/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let mut r = Request { body: &body, ..Default::default() };
+        match event.0 {
+            "github" => r.github_event = Some(event.1),
+            "gitea" => r.gitea_event = Some(event.1),
+            _ => r.gitlab_event = Some(event.1),
+        }
+        match parse(&r) {
+            Ok(Delivery::Build(p)) => p,
+            other => panic!("{rel}: {other:?}"),
+        }
+    }
+
+    /// The values are the fixtures' own, read off the files by eye.
+    #[test]
+    fn real_payloads_give_their_forge_facts() {
+        let p = fixture_push(("github", "push"), "github/push/with-new-branch.payload.json");
+        assert_eq!(p.forge.kind, "github");
+        assert_eq!(p.forge.statuses_url.as_deref(), Some("https://api.github.com/repos/Codertocat/Hello-World/statuses/{sha}"));
+        assert_eq!(p.forge.web_url.as_deref(), Some("https://github.com/Codertocat/Hello-World"));
+        let p = fixture_push(("gitea", "push"), "gitea/gitea-push.json");
+        assert_eq!(p.forge.kind, "gitea");
+        assert_eq!(p.forge.web_url.as_deref(), Some("http://localhost:3000/gitea/webhooks"));
+        let p = fixture_push(("gitlab", "Push Hook"), "gitlab/push-hook.json");
+        assert_eq!((p.forge.kind.as_str(), p.forge.project_id), ("gitlab", Some(15)));
+        assert_eq!(p.forge.web_url.as_deref(), Some("http://example.com/mike/diaspora"));
+    }
+
+    #[test]
+    fn forge_urls_that_are_not_plain_http_are_dropped() {
+        assert_eq!(ForgeFacts::url(Some("https://h/x")).as_deref(), Some("https://h/x"));
+        for bad in ["ftp://h/x", "https://h/x y", "https://h/\nx", "javascript:x", ""] {
+            assert_eq!(ForgeFacts::url(Some(bad)), None, "{bad:?}");
+        }
     }
 }
