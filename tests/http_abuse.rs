@@ -349,7 +349,11 @@ fn invalid_utf8_in_path_and_body_is_refused_cleanly() {
 fn put_delete_patch_are_405_with_a_json_error_and_allow() {
     let (b, git) = backend(None);
     let paths = [
-        ("/", "POST"),
+        ("/", "GET, HEAD, POST"),
+        ("/login", "GET, HEAD, POST"),
+        ("/hints+x", "POST"),
+        ("/badge/abuse/app.svg", "GET, HEAD"),
+        ("/builds/1", "GET, HEAD"),
         ("/status/abuse/app", "GET, HEAD"),
         ("/ping", "GET, HEAD"),
         ("/build/abuse/app", "POST"),
