@@ -36,6 +36,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
 
     let host = hostname();
     let base_env = build::base_env();
+    let publisher = crate::live::Publisher::start(&config.redis_url)?;
     let mut last_maintenance = Instant::now();
     let mut backoff = Backoff::default();
     while !signals.stop.load(Ordering::SeqCst) {
@@ -91,6 +92,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         log::info!("build.started {facts} attempt={}", started.attempt);
         *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
         state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
+        let live = publisher.for_build(&started.id);
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
@@ -101,6 +103,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             timeout: config.build_timeout,
             base_env: &base_env,
             abort: &state.kill_build,
+            live: Some(&live),
         };
         let outcome = build::run(&ctx, &started);
         *state.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -118,6 +121,8 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         if !store(&mut redis, &started, &working, &outcome, &signals, &facts) {
             continue;
         }
+        // After the result is stored: a follower that sees `end` finds the record finished.
+        live.end(result);
         log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
     }
     state.done.store(true, Ordering::SeqCst);

@@ -73,3 +73,7 @@ mod run_local;
 /// Issue 10: the last HISTORY_KEEP builds per branch (`/history`, `/status?id=`), older records
 /// deleted; `/repos`.
 mod history;
+
+/// Issue 10: live logs followed over chunked HTTP as the steps print them; 200 followers; a
+/// follower that stops reading; HOOK_MAX_FOLLOWERS.
+mod follow;
