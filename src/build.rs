@@ -12,6 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest snippet text shown in a log line.
@@ -43,6 +44,8 @@ pub struct Context<'a> {
     pub base_env: &'a [(String, String)],
     /// Set on shutdown past the grace period: stop and store nothing.
     pub abort: &'a AtomicBool,
+    /// Where the log lines and the snippets' output lines go as they happen.
+    pub live: Option<&'a crate::live::BuildLog>,
 }
 
 /// The first line of a snippet, cut to a readable length.
@@ -74,12 +77,14 @@ pub struct Log {
     tail: VecDeque<String>,
     tail_cost: usize,
     dropped: u64,
+    /// Each line is also published here as it is pushed.
+    live: Option<crate::live::BuildLog>,
 }
 
 impl Log {
     pub fn new(max_bytes: usize) -> Log {
         let half = max_bytes.saturating_sub(LOG_RESERVE) / 2;
-        Log { half, head: vec![], head_cost: 0, head_closed: false, tail: VecDeque::new(), tail_cost: 0, dropped: 0 }
+        Log { half, head: vec![], head_cost: 0, head_closed: false, tail: VecDeque::new(), tail_cost: 0, dropped: 0, live: None }
     }
 
     pub fn push(&mut self, mut line: String) {
@@ -90,6 +95,9 @@ impl Log {
             }
             line.truncate(end);
             line.push_str("...");
+        }
+        if let Some(live) = &self.live {
+            live.line(&line);
         }
         let cost = line_cost(&line);
         if !self.head_closed && self.head_cost + cost <= self.half {
@@ -150,6 +158,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
     let started = Instant::now();
     let push = &job.push;
     let mut log = Log::new(ctx.max_log);
+    log.live = ctx.live.cloned();
     let short: String = push.sha.chars().take(10).collect();
     let fail = |mut log: Log, why: String| {
         log.push(format!("* {why}"));
@@ -198,7 +207,9 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
             }
             let env = step_env(ctx, job, &commit, &short, &log, ok, step);
             let masks = secret_values(&env, &step.secrets);
-            let ran = runner::run(script, &cwd, &env, ctx.user, left, ctx.abort);
+            // Output lines go live as `  . <line>` (debug or not), masked like the log.
+            let sink = ctx.live.map(|live| Arc::new(LiveOutput { live: live.clone(), masks: masks.clone() }) as runner::LineSink);
+            let ran = runner::run(script, &cwd, &env, ctx.user, left, ctx.abort, sink);
             let secs = ran.elapsed.as_secs();
             let (passed, how) = match &ran.exit {
                 Exit::Code(0) => (true, "exit code 0".to_string()),
@@ -224,6 +235,24 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
         }
     }
     Some(Outcome { passed: ok, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
+}
+
+/// A snippet's output lines on their way to the live log.
+struct LiveOutput {
+    live: crate::live::BuildLog,
+    masks: Vec<String>,
+}
+
+impl crate::process::LineTarget for LiveOutput {
+    fn room(&self) -> bool {
+        self.live.has_room()
+    }
+    fn line(&self, line: &[u8]) {
+        self.live.line(&format!("  . {}", mask(&crate::process::line_text(line), &self.masks)));
+    }
+    fn skipped(&self, n: u64) {
+        self.live.count_dropped(n);
+    }
 }
 
 /// The values to hide: each listed variable's value, and each line of a

@@ -29,6 +29,8 @@ pub struct Hook {
     pub token: String,
     pub metrics: Metrics,
     next_req: AtomicU64,
+    /// Clients following a build's log now (at most HOOK_MAX_FOLLOWERS).
+    followers: AtomicUsize,
 }
 
 /// An answer: status, content type, body, extra headers.
@@ -40,11 +42,13 @@ struct Reply {
     headers: Vec<(&'static str, String)>,
     /// `key=value` facts for the request's log line.
     facts: String,
+    /// Follow this build's log on the connection thread (`?follow=1`).
+    follow: Option<String>,
 }
 
 impl Reply {
     fn json(code: u16, value: Value) -> Reply {
-        Reply { code, ctype: "application/json", body: format!("{value}\n"), headers: Vec::new(), facts: String::new() }
+        Reply { code, ctype: "application/json", body: format!("{value}\n"), headers: Vec::new(), facts: String::new(), follow: None }
     }
 
     /// One JSON sentence, `{"error": why}`; also on the log line.
@@ -56,13 +60,13 @@ impl Reply {
     }
 
     fn text(code: u16, body: String) -> Reply {
-        Reply { code, ctype: "text/plain; charset=utf-8", body, headers: Vec::new(), facts: String::new() }
+        Reply { code, ctype: "text/plain; charset=utf-8", body, headers: Vec::new(), facts: String::new(), follow: None }
     }
 }
 
 impl Hook {
     pub fn new(config: HookConfig, token: String) -> Hook {
-        Hook { config, token, metrics: Metrics::default(), next_req: AtomicU64::new(1) }
+        Hook { config, token, metrics: Metrics::default(), next_req: AtomicU64::new(1), followers: AtomicUsize::new(0) }
     }
 
     fn limits(&self) -> wire::Limits {
@@ -175,7 +179,11 @@ fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>) {
             Next::Request(req) => {
                 let started = Instant::now();
                 let req = Arc::new(req);
-                let (route, reply) = dispatch(&req, tx);
+                let (route, mut reply) = dispatch(&req, tx);
+                if let Some(id) = reply.follow.take() {
+                    follow(hook, conn, &req, &id, started);
+                    return;
+                }
                 let keep_alive = req.keep_alive;
                 let answer = response(reply);
                 let _ = conn.send(Some(&req), answer.0);
@@ -185,6 +193,74 @@ fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>) {
                 }
             }
         }
+    }
+}
+
+/// Gives back a follower's slot when its thread is done with it.
+struct FollowerSlot<'a>(&'a AtomicUsize);
+
+impl Drop for FollowerSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Streams build `id`'s log on this connection thread, with a Redis
+/// connection of its own, until the build ends (then the result line and the
+/// close), the client stops reading (its write times out after
+/// HOOK_IDLE_TIMEOUT) or leaves. At most HOOK_MAX_FOLLOWERS at once: past
+/// it, 503.
+fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, started: Instant) {
+    let max = hook.config.max_followers;
+    if hook.followers.fetch_add(1, Ordering::SeqCst) >= max {
+        hook.followers.fetch_sub(1, Ordering::SeqCst);
+        let answer = response(Reply::error(
+            503,
+            format!("HOOK_MAX_FOLLOWERS ({max}) clients already follow build logs; retry later or read /status without follow"),
+        ));
+        let _ = conn.send(Some(req), answer.0);
+        log_request(hook, req.method.as_str(), req.path(), "follow", answer.1, started);
+        return;
+    }
+    let _slot = FollowerSlot(&hook.followers);
+    let redis = redis::Client::open(hook.config.redis_url.as_str()).and_then(|c| {
+        let conn = c.get_connection_with_timeout(REDIS_TIMEOUT)?;
+        conn.set_read_timeout(Some(crate::live::FOLLOW_BLOCK + REDIS_TIMEOUT))?;
+        conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
+        Ok(conn)
+    });
+    let mut redis = match redis {
+        Ok(r) => r,
+        Err(e) => {
+            let answer = response(redis_down(&e));
+            let _ = conn.send(Some(req), answer.0);
+            log_request(hook, req.method.as_str(), req.path(), "follow", answer.1, started);
+            return;
+        }
+    };
+    if let Err(e) = conn.start_stream(req, 200, "text/plain; charset=utf-8") {
+        log::info!("follow.dropped id={id} error={}: the client left before the answer", quote(&e.to_string()));
+        return;
+    }
+    log_request(hook, req.method.as_str(), req.path(), "follow", LogFacts { code: 200, facts: format!(" id={id} follow=1") }, started);
+    let followed = crate::live::follow(&mut redis, id, |text| {
+        if text.is_empty() {
+            return if conn.client_gone() { Err(std::io::ErrorKind::BrokenPipe.into()) } else { Ok(()) };
+        }
+        conn.chunk(text.as_bytes())
+    });
+    let ms = started.elapsed().as_millis();
+    match followed {
+        Ok(crate::live::Followed::Ended) => {
+            let _ = conn.end_stream();
+            log::info!("follow.ended id={id} ms={ms}");
+        }
+        Ok(crate::live::Followed::Gone) => {
+            let _ = conn.chunk(format!("* build {id} is gone\n").as_bytes());
+            let _ = conn.end_stream();
+            log::info!("follow.ended id={id} ms={ms} why=gone");
+        }
+        Err(why) => log::info!("follow.dropped id={id} ms={ms} error={}: the follower stopped reading or left", quote(&why)),
     }
 }
 
@@ -277,7 +353,7 @@ fn wants_html(req: &Request) -> bool {
 
 impl From<views::View> for Reply {
     fn from(v: views::View) -> Reply {
-        Reply { code: v.code, ctype: v.ctype, body: v.body, headers: v.headers, facts: String::new() }
+        Reply { code: v.code, ctype: v.ctype, body: v.body, headers: v.headers, facts: String::new(), follow: None }
     }
 }
 
@@ -451,15 +527,27 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
         Err(reply) => return reply,
     };
     let wants_json = wants_json(req);
+    let follow = req.method == Method::Get && query_param(query, "follow").is_some_and(|f| f == "1" || f == "true");
     if let Some(id) = query_param(query, "id") {
         return match redis.run_again(|c| status::build(c, &repo, &id)) {
             Err(e) => redis_down(&e),
             Ok(None) => Reply::error(404, format!("{repo:?} has no build {id:?} (ids are numbers; old builds leave after HISTORY_KEEP)")),
+            Ok(Some(_)) if follow => Reply { follow: Some(id), ..Reply::text(200, String::new()) },
             Ok(Some(record)) if wants_json => Reply::json(200, record),
-            Ok(Some(record)) => {
-                let (code, text) = status::record_text(&record);
-                Reply::text(code, text)
+            Ok(Some(record)) => match redis.run_again(|c| status::record_text(c, &record)) {
+                Err(e) => redis_down(&e),
+                Ok((code, text)) => Reply::text(code, text),
+            },
+        };
+    }
+    if follow {
+        return match redis.run_again(|c| status::history(c, &repo, branch.as_deref(), 1)) {
+            Err(e) => redis_down(&e),
+            Ok(Some(latest)) if !latest.is_empty() => {
+                let id = latest[0]["id"].as_str().unwrap_or_default().to_string();
+                Reply { follow: Some(id), ..Reply::text(200, String::new()) }
             }
+            Ok(_) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
         };
     }
     match redis.run_again(|c| status::read(c, &repo, branch.as_deref())) {

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod heartbeat;
 pub mod http;
 pub mod integration;
+pub mod live;
 pub mod logging;
 pub mod membership;
 pub mod pages;

@@ -165,17 +165,23 @@ pub fn build(record: &Value, lines: &[String], follow: &str) -> String {
         log.push_str(&escape(l));
         log.push('\n');
     }
+    let facts: Vec<String> = [
+        format!("branch {}", escape(field(record, "branch"))),
+        format!("commit <code>{}</code>", escape(short(field(record, "sha")))),
+        escape(field(record, "slave")),
+        duration(record),
+        when(record),
+    ]
+    .into_iter()
+    .filter(|f| !f.is_empty())
+    .collect();
     let mut body = format!(
-        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">branch {} · commit <code>{}</code> · {} · {} · {}</span></p>\n<pre id=\"log\">{log}</pre>\n",
+        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">{}</span></p>\n<pre id=\"log\">{log}</pre>\n",
         url_part(repo),
         escape(repo),
         escape(id),
         state(st),
-        escape(field(record, "branch")),
-        escape(short(field(record, "sha"))),
-        escape(field(record, "slave")),
-        duration(record),
-        when(record)
+        facts.join(" · ")
     );
     if running {
         // Follows the live log; reloads for the final state when it ends.

@@ -9,7 +9,22 @@ use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where output lines go as they arrive, on the reader thread; nothing here
+/// may block. The bounded tail is kept as without it.
+pub trait LineTarget: Send + Sync {
+    /// Whether a line handed over now would be taken. Asked before each line;
+    /// while it says no, output is only counted (at the speed of the tail).
+    fn room(&self) -> bool;
+    /// One line: cut at MAX_LINE bytes, its newline removed (see [`line_text`]).
+    fn line(&self, line: &[u8]);
+    /// `n` lines went by without being handed over.
+    fn skipped(&self, n: u64);
+}
+
+pub type LineSink = Arc<dyn LineTarget>;
 
 /// How long a group has after SIGTERM before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -60,7 +75,13 @@ pub struct Tail {
 
 /// Runs `cmd` (already given its program, arguments, env, cwd and user) to
 /// its end, the deadline or the abort flag, whichever comes first.
-pub fn run(mut cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool) -> Finished {
+pub fn run(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool) -> Finished {
+    run_with_sink(cmd, capture, deadline, abort, None)
+}
+
+/// [`run`], also handing each line of the merged output (or of stderr) to
+/// `sink` as it is read.
+pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool, sink: Option<LineSink>) -> Finished {
     let started = Instant::now();
     let failed = |e: String| Finished { exit: Exit::SpawnFailed(e), elapsed: started.elapsed(), output: Tail::default(), stdout: vec![] };
     let (out_r, out_w) = match std::io::pipe() {
@@ -97,14 +118,19 @@ pub fn run(mut cmd: Command, capture: Capture, deadline: Instant, abort: &Atomic
     {
         let tx = done_tx.clone();
         let split = err_r.is_some();
+        let sink = if split { None } else { sink.clone() };
         std::thread::spawn(move || {
-            let _ = tx.send(if split { Collected::Head(read_head(out_r, head_len)) } else { Collected::Tail(read_tail(out_r, tail_len)) });
+            let _ = tx.send(if split {
+                Collected::Head(read_head(out_r, head_len))
+            } else {
+                Collected::Tail(read_tail(out_r, tail_len, sink))
+            });
         });
     }
     if let Some(err_r) = err_r {
         let tx = done_tx.clone();
         std::thread::spawn(move || {
-            let _ = tx.send(Collected::Tail(read_tail(err_r, tail_len)));
+            let _ = tx.send(Collected::Tail(read_tail(err_r, tail_len, sink)));
         });
     }
     drop(done_tx);
@@ -196,14 +222,79 @@ fn read_head(mut reader: impl Read, max: usize) -> Vec<u8> {
     }
 }
 
-fn read_tail(mut reader: impl Read, cap: usize) -> Tail {
+fn read_tail(mut reader: impl Read, cap: usize, sink: Option<LineSink>) -> Tail {
     let mut tail = TailBuf::new(cap);
+    let mut lines = sink.map(Lines::new);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match reader.read(&mut buf) {
-            Ok(0) | Err(_) => return tail.finish(),
-            Ok(n) => tail.feed(&buf[..n]),
+            Ok(0) | Err(_) => {
+                if let Some(l) = &mut lines {
+                    l.finish();
+                }
+                return tail.finish();
+            }
+            Ok(n) => {
+                if let Some(l) = &mut lines {
+                    l.feed(&buf[..n]);
+                }
+                tail.feed(&buf[..n]);
+            }
         }
+    }
+}
+
+/// Splits a stream into lines for a [`LineSink`]; a line's bytes past
+/// MAX_LINE are dropped as they come, so memory stays at MAX_LINE. While the
+/// sink has no room, lines are only counted.
+struct Lines {
+    sink: LineSink,
+    partial: Vec<u8>,
+    /// The line being read lost its start (skipped): it is skipped whole.
+    broken: bool,
+}
+
+impl Lines {
+    fn new(sink: LineSink) -> Lines {
+        Lines { sink, partial: Vec::new(), broken: false }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while let Some(at) = rest.iter().position(|b| *b == b'\n') {
+            if !self.sink.room() {
+                // Count the rest of this read, keep the start of its last line.
+                let n = count_newlines(rest);
+                self.sink.skipped(n);
+                self.partial.clear();
+                self.broken = true;
+                let last = rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                self.take(&rest[last..]);
+                return;
+            }
+            self.take(&rest[..at]);
+            if self.broken {
+                self.sink.skipped(1);
+                self.broken = false;
+            } else {
+                self.sink.line(&self.partial);
+            }
+            self.partial.clear();
+            rest = &rest[at + 1..];
+        }
+        self.take(rest);
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.partial.len());
+        self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() && !self.broken && self.sink.room() {
+            self.sink.line(&self.partial);
+        }
+        self.partial.clear();
     }
 }
 
@@ -262,7 +353,9 @@ impl TailBuf {
     }
 }
 
-fn line_text(line: &[u8]) -> String {
+/// An output line as text: at most MAX_LINE bytes, a final `\r` removed,
+/// invalid UTF-8 replaced.
+pub fn line_text(line: &[u8]) -> String {
     let line = &line[..line.len().min(MAX_LINE)];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     String::from_utf8_lossy(line).into_owned()
@@ -286,6 +379,7 @@ fn count_newlines(data: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     fn tail_of(chunks: &[&[u8]], cap: usize) -> Tail {
         let mut t = TailBuf::new(cap);
@@ -293,6 +387,57 @@ mod tests {
             t.feed(c);
         }
         t.finish()
+    }
+
+    /// Takes `room` lines, then has no room.
+    struct Collect {
+        seen: std::sync::Mutex<Vec<String>>,
+        room: usize,
+        skipped: AtomicU64,
+    }
+
+    impl LineTarget for Collect {
+        fn room(&self) -> bool {
+            self.seen.lock().unwrap().len() < self.room
+        }
+        fn line(&self, line: &[u8]) {
+            self.seen.lock().unwrap().push(line_text(line));
+        }
+        fn skipped(&self, n: u64) {
+            self.skipped.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
+    fn collect(room: usize) -> Arc<Collect> {
+        Arc::new(Collect { seen: Default::default(), room, skipped: AtomicU64::new(0) })
+    }
+
+    #[test]
+    fn a_sink_gets_every_line_as_it_comes_cut_at_max_line() {
+        let c = collect(usize::MAX);
+        let mut lines = Lines::new(c.clone());
+        lines.feed(b"a\r\nb");
+        assert_eq!(*c.seen.lock().unwrap(), vec!["a".to_string()], "a line is handed over once its newline arrives");
+        lines.feed(b"c\n\n");
+        lines.feed(&vec![b'x'; MAX_LINE * 3]);
+        lines.feed(b"\nlast");
+        lines.finish();
+        let got = c.seen.lock().unwrap().clone();
+        assert_eq!(got.len(), 5, "{:?}", got.iter().map(|l| l.len()).collect::<Vec<_>>());
+        assert_eq!((got[1].as_str(), got[2].as_str(), got[3].len(), got[4].as_str()), ("bc", "", MAX_LINE, "last"));
+        assert_eq!(c.skipped.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn without_room_lines_are_counted_never_cut_in_half() {
+        let c = collect(2);
+        let mut lines = Lines::new(c.clone());
+        lines.feed(b"one\ntwo\nthree\nfour\nfi");
+        lines.feed(b"ve\n");
+        lines.finish();
+        assert_eq!(*c.seen.lock().unwrap(), vec!["one".to_string(), "two".into()]);
+        // three, four, and five (whose start was skipped) are counted, not shown.
+        assert_eq!(c.skipped.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub use crate::process::{Exit, Tail, MAX_LINE, MAX_LINES};
+pub use crate::process::{Exit, LineSink, Tail, MAX_LINE, MAX_LINES};
 
 /// Bytes of a snippet's output kept (the tail), newlines included.
 pub const OUTPUT_TAIL: usize = 256 * 1024;
@@ -21,13 +21,22 @@ pub struct Ran {
     pub output: Tail,
 }
 
-/// Runs `script` as `user` with exactly `env` (nothing inherited) in `cwd`.
-pub fn run(script: &str, cwd: &Path, env: &[(String, String)], user: &BuildUser, timeout: Duration, abort: &AtomicBool) -> Ran {
+/// Runs `script` as `user` with exactly `env` (nothing inherited) in `cwd`;
+/// each output line also goes to `sink` as it is printed, when there is one.
+pub fn run(
+    script: &str,
+    cwd: &Path,
+    env: &[(String, String)],
+    user: &BuildUser,
+    timeout: Duration,
+    abort: &AtomicBool,
+    sink: Option<LineSink>,
+) -> Ran {
     let deadline = Instant::now() + timeout;
     let mut cmd = Command::new("bash");
     cmd.arg("-c").arg(script).current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     user.apply(&mut cmd);
-    let done = process::run(cmd, Capture::Merged { tail: OUTPUT_TAIL }, deadline, abort);
+    let done = process::run_with_sink(cmd, Capture::Merged { tail: OUTPUT_TAIL }, deadline, abort, sink);
     let exit = match done.exit {
         Exit::SpawnFailed(e) => Exit::SpawnFailed(format!("bash: {e}")),
         other => other,
@@ -41,7 +50,7 @@ mod tests {
 
     fn sh(script: &str, timeout: u64) -> Ran {
         let env = vec![("PATH".to_string(), std::env::var("PATH").unwrap_or_default())];
-        run(script, Path::new("/tmp"), &env, &BuildUser::current(), Duration::from_secs(timeout), &AtomicBool::new(false))
+        run(script, Path::new("/tmp"), &env, &BuildUser::current(), Duration::from_secs(timeout), &AtomicBool::new(false), None)
     }
 
     #[test]

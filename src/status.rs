@@ -65,10 +65,7 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
             text.push('\n');
             (code, text)
         }
-        None => {
-            let state = latest.get("state").cloned().unwrap_or_default();
-            (202, format!("build {last} of {repo} {branch} is {state}\n"))
-        }
+        None => record_text(conn, &json)?,
     };
     Ok(Ok(StatusView { code, text, json }))
 }
@@ -140,22 +137,28 @@ pub fn record_by_id(conn: &mut Connection, id: &str) -> RedisResult<Option<Value
 }
 
 /// A record's text answer: its log with 200 (passed) or 412 (failed); while
-/// queued or running, 202 and what it is doing.
-pub fn record_text(v: &Value) -> (u16, String) {
+/// queued or running, 202 and its live log so far (or what it is doing).
+pub fn record_text(conn: &mut Connection, v: &Value) -> RedisResult<(u16, String)> {
     let state = v["state"].as_str().unwrap_or("");
+    let id = v["id"].as_str().unwrap_or("");
+    let lines: Vec<String> = match state {
+        "passed" | "failed" => {
+            v["log"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect()).unwrap_or_default()
+        }
+        _ => crate::live::lines_so_far(conn, id, crate::live::SHOWN_SO_FAR)?,
+    };
     let code = match state {
         "passed" => 200,
         "failed" => 412,
         _ => 202,
     };
-    let lines: Vec<&str> = v["log"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
     if code == 202 && lines.is_empty() {
-        let (id, repo, branch) = (v["id"].as_str().unwrap_or(""), v["repo"].as_str().unwrap_or(""), v["branch"].as_str().unwrap_or(""));
-        return (202, format!("build {id} of {repo} {branch} is {state}\n"));
+        let (repo, branch) = (v["repo"].as_str().unwrap_or(""), v["branch"].as_str().unwrap_or(""));
+        return Ok((202, format!("build {id} of {repo} {branch} is {state}\n")));
     }
     let mut text = lines.join("\n");
     text.push('\n');
-    (code, text)
+    Ok((code, text))
 }
 
 /// One line of a build list: id, state, short sha, seconds, slave, when

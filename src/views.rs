@@ -19,6 +19,9 @@ pub struct View {
 }
 
 const HTML: &str = "text/html; charset=utf-8";
+/// A running build's page shows at most this many of its latest lines (the
+/// follow stream brings the rest).
+const LIVE_LINES_SHOWN: usize = 2000;
 /// The cookie the login form sets: an HMAC of a fixed text under the read
 /// token, so the cookie is not the token itself and changes with it.
 const COOKIE: &str = "ci_read";
@@ -116,11 +119,16 @@ pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
         ));
     };
     let repo = record.get("repo").and_then(Value::as_str).unwrap_or("").to_string();
-    let lines: Vec<String> = record
-        .get("log")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
-        .unwrap_or_default();
+    let running = matches!(record.get("state").and_then(Value::as_str), Some("queued" | "running"));
+    let lines: Vec<String> = if running {
+        crate::live::lines_so_far(conn, id, LIVE_LINES_SHOWN)?
+    } else {
+        record
+            .get("log")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
     let follow = format!("/status/{}?follow=1&id={}", pages::url_part(&repo), pages::url_part(id));
     Ok(html(200, pages::build(&record, &lines, &follow)))
 }

@@ -118,12 +118,14 @@ pub struct Conn {
     pending: Vec<u8>,
     /// The socket's read timeout as last set (the listener's is HOOK_IDLE_TIMEOUT).
     timeout: Duration,
+    /// A streamed answer is chunked (HTTP/1.1).
+    chunked: bool,
 }
 
 impl Conn {
     /// `stream` must carry SO_RCVTIMEO = `limits.idle` (inherited from the listener).
     pub fn new(stream: TcpStream, limits: Limits) -> Conn {
-        Conn { stream, limits, pending: Vec::new(), timeout: limits.idle }
+        Conn { stream, limits, pending: Vec::new(), timeout: limits.idle, chunked: false }
     }
 
     /// Reads the next request.
@@ -342,6 +344,61 @@ impl Conn {
         let mut out = std::io::BufWriter::with_capacity(CHUNK, &self.stream);
         response.raw_print(&mut out, version, req.map(|r| &r.headers), head_only, None)?;
         out.flush()
+    }
+
+    /// Starts a streamed answer: status line and headers, then the body as
+    /// [`Conn::chunk`]s — chunked for HTTP/1.1, delimited by the close for
+    /// HTTP/1.0. The connection closes after it. Writes are bounded by
+    /// SO_SNDTIMEO (HOOK_IDLE_TIMEOUT): a client that stops reading gets an error.
+    pub fn start_stream(&mut self, req: &Request, code: u16, ctype: &str) -> std::io::Result<()> {
+        self.chunked = req.version == HTTPVersion(1, 1);
+        let reason = match code {
+            200 => "OK",
+            _ => "Answer",
+        };
+        let framing = if self.chunked { "Transfer-Encoding: chunked\r\n" } else { "" };
+        let head = format!(
+            "HTTP/{}.{} {code} {reason}\r\nContent-Type: {ctype}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n{framing}Connection: close\r\n\r\n",
+            req.version.0, req.version.1
+        );
+        (&self.stream).write_all(head.as_bytes())
+    }
+
+    /// One piece of a streamed answer (nothing for an empty one, which would end it).
+    pub fn chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.chunked {
+            return (&self.stream).write_all(data);
+        }
+        let mut piece = Vec::with_capacity(data.len() + 16);
+        piece.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        piece.extend_from_slice(data);
+        piece.extend_from_slice(b"\r\n");
+        (&self.stream).write_all(&piece)
+    }
+
+    /// Ends a streamed answer and closes the connection.
+    pub fn end_stream(self) -> std::io::Result<()> {
+        if self.chunked {
+            (&self.stream).write_all(b"0\r\n\r\n")?;
+        }
+        self.stream.shutdown(Shutdown::Write)
+    }
+
+    /// Whether the client closed its side (or reset): a non-blocking peek.
+    pub fn client_gone(&self) -> bool {
+        let mut byte = [0u8; 1];
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let gone = match self.stream.peek(&mut byte) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted),
+        };
+        let _ = self.stream.set_nonblocking(false);
+        gone
     }
 
     /// Closes after a refusal: no more answers, then what the client still

@@ -38,6 +38,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
 
     let host = hostname();
     let base_env = build::base_env();
+    let publisher = crate::live::Publisher::start(&config.redis_url)?;
     let mut last_maintenance = Instant::now();
     let mut backoff = Backoff::default();
     while !signals.stop.load(Ordering::SeqCst) {
@@ -98,6 +99,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         poster.report(&started.id, &started.push, forge::Event::Started { slave: slave.clone() });
         *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
         state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
+        let live = publisher.for_build(&started.id);
         let ctx = build::Context {
             cache: &config.cache,
             creds: &config.git,
@@ -108,6 +110,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             timeout: config.build_timeout,
             base_env: &base_env,
             abort: &state.kill_build,
+            live: Some(&live),
         };
         let outcome = build::run(&ctx, &started);
         *state.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -131,6 +134,8 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         if !matches!(stored, Stored::Real) {
             continue;
         }
+        // After the result is stored: a follower that sees `end` finds the record finished.
+        live.end(result);
         log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
     }
     state.done.store(true, Ordering::SeqCst);

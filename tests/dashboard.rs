@@ -44,10 +44,15 @@ fn the_dashboard_in_a_browser_lists_repositories_and_follows_a_running_build() {
     let (_, _, passed) = b.build(&ok, &[("integration.yml", "step: unit tests\nshell: \"true\"\n")], "green");
     let (_, _, failed) = b.build(&bad, &[("integration.yml", "step: lint\nshell: \"false\"\n")], "red");
     assert_eq!((passed.state.as_str(), failed.state.as_str()), ("passed", "failed"));
-    // A build that prints a line, then waits for the test.
+    // A build that prints a line, waits for the test, prints another, waits again.
     let blocker = Blocker::new(b.root(), "dash");
+    let second = Blocker::new(b.root(), "dash-2");
     let slow = name_for("dash", 2, 1, 0);
-    let yml = format!("step: slow\nshell: |\n  echo first-line-of-the-build\n{}", indent(&blocker.snippet(), 2));
+    let yml = format!(
+        "step: slow\nshell: |\n  echo first-line-of-the-build\n{}  echo second-line-printed-after-the-page-was-served\n{}",
+        indent(&blocker.snippet(), 2),
+        indent(&second.snippet(), 2)
+    );
     let (_, running) = b.queue(&slow, &yml, "still running");
     blocker.wait_started();
 
@@ -62,12 +67,28 @@ fn the_dashboard_in_a_browser_lists_repositories_and_follows_a_running_build() {
     screenshot(&format!("{base}/"), 1000, &output_dir().join("dashboard-wide.png"));
     eprintln!("dashboard screenshots: {} (360 px) and dashboard-wide.png (1000 px)", shot.display());
 
-    // The running build's page shows its first line before the build ends.
-    let page = dom(&format!("{base}/builds/{running}"));
+    // The running build's page shows its first line before the build ends (server-rendered)...
+    let served = format!("{base}/builds/{running}");
+    let html = http(b.hook.addr, "GET", &format!("/builds/{running}"), &[("Accept", "text/html")], b"").text();
+    assert!(html.contains("first-line-of-the-build") && !html.contains("second-line"), "{html}");
+    // ...and follows it live: a line printed after the page was served reaches the browser's
+    // DOM through the page's script and the follow stream.
+    let browser = std::thread::spawn(move || dom(&served));
+    let path = format!("path=/builds/{running} ");
+    wait_for("the browser to fetch the build page", DEADLINE, || {
+        if b.hook.log().lines().any(|l| l.contains(&path)) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    blocker.release();
+    let page = browser.join().unwrap();
     assert!(page.contains("first-line-of-the-build"), "{page}");
+    assert!(page.contains("second-line-printed-after-the-page-was-served"), "the page did not follow the log:\n{page}");
     assert_eq!(read_build(&b.redis, &running).unwrap().state, "running", "the build was still running");
     screenshot(&format!("{base}/builds/{running}"), 360, &output_dir().join("build-running.png"));
-    blocker.release();
+    second.release();
     wait_build(&b.redis, &running, LONG);
 
     // A repository's page: its history, newest first, with links to each build.

@@ -34,7 +34,9 @@ fn sixty_pushes_keep_the_last_fifty_newest_first_and_delete_the_rest() {
     assert_eq!(b.redis.lrange("ci:history:acme/hist:main"), newest_first, "ci:history list");
     for id in &ids[..10] {
         assert_eq!(b.redis.cli(&["EXISTS", &format!("ci:build:{id}")]).int(), 0, "ci:build:{id} must be deleted");
+        assert_eq!(b.redis.cli(&["EXISTS", &format!("ci:log:{id}")]).int(), 0, "ci:log:{id} (live log) must be deleted");
     }
+    assert_eq!(b.redis.cli(&["EXISTS", &format!("ci:log:{}", ids[59])]).int(), 1, "the newest live log is kept (1 hour)");
     for id in &ids[10..] {
         assert_eq!(b.redis.cli(&["TTL", &format!("ci:build:{id}")]).int(), -1, "ci:build:{id} kept, without expiry");
     }

@@ -81,3 +81,7 @@ mod dashboard;
 /// the result, exact requests; a forge answering 500 or never answering delays no build and is
 /// retried a bounded number of times; a payload naming another host gets no token.
 mod forge_status;
+
+/// Issue 10: live logs followed over chunked HTTP as the steps print them; 200 followers; a
+/// follower that stops reading; HOOK_MAX_FOLLOWERS.
+mod follow;

@@ -1,0 +1,274 @@
+//! Live build logs: a running build's lines in a capped Redis Stream,
+//! `ci:log:<id>` (entries `line`, then one `end` with the result). The slave
+//! publishes from one thread of its own fed by a bounded channel — a full
+//! channel drops lines and counts them, the build never waits; the hook reads
+//! the stream for `/status` of a running build and for followers
+//! (`?follow=1`), each on its own connection thread and Redis connection.
+
+use crate::logging::quote;
+use crate::queue::log_key;
+use crate::redis_conn::Redis;
+use crossbeam_channel::{Receiver, Sender};
+use redis::{Connection, RedisResult};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Entries a stream keeps (about: `MAXLEN ~`).
+pub const STREAM_CAP: usize = 10_000;
+/// Lines waiting for the publisher thread; more are dropped (and counted).
+const CHANNEL: usize = 4096;
+/// Commands in one pipeline to Redis, at most.
+const BATCH: usize = 256;
+/// How long a finished build's stream stays.
+pub const ENDED_TTL_SECS: u64 = 3600;
+/// How long a stream stays without an end (its slave died): renewed by each batch.
+const RUNNING_TTL_SECS: u64 = 2 * 86_400;
+/// Entries a follower reads at once (its memory: this many lines of at most ~4 KiB).
+const FOLLOW_COUNT: usize = 64;
+/// How long a follower's XREAD blocks before it looks at the build's state.
+pub const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
+/// Lines of the stream a text `/status` of a running build shows, at most (the last ones).
+pub const SHOWN_SO_FAR: usize = 2000;
+
+enum Msg {
+    Begin(Arc<str>),
+    Line(Arc<str>, String),
+    End(Arc<str>, String),
+}
+
+/// The slave's side: one thread writing every build's lines to Redis.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: Sender<Msg>,
+}
+
+impl Publisher {
+    /// Starts the publisher thread with its own Redis connection.
+    pub fn start(redis_url: &str) -> Result<Publisher, String> {
+        let mut redis = Redis::open(redis_url, Duration::from_secs(5))?;
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
+        std::thread::Builder::new()
+            .name("live-log".into())
+            .spawn(move || publish(&mut redis, &rx))
+            .map_err(|e| format!("cannot start the live-log thread: {e}"))?;
+        Ok(Publisher { tx })
+    }
+
+    /// The live log of build `id`, emptied of what an earlier attempt wrote.
+    pub fn for_build(&self, id: &str) -> BuildLog {
+        let id: Arc<str> = Arc::from(id);
+        let _ = self.tx.send_timeout(Msg::Begin(Arc::clone(&id)), Duration::from_secs(1));
+        BuildLog { id, tx: self.tx.clone(), dropped: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+/// One build's live log: lines go in without ever blocking.
+#[derive(Clone)]
+pub struct BuildLog {
+    id: Arc<str>,
+    tx: Sender<Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl BuildLog {
+    /// Publishes a line, or counts it dropped when the channel is full.
+    pub fn line(&self, line: &str) {
+        if self.tx.is_full() || self.tx.try_send(Msg::Line(Arc::clone(&self.id), line.to_string())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a line would be taken now.
+    pub fn has_room(&self) -> bool {
+        !self.tx.is_full()
+    }
+
+    /// `n` lines were dropped before reaching [`BuildLog::line`].
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The build ended (its result stored): the `end` entry, then the stream expires.
+    pub fn end(&self, result: &str) {
+        let dropped = self.dropped();
+        if dropped > 0 {
+            log::warn!("live.lines_dropped id={} lines={dropped}: the live log fell behind the build's output", self.id);
+            let note = format!("* ({dropped} lines were not published live: the output came faster than Redis took it)");
+            let _ = self.tx.send_timeout(Msg::Line(Arc::clone(&self.id), note), Duration::from_secs(1));
+        }
+        let _ = self.tx.send_timeout(Msg::End(Arc::clone(&self.id), result.to_string()), Duration::from_secs(1));
+    }
+}
+
+/// The publisher thread: takes what waits (up to BATCH), one pipeline per batch.
+fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        let mut last: Option<Arc<str>> = None;
+        for msg in &batch {
+            match msg {
+                Msg::Begin(id) => {
+                    pipe.cmd("DEL").arg(log_key(id)).ignore();
+                }
+                Msg::Line(id, line) => {
+                    pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("line").arg(line).ignore();
+                    if last.as_deref() != Some(&**id) {
+                        if let Some(prev) = last.replace(Arc::clone(id)) {
+                            pipe.cmd("EXPIRE").arg(log_key(&prev)).arg(RUNNING_TTL_SECS).ignore();
+                        }
+                    }
+                }
+                Msg::End(id, result) => {
+                    pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("end").arg(result).ignore();
+                    pipe.cmd("EXPIRE").arg(log_key(id)).arg(ENDED_TTL_SECS).ignore();
+                    if last.as_deref() == Some(&**id) {
+                        last = None;
+                    }
+                }
+            }
+        }
+        if let Some(id) = last {
+            pipe.cmd("EXPIRE").arg(log_key(&id)).arg(RUNNING_TTL_SECS).ignore();
+        }
+        if let Err(e) = redis.run(|c| pipe.query::<()>(c)) {
+            log::warn!("live.unpublished entries={} error={}: these live-log entries are lost", batch.len(), quote(&e.to_string()));
+        }
+    }
+}
+
+type Entry = (String, Vec<String>);
+
+/// What an entry says: a log line, or the end with its result.
+enum Said {
+    Line(String),
+    End(String),
+}
+
+fn said(fields: &[String]) -> Option<Said> {
+    match fields {
+        [k, v, ..] if k == "line" => Some(Said::Line(v.clone())),
+        [k, v, ..] if k == "end" => Some(Said::End(v.clone())),
+        _ => None,
+    }
+}
+
+/// The last `max` lines of a build's live log, oldest first.
+pub fn lines_so_far(conn: &mut Connection, id: &str, max: usize) -> RedisResult<Vec<String>> {
+    let entries: Vec<Entry> = redis::cmd("XREVRANGE").arg(log_key(id)).arg("+").arg("-").arg("COUNT").arg(max).query(conn)?;
+    Ok(entries
+        .into_iter()
+        .rev()
+        .filter_map(|(_, f)| match said(&f) {
+            Some(Said::Line(l)) => Some(l),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Why a follow ended.
+pub enum Followed {
+    /// The result line was written.
+    Ended,
+    /// The record is gone.
+    Gone,
+}
+
+/// Writes build `id`'s log to `out` as it grows, one call per batch of
+/// lines (each ending with `\n`), until the build ends; then its result line.
+/// While nothing comes, `out` gets `""` every FOLLOW_BLOCK (to notice a
+/// client that left).
+/// A build already finished: its stored log, then the result line. `conn`
+/// must have a read timeout above [`FOLLOW_BLOCK`]. Errors: Redis's, or
+/// `out`'s (a follower that stopped reading: its write timed out).
+pub fn follow(conn: &mut Connection, id: &str, mut out: impl FnMut(&str) -> std::io::Result<()>) -> Result<Followed, String> {
+    let redis_err = |e: redis::RedisError| format!("redis: {e}");
+    let write_err = |e: std::io::Error| format!("write: {e}");
+    let key = log_key(id);
+    let finished = |conn: &mut Connection| -> Result<Option<(String, Vec<String>)>, String> {
+        let (state, log): (Option<String>, Option<String>) =
+            redis::cmd("HMGET").arg(crate::queue::build_key(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
+        match state.as_deref() {
+            None => Ok(Some((String::new(), vec![]))),
+            Some(s @ ("passed" | "failed")) => {
+                Ok(Some((s.to_string(), log.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default())))
+            }
+            Some(_) => Ok(None),
+        }
+    };
+    if let Some((state, log)) = finished(conn)? {
+        if state.is_empty() {
+            return Ok(Followed::Gone);
+        }
+        let mut text: String = log.iter().map(|l| format!("{l}\n")).collect();
+        text.push_str(&format!("{state}\n"));
+        out(&text).map_err(write_err)?;
+        return Ok(Followed::Ended);
+    }
+    let mut last = "0-0".to_string();
+    let mut quiet_after_end = 0;
+    loop {
+        let reply: Option<Vec<(String, Vec<Entry>)>> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(FOLLOW_COUNT)
+            .arg("BLOCK")
+            .arg(FOLLOW_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(&last)
+            .query(conn)
+            .map_err(redis_err)?;
+        let entries: Vec<Entry> = reply.into_iter().flatten().flat_map(|(_, e)| e).collect();
+        if entries.is_empty() {
+            // Quiet for a while: a build that ended without its `end` entry
+            // (dropped, or published by a slave that died) ends the follow
+            // on the second quiet read after its result is stored.
+            out("").map_err(write_err)?;
+            if let Some((state, _)) = finished(conn)? {
+                if state.is_empty() {
+                    return Ok(Followed::Gone);
+                }
+                quiet_after_end += 1;
+                if quiet_after_end >= 2 {
+                    out(&format!("{state}\n")).map_err(write_err)?;
+                    return Ok(Followed::Ended);
+                }
+            }
+            continue;
+        }
+        let mut text = String::new();
+        let mut ended = false;
+        for (entry_id, fields) in entries {
+            last = entry_id;
+            match said(&fields) {
+                Some(Said::Line(l)) => {
+                    text.push_str(&l);
+                    text.push('\n');
+                }
+                Some(Said::End(result)) => {
+                    text.push_str(&result);
+                    text.push('\n');
+                    ended = true;
+                    break;
+                }
+                None => {}
+            }
+        }
+        out(&text).map_err(write_err)?;
+        if ended {
+            return Ok(Followed::Ended);
+        }
+    }
+}
