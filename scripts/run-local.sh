@@ -53,6 +53,7 @@ trap stop_all INT TERM EXIT
 
 setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 &
 redis_pid=$!
+echo "$redis_pid" >"$run/pids"
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 redis-cli -p "$port" ping >/dev/null || { echo "run: redis did not start, see $run/redis.log" >&2; exit 1; }
 export REDIS_URL="redis://127.0.0.1:$port/0"
@@ -60,6 +61,7 @@ export REDIS_URL="redis://127.0.0.1:$port/0"
 : >"$run/hook.log"
 HOOK_ADDR="$hook_addr" setsid "$bin/hook" >>"$run/hook.log" 2>&1 &
 hook_pid=$!
+echo "$hook_pid" >>"$run/pids"
 # Steps run as SLAVE_BUILD_USER (nobody) when the slaves run as root: the
 # caches must be where that user can enter (a checkout under /root is not).
 cache_root=$run
@@ -72,6 +74,7 @@ fi
 for i in 0 1 2; do
   SLAVE_INDEX=$i SLAVE_GRACE=$grace SLAVE_CACHE="$cache_root/cache-$i" setsid "$bin/slave" >"$run/slave-$i.log" 2>&1 &
   slave_pids+=($!)
+  echo "$!" >>"$run/pids"
 done
 
 # The bundled example, as a bare repository the slaves clone over file://.

@@ -15,6 +15,18 @@ fn bin_dir() -> String {
     Path::new(&bin("hook")).parent().unwrap().to_string_lossy().into_owned()
 }
 
+/// Kills what a `make run` started (its parts run in sessions of their own, so they outlive the
+/// script when a test fails before Ctrl-C): the pids it wrote to `pids`.
+struct Leftovers(PathBuf);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for pid in std::fs::read_to_string(self.0.join("pids")).unwrap_or_default().split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -58,6 +70,7 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
     let out_path = dir.join("make-run.out");
     let mut cmd = run_local(&dir, redis_port, hook_port);
     cmd.stdout(std::fs::File::create(&out_path).unwrap()).stderr(std::fs::File::create(dir.join("make-run.err")).unwrap());
+    let _leftovers = Leftovers(dir.clone());
     let mut child = cmd.spawn().unwrap();
     let token = wait_for("make run to print its token", LONG, || {
         let text = std::fs::read_to_string(&out_path).unwrap_or_default();
