@@ -10,6 +10,7 @@ use crate::queue::log_key;
 use crate::redis_conn::Redis;
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Connection, RedisResult};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,8 +107,12 @@ impl BuildLog {
     }
 }
 
-/// The publisher thread: takes what waits (up to BATCH), one pipeline per batch.
+/// The publisher thread: takes what waits (up to BATCH), one pipeline per
+/// batch. When Redis refuses a batch (OOM: it is full), the live logs of that
+/// batch's builds are deleted and their later lines not published: results,
+/// queues and leases need that memory more.
 fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
+    let mut silenced: HashSet<Arc<str>> = HashSet::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -117,34 +122,56 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
             }
         }
         let mut pipe = redis::pipe();
-        let mut last: Option<Arc<str>> = None;
+        let mut ids: Vec<Arc<str>> = Vec::new();
         for msg in &batch {
             match msg {
                 Msg::Begin(id) => {
+                    silenced.remove(id);
                     pipe.cmd("DEL").arg(log_key(id)).ignore();
                 }
+                Msg::Line(id, _) if silenced.contains(id) => continue,
                 Msg::Line(id, line) => {
                     pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("line").arg(line).ignore();
-                    if last.as_deref() != Some(&**id) {
-                        if let Some(prev) = last.replace(Arc::clone(id)) {
-                            pipe.cmd("EXPIRE").arg(log_key(&prev)).arg(RUNNING_TTL_SECS).ignore();
-                        }
-                    }
                 }
                 Msg::End(id, result) => {
+                    silenced.remove(id);
                     pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("end").arg(result).ignore();
-                    pipe.cmd("EXPIRE").arg(log_key(id)).arg(ENDED_TTL_SECS).ignore();
-                    if last.as_deref() == Some(&**id) {
-                        last = None;
-                    }
                 }
             }
+            let id = match msg {
+                Msg::Begin(id) | Msg::Line(id, _) | Msg::End(id, _) => id,
+            };
+            if !ids.contains(id) {
+                ids.push(Arc::clone(id));
+            }
         }
-        if let Some(id) = last {
-            pipe.cmd("EXPIRE").arg(log_key(&id)).arg(RUNNING_TTL_SECS).ignore();
+        if ids.is_empty() {
+            continue;
         }
-        if let Err(e) = redis.run(|c| pipe.query::<()>(c)) {
-            log::warn!("live.unpublished entries={} error={}: these live-log entries are lost", batch.len(), quote(&e.to_string()));
+        // A stream stays 2 days while lines come (its slave may die), an hour after its end.
+        for id in &ids {
+            let ended = batch.iter().any(|m| matches!(m, Msg::End(e, _) if e == id));
+            pipe.cmd("EXPIRE").arg(log_key(id)).arg(if ended { ENDED_TTL_SECS } else { RUNNING_TTL_SECS }).ignore();
+        }
+        match redis.run(|c| pipe.query::<()>(c)) {
+            Ok(()) => {}
+            Err(e) if crate::redis_conn::is_connection_error(&e) => {
+                log::warn!("live.unpublished entries={} error={}: these live-log entries are lost", batch.len(), quote(&e.to_string()));
+            }
+            Err(e) => {
+                let mut del = redis::pipe();
+                for id in &ids {
+                    del.cmd("DEL").arg(log_key(id)).ignore();
+                    silenced.insert(Arc::clone(id));
+                }
+                let _ = redis.run(|c| del.query::<()>(c));
+                let names: Vec<&str> = ids.iter().map(|i| &**i).collect();
+                log::error!(
+                    "live.stopped ids={} error={}: redis refused the live log; it is deleted and no longer published for these builds",
+                    names.join(","),
+                    quote(&e.to_string())
+                );
+            }
         }
     }
 }

@@ -43,6 +43,7 @@ fn a_newer_push_replaces_the_pending_commit() {
     assert_eq!(jb["coalesced"], json!(true), "{rb}");
     assert_eq!(jb["sha"], json!(c), "{rb}");
     assert_eq!(b.redis.lrange("ci:queue:slave:0"), vec![id.clone()], "one job in the queue");
+    assert_eq!(b.redis.lrange("ci:history:acme/coalesce:main"), vec![id.clone()], "a coalesced push adds no history entry");
 
     blocker.release();
     assert_eq!(wait_build(&b.redis, &busy_id, LONG).state, "passed");

@@ -144,6 +144,15 @@ fn a_follower_gets_each_line_as_it_is_printed_then_the_result() {
     let mut want = build.log.clone();
     want.push("passed".into());
     assert_eq!((code, lines), (200, want));
+    // HTTP/1.0 has no chunked encoding: the body ends with the connection.
+    let mut s = TcpStream::connect(b.hook.addr).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    write!(s, "GET /status/acme/live?follow=1&id={id} HTTP/1.0\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") && !head.to_ascii_lowercase().contains("transfer-encoding"), "{head}");
+    assert_eq!(body, format!("{}\npassed\n", build.log.join("\n")));
     let r = b.hook.get("/status/acme/never?follow=1");
     assert_eq!(r.code, 404, "{r}");
     // The stream ends with `end` and expires.
@@ -268,7 +277,9 @@ fn followers_past_hook_max_followers_get_503() {
     blocker.wait_started();
     let path = format!("/status/acme/busy?follow=1&id={id}");
     let f1 = Follower::start(b.hook.addr, &path);
-    let f2 = Follower::start(b.hook.addr, &path);
+    // A follower that leaves while the build waits: its slot must come back.
+    let mut leaver = TcpStream::connect(b.hook.addr).unwrap();
+    write!(leaver, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     wait_for("2 followers answered", LONG, || match following(&b.hook) {
         2 => Ok(()),
         n => Err(n.to_string()),
@@ -277,6 +288,16 @@ fn followers_past_hook_max_followers_get_503() {
     assert_eq!(r.code, 503, "{r}");
     assert!(r.header("Retry-After").is_some(), "{r:?}");
     assert!(r.json()["error"].as_str().unwrap().contains("HOOK_MAX_FOLLOWERS (2)"), "{r}");
+    drop(leaver);
+    wait_for("the follower that left to be dropped", LONG, || {
+        events(&b.hook.log(), "follow.dropped").first().map(|_| ()).ok_or_else(|| tail_lines(&b.hook.log(), 2))
+    });
+    let f2 = Follower::start(b.hook.addr, &path);
+    wait_for("a third follower admitted in the freed slot", LONG, || match following(&b.hook) {
+        3 => Ok(()),
+        n => Err(n.to_string()),
+    });
+    assert_eq!(read_build(&b.redis, &id).unwrap().state, "running", "all while the build still runs");
     blocker.release();
     for f in [f1, f2] {
         let (code, lines) = f.finish();
