@@ -124,9 +124,10 @@ Build the bundled example repository:
   curl -i http://127.0.0.1:$hook_port/ -H 'X-GitHub-Event: push' -H 'Content-Type: application/json' \\
        -H 'X-Hub-Signature-256: sha256=$sig' --data-binary @$run/example-push.json
 
-Then read its status:
+Then read its status, or watch it in a browser:
 
   curl -i http://127.0.0.1:$hook_port/status/example/hello
+  http://127.0.0.1:$hook_port/                      (the dashboard)
 
 Ctrl-C stops everything (slaves first, then the hook, then redis).
 MSG
