@@ -37,7 +37,7 @@ images: ## build the hook, slave and redis images (base image built locally when
 
 .PHONY: e2e
 e2e: ## the deployment tests on a real Docker engine (needs `make images`)
-	@scripts/deps.sh
+	@scripts/deps.sh jq:jq ss:iproute2
 	@images/e2e.sh
 
 .PHONY: bench
