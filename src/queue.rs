@@ -325,7 +325,8 @@ pub enum Enqueued {
 /// Stores the push record and queues its build in one atomic script.
 pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
     let p = job.push;
-    let reply: (String, String, String, Option<String>) = enqueue_script()
+    // 3 fields (4 when queued: the running build it canceled, or "")
+    let reply: Vec<String> = enqueue_script()
         .arg(&p.repo)
         .arg(&p.branch)
         .arg(&p.sha)
@@ -340,11 +341,12 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(job.keep.max(1))
         .arg(job.cancel_running.as_str())
         .invoke(conn)?;
-    Ok(match reply.0.as_str() {
-        "queued" => Enqueued::Queued { id: reply.1, slave: reply.2, canceled: reply.3.filter(|c| !c.is_empty()) },
-        "coalesced" => Enqueued::Coalesced { id: reply.1, slave: reply.2 },
-        "duplicate" => Enqueued::Duplicate { id: reply.1 },
-        _ => Enqueued::NoSlave { live: reply.1 },
+    let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
+    Ok(match reply.first().map(String::as_str) {
+        Some("queued") => Enqueued::Queued { id: field(1), slave: field(2), canceled: Some(field(3)).filter(|c| !c.is_empty()) },
+        Some("coalesced") => Enqueued::Coalesced { id: field(1), slave: field(2) },
+        Some("duplicate") => Enqueued::Duplicate { id: field(1) },
+        _ => Enqueued::NoSlave { live: field(1) },
     })
 }
 

@@ -203,3 +203,64 @@ fn by_default_a_newer_commit_cancels_a_pull_request_build_but_not_main() {
     assert_eq!(old.log.last().cloned(), Some(format!("[canceled] superseded by build {pull2}")), "{:#?}", old.log);
     assert_eq!(old.fields.get("branch").map(String::as_str), Some("pull/7"));
 }
+
+/// The pull-request rule is written twice: in ENQUEUE's Lua and in `CancelRunning::applies`.
+/// Both are held against a table written here, through the real script on a real Redis.
+#[test]
+fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_requests() {
+    use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Job};
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    // One live member of cluster `slave` (index 0) for the next hour: ENQUEUE routes there.
+    let until = (now() + 3600) * 1000;
+    redis.cli(&["ZADD", "ci:members:slave", &until.to_string(), "0"]);
+    redis.cli(&["SADD", "ci:clusters", "slave"]);
+    let table: [(&str, bool); 8] = [
+        ("pull/7", true),
+        ("merge-requests/3", true),
+        ("main", false),
+        ("pull", false),
+        ("pulls/7", false),
+        ("feature/pull/7", false),
+        ("merge-requests", false),
+        ("pull-7", false),
+    ];
+    let mut n = 0;
+    for policy in [CancelRunning::Pulls, CancelRunning::All, CancelRunning::None] {
+        for (branch, pull) in table {
+            let expected = match policy {
+                CancelRunning::Pulls => pull,
+                CancelRunning::All => true,
+                CancelRunning::None => false,
+            };
+            assert_eq!(policy.applies(branch), expected, "rust rule, {policy:?} {branch}");
+            n += 1;
+            let repo = format!("rule/r{n}");
+            let push = |sha: &str| {
+                let text = json!({ "repo": repo, "branch": branch, "sha": sha, "clone_url": "file:///nowhere" }).to_string();
+                ci_backend::payload::Push::from_json(&text).unwrap()
+            };
+            let (p1, p2) = (push(&"1".repeat(40)), push(&"2".repeat(40)));
+            let job = |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy };
+            let Enqueued::Queued { id: first, .. } = queue::enqueue(&mut c, &job(&p1)).unwrap() else { panic!("not queued") };
+            let taken = queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap();
+            assert_eq!(taken.as_deref(), Some(first.as_str()));
+            assert!(matches!(queue::start(&mut c, &first, "ci:working:slave:0", "slave-0", 3).unwrap(), Begun::Run(_)));
+            let Enqueued::Queued { id: second, canceled, .. } = queue::enqueue(&mut c, &job(&p2)).unwrap() else { panic!("not queued") };
+            let state = read_build(&redis, &first).unwrap().state;
+            assert_eq!(canceled.is_some(), expected, "lua rule, {policy:?} {branch:?}: canceled={canceled:?}");
+            assert_eq!(state, if expected { "canceled" } else { "running" }, "{policy:?} {branch:?}");
+            if expected {
+                assert_eq!(redis.lrange("ci:cancel:slave:0"), vec![first.clone()], "the slave is told");
+                assert_eq!(
+                    read_build(&redis, &first).unwrap().log,
+                    vec![format!("[canceled] superseded by build {second}")],
+                    "{policy:?} {branch:?}"
+                );
+            }
+            // Clean the slave's lists for the next case.
+            redis.cli(&["DEL", "ci:cancel:slave:0", "ci:working:slave:0", "ci:queue:slave:0"]);
+        }
+    }
+}
