@@ -11,6 +11,19 @@ fn cancel(hook: &Hook, path: &str) -> Response {
     hook.post(path, &[("Authorization", &bearer)], b"")
 }
 
+trait Html {
+    fn get_html(&self, path: &str) -> String;
+}
+
+impl Html for Hook {
+    /// `GET path` as a browser asks for it.
+    fn get_html(&self, path: &str) -> String {
+        let r = http(self.addr, "GET", path, &[("Accept", "text/html")], b"");
+        assert_eq!(r.code, 200, "{r}");
+        r.text()
+    }
+}
+
 /// `ci_builds_total{result="<result>"}` from /metrics.
 fn builds_total(hook: &Hook, result: &str) -> u64 {
     let prefix = format!("ci_builds_total{{result=\"{result}\"}} ");
@@ -107,8 +120,11 @@ fn a_running_build_canceled_is_killed_with_its_group_and_its_slave_takes_the_nex
     assert!(procs.iter().all(|p| !process_gone(*p)), "the step runs");
     let (_next, next_id) = b.queue("acme/next", "step: s\nshell: \"true\"\n", "waits for the slave");
 
+    // This time with a fresh signed body instead of the bearer token.
+    let body = format!("{{\"at\": {}}}", now());
+    let sig = sign_sha256(body.as_bytes(), &b.hook.token);
     let t0 = Instant::now();
-    let r = cancel(&b.hook, &format!("/cancel/acme/stubborn?branch={}", git.branch));
+    let r = b.hook.post(&format!("/cancel/acme/stubborn?branch={}", git.branch), &[("X-Hub-Signature-256", &sig)], body.as_bytes());
     assert_eq!(r.code, 202, "{r}");
     assert_eq!(r.json(), json!({ "id": id, "state": "canceled" }), "{r}");
     wait_for("the step's processes to be gone", DEADLINE, || {
@@ -150,6 +166,15 @@ fn a_running_build_canceled_is_killed_with_its_group_and_its_slave_takes_the_nex
     assert_eq!(builds_total(&b.hook, "canceled"), 1);
     assert_eq!(builds_total(&b.hook, "failed"), 0);
     assert!(b.redis.lrange("ci:working:slave:0").is_empty());
+
+    // The live log ends `canceled`; the build page says the word.
+    let client = redis::Client::open(b.redis.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let last: Vec<(String, Vec<String>)> =
+        redis::cmd("XREVRANGE").arg(format!("ci:log:{id}")).arg("+").arg("-").arg("COUNT").arg(1).query(&mut c).unwrap();
+    assert_eq!(last.first().map(|(_, kv)| kv.clone()), Some(vec!["end".to_string(), "canceled".to_string()]), "{last:?}");
+    let page = b.hook.get_html(&format!("/builds/{id}"));
+    assert!(page.contains("<span class=\"state canceled\">canceled</span>"), "{page}");
 }
 
 /// Pushes a blocking commit on `git`'s branch, then a second one; returns (first id, second id,
