@@ -8,6 +8,7 @@ pub enum BadgeState {
     Passing,
     Failing,
     Running,
+    Canceled,
     Unknown,
 }
 
@@ -18,6 +19,7 @@ impl BadgeState {
             Some("passed") => BadgeState::Passing,
             Some("failed") => BadgeState::Failing,
             Some("queued" | "running") => BadgeState::Running,
+            Some("canceled") => BadgeState::Canceled,
             _ => BadgeState::Unknown,
         }
     }
@@ -27,6 +29,7 @@ impl BadgeState {
             BadgeState::Passing => "passing",
             BadgeState::Failing => "failing",
             BadgeState::Running => "running",
+            BadgeState::Canceled => "canceled",
             BadgeState::Unknown => "unknown",
         }
     }
@@ -36,7 +39,7 @@ impl BadgeState {
             BadgeState::Passing => "#4c1",
             BadgeState::Failing => "#e05d44",
             BadgeState::Running => "#dfb317",
-            BadgeState::Unknown => "#9f9f9f",
+            BadgeState::Canceled | BadgeState::Unknown => "#9f9f9f",
         }
     }
 }

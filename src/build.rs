@@ -153,8 +153,9 @@ fn json_len(s: &str) -> usize {
         .sum::<usize>()
 }
 
-/// Runs the job; `None` when aborted by shutdown (the job stays queued).
-pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
+/// Runs the job. `Err` when aborted (shutdown, lost index, or canceled):
+/// the log so far, which the slave stores only for a canceled build.
+pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
     let started = Instant::now();
     let push = &job.push;
     let mut log = Log::new(ctx.max_log);
@@ -162,15 +163,17 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
     let short: String = push.sha.chars().take(10).collect();
     let fail = |mut log: Log, why: String| {
         log.push(format!("* {why}"));
-        Some(Outcome { passed: false, could_not_run: true, log: log.into_lines(), seconds: started.elapsed().as_secs() })
+        Ok(Outcome { passed: false, could_not_run: true, log: log.into_lines(), seconds: started.elapsed().as_secs() })
     };
+    let aborted =
+        |log: Log| Err(Outcome { passed: false, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() });
 
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let deadline = started + ctx.timeout;
     let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: ctx.base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
     let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &push.sha, job.reset) {
         Ok(c) => c,
-        Err(GitError::Aborted) => return None,
+        Err(GitError::Aborted) => return aborted(log),
         Err(e) => {
             log.push(format!("- commit {short}"));
             return fail(log, format!("checkout failed: {e}"));
@@ -216,7 +219,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
                 Exit::Code(c) => (false, format!("exit code {c}")),
                 Exit::TimedOut => (false, "timed out".to_string()),
                 Exit::SpawnFailed(e) => (false, format!("could not start: {e}")),
-                Exit::Aborted => return None,
+                Exit::Aborted => return aborted(log),
             };
             let tag = if passed { "[passed]" } else { "[failed]" };
             log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
@@ -234,7 +237,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
             }
         }
     }
-    Some(Outcome { passed: ok, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
+    Ok(Outcome { passed: ok, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
 }
 
 /// A snippet's output lines on their way to the live log.

@@ -54,6 +54,11 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         doc: "builds kept per repository and branch (GET /history); older records and their logs are deleted at the next push",
     },
     Setting {
+        name: "HOOK_CANCEL_RUNNING",
+        default: "pulls",
+        doc: "which branches a newer commit cancels the running build of: pulls (branches pull/* and merge-requests/*), all, or none",
+    },
+    Setting {
         name: "HOOK_MAX_FOLLOWERS",
         default: "256",
         doc: "clients following a build's log at once (GET /status/<repo>?follow=1); more are answered 503 with Retry-After",
@@ -162,6 +167,8 @@ pub struct HookConfig {
     pub history_keep: usize,
     /// HOOK_MAX_FOLLOWERS: log followers at once.
     pub max_followers: usize,
+    /// HOOK_CANCEL_RUNNING.
+    pub cancel_running: crate::queue::CancelRunning,
 }
 
 impl HookConfig {
@@ -187,6 +194,11 @@ impl HookConfig {
             durability_check: secs("HOOK_DURABILITY_CHECK")?,
             history_keep: at_least_one("HISTORY_KEEP", "a number of builds")? as usize,
             max_followers: at_least_one("HOOK_MAX_FOLLOWERS", "a number of clients")? as usize,
+            cancel_running: {
+                let v = raw(s, "HOOK_CANCEL_RUNNING").unwrap_or_default();
+                crate::queue::CancelRunning::parse(&v)
+                    .ok_or_else(|| ConfigError(format!("HOOK_CANCEL_RUNNING={v:?}: expected pulls, all or none")))?
+            },
         })
     }
 }

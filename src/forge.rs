@@ -206,6 +206,9 @@ pub enum Event {
     Error {
         why: String,
     },
+    /// Canceled (`POST /cancel`, or superseded by a newer commit): GitHub
+    /// and Gitea have no such state, so `error` "canceled" (never `failure`).
+    Canceled,
 }
 
 impl Event {
@@ -215,7 +218,7 @@ impl Event {
             Event::Started { .. } => "pending",
             Event::Passed { .. } => "success",
             Event::Failed { .. } => "failure",
-            Event::Error { .. } => "error",
+            Event::Error { .. } | Event::Canceled => "error",
         }
     }
 
@@ -225,6 +228,7 @@ impl Event {
             Event::Started { .. } => "running",
             Event::Passed { .. } => "success",
             Event::Failed { .. } | Event::Error { .. } => "failed",
+            Event::Canceled => "canceled",
         }
     }
 
@@ -234,6 +238,7 @@ impl Event {
             Event::Passed { seconds } => format!("passed in {seconds} s"),
             Event::Failed { seconds } => format!("failed in {seconds} s"),
             Event::Error { why } => format!("could not run: {why}"),
+            Event::Canceled => "canceled".to_string(),
         };
         if text.chars().count() <= MAX_DESCRIPTION {
             return text;
@@ -575,6 +580,10 @@ mod tests {
         );
         assert_eq!(body(Kind::GitLab, &Event::Started { slave: "s-0".into() }, None)["state"], "running");
         assert_eq!(body(Kind::Gitea, &Event::Failed { seconds: 1 }, None)["state"], "failure");
+        assert_eq!(body(Kind::GitHub, &Event::Canceled, None)["state"], "error");
+        assert_eq!(body(Kind::GitHub, &Event::Canceled, None)["description"], "canceled");
+        assert_eq!(body(Kind::Gitea, &Event::Canceled, None)["state"], "error");
+        assert_eq!(body(Kind::GitLab, &Event::Canceled, None)["state"], "canceled");
         let long = body(Kind::GitHub, &Event::Error { why: "é".repeat(300) }, None);
         assert_eq!(long["description"].as_str().unwrap().chars().count(), 140);
     }

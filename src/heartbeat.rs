@@ -1,6 +1,7 @@
 //! The slave's background threads: the lease (renewed every quarter lease;
 //! a lost one stops the running build), the re-routing of jobs queued on
-//! vanished indexes, and the beats that keep build guards from firing.
+//! vanished indexes, the beats that keep build guards from firing, and the
+//! cancel watcher (a canceled running build is killed within a second).
 
 use crate::config::SlaveConfig;
 use crate::membership::{self, Member};
@@ -31,6 +32,9 @@ pub struct State {
     pub lost: AtomicBool,
     /// Kill the running build: the grace is over or the index is lost.
     pub kill_build: AtomicBool,
+    /// The running build was canceled (`POST /cancel`, or superseded): the
+    /// cancel watcher set it with `kill_build`; the loop stores `canceled`.
+    pub canceled: AtomicBool,
     /// The build running now, if any (the heartbeat's renew needs it).
     pub job: Mutex<Option<String>>,
     /// The loop has ended and released the index: renew no more.
@@ -43,6 +47,7 @@ impl State {
             index: Mutex::new(index),
             lost: AtomicBool::new(false),
             kill_build: AtomicBool::new(false),
+            canceled: AtomicBool::new(false),
             job: Mutex::new(None),
             done: AtomicBool::new(false),
         }
@@ -51,6 +56,54 @@ impl State {
     pub fn index(&self) -> u32 {
         *self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Kills the running build if it is `id` (and marks it canceled).
+    pub fn cancel_if_running(&self, id: &str) -> bool {
+        let job = self.job.lock().unwrap_or_else(|p| p.into_inner());
+        if job.as_deref() != Some(id) {
+            return false;
+        }
+        self.canceled.store(true, Ordering::SeqCst);
+        self.kill_build.store(true, Ordering::SeqCst);
+        true
+    }
+}
+
+/// How long the cancel watcher's pop blocks (it then looks at the index again).
+const CANCEL_WAIT: Duration = Duration::from_secs(1);
+
+/// The cancel watcher: on its own connection, pops the ids the CANCEL and
+/// ENQUEUE scripts push onto `ci:cancel:<cluster>:<index>` as they cancel a
+/// running build, and kills the running build when it is one of them. The
+/// pop returns as soon as an id is pushed, and the runner polls the kill flag
+/// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
+/// of the cancel (SIGKILL after the runner's 2 s grace).
+pub fn spawn_cancel_watch(config: &SlaveConfig, state: Arc<State>) -> Result<(), String> {
+    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
+    let cluster = config.cluster.clone();
+    std::thread::Builder::new()
+        .name("cancel".into())
+        .spawn(move || {
+            while !state.done.load(Ordering::SeqCst) {
+                let key = queue::cancel_key(&cluster, state.index());
+                let popped: redis::RedisResult<Option<(String, String)>> =
+                    redis.run(|c| redis::cmd("BLPOP").arg(&key).arg(CANCEL_WAIT.as_secs_f64()).query(c));
+                match popped {
+                    Ok(Some((_, id))) => {
+                        if state.cancel_if_running(&id) {
+                            log::info!("build.cancel id={id}: canceled while running; killing its processes");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log_error("cancel-watch", &e);
+                        std::thread::sleep(CANCEL_WAIT);
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the cancel watcher thread: {e}"))
 }
 
 /// Re-routes jobs queued on indexes at or above N, and in-progress jobs of

@@ -6,7 +6,7 @@
 use crate::config::HookConfig;
 use crate::logging::quote;
 use crate::payload::{self, Delivery};
-use crate::queue::{self, Enqueued, Job};
+use crate::queue::{self, Canceled, Enqueued, Job};
 use crate::redis_conn::Redis;
 use crate::signature::{self, Credentials};
 use crate::status::{self, Metrics};
@@ -404,6 +404,7 @@ fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str
         (Method::Get | Method::Head, p) if p.starts_with("/history/") => ("history", get_history(hook, redis, req, &p[9..], query)),
         (Method::Get | Method::Head, "/repos") => ("repos", get_repos(redis, req)),
         (Method::Post, p) if p.starts_with("/build/") => ("build", post_build(hook, redis, req, &p[7..], query)),
+        (Method::Post, p) if p.starts_with("/cancel/") => ("cancel", post_cancel(hook, redis, req, &p[8..], query)),
         (Method::Post, p) if allowed(p).ends_with("POST") => ("push", post_push(hook, redis, req, p)),
         // Paths that only take POST (a push with hints) are unknown to GET.
         (Method::Get | Method::Head, p) if allowed(p) == "POST" => {
@@ -461,7 +462,7 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply
         .or_else(|| req.header("X-Gogs-Delivery"))
         .or_else(|| req.header("Idempotency-Key"))
         .or_else(|| req.header("X-Gitlab-Event-UUID"));
-    enqueue(redis, &Job { push: &push, delivery, reset: false, keep: hook.config.history_keep })
+    enqueue(redis, &Job { push: &push, delivery, reset: false, keep: hook.config.history_keep, cancel_running: hook.config.cancel_running })
 }
 
 fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
@@ -470,7 +471,16 @@ fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
     let facts = format!(" repo={} branch={} sha={short}", quote(&p.repo), quote(&p.branch));
     let mut reply = match redis.run_again(|c| queue::enqueue(c, job)) {
         Err(e) => redis_down(&e),
-        Ok(Enqueued::Queued { id, slave }) => queued(p, id, slave, false),
+        Ok(Enqueued::Queued { id, slave, canceled }) => {
+            if let Some(old) = canceled {
+                log::info!(
+                    "build.canceled id={old} repo={} branch={} by={id}: superseded (HOOK_CANCEL_RUNNING)",
+                    quote(&p.repo),
+                    quote(&p.branch)
+                );
+            }
+            queued(p, id, slave, false)
+        }
         Ok(Enqueued::Coalesced { id, slave }) => queued(p, id, slave, true),
         Ok(Enqueued::Duplicate { id }) => {
             let mut r = Reply::json(200, json!({ "reason": "duplicate delivery: already queued", "id": id }));
@@ -616,6 +626,56 @@ fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, que
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
-        Ok(Some(push)) => enqueue(redis, &Job { push: &push, delivery: None, reset, keep: hook.config.history_keep }),
+        Ok(Some(push)) => enqueue(
+            redis,
+            &Job { push: &push, delivery: None, reset, keep: hook.config.history_keep, cancel_running: hook.config.cancel_running },
+        ),
     }
+}
+
+/// `POST /cancel/<repo>?branch=B|?id=N`, authenticated like `POST /build`:
+/// 202 `{"id","state"}` when the build was queued (now canceled) or running
+/// (now canceled, its slave kills it); 200 with the reason when it had
+/// already finished; 404 when there is no such build.
+fn post_cancel(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
+    if let Err(e) = signature::verify_rebuild(&hook.token, &req.body, &credentials(req), crate::unix_now()) {
+        return Reply::error(403, e.to_string());
+    }
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
+    let id = query_param(query, "id");
+    let result = redis.run_again(|c| {
+        if let Some(id) = &id {
+            return queue::cancel(c, &repo, queue::CancelTarget::Id(id), "by POST /cancel").map(Some);
+        }
+        match queue::branch_or_default(c, &repo, branch.as_deref())? {
+            Some(b) => queue::cancel(c, &repo, queue::CancelTarget::Branch(&b), "by POST /cancel").map(Some),
+            None => Ok(None),
+        }
+    });
+    let what = match (&id, &branch) {
+        (Some(id), _) => format!("build {id:?}"),
+        (None, Some(b)) => format!("a build of branch {b:?}"),
+        (None, None) => "a build of its default branch".to_string(),
+    };
+    let mut reply = match result {
+        Err(e) => return Reply::error(503, format!("redis unreachable, nothing was canceled: {e}")),
+        Ok(None | Some(Canceled::NoSuchBuild)) => return Reply::error(404, format!("{repo:?} has no {what}")),
+        Ok(Some(Canceled::Queued { id })) => {
+            log::info!("build.canceled id={id} repo={} was=queued: by POST /cancel", quote(&repo));
+            Reply::json(202, json!({ "id": id, "state": "canceled" }))
+        }
+        Ok(Some(Canceled::Running { id })) => {
+            log::info!("build.canceled id={id} repo={} was=running: by POST /cancel; its slave kills it", quote(&repo));
+            Reply::json(202, json!({ "id": id, "state": "canceled" }))
+        }
+        Ok(Some(Canceled::Finished { id, state })) => Reply::json(
+            200,
+            json!({ "id": id, "state": state, "reason": format!("build {id} had already finished ({state}): nothing to cancel") }),
+        ),
+    };
+    reply.facts = format!(" repo={}", quote(&repo));
+    reply
 }

@@ -229,7 +229,7 @@ pub fn follow(conn: &mut Connection, id: &str, mut out: impl FnMut(&str) -> std:
             redis::cmd("HMGET").arg(crate::queue::build_key(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
         match state.as_deref() {
             None => Ok(Some((String::new(), vec![]))),
-            Some(s @ ("passed" | "failed")) => {
+            Some(s @ ("passed" | "failed" | "canceled")) => {
                 Ok(Some((s.to_string(), log.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default())))
             }
             Some(_) => Ok(None),

@@ -45,7 +45,7 @@ table{border-collapse:collapse;width:100%;overflow-wrap:anywhere}th,td{text-alig
 th{font-weight:600;color:var(--mute)}td.num{text-align:right;white-space:nowrap}
 a{color:#0969da}@media (prefers-color-scheme:dark){a{color:#4493f8}}
 .state{white-space:nowrap;font-weight:600}.state::before{content:'';display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;background:currentColor}
-.passed{color:#1a7f37}.failed{color:#d1242f}.running,.queued{color:#9a6700}.unknown{color:var(--mute)}
+.passed{color:#1a7f37}.failed{color:#d1242f}.running,.queued{color:#9a6700}.unknown,.canceled{color:var(--mute)}
 pre{overflow-x:auto;padding:.6rem;border:1px solid var(--line);border-radius:6px;font:13px/1.4 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
 .meta{color:var(--mute);font-size:.9rem}
 @media (max-width:40rem){.wide{display:none}th,td{padding:.3rem .25rem}}
@@ -68,7 +68,7 @@ fn field<'a>(record: &'a Value, name: &str) -> &'a str {
 
 /// A state as a dot and its word (never colour alone).
 fn state(word: &str) -> String {
-    let known = ["passed", "failed", "running", "queued"];
+    let known = ["passed", "failed", "running", "queued", "canceled"];
     let class = if known.contains(&word) { word } else { "unknown" };
     let word = if word.is_empty() { "unknown" } else { word };
     format!("<span class=\"state {class}\">{}</span>", escape(word))

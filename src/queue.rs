@@ -7,7 +7,8 @@
 //! `build:<id>` HASH, `seq`, `last|done|pending|push:<repo>:<branch>`,
 //! `default:<repo>`, `delivery:<id>`, `queue|working:<cluster>:<index>`,
 //! `members:<cluster>` ZSET, `holders:<cluster>` HASH, `clusters` SET, `stats` HASH,
-//! `history:<repo>:<branch>` LIST, `repos` SET, `branches:<repo>` SET, `log:<id>` STREAM.
+//! `history:<repo>:<branch>` LIST, `repos` SET, `branches:<repo>` SET, `log:<id>` STREAM,
+//! `cancel:<cluster>:<index>` LIST (ids of running builds to kill, see [`cancel`]).
 
 use redis::{Connection, RedisResult, Script};
 use std::sync::OnceLock;
@@ -18,6 +19,50 @@ pub fn queue_key(cluster: &str, index: u32) -> String {
 
 pub fn working_key(cluster: &str, index: u32) -> String {
     format!("ci:working:{cluster}:{index}")
+}
+
+/// Ids of running builds canceled on this slave index; its cancel watcher pops them.
+pub fn cancel_key(cluster: &str, index: u32) -> String {
+    format!("ci:cancel:{cluster}:{index}")
+}
+
+/// HOOK_CANCEL_RUNNING: which branches a newer commit cancels the running build of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRunning {
+    /// Branches starting with `pull/` or `merge-requests/` (pull and merge requests).
+    Pulls,
+    All,
+    None,
+}
+
+impl CancelRunning {
+    pub fn parse(s: &str) -> Option<CancelRunning> {
+        match s {
+            "pulls" => Some(CancelRunning::Pulls),
+            "all" => Some(CancelRunning::All),
+            "none" => Some(CancelRunning::None),
+            _ => None,
+        }
+    }
+
+    /// The word ENQUEUE's Lua reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelRunning::Pulls => "pulls",
+            CancelRunning::All => "all",
+            CancelRunning::None => "none",
+        }
+    }
+
+    /// Whether a newer commit on `branch` cancels its running build (the
+    /// rule ENQUEUE's Lua applies; a test holds them together).
+    pub fn applies(self, branch: &str) -> bool {
+        match self {
+            CancelRunning::All => true,
+            CancelRunning::None => false,
+            CancelRunning::Pulls => branch.starts_with("pull/") || branch.starts_with("merge-requests/"),
+        }
+    }
 }
 
 pub fn build_key(id: &str) -> String {
@@ -91,6 +136,7 @@ end
 local index = crc % n
 local slave = cluster .. '-' .. index
 local id = tostring(redis.call('INCR', 'ci:seq'))
+local previous = redis.call('GET', 'ci:last:' .. bkey)
 redis.call('HSET', 'ci:build:' .. id, 'id', id, 'repo', repo, 'branch', branch, 'sha', sha,
   'state', 'queued', 'ok', 'false', 'log', '[]', 'slave', slave, 'cluster', cluster,
   'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset)
@@ -114,13 +160,23 @@ while redis.call('LLEN', hkey) > keep do
 end
 redis.call('LPUSH', 'ci:queue:' .. cluster .. ':' .. index, id)
 if delivery ~= '' then redis.call('SET', 'ci:delivery:' .. delivery, id, 'EX', ARGV[11]) end
-return {'queued', id, slave}
+-- HOOK_CANCEL_RUNNING (ARGV[13]): a newer commit cancels the branch's running build
+local policy, canceled = ARGV[13], ''
+local pull = string.sub(branch, 1, 5) == 'pull/' or string.sub(branch, 1, 15) == 'merge-requests/'
+if previous and (policy == 'all' or (policy == 'pulls' and pull))
+  and redis.call('HGET', 'ci:build:' .. previous, 'state') == 'running' then
+  cancel_build(previous, 'superseded by build ' .. id, now)
+  canceled = previous
+end
+return {'queued', id, slave, canceled}
 "#;
 
 /// Lua shared by START and FINISH: writes a finished record, counts it, makes
 /// it the branch's latest finished build and acknowledges the job. (Records
 /// leave by the history bound of ENQUEUE, nowhere else.)
 const RECORD: &str = r#"
+-- seconds an unread cancel list lives (its slave died or moved on)
+local CANCEL_TTL = 60
 local function record_result(id, working, state, log, seconds, now)
   local key = 'ci:build:' .. id
   redis.call('HSET', key, 'state', state, 'ok', tostring(state == 'passed'), 'log', log,
@@ -131,6 +187,29 @@ local function record_result(id, working, state, log, seconds, now)
   local current = redis.call('GET', dkey)
   if not current or tonumber(current) <= tonumber(id) then redis.call('SET', dkey, id) end
   redis.call('LREM', working, 1, id)
+end
+-- Cancels build id if queued (out of its queue, stored canceled) or running
+-- (stored canceled now; its id pushed for the slave's cancel watcher, which
+-- kills it; the slave's FINISH then adds the log so far). Returns the state
+-- it had, or nil when it was neither.
+local function cancel_build(id, why, now)
+  local key = 'ci:build:' .. id
+  local state, cluster, slave, repo, branch = unpack(redis.call('HMGET', key, 'state', 'cluster', 'slave', 'repo', 'branch'))
+  if state ~= 'queued' and state ~= 'running' then return nil end
+  local index = string.sub(slave, #cluster + 2)
+  local pkey = 'ci:pending:' .. repo .. ':' .. branch
+  if redis.call('GET', pkey) == id then redis.call('DEL', pkey) end
+  local line = cjson.encode({'[canceled] ' .. why})
+  if state == 'queued' then
+    record_result(id, 'ci:queue:' .. cluster .. ':' .. index, 'canceled', line, '0', now)
+  else
+    record_result(id, 'ci:working:' .. cluster .. ':' .. index, 'canceled', line, '0', now)
+    redis.call('HSET', key, 'cancel', why)
+    local ckey = 'ci:cancel:' .. cluster .. ':' .. index
+    redis.call('LPUSH', ckey, id)
+    redis.call('EXPIRE', ckey, CANCEL_TTL)
+  end
+  return state
 end
 "#;
 
@@ -143,7 +222,7 @@ const START: &str = r#"
 local id, working, slave, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = 'ci:build:' .. id
 local state = redis.call('HGET', key, 'state')
-if not state or state == 'passed' or state == 'failed' then
+if not state or state == 'passed' or state == 'failed' or state == 'canceled' then
   redis.call('LREM', working, 1, id)
   return false
 end
@@ -167,7 +246,17 @@ return {tostring(attempt), f[1], f[2], f[3] or '0'}
 
 const FINISH: &str = r#"
 local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if redis.call('HGET', 'ci:build:' .. id, 'attempt') ~= attempt then return 0 end
+local key = 'ci:build:' .. id
+if redis.call('HGET', key, 'attempt') ~= attempt then return 0 end
+-- canceled while it ran: stays canceled (counted once, by the cancel); the
+-- log so far and why it was canceled replace the one-line log
+if redis.call('HGET', key, 'state') == 'canceled' then
+  local lines = cjson.decode(log)
+  lines[#lines + 1] = '[canceled] ' .. (redis.call('HGET', key, 'cancel') or '')
+  redis.call('HSET', key, 'log', cjson.encode(lines), 'seconds', seconds)
+  redis.call('LREM', working, 1, id)
+  return 2
+end
 record_result(id, working, state, log, seconds, now)
 return 1
 "#;
@@ -198,7 +287,7 @@ fn script(cell: &'static OnceLock<Script>, prefix: &str, body: &str) -> &'static
 
 fn enqueue_script() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();
-    script(&S, LIVE_N, ENQUEUE)
+    S.get_or_init(|| Script::new(&format!("{LIVE_N}{RECORD}{ENQUEUE}")))
 }
 
 /// What a web-hook asks the queue for.
@@ -208,6 +297,8 @@ pub struct Job<'a> {
     pub reset: bool,
     /// HISTORY_KEEP: builds of the branch kept (at least 1).
     pub keep: usize,
+    /// HOOK_CANCEL_RUNNING.
+    pub cancel_running: CancelRunning,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -215,6 +306,8 @@ pub enum Enqueued {
     Queued {
         id: String,
         slave: String,
+        /// The branch's running build this one canceled (HOOK_CANCEL_RUNNING).
+        canceled: Option<String>,
     },
     Coalesced {
         id: String,
@@ -232,7 +325,8 @@ pub enum Enqueued {
 /// Stores the push record and queues its build in one atomic script.
 pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
     let p = job.push;
-    let reply: (String, String, String) = enqueue_script()
+    // 3 fields (4 when queued: the running build it canceled, or "")
+    let reply: Vec<String> = enqueue_script()
         .arg(&p.repo)
         .arg(&p.branch)
         .arg(&p.sha)
@@ -245,12 +339,14 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(if job.reset { "1" } else { "0" })
         .arg(DELIVERY_TTL_SECS)
         .arg(job.keep.max(1))
+        .arg(job.cancel_running.as_str())
         .invoke(conn)?;
-    Ok(match reply.0.as_str() {
-        "queued" => Enqueued::Queued { id: reply.1, slave: reply.2 },
-        "coalesced" => Enqueued::Coalesced { id: reply.1, slave: reply.2 },
-        "duplicate" => Enqueued::Duplicate { id: reply.1 },
-        _ => Enqueued::NoSlave { live: reply.1 },
+    let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
+    Ok(match reply.first().map(String::as_str) {
+        Some("queued") => Enqueued::Queued { id: field(1), slave: field(2), canceled: Some(field(3)).filter(|c| !c.is_empty()) },
+        Some("coalesced") => Enqueued::Coalesced { id: field(1), slave: field(2) },
+        Some("duplicate") => Enqueued::Duplicate { id: field(1) },
+        _ => Enqueued::NoSlave { live: field(1) },
     })
 }
 
@@ -335,9 +431,20 @@ pub struct Outcome {
     pub seconds: u64,
 }
 
+/// What [`finish`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The outcome, as passed or failed.
+    Stored,
+    /// The build was canceled while it ran: it stays `canceled`, with this log.
+    Canceled,
+    /// Nothing: a later attempt of the same build has started since.
+    Superseded,
+}
+
 /// Stores the result and acknowledges the job, unless a later attempt of the
-/// same build has started since (then nothing is written: returns false).
-pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome) -> RedisResult<bool> {
+/// same build has started since. A build canceled meanwhile stays canceled.
+pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome) -> RedisResult<Finished> {
     static S: OnceLock<Script> = OnceLock::new();
     let stored: i64 = script(&S, RECORD, FINISH)
         .arg(&job.id)
@@ -348,7 +455,68 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(outcome.seconds)
         .arg(format!("{:.3}", crate::unix_now()))
         .invoke(conn)?;
-    Ok(stored == 1)
+    Ok(match stored {
+        1 => Finished::Stored,
+        2 => Finished::Canceled,
+        _ => Finished::Superseded,
+    })
+}
+
+const CANCEL: &str = r#"
+local repo, branch, id, why, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if id == '' then
+  id = redis.call('GET', 'ci:last:' .. repo .. ':' .. branch)
+  if not id then return {'none', ''} end
+end
+local state, owner = unpack(redis.call('HMGET', 'ci:build:' .. id, 'state', 'repo'))
+if not state or owner ~= repo then return {'none', id} end
+local was = cancel_build(id, why, now)
+if was then return {was, id} end
+return {'finished', id, state}
+"#;
+
+/// Which build `POST /cancel` means.
+pub enum CancelTarget<'a> {
+    /// The branch's latest build.
+    Branch(&'a str),
+    Id(&'a str),
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Canceled {
+    /// It was queued: out of its queue, stored canceled; it never starts.
+    Queued {
+        id: String,
+    },
+    /// It was running: stored canceled; its slave kills it (cancel watcher).
+    Running {
+        id: String,
+    },
+    /// It had already finished with `state`: nothing changed.
+    Finished {
+        id: String,
+        state: String,
+    },
+    NoSuchBuild,
+}
+
+/// Cancels a queued or running build of `repo` in one script; `why` follows
+/// `[canceled] ` in its log.
+pub fn cancel(conn: &mut Connection, repo: &str, target: CancelTarget, why: &str) -> RedisResult<Canceled> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let (branch, id) = match target {
+        CancelTarget::Branch(b) => (b, ""),
+        CancelTarget::Id(i) => ("", i),
+    };
+    let reply: Vec<String> =
+        script(&S, RECORD, CANCEL).arg(repo).arg(branch).arg(id).arg(why).arg(format!("{:.3}", crate::unix_now())).invoke(conn)?;
+    Ok(match reply.as_slice() {
+        [was, id] if was == "queued" => Canceled::Queued { id: id.clone() },
+        [was, id] if was == "running" => Canceled::Running { id: id.clone() },
+        [_, id, state] => Canceled::Finished { id: id.clone(), state: state.clone() },
+        _ => Canceled::NoSuchBuild,
+    })
 }
 
 /// Puts every job of an in-progress list back at the front of its queue:

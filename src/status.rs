@@ -11,7 +11,7 @@ use std::time::Instant;
 
 /// What `GET /status/<repo>` answers for a pushed branch.
 pub struct StatusView {
-    /// 200 passed, 412 failed, 202 no build finished yet (the text answer's code).
+    /// 200 passed, 412 failed, 409 canceled, 202 no build finished yet (the text answer's code).
     pub code: u16,
     /// The log of the latest finished build, or what the first one is doing.
     pub text: String,
@@ -60,7 +60,7 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
         Some(done) => {
             let finished = if done == last { latest.clone() } else { record(conn, &done)? };
             let log: Vec<String> = finished.get("log").and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
-            let code = if finished.get("state").map(String::as_str) == Some("passed") { 200 } else { 412 };
+            let code = finished_code(finished.get("state").map(String::as_str).unwrap_or(""));
             let mut text = log.join("\n");
             text.push('\n');
             (code, text)
@@ -136,20 +136,29 @@ pub fn record_by_id(conn: &mut Connection, id: &str) -> RedisResult<Option<Value
     Ok((!h.is_empty()).then(|| record_json(&h)))
 }
 
-/// A record's text answer: its log with 200 (passed) or 412 (failed); while
+/// The text answer's code of a finished build: 200 passed, 409 canceled
+/// (distinct from a failure), else 412.
+fn finished_code(state: &str) -> u16 {
+    match state {
+        "passed" => 200,
+        "canceled" => 409,
+        _ => 412,
+    }
+}
+
+/// A record's text answer: its log with 200 (passed), 412 (failed) or 409 (canceled); while
 /// queued or running, 202 and its live log so far (or what it is doing).
 pub fn record_text(conn: &mut Connection, v: &Value) -> RedisResult<(u16, String)> {
     let state = v["state"].as_str().unwrap_or("");
     let id = v["id"].as_str().unwrap_or("");
     let lines: Vec<String> = match state {
-        "passed" | "failed" => {
+        "passed" | "failed" | "canceled" => {
             v["log"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect()).unwrap_or_default()
         }
         _ => crate::live::lines_so_far(conn, id, crate::live::SHOWN_SO_FAR)?,
     };
     let code = match state {
-        "passed" => 200,
-        "failed" => 412,
+        "passed" | "failed" | "canceled" => finished_code(state),
         _ => 202,
     };
     if code == 202 && lines.is_empty() {
@@ -358,7 +367,7 @@ fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
     out.push_str(&depths);
     let stats: HashMap<String, u64> = redis::cmd("HGETALL").arg("ci:stats").query(conn)?;
     out.push_str("# HELP ci_builds_total Finished builds by result.\n# TYPE ci_builds_total counter\n");
-    for result in ["passed", "failed"] {
+    for result in ["passed", "failed", "canceled"] {
         out.push_str(&format!("ci_builds_total{{result=\"{result}\"}} {}\n", stats.get(result).copied().unwrap_or(0)));
     }
     let forge: HashMap<String, u64> = redis::cmd("HGETALL").arg(crate::forge::COUNTS_KEY).query(conn)?;

@@ -34,6 +34,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     take_over(&mut redis, &config, &member, index, &signals);
     heartbeat::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
     heartbeat::spawn_beats(config.lease, Arc::clone(&state))?;
+    heartbeat::spawn_cancel_watch(&config, Arc::clone(&state))?;
     let poster = Poster::spawn(config.forges.clone(), config.forge.clone(), &config.redis_url)?;
 
     let host = hostname();
@@ -97,8 +98,16 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         let facts = build_facts(&started, &slave);
         log::info!("build.started {facts} attempt={}", started.attempt);
         poster.report(&started.id, &started.push, forge::Event::Started { slave: slave.clone() });
-        *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
+        state.canceled.store(false, Ordering::SeqCst);
         state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
+        *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
+        // Canceled between START and now: the watcher popped the id before
+        // the job was set, so look at the record once.
+        if let Ok(Some(s)) = redis.run(|c| redis::cmd("HGET").arg(queue::build_key(&started.id)).arg("state").query::<Option<String>>(c)) {
+            if s == "canceled" {
+                state.cancel_if_running(&started.id);
+            }
+        }
         let live = publisher.for_build(&started.id);
         let ctx = build::Context {
             cache: &config.cache,
@@ -114,26 +123,38 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         };
         let outcome = build::run(&ctx, &started);
         *state.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let Some(outcome) = outcome else {
-            state.kill_build.store(false, Ordering::SeqCst);
-            let _ = redis.run(|c| queue::abandon(c, &started));
-            if signals.abort.load(Ordering::SeqCst) {
-                log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
-                break;
+        let canceled = state.canceled.swap(false, Ordering::SeqCst);
+        let outcome = match outcome {
+            Ok(o) => o,
+            // Canceled: stored as canceled with the log so far (FINISH keeps it canceled).
+            Err(so_far) if canceled => {
+                state.kill_build.store(false, Ordering::SeqCst);
+                so_far
             }
-            log::warn!("build.abandoned {facts}: the index was lost or this slave stalled past half a lease; the job runs again");
-            continue;
+            Err(_) => {
+                state.kill_build.store(false, Ordering::SeqCst);
+                let _ = redis.run(|c| queue::abandon(c, &started));
+                if signals.abort.load(Ordering::SeqCst) {
+                    log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
+                    break;
+                }
+                log::warn!("build.abandoned {facts}: the index was lost or this slave stalled past half a lease; the job runs again");
+                continue;
+            }
         };
-        let result = if outcome.passed { "passed" } else { "failed" };
         let stored = store(&mut redis, &started, &working, &outcome, &signals, &facts);
         match &stored {
             Stored::Superseded => continue,
             Stored::Real => poster.report(&started.id, &started.push, event(&outcome)),
             Stored::Substitute(o) => poster.report(&started.id, &started.push, event(o)),
+            Stored::Canceled => poster.report(&started.id, &started.push, forge::Event::Canceled),
         }
-        if !matches!(stored, Stored::Real) {
-            continue;
-        }
+        let result = match stored {
+            Stored::Real if outcome.passed => "passed",
+            Stored::Real => "failed",
+            Stored::Canceled => "canceled",
+            _ => continue,
+        };
         // After the result is stored: a follower that sees `end` finds the record finished.
         live.end(result);
         log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
@@ -188,6 +209,8 @@ fn fallback(outcome: &queue::Outcome, e: &redis::RedisError) -> queue::Outcome {
 /// What was stored.
 enum Stored {
     Real,
+    /// The build was canceled: stored `canceled` with this log.
+    Canceled,
     /// Redis refused the real one; this stood in for it.
     Substitute(queue::Outcome),
     /// Nothing: a later attempt owns the build, or Redis refused even the short record.
@@ -200,8 +223,9 @@ fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outco
     loop {
         let current = substitute.as_ref().unwrap_or(outcome);
         match redis.run(|c| queue::finish(c, job, working, current)) {
-            Ok(true) => return substitute.map_or(Stored::Real, Stored::Substitute),
-            Ok(false) => {
+            Ok(queue::Finished::Stored) => return substitute.map_or(Stored::Real, Stored::Substitute),
+            Ok(queue::Finished::Canceled) => return Stored::Canceled,
+            Ok(queue::Finished::Superseded) => {
                 log::warn!("build.superseded id={} attempt={}: a later attempt owns this build; result not stored", job.id, job.attempt);
                 return Stored::Superseded;
             }

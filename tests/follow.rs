@@ -337,3 +337,23 @@ fn live_output_lines_are_masked_like_the_log_debug_or_not() {
     assert!(!text.contains("sekrit-value-123"), "{text}");
     assert!(text.contains("\"end\"") && text.contains("\"passed\""), "{text}");
 }
+
+/// Issue 11: a follower of a build canceled while it runs gets its lines, then `canceled`.
+#[test]
+fn a_follower_of_a_canceled_build_ends_with_canceled() {
+    let b = Backend::start(1, &[], &[]);
+    let blocker = Blocker::new(b.root(), "followed");
+    let yml = format!("step: live\nshell: |\n  echo before-cancel\n{}", indent(&blocker.snippet(), 2));
+    let (git, id) = b.queue("acme/cancelfollow", &yml, "followed, then canceled");
+    let f = Follower::start(b.hook.addr, &format!("/status/acme/cancelfollow?follow=1&id={id}"));
+    f.wait_line("  . before-cancel");
+    blocker.wait_started();
+    let bearer = format!("Bearer {}", b.hook.token);
+    let r = b.hook.post(&format!("/cancel/acme/cancelfollow?branch={}", git.branch), &[("Authorization", &bearer)], b"");
+    assert_eq!(r.code, 202, "{r}");
+    let (code, lines) = f.finish();
+    assert_eq!(code, 200);
+    assert_eq!(lines.last().map(String::as_str), Some("canceled"), "{lines:#?}");
+    assert!(lines.iter().any(|l| l == "  . before-cancel"), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l == "failed" || l == "passed"), "{lines:#?}");
+}

@@ -437,3 +437,25 @@ fn a_build_given_up_after_its_attempts_is_an_error() {
     assert_eq!(got[1].body, GITHUB.body("error", description, &id), "{got:?}");
     assert_eq!(got[0].body["state"], "pending");
 }
+
+/// Issue 11: a canceled build is no failure. GitHub and Gitea have no canceled state: `error`
+/// "canceled"; GitLab has one: `canceled`.
+#[test]
+fn a_canceled_build_is_error_canceled_on_github_and_canceled_on_gitlab() {
+    for (kind, state) in [(GITHUB, "error"), (GITLAB, "canceled")] {
+        let rx = Receiver::start(Answer::Code(201));
+        let b = backend(kind, &rx, &token(kind), &[]);
+        let host = format!("127.0.0.1:{}", rx.port);
+        let blocker = Blocker::new(b.root(), kind.name);
+        let (git, sha, id) = push(&b, kind, "acme/canceled", &[("integration.yml", &blocker.yml())], &host);
+        blocker.wait_started();
+        let bearer = format!("Bearer {}", b.hook.token);
+        let r = b.hook.post(&format!("/cancel/acme/canceled?branch={}", git.branch), &[("Authorization", &bearer)], b"");
+        assert_eq!(r.code, 202, "{r}");
+        let got = wait_states(&rx, &kind.path("acme/canceled", &sha), 2);
+        let label = if kind.name == "gitlab" { "name" } else { "context" };
+        let want = json!({ "state": state, "description": "canceled", label: "ci-backend", "target_url": format!("{PUBLIC}/builds/{id}") });
+        assert_eq!(got[1].body, want, "{}", kind.name);
+        assert_eq!(got.len(), 2, "{}: {got:?}", kind.name);
+    }
+}
