@@ -77,7 +77,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// running build, and kills the running build when it is one of them. The
 /// pop returns as soon as an id is pushed, and the runner polls the kill flag
 /// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
-/// of the cancel (SIGKILL after the runner's 2 s grace).
+/// of the cancel (SIGKILL after the runner's 1 s grace).
 pub fn spawn_cancel_watch(config: &SlaveConfig, state: Arc<State>) -> Result<(), String> {
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let cluster = config.cluster.clone();

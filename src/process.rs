@@ -27,7 +27,7 @@ pub trait LineTarget: Send + Sync {
 pub type LineSink = Arc<dyn LineTarget>;
 
 /// How long a group has after SIGTERM before SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(2);
+const KILL_GRACE: Duration = Duration::from_secs(1);
 /// How often the deadline and the abort flag are looked at.
 const POLL: Duration = Duration::from_millis(100);
 /// Longest output line kept; the rest of a longer line is dropped.

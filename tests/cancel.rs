@@ -142,9 +142,10 @@ fn a_running_build_canceled_is_killed_with_its_group_and_its_slave_takes_the_nex
     });
     let next_started = t0.elapsed();
     eprintln!("measured: cancel -> processes gone {gone:?}; cancel -> next job started {next_started:?}");
-    // SIGTERM within ~0.1 s of the cancel; SIGKILL after the runner's 2 s grace; slack for a loaded machine.
-    assert!(gone < Duration::from_millis(4500), "processes gone {gone:?} after the cancel");
-    assert!(next_started < Duration::from_secs(6), "next job started {next_started:?} after the cancel");
+    // SIGTERM within ~0.1 s of the cancel, SIGKILL after the runner's 1 s grace: gone within the
+    // issue's 2 s even for a step that ignores SIGTERM.
+    assert!(gone < Duration::from_secs(2), "processes gone {gone:?} after the cancel");
+    assert!(next_started < Duration::from_secs(3), "next job started {next_started:?} after the cancel");
 
     let build = wait_for("the canceled build's log so far", DEADLINE, || match read_build(&b.redis, &id) {
         Some(b) if b.log.len() > 1 => Ok(b),
