@@ -85,3 +85,6 @@ mod forge_status;
 /// Issue 10: live logs followed over chunked HTTP as the steps print them; 200 followers; a
 /// follower that stops reading; HOOK_MAX_FOLLOWERS.
 mod follow;
+
+/// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds (issue 11).
+mod pulls;
