@@ -283,3 +283,46 @@ fn tags_are_not_built_by_default() {
     let r = b.hook.send_github("/", "push", body.to_string().as_bytes(), &[]);
     assert_eq!((r.code, r.json()["reason"].clone()), (200, json!("tag push \"v1.2\": tags are not built (HOOK_BUILD_TAGS=0)")), "{r}");
 }
+
+#[test]
+fn pending_builds_coalesce_per_request() {
+    let b = Backend::start(1, &[], &[]);
+    // Keep the only slave busy so the requests below stay pending.
+    let blocker = Blocker::new(b.root(), "busy");
+    let busy = b.repo("acme/busy");
+    busy.write("integration.yml", &blocker.yml());
+    let busy_sha = busy.commit("busy");
+    busy.push();
+    b.hook.push_ok(&busy, &busy_sha);
+    blocker.wait_started();
+
+    let (repo, a) = target_with_request(&b, "acme/co", "refs/pull/7/head", ENV_YML);
+    run(git(&repo.work).args(["push", "-q", "origin", &format!("{a}:refs/pull/8/head")]));
+    let send = |n: u64, sha: &str, action: &str| {
+        let body = github_pull("acme/co", &repo.file_url(), n, sha, "acme/co", action);
+        let r = b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]);
+        assert_eq!(r.code, 202, "{r}");
+        r.json()
+    };
+    let first = send(7, &a, "opened");
+    assert_eq!(first["coalesced"], json!(false), "{first}");
+    repo.write("more.txt", "B");
+    let c = repo.commit("B");
+    run(git(&repo.work).args(["push", "-q", "-f", "origin", &format!("{c}:refs/pull/7/head")]));
+    let again = send(7, &c, "synchronize");
+    assert_eq!(
+        (again["id"].clone(), again["coalesced"].clone(), again["sha"].clone()),
+        (first["id"].clone(), json!(true), json!(c)),
+        "{again}"
+    );
+    let other = send(8, &a, "opened");
+    assert_eq!(other["coalesced"], json!(false), "another request is another branch: {other}");
+    assert_ne!(other["id"], first["id"]);
+
+    blocker.release();
+    let build = wait_build(&b.redis, first["id"].as_str().unwrap(), LONG);
+    assert_eq!((build.state.as_str(), build.sha.as_str()), ("passed", c.as_str()), "{:?}", build.log);
+    let build = wait_build(&b.redis, other["id"].as_str().unwrap(), LONG);
+    assert_eq!((build.state.as_str(), build.sha.as_str()), ("passed", a.as_str()), "{:?}", build.log);
+    assert!(printed(&build).contains(&"PULL_REQUEST=8".to_string()), "{:?}", build.log);
+}
