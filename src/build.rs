@@ -168,7 +168,7 @@ pub fn run(ctx: &Context, job: &Started) -> Option<Outcome> {
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let deadline = started + ctx.timeout;
     // A fork's code gets nothing of the slave's environment, its git neither.
-    let fork_env = fork_env();
+    let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
     let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
     let source = push.source_ref();
@@ -379,9 +379,14 @@ fn step_env(
 }
 
 /// A fork build's base environment: a fixed PATH and nothing of the
-/// slave's (HOME, USER and the CI variables are added per step).
-pub fn fork_env() -> Vec<(String, String)> {
-    vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())]
+/// slave's (the build user's HOME, USER and the CI variables are added per
+/// step). Without a user switch the build user is the slave's own: its HOME.
+pub fn fork_env(switch: bool) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())];
+    if let (false, Ok(home)) = (switch, std::env::var("HOME")) {
+        env.push(("HOME".to_string(), home));
+    }
+    env
 }
 
 /// The slave's environment passed on to steps: everything but its own

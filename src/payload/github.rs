@@ -73,7 +73,9 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
         "push" => push(&from_json(body)?, "github", build_tags),
         "pull_request" => pull(&from_json(body)?, "github"),
         "ping" => check_json(body).map(|_| Delivery::NoBuild("ping: hook is set up".into())),
-        other => check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
+        other => {
+            check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes and pull requests are built")))
+        }
     }
 }
 

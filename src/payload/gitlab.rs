@@ -76,7 +76,8 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
         return merge_request(&from_json(body)?);
     }
     if event != "Push Hook" && event != "Tag Push Hook" {
-        return check_json(body).map(|_| Delivery::NoBuild(format!("event {event:?} needs no build: only pushes are built")));
+        return check_json(body)
+            .map(|_| Delivery::NoBuild(format!("event {event:?} needs no build: only pushes, tag pushes and merge requests are built")));
     }
     let b: Body = from_json(body)?;
     let project = b.project.as_ref();
