@@ -178,6 +178,10 @@ fn fork_requests_are_ignored_by_default() {
         json!("request 4 comes from the fork \"mallory/fk\": fork requests are not built (HOOK_FORK_PULLS=ignore)"),
         "{r}"
     );
+    let body = github_pull("acme/fk", &git.file_url(), 4, &head, "mallory/fk", "synchronized");
+    let r = send_gitea(&b.hook, "pull_request", body.to_string().as_bytes());
+    assert_eq!(r.code, 200, "{r}");
+    assert!(r.json()["reason"].as_str().unwrap_or("").contains("HOOK_FORK_PULLS=ignore"), "{r}");
     let body = gitlab_mr("acme/fk", &git.file_url(), 4, &head, 99, "open");
     let r = send_gitlab(&b.hook, "Merge Request Hook", body.to_string().as_bytes());
     assert_eq!(r.code, 200, "{r}");
