@@ -7,12 +7,12 @@ use crate::harness::*;
 use serde_json::{json, Value};
 
 /// What the steps print: the request's variables and the slave's DEPLOY_KEY.
-const ENV_YML: &str = "step: env\ndebug: true\nshell:\n  - env | grep -E '^(PULL_REQUEST|BASE_BRANCH|HEAD_BRANCH|HEAD_REPO|BRANCH|TAG_NAME|DEPLOY_KEY|CI)=' | sort\n";
+pub(crate) const ENV_YML: &str = "step: env\ndebug: true\nshell:\n  - env | grep -E '^(PULL_REQUEST|BASE_BRANCH|HEAD_BRANCH|HEAD_REPO|BRANCH|TAG_NAME|DEPLOY_KEY|CI)=' | sort\n";
 const DEPLOY_KEY: &str = "s3cret-value";
 
 /// A target repository with `main` pushed, and a head commit (on no branch of the
 /// target) that only `ref` names, as the forge keeps it. Returns (repo, head sha).
-fn target_with_request(b: &Backend, name: &str, git_ref: &str, yml: &str) -> (GitRepo, String) {
+pub(crate) fn target_with_request(b: &Backend, name: &str, git_ref: &str, yml: &str) -> (GitRepo, String) {
     let mut repo = b.repo(name);
     repo.write("integration.yml", "step: main\nshell: true\n");
     repo.commit("main");
@@ -27,7 +27,7 @@ fn target_with_request(b: &Backend, name: &str, git_ref: &str, yml: &str) -> (Gi
     (repo, head)
 }
 
-fn github_pull(repo: &str, url: &str, number: u64, sha: &str, head_repo: &str, action: &str) -> Value {
+pub(crate) fn github_pull(repo: &str, url: &str, number: u64, sha: &str, head_repo: &str, action: &str) -> Value {
     let mut v = fixture_json("github/pull_request/opened.payload.json");
     v["action"] = json!(action);
     v["number"] = json!(number);
@@ -53,7 +53,7 @@ fn send_gitea(hook: &Hook, event: &str, body: &[u8]) -> Response {
     )
 }
 
-fn gitlab_mr(repo: &str, url: &str, iid: u64, sha: &str, source_project: u64, action: &str) -> Value {
+pub(crate) fn gitlab_mr(repo: &str, url: &str, iid: u64, sha: &str, source_project: u64, action: &str) -> Value {
     let mut v = fixture_json("gitlab/merge-request-hook.json");
     v["project"]["path_with_namespace"] = json!(repo);
     v["project"]["git_http_url"] = json!(url);
