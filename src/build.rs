@@ -170,8 +170,12 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
 
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let deadline = started + ctx.timeout;
-    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: ctx.base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
-    let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &push.sha, job.reset) {
+    // A fork's code gets nothing of the slave's environment, its git neither.
+    let fork_env = fork_env(ctx.user.switch);
+    let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
+    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
+    let source = push.source_ref();
+    let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &source, &push.sha, job.reset) {
         Ok(c) => c,
         Err(GitError::Aborted) => return aborted(log),
         Err(e) => {
@@ -208,7 +212,7 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
                 log.push(format!("[skipped] {}", cut(script)));
                 continue;
             }
-            let env = step_env(ctx, job, &commit, &short, &log, ok, step);
+            let env = step_env(ctx, base_env, job, &commit, &short, &log, ok, step);
             let masks = secret_values(&env, &step.secrets);
             // Output lines go live as `  . <line>` (debug or not), masked like the log.
             let sink = ctx.live.map(|live| Arc::new(LiveOutput { live: live.clone(), masks: masks.clone() }) as runner::LineSink);
@@ -325,8 +329,10 @@ fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, String> {
     Ok(real)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn step_env(
     ctx: &Context,
+    base_env: &[(String, String)],
     job: &Started,
     commit: &workspace::Commit,
     short: &str,
@@ -335,7 +341,7 @@ fn step_env(
     step: &Step,
 ) -> Vec<(String, String)> {
     let push = &job.push;
-    let mut env: Vec<(String, String)> = ctx.base_env.to_vec();
+    let mut env: Vec<(String, String)> = base_env.to_vec();
     if ctx.user.switch {
         let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
         for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
@@ -343,9 +349,11 @@ fn step_env(
             env.push((k.to_string(), v));
         }
     }
-    let vars = [
+    // A request's record is `pull/<N>`; its steps see the head branch.
+    let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
+    let mut vars = vec![
         ("HOST", ctx.host.to_string()),
-        ("BRANCH", push.branch.clone()),
+        ("BRANCH", branch),
         ("COMMIT", push.sha.clone()),
         ("COMMIT_SHORT", short.to_string()),
         ("MESSAGE", commit.message.clone()),
@@ -357,9 +365,29 @@ fn step_env(
         ("REPO", push.repo.clone()),
         ("BUILD_ID", job.id.clone()),
     ];
+    if let Some(p) = &push.pull {
+        vars.push(("PULL_REQUEST", p.number.to_string()));
+        vars.push(("BASE_BRANCH", p.base_branch.clone()));
+        vars.push(("HEAD_BRANCH", p.head_branch.clone()));
+        vars.push(("HEAD_REPO", p.head_repo.clone()));
+    }
+    if let Some(t) = &push.tag {
+        vars.push(("TAG_NAME", t.clone()));
+    }
     for (k, v) in vars.into_iter().map(|(k, v)| (k.to_string(), v)).chain(step.env.iter().cloned()) {
         env.retain(|(name, _)| *name != k);
         env.push((k, v));
+    }
+    env
+}
+
+/// A fork build's base environment: a fixed PATH and nothing of the
+/// slave's (the build user's HOME, USER and the CI variables are added per
+/// step). Without a user switch the build user is the slave's own: its HOME.
+pub fn fork_env(switch: bool) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())];
+    if let (false, Ok(home)) = (switch, std::env::var("HOME")) {
+        env.push(("HOME".to_string(), home));
     }
     env
 }

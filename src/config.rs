@@ -63,6 +63,16 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         default: "256",
         doc: "clients following a build's log at once (GET /status/<repo>?follow=1); more are answered 503 with Retry-After",
     },
+    Setting {
+        name: "HOOK_FORK_PULLS",
+        default: "ignore",
+        doc: "`ignore` or `build`: pull/merge requests whose head is in another repository (a fork); built with no slave environment and no credentials",
+    },
+    Setting {
+        name: "HOOK_BUILD_TAGS",
+        default: "0",
+        doc: "`1` builds tag pushes (branch `tags/<name>`, step env TAG_NAME); `0` answers 200 without a build",
+    },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -169,6 +179,8 @@ pub struct HookConfig {
     pub max_followers: usize,
     /// HOOK_CANCEL_RUNNING.
     pub cancel_running: crate::queue::CancelRunning,
+    /// HOOK_FORK_PULLS and HOOK_BUILD_TAGS.
+    pub policy: crate::payload::Policy,
 }
 
 impl HookConfig {
@@ -198,6 +210,18 @@ impl HookConfig {
                 let v = raw(s, "HOOK_CANCEL_RUNNING").unwrap_or_default();
                 crate::queue::CancelRunning::parse(&v)
                     .ok_or_else(|| ConfigError(format!("HOOK_CANCEL_RUNNING={v:?}: expected pulls, all or none")))?
+            },
+            policy: crate::payload::Policy {
+                fork_pulls: match raw(s, "HOOK_FORK_PULLS").unwrap_or_default().as_str() {
+                    "ignore" => false,
+                    "build" => true,
+                    other => return Err(ConfigError(format!("HOOK_FORK_PULLS={other:?}: expected `ignore` or `build`"))),
+                },
+                build_tags: match raw(s, "HOOK_BUILD_TAGS").unwrap_or_default().as_str() {
+                    "0" => false,
+                    "1" => true,
+                    other => return Err(ConfigError(format!("HOOK_BUILD_TAGS={other:?}: expected 0 or 1"))),
+                },
             },
         })
     }

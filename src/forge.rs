@@ -484,6 +484,9 @@ mod tests {
                 statuses_url: statuses.map(String::from),
                 project_id: id,
             },
+            pull: None,
+            tag: None,
+            fork: false,
         }
     }
 

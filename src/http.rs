@@ -445,6 +445,7 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply
         gitlab_event: req.header("X-Gitlab-Event"),
         event_key: req.header("X-Event-Key"),
         body,
+        policy: hook.config.policy,
     });
     let mut push = match parsed {
         Ok(Delivery::Build(p)) => p,

@@ -233,9 +233,11 @@ impl Git<'_> {
     }
 
     /// Makes the checkout of `branch` a clone of `url` with `sha` checked out
-    /// (detached). Untracked files from earlier builds stay: the cache is the
+    /// (detached), fetching `source` (`refs/heads/<branch>`, the target's
+    /// `refs/pull/<N>/head`, or `refs/tags/<name>`) into the mirror under the
+    /// same name. An annotated tag's object is peeled to its commit. Untracked files from earlier builds stay: the cache is the
     /// point. `reset` starts the checkout and the mirror afresh.
-    pub fn prepare(&self, repo: &str, url: &str, branch: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
+    pub fn prepare(&self, repo: &str, url: &str, branch: &str, source: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
         if url.starts_with('-') {
             return Err(GitError::Failed(format!("clone URL {:?} is not usable", scrub_url(url))));
         }
@@ -263,22 +265,27 @@ impl Git<'_> {
         // checkout (the checkout borrows the mirror's objects: no second
         // fetch), show. Fetch into refs, never a bare sha, so later fetches
         // stay small.
-        if mirror.exists() {
-            let spec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        // A clone has the branches and tags, never `refs/pull/*`: those are fetched after it.
+        let cloned = !mirror.exists();
+        if cloned {
+            self.clone_mirror(&repo_dir, &mirror, url)?;
+        }
+        if !cloned || !source.starts_with("refs/heads/") {
+            let spec = format!("+{source}:{source}");
             // A deleted or renamed branch still builds by sha below.
             soft(self.run(
                 self.mirror_git(Some(&mirror), Some(url)),
                 &["fetch", "--quiet", "--no-tags", "origin", &spec],
-                "fetch origin <branch>",
+                "fetch origin <ref>",
             ))?;
-        } else {
-            self.clone_mirror(&repo_dir, &mirror, url)?;
         }
+        let peeled = format!("{sha}^{{commit}}");
         if !dir.exists() {
             self.clone_checkout(&repo_dir, &mirror_path, &dir, url)?;
         }
-        let checkout =
-            || self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", sha], &format!("checkout {sha}"));
+        let checkout = || {
+            self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
+        };
         match checkout() {
             Ok(_) => {}
             Err(GitError::Failed(_)) => {
@@ -294,7 +301,7 @@ impl Git<'_> {
             }
             Err(e) => return Err(e),
         }
-        let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", sha], "show")?;
+        let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show")?;
         let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
         Ok(Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() })
     }

@@ -459,3 +459,43 @@ fn a_canceled_build_is_error_canceled_on_github_and_canceled_on_gitlab() {
         assert_eq!(got.len(), 2, "{}: {got:?}", kind.name);
     }
 }
+
+/// A pull/merge request's statuses go to its head sha, on the target repository the
+/// payload's `repository` (GitLab: `project`) describes.
+fn request_statuses_go_to_the_head_sha(kind: Kind) {
+    let rx = Receiver::start(Answer::Code(201));
+    let tok = token(kind);
+    let b = backend(kind, &rx, &tok, &[]);
+    let host = format!("127.0.0.1:{}", rx.port);
+    let (git_ref, branch) =
+        if kind.name == "gitlab" { ("refs/merge-requests/6/head", "merge-requests/6") } else { ("refs/pull/6/head", "pull/6") };
+    let (git, head) = crate::pulls::target_with_request(&b, "acme/prs", git_ref, PASS);
+    let r = if kind.name == "gitlab" {
+        let mut v = crate::pulls::gitlab_mr("acme/prs", &git.file_url(), 6, &head, 14, "open");
+        v["project"]["web_url"] = json!(format!("http://{host}/acme/prs"));
+        v["project"]["id"] = json!(kind.project_id);
+        let body = v.to_string();
+        b.hook.post("/", &[("X-Gitlab-Event", "Merge Request Hook"), ("X-Gitlab-Token", &b.hook.token)], body.as_bytes())
+    } else {
+        let mut v = crate::pulls::github_pull("acme/prs", &git.file_url(), 6, &head, "acme/prs", "opened");
+        v["repository"]["statuses_url"] = json!(format!("http://{host}{}/repos/acme/prs/statuses/{{sha}}", kind.api));
+        v["repository"]["html_url"] = json!(format!("http://{host}/acme/prs"));
+        b.hook.send_github("/", "pull_request", v.to_string().as_bytes(), &[])
+    };
+    assert_eq!((r.code, r.json()["branch"].clone()), (202, json!(branch)), "{r}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed");
+    let got = wait_states(&rx, &kind.path("acme/prs", &head), 2);
+    assert_eq!(got[1].body["state"], json!(kind.state("success")), "{got:?}");
+    assert_eq!(rx.requests().len(), 2, "only the head sha's statuses: {:?}", rx.requests());
+}
+
+#[test]
+fn github_request_statuses_go_to_the_head_sha() {
+    request_statuses_go_to_the_head_sha(GITHUB);
+}
+
+#[test]
+fn gitlab_request_statuses_go_to_the_head_sha() {
+    request_statuses_go_to_the_head_sha(GITLAB);
+}

@@ -259,7 +259,15 @@ fn payload_parser_survives_twenty_thousand_mutations_of_the_real_fixtures() {
             gitlab = *rng.pick(&events);
             key = *rng.pick(&events);
         }
-        let req = Request { content_type: ctype, github_event: gh, gitea_event: gitea, gitlab_event: gitlab, event_key: key, body: &body };
+        let req = Request {
+            content_type: ctype,
+            github_event: gh,
+            gitea_event: gitea,
+            gitlab_event: gitlab,
+            event_key: key,
+            body: &body,
+            ..Default::default()
+        };
         match run_payload(&req) {
             Err(panic) => problems.push(format!("case {case} ({}): panicked: {panic}", path.display())),
             Ok(Ok(Delivery::Build(p))) => {

@@ -88,3 +88,6 @@ mod follow;
 
 // Issue 11: POST /cancel and HOOK_CANCEL_RUNNING.
 mod cancel;
+
+/// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds (issue 11).
+mod pulls;

@@ -1,6 +1,6 @@
 //! GitHub (and GitHub Enterprise) deliveries: `X-GitHub-Event`.
 
-use super::{check_json, from_json, head_message, normalize, Delivery, PayloadError, RawCommit, RawPush};
+use super::{builds_head, check_json, from_json, head_message, normalize, Delivery, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -35,25 +35,61 @@ struct Repository<'a> {
     statuses_url: Option<Cow<'a, str>>,
 }
 
-pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
+/// The fields of a GitHub or Gitea `pull_request` body that a build needs.
+#[derive(Deserialize)]
+pub(super) struct PullBody<'a> {
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    number: Option<serde_json::Value>,
+    #[serde(borrow)]
+    pull_request: Option<PullRequest<'a>>,
+    #[serde(borrow)]
+    repository: Option<Repository<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PullRequest<'a> {
+    #[serde(borrow)]
+    title: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    head: Option<Side<'a>>,
+    #[serde(borrow)]
+    base: Option<Side<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Side<'a> {
+    #[serde(rename = "ref", borrow)]
+    git_ref: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sha: Option<Cow<'a, str>>,
+    /// `null` when the head's fork was deleted.
+    #[serde(borrow)]
+    repo: Option<Repository<'a>>,
+}
+
+pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
     match event {
-        "push" => push(&from_json(body)?, "github"),
+        "push" => push(&from_json(body)?, "github", build_tags),
+        "pull_request" => pull(&from_json(body)?, "github"),
         "ping" => check_json(body).map(|_| Delivery::NoBuild("ping: hook is set up".into())),
-        other => check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes are built"))),
+        other => {
+            check_json(body).map(|_| Delivery::NoBuild(format!("event {other:?} needs no build: only pushes and pull requests are built")))
+        }
     }
 }
 
 /// A body with no event header is built when it is shaped like a push.
-pub(super) fn parse_headerless(body: &[u8]) -> Result<Delivery, PayloadError> {
+pub(super) fn parse_headerless(body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
     let parsed: Body = from_json(body)?;
     if parsed.git_ref.is_none() || parsed.after.is_none() {
         return Err(PayloadError("no event header (X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event) and the body is not a push".into()));
     }
-    push(&parsed, "github")
+    push(&parsed, "github", build_tags)
 }
 
 /// GitHub's and Gitea's push bodies share these fields; `forge` says which sent it.
-pub(super) fn push(b: &Body, forge: &'static str) -> Result<Delivery, PayloadError> {
+pub(super) fn push(b: &Body, forge: &'static str, build_tags: bool) -> Result<Delivery, PayloadError> {
     let repo = b.repository.as_ref();
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
@@ -68,5 +104,51 @@ pub(super) fn push(b: &Body, forge: &'static str) -> Result<Delivery, PayloadErr
         // Gitea's body has no statuses_url; only GitHub's is used.
         statuses_url: repo.and_then(|r| r.statuses_url.as_deref()).filter(|_| forge == "github"),
         project_id: None,
+        pull: None,
+        fork: false,
+        tag_commit: b.head_commit.as_ref().and_then(|c| c.id.as_ref()?.as_str()),
+        build_tags,
+    })
+}
+
+/// GitHub's and Gitea's `pull_request` bodies: the head commit of the
+/// request, fetched from the target repository's `refs/pull/<N>/head`.
+pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, PayloadError> {
+    let action = b.action.as_deref().unwrap_or("");
+    if !builds_head(action) {
+        return Ok(Delivery::NoBuild(format!("pull request action {action:?} brings no new commit: nothing to build")));
+    }
+    let missing = |what: &str| PayloadError(format!("missing field: {what}"));
+    let pr = b.pull_request.as_ref().ok_or_else(|| missing("pull_request"))?;
+    let number = b.number.as_ref().and_then(serde_json::Value::as_u64).ok_or_else(|| missing("number"))?;
+    let head = pr.head.as_ref().ok_or_else(|| missing("pull_request.head"))?;
+    let base = pr.base.as_ref().ok_or_else(|| missing("pull_request.base"))?;
+    let repo = b.repository.as_ref();
+    let target = repo.and_then(|r| r.full_name.as_deref()).ok_or_else(|| missing("repository full name"))?;
+    // A deleted fork has no head repository: it is still someone else's code.
+    let head_repo = head.repo.as_ref().and_then(|r| r.full_name.as_deref()).unwrap_or("");
+    let head_ref = head.git_ref.as_deref().ok_or_else(|| missing("pull_request.head.ref"))?;
+    let pull = Pull {
+        number,
+        base_branch: base.git_ref.as_deref().ok_or_else(|| missing("pull_request.base.ref"))?.to_string(),
+        head_branch: head_ref.to_string(),
+        head_repo: if head_repo.is_empty() { "unknown/deleted-fork".to_string() } else { head_repo.to_string() },
+    };
+    normalize(RawPush {
+        git_ref: Some(&format!("pull/{number}")),
+        sha: head.sha.as_deref(),
+        repo: Some(target),
+        clone_url: repo.and_then(|r| r.clone_url.as_deref()),
+        default_branch: repo.and_then(|r| r.default_branch.as_deref()),
+        message: pr.title.as_deref(),
+        deleted: false,
+        forge,
+        web_url: repo.and_then(|r| r.html_url.as_deref()),
+        statuses_url: repo.and_then(|r| r.statuses_url.as_deref()).filter(|_| forge == "github"),
+        project_id: None,
+        fork: head_repo != target,
+        pull: Some(pull),
+        tag_commit: None,
+        build_tags: false,
     })
 }

@@ -1,6 +1,6 @@
 //! GitLab deliveries: `X-Gitlab-Event: Push Hook` and the rest.
 
-use super::{check_json, from_json, head_message, normalize, Delivery, PayloadError, RawCommit, RawPush};
+use super::{check_json, from_json, head_message, normalize, Delivery, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -35,9 +35,49 @@ struct Project<'a> {
     id: Option<serde_json::Value>,
 }
 
-pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> {
-    if event != "Push Hook" {
-        return check_json(body).map(|_| Delivery::NoBuild(format!("event {event:?} needs no build: only pushes are built")));
+/// A `Merge Request Hook` body: the target project, and the request.
+#[derive(Deserialize)]
+struct MergeBody<'a> {
+    #[serde(borrow)]
+    project: Option<Project<'a>>,
+    #[serde(borrow)]
+    object_attributes: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    iid: Option<serde_json::Value>,
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    /// Present on an `update` that brought new commits.
+    oldrev: Option<serde_json::Value>,
+    #[serde(borrow)]
+    title: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    source_branch: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    target_branch: Option<Cow<'a, str>>,
+    source_project_id: Option<serde_json::Value>,
+    target_project_id: Option<serde_json::Value>,
+    #[serde(borrow)]
+    source: Option<Project<'a>>,
+    #[serde(borrow)]
+    last_commit: Option<LastCommit<'a>>,
+}
+
+#[derive(Deserialize)]
+struct LastCommit<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
+    if event == "Merge Request Hook" {
+        return merge_request(&from_json(body)?);
+    }
+    if event != "Push Hook" && event != "Tag Push Hook" {
+        return check_json(body)
+            .map(|_| Delivery::NoBuild(format!("event {event:?} needs no build: only pushes, tag pushes and merge requests are built")));
     }
     let b: Body = from_json(body)?;
     let project = b.project.as_ref();
@@ -56,5 +96,54 @@ pub(super) fn parse(event: &str, body: &[u8]) -> Result<Delivery, PayloadError> 
         web_url: project.and_then(|p| p.web_url.as_deref()),
         statuses_url: None,
         project_id: project.and_then(|p| p.id.as_ref()).or(b.project_id.as_ref()).and_then(serde_json::Value::as_u64),
+        pull: None,
+        fork: false,
+        // `checkout_sha` is the commit even for an annotated tag.
+        tag_commit: checkout,
+        build_tags,
+    })
+}
+
+/// Builds `open`, `reopen`, and an `update` with new commits (`oldrev`);
+/// the head is fetched from the target's `refs/merge-requests/<iid>/head`.
+fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
+    let missing = |what: &str| PayloadError(format!("missing field: {what}"));
+    let mr = b.object_attributes.as_ref().ok_or_else(|| missing("object_attributes"))?;
+    let action = mr.action.as_deref().unwrap_or("");
+    let new_commits = mr.oldrev.as_ref().is_some_and(|v| v.is_string());
+    if !(matches!(action, "open" | "reopen") || (action == "update" && new_commits)) {
+        let why = if action == "update" { " without new commits" } else { "" };
+        return Ok(Delivery::NoBuild(format!("merge request action {action:?}{why} brings no new commit: nothing to build")));
+    }
+    let number = mr.iid.as_ref().and_then(serde_json::Value::as_u64).ok_or_else(|| missing("object_attributes.iid"))?;
+    let project = b.project.as_ref();
+    let target = project.and_then(|p| p.path_with_namespace.as_deref()).ok_or_else(|| missing("project.path_with_namespace"))?;
+    let ids = (mr.source_project_id.as_ref().and_then(|v| v.as_u64()), mr.target_project_id.as_ref().and_then(|v| v.as_u64()));
+    let fork = !matches!(ids, (Some(s), Some(t)) if s == t);
+    // The same project: the head is the target's own (whatever `source` says).
+    let source = mr.source.as_ref().and_then(|p| p.path_with_namespace.as_deref());
+    let head_repo = if fork { source.unwrap_or("unknown/fork") } else { target };
+    let pull = Pull {
+        number,
+        base_branch: mr.target_branch.as_deref().ok_or_else(|| missing("object_attributes.target_branch"))?.to_string(),
+        head_branch: mr.source_branch.as_deref().ok_or_else(|| missing("object_attributes.source_branch"))?.to_string(),
+        head_repo: head_repo.to_string(),
+    };
+    normalize(RawPush {
+        git_ref: Some(&format!("merge-requests/{number}")),
+        sha: mr.last_commit.as_ref().and_then(|c| c.id.as_deref()),
+        repo: Some(target),
+        clone_url: project.and_then(|p| p.git_http_url.as_deref()),
+        default_branch: project.and_then(|p| p.default_branch.as_deref()),
+        message: mr.title.as_deref(),
+        deleted: false,
+        forge: "gitlab",
+        web_url: project.and_then(|p| p.web_url.as_deref()),
+        statuses_url: None,
+        project_id: project.and_then(|p| p.id.as_ref()).and_then(serde_json::Value::as_u64).or(ids.1),
+        fork,
+        pull: Some(pull),
+        tag_commit: None,
+        build_tags: false,
     })
 }

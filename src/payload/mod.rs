@@ -23,6 +23,34 @@ pub struct Push {
     pub hints: Vec<String>,
     /// Where commit statuses could go, as the (untrusted) payload names it.
     pub forge: ForgeFacts,
+    /// A pull/merge request's facts; `branch` is then `pull/<N>` or
+    /// `merge-requests/<N>`. Absent in pushes and older records.
+    pub pull: Option<Pull>,
+    /// A tag push's tag name; `branch` is then `tags/<name>`.
+    pub tag: Option<String>,
+    /// The request's head lives in another repository: code from outside
+    /// the team, built (if at all) with nothing of the slave's environment.
+    pub fork: bool,
+}
+
+/// What a pull/merge request names besides its head commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pull {
+    /// GitHub/Gitea `number`, GitLab `iid`.
+    pub number: u64,
+    pub base_branch: String,
+    pub head_branch: String,
+    /// The head repository's full name (the fork's, or the target's own).
+    pub head_repo: String,
+}
+
+/// What the hook's settings allow beyond branch pushes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Policy {
+    /// HOOK_BUILD_TAGS.
+    pub build_tags: bool,
+    /// HOOK_FORK_PULLS=build.
+    pub fork_pulls: bool,
 }
 
 /// Which forge sent a push and what its payload says about the repository's
@@ -61,6 +89,10 @@ impl Push {
             "message": self.message, "hints": self.hints,
             "forge": self.forge.kind, "web_url": self.forge.web_url,
             "statuses_url": self.forge.statuses_url, "project_id": self.forge.project_id,
+            "pull": self.pull.as_ref().map(|p| serde_json::json!({
+                "number": p.number, "base_branch": p.base_branch, "head_branch": p.head_branch, "head_repo": p.head_repo,
+            })),
+            "tag": self.tag, "fork": self.fork,
         })
         .to_string()
     }
@@ -81,7 +113,31 @@ impl Push {
                 statuses_url: v["statuses_url"].as_str().map(String::from),
                 project_id: v["project_id"].as_u64(),
             },
+            pull: v["pull"].as_object().and_then(|p| {
+                Some(Pull {
+                    number: p.get("number")?.as_u64()?,
+                    base_branch: p.get("base_branch")?.as_str()?.to_string(),
+                    head_branch: p.get("head_branch")?.as_str()?.to_string(),
+                    head_repo: p.get("head_repo")?.as_str()?.to_string(),
+                })
+            }),
+            tag: v["tag"].as_str().map(String::from),
+            fork: v["fork"].as_bool().unwrap_or(false),
         })
+    }
+
+    /// The ref of the cloned repository that holds the commit, fetched into
+    /// the mirror under the same name: a branch, the target's own
+    /// `refs/pull/<N>/head` / `refs/merge-requests/<N>/head`, or a tag.
+    pub fn source_ref(&self) -> String {
+        if let Some(tag) = &self.tag {
+            return format!("refs/tags/{tag}");
+        }
+        match (&self.pull, self.forge.kind.as_str()) {
+            (Some(p), "gitlab") => format!("refs/merge-requests/{}/head", p.number),
+            (Some(p), _) => format!("refs/pull/{}/head", p.number),
+            (None, _) => format!("refs/heads/{}", self.branch),
+        }
     }
 }
 
@@ -116,28 +172,42 @@ pub struct Request<'a> {
     /// Bitbucket's `X-Event-Key`.
     pub event_key: Option<&'a str>,
     pub body: &'a [u8],
+    /// Which tag pushes and fork requests are built.
+    pub policy: Policy,
 }
 
 /// Parses a delivery. Unknown and non-push events are `NoBuild`, never errors:
 /// GitLab disables a hook that keeps receiving 4xx.
 pub fn parse(req: &Request) -> Result<Delivery, PayloadError> {
     let body = decode_body(req)?;
+    let delivery = parse_event(req, &body)?;
+    Ok(match delivery {
+        Delivery::Build(p) if p.fork && !req.policy.fork_pulls => {
+            let pull = p.pull.as_ref().map_or(0, |x| x.number);
+            let head = p.pull.as_ref().map_or("", |x| x.head_repo.as_str());
+            Delivery::NoBuild(format!("request {pull} comes from the fork {head:?}: fork requests are not built (HOOK_FORK_PULLS=ignore)"))
+        }
+        other => other,
+    })
+}
+
+fn parse_event(req: &Request, body: &[u8]) -> Result<Delivery, PayloadError> {
     if let Some(event) = req.gitlab_event {
-        return gitlab::parse(event, &body);
+        return gitlab::parse(event, body, req.policy.build_tags);
     }
     if let Some(event) = req.event_key {
-        check_json(&body)?;
+        check_json(body)?;
         return Ok(Delivery::NoBuild(format!(
             "event {event:?} is not supported: only pushes from GitHub, Gitea/Forgejo and GitLab are built"
         )));
     }
     if let Some(event) = req.gitea_event {
-        return gitea::parse(event, &body);
+        return gitea::parse(event, body, req.policy.build_tags);
     }
     match req.github_event {
-        Some(event) => github::parse(event, &body),
+        Some(event) => github::parse(event, body, req.policy.build_tags),
         // No event header: a body shaped like a push is taken as one.
-        None => github::parse_headerless(&body),
+        None => github::parse_headerless(body, req.policy.build_tags),
     }
 }
 
@@ -264,25 +334,49 @@ pub(crate) struct RawPush<'a> {
     pub web_url: Option<&'a str>,
     pub statuses_url: Option<&'a str>,
     pub project_id: Option<u64>,
+    /// A request's facts: the branch is then `pull/<N>` (`merge-requests/<N>`).
+    pub pull: Option<Pull>,
+    pub fork: bool,
+    /// For a tag push: the commit the payload names (GitHub `head_commit.id`),
+    /// preferred to `after`, which may be an annotated tag's object.
+    pub tag_commit: Option<&'a str>,
+    /// HOOK_BUILD_TAGS: off, a tag push is answered without a build.
+    pub build_tags: bool,
 }
 
 pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
     let git_ref = raw.git_ref.ok_or_else(|| missing("ref"))?;
-    if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-        return Ok(Delivery::NoBuild(format!("tag push {tag:?}: tags are not built")));
-    }
-    let Some(branch) = git_ref.strip_prefix("refs/heads/") else {
+    let zero = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'0');
+    let (branch, tag, sha) = if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
+        if !raw.build_tags {
+            return Ok(Delivery::NoBuild(format!("tag push {tag:?}: tags are not built (HOOK_BUILD_TAGS=0)")));
+        }
+        if raw.deleted || raw.sha.is_some_and(zero) {
+            return Ok(Delivery::NoBuild(format!("tag {tag:?} deleted: nothing to build")));
+        }
+        check_branch(tag).map_err(|e| PayloadError(format!("tag: {}", e.0)))?;
+        (format!("tags/{tag}"), Some(tag.to_string()), raw.tag_commit.or(raw.sha))
+    } else if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+        if raw.deleted || raw.sha.is_some_and(zero) {
+            return Ok(Delivery::NoBuild(format!("branch {branch:?} deleted: nothing to build")));
+        }
+        (branch.to_string(), None, raw.sha)
+    } else if raw.pull.is_some() {
+        (git_ref.to_string(), None, raw.sha)
+    } else {
         return Ok(Delivery::NoBuild(format!("push to {git_ref:?}: only branches are built")));
     };
-    let zero = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'0');
-    if raw.deleted || raw.sha.is_some_and(zero) {
-        return Ok(Delivery::NoBuild(format!("branch {branch:?} deleted: nothing to build")));
-    }
-    let sha = raw.sha.ok_or_else(|| missing("after (the pushed commit)"))?;
+    let branch = branch.as_str();
+    let sha = sha.ok_or_else(|| missing("after (the pushed commit)"))?;
     let repo = raw.repo.ok_or_else(|| missing("repository full name"))?;
     let clone_url = raw.clone_url.ok_or_else(|| missing("repository clone URL"))?;
     check_repo(repo)?;
     check_branch(branch)?;
+    if let Some(p) = &raw.pull {
+        check_branch(&p.base_branch).map_err(|e| PayloadError(format!("base {}", e.0)))?;
+        check_branch(&p.head_branch).map_err(|e| PayloadError(format!("head {}", e.0)))?;
+        check_repo(&p.head_repo).map_err(|e| PayloadError(format!("head {}", e.0)))?;
+    }
     if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(PayloadError(format!("commit {sha:?} is not a full hex sha")));
     }
@@ -303,6 +397,9 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
             statuses_url: ForgeFacts::url(raw.statuses_url),
             project_id: raw.project_id,
         },
+        pull: raw.pull,
+        tag,
+        fork: raw.fork,
     }))
 }
 
@@ -371,6 +468,13 @@ pub fn check_branch(name: &str) -> Result<(), PayloadError> {
 pub(crate) struct RawCommit<'a> {
     #[serde(borrow)]
     pub message: Option<std::borrow::Cow<'a, str>>,
+    /// Kept loose: only a string is a commit id.
+    pub id: Option<serde_json::Value>,
+}
+
+/// A request's action, and whether it brings a new head commit to build.
+pub(crate) fn builds_head(action: &str) -> bool {
+    matches!(action, "opened" | "reopened" | "synchronize" | "synchronized")
 }
 
 /// The message of the pushed commit: `head_commit`, else the last commit.
@@ -504,8 +608,20 @@ mod tests {
                 statuses_url: None,
                 project_id: Some(15),
             },
+            pull: None,
+            tag: None,
+            fork: false,
         };
-        assert_eq!(Push::from_json(&p.to_json()), Some(p));
+        assert_eq!(Push::from_json(&p.to_json()), Some(p.clone()));
+        let q = Push {
+            branch: "pull/7".into(),
+            pull: Some(Pull { number: 7, base_branch: "main".into(), head_branch: "fix/x".into(), head_repo: "them/b".into() }),
+            fork: true,
+            ..p.clone()
+        };
+        assert_eq!(Push::from_json(&q.to_json()), Some(q));
+        let t = Push { branch: "tags/v1.2".into(), tag: Some("v1.2".into()), ..p };
+        assert_eq!(Push::from_json(&t.to_json()), Some(t));
     }
 
     #[test]
@@ -513,11 +629,16 @@ mod tests {
         let old = r#"{"repo":"a/b","branch":"main","sha":"abababababababababababababababababababab","clone_url":"file:///x","default_branch":null,"message":"m","hints":[]}"#;
         let p = Push::from_json(old).expect("parses");
         assert_eq!(p.forge, ForgeFacts::default());
+        assert_eq!((p.pull, p.tag, p.fork), (None, None, false));
     }
 
     fn fixture_push(event: (&str, &str), rel: &str) -> Push {
+        fixture_push_with(event, rel, Policy::default())
+    }
+
+    fn fixture_push_with(event: (&str, &str), rel: &str, policy: Policy) -> Push {
         let body = std::fs::read(format!("{}/tests/fixtures/webhooks/{rel}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let mut r = Request { body: &body, ..Default::default() };
+        let mut r = Request { body: &body, policy, ..Default::default() };
         match event.0 {
             "github" => r.github_event = Some(event.1),
             "gitea" => r.gitea_event = Some(event.1),
@@ -542,6 +663,133 @@ mod tests {
         let p = fixture_push(("gitlab", "Push Hook"), "gitlab/push-hook.json");
         assert_eq!((p.forge.kind.as_str(), p.forge.project_id), ("gitlab", Some(15)));
         assert_eq!(p.forge.web_url.as_deref(), Some("http://example.com/mike/diaspora"));
+    }
+
+    fn github_pull(body: &[u8], policy: Policy) -> Result<Delivery, PayloadError> {
+        parse(&Request { github_event: Some("pull_request"), body, policy, ..Default::default() })
+    }
+
+    fn fixture_value(rel: &str) -> serde_json::Value {
+        let path = format!("{}/tests/fixtures/webhooks/{rel}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    /// The expected values are read off octokit's samples by eye.
+    #[test]
+    fn github_pull_requests_build_their_head_under_pull_n() {
+        for (file, action) in [("opened", "opened"), ("synchronize", "synchronize")] {
+            let p = fixture_push(("github", "pull_request"), &format!("github/pull_request/{file}.payload.json"));
+            assert_eq!((p.repo.as_str(), p.branch.as_str()), ("Codertocat/Hello-World", "pull/2"), "{action}");
+            assert_eq!(p.sha, "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
+            assert_eq!(p.clone_url, "https://github.com/Codertocat/Hello-World.git");
+            let pull =
+                Pull { number: 2, base_branch: "master".into(), head_branch: "changes".into(), head_repo: "Codertocat/Hello-World".into() };
+            assert_eq!(p.pull, Some(pull));
+            assert!(!p.fork);
+            assert_eq!(p.source_ref(), "refs/pull/2/head");
+            assert_eq!(p.forge.statuses_url.as_deref(), Some("https://api.github.com/repos/Codertocat/Hello-World/statuses/{sha}"));
+            assert_eq!(p.forge.web_url.as_deref(), Some("https://github.com/Codertocat/Hello-World"));
+        }
+    }
+
+    /// The GitLab docs' sample: project 14 → 14, so no fork; values read off it by eye.
+    #[test]
+    fn gitlab_merge_requests_build_their_last_commit() {
+        let p = fixture_push(("gitlab", "Merge Request Hook"), "gitlab/merge-request-hook.json");
+        assert_eq!((p.repo.as_str(), p.branch.as_str()), ("gitlabhq/gitlab-test", "merge-requests/1"));
+        assert_eq!(p.sha, "da1560886d4f094c3e6c9ef40349f7d38b5d27d7");
+        assert_eq!(p.clone_url, "http://example.com/gitlabhq/gitlab-test.git");
+        let pull =
+            Pull { number: 1, base_branch: "master".into(), head_branch: "ms-viewport".into(), head_repo: "gitlabhq/gitlab-test".into() };
+        assert_eq!((p.pull, p.fork, p.forge.project_id), (Some(pull), false, Some(1)));
+        assert_eq!(p.forge.web_url.as_deref(), Some("http://example.com/gitlabhq/gitlab-test"));
+        let gitlab = |v: &serde_json::Value, policy| {
+            let body = v.to_string();
+            parse(&Request { gitlab_event: Some("Merge Request Hook"), body: body.as_bytes(), policy, ..Default::default() })
+        };
+        let mut v = fixture_value("gitlab/merge-request-hook.json");
+        for (action, oldrev, builds) in [
+            ("update", None, false),
+            ("update", Some("ab".repeat(20)), true),
+            ("close", None, false),
+            ("merge", None, false),
+            ("approved", None, false),
+            ("reopen", None, true),
+        ] {
+            v["object_attributes"]["action"] = serde_json::json!(action);
+            v["object_attributes"]["oldrev"] = serde_json::json!(oldrev);
+            let got = gitlab(&v, Policy::default());
+            assert_eq!(matches!(got, Ok(Delivery::Build(_))), builds, "{action} {oldrev:?}: {got:?}");
+        }
+        v["object_attributes"]["source_project_id"] = serde_json::json!(15);
+        assert!(matches!(gitlab(&v, Policy::default()), Ok(Delivery::NoBuild(r)) if r.contains("awesome_space/awesome_project")));
+        let Ok(Delivery::Build(p)) = gitlab(&v, Policy { fork_pulls: true, ..Default::default() }) else { panic!() };
+        assert_eq!((p.fork, p.source_ref().as_str()), (true, "refs/merge-requests/1/head"));
+    }
+
+    #[test]
+    fn other_pull_request_actions_build_nothing() {
+        for action in ["closed", "labeled", "edited", "assigned", "review_requested", ""] {
+            let mut v = fixture_value("github/pull_request/opened.payload.json");
+            v["action"] = serde_json::json!(action);
+            let got = github_pull(v.to_string().as_bytes(), Policy::default());
+            assert!(matches!(&got, Ok(Delivery::NoBuild(r)) if r.contains(&format!("{action:?}"))), "{action}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn fork_requests_are_ignored_unless_asked_for() {
+        let mut v = fixture_value("github/pull_request/opened.payload.json");
+        v["pull_request"]["head"]["repo"]["full_name"] = serde_json::json!("mallory/Hello-World");
+        let body = v.to_string();
+        let got = github_pull(body.as_bytes(), Policy::default());
+        assert_eq!(
+            got,
+            Ok(Delivery::NoBuild(
+                "request 2 comes from the fork \"mallory/Hello-World\": fork requests are not built (HOOK_FORK_PULLS=ignore)".into()
+            ))
+        );
+        let Ok(Delivery::Build(p)) = github_pull(body.as_bytes(), Policy { fork_pulls: true, ..Default::default() }) else { panic!() };
+        assert!(p.fork);
+        assert_eq!(p.clone_url, "https://github.com/Codertocat/Hello-World.git", "the target's URL, never the fork's");
+        assert_eq!(p.pull.unwrap().head_repo, "mallory/Hello-World");
+        // A deleted fork (head.repo null) is a fork too.
+        v["pull_request"]["head"]["repo"] = serde_json::Value::Null;
+        assert!(matches!(github_pull(v.to_string().as_bytes(), Policy::default()), Ok(Delivery::NoBuild(r)) if r.contains("fork")));
+    }
+
+    #[test]
+    fn hostile_pull_request_names_are_refused() {
+        for (pointer, bad) in
+            [("/pull_request/head/ref", "-x"), ("/pull_request/base/ref", "a..b"), ("/pull_request/head/repo/full_name", "../x")]
+        {
+            let mut v = fixture_value("github/pull_request/opened.payload.json");
+            *v.pointer_mut(pointer).unwrap() = serde_json::json!(bad);
+            let got = github_pull(v.to_string().as_bytes(), Policy { fork_pulls: true, ..Default::default() });
+            assert!(matches!(&got, Err(PayloadError(m)) if m.contains(bad)), "{pointer}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn tag_pushes_build_the_named_commit_when_asked() {
+        let tag = r#"{"ref":"refs/tags/v1.2","after":"1111111111111111111111111111111111111111","head_commit":{"id":"2222222222222222222222222222222222222222","message":"m"},"repository":{"full_name":"a/b","clone_url":"file:///x"}}"#;
+        let on = Request {
+            github_event: Some("push"),
+            body: tag.as_bytes(),
+            policy: Policy { build_tags: true, ..Default::default() },
+            ..Default::default()
+        };
+        let Ok(Delivery::Build(p)) = parse(&on) else { panic!("{:?}", parse(&on)) };
+        assert_eq!(
+            (p.branch.as_str(), p.tag.as_deref(), p.sha.as_str()),
+            ("tags/v1.2", Some("v1.2"), "2222222222222222222222222222222222222222")
+        );
+        assert_eq!(p.source_ref(), "refs/tags/v1.2");
+        let off = Request { policy: Policy::default(), ..on };
+        assert_eq!(parse(&off), Ok(Delivery::NoBuild("tag push \"v1.2\": tags are not built (HOOK_BUILD_TAGS=0)".into())));
+        let p =
+            fixture_push_with(("gitlab", "Tag Push Hook"), "gitlab/tag-push-hook.json", Policy { build_tags: true, ..Default::default() });
+        assert_eq!((p.branch.as_str(), p.sha.as_str()), ("tags/v1.0.0", "82b3d5ae55f7080f1e6022629cdb57bfae7cccc7"));
     }
 
     #[test]
