@@ -330,3 +330,67 @@ fn pending_builds_coalesce_per_request() {
     assert_eq!((build.state.as_str(), build.sha.as_str()), ("passed", a.as_str()), "{:?}", build.log);
     assert!(printed(&build).contains(&"PULL_REQUEST=8".to_string()), "{:?}", build.log);
 }
+
+/// An update with a new head supersedes the request's running build: the old one is
+/// `canceled` (its log says by which build), the new head is built.
+fn an_update_cancels_the_running_build_of_the_request(forge: &str) {
+    let b = Backend::start(1, &[], &[]);
+    let blocker = Blocker::new(b.root(), forge);
+    let (number, git_ref, branch) =
+        if forge == "gitlab" { (5, "refs/merge-requests/5/head", "merge-requests/5") } else { (7, "refs/pull/7/head", "pull/7") };
+    let name = format!("acme/supersede-{forge}");
+    let (repo, first_head) = target_with_request(&b, &name, git_ref, &blocker.yml());
+    let url = repo.file_url();
+    let send = |sha: &str, update: bool| {
+        let r = match forge {
+            "github" => {
+                let body = github_pull(&name, &url, number, sha, &name, if update { "synchronize" } else { "opened" });
+                b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[])
+            }
+            "gitea" => {
+                let body = github_pull(&name, &url, number, sha, &name, if update { "synchronized" } else { "opened" });
+                send_gitea(&b.hook, "pull_request", body.to_string().as_bytes())
+            }
+            _ => {
+                let mut body = gitlab_mr(&name, &url, number, sha, 14, if update { "update" } else { "open" });
+                if update {
+                    body["object_attributes"]["oldrev"] = json!(first_head);
+                }
+                send_gitlab(&b.hook, "Merge Request Hook", body.to_string().as_bytes())
+            }
+        };
+        assert_eq!(r.json()["branch"], json!(branch), "{r}");
+        accepted(&r)
+    };
+    let first = send(&first_head, false);
+    blocker.wait_started();
+    repo.write("integration.yml", "step: s\nshell: \"true\"\n");
+    let second_head = repo.commit("the request's new head");
+    run(git(&repo.work).args(["push", "-q", "-f", "origin", &format!("{second_head}:{git_ref}")]));
+    let second = send(&second_head, true);
+    assert_ne!(first, second);
+    let old = wait_for("the first build to be canceled", LONG, || match read_build(&b.redis, &first) {
+        Some(r) if r.state == "canceled" => Ok(r),
+        other => Err(format!("{:?}", other.map(|r| r.state))),
+    });
+    assert!(old.has_line(&format!("[canceled] superseded by build {second}")), "{:#?}", old.log);
+    let new = wait_build(&b.redis, &second, LONG);
+    assert_eq!((new.state.as_str(), new.sha.as_str()), ("passed", second_head.as_str()), "{:#?}", new.log);
+    // The killed first run did not leave a failed result behind it.
+    assert_eq!(read_build(&b.redis, &first).unwrap().state, "canceled");
+}
+
+#[test]
+fn a_github_synchronize_cancels_the_running_build_of_the_request() {
+    an_update_cancels_the_running_build_of_the_request("github");
+}
+
+#[test]
+fn a_gitea_synchronized_cancels_the_running_build_of_the_request() {
+    an_update_cancels_the_running_build_of_the_request("gitea");
+}
+
+#[test]
+fn a_gitlab_update_with_new_commits_cancels_the_running_build_of_the_request() {
+    an_update_cancels_the_running_build_of_the_request("gitlab");
+}
