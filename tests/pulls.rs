@@ -139,7 +139,11 @@ fn a_github_request_builds_its_head_from_the_targets_pull_ref() {
 fn a_gitea_request_builds_its_head_from_the_targets_pull_ref() {
     let b = Backend::start(1, &[], &[]);
     let (git, head) = target_with_request(&b, "acme/gpr", "refs/pull/3/head", ENV_YML);
-    let body = github_pull("acme/gpr", &git.file_url(), 3, &head, "acme/gpr", "synchronized");
+    let mut body = github_pull("acme/gpr", &git.file_url(), 3, &head, "acme/gpr", "synchronized");
+    // Gitea names the two sides' repositories by id only: no `head.repo`.
+    body["pull_request"]["head"].as_object_mut().unwrap().remove("repo");
+    body["pull_request"]["head"]["repo_id"] = json!(6);
+    body["pull_request"]["base"]["repo_id"] = json!(6);
     let id = accepted(&send_gitea(&b.hook, "pull_request", body.to_string().as_bytes()));
     check_request_build(&b, "acme/gpr", &id, "pull/3", &head, false);
     let body = github_pull("acme/gpr", &git.file_url(), 3, &head, "acme/gpr", "closed");

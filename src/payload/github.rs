@@ -63,9 +63,12 @@ struct Side<'a> {
     git_ref: Option<Cow<'a, str>>,
     #[serde(borrow)]
     sha: Option<Cow<'a, str>>,
-    /// `null` when the head's fork was deleted.
+    /// `null` when the head's fork was deleted; absent from Gitea's bodies,
+    /// which name the repositories by `repo_id` only.
     #[serde(borrow)]
     repo: Option<Repository<'a>>,
+    /// Gitea: the repository of this side.
+    repo_id: Option<u64>,
 }
 
 pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
@@ -125,8 +128,13 @@ pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, Payloa
     let base = pr.base.as_ref().ok_or_else(|| missing("pull_request.base"))?;
     let repo = b.repository.as_ref();
     let target = repo.and_then(|r| r.full_name.as_deref()).ok_or_else(|| missing("repository full name"))?;
-    // A deleted fork has no head repository: it is still someone else's code.
-    let head_repo = head.repo.as_ref().and_then(|r| r.full_name.as_deref()).unwrap_or("");
+    // GitHub names the head repository; Gitea gives both sides' repository ids
+    // only. A head that is neither (a deleted fork) is someone else's code.
+    let head_repo = match (head.repo.as_ref().and_then(|r| r.full_name.as_deref()), head.repo_id, base.repo_id) {
+        (Some(name), _, _) => name,
+        (None, Some(h), Some(b)) if h == b => target,
+        _ => "",
+    };
     let head_ref = head.git_ref.as_deref().ok_or_else(|| missing("pull_request.head.ref"))?;
     let pull = Pull {
         number,

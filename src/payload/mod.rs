@@ -737,6 +737,33 @@ mod tests {
         }
     }
 
+    /// Gitea's `pull_request` bodies carry `head.repo_id` / `base.repo_id` and no `head.repo`
+    /// (seen in the Gitea deliveries Woodpecker CI records as test fixtures,
+    /// server/forge/gitea/fixtures/HookPullRequest*.json): a same-repository request is one
+    /// whose two ids are equal, not a deleted fork.
+    #[test]
+    fn gitea_requests_tell_forks_by_repository_id() {
+        let gitea = |head_id: u64, base_id: u64, policy: Policy| {
+            let body = serde_json::json!({
+                "action": "synchronized", "number": 2,
+                "pull_request": {"number": 2, "title": "New Pull",
+                    "base": {"ref": "main", "sha": "29be01c073851cf0db0c6a466e396b725a670453", "repo_id": base_id},
+                    "head": {"ref": "test-patch-1", "sha": "788ed8d02d3b7fcfcf6386dbcbca696aa1d4dc25", "repo_id": head_id}},
+                "repository": {"id": 6, "full_name": "Test-CI/app", "clone_url": "http://127.0.0.1:3000/Test-CI/app.git",
+                    "html_url": "http://127.0.0.1:3000/Test-CI/app", "default_branch": "main"}
+            })
+            .to_string();
+            parse(&Request { gitea_event: Some("pull_request"), body: body.as_bytes(), policy, ..Default::default() })
+        };
+        let Ok(Delivery::Build(p)) = gitea(6, 6, Policy::default()) else { panic!("a same-repository Gitea request builds") };
+        assert!(!p.fork);
+        assert_eq!((p.branch.as_str(), p.pull.unwrap().head_repo.as_str()), ("pull/2", "Test-CI/app"));
+        assert!(
+            matches!(gitea(9, 6, Policy::default()), Ok(Delivery::NoBuild(r)) if r.contains("fork")),
+            "another repository id is a fork"
+        );
+    }
+
     #[test]
     fn fork_requests_are_ignored_unless_asked_for() {
         let mut v = fixture_value("github/pull_request/opened.payload.json");
