@@ -7,13 +7,7 @@ use crate::harness::*;
 fn a_newer_push_replaces_the_pending_commit() {
     let b = Backend::start(1, &[], &[]);
     // Keep the only slave busy so the pushes below stay pending (queued, not started).
-    let blocker = Blocker::new(b.root(), "busy");
-    let busy = b.repo("acme/busy");
-    busy.write("integration.yml", &blocker.yml());
-    let busy_sha = busy.commit("busy");
-    busy.push();
-    let busy_id = b.hook.push_ok(&busy, &busy_sha);
-    blocker.wait_started();
+    let (blocker, busy_id) = b.occupy("acme/busy");
 
     let git = b.repo("acme/coalesce");
     git.write("integration.yml", "step: s\ndebug: true\nshell: cat version.txt\n");

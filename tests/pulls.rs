@@ -296,13 +296,7 @@ fn tags_are_not_built_by_default() {
 fn pending_builds_coalesce_per_request() {
     let b = Backend::start(1, &[], &[]);
     // Keep the only slave busy so the requests below stay pending.
-    let blocker = Blocker::new(b.root(), "busy");
-    let busy = b.repo("acme/busy");
-    busy.write("integration.yml", &blocker.yml());
-    let busy_sha = busy.commit("busy");
-    busy.push();
-    b.hook.push_ok(&busy, &busy_sha);
-    blocker.wait_started();
+    let (blocker, _) = b.occupy("acme/busy");
 
     let (repo, a) = target_with_request(&b, "acme/co", "refs/pull/7/head", ENV_YML);
     run(git(&repo.work).args(["push", "-q", "origin", &format!("{a}:refs/pull/8/head")]));

@@ -1035,6 +1035,15 @@ impl Backend {
         GitRepo::new(&self.redis.root, name)
     }
 
+    /// Keeps a slave busy with a build of `name` that waits for the returned blocker (so the
+    /// pushes that follow stay pending); returns it when it has started, with the build id.
+    pub fn occupy(&self, name: &str) -> (Blocker, String) {
+        let blocker = Blocker::new(self.root(), "busy");
+        let (_, id) = self.queue(name, &blocker.yml(), "busy");
+        blocker.wait_started();
+        (blocker, id)
+    }
+
     /// A new repository `name` whose `integration.yml` is `yml`, committed with `msg`, pushed
     /// and sent to the hook (202 expected); returns the repository and the build id.
     pub fn queue(&self, name: &str, yml: &str, msg: &str) -> (GitRepo, String) {
