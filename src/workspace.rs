@@ -191,7 +191,8 @@ impl Git<'_> {
         if let Some(dir) = dir {
             cmd.arg("-C").arg(dir);
         }
-        cmd.args(["-c", "gc.auto=0", "-c", "core.hooksPath=/dev/null", "-c", "core.sharedRepository=0644"]);
+        // No automatic gc or maintenance: each would start more processes on a build's path.
+        cmd.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.hooksPath=/dev/null", "-c", "core.sharedRepository=0644"]);
         cmd.args(["-c", "http.lowSpeedLimit=1000", "-c"]).arg(format!("http.lowSpeedTime={LOW_SPEED_SECONDS}"));
         self.creds.configure(&mut cmd, url).map_err(|e| GitError::Failed(format!("cannot hand git its credentials: {e}")))?;
         Ok(cmd)
@@ -209,7 +210,7 @@ impl Git<'_> {
         if let Some(dir) = dir {
             cmd.arg("-C").arg(dir);
         }
-        cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "credential.helper="]);
+        cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "credential.helper="]);
         self.user.apply(&mut cmd);
         cmd
     }
