@@ -160,7 +160,7 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
     let push = &job.push;
     let mut log = Log::new(ctx.max_log);
     log.live = ctx.live.cloned();
-    let short: String = push.sha.chars().take(10).collect();
+    let short = crate::payload::short_sha(&push.sha);
     let fail = |mut log: Log, why: String| {
         log.push(format!("* {why}"));
         Ok(Outcome { passed: false, could_not_run: true, log: log.into_lines(), seconds: started.elapsed().as_secs() })
@@ -212,7 +212,7 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
                 log.push(format!("[skipped] {}", cut(script)));
                 continue;
             }
-            let env = step_env(ctx, base_env, job, &commit, &short, &log, ok, step);
+            let env = step_env(ctx, base_env, job, &commit, short, &log, ok, step);
             let masks = secret_values(&env, &step.secrets);
             // Output lines go live as `  . <line>` (debug or not), masked like the log.
             let sink = ctx.live.map(|live| Arc::new(LiveOutput { live: live.clone(), masks: masks.clone() }) as runner::LineSink);

@@ -10,6 +10,7 @@
 //! is always built from the base, never taken from the payload.
 
 use crate::logging::quote;
+use crate::payload::short_sha;
 use crate::payload::Push;
 use crate::redis_conn::Redis;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -350,16 +351,12 @@ impl Poster {
             log::warn!(
                 "forge.status_dropped repo={} sha={} state={} forge={}: the status queue is full",
                 quote(&u.repo),
-                short(&u.sha),
+                short_sha(&u.sha),
                 u.state,
                 u.forge.kind.name()
             );
         }
     }
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(10)]
 }
 
 /// Delay before attempt `n` (1-based, n ≥ 2): 2, 4, 8, 16 s …
@@ -402,7 +399,7 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         let started = Instant::now();
         let result = send(&agent, &u);
         let ms = started.elapsed().as_millis();
-        let facts = format!("repo={} sha={} state={} forge={}", quote(&u.repo), short(&u.sha), u.state, u.forge.kind.name());
+        let facts = format!("repo={} sha={} state={} forge={}", quote(&u.repo), short_sha(&u.sha), u.state, u.forge.kind.name());
         match result {
             Ok(code) if (200..300).contains(&code) => {
                 log::info!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts);
@@ -433,7 +430,7 @@ fn supersede(waiting: &mut Vec<Update>, u: Update, redis: &mut Redis) {
             log::warn!(
                 "forge.status_failed repo={} sha={} state={} forge={} attempts={}: superseded by state={} before its retry",
                 quote(&w.repo),
-                short(&w.sha),
+                short_sha(&w.sha),
                 w.state,
                 w.forge.kind.name(),
                 w.attempts,

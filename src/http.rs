@@ -468,7 +468,7 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply
 
 fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
     let p = job.push;
-    let short = &p.sha[..10.min(p.sha.len())];
+    let short = payload::short_sha(&p.sha);
     let facts = format!(" repo={} branch={} sha={short}", quote(&p.repo), quote(&p.branch));
     let mut reply = match redis.run_again(|c| queue::enqueue(c, job)) {
         Err(e) => redis_down(&e),
@@ -499,7 +499,7 @@ fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
 }
 
 fn queued(p: &payload::Push, id: String, slave: String, coalesced: bool) -> Reply {
-    let short = &p.sha[..10.min(p.sha.len())];
+    let short = payload::short_sha(&p.sha);
     let event = if coalesced { "build.coalesced" } else { "build.queued" };
     log::info!("{event} id={id} repo={} branch={} sha={short} slave={slave}", quote(&p.repo), quote(&p.branch));
     let mut r =

@@ -422,6 +422,12 @@ fn check_length_and_controls(what: &str, value: &str, max: usize) -> Result<(), 
 /// A repository's full name as the forges allow it (GitHub, Gitea, GitLab
 /// groups): `/`-separated segments of `A-Za-z0-9._-`, none empty, `.` or `..`;
 /// at most 200 bytes. So it never holds the `:` of the Redis keys.
+/// The short form of a commit sha that logs, pages and step variables show:
+/// its first 10 characters.
+pub fn short_sha(sha: &str) -> &str {
+    sha.char_indices().nth(10).map_or(sha, |(i, _)| &sha[..i])
+}
+
 pub fn check_repo(name: &str) -> Result<(), PayloadError> {
     check_length_and_controls("repository name", name, 200)?;
     let refuse = |problem: String| {
