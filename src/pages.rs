@@ -5,6 +5,7 @@
 //! form. One CSS block, no asset from outside, readable at 360 px; states
 //! are told by a word beside the coloured dot. No I/O.
 
+use crate::payload::short_sha;
 use serde_json::Value;
 
 /// HTML-escapes text for element content and attribute values.
@@ -95,10 +96,6 @@ fn when(record: &Value) -> String {
     at.map(utc).unwrap_or_default()
 }
 
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(10)]
-}
-
 /// `/`: every repository, a row per branch with its latest build.
 pub fn dashboard(repos: &[(String, Vec<Value>)]) -> String {
     let mut rows = String::new();
@@ -144,7 +141,7 @@ pub fn repository(repo: &str, branches: &[(String, Vec<Value>)]) -> String {
                 url_part(id),
                 escape(id),
                 state(field(b, "state")),
-                escape(short(field(b, "sha"))),
+                escape(short_sha(field(b, "sha"))),
                 duration(b),
                 escape(field(b, "slave")),
                 when(b)
@@ -167,7 +164,7 @@ pub fn build(record: &Value, lines: &[String], follow: &str) -> String {
     }
     let facts: Vec<String> = [
         format!("branch {}", escape(field(record, "branch"))),
-        format!("commit <code>{}</code>", escape(short(field(record, "sha")))),
+        format!("commit <code>{}</code>", escape(short_sha(field(record, "sha")))),
         escape(field(record, "slave")),
         duration(record),
         when(record),
@@ -191,6 +188,11 @@ pub fn build(record: &Value, lines: &[String], follow: &str) -> String {
         ));
     }
     page(&format!("{repo} #{id}"), &body, running)
+}
+
+/// A page saying what was not found (`text` is escaped here).
+pub fn not_found(text: &str) -> String {
+    page("not found", &format!("<h1><a href=\"/\">ci-backend</a></h1>\n<p>{}</p>\n", escape(text)), false)
 }
 
 /// The read-token form (HOOK_READ_TOKEN): posts to `/login`.

@@ -104,8 +104,7 @@ pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for repo in names {
-        let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(format!("ci:branches:{repo}")).query(conn)?;
-        branches.sort();
+        let branches = branches(conn, &repo)?;
         let mut pipe = redis::pipe();
         for b in &branches {
             pipe.get(branch_key("last", &repo, b));
@@ -115,6 +114,13 @@ pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
         out.push((repo, records(conn, &ids)?));
     }
     Ok(out)
+}
+
+/// The branches a repository was pushed to, sorted (empty when never pushed).
+pub fn branches(conn: &mut Connection, repo: &str) -> RedisResult<Vec<String>> {
+    let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(format!("ci:branches:{repo}")).query(conn)?;
+    branches.sort();
+    Ok(branches)
 }
 
 /// Build `id` as [`record_json`], if it exists and belongs to `repo`.
@@ -173,7 +179,7 @@ pub fn record_text(conn: &mut Connection, v: &Value) -> RedisResult<(u16, String
 /// One line of a build list: id, state, short sha, seconds, slave, when
 /// (finished, else started, else queued; UTC ISO 8601).
 pub fn record_line(v: &Value) -> String {
-    let sha: String = v["sha"].as_str().unwrap_or("").chars().take(10).collect();
+    let sha = crate::payload::short_sha(v["sha"].as_str().unwrap_or(""));
     let seconds = v["seconds"].as_u64().map_or("-".to_string(), |s| format!("{s}s"));
     let when = ["finished_at", "started_at", "queued_at"].iter().find_map(|k| v[*k].as_f64()).map_or("-".to_string(), iso_time);
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();

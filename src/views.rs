@@ -95,13 +95,12 @@ pub fn dashboard(conn: &mut Connection) -> RedisResult<View> {
 
 /// `GET /repo/<repo>`: each branch's history.
 pub fn repository(conn: &mut Connection, repo: &str, limit: usize) -> RedisResult<View> {
-    let repos = status::repos(conn)?;
-    let Some((_, latest)) = repos.iter().find(|(r, _)| r == repo) else {
-        return Ok(html(404, pages::dashboard(&[]).replace("No build yet", &format!("{} was never pushed", pages::escape(repo)))));
-    };
+    let names = status::branches(conn, repo)?;
+    if names.is_empty() {
+        return Ok(html(404, pages::not_found(&format!("{repo} was never pushed: point a web-hook at this server and push."))));
+    }
     let mut branches = Vec::new();
-    for b in latest {
-        let branch = b.get("branch").and_then(Value::as_str).unwrap_or("").to_string();
+    for branch in names {
         let history = status::history(conn, repo, Some(&branch), limit)?.unwrap_or_default();
         branches.push((branch, history));
     }
@@ -112,11 +111,7 @@ pub fn repository(conn: &mut Connection, repo: &str, limit: usize) -> RedisResul
 /// live lines come from `/status`'s text).
 pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
     let Some(record) = status::record_by_id(conn, id)? else {
-        return Ok(html(
-            404,
-            pages::dashboard(&[])
-                .replace("No build yet: point a web-hook at this server and push.", &format!("There is no build {}.", pages::escape(id))),
-        ));
+        return Ok(html(404, pages::not_found(&format!("There is no build {id}."))));
     };
     let repo = record.get("repo").and_then(Value::as_str).unwrap_or("").to_string();
     let running = matches!(record.get("state").and_then(Value::as_str), Some("queued" | "running"));
