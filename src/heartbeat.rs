@@ -58,6 +58,11 @@ impl State {
     }
 
     /// Kills the running build if it is `id` (and marks it canceled).
+    /// Sets the job this slave runs (`None` when idle).
+    pub fn set_job(&self, id: Option<String>) {
+        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    }
+
     pub fn cancel_if_running(&self, id: &str) -> bool {
         let job = self.job.lock().unwrap_or_else(|p| p.into_inner());
         if job.as_deref() != Some(id) {

@@ -74,9 +74,15 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         backoff = Backoff::default();
         let slave = format!("{}-{index}", config.cluster);
         let working = queue::working_key(&config.cluster, index);
+        // The job is this slave's from before START on: a cancel the watcher
+        // pops while START runs (or just after) finds it and stops the build.
+        state.canceled.store(false, Ordering::SeqCst);
+        state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
+        state.set_job(Some(id.clone()));
         let started = match redis.run(|c| queue::start(c, &id, &working, &slave, config.max_attempts)) {
             Ok(Begun::Run(s)) => *s,
             Ok(Begun::GaveUp { died, push }) => {
+                state.set_job(None);
                 log::error!("build.gave_up id={id} slave={slave} attempts={died}: the slave died during each; stored as failed");
                 if let Some(push) = push {
                     let why = format!("gave up after {died} attempts: the slave died during each");
@@ -85,10 +91,12 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
                 continue;
             }
             Ok(Begun::Dropped) => {
+                state.set_job(None);
                 log::info!("build.dropped id={id} slave={slave}: record gone or already finished");
                 continue;
             }
             Err(e) => {
+                state.set_job(None);
                 // The job stays in the in-progress list; the next maintenance
                 // pass between builds puts it back in the queue.
                 log_error("start", &e);
@@ -98,16 +106,6 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
         let facts = build_facts(&started, &slave);
         log::info!("build.started {facts} attempt={}", started.attempt);
         poster.report(&started.id, &started.push, forge::Event::Started { slave: slave.clone() });
-        state.canceled.store(false, Ordering::SeqCst);
-        state.kill_build.store(signals.abort.load(Ordering::SeqCst), Ordering::SeqCst);
-        *state.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(started.id.clone());
-        // Canceled between START and now: the watcher popped the id before
-        // the job was set, so look at the record once.
-        if let Ok(Some(s)) = redis.run(|c| redis::cmd("HGET").arg(queue::build_key(&started.id)).arg("state").query::<Option<String>>(c)) {
-            if s == "canceled" {
-                state.cancel_if_running(&started.id);
-            }
-        }
         let live = publisher.for_build(&started.id);
         let ctx = build::Context {
             cache: &config.cache,
@@ -122,7 +120,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
             live: Some(&live),
         };
         let outcome = build::run(&ctx, &started);
-        *state.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        state.set_job(None);
         let canceled = state.canceled.swap(false, Ordering::SeqCst);
         let outcome = match outcome {
             Ok(o) => o,
@@ -181,7 +179,7 @@ fn event(outcome: &queue::Outcome) -> forge::Event {
 /// `id=… repo=… branch=… sha=<10> slave=…` for a build's log lines.
 fn build_facts(job: &Started, slave: &str) -> String {
     let p = &job.push;
-    let short = &p.sha[..p.sha.len().min(10)];
+    let short = crate::payload::short_sha(&p.sha);
     format!("id={} repo={} branch={} sha={short} slave={slave}", job.id, quote(&p.repo), quote(&p.branch))
 }
 
