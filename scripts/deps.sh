@@ -2,10 +2,11 @@
 # Makes sure the programs the backend and its tests run are installed:
 # apt-get when missing and running as root, else a clear message.
 # Arguments add more `command:package` pairs (`make images` asks for
-# debootstrap:debootstrap).
+# debootstrap:debootstrap). A path stands for a program bash also has as a
+# builtin (the tests run /bin/kill, which slim images lack).
 set -euo pipefail
 need=()
-for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux chromium:chromium xmllint:libxml2-utils; do
+for pair in redis-server:redis-server redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux /bin/kill:procps chromium:chromium xmllint:libxml2-utils; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
