@@ -353,6 +353,7 @@ fn step_env(
     let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
     let mut vars = vec![
         ("HOST", ctx.host.to_string()),
+        ("SLAVE", ctx.slave.to_string()),
         ("BRANCH", branch),
         ("COMMIT", push.sha.clone()),
         ("COMMIT_SHORT", short.to_string()),

@@ -89,6 +89,16 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "SLAVE_LEASE", default: "10", doc: "membership lease, in seconds; a silent slave loses its index after it" },
     Setting { name: "SLAVE_GRACE", default: "30", doc: "seconds a running build may still take after SIGTERM/SIGINT" },
     Setting {
+        name: "SLAVE_EXECUTORS",
+        default: "1",
+        doc: "builds one slave runs at once (never two of one repository+branch); each needs its CPU, memory and disk",
+    },
+    Setting {
+        name: "SLAVE_STEAL_AFTER",
+        default: "30",
+        doc: "seconds a job may wait in a sibling's queue before a slave with a free executor takes it (a cold clone instead of a wait); 0: never",
+    },
+    Setting {
         name: "SLAVE_MAX_ATTEMPTS",
         default: "3",
         doc: "a build whose slave died during this many attempts is failed instead of run again",
@@ -227,6 +237,9 @@ impl HookConfig {
     }
 }
 
+/// The most executors one slave may run (SLAVE_EXECUTORS).
+pub const MAX_EXECUTORS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct SlaveConfig {
     pub redis_url: String,
@@ -236,6 +249,10 @@ pub struct SlaveConfig {
     pub build_timeout: Duration,
     pub lease: Duration,
     pub grace: Duration,
+    /// Builds run at once (SLAVE_EXECUTORS).
+    pub executors: usize,
+    /// SLAVE_STEAL_AFTER; `None`: never steal.
+    pub steal_after: Option<Duration>,
     pub max_attempts: u32,
     /// Who steps run as (resolved from SLAVE_BUILD_USER when root).
     pub build_user: BuildUser,
@@ -299,6 +316,15 @@ impl SlaveConfig {
             build_timeout: secs("SLAVE_BUILD_TIMEOUT")?,
             lease: secs("SLAVE_LEASE")?,
             grace: secs("SLAVE_GRACE")?,
+            executors: match number::<usize>(s, "SLAVE_EXECUTORS", "a number of builds")? {
+                n @ 1..=MAX_EXECUTORS => n,
+                n => return Err(ConfigError(format!("SLAVE_EXECUTORS=\"{n}\": expected 1 to {MAX_EXECUTORS}"))),
+            },
+            steal_after: match number::<f64>(s, "SLAVE_STEAL_AFTER", "a number of seconds (0: never)")? {
+                n if n == 0.0 => None,
+                n if n.is_finite() && (0.1..=86_400.0).contains(&n) => Some(Duration::from_secs_f64(n)),
+                n => return Err(ConfigError(format!("SLAVE_STEAL_AFTER=\"{n}\": expected 0 (never) or 0.1 to 86400 seconds"))),
+            },
             max_attempts: match number::<u32>(s, "SLAVE_MAX_ATTEMPTS", "a number of attempts")? {
                 0 => return Err(ConfigError("SLAVE_MAX_ATTEMPTS=\"0\": expected at least 1".into())),
                 n => n,

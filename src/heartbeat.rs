@@ -8,7 +8,7 @@ use crate::membership::{self, Member};
 use crate::queue;
 use crate::redis_conn::{log_error, Redis};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,7 +22,28 @@ pub struct Signals {
     pub abort: AtomicBool,
 }
 
-/// What the loop and the heartbeat share.
+/// One executor's build: what the heartbeat, the cancel watcher and the
+/// other executors need to know of it.
+#[derive(Default)]
+pub struct Slot {
+    /// `(id, <repo>:<branch>)` of the build this executor runs, from START on.
+    job: Mutex<Option<(String, String)>>,
+    /// Kill this build: the grace is over, the index is lost, or it was canceled.
+    pub kill: AtomicBool,
+    /// It was canceled (`POST /cancel`, or superseded): the cancel watcher
+    /// set it with `kill`; the executor stores `canceled`.
+    pub canceled: AtomicBool,
+}
+
+/// Executors pass this gate to take a job; the loop closes it (and waits
+/// for every executor to be out) before it moves or re-claims the index.
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    inside: usize,
+}
+
+/// What the loop, the executors and the background threads share.
 pub struct State {
     /// The index held. It changes only under this lock, in the same step as
     /// the Redis script that moves it, so the heartbeat never renews an index
@@ -30,48 +51,132 @@ pub struct State {
     pub index: Mutex<u32>,
     /// The heartbeat found the index held by another instance.
     pub lost: AtomicBool,
-    /// Kill the running build: the grace is over or the index is lost.
-    pub kill_build: AtomicBool,
-    /// The running build was canceled (`POST /cancel`, or superseded): the
-    /// cancel watcher set it with `kill_build`; the loop stores `canceled`.
-    pub canceled: AtomicBool,
-    /// The build running now, if any (the heartbeat's renew needs it).
-    pub job: Mutex<Option<String>>,
+    /// One per executor (SLAVE_EXECUTORS).
+    pub slots: Vec<Slot>,
+    /// Jobs taken (in the in-progress list) but not started, because a build
+    /// of their branch runs here or elsewhere: started when it is free.
+    pub deferred: Mutex<Vec<String>>,
+    /// Held while an executor starts or steals a job and claims its slot,
+    /// so two executors never start two builds of one branch, and while the
+    /// loop sweeps the in-progress list for stranded jobs.
+    pub starting: Mutex<()>,
+    gate: Mutex<Gate>,
+    gate_changed: Condvar,
     /// The loop has ended and released the index: renew no more.
     pub done: AtomicBool,
 }
 
 impl State {
-    pub fn new(index: u32) -> State {
+    pub fn new(index: u32, executors: usize) -> State {
         State {
             index: Mutex::new(index),
             lost: AtomicBool::new(false),
-            kill_build: AtomicBool::new(false),
-            canceled: AtomicBool::new(false),
-            job: Mutex::new(None),
+            slots: (0..executors.max(1)).map(|_| Slot::default()).collect(),
+            deferred: Mutex::new(Vec::new()),
+            starting: Mutex::new(()),
+            gate: Mutex::new(Gate::default()),
+            gate_changed: Condvar::new(),
             done: AtomicBool::new(false),
         }
     }
 
     pub fn index(&self) -> u32 {
-        *self.index.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.index)
     }
 
-    /// Kills the running build if it is `id` (and marks it canceled).
-    /// Sets the job this slave runs (`None` when idle).
-    pub fn set_job(&self, id: Option<String>) {
-        *self.job.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    /// Sets the build executor `slot` runs (`None` when idle).
+    pub fn set_job(&self, slot: usize, job: Option<(String, String)>) {
+        *lock(&self.slots[slot].job) = job;
     }
 
-    pub fn cancel_if_running(&self, id: &str) -> bool {
-        let job = self.job.lock().unwrap_or_else(|p| p.into_inner());
-        if job.as_deref() != Some(id) {
-            return false;
+    /// Every job this slave holds: running builds and deferred ones.
+    pub fn jobs(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.slots.iter().filter_map(|s| lock(&s.job).as_ref().map(|(id, _)| id.clone())).collect();
+        ids.extend(lock(&self.deferred).iter().cloned());
+        ids
+    }
+
+    /// `<repo>:<branch>` of every running build (START refuses a second one).
+    pub fn busy_branches(&self) -> Vec<String> {
+        self.slots.iter().filter_map(|s| lock(&s.job).as_ref().map(|(_, b)| b.clone())).collect()
+    }
+
+    /// Executors running a build now.
+    pub fn busy(&self) -> usize {
+        self.slots.iter().filter(|s| lock(&s.job).is_some()).count()
+    }
+
+    /// Kills every running build (grace over, index lost).
+    pub fn kill_all(&self) {
+        for s in &self.slots {
+            s.kill.store(true, Ordering::SeqCst);
         }
-        self.canceled.store(true, Ordering::SeqCst);
-        self.kill_build.store(true, Ordering::SeqCst);
+    }
+
+    /// Kills the running build `id`, if it runs here (and marks it canceled).
+    pub fn cancel_if_running(&self, id: &str) -> bool {
+        for s in &self.slots {
+            let job = lock(&s.job);
+            if job.as_ref().is_some_and(|(j, _)| j == id) {
+                s.canceled.store(true, Ordering::SeqCst);
+                s.kill.store(true, Ordering::SeqCst);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// An executor enters the gate to take and build one job; `None` when
+    /// the slave stops. Blocks while the loop holds the gate closed.
+    pub fn enter(&self, stop: &AtomicBool) -> Option<Inside<'_>> {
+        let mut gate = lock(&self.gate);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            if !gate.closed {
+                gate.inside += 1;
+                return Some(Inside(self));
+            }
+            gate = self.gate_changed.wait_timeout(gate, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Closes the gate and waits until no executor is inside (their builds
+    /// ended); `false` if the slave stopped meanwhile (the gate is opened again).
+    pub fn close_when_idle(&self, stop: &AtomicBool) -> bool {
+        let mut gate = lock(&self.gate);
+        gate.closed = true;
+        while gate.inside > 0 {
+            if stop.load(Ordering::SeqCst) {
+                gate.closed = false;
+                self.gate_changed.notify_all();
+                return false;
+            }
+            gate = self.gate_changed.wait_timeout(gate, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
         true
     }
+
+    pub fn open(&self) {
+        lock(&self.gate).closed = false;
+        self.gate_changed.notify_all();
+    }
+}
+
+/// An executor inside the gate; leaving is dropping it.
+pub struct Inside<'a>(&'a State);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.gate).inside -= 1;
+        self.0.gate_changed.notify_all();
+    }
+}
+
+/// A poisoned lock still guards plain data: take it.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How long the cancel watcher's pop blocks (it then looks at the index again).
@@ -143,7 +248,7 @@ pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: A
             loop {
                 std::thread::sleep(tick);
                 if signals.abort.load(Ordering::SeqCst) {
-                    state.kill_build.store(true, Ordering::SeqCst);
+                    state.kill_all();
                 }
                 if state.done.load(Ordering::SeqCst) {
                     return;
@@ -155,19 +260,20 @@ pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: A
                 {
                     // Renewed and judged under the lock: the loop cannot move
                     // or re-claim the index in between.
-                    let index = state.index.lock().unwrap_or_else(|p| p.into_inner());
-                    let job = state.job.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    match redis.run(|c| member.renew(c, *index, job.as_deref())) {
+                    let index = lock(&state.index);
+                    let jobs = state.jobs();
+                    let executors = (state.busy(), state.slots.len());
+                    match redis.run(|c| member.renew(c, *index, &jobs, executors)) {
                         Ok(true) => {}
                         Ok(false) => {
                             if !state.lost.swap(true, Ordering::SeqCst) {
                                 log::warn!(
-                                    "slave.lease_lost cluster={} index={}: stopping the running build, if any",
+                                    "slave.lease_lost cluster={} index={}: stopping the running builds, if any",
                                     member.cluster,
                                     *index
                                 );
                             }
-                            state.kill_build.store(true, Ordering::SeqCst);
+                            state.kill_all();
                         }
                         Err(e) => log_error("renew", &e),
                     }

@@ -68,19 +68,28 @@ hold(top + 1, lease)
 return top + 1
 "#;
 
-/// ARGV: cluster, instance, lease ms, index, -, the job this slave is running
-/// ('' when idle). 1 renewed, 0 lost. An index nobody holds (forgotten after
-/// two silent leases, or Redis lost its data) is taken back only while the
-/// running job still sits in that index's in-progress list: once a new holder
-/// has re-queued it, the job is theirs and this slave must stop building it.
+/// ARGV: cluster, instance, lease ms, index, -, the jobs this slave holds
+/// (newline-separated, '' when idle), busy executors, executors. 1 renewed,
+/// 0 lost. An index nobody holds (forgotten after two silent leases, or
+/// Redis lost its data) is taken back only while every job this slave holds
+/// still sits in that index's in-progress list: once a new holder has
+/// re-queued one, it is theirs and this slave must stop building it.
+/// Renewing also publishes the executors in use (`ci:executors:<cluster>`,
+/// index → `<busy> <total> <lease expiry ms>`) for the hook's /metrics.
 const RENEW: &str = r#"
-local lease, idx, job = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6]
+local lease, idx, jobs = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[6]
+local function renewed()
+  hold(idx, lease)
+  redis.call('HSET', 'ci:executors:' .. cluster, tostring(idx), ARGV[7] .. ' ' .. ARGV[8] .. ' ' .. (now + lease))
+  return 1
+end
 local who = holder(idx)
-if who == instance then hold(idx, lease) return 1 end
+if who == instance then return renewed() end
 if who ~= nil then return 0 end
-if job ~= '' and not redis.call('LPOS', 'ci:working:' .. cluster .. ':' .. idx, job) then return 0 end
-hold(idx, lease)
-return 1
+for job in string.gmatch(jobs, '[^\n]+') do
+  if not redis.call('LPOS', 'ci:working:' .. cluster .. ':' .. idx, job) then return 0 end
+end
+return renewed()
 "#;
 
 /// ARGV: cluster, instance, lease ms, index. Moves this slave to the lowest
@@ -110,16 +119,14 @@ if who == instance then redis.call('HSET', hkey, idx, instance .. ' ' .. now) en
 return 1
 "#;
 
-fn run(cell: &'static OnceLock<Script>, body: &str, conn: &mut Connection, who: &Member, extra: i64, job: &str) -> RedisResult<i64> {
+fn run(cell: &'static OnceLock<Script>, body: &str, conn: &mut Connection, who: &Member, extra: i64, more: &[String]) -> RedisResult<i64> {
     let script = cell.get_or_init(|| Script::new(&format!("{COMMON}{body}")));
-    script
-        .arg(&who.cluster)
-        .arg(&who.instance)
-        .arg(who.lease.as_millis() as u64)
-        .arg(extra)
-        .arg(if who.allow_new { "1" } else { "0" })
-        .arg(job)
-        .invoke(conn)
+    let mut call = script.prepare_invoke();
+    call.arg(&who.cluster).arg(&who.instance).arg(who.lease.as_millis() as u64).arg(extra).arg(if who.allow_new { "1" } else { "0" });
+    for m in more {
+        call.arg(m);
+    }
+    call.invoke(conn)
 }
 
 /// One slave's identity in its cluster.
@@ -144,26 +151,27 @@ impl Member {
     /// `allow_new`). `None` while nothing can be claimed.
     pub fn claim(&self, conn: &mut Connection, fixed: Option<u32>) -> RedisResult<Option<u32>> {
         static S: OnceLock<Script> = OnceLock::new();
-        let got = run(&S, CLAIM, conn, self, fixed.map_or(-1, i64::from), "")?;
+        let got = run(&S, CLAIM, conn, self, fixed.map_or(-1, i64::from), &[])?;
         Ok(u32::try_from(got).ok())
     }
 
     /// Renews the lease on `index`; false when it is lost (see RENEW).
-    /// `job`: the build this slave is running, if any.
-    pub fn renew(&self, conn: &mut Connection, index: u32, job: Option<&str>) -> RedisResult<bool> {
+    /// `jobs`: the builds this slave holds; `executors`: (busy, total).
+    pub fn renew(&self, conn: &mut Connection, index: u32, jobs: &[String], executors: (usize, usize)) -> RedisResult<bool> {
         static S: OnceLock<Script> = OnceLock::new();
-        Ok(run(&S, RENEW, conn, self, index.into(), job.unwrap_or(""))? == 1)
+        let more = [jobs.join("\n"), executors.0.to_string(), executors.1.to_string()];
+        Ok(run(&S, RENEW, conn, self, index.into(), &more)? == 1)
     }
 
     /// Moves down to a free index below N when this one is above it.
     pub fn compact(&self, conn: &mut Connection, index: u32) -> RedisResult<Option<u32>> {
         static S: OnceLock<Script> = OnceLock::new();
-        Ok(u32::try_from(run(&S, COMPACT, conn, self, index.into(), "")?).ok())
+        Ok(u32::try_from(run(&S, COMPACT, conn, self, index.into(), &[])?).ok())
     }
 
     pub fn release(&self, conn: &mut Connection, index: u32) -> RedisResult<()> {
         static S: OnceLock<Script> = OnceLock::new();
-        run(&S, RELEASE, conn, self, index.into(), "").map(drop)
+        run(&S, RELEASE, conn, self, index.into(), &[]).map(drop)
     }
 }
 
@@ -207,6 +215,21 @@ pub fn clusters(conn: &mut Connection) -> RedisResult<Vec<(String, u32)>> {
 pub fn holders(conn: &mut Connection, cluster: &str) -> RedisResult<Vec<(u32, u64)>> {
     let map: std::collections::HashMap<u32, String> = redis::cmd("HGETALL").arg(format!("ci:holders:{cluster}")).query(conn)?;
     Ok(map.into_iter().filter_map(|(i, v)| Some((i, lease_expiry(&v)?))).collect())
+}
+
+/// Executors per held index of a cluster: (index, busy, total), from the
+/// slaves' last renewals whose lease has not expired.
+pub fn executors(conn: &mut Connection, cluster: &str) -> RedisResult<Vec<(u32, u32, u32)>> {
+    let now = now_ms(conn)?;
+    let map: std::collections::BTreeMap<u32, String> = redis::cmd("HGETALL").arg(format!("ci:executors:{cluster}")).query(conn)?;
+    Ok(map
+        .into_iter()
+        .filter_map(|(i, v)| {
+            let mut f = v.split(' ').map(|x| x.parse::<u64>().ok());
+            let (busy, total, until) = (f.next()??, f.next()??, f.next()??);
+            (until >= now).then_some((i, busy as u32, total as u32))
+        })
+        .collect())
 }
 
 /// Whether `index` has a holder whose lease has not expired.

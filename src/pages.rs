@@ -165,7 +165,10 @@ pub fn build(record: &Value, lines: &[String], follow: &str) -> String {
     let facts: Vec<String> = [
         format!("branch {}", escape(field(record, "branch"))),
         format!("commit <code>{}</code>", escape(short_sha(field(record, "sha")))),
-        escape(field(record, "slave")),
+        match field(record, "stolen_from") {
+            "" => escape(field(record, "slave")),
+            from => format!("{} (stolen from {})", escape(field(record, "slave")), escape(from)),
+        },
         duration(record),
         when(record),
     ]

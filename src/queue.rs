@@ -8,7 +8,9 @@
 //! `default:<repo>`, `delivery:<id>`, `queue|working:<cluster>:<index>`,
 //! `members:<cluster>` ZSET, `holders:<cluster>` HASH, `clusters` SET, `stats` HASH,
 //! `history:<repo>:<branch>` LIST, `repos` SET, `branches:<repo>` SET, `log:<id>` STREAM,
-//! `cancel:<cluster>:<index>` LIST (ids of running builds to kill, see [`cancel`]).
+//! `cancel:<cluster>:<index>` LIST (ids of running builds to kill, see [`cancel`]),
+//! `running:<repo>:<branch>` (the branch's build that START last marked running),
+//! `executors:<cluster>` HASH (index → busy, total executors; see `membership`).
 
 use redis::{Connection, RedisResult, Script};
 use std::sync::OnceLock;
@@ -186,7 +188,17 @@ local function record_result(id, working, state, log, seconds, now)
   local dkey = 'ci:done:' .. repo .. ':' .. branch
   local current = redis.call('GET', dkey)
   if not current or tonumber(current) <= tonumber(id) then redis.call('SET', dkey, id) end
+  local rkey = 'ci:running:' .. repo .. ':' .. branch
+  if redis.call('GET', rkey) == id then redis.call('DEL', rkey) end
   redis.call('LREM', working, 1, id)
+end
+-- Whether another build of the branch `bkey` runs: here (`busy`, the
+-- slave's running branches, newline-separated) or on any slave (the
+-- `ci:running` mark START sets, while that build's record says running).
+local function branch_busy(bkey, id, busy)
+  for b in string.gmatch(busy, '[^\n]+') do if b == bkey then return true end end
+  local other = redis.call('GET', 'ci:running:' .. bkey)
+  return other ~= false and other ~= id and redis.call('HGET', 'ci:build:' .. other, 'state') == 'running'
 end
 -- Cancels build id if queued (out of its queue, stored canceled) or running
 -- (stored canceled now; its id pushed for the slave's cancel watcher, which
@@ -217,9 +229,10 @@ end
 /// before died with its slave (a graceful stop or a lost lease sets it back
 /// to `queued` through ABANDON). After `max` such deaths the build is failed
 /// instead of started: a build that kills its slave must not hold an index
-/// forever.
+/// forever. A build of the same branch running here or elsewhere makes it
+/// wait (`busy`): two builds of a branch never run at once on one slave.
 const START: &str = r#"
-local id, working, slave, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local id, working, slave, now, max, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local key = 'ci:build:' .. id
 local state = redis.call('HGET', key, 'state')
 if not state or state == 'passed' or state == 'failed' or state == 'canceled' then
@@ -227,6 +240,8 @@ if not state or state == 'passed' or state == 'failed' or state == 'canceled' th
   return false
 end
 local repo, branch = unpack(redis.call('HMGET', key, 'repo', 'branch'))
+if branch_busy(repo .. ':' .. branch, id, busy) then return {'busy'} end
+redis.call('SET', 'ci:running:' .. repo .. ':' .. branch, id)
 local pkey = 'ci:pending:' .. repo .. ':' .. branch
 if redis.call('GET', pkey) == id then redis.call('DEL', pkey) end
 if state == 'running' then
@@ -278,6 +293,55 @@ if redis.call('LINDEX', KEYS[1], -1) ~= ARGV[1] then return 0 end
 redis.call('RPOP', KEYS[1])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 return 1
+"#;
+
+/// ARGV: cluster, own index, SLAVE_STEAL_AFTER seconds, now, the slave's
+/// running branches (newline-separated), its in-progress list, its name.
+/// Of the oldest few jobs of every sibling queue, the oldest that waited
+/// longer than the threshold, is `queued` (never one whose record says
+/// running: a requeued attempt of a dead slave) and whose branch is not
+/// building anywhere moves to this slave's in-progress list, in this one
+/// step: no two slaves take the same job. Returns {id, from} or nil.
+const STEAL: &str = r#"
+local cluster, own, after, now, busy, working, slave =
+  ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local top = tonumber(redis.call('HGET', 'ci:maxindex', cluster) or '-1')
+local best, from, oldest
+for i = 0, top do
+  if i ~= own then
+    local q = 'ci:queue:' .. cluster .. ':' .. i
+    for _, id in ipairs(redis.call('LRANGE', q, -STEAL_DEPTH, -1)) do
+      local state, at, repo, branch = unpack(redis.call('HMGET', 'ci:build:' .. id, 'state', 'queued_at', 'repo', 'branch'))
+      at = tonumber(at)
+      if state == 'queued' and at and now - at >= after and (not oldest or at < oldest)
+        and not branch_busy(repo .. ':' .. branch, id, busy) then
+        best, from, oldest = id, i, at
+      end
+    end
+  end
+end
+if not best then return false end
+redis.call('LREM', 'ci:queue:' .. cluster .. ':' .. from, -1, best)
+redis.call('LPUSH', working, best)
+redis.call('HSET', 'ci:build:' .. best, 'stolen', cluster .. '-' .. from, 'slave', slave)
+return {best, cluster .. '-' .. from}
+"#;
+
+/// Jobs of each sibling queue a stealer looks at (its oldest ones).
+const STEAL_DEPTH: u32 = 8;
+
+/// ARGV: the in-progress list, its queue, ids. Puts back at the front of the
+/// queue each id still in the in-progress list (stranded there: a take whose
+/// reply was lost).
+const REQUEUE_IDS: &str = r#"
+local moved = 0
+for i = 3, #ARGV do
+  if redis.call('LREM', ARGV[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', ARGV[2], ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
 "#;
 
 /// A script made once of a shared Lua prefix (`LIVE_N`, `RECORD` or "") and its body.
@@ -381,11 +445,15 @@ pub enum Begun {
     GaveUp { died: u32, push: Option<Box<crate::payload::Push>> },
     /// The record is gone or already finished: nothing to build.
     Dropped,
+    /// A build of its branch runs here or on another slave: not started;
+    /// it stays in the in-progress list until that build ends.
+    Busy,
 }
 
 /// Marks a taken job running (clearing its pending slot) and returns what to
 /// build, unless its slave died during `max_attempts` attempts already.
-pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_attempts: u32) -> RedisResult<Begun> {
+/// `busy`: `<repo>:<branch>` of the builds this slave runs.
+pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_attempts: u32, busy: &[String]) -> RedisResult<Begun> {
     static S: OnceLock<Script> = OnceLock::new();
     let reply: Option<Vec<String>> = script(&S, RECORD, START)
         .arg(id)
@@ -393,8 +461,10 @@ pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_at
         .arg(slave)
         .arg(format!("{:.3}", crate::unix_now()))
         .arg(max_attempts)
+        .arg(busy.join("\n"))
         .invoke(conn)?;
     Ok(match reply.as_deref() {
+        Some([busy]) if busy == "busy" => Begun::Busy,
         Some([gaveup, died, push, sha]) if gaveup == "gaveup" => Begun::GaveUp {
             died: died.parse().unwrap_or(max_attempts),
             push: crate::payload::Push::from_json(push).map(|mut p| {
@@ -411,6 +481,49 @@ pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_at
         },
         _ => Begun::Dropped,
     })
+}
+
+/// A job stolen from a sibling's queue (SLAVE_STEAL_AFTER).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stolen {
+    pub id: String,
+    /// The slave whose queue it waited in.
+    pub from: String,
+}
+
+/// Takes the oldest job that waited longer than `after` in a sibling's
+/// queue into this slave's in-progress list (see STEAL), if there is one.
+pub fn steal(conn: &mut Connection, cluster: &str, index: u32, after: std::time::Duration, busy: &[String]) -> RedisResult<Option<Stolen>> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let body = STEAL.replace("STEAL_DEPTH", &STEAL_DEPTH.to_string());
+    let script = S.get_or_init(|| Script::new(&format!("{RECORD}{body}")));
+    let reply: Option<(String, String)> = script
+        .arg(cluster)
+        .arg(index)
+        .arg(after.as_secs_f64())
+        .arg(format!("{:.3}", crate::unix_now()))
+        .arg(busy.join("\n"))
+        .arg(working_key(cluster, index))
+        .arg(format!("{cluster}-{index}"))
+        .invoke(conn)?;
+    Ok(reply.map(|(id, from)| Stolen { id, from }))
+}
+
+/// Puts `ids` back at the front of the index's queue, each only if it is
+/// still in the in-progress list; returns how many moved.
+pub fn requeue_ids(conn: &mut Connection, cluster: &str, index: u32, ids: &[String]) -> RedisResult<u32> {
+    static S: OnceLock<Script> = OnceLock::new();
+    let mut call = script(&S, "", REQUEUE_IDS).prepare_invoke();
+    call.arg(working_key(cluster, index)).arg(queue_key(cluster, index));
+    for id in ids {
+        call.arg(id);
+    }
+    call.invoke(conn)
+}
+
+/// The in-progress list of an index.
+pub fn working(conn: &mut Connection, cluster: &str, index: u32) -> RedisResult<Vec<String>> {
+    redis::cmd("LRANGE").arg(working_key(cluster, index)).arg(0).arg(-1).query(conn)
 }
 
 /// The attempt ended without a result and without its slave dying (shutdown

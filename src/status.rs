@@ -32,6 +32,8 @@ pub fn record_json(h: &HashMap<String, String>) -> Value {
         "id": s("id"), "repo": s("repo"), "branch": s("branch"), "sha": s("sha"),
         "state": s("state"), "ok": s("state") == "passed", "log": log, "seconds": seconds,
         "slave": s("slave"),
+        // the slave whose queue it waited in, when another took it (SLAVE_STEAL_AFTER)
+        "stolen_from": h.get("stolen").map_or(Value::Null, |v| json!(v)),
         "queued_at": number(h.get("queued_at")),
         "started_at": number(h.get("started_at")),
         "finished_at": number(h.get("finished_at")),
@@ -362,15 +364,25 @@ fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
     let clusters = crate::membership::clusters(conn)?;
     out.push_str("# HELP ci_slaves Live slaves per cluster (the N of CRC32 mod N).\n# TYPE ci_slaves gauge\n");
     let mut depths = String::new();
+    let mut executors = String::new();
     for (cluster, top) in &clusters {
         let n = crate::membership::live_count(conn, cluster)?;
         out.push_str(&format!("ci_slaves{{cluster=\"{cluster}\"}} {n}\n"));
         for (i, len) in crate::queue::depths(conn, cluster, *top)? {
             depths.push_str(&format!("ci_queue_depth{{cluster=\"{cluster}\",index=\"{i}\"}} {len}\n"));
         }
+        for (i, busy, total) in crate::membership::executors(conn, cluster)? {
+            let free = total.saturating_sub(busy);
+            for (state, count) in [("busy", busy), ("free", free)] {
+                executors.push_str(&format!("ci_slave_executors{{cluster=\"{cluster}\",index=\"{i}\",state=\"{state}\"}} {count}\n"));
+            }
+        }
     }
     out.push_str("# HELP ci_queue_depth Jobs waiting per slave queue.\n# TYPE ci_queue_depth gauge\n");
     out.push_str(&depths);
+    out.push_str("# HELP ci_slave_executors Executors per live slave, busy or free (SLAVE_EXECUTORS), as of its last lease renewal.\n");
+    out.push_str("# TYPE ci_slave_executors gauge\n");
+    out.push_str(&executors);
     let stats: HashMap<String, u64> = redis::cmd("HGETALL").arg("ci:stats").query(conn)?;
     out.push_str("# HELP ci_builds_total Finished builds by result.\n# TYPE ci_builds_total counter\n");
     for result in ["passed", "failed", "canceled"] {

@@ -15,7 +15,9 @@ use crate::process::{self, Capture, Exit};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Longest path component we write (file systems allow 255 bytes).
@@ -243,6 +245,10 @@ impl Git<'_> {
             return Err(GitError::Failed(format!("clone URL {:?} is not usable", scrub_url(url))));
         }
         let repo_dir = self.cache.join(encode(repo));
+        // Executors build other branches of this repository at once: one
+        // prepares at a time, since they share its mirror.
+        let held = repo_lock(&repo_dir);
+        let _held = held.lock().unwrap_or_else(|p| p.into_inner());
         let mirror = mirror_dir(self.cache, repo, url);
         let dir = checkout_dir(self.cache, repo, branch);
         if reset {
@@ -339,6 +345,14 @@ impl Git<'_> {
             .and_then(|_| self.run(Ok(self.build_git(Some(&tmp))), &["config", "remote.origin.url", url], "config remote.origin.url"));
         finish(result, &tmp, dir)
     }
+}
+
+/// The lock of one repository's directory in this process (its mirror and
+/// checkouts). Entries are a few bytes per repository ever built here.
+fn repo_lock(repo_dir: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(locks.entry(repo_dir.to_path_buf()).or_default())
 }
 
 /// A failed fetch of the branch is no failure yet (the sha may be there);

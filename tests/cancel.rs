@@ -272,7 +272,7 @@ fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_request
             let Enqueued::Queued { id: first, .. } = queue::enqueue(&mut c, &job(&p1)).unwrap() else { panic!("not queued") };
             let taken = queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap();
             assert_eq!(taken.as_deref(), Some(first.as_str()));
-            assert!(matches!(queue::start(&mut c, &first, "ci:working:slave:0", "slave-0", 3).unwrap(), Begun::Run(_)));
+            assert!(matches!(queue::start(&mut c, &first, "ci:working:slave:0", "slave-0", 3, &[]).unwrap(), Begun::Run(_)));
             let Enqueued::Queued { id: second, canceled, .. } = queue::enqueue(&mut c, &job(&p2)).unwrap() else { panic!("not queued") };
             let state = read_build(&redis, &first).unwrap().state;
             assert_eq!(canceled.is_some(), expected, "lua rule, {policy:?} {branch:?}: canceled={canceled:?}");

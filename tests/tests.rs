@@ -91,3 +91,7 @@ mod cancel;
 
 /// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds (issue 11).
 mod pulls;
+
+/// Issue 12: executors beside a long build, one branch at a time, stealing (exactly once, the
+/// home cache kept).
+mod scaling;
