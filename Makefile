@@ -20,9 +20,10 @@ run: build ## Redis + hook on :5000 + three slaves; prints the token and a curl 
 	@scripts/run-local.sh
 
 .PHONY: test
-test: deps ## the whole suite: unit tests, the real-binaries integration tests, the deployment definitions
+test: deps ## the whole suite: unit tests, the real-binaries integration tests, the deployment definitions (Marathon, Kubernetes)
 	$(CARGO) test --all-targets
 	python3 images/validate.py --self-test
+	images/kubernetes/validate.sh --self-test
 
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors
@@ -34,6 +35,7 @@ images: ## build the hook, slave and redis images (base image built locally when
 	@scripts/deps.sh debootstrap:debootstrap
 	@images/build-images.sh
 	@python3 images/validate.py --self-test
+	@images/kubernetes/validate.sh --self-test
 
 .PHONY: e2e
 e2e: ## the deployment tests on a real Docker engine (needs `make images`)

@@ -21,6 +21,13 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import jsonschema, yaml' 
    && [ "$(command -v python3)" = /usr/bin/python3 ]; then
   need+=(python3-jsonschema python3-yaml)
 fi
+# images/kubernetes/validate.sh (run by make test) makes a venv for
+# kubernetes-validate from PyPI; Debian's python3 makes venvs only with
+# python3-venv (ensurepip).
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null \
+   && [ "$(command -v python3)" = /usr/bin/python3 ]; then
+  need+=(python3-venv)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "deps: installing ${need[*]} with apt-get"
