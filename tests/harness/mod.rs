@@ -335,7 +335,7 @@ pub fn bin(name: &str) -> String {
 
 /// Our binaries see only what we give them: the inherited HOOK_*, SLAVE_*, REDIS_*, GIT_* and
 /// RUST_LOG variables are removed first.
-fn scrubbed(bin: &str) -> Command {
+pub fn scrubbed(bin: &str) -> Command {
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
