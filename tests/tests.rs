@@ -91,3 +91,7 @@ mod cancel;
 
 /// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds (issue 11).
 mod pulls;
+
+/// Issue 12: HOOK_ROUTING=mod|jump: ENQUEUE's selection held against routing's rule, a jump hook's
+/// routes, the agreement through `ci:routing`, re-routing of a vanished index by the stored rule.
+mod routing;

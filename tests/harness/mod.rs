@@ -240,7 +240,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, out: PathBuf, err: PathBuf) -> Proc {
+    pub fn spawn(name: &str, mut cmd: Command, out: PathBuf, err: PathBuf) -> Proc {
         let o = fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
         let e = fs::OpenOptions::new().create(true).append(true).open(&err).unwrap();
         cmd.stdin(Stdio::null()).stdout(o).stderr(e);
