@@ -73,6 +73,11 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         default: "0",
         doc: "`1` builds tag pushes (branch `tags/<name>`, step env TAG_NAME); `0` answers 200 without a build",
     },
+    Setting {
+        name: "HOOK_ROUTING",
+        default: "mod",
+        doc: "slave index of a repository inside its cluster of N: `mod` (CRC32 mod N; N to N+1 moves N/(N+1) of the repositories) or `jump` (jump consistent hash of the CRC32; moves 1/(N+1)); every hook must agree (Redis key ci:routing)",
+    },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -191,6 +196,8 @@ pub struct HookConfig {
     pub cancel_running: crate::queue::CancelRunning,
     /// HOOK_FORK_PULLS and HOOK_BUILD_TAGS.
     pub policy: crate::payload::Policy,
+    /// HOOK_ROUTING.
+    pub routing: crate::routing::Routing,
 }
 
 impl HookConfig {
@@ -220,6 +227,10 @@ impl HookConfig {
                 let v = raw(s, "HOOK_CANCEL_RUNNING").unwrap_or_default();
                 crate::queue::CancelRunning::parse(&v)
                     .ok_or_else(|| ConfigError(format!("HOOK_CANCEL_RUNNING={v:?}: expected pulls, all or none")))?
+            },
+            routing: {
+                let v = raw(s, "HOOK_ROUTING").unwrap_or_default();
+                crate::routing::Routing::parse(&v).ok_or_else(|| ConfigError(format!("HOOK_ROUTING={v:?}: expected mod or jump")))?
             },
             policy: crate::payload::Policy {
                 fork_pulls: match raw(s, "HOOK_FORK_PULLS").unwrap_or_default().as_str() {

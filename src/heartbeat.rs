@@ -225,10 +225,11 @@ fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redis::RedisRes
         return Ok(());
     }
     let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
+    let routing = queue::stored_routing(c)?;
     for i in n..=top.unwrap_or(0).max(n) {
-        queue::reroute_list(c, &queue::queue_key(cluster, i), cluster, n)?;
+        queue::reroute_list(c, &queue::queue_key(cluster, i), cluster, n, routing)?;
         if !membership::held(c, cluster, i)? {
-            queue::reroute_list(c, &queue::working_key(cluster, i), cluster, n)?;
+            queue::reroute_list(c, &queue::working_key(cluster, i), cluster, n, routing)?;
         }
     }
     Ok(())

@@ -463,7 +463,17 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply
         .or_else(|| req.header("X-Gogs-Delivery"))
         .or_else(|| req.header("Idempotency-Key"))
         .or_else(|| req.header("X-Gitlab-Event-UUID"));
-    enqueue(redis, &Job { push: &push, delivery, reset: false, keep: hook.config.history_keep, cancel_running: hook.config.cancel_running })
+    enqueue(
+        redis,
+        &Job {
+            push: &push,
+            delivery,
+            reset: false,
+            keep: hook.config.history_keep,
+            cancel_running: hook.config.cancel_running,
+            routing: hook.config.routing,
+        },
+    )
 }
 
 fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
@@ -493,6 +503,13 @@ fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
             let asked = if p.hints.is_empty() { "any".to_string() } else { p.hints.join("+") };
             Reply::error(503, format!("no live slave cluster offers {asked}; live clusters: {live}"))
         }
+        Ok(Enqueued::OtherRouting { agreed }) => Reply::error(
+            503,
+            format!(
+                "this hook routes by HOOK_ROUTING={}, but the deployment agreed on {agreed} (Redis key ci:routing); restart this hook with HOOK_ROUTING={agreed}",
+                job.routing.as_str()
+            ),
+        ),
     };
     reply.facts = format!("{facts}{}", reply.facts);
     reply
@@ -629,7 +646,14 @@ fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, que
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
         Ok(Some(push)) => enqueue(
             redis,
-            &Job { push: &push, delivery: None, reset, keep: hook.config.history_keep, cancel_running: hook.config.cancel_running },
+            &Job {
+                push: &push,
+                delivery: None,
+                reset,
+                keep: hook.config.history_keep,
+                cancel_running: hook.config.cancel_running,
+                routing: hook.config.routing,
+            },
         ),
     }
 }

@@ -10,7 +10,8 @@
 //! `history:<repo>:<branch>` LIST, `repos` SET, `branches:<repo>` SET, `log:<id>` STREAM,
 //! `cancel:<cluster>:<index>` LIST (ids of running builds to kill, see [`cancel`]),
 //! `running:<repo>:<branch>` (the branch's build that START last marked running),
-//! `executors:<cluster>` HASH (index → busy, total executors; see `membership`).
+//! `executors:<cluster>` HASH (index → busy, total executors; see `membership`),
+//! `routing` (`mod` or `jump`: the cluster's [`crate::routing::Routing`], see [`agree_routing`]).
 
 use redis::{Connection, RedisResult, Script};
 use std::sync::OnceLock;
@@ -101,6 +102,11 @@ if delivery ~= '' then
   local seen = redis.call('GET', 'ci:delivery:' .. delivery)
   if seen then return {'duplicate', seen, ''} end
 end
+-- the routing rule (ARGV[14]) is the one the hooks agreed on in ci:routing
+local rule, points = ARGV[14], ARGV[15]
+local agreed = redis.call('GET', 'ci:routing')
+if not agreed then redis.call('SET', 'ci:routing', rule)
+elseif agreed ~= rule then return {'routing', agreed, ''} end
 -- the cluster: first by (name length, name) offering every hint, with live slaves
 local wanted = {}
 for h in string.gmatch(hints, '%S+') do wanted[#wanted + 1] = h end
@@ -135,7 +141,16 @@ if pending and redis.call('HGET', 'ci:build:' .. pending, 'state') == 'queued' t
   if delivery ~= '' then redis.call('SET', 'ci:delivery:' .. delivery, pending, 'EX', ARGV[11]) end
   return {'coalesced', pending, redis.call('HGET', 'ci:build:' .. pending, 'slave')}
 end
+-- the index: Rust's routing::Routing::index, selected from what the hook computed
+-- (a test holds the two together): mod, CRC32 mod n; jump, the largest jump point < n
 local index = crc % n
+if rule == 'jump' then
+  index = 0
+  for p in string.gmatch(points, '%d+') do
+    if tonumber(p) >= n then break end
+    index = tonumber(p)
+  end
+end
 local slave = cluster .. '-' .. index
 local id = tostring(redis.call('INCR', 'ci:seq'))
 local previous = redis.call('GET', 'ci:last:' .. bkey)
@@ -363,6 +378,8 @@ pub struct Job<'a> {
     pub keep: usize,
     /// HOOK_CANCEL_RUNNING.
     pub cancel_running: CancelRunning,
+    /// HOOK_ROUTING: the rule this hook routes by (it must be `ci:routing`'s).
+    pub routing: crate::routing::Routing,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -384,6 +401,10 @@ pub enum Enqueued {
     NoSlave {
         live: String,
     },
+    /// Nothing queued: the cluster routes by `agreed` (`ci:routing`), not by the job's rule.
+    OtherRouting {
+        agreed: String,
+    },
 }
 
 /// Stores the push record and queues its build in one atomic script.
@@ -404,12 +425,15 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(DELIVERY_TTL_SECS)
         .arg(job.keep.max(1))
         .arg(job.cancel_running.as_str())
+        .arg(job.routing.as_str())
+        .arg(job.routing.points(&p.repo).iter().map(u32::to_string).collect::<Vec<_>>().join(" "))
         .invoke(conn)?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     Ok(match reply.first().map(String::as_str) {
         Some("queued") => Enqueued::Queued { id: field(1), slave: field(2), canceled: Some(field(3)).filter(|c| !c.is_empty()) },
         Some("coalesced") => Enqueued::Coalesced { id: field(1), slave: field(2) },
         Some("duplicate") => Enqueued::Duplicate { id: field(1) },
+        Some("routing") => Enqueued::OtherRouting { agreed: field(1) },
         _ => Enqueued::NoSlave { live: field(1) },
     })
 }
@@ -644,8 +668,8 @@ pub fn requeue_working(conn: &mut Connection, cluster: &str, index: u32) -> Redi
 }
 
 /// Re-routes every job of `list` (a queue, or the in-progress list of a dead
-/// slave) by CRC32(repo) mod `n`; returns how many moved.
-pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32) -> RedisResult<u32> {
+/// slave) by `routing` over `n` slaves; returns how many moved.
+pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32, routing: crate::routing::Routing) -> RedisResult<u32> {
     static S: OnceLock<Script> = OnceLock::new();
     let mut moved = 0;
     loop {
@@ -655,7 +679,7 @@ pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32) ->
             let _: () = redis::cmd("LREM").arg(list).arg(1).arg(&id).query(conn)?;
             continue;
         };
-        let index = crate::routing::slave_index(&repo, n);
+        let index = routing.index(&repo, n);
         let target = queue_key(cluster, index);
         let done: i64 = script(&S, "", MOVE_ONE).key(list).key(&target).arg(&id).invoke(conn)?;
         if done == 1 {
@@ -683,6 +707,27 @@ pub fn shared_token(conn: &mut Connection, candidate: &str) -> RedisResult<(Stri
     let stored: bool = redis::cmd("SET").arg("ci:token").arg(candidate).arg("NX").query::<Option<String>>(conn)?.is_some();
     let token: String = redis::cmd("GET").arg("ci:token").query(conn)?;
     Ok((token, stored))
+}
+
+/// The key holding the routing rule every hook of the deployment uses.
+pub const ROUTING_KEY: &str = "ci:routing";
+
+/// Stores `rule` as the deployment's routing rule unless one is stored
+/// already (SET NX); returns the stored word, which the caller compares.
+pub fn agree_routing(conn: &mut Connection, rule: crate::routing::Routing) -> RedisResult<String> {
+    let _: Option<String> = redis::cmd("SET").arg(ROUTING_KEY).arg(rule.as_str()).arg("NX").query(conn)?;
+    redis::cmd("GET").arg(ROUTING_KEY).query(conn)
+}
+
+/// The deployment's routing rule, as slaves re-route by it: `ci:routing`,
+/// `mod` when absent (no hook with HOOK_ROUTING has started).
+pub fn stored_routing(conn: &mut Connection) -> RedisResult<crate::routing::Routing> {
+    let word: Option<String> = redis::cmd("GET").arg(ROUTING_KEY).query(conn)?;
+    match word {
+        None => Ok(crate::routing::Routing::Mod),
+        Some(w) => crate::routing::Routing::parse(&w)
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::TypeError, "ci:routing holds neither mod nor jump", w))),
+    }
 }
 
 /// The branch asked for, else the repository's default branch as the last

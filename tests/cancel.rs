@@ -235,6 +235,7 @@ fn by_default_a_newer_commit_cancels_a_pull_request_build_but_not_main() {
 #[test]
 fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_requests() {
     use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Job};
+    use ci_backend::routing::Routing;
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_connection().unwrap();
@@ -268,7 +269,7 @@ fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_request
                 ci_backend::payload::Push::from_json(&text).unwrap()
             };
             let (p1, p2) = (push(&"1".repeat(40)), push(&"2".repeat(40)));
-            let job = |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy };
+            let job = |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy, routing: Routing::Mod };
             let Enqueued::Queued { id: first, .. } = queue::enqueue(&mut c, &job(&p1)).unwrap() else { panic!("not queued") };
             let taken = queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap();
             assert_eq!(taken.as_deref(), Some(first.as_str()));

@@ -95,3 +95,7 @@ mod pulls;
 /// Issue 12: executors beside a long build, one branch at a time, stealing (exactly once, the
 /// home cache kept).
 mod scaling;
+
+/// Issue 12: HOOK_ROUTING=mod|jump: ENQUEUE's selection held against routing's rule, a jump hook's
+/// routes, the agreement through `ci:routing`, re-routing of a vanished index by the stored rule.
+mod routing;

@@ -1,5 +1,5 @@
-//! `hook`: reads its configuration, starts the logger, settles the token,
-//! binds and runs the HTTP workers until Ctrl-C / SIGTERM.
+//! `hook`: reads its configuration, starts the logger, settles the token and
+//! the routing rule, binds and runs the HTTP workers until Ctrl-C / SIGTERM.
 
 use ci_backend::logging::quote;
 use ci_backend::redis_conn::{redact_url, Backoff, Redis};
@@ -14,30 +14,53 @@ fn main() {
         return;
     }
     logging::init();
-    if let Err(e) = run() {
-        log::error!("hook.failed error={}", quote(&e));
-        std::process::exit(1);
+    match run() {
+        Ok(()) => {}
+        Err(Stop::Refused(why)) => {
+            log::error!("hook.refused reason={}", quote(&why));
+            eprintln!("hook: {why}");
+            std::process::exit(2);
+        }
+        Err(Stop::Failed(e)) => {
+            log::error!("hook.failed error={}", quote(&e));
+            std::process::exit(1);
+        }
     }
 }
 
-fn run() -> Result<(), String> {
+/// Why the hook ended early: it refused to start (exit 2, the reason also on
+/// stderr), or it failed (exit 1).
+enum Stop {
+    Refused(String),
+    Failed(String),
+}
+
+impl From<String> for Stop {
+    fn from(e: String) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+fn run() -> Result<(), Stop> {
     let config = config::HookConfig::from_env().map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
         .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     let token = settle_token(&config, &stop)?;
+    settle_routing(&config)?;
     let listener =
         http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
-        "hook.listening addr={addr} reads={} threads={} queue={} redis={} max_body={} request_timeout={}",
+        "hook.listening addr={addr} reads={} threads={} queue={} redis={} max_body={} request_timeout={} routing={}",
         config.read_token.as_deref().map_or("open".to_string(), |t| format!("token:{}", ci_backend::signature::fingerprint(t))),
         config.threads,
         config.queue,
         quote(&redact_url(&config.redis_url)),
         config.max_body,
-        config.request_timeout.as_secs()
+        config.request_timeout.as_secs(),
+        config.routing.as_str()
     );
     let hook = Arc::new(http::Hook::new(config, token));
     // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
@@ -81,4 +104,33 @@ fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String
         }
     }
     Err("stopped before the token could be read from Redis".into())
+}
+
+/// Agrees on the routing rule with the deployment's other hooks through
+/// `ci:routing`: the first hook stores its HOOK_ROUTING, a hook with another
+/// rule refuses to start. With Redis unreachable now, it starts anyway: each
+/// enqueue checks (or stores) the rule in the same script.
+fn settle_routing(config: &config::HookConfig) -> Result<(), Stop> {
+    let rule = config.routing.as_str();
+    let mut redis = Redis::open(&config.redis_url, Duration::from_secs(3))?;
+    match redis.run_again(|c| queue::agree_routing(c, config.routing)) {
+        Ok(agreed) if agreed == rule => {
+            log::info!("hook.routing rule={rule}");
+            Ok(())
+        }
+        Ok(agreed) => Err(Stop::Refused(format!(
+            "HOOK_ROUTING={rule}, but this deployment routes by {agreed} (Redis key ci:routing, stored by its first hook): \
+             start this hook with HOOK_ROUTING={agreed}, or switch every hook: stop them all, let the queues drain, \
+             `redis-cli DEL ci:routing`, then start them with HOOK_ROUTING={rule}",
+            agreed = quote(&agreed)
+        ))),
+        Err(e) => {
+            log::warn!(
+                "hook.routing rule={rule} agreed=later redis={} error={}: each push checks ci:routing",
+                quote(&redact_url(&config.redis_url)),
+                quote(&e.to_string())
+            );
+            Ok(())
+        }
+    }
 }

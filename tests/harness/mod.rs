@@ -240,7 +240,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, out: PathBuf, err: PathBuf) -> Proc {
+    pub fn spawn(name: &str, mut cmd: Command, out: PathBuf, err: PathBuf) -> Proc {
         let o = fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
         let e = fs::OpenOptions::new().create(true).append(true).open(&err).unwrap();
         cmd.stdin(Stdio::null()).stdout(o).stderr(e);
@@ -335,7 +335,7 @@ pub fn bin(name: &str) -> String {
 
 /// Our binaries see only what we give them: the inherited HOOK_*, SLAVE_*, REDIS_*, GIT_* and
 /// RUST_LOG variables are removed first.
-fn scrubbed(bin: &str) -> Command {
+pub fn scrubbed(bin: &str) -> Command {
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
