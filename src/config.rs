@@ -332,7 +332,7 @@ impl SlaveConfig {
                 n => return Err(ConfigError(format!("SLAVE_EXECUTORS=\"{n}\": expected 1 to {MAX_EXECUTORS}"))),
             },
             steal_after: match number::<f64>(s, "SLAVE_STEAL_AFTER", "a number of seconds (0: never)")? {
-                n if n == 0.0 => None,
+                0.0 => None,
                 n if n.is_finite() && (0.1..=86_400.0).contains(&n) => Some(Duration::from_secs_f64(n)),
                 n => return Err(ConfigError(format!("SLAVE_STEAL_AFTER=\"{n}\": expected 0 (never) or 0.1 to 86400 seconds"))),
             },

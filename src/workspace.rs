@@ -12,10 +12,10 @@
 use crate::build_user::BuildUser;
 use crate::credentials::Credentials;
 use crate::process::{self, Capture, Exit};
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -167,7 +167,8 @@ fn two_hundred_jobs_on_one_queue_are_each_built_exactly_once_under_stealing() {
     assert_eq!(count.len(), 200, "every job built once");
     assert!(!marks.join("twice").exists(), "two runs of one build overlapped: {:?}", fs::read_to_string(marks.join("twice")));
     let stolen = builds.iter().filter(|b| b.fields.get("stolen").map(String::as_str) == Some("slave-0")).count();
-    let thieves: std::collections::BTreeSet<&str> = builds.iter().filter(|b| b.fields.contains_key("stolen")).map(|b| b.slave.as_str()).collect();
+    let thieves: std::collections::BTreeSet<&str> =
+        builds.iter().filter(|b| b.fields.contains_key("stolen")).map(|b| b.slave.as_str()).collect();
     println!("stealing race: 200 jobs, {stolen} stolen from slave-0 by {thieves:?}");
     assert!(stolen > 0, "with stealing at 0.5 s the idle slaves must take some of slave-0's 200 jobs");
     for b in &builds {
