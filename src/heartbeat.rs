@@ -64,11 +64,25 @@ pub struct State {
     gate_changed: Condvar,
     /// The loop has ended and released the index: renew no more.
     pub done: AtomicBool,
+    /// SLAVE_LEASE.
+    lease: Duration,
+    /// When the last renewal (or the claim) that Redis confirmed was sent:
+    /// the lease runs at least one lease from then.
+    confirmed: Mutex<Instant>,
 }
 
+/// Past this share of a lease without a confirmed renewal (one renewal
+/// missed, plus slack), the slave starts nothing and kills its builds: its
+/// index may be claimed by another slave once the lease runs out, and the
+/// build guards (no beats from now on) SIGKILL what is left within half a
+/// lease more — before then.
+const UNCONFIRMED_SHARE: (u32, u32) = (3, 8);
+
 impl State {
-    pub fn new(index: u32, executors: usize) -> State {
+    pub fn new(index: u32, executors: usize, lease: Duration) -> State {
         State {
+            lease,
+            confirmed: Mutex::new(Instant::now()),
             index: Mutex::new(index),
             lost: AtomicBool::new(false),
             slots: (0..executors.max(1)).map(|_| Slot::default()).collect(),
@@ -82,6 +96,17 @@ impl State {
 
     pub fn index(&self) -> u32 {
         *lock(&self.index)
+    }
+
+    /// Redis confirmed the lease in a call sent at `sent` (a renewal or a claim).
+    pub fn confirm(&self, sent: Instant) {
+        let mut at = lock(&self.confirmed);
+        *at = (*at).max(sent);
+    }
+
+    /// Whether the lease was confirmed recently enough to start or keep building.
+    pub fn lease_fresh(&self) -> bool {
+        lock(&self.confirmed).elapsed() < self.lease * UNCONFIRMED_SHARE.0 / UNCONFIRMED_SHARE.1
     }
 
     /// Sets the build executor `slot` runs (`None` when idle).
@@ -264,8 +289,9 @@ pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: A
                     let index = lock(&state.index);
                     let jobs = state.jobs();
                     let executors = (state.busy(), state.slots.len());
+                    let sent = Instant::now();
                     match redis.run(|c| member.renew(c, *index, &jobs, executors)) {
-                        Ok(true) => {}
+                        Ok(true) => state.confirm(sent),
                         Ok(false) => {
                             if !state.lost.swap(true, Ordering::SeqCst) {
                                 log::warn!(
@@ -290,15 +316,32 @@ pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: A
 
 /// Beats every build guard (see [`crate::guard`]) from a thread that touches
 /// nothing else, so only a stopped or hung slave misses beats — not a slow
-/// Redis. Guards fire after half a lease of silence.
+/// Redis. Guards fire after half a lease of silence. While the lease goes
+/// unconfirmed (Redis unreachable or too slow to renew it), the beats stop
+/// and every running build is killed: another slave may claim the index
+/// when the lease runs out, and must not find its builds still running.
 pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
     crate::guard::set_silence_limit(lease / 2);
     let every = (lease / 8).min(Duration::from_millis(100));
     std::thread::Builder::new()
         .name("beats".into())
         .spawn(move || {
+            let mut fresh = true;
             while !state.done.load(Ordering::SeqCst) {
-                crate::guard::beat_all();
+                if state.lease_fresh() {
+                    crate::guard::beat_all();
+                    fresh = true;
+                } else {
+                    if fresh && state.busy() > 0 {
+                        log::warn!(
+                            "slave.lease_unconfirmed index={}: no renewal confirmed for {} ms; stopping the running builds before the lease can run out",
+                            state.index(),
+                            lease.as_millis() * u128::from(UNCONFIRMED_SHARE.0) / u128::from(UNCONFIRMED_SHARE.1)
+                        );
+                    }
+                    fresh = false;
+                    state.kill_all();
+                }
                 std::thread::sleep(every);
             }
         })

@@ -50,7 +50,7 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
-    let state = Arc::new(State::new(index, config.executors));
+    let state = Arc::new(State::new(index, config.executors, config.lease));
     take_over(&mut redis, &config, &member, index, &signals);
     heartbeat::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
     heartbeat::spawn_beats(config.lease, Arc::clone(&state))?;
@@ -103,6 +103,7 @@ fn coordinate(redis: &mut Redis, member: &Member, sh: &Shared) {
                 state.open();
                 break;
             };
+            state.confirm(Instant::now());
             {
                 let mut held = lock(&state.index);
                 *held = i;
@@ -225,6 +226,11 @@ fn executor(sh: &Shared, e: usize) {
 /// sibling's (SLAVE_STEAL_AFTER). `None` when there is none yet.
 fn next_job(redis: &mut Redis, sh: &Shared, e: usize, index: u32) -> redis::RedisResult<Option<Started>> {
     let (config, state) = (&sh.config, &sh.state);
+    if !state.lease_fresh() {
+        // Redis has not confirmed the lease lately: start nothing until it does.
+        std::thread::sleep(DEFERRED_WAIT);
+        return Ok(None);
+    }
     let deferred = lock(&state.deferred).clone();
     for id in &deferred {
         let _starting = lock(&state.starting);
@@ -267,6 +273,10 @@ fn begin(redis: &mut Redis, sh: &Shared, e: usize, index: u32, id: &str) -> redi
     let slot = &state.slots[e];
     let slave = format!("{}-{index}", config.cluster);
     let working = queue::working_key(&config.cluster, index);
+    if !state.lease_fresh() {
+        defer(state, id, &slave, "the lease is not confirmed; it starts once it is");
+        return Ok(None);
+    }
     let busy = state.busy_branches();
     // The job is this executor's from before START on: a cancel the watcher
     // pops while START runs (or just after) finds it and stops the build.
@@ -283,11 +293,7 @@ fn begin(redis: &mut Redis, sh: &Shared, e: usize, index: u32, id: &str) -> redi
         }
         Ok(Begun::Busy) => {
             state.set_job(e, None);
-            let mut deferred = lock(&state.deferred);
-            if !deferred.iter().any(|d| d == id) {
-                log::info!("build.deferred id={id} slave={slave}: a build of its branch is running; it starts when that one ends");
-                deferred.push(id.to_string());
-            }
+            defer(state, id, &slave, "a build of its branch is running; it starts when that one ends");
             Ok(None)
         }
         Ok(Begun::GaveUp { died, push }) => {
@@ -312,6 +318,15 @@ fn begin(redis: &mut Redis, sh: &Shared, e: usize, index: u32, id: &str) -> redi
             log_error("start", &err);
             Ok(None)
         }
+    }
+}
+
+/// Keeps a taken job (in the in-progress list) to start later.
+fn defer(state: &State, id: &str, slave: &str, why: &str) {
+    let mut deferred = lock(&state.deferred);
+    if !deferred.iter().any(|d| d == id) {
+        log::info!("build.deferred id={id} slave={slave}: {why}");
+        deferred.push(id.to_string());
     }
 }
 
@@ -355,7 +370,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
                 log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
                 return false;
             }
-            log::warn!("build.abandoned {facts}: the index was lost or this slave stalled past half a lease; the job runs again");
+            log::warn!("build.abandoned {facts}: the index was lost, its lease went unconfirmed (Redis unreachable) or this slave stalled; the job runs again");
             return true;
         }
     };

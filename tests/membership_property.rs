@@ -30,11 +30,19 @@ struct Cluster {
     /// (when, how many slave processes were alive) at every change.
     alive: Arc<Mutex<Vec<(Instant, usize)>>>,
     fixed: bool,
+    /// SLAVE_EXECUTORS and SLAVE_STEAL_AFTER of this schedule's slaves (issue 12).
+    executors: usize,
+    steal: &'static str,
 }
 
 impl Cluster {
-    fn env(index: Option<u32>) -> Vec<(String, String)> {
-        let mut env = vec![("SLAVE_LEASE".to_string(), "1".to_string()), ("SLAVE_MAX_ATTEMPTS".to_string(), "100".to_string())];
+    fn env(&self, index: Option<u32>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("SLAVE_LEASE".to_string(), "1".to_string()),
+            ("SLAVE_MAX_ATTEMPTS".to_string(), "100".to_string()),
+            ("SLAVE_EXECUTORS".to_string(), self.executors.to_string()),
+            ("SLAVE_STEAL_AFTER".to_string(), self.steal.to_string()),
+        ];
         if let Some(i) = index {
             env.push(("SLAVE_INDEX".to_string(), i.to_string()));
         }
@@ -46,7 +54,7 @@ impl Cluster {
     }
 
     fn start_slave(&mut self, index: Option<u32>) {
-        let env = Cluster::env(index);
+        let env = self.env(index);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         // Counted from before its start: it holds an index before it says it is ready.
         self.alive.lock().unwrap().push((Instant::now(), self.slaves.len() + 1));
@@ -186,6 +194,8 @@ fn schedule(seed: u64) -> (usize, usize, Duration) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let fixed = rng.chance(3);
     let k = 2 + rng.below(4); // 2..=5 slaves
+    let executors = 1 + rng.below(3);
+    let steal = if rng.chance(2) { "0.5" } else { "0" };
     let redis = Redis::start();
     let hook = Hook::start(&redis, &[]);
     let root = redis.root.clone();
@@ -208,7 +218,7 @@ fn schedule(seed: u64) -> (usize, usize, Duration) {
         repos.push((git.name.clone(), git.file_url(), sha));
     }
     let alive = Arc::new(Mutex::new(Vec::new()));
-    let mut c = Cluster { redis, hook, slaves: Vec::new(), alive: Arc::clone(&alive), fixed };
+    let mut c = Cluster { redis, hook, slaves: Vec::new(), alive: Arc::clone(&alive), fixed, executors, steal };
     for i in 0..k {
         c.start_slave(fixed.then_some(i as u32));
     }
@@ -310,7 +320,7 @@ fn schedule(seed: u64) -> (usize, usize, Duration) {
     }
     assert!(!twice.exists(), "seed {seed} ({story:?}): built twice at the same time: {}", std::fs::read_to_string(&twice).unwrap());
     eprintln!(
-        "membership seed {seed}: {k} slaves, fixed={fixed}, {events} events {story:?}, {} builds, {samples} samples, longest settle {longest:?}",
+        "membership seed {seed}: {k} slaves, fixed={fixed}, executors={executors} steal_after={steal}, {events} events {story:?}, {} builds, {samples} samples, longest settle {longest:?}",
         ids.len()
     );
     (events, samples, longest)
