@@ -321,6 +321,23 @@ fn begin(redis: &mut Redis, sh: &Shared, e: usize, index: u32, id: &str) -> redi
     }
 }
 
+/// Sets an attempt that ended without a result back to queued, so that its
+/// next start does not count a death; retried while Redis is unreachable
+/// (the usual reason the attempt was stopped) for up to `patience`.
+fn abandon(redis: &mut Redis, job: &Started, patience: Duration, signals: &Signals) {
+    let until = Instant::now() + patience;
+    let mut backoff = Backoff::default();
+    loop {
+        match redis.run(|c| queue::abandon(c, job)) {
+            Err(e) if is_connection_error(&e) && Instant::now() < until && !signals.abort.load(Ordering::SeqCst) => {
+                std::thread::sleep(backoff.next_delay());
+            }
+            Err(e) => return log_error("abandon", &e),
+            Ok(()) => return,
+        }
+    }
+}
+
 /// Keeps a taken job (in the in-progress list) to start later.
 fn defer(state: &State, id: &str, slave: &str, why: &str) {
     let mut deferred = lock(&state.deferred);
@@ -365,7 +382,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         }
         Err(_) => {
             slot.kill.store(false, Ordering::SeqCst);
-            let _ = redis.run(|c| queue::abandon(c, &started));
+            abandon(redis, &started, config.lease * 2, &sh.signals);
             if sh.signals.abort.load(Ordering::SeqCst) {
                 log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
                 return false;
