@@ -68,7 +68,9 @@ fn redis_stopped_and_restarted_loses_no_accepted_push() {
     accepted.push(b.hook.push_ok(&g1, &s1));
     wait_build(&b.redis, &accepted[0], LONG);
 
-    // A build that is running when Redis goes away and finishes while it is away.
+    // A build that is running when Redis goes away: once its lease goes unconfirmed (3/8 of
+    // SLAVE_LEASE) the slave kills it, since another slave could claim the index when the lease
+    // runs out; it runs again once Redis is back.
     let blocker = Blocker::new(b.root(), "outage");
     let done = b.root().join("outage.done");
     let yml = format!("step: across\nshell: |\n{}  touch '{}'\n", indent(&blocker.snippet(), 2), done.display());
@@ -95,9 +97,19 @@ fn redis_stopped_and_restarted_loses_no_accepted_push() {
     assert!(r.header("Retry-After").is_some(), "503 without Retry-After: {:?}", r.headers);
     assert!(seen.iter().all(|c| *c == 503 || (200..300).contains(c)), "answers while Redis was down: {seen:?}");
     assert!(!seen.iter().any(|c| (200..300).contains(c)), "a 2xx while Redis was down cannot be durable: {seen:?}");
-    // The running build ends while Redis is still down.
+    let slave_logs = |b: &Backend| b.all_logs();
+    wait_for("slave.lease_unconfirmed during the outage", LONG, || {
+        let logs = slave_logs(&b);
+        if events(&logs, "build.abandoned").iter().any(|l| kv(l, "id").as_deref() == Some(id0.as_str())) {
+            Ok(())
+        } else {
+            Err(events(&logs, "slave.lease_unconfirmed").join("\n"))
+        }
+    });
+    assert!(!events(&slave_logs(&b), "slave.lease_unconfirmed").is_empty());
+    // Released now, the killed step can no longer finish: `done` appears only when it runs again.
     blocker.release();
-    wait_for("the step to end during the outage", LONG, || if done.exists() { Ok(()) } else { Err("running".into()) });
+    assert!(!done.exists(), "the step was killed before its blocker was released");
     // Still 503 now.
     let r = b.hook.push(&g2, &s2);
     assert_eq!(r.code, 503, "{r}");
@@ -119,6 +131,8 @@ fn redis_stopped_and_restarted_loses_no_accepted_push() {
         let build = wait_build(&b.redis, id, LONG);
         assert_eq!(build.state, "passed", "build {id}: {:#?}", build.log);
     }
+    assert!(done.exists(), "the build stopped during the outage ran again");
+    assert_eq!(read_build(&b.redis, &id0).unwrap().fields["attempt"], "2", "one attempt killed in the outage, one that passed");
     // Recovered without a restart.
     assert_eq!(b.hook.pid(), hook_pid);
     assert!(b.hook.proc.alive(), "the hook died");

@@ -223,6 +223,7 @@ fn a_built_fork_request_sees_nothing_of_the_slaves_environment() {
         "CI",
         "REPO",
         "BUILD_ID",
+        "SLAVE",
         "PULL_REQUEST",
         "BASE_BRANCH",
         "HEAD_BRANCH",
