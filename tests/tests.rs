@@ -91,3 +91,7 @@ mod cancel;
 
 /// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds (issue 11).
 mod pulls;
+
+/// Issue 12: Redis failover through Sentinel (master SIGKILLed with pushes flowing, nothing
+/// answered 2xx lost); REDIS_SENTINELS/REDIS_MASTER_NAME both or neither; REDIS_MIN_REPLICAS.
+mod failover;

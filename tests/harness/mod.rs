@@ -203,7 +203,7 @@ pub fn delivery_id() -> String {
     format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", t as u32, p & 0xffff, n & 0xfff, (t >> 32) & 0xfff, t ^ (n << 40))
 }
 
-fn rand_u64() -> u64 {
+pub fn rand_u64() -> u64 {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     let mut x = t ^ ((std::process::id() as u64) << 32) ^ ((next() as u64) << 17) ^ 0x9E37_79B9_7F4A_7C15;
     x ^= x << 13;
@@ -240,7 +240,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, out: PathBuf, err: PathBuf) -> Proc {
+    pub fn spawn(name: &str, mut cmd: Command, out: PathBuf, err: PathBuf) -> Proc {
         let o = fs::OpenOptions::new().create(true).append(true).open(&out).unwrap();
         let e = fs::OpenOptions::new().create(true).append(true).open(&err).unwrap();
         cmd.stdin(Stdio::null()).stdout(o).stderr(e);
@@ -335,7 +335,7 @@ pub fn bin(name: &str) -> String {
 
 /// Our binaries see only what we give them: the inherited HOOK_*, SLAVE_*, REDIS_*, GIT_* and
 /// RUST_LOG variables are removed first.
-fn scrubbed(bin: &str) -> Command {
+pub fn scrubbed(bin: &str) -> Command {
     let mut cmd = Command::new(bin);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().to_string();
