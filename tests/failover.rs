@@ -175,12 +175,7 @@ fn sigkilled_master_fails_over_and_every_2xx_push_is_built() {
                     ("Content-Type", "application/json"),
                 ];
                 let answer = match try_http(hook.addr, "POST", "/", &headers, body.as_bytes()) {
-                    Ok(r) => Answer {
-                        at: Instant::now(),
-                        code: r.code,
-                        text: r.text(),
-                        retry_after: r.header("Retry-After").is_some(),
-                    },
+                    Ok(r) => Answer { at: Instant::now(), code: r.code, text: r.text(), retry_after: r.header("Retry-After").is_some() },
                     Err(e) => Answer { at: Instant::now(), code: 0, text: e.to_string(), retry_after: false },
                 };
                 if (200..300).contains(&answer.code) {
@@ -263,7 +258,15 @@ fn sigkilled_master_fails_over_and_every_2xx_push_is_built() {
     for s in &slaves {
         assert_eq!(s.log().matches(&line).count(), 1, "{} log: {}", s.name(), tail(&s.proc.out, 40));
     }
-    assert_eq!(role(replica.port), "slave", "the other replica follows the new master");
+    let port = new_master.port.to_string();
+    wait_for("the other replica to follow the new master", DEADLINE, || {
+        let info = resp_cmd(replica.port, &["INFO", "replication"]).ok().and_then(|r| r.str()).unwrap_or_default();
+        if info.contains(&format!("master_port:{port}\r\n")) && info.contains("role:slave") {
+            Ok(())
+        } else {
+            Err(info)
+        }
+    });
     drop(slaves);
     drop(hook);
 }
