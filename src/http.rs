@@ -493,6 +493,9 @@ fn enqueue(hook: &Hook, redis: &mut Redis, job: &Job) -> Reply {
                 Enqueued::NoSlave { .. } => "",
             };
             log::warn!("build.unreplicated id={id} acked={acked} min={min}");
+            // A master that lost its replicas may have been replaced (a switchover leaves it up,
+            // still a master, for seconds): the next request asks the sentinels again.
+            redis.reconnect();
             let why = format!(
                 "build {id} is queued on the Redis master, but only {acked} of REDIS_MIN_REPLICAS={min} replicas acknowledged it within {} ms, \
                  so a failover could lose it; retry: a redelivery is caught by its delivery id or coalesces with it",

@@ -22,6 +22,10 @@ const MAX_REDIAL: Duration = Duration::from_secs(1);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connect and read timeout for one question to one sentinel.
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a process asks the sentinels whether the master moved while
+/// its connections still work (a switchover, or an old master cut off but
+/// alive, keeps accepting writes until Sentinel demotes it, seconds later).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Where Redis is: REDIS_URL, or — with REDIS_SENTINELS and REDIS_MASTER_NAME —
 /// the master the sentinels name, with REDIS_URL's database, user and
@@ -39,8 +43,11 @@ struct Sentinels {
     master: String,
     /// The sentinel that answered last: asked first next time.
     first: AtomicUsize,
-    /// The master address this process last dialed.
+    /// The master this process last dialed or heard named; a connection
+    /// to another one is dropped before its next use.
     seen: Mutex<Option<String>>,
+    /// The watcher thread, started at the first dial.
+    watching: std::sync::Once,
 }
 
 impl Target {
@@ -73,16 +80,49 @@ impl Target {
         if addrs.is_empty() {
             return Err(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas"));
         }
-        let sentinels = Sentinels { addrs, master: master.to_string(), first: AtomicUsize::new(0), seen: Mutex::new(None) };
+        let sentinels = Sentinels {
+            addrs,
+            master: master.to_string(),
+            first: AtomicUsize::new(0),
+            seen: Mutex::new(None),
+            watching: std::sync::Once::new(),
+        };
         Ok(Target { url: url.to_string(), sentinel: Some(Arc::new(sentinels)) })
     }
 
     /// Dials the master: REDIS_URL's, or the one the sentinels name.
     pub fn connect(&self, timeout: Duration) -> RedisResult<redis::Connection> {
+        self.dial(timeout).map(|(conn, _)| conn)
+    }
+
+    /// The connection, and the master's address when the sentinels named it.
+    fn dial(&self, timeout: Duration) -> RedisResult<(redis::Connection, Option<String>)> {
         let info: ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())?;
         match &self.sentinel {
-            None => redis::Client::open(info)?.get_connection_with_timeout(timeout),
-            Some(s) => s.connect_master(info, timeout),
+            None => Ok((redis::Client::open(info)?.get_connection_with_timeout(timeout)?, None)),
+            Some(s) => {
+                let dialed = s.connect_master(info, timeout)?;
+                let watched = Arc::clone(s);
+                s.watching.call_once(move || {
+                    let spawned = std::thread::Builder::new().name("sentinel-watch".into()).spawn(move || watched.watch());
+                    if let Err(e) = spawned {
+                        log::error!(
+                            "redis.sentinel_watch_failed error={}: a master moved while connections work is seen at their next error only",
+                            crate::logging::quote(&e.to_string())
+                        );
+                    }
+                });
+                Ok((dialed.0, Some(dialed.1)))
+            }
+        }
+    }
+
+    /// Whether a connection to `master` (as [`Target::dial`] gave it) should
+    /// be dropped: the sentinels have named another master since.
+    fn moved(&self, master: Option<&str>) -> bool {
+        match (&self.sentinel, master) {
+            (Some(s), Some(m)) => s.seen.lock().unwrap_or_else(|p| p.into_inner()).as_deref().is_some_and(|seen| seen != m),
+            _ => false,
         }
     }
 }
@@ -114,7 +154,7 @@ impl Sentinels {
     /// Asks the sentinels in turn for the master's address, dials it with
     /// `info`'s database and credentials, and keeps it only if it answers
     /// `ROLE` as master. An address that failed is not dialed twice.
-    fn connect_master(&self, info: ConnectionInfo, timeout: Duration) -> RedisResult<redis::Connection> {
+    fn connect_master(&self, info: ConnectionInfo, timeout: Duration) -> RedisResult<(redis::Connection, String)> {
         let n = self.addrs.len();
         let first = self.first.load(Ordering::Relaxed);
         let mut tried: Vec<(String, u16)> = Vec::new();
@@ -140,12 +180,28 @@ impl Sentinels {
                 Ok(conn) => {
                     self.first.store(i, Ordering::Relaxed);
                     self.saw(&master, host, *port);
-                    return Ok(conn);
+                    return Ok((conn, master));
                 }
                 Err(e) => errors.push(format!("master {master} named by sentinel {host}:{port}: {e}")),
             }
         }
         Err(refused(format!("no master {:?} found: {}", self.master, errors.join("; "))))
+    }
+
+    /// Every WATCH_EVERY, the first sentinel that answers names the master;
+    /// a new one is noted, so connections to the old one are dropped.
+    fn watch(&self) {
+        loop {
+            std::thread::sleep(WATCH_EVERY);
+            let n = self.addrs.len();
+            let first = self.first.load(Ordering::Relaxed);
+            for (host, port) in (0..n).map(|k| &self.addrs[(first + k) % n]) {
+                if let Ok(Some((h, p))) = ask(host, *port, &self.master) {
+                    self.saw(&format!("{h}:{p}"), host, *port);
+                    break;
+                }
+            }
+        }
     }
 
     /// Logs the first master this process dials, and every change after.
@@ -188,6 +244,8 @@ fn dial_master(info: &ConnectionInfo, (host, port): (String, u16), timeout: Dura
 pub struct Redis {
     target: Target,
     conn: Option<redis::Connection>,
+    /// The master `conn` is to, when the sentinels named it.
+    master: Option<String>,
     /// Socket read/write timeout; blocking pops must block for less.
     io_timeout: Duration,
     /// No dial before this instant after a failed one; and the next wait.
@@ -200,7 +258,7 @@ impl Redis {
     pub fn open(target: &Target, io_timeout: Duration) -> Result<Redis, String> {
         redis::IntoConnectionInfo::into_connection_info(target.url.as_str())
             .map_err(|e| format!("REDIS_URL={:?}: {e}", redact_url(&target.url)))?;
-        Ok(Redis { target: target.clone(), conn: None, io_timeout, redial_at: None, redial_wait: Duration::from_millis(50) })
+        Ok(Redis { target: target.clone(), conn: None, master: None, io_timeout, redial_at: None, redial_wait: Duration::from_millis(50) })
     }
 
     fn dial(&mut self) -> redis::RedisResult<()> {
@@ -208,14 +266,15 @@ impl Redis {
             let ms = at.saturating_duration_since(Instant::now()).as_millis();
             return Err(refused(format!("redis unreachable; next dial in {ms} ms")));
         }
-        let dialed = self.target.connect(DIAL_TIMEOUT).and_then(|conn| {
+        let dialed = self.target.dial(DIAL_TIMEOUT).and_then(|(conn, master)| {
             conn.set_read_timeout(Some(self.io_timeout))?;
             conn.set_write_timeout(Some(self.io_timeout))?;
-            Ok(conn)
+            Ok((conn, master))
         });
         match dialed {
-            Ok(conn) => {
+            Ok((conn, master)) => {
                 self.conn = Some(conn);
+                self.master = master;
                 self.redial_at = None;
                 self.redial_wait = Duration::from_millis(50);
                 Ok(())
@@ -231,6 +290,9 @@ impl Redis {
     /// Runs `f` on a live connection, dialing first if needed. A connection
     /// error (not a script or type error) drops the connection.
     pub fn run<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if self.conn.is_some() && self.target.moved(self.master.as_deref()) {
+            self.conn = None;
+        }
         if self.conn.is_none() {
             self.dial()?;
         }

@@ -267,6 +267,34 @@ fn sigkilled_master_fails_over_and_every_2xx_push_is_built() {
             Err(info)
         }
     });
+
+    // A switchover (`SENTINEL FAILOVER`): the master stays up but becomes a replica (READONLY);
+    // the hook follows it to the other one and builds go on.
+    let asked = wait_for("SENTINEL FAILOVER to be accepted", LONG, || match resp_cmd(sentinels[0].port, &["SENTINEL", "FAILOVER", NAME]) {
+        Ok(Resp::Simple(ok)) if ok == "OK" => Ok(Instant::now()),
+        other => Err(format!("{other:?}")),
+    });
+    let third = format!("127.0.0.1:{}", replica.port);
+    let git = &repos[0];
+    git.write("n", "switchover");
+    let sha = git.commit("after the switchover");
+    git.push();
+    let id = wait_for("a 2xx from the master after the switchover", LONG, || {
+        let r = hook.push(git, &sha);
+        match r.code {
+            202 if role(replica.port) == "master" => Ok(r.json()["id"].as_str().unwrap().to_string()),
+            202 | 503 => Err(format!("{r}")),
+            _ => panic!("after the switchover: {r}"),
+        }
+    });
+    eprintln!("switchover: SENTINEL FAILOVER to the first 2xx from the new master {third}: {:.2} s", asked.elapsed().as_secs_f64());
+    let build = wait_build(replica, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    let switched = format!("redis.failover old={new} new={third} name={NAME}");
+    wait_for("the hook to log the switchover", DEADLINE, || match hook.log().matches(&switched).count() {
+        1 => Ok(()),
+        n => Err(format!("{n} lines {switched:?}")),
+    });
     drop(slaves);
     drop(hook);
 }
