@@ -206,7 +206,7 @@ cleanup() {
     elif [ "$MODE" = compose ]; then
         compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || left+=" compose"
     fi
-    docker rm -f $(docker ps -aq --filter "label=ci-e2e=$STACK") >/dev/null 2>&1
+    docker rm -fv $(docker ps -aq --filter "label=ci-e2e=$STACK") >/dev/null 2>&1
     docker network rm "$LB_NET" "$SN_NET" >/dev/null 2>&1
     docker volume rm "$REPOS_VOL" "${STACK}-lb-redis" >/dev/null 2>&1
     local imgs; imgs="$(docker image ls -q ci-e2e-built | sort -u)"
@@ -666,7 +666,7 @@ check_haproxy() {
 # =============================================================================
 # 8. Redis failover through Sentinel: master + 2 replicas + 3 sentinels
 # =============================================================================
-# Containers of their own (label ci-e2e, network $SN_NET, data on tmpfs): the
+# Containers of their own (label ci-e2e, network $SN_NET): the
 # hook (REDIS_MIN_REPLICAS=1) and two slaves find the master through the
 # sentinels; pushes flow while the master container is killed. Every push
 # answered 2xx must be built on the new master; the others must be 503s
@@ -693,7 +693,8 @@ sn_push() {   # sn_push <k>: pushes repo e2e/sn-<k mod 4> at SN_SHA (a new commi
     push "$repo" "$SN_SHA" "push $1" "$SN_URL"
 }
 check_sentinel() {
-    local port label=(--label "ci-e2e=$STACK") net=(--network "$SN_NET") data=(--tmpfs /data:rw,mode=1777) i c
+    # /data: the image's anonymous volume (owned by its redis user), removed with the container.
+    local port label=(--label "ci-e2e=$STACK") net=(--network "$SN_NET") data=() i c
     OWNED=1
     port="$(free_port)" || { WHY="no free port"; return 1; }
     SN_URL="http://127.0.0.1:$port"
