@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 
 T0=$(date +%s)
-BUDGET="${E2E_BUDGET:-660}"             # checks (570 s before sentinel-failover); cleanup (bounded too) comes after: whole run < 12 min
+BUDGET="${E2E_BUDGET:-570}"             # checks; cleanup (bounded too) comes after: whole run < 12 min
 VERSION="$(sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n1)"
 TAG="${TAG:-$VERSION}"
 STACK="${E2E_STACK:-cie2e}"
