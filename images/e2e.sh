@@ -4,12 +4,14 @@
 #   images/e2e.sh                  # Swarm stack if `docker swarm init` works, else Compose
 #   E2E_MODE=compose images/e2e.sh # force docker-compose (1.29, or the `docker compose` plugin)
 #   E2E_KEEP_LOGS=dir images/e2e.sh  # where container logs are saved (default target/e2e-logs)
+#   E2E_ONLY=sentinel-failover images/e2e.sh  # only these groups (stack, haproxy-tls, sentinel-failover)
 #
 # Starts images/compose.yaml (redis, hook, 3 slaves) plus a volume of bare git
 # repositories (file:// clone URLs), sends signed pushes with curl, and checks:
 # builds in slave containers, `docker build` through the mounted socket, a
 # slave killed mid-build, a slave cut off from the network past its lease,
-# scaling 3 -> 4 -> 2 with jobs queued, and HAProxy (TLS) in front of two hooks.
+# scaling 3 -> 4 -> 2 with jobs queued, HAProxy (TLS) in front of two hooks, and
+# a Redis failover through Sentinel (master killed with pushes flowing).
 # Everything it creates (stack or project, containers, networks, volumes, the
 # images builds made, a swarm it initialised, temp files) is removed on exit.
 # Only 127.0.0.1 and Docker's own networks are used; nothing is pulled.
@@ -28,6 +30,8 @@ LOGDIR="${E2E_KEEP_LOGS:-$ROOT/target/e2e-logs}"
 WORK="$(mktemp -d /tmp/ci-e2e.XXXXXX)"
 mkdir -p "$WORK/repos" "$WORK/src" "$WORK/followed" "$WORK/tls"
 LB_NET="${STACK}-lb"
+SN_NET="${STACK}-sn"
+SN_URL="" SN_SHA=""
 REPOS_VOL="${STACK}-repos"
 
 PASSED=0 FAILED=0
@@ -202,8 +206,8 @@ cleanup() {
     elif [ "$MODE" = compose ]; then
         compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || left+=" compose"
     fi
-    docker rm -f $(docker ps -aq --filter "label=ci-e2e=$STACK") >/dev/null 2>&1
-    docker network rm "$LB_NET" >/dev/null 2>&1
+    docker rm -fv $(docker ps -aq --filter "label=ci-e2e=$STACK") >/dev/null 2>&1
+    docker network rm "$LB_NET" "$SN_NET" >/dev/null 2>&1
     docker volume rm "$REPOS_VOL" "${STACK}-lb-redis" >/dev/null 2>&1
     local imgs; imgs="$(docker image ls -q ci-e2e-built | sort -u)"
     [ -n "$imgs" ] && docker image rm -f $imgs >/dev/null 2>&1
@@ -215,6 +219,7 @@ cleanup() {
     # what is left?
     [ -z "$(docker ps -aq --filter "label=ci-e2e=$STACK")" ] || left+=" containers"
     docker network inspect "$LB_NET" >/dev/null 2>&1 && left+=" network:$LB_NET"
+    docker network inspect "$SN_NET" >/dev/null 2>&1 && left+=" network:$SN_NET"
     docker network inspect "$(net_name)" >/dev/null 2>&1 && left+=" network:$(net_name)"
     for v in "$REPOS_VOL" "${STACK}_redis-data" "${STACK}-lb-redis"; do
         docker volume inspect "$v" >/dev/null 2>&1 && left+=" volume:$v"
@@ -659,6 +664,118 @@ check_haproxy() {
 }
 
 # =============================================================================
+# 8. Redis failover through Sentinel: master + 2 replicas + 3 sentinels
+# =============================================================================
+# Containers of their own (label ci-e2e, network $SN_NET): the
+# hook (REDIS_MIN_REPLICAS=1) and two slaves find the master through the
+# sentinels; pushes flow while the master container is killed. Every push
+# answered 2xx must be built on the new master; the others must be 503s
+# with a reason; the time from the kill to the first 2xx is the detail.
+sn_role() { docker exec "$1" redis-cli role 2>/dev/null | head -n1; }
+sn_new_master() {   # the name of the replica that is master now
+    local c
+    for c in "$STACK-sn-replica1" "$STACK-sn-replica2"; do
+        [ "$(sn_role "$c")" = master ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+sn_ready() {   # each sentinel knows 2 replicas and 2 other sentinels
+    local i
+    for i in 1 2 3; do
+        [ "$(docker exec "$STACK-sn-sentinel$i" redis-cli -p 26379 sentinel replicas ci 2>/dev/null | grep -cx 'name')" = 2 ] || return 1
+        [ "$(docker exec "$STACK-sn-sentinel$i" redis-cli -p 26379 sentinel sentinels ci 2>/dev/null | grep -cx 'name')" = 2 ] || return 1
+    done
+}
+sn_push() {   # sn_push <k>: pushes repo e2e/sn-<k mod 4> at SN_SHA (a new commit when empty)
+    local repo="e2e/sn-$(( $1 % 4 ))"
+    [ -n "$SN_SHA" ] || SN_SHA="$(commit "$repo" "push $1" "n=$1" 'integration.yml=- step: s
+  shell: "true"')"
+    push "$repo" "$SN_SHA" "push $1" "$SN_URL"
+}
+check_sentinel() {
+    # /data: the image's anonymous volume (owned by its redis user), removed with the container.
+    local port label=(--label "ci-e2e=$STACK") net=(--network "$SN_NET") data=() i c
+    OWNED=1
+    port="$(free_port)" || { WHY="no free port"; return 1; }
+    SN_URL="http://127.0.0.1:$port"
+    docker network create "${label[@]}" "$SN_NET" >/dev/null 2>>"$WORK/e2e.log" || { WHY="docker network create failed"; return 1; }
+    docker run -d "${label[@]}" "${net[@]}" "${data[@]}" --name "$STACK-sn-master" --network-alias master \
+        "ci-backend/redis:$TAG" >/dev/null || { WHY="master container failed"; return 1; }
+    for i in 1 2; do
+        docker run -d "${label[@]}" "${net[@]}" "${data[@]}" --name "$STACK-sn-replica$i" --network-alias "replica$i" \
+            "ci-backend/redis:$TAG" --replicaof master 6379 >/dev/null || { WHY="replica$i container failed"; return 1; }
+    done
+    wait_for 60 bash -c "[ \"\$(docker exec $STACK-sn-master redis-cli info replication | grep -c 'state=online')\" = 2 ]" \
+        || { WHY="the replicas are not online after 60 s"; return 1; }
+    for i in 1 2 3; do
+        docker run -d "${label[@]}" "${net[@]}" "${data[@]}" --name "$STACK-sn-sentinel$i" --network-alias "sentinel$i" \
+            --entrypoint sh "ci-backend/redis:$TAG" -c 'printf "%s\n" "port 26379" "dir /data" "sentinel resolve-hostnames yes" \
+                "sentinel monitor ci master 6379 2" "sentinel down-after-milliseconds ci 1000" \
+                "sentinel failover-timeout ci 5000" "sentinel parallel-syncs ci 2" >/data/sentinel.conf && exec redis-sentinel /data/sentinel.conf' \
+            >/dev/null || { WHY="sentinel$i container failed"; return 1; }
+    done
+    wait_for 60 sn_ready || { WHY="the sentinels do not know the 2 replicas and each other after 60 s"; return 1; }
+    local env=(-e REDIS_URL=redis://unused:6379/0 -e REDIS_SENTINELS=sentinel1:26379,sentinel2:26379,sentinel3:26379 -e REDIS_MASTER_NAME=ci)
+    docker run -d "${label[@]}" "${net[@]}" --name "$STACK-sn-hook" -p "127.0.0.1:$port:5000" "${env[@]}" \
+        -e REDIS_MIN_REPLICAS=1 -e HOOK_TOKEN=sentinel-e2e-token "ci-backend/hook:$TAG" >/dev/null || { WHY="hook container failed"; return 1; }
+    for i in 1 2; do
+        docker run -d "${label[@]}" "${net[@]}" --name "$STACK-sn-slave$i" "${env[@]}" -e SLAVE_LEASE="$LEASE" \
+            -v "$WORK/repos:/repos:ro" "ci-backend/slave:$TAG" >/dev/null || { WHY="slave$i container failed"; return 1; }
+    done
+    wait_for 60 bash -c "curl -sf --max-time 2 $SN_URL/ping >/dev/null" || { WHY="GET /ping: no 200 after 60 s: $(clog "$STACK-sn-hook" | tail -n2)"; return 1; }
+    wait_for 60 bash -c "curl -sS --max-time 5 $SN_URL/metrics | grep -qx 'ci_slaves{cluster=\"slave\"} 2'" \
+        || { WHY="the hook does not count 2 slaves after 60 s"; return 1; }
+    local saved="$TOKEN" k=0 ids=() refused=0 reasons="" t0 t1="" now limit
+    TOKEN=sentinel-e2e-token SN_SHA=""
+    limit=$(( $(date +%s) + 60 ))
+    while [ "${#ids[@]}" -lt 5 ] && [ "$(date +%s)" -lt "$limit" ]; do
+        sn_push "$k"
+        [ "$CODE" = 202 ] || { TOKEN="$saved"; WHY="before the kill, push $k answered $CODE $BODY"; return 1; }
+        ids+=("$(jq -r .id <<<"$BODY")"); SN_SHA=""; k=$((k + 1))
+    done
+    [ "${#ids[@]}" -ge 5 ] || { TOKEN="$saved"; WHY="5 pushes not accepted within 60 s"; return 1; }
+    local old; old="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$STACK-sn-master")"
+    docker kill "$STACK-sn-master" >/dev/null
+    t0="$(date +%s.%N)"
+    local after=0
+    limit=$(( $(date +%s) + 90 ))
+    while [ "$after" -lt 5 ] && [ "$(date +%s)" -lt "$limit" ]; do
+        sn_push "$k"
+        now="$(date +%s.%N)"
+        case "$CODE" in
+            2??) ids+=("$(jq -r .id <<<"$BODY")"); SN_SHA=""; k=$((k + 1)); after=$((after + 1))
+                 [ -n "$t1" ] || t1="$now" ;;
+            503) refused=$((refused + 1))
+                 local why; why="$(jq -r '.error // empty' <<<"$BODY" 2>/dev/null)"
+                 [ -n "$why" ] || { TOKEN="$saved"; WHY="a 503 without its reason: $BODY"; return 1; }
+                 why="${why%%[:;]*}"; case "$reasons" in *"[$why]"*) ;; *) reasons+="[$why]" ;; esac
+                 sleep 0.2 ;;
+            *) TOKEN="$saved"; WHY="during the failover a push answered $CODE $BODY (expected 2xx or 503)"; return 1 ;;
+        esac
+    done
+    TOKEN="$saved"
+    [ -n "$t1" ] || { WHY="no 2xx within 90 s of the kill ($refused refused: $reasons)"; return 1; }
+    [ "$after" -ge 5 ] || { WHY="only $after pushes accepted within 90 s of the kill"; return 1; }
+    local new; new="$(sn_new_master)" || { WHY="no replica is master"; return 1; }
+    local lost=0 id state
+    for id in "${ids[@]}"; do
+        wait_for 90 bash -c "s=\$(docker exec $new redis-cli hget ci:build:$id state); [ \"\$s\" = passed ] || [ \"\$s\" = failed ] || [ -z \"\$s\" ]" || true
+        state="$(docker exec "$new" redis-cli hget "ci:build:$id" state)"
+        case "$state" in
+            passed) ;;
+            "") lost=$((lost + 1)); note "build $id: unknown to the new master" ;;
+            *) WHY="build $id is $state on the new master"; return 1 ;;
+        esac
+    done
+    [ "$lost" = 0 ] || { WHY="$lost of ${#ids[@]} pushes answered 2xx are unknown to the new master"; return 1; }
+    local newip; newip="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$new")"
+    clog "$STACK-sn-hook" | grep -q "redis.failover old=$old:6379 new=$newip:6379" \
+        || { WHY="no 'redis.failover old=$old:6379 new=$newip:6379' line in the hook's log"; return 1; }
+    [ "$(docker inspect -f '{{.State.Running}}' "$STACK-sn-master")" = false ] || { WHY="the master container still runs"; return 1; }
+    DETAIL="time to recover $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s (docker kill of the master to the first 2xx); 2xx ${#ids[@]}, built ${#ids[@]}, lost 0; refused $refused${reasons:+ with 503 $reasons}"
+}
+
+# =============================================================================
 run_check() {   # run_check <name> <function>
     local name="$1" fn="$2" t
     t=$(date +%s); WHY=""; DETAIL=""
@@ -671,20 +788,31 @@ run_check() {   # run_check <name> <function>
     return 1
 }
 skip() { fail "$1" "skipped: $2"; }
+# E2E_ONLY="stack haproxy-tls sentinel-failover": the groups to run (default all;
+# `stack` is the Compose/Swarm stack and the checks on it).
+want() { [ -z "${E2E_ONLY:-}" ] || [[ " $E2E_ONLY " == *" $1 "* ]]; }
 
 IMAGES_OK="" STACK_OK=""
 run_check images check_images && IMAGES_OK=1
-if [ -n "$IMAGES_OK" ]; then
-    if run_check stack-up stack_up; then
-        run_check push-build-status check_first_build && STACK_OK=1
+if want stack; then
+    if [ -n "$IMAGES_OK" ]; then
+        if run_check stack-up stack_up; then
+            run_check push-build-status check_first_build && STACK_OK=1
+        else
+            skip push-build-status "the stack is not up"
+        fi
     else
-        skip push-build-status "the stack is not up"
+        skip stack-up "no images"; skip push-build-status "no images"
     fi
-else
-    skip stack-up "no images"; skip push-build-status "no images"
+    for c in "docker-build:check_docker_build" "kill-mid-build:check_kill" "network-partition:check_partition" "scale-3-4-2:check_scaling"; do
+        if [ -n "$STACK_OK" ]; then run_check "${c%%:*}" "${c#*:}" || true; else skip "${c%%:*}" "the stack is not up"; fi
+    done
 fi
-for c in "docker-build:check_docker_build" "kill-mid-build:check_kill" "network-partition:check_partition" "scale-3-4-2:check_scaling"; do
-    if [ -n "$STACK_OK" ]; then run_check "${c%%:*}" "${c#*:}" || true; else skip "${c%%:*}" "the stack is not up"; fi
-done
-if [ -n "$IMAGES_OK" ] && [ -n "$OWNED" ]; then run_check haproxy-tls check_haproxy || true
-else skip haproxy-tls "${IMAGES_OK:+stack-up failed}${IMAGES_OK:-no images}"; fi
+if want haproxy-tls; then
+    if [ -n "$IMAGES_OK" ] && [ -n "$OWNED" ]; then run_check haproxy-tls check_haproxy || true
+    else skip haproxy-tls "${IMAGES_OK:+stack-up failed}${IMAGES_OK:-no images}"; fi
+fi
+if want sentinel-failover; then
+    if [ -n "$IMAGES_OK" ]; then run_check sentinel-failover check_sentinel || true
+    else skip sentinel-failover "no images"; fi
+fi

@@ -3,6 +3,7 @@
 
 use crate::build_user::BuildUser;
 use crate::credentials::Credentials;
+use crate::redis_conn::Target;
 use std::fmt;
 use std::time::Duration;
 
@@ -16,6 +17,17 @@ pub struct Setting {
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
     Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
+    Setting {
+        name: "REDIS_SENTINELS",
+        default: "",
+        doc: "`host:port,...` of Redis Sentinels: the master is the one they name (asked at every dial, so a failover is followed); REDIS_URL then gives only the database and password; needs REDIS_MASTER_NAME",
+    },
+    Setting { name: "REDIS_MASTER_NAME", default: "", doc: "the name the sentinels monitor the master under; needs REDIS_SENTINELS" },
+    Setting {
+        name: "REDIS_MIN_REPLICAS",
+        default: "0",
+        doc: "a push is answered 2xx only once this many replicas acknowledged it (`WAIT`, at most 1 s), else 503 with the reason; 0: once the master has it",
+    },
     Setting {
         name: "HOOK_TOKEN",
         default: "",
@@ -83,6 +95,12 @@ pub const HOOK_SETTINGS: &[Setting] = &[
 
 pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
+    Setting {
+        name: "REDIS_SENTINELS",
+        default: "",
+        doc: "`host:port,...` of Redis Sentinels: the master is the one they name (asked at every dial, so a failover is followed); REDIS_URL then gives only the database and password; needs REDIS_MASTER_NAME",
+    },
+    Setting { name: "REDIS_MASTER_NAME", default: "", doc: "the name the sentinels monitor the master under; needs REDIS_SENTINELS" },
     Setting {
         name: "SLAVE_CLUSTER",
         default: "slave",
@@ -176,10 +194,19 @@ fn number<T: std::str::FromStr>(settings: &[Setting], name: &str, what: &str) ->
     value.parse().map_err(|_| ConfigError(format!("{name}={value:?}: expected {what}")))
 }
 
+/// REDIS_URL, with REDIS_SENTINELS and REDIS_MASTER_NAME (both or neither).
+fn target(settings: &[Setting]) -> Result<Target, ConfigError> {
+    let url = raw(settings, "REDIS_URL").unwrap_or_default();
+    Target::new(&url, raw(settings, "REDIS_SENTINELS").as_deref(), raw(settings, "REDIS_MASTER_NAME").as_deref()).map_err(ConfigError)
+}
+
 #[derive(Debug, Clone)]
 pub struct HookConfig {
     pub addr: String,
-    pub redis_url: String,
+    /// REDIS_URL, or the master REDIS_SENTINELS name.
+    pub redis_url: Target,
+    /// REDIS_MIN_REPLICAS: replicas that must acknowledge a push before its 2xx.
+    pub min_replicas: u32,
     pub token: Option<String>,
     pub read_token: Option<String>,
     pub threads: usize,
@@ -212,7 +239,8 @@ impl HookConfig {
         let secs = |name: &str| at_least_one(name, "a number of seconds").map(Duration::from_secs);
         Ok(HookConfig {
             addr: raw(s, "HOOK_ADDR").unwrap_or_default(),
-            redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
+            redis_url: target(s)?,
+            min_replicas: number(s, "REDIS_MIN_REPLICAS", "a number of replicas")?,
             token: raw(s, "HOOK_TOKEN"),
             read_token: raw(s, "HOOK_READ_TOKEN"),
             threads: at_least_one("HOOK_THREADS", "a number of threads")? as usize,
@@ -253,7 +281,8 @@ pub const MAX_EXECUTORS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct SlaveConfig {
-    pub redis_url: String,
+    /// REDIS_URL, or the master REDIS_SENTINELS name.
+    pub redis_url: Target,
     pub cluster: String,
     pub index: Option<u32>,
     pub cache: std::path::PathBuf,
@@ -320,7 +349,7 @@ impl SlaveConfig {
             public_url,
         };
         Ok(SlaveConfig {
-            redis_url: raw(s, "REDIS_URL").unwrap_or_default(),
+            redis_url: target(s)?,
             cluster,
             index,
             cache,

@@ -300,7 +300,7 @@ pub struct Poster {
 
 impl Poster {
     /// Starts the poster thread when forges are configured.
-    pub fn spawn(forges: Forges, settings: Settings, redis_url: &str) -> Result<Poster, String> {
+    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::redis_conn::Target) -> Result<Poster, String> {
         let dropped = Arc::new(AtomicU64::new(0));
         if forges.is_empty() {
             return Ok(Poster { forges, public_url: settings.public_url, tx: None, dropped });

@@ -21,6 +21,9 @@ use tiny_http::{Header, Method, Response};
 
 /// Redis socket timeout for the hook: a request waits at most this long.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a push waits for REDIS_MIN_REPLICAS replicas (`WAIT`); well
+/// under REDIS_TIMEOUT, the socket's.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// What a 503 asks the client to wait, in seconds.
 const RETRY_AFTER: &str = "5";
 
@@ -66,7 +69,9 @@ impl Reply {
 
 impl Hook {
     pub fn new(config: HookConfig, token: String) -> Hook {
-        Hook { config, token, metrics: Metrics::default(), next_req: AtomicU64::new(1), followers: AtomicUsize::new(0) }
+        let metrics = Metrics::default();
+        metrics.set_min_replicas(config.min_replicas);
+        Hook { config, token, metrics, next_req: AtomicU64::new(1), followers: AtomicUsize::new(0) }
     }
 
     fn limits(&self) -> wire::Limits {
@@ -223,8 +228,7 @@ fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, started: Instant
         return;
     }
     let _slot = FollowerSlot(&hook.followers);
-    let redis = redis::Client::open(hook.config.redis_url.as_str()).and_then(|c| {
-        let conn = c.get_connection_with_timeout(REDIS_TIMEOUT)?;
+    let redis = hook.config.redis_url.connect(REDIS_TIMEOUT).and_then(|conn| {
         conn.set_read_timeout(Some(crate::live::FOLLOW_BLOCK + REDIS_TIMEOUT))?;
         conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
         Ok(conn)
@@ -463,24 +467,54 @@ fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &str) -> Reply
         .or_else(|| req.header("X-Gogs-Delivery"))
         .or_else(|| req.header("Idempotency-Key"))
         .or_else(|| req.header("X-Gitlab-Event-UUID"));
-    enqueue(
-        redis,
-        &Job {
-            push: &push,
-            delivery,
-            reset: false,
-            keep: hook.config.history_keep,
-            cancel_running: hook.config.cancel_running,
-            routing: hook.config.routing,
-        },
-    )
+    let job = Job {
+        push: &push,
+        delivery,
+        reset: false,
+        keep: hook.config.history_keep,
+        cancel_running: hook.config.cancel_running,
+        routing: hook.config.routing,
+    };
+    enqueue(hook, redis, &job)
 }
 
-fn enqueue(redis: &mut Redis, job: &Job) -> Reply {
+/// Runs the ENQUEUE script and, with REDIS_MIN_REPLICAS, `WAIT`s on the same
+/// connection for that many replicas: a 2xx means the job is on the master
+/// and on them. Short of them, 503: the job may be queued on the master,
+/// and the sender's redelivery is caught by its delivery id or coalesces.
+fn enqueue(hook: &Hook, redis: &mut Redis, job: &Job) -> Reply {
     let p = job.push;
     let short = payload::short_sha(&p.sha);
     let facts = format!(" repo={} branch={} sha={short}", quote(&p.repo), quote(&p.branch));
-    let mut reply = match redis.run_again(|c| queue::enqueue(c, job)) {
+    let min = hook.config.min_replicas;
+    let enqueued = redis.run_again(|c| {
+        let enqueued = queue::enqueue(c, job)?;
+        let wait = min > 0 && !matches!(enqueued, Enqueued::NoSlave { .. } | Enqueued::OtherRouting { .. });
+        let acked = if wait { Some(crate::redis_conn::replicas_acked(c, min, REPLICA_WAIT)?) } else { None };
+        Ok((enqueued, acked))
+    });
+    let enqueued = match enqueued {
+        Ok((e, Some(acked))) if acked < min => {
+            let id = match &e {
+                Enqueued::Queued { id, .. } | Enqueued::Coalesced { id, .. } | Enqueued::Duplicate { id } => id.as_str(),
+                Enqueued::NoSlave { .. } | Enqueued::OtherRouting { .. } => "",
+            };
+            log::warn!("build.unreplicated id={id} acked={acked} min={min}");
+            // A master that lost its replicas may have been replaced (a switchover leaves it up,
+            // still a master, for seconds): the next request asks the sentinels again.
+            redis.reconnect();
+            let why = format!(
+                "build {id} is queued on the Redis master, but only {acked} of REDIS_MIN_REPLICAS={min} replicas acknowledged it within {} ms, \
+                 so a failover could lose it; retry: a redelivery is caught by its delivery id or coalesces with it",
+                REPLICA_WAIT.as_millis()
+            );
+            let mut r = Reply::error(503, why);
+            r.facts = format!("{facts} id={id} acked={acked}{}", r.facts);
+            return r;
+        }
+        other => other.map(|(e, _)| e),
+    };
+    let mut reply = match enqueued {
         Err(e) => redis_down(&e),
         Ok(Enqueued::Queued { id, slave, canceled }) => {
             if let Some(old) = canceled {
@@ -645,6 +679,7 @@ fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, que
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
         Ok(Some(push)) => enqueue(
+            hook,
             redis,
             &Job {
                 push: &push,

@@ -46,7 +46,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the publisher thread with its own Redis connection.
-    pub fn start(redis_url: &str) -> Result<Publisher, String> {
+    pub fn start(redis_url: &crate::redis_conn::Target) -> Result<Publisher, String> {
         let mut redis = Redis::open(redis_url, Duration::from_secs(5))?;
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
         std::thread::Builder::new()

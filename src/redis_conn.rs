@@ -2,15 +2,250 @@
 //! caller goes through [`Redis::run`], which drops a broken connection and
 //! makes a later call dial again — with backoff, so a Redis that is down
 //! costs callers an immediate error rather than a connect timeout each.
+//!
+//! Where it dials is a [`Target`]: REDIS_URL, or the master that Redis
+//! Sentinel names (REDIS_SENTINELS + REDIS_MASTER_NAME), resolved again at
+//! every dial, so a failover is followed without a restart. The redis crate's
+//! own `sentinel` feature is not used: its blocking client dials sentinels and
+//! masters without a connect timeout (one silent sentinel stalls every dial)
+//! and pulls in `rand`; the protocol is two commands, written here.
 
+use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Longest wait between two dials while Redis is unreachable.
 const MAX_REDIAL: Duration = Duration::from_secs(1);
+/// How long one dial to Redis (or to the master Sentinel names) may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connect and read timeout for one question to one sentinel.
+const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a process asks the sentinels whether the master moved while
+/// its connections still work (a switchover, or an old master cut off but
+/// alive, keeps accepting writes until Sentinel demotes it, seconds later).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Where Redis is: REDIS_URL, or — with REDIS_SENTINELS and REDIS_MASTER_NAME —
+/// the master the sentinels name, with REDIS_URL's database, user and
+/// password applied to it (its host and port are then unused). Clones share
+/// what the process last saw of the master, so a failover is logged once.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    sentinel: Option<Arc<Sentinels>>,
+}
+
+struct Sentinels {
+    /// `host:port` of each sentinel, asked in turn.
+    addrs: Vec<(String, u16)>,
+    master: String,
+    /// The sentinel that answered last: asked first next time.
+    first: AtomicUsize,
+    /// The master this process last dialed or heard named; a connection
+    /// to another one is dropped before its next use.
+    seen: Mutex<Option<String>>,
+    /// The watcher thread, started at the first dial.
+    watching: std::sync::Once,
+}
+
+impl Target {
+    /// REDIS_URL alone.
+    pub fn url(url: &str) -> Target {
+        Target { url: url.to_string(), sentinel: None }
+    }
+
+    /// REDIS_URL with REDIS_SENTINELS (`host:port,...`) and REDIS_MASTER_NAME:
+    /// both or neither.
+    pub fn new(url: &str, sentinels: Option<&str>, master: Option<&str>) -> Result<Target, String> {
+        let (list, master) = match (sentinels, master) {
+            (None, None) => return Ok(Target::url(url)),
+            (Some(list), Some(master)) => (list, master),
+            (Some(_), None) => {
+                return Err("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not: set both (the name the sentinels monitor the master under) or neither".into())
+            }
+            (None, Some(_)) => {
+                return Err("REDIS_MASTER_NAME is set but REDIS_SENTINELS is not: set both (`host:port,...` of the sentinels) or neither".into())
+            }
+        };
+        let mut addrs = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let parsed = item.rsplit_once(':').and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)));
+            match parsed {
+                Some((host, port)) if !host.is_empty() && port > 0 => addrs.push((host.to_string(), port)),
+                _ => return Err(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas; {item:?} is not one")),
+            }
+        }
+        if addrs.is_empty() {
+            return Err(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas"));
+        }
+        let sentinels = Sentinels {
+            addrs,
+            master: master.to_string(),
+            first: AtomicUsize::new(0),
+            seen: Mutex::new(None),
+            watching: std::sync::Once::new(),
+        };
+        Ok(Target { url: url.to_string(), sentinel: Some(Arc::new(sentinels)) })
+    }
+
+    /// Dials the master: REDIS_URL's, or the one the sentinels name.
+    pub fn connect(&self, timeout: Duration) -> RedisResult<redis::Connection> {
+        self.dial(timeout).map(|(conn, _)| conn)
+    }
+
+    /// The connection, and the master's address when the sentinels named it.
+    fn dial(&self, timeout: Duration) -> RedisResult<(redis::Connection, Option<String>)> {
+        let info: ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())?;
+        match &self.sentinel {
+            None => Ok((redis::Client::open(info)?.get_connection_with_timeout(timeout)?, None)),
+            Some(s) => {
+                let dialed = s.connect_master(info, timeout)?;
+                let watched = Arc::clone(s);
+                s.watching.call_once(move || {
+                    let spawned = std::thread::Builder::new().name("sentinel-watch".into()).spawn(move || watched.watch());
+                    if let Err(e) = spawned {
+                        log::error!(
+                            "redis.sentinel_watch_failed error={}: a master moved while connections work is seen at their next error only",
+                            crate::logging::quote(&e.to_string())
+                        );
+                    }
+                });
+                Ok((dialed.0, Some(dialed.1)))
+            }
+        }
+    }
+
+    /// Whether a connection to `master` (as [`Target::dial`] gave it) should
+    /// be dropped: the sentinels have named another master since.
+    fn moved(&self, master: Option<&str>) -> bool {
+        match (&self.sentinel, master) {
+            (Some(s), Some(m)) => s.seen.lock().unwrap_or_else(|p| p.into_inner()).as_deref().is_some_and(|seen| seen != m),
+            _ => false,
+        }
+    }
+}
+
+/// For logs: the URL without its password, and the sentinels asked.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.sentinel {
+            None => f.write_str(&redact_url(&self.url)),
+            Some(s) => {
+                let list: Vec<String> = s.addrs.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                write!(f, "sentinel://{}/{} ({})", list.join(","), s.master, redact_url(&self.url))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Target({self})")
+    }
+}
+
+fn refused(why: String) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, why))
+}
+
+impl Sentinels {
+    /// Asks the sentinels in turn for the master's address, dials it with
+    /// `info`'s database and credentials, and keeps it only if it answers
+    /// `ROLE` as master. An address that failed is not dialed twice.
+    fn connect_master(&self, info: ConnectionInfo, timeout: Duration) -> RedisResult<(redis::Connection, String)> {
+        let n = self.addrs.len();
+        let first = self.first.load(Ordering::Relaxed);
+        let mut tried: Vec<(String, u16)> = Vec::new();
+        let mut errors = Vec::new();
+        for (i, (host, port)) in (0..n).map(|k| (first + k) % n).map(|i| (i, &self.addrs[i])) {
+            let named = match ask(host, *port, &self.master) {
+                Ok(Some(addr)) => addr,
+                Ok(None) => {
+                    errors.push(format!("sentinel {host}:{port} knows no master {:?}", self.master));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(format!("sentinel {host}:{port}: {e}"));
+                    continue;
+                }
+            };
+            if tried.contains(&named) {
+                continue;
+            }
+            tried.push(named.clone());
+            let master = format!("{}:{}", named.0, named.1);
+            match dial_master(&info, named, timeout) {
+                Ok(conn) => {
+                    self.first.store(i, Ordering::Relaxed);
+                    self.saw(&master, host, *port);
+                    return Ok((conn, master));
+                }
+                Err(e) => errors.push(format!("master {master} named by sentinel {host}:{port}: {e}")),
+            }
+        }
+        Err(refused(format!("no master {:?} found: {}", self.master, errors.join("; "))))
+    }
+
+    /// Every WATCH_EVERY, the first sentinel that answers names the master;
+    /// a new one is noted, so connections to the old one are dropped.
+    fn watch(&self) {
+        loop {
+            std::thread::sleep(WATCH_EVERY);
+            let n = self.addrs.len();
+            let first = self.first.load(Ordering::Relaxed);
+            for (host, port) in (0..n).map(|k| &self.addrs[(first + k) % n]) {
+                if let Ok(Some((h, p))) = ask(host, *port, &self.master) {
+                    self.saw(&format!("{h}:{p}"), host, *port);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Logs the first master this process dials, and every change after.
+    fn saw(&self, master: &str, host: &str, port: u16) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.as_deref() {
+            Some(old) if old == master => return,
+            Some(old) => {
+                log::info!("redis.failover old={old} new={master} name={} sentinel={host}:{port}: following the new master", self.master)
+            }
+            None => log::info!("redis.master addr={master} name={} sentinel={host}:{port}", self.master),
+        }
+        *seen = Some(master.to_string());
+    }
+}
+
+/// `SENTINEL get-master-addr-by-name`, with short timeouts.
+fn ask(host: &str, port: u16, name: &str) -> RedisResult<Option<(String, u16)>> {
+    let addr = ConnectionAddr::Tcp(host.to_string(), port);
+    let info = ConnectionInfo { addr, redis: redis::RedisConnectionInfo::default() };
+    let mut conn = redis::Client::open(info)?.get_connection_with_timeout(SENTINEL_TIMEOUT)?;
+    conn.set_read_timeout(Some(SENTINEL_TIMEOUT))?;
+    conn.set_write_timeout(Some(SENTINEL_TIMEOUT))?;
+    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(name).query(&mut conn)
+}
+
+/// Dials the named master and checks that it says it is one.
+fn dial_master(info: &ConnectionInfo, (host, port): (String, u16), timeout: Duration) -> RedisResult<redis::Connection> {
+    let info = ConnectionInfo { addr: ConnectionAddr::Tcp(host, port), redis: info.redis.clone() };
+    let mut conn = redis::Client::open(info)?.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn)?;
+    let role: String = role.first().map(redis::from_redis_value).transpose()?.unwrap_or_default();
+    if role != "master" {
+        return Err(refused(format!("it answers ROLE {role:?}, not master (a failover is under way)")));
+    }
+    Ok(conn)
+}
 
 pub struct Redis {
-    client: redis::Client,
+    target: Target,
     conn: Option<redis::Connection>,
+    /// The master `conn` is to, when the sentinels named it.
+    master: Option<String>,
     /// Socket read/write timeout; blocking pops must block for less.
     io_timeout: Duration,
     /// No dial before this instant after a failed one; and the next wait.
@@ -19,26 +254,27 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Parses the URL; connects lazily.
-    pub fn open(url: &str, io_timeout: Duration) -> Result<Redis, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("REDIS_URL={:?}: {e}", redact_url(url)))?;
-        Ok(Redis { client, conn: None, io_timeout, redial_at: None, redial_wait: Duration::from_millis(50) })
+    /// Checks the URL; connects lazily.
+    pub fn open(target: &Target, io_timeout: Duration) -> Result<Redis, String> {
+        redis::IntoConnectionInfo::into_connection_info(target.url.as_str())
+            .map_err(|e| format!("REDIS_URL={:?}: {e}", redact_url(&target.url)))?;
+        Ok(Redis { target: target.clone(), conn: None, master: None, io_timeout, redial_at: None, redial_wait: Duration::from_millis(50) })
     }
 
     fn dial(&mut self) -> redis::RedisResult<()> {
         if let Some(at) = self.redial_at.filter(|at| Instant::now() < *at) {
             let ms = at.saturating_duration_since(Instant::now()).as_millis();
-            let why = format!("redis unreachable; next dial in {ms} ms");
-            return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, why)));
+            return Err(refused(format!("redis unreachable; next dial in {ms} ms")));
         }
-        let dialed = self.client.get_connection_with_timeout(Duration::from_secs(2)).and_then(|conn| {
+        let dialed = self.target.dial(DIAL_TIMEOUT).and_then(|(conn, master)| {
             conn.set_read_timeout(Some(self.io_timeout))?;
             conn.set_write_timeout(Some(self.io_timeout))?;
-            Ok(conn)
+            Ok((conn, master))
         });
         match dialed {
-            Ok(conn) => {
+            Ok((conn, master)) => {
                 self.conn = Some(conn);
+                self.master = master;
                 self.redial_at = None;
                 self.redial_wait = Duration::from_millis(50);
                 Ok(())
@@ -54,6 +290,9 @@ impl Redis {
     /// Runs `f` on a live connection, dialing first if needed. A connection
     /// error (not a script or type error) drops the connection.
     pub fn run<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if self.conn.is_some() && self.target.moved(self.master.as_deref()) {
+            self.conn = None;
+        }
         if self.conn.is_none() {
             self.dial()?;
         }
@@ -86,9 +325,23 @@ impl Redis {
     }
 }
 
-/// Errors after which the connection's state is unknown.
+/// Errors after which the connection is of no more use: its state is
+/// unknown, or its server is no longer the master (`READONLY`: it was
+/// demoted to a replica; `MASTERDOWN`: a replica lost its master). Callers
+/// retry them; the next dial asks the sentinels again.
 pub fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown)
+}
+
+/// `WAIT n timeout` after a write on `c`: how many replicas acknowledged
+/// every write this connection made.
+pub fn replicas_acked(c: &mut redis::Connection, n: u32, timeout: Duration) -> RedisResult<u32> {
+    redis::cmd("WAIT").arg(n).arg(timeout.as_millis() as u64).query(c)
 }
 
 /// A Redis failure, worded by kind: a lost connection is retried (warn);
@@ -130,7 +383,25 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, Target};
+
+    #[test]
+    fn sentinels_need_a_master_name_and_host_port_items() {
+        let url = "redis://:pw@ignored:6379/3";
+        assert!(Target::new(url, None, None).unwrap().sentinel.is_none());
+        let t = Target::new(url, Some("10.0.0.1:26379, s2:26380,[::1]:26381"), Some("ci")).unwrap();
+        let s = t.sentinel.as_ref().unwrap();
+        assert_eq!(s.addrs, [("10.0.0.1".to_string(), 26379), ("s2".to_string(), 26380), ("::1".to_string(), 26381)]);
+        assert_eq!(t.to_string(), "sentinel://10.0.0.1:26379,s2:26380,::1:26381/ci (redis://:***@ignored:6379/3)");
+        let alone = Target::new(url, Some("s1:26379"), None).unwrap_err();
+        assert!(alone.starts_with("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not"), "{alone}");
+        let alone = Target::new(url, None, Some("ci")).unwrap_err();
+        assert!(alone.starts_with("REDIS_MASTER_NAME is set but REDIS_SENTINELS is not"), "{alone}");
+        for bad in ["s1", "s1:", ":26379", "s1:0", "s1:99999", " , "] {
+            let e = Target::new(url, Some(bad), Some("ci")).unwrap_err();
+            assert!(e.starts_with("REDIS_SENTINELS="), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn passwords_never_leave() {

@@ -6,6 +6,7 @@ use crate::queue::{branch_key, build_key};
 use redis::{Connection, RedisResult};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -314,15 +315,26 @@ pub struct Metrics {
     started: Instant,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     durable: Mutex<DurableState>,
+    /// REDIS_MIN_REPLICAS, shown beside the replicas Redis has.
+    min_replicas: AtomicU32,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { started: Instant::now(), requests: Mutex::new(BTreeMap::new()), durable: Mutex::new(DurableState::NotChecked) }
+        Metrics {
+            started: Instant::now(),
+            requests: Mutex::new(BTreeMap::new()),
+            durable: Mutex::new(DurableState::NotChecked),
+            min_replicas: AtomicU32::new(0),
+        }
     }
 }
 
 impl Metrics {
+    pub fn set_min_replicas(&self, n: u32) {
+        self.min_replicas.store(n, Ordering::Relaxed);
+    }
+
     pub fn count(&self, route: &'static str, code: u16) {
         *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route, code)).or_insert(0) += 1;
     }
@@ -355,6 +367,11 @@ impl Metrics {
             DurableState::NotChecked => out.push_str("# ci_redis_durable unknown: not checked yet\n"),
             DurableState::Unknown(_) => out.push_str("# ci_redis_durable unknown: redis CONFIG GET unavailable\n"),
         }
+        out.push_str(&format!(
+            "# HELP ci_redis_min_replicas Replicas that must acknowledge a push before its 2xx (REDIS_MIN_REPLICAS).\n\
+             # TYPE ci_redis_min_replicas gauge\nci_redis_min_replicas {}\n",
+            self.min_replicas.load(Ordering::Relaxed)
+        ));
         out
     }
 }
@@ -383,6 +400,10 @@ fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
     out.push_str("# HELP ci_slave_executors Executors per live slave, busy or free (SLAVE_EXECUTORS), as of its last lease renewal.\n");
     out.push_str("# TYPE ci_slave_executors gauge\n");
     out.push_str(&executors);
+    let info: String = redis::cmd("INFO").arg("replication").query(conn)?;
+    let replicas = info.lines().find_map(|l| l.strip_prefix("connected_slaves:")).unwrap_or("0").trim();
+    out.push_str("# HELP ci_redis_replicas Replicas connected to the Redis master.\n# TYPE ci_redis_replicas gauge\n");
+    out.push_str(&format!("ci_redis_replicas {replicas}\n"));
     let stats: HashMap<String, u64> = redis::cmd("HGETALL").arg("ci:stats").query(conn)?;
     out.push_str("# HELP ci_builds_total Finished builds by result.\n# TYPE ci_builds_total counter\n");
     for result in ["passed", "failed", "canceled"] {

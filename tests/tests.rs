@@ -99,3 +99,7 @@ mod scaling;
 /// Issue 12: HOOK_ROUTING=mod|jump: ENQUEUE's selection held against routing's rule, a jump hook's
 /// routes, the agreement through `ci:routing`, re-routing of a vanished index by the stored rule.
 mod routing;
+
+/// Issue 12: Redis failover through Sentinel (master SIGKILLed with pushes flowing, nothing
+/// answered 2xx lost); REDIS_SENTINELS/REDIS_MASTER_NAME both or neither; REDIS_MIN_REPLICAS.
+mod failover;

@@ -2,7 +2,7 @@
 //! the routing rule, binds and runs the HTTP workers until Ctrl-C / SIGTERM.
 
 use ci_backend::logging::quote;
-use ci_backend::redis_conn::{redact_url, Backoff, Redis};
+use ci_backend::redis_conn::{Backoff, Redis};
 use ci_backend::{config, http, logging, queue, signature, status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,11 +53,12 @@ fn run() -> Result<(), Stop> {
         http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
-        "hook.listening addr={addr} reads={} threads={} queue={} redis={} max_body={} request_timeout={} routing={}",
+        "hook.listening addr={addr} reads={} threads={} queue={} redis={} min_replicas={} max_body={} request_timeout={} routing={}",
         config.read_token.as_deref().map_or("open".to_string(), |t| format!("token:{}", ci_backend::signature::fingerprint(t))),
         config.threads,
         config.queue,
-        quote(&redact_url(&config.redis_url)),
+        quote(&config.redis_url.to_string()),
+        config.min_replicas,
         config.max_body,
         config.request_timeout.as_secs(),
         config.routing.as_str()
@@ -95,7 +96,7 @@ fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String
                 let delay = backoff.next_delay();
                 log::warn!(
                     "redis.unreachable op=token redis={} error={} retry_ms={}",
-                    quote(&redact_url(&config.redis_url)),
+                    quote(&config.redis_url.to_string()),
                     quote(&e.to_string()),
                     delay.as_millis()
                 );
@@ -127,7 +128,7 @@ fn settle_routing(config: &config::HookConfig) -> Result<(), Stop> {
         Err(e) => {
             log::warn!(
                 "hook.routing rule={rule} agreed=later redis={} error={}: each push checks ci:routing",
-                quote(&redact_url(&config.redis_url)),
+                quote(&config.redis_url.to_string()),
                 quote(&e.to_string())
             );
             Ok(())

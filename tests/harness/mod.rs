@@ -203,7 +203,7 @@ pub fn delivery_id() -> String {
     format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", t as u32, p & 0xffff, n & 0xfff, (t >> 32) & 0xfff, t ^ (n << 40))
 }
 
-fn rand_u64() -> u64 {
+pub fn rand_u64() -> u64 {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     let mut x = t ^ ((std::process::id() as u64) << 32) ^ ((next() as u64) << 17) ^ 0x9E37_79B9_7F4A_7C15;
     x ^= x << 13;
