@@ -14,15 +14,22 @@ pub struct Setting {
     pub doc: &'static str,
 }
 
+/// Hook and slave find Redis the same way.
+const REDIS_URL: Setting =
+    Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" };
+const REDIS_SENTINELS: Setting = Setting {
+    name: "REDIS_SENTINELS",
+    default: "",
+    doc: "`host:port,...` of Redis Sentinels: the master is the one they name (asked at every dial, so a failover is followed); REDIS_URL then gives only the database and password; needs REDIS_MASTER_NAME",
+};
+const REDIS_MASTER_NAME: Setting =
+    Setting { name: "REDIS_MASTER_NAME", default: "", doc: "the name the sentinels monitor the master under; needs REDIS_SENTINELS" };
+
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
-    Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
-    Setting {
-        name: "REDIS_SENTINELS",
-        default: "",
-        doc: "`host:port,...` of Redis Sentinels: the master is the one they name (asked at every dial, so a failover is followed); REDIS_URL then gives only the database and password; needs REDIS_MASTER_NAME",
-    },
-    Setting { name: "REDIS_MASTER_NAME", default: "", doc: "the name the sentinels monitor the master under; needs REDIS_SENTINELS" },
+    REDIS_URL,
+    REDIS_SENTINELS,
+    REDIS_MASTER_NAME,
     Setting {
         name: "REDIS_MIN_REPLICAS",
         default: "0",
@@ -94,13 +101,9 @@ pub const HOOK_SETTINGS: &[Setting] = &[
 ];
 
 pub const SLAVE_SETTINGS: &[Setting] = &[
-    Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" },
-    Setting {
-        name: "REDIS_SENTINELS",
-        default: "",
-        doc: "`host:port,...` of Redis Sentinels: the master is the one they name (asked at every dial, so a failover is followed); REDIS_URL then gives only the database and password; needs REDIS_MASTER_NAME",
-    },
-    Setting { name: "REDIS_MASTER_NAME", default: "", doc: "the name the sentinels monitor the master under; needs REDIS_SENTINELS" },
+    REDIS_URL,
+    REDIS_SENTINELS,
+    REDIS_MASTER_NAME,
     Setting {
         name: "SLAVE_CLUSTER",
         default: "slave",

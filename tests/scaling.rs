@@ -7,18 +7,6 @@ use crate::harness::*;
 use std::collections::HashMap;
 use std::fs;
 
-/// Leaves `seen=<what the cache held>` in the log and the build id in the cache.
-const STICKY_YML: &str = r#"step: sticky
-debug: true
-shell:
-  - if [ -f artifact.txt ]; then echo "seen=$(cat artifact.txt)"; else echo seen=none; fi
-  - echo "$BUILD_ID" > artifact.txt
-"#;
-
-fn seen(build: &Build) -> Option<String> {
-    build.log.iter().find_map(|l| l.strip_prefix("[passed]   . seen=").map(String::from))
-}
-
 fn state_of(redis: &Redis, id: &str) -> String {
     read_build(redis, id).map(|b| b.state).unwrap_or_default()
 }

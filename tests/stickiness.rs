@@ -3,17 +3,6 @@
 
 use crate::harness::*;
 
-const STICKY_YML: &str = r#"step: sticky
-debug: true
-shell:
-  - if [ -f artifact.txt ]; then echo "seen=$(cat artifact.txt)"; else echo seen=none; fi
-  - echo "$BUILD_ID" > artifact.txt
-"#;
-
-fn seen(build: &Build) -> Option<String> {
-    build.log.iter().find_map(|l| l.strip_prefix("[passed]   . seen=").map(String::from))
-}
-
 #[test]
 fn thirty_repositories_stick_to_the_crc32_slave_and_keep_their_cache() {
     let b = Backend::start(3, &[], &[]);
