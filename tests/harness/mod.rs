@@ -1335,6 +1335,20 @@ impl Rng {
     }
 }
 
+/// Leaves `seen=<what the cache held>` in the log and the build id in the checkout, to show
+/// which earlier build's cache a build found.
+pub const STICKY_YML: &str = r#"step: sticky
+debug: true
+shell:
+  - if [ -f artifact.txt ]; then echo "seen=$(cat artifact.txt)"; else echo seen=none; fi
+  - echo "$BUILD_ID" > artifact.txt
+"#;
+
+/// What a [`STICKY_YML`] build saw in its cache: `none` or an earlier build's id.
+pub fn seen(build: &Build) -> Option<String> {
+    build.log.iter().find_map(|l| l.strip_prefix("[passed]   . seen=").map(String::from))
+}
+
 #[cfg(test)]
 mod selftest {
     use super::*;
@@ -1378,16 +1392,3 @@ mod selftest {
     }
 }
 
-/// Leaves `seen=<what the cache held>` in the log and the build id in the checkout, to show
-/// which earlier build's cache a build found.
-pub const STICKY_YML: &str = r#"step: sticky
-debug: true
-shell:
-  - if [ -f artifact.txt ]; then echo "seen=$(cat artifact.txt)"; else echo seen=none; fi
-  - echo "$BUILD_ID" > artifact.txt
-"#;
-
-/// What a [`STICKY_YML`] build saw in its cache: `none` or an earlier build's id.
-pub fn seen(build: &Build) -> Option<String> {
-    build.log.iter().find_map(|l| l.strip_prefix("[passed]   . seen=").map(String::from))
-}
