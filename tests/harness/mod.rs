@@ -1391,4 +1391,3 @@ mod selftest {
         assert_eq!((r.code, r.text()), (202, "abcde".to_string()));
     }
 }
-
