@@ -1395,6 +1395,9 @@ def control(redis, fixture):
             "bytes_build_record": d["bytes"]["build_record_median"],
             "bytes_branch_keys": d["bytes"]["branch_keys"],
             "idle_renews_per_s": idle["client"]["renews"] / idle["seconds"],
+            # the slave's heartbeat renews every lease/4 (the virtual slave between takes, so a little less often)
+            "heartbeat_renews_per_s": v * 4000 / CP_LEASE_MS,
+            "renew_us": idle["commands"].get("evalsha", {}).get("usec", 0) / max(1, idle["commands"].get("evalsha", {}).get("calls", 0)),
             "idle_empty_takes_per_s": idle["client"]["takes_empty"] / idle["seconds"],
             "idle_redis_cpu_share": idle["redis_cpu_s"] / idle["seconds"],
             "renews_lost": run_["client"]["renews_lost"] + idle["client"]["renews_lost"],
@@ -1694,10 +1697,14 @@ def report():
                      f"{fmt(median([r['redis_cpu_us_per_req'] for r in rb]), 0)} µs (LPUSH). Redis busy during the run: "
                      f"{100 * busy_h:.0f} % of a core (hook) vs {100 * busy_r:.0f} % (redis-benchmark). Hook CPU per push {fmt(hook_cpu, 0)} µs.")
             if share < 0.5:
-                why = ("Redis was not saturated while the hook ran, so the missing rate is the hook's own CPU "
-                       f"({fmt(hook_cpu, 0)} µs per push, sharing {m['nproc']} cores with wrk and Redis), not Redis"
+                rcpu_h = median([r['redis_cpu_us_per_req'] for r in h])
+                why = (f"Redis's CPU was {100 * busy_h:.0f} % busy while the hook ran, so Redis CPU is not what limits it "
+                       "(with fsync always Redis also waits on the disk, which CPU time does not show: that wait is the same "
+                       f"for both); the hook's own CPU per push is {fmt(hook_cpu, 0)} µs, {hook_cpu / rcpu_h:.1f}x what Redis "
+                       f"spends on it, on {m['nproc']} cores shared with wrk and Redis"
                        if busy_h < 0.8 else
-                       f"Redis was saturated: each enqueue costs it {ev_us / lp_us:.1f}x a LPUSH (the script's own commands)")
+                       f"Redis's CPU was saturated ({100 * busy_h:.0f} %): each enqueue costs it {ev_us / lp_us:.1f}x a LPUSH "
+                       "(the script's own commands)")
                 L.append(f"Below 50 %: {why}. Redis alone would take {fmt(1e6 / ev_us, 0)} enqueue scripts/s "
                          f"(1 s ÷ {fmt(ev_us, 1)} µs).")
     if "buildbot" in RESULTS:
@@ -1741,6 +1748,9 @@ def report():
                      f"{r['idle_renews_per_s']:.1f} | {r['idle_empty_takes_per_s']:.0f} | {100 * r['idle_redis_cpu_share']:.1f} % |")
         if cp["rows"]:
             L.append(f"\nper-branch keys (bytes, MEMORY USAGE): {cp['rows'][-1]['bytes_branch_keys']}")
+            L.append("membership: " + "; ".join(
+                f"V={r['slaves']:,}: the heartbeat's {r['heartbeat_renews_per_s']:,.0f} renews/s × {r['renew_us']:.0f} µs = "
+                f"{r['heartbeat_renews_per_s'] * r['renew_us'] / 1e4:.2f} % of a Redis core" for r in cp["rows"]))
     if "throughput_variants" in RESULTS:
         L.append("\n## 3b. Throughput variants (SLAVE_EXECUTORS, SLAVE_STEAL_AFTER; slow- = one repository's builds take "
                  f"{TP_SLOW_SECONDS} s on its first {TP_SLOW_BRANCHES} branches)\n")
