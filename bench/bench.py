@@ -1394,6 +1394,7 @@ def control(redis, fixture):
             "bytes_per_build_used_memory": run_["used_memory_delta"] / n,
             "bytes_build_record": d["bytes"]["build_record_median"],
             "bytes_branch_keys": d["bytes"]["branch_keys"],
+            "bytes_history_entry": d["bytes"].get("history_entry"),
             "idle_renews_per_s": idle["client"]["renews"] / idle["seconds"],
             # the slave's heartbeat renews every lease/4 (the virtual slave between takes, so a little less often)
             "heartbeat_renews_per_s": v * 4000 / CP_LEASE_MS,
@@ -1478,7 +1479,9 @@ def charts():
         for b, v in zip(bars, warm):
             a1.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9, fontweight="bold")
         a1.set_ylabel("builds/s (warm rounds, median)")
-        a1.set_title(f"Throughput, {TP_SLAVES} slaves: x<executors>, -steal")
+        unread = not any(tv[n].get("slave_mentions_executors_or_steal") for n in names)
+        a1.set_title(f"Throughput, {TP_SLAVES} slaves: x<executors>, -steal"
+                     + ("\n(this slave ignored SLAVE_EXECUTORS / SLAVE_STEAL_AFTER)" if unread else ""), fontsize=11)
         bars = a2.bar(names, wait, color=["#d62728" if n.startswith("slow") else "#1f77b4" for n in names])
         for b, v in zip(bars, wait):
             a2.annotate(f"{v:.1f} s", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9, fontweight="bold")
@@ -1747,7 +1750,8 @@ def report():
                      f"{r['commands_in_scripts_per_build']:.1f} | {r['bytes_per_build_used_memory']:,.0f} | {r['bytes_build_record']:,} | "
                      f"{r['idle_renews_per_s']:.1f} | {r['idle_empty_takes_per_s']:.0f} | {100 * r['idle_redis_cpu_share']:.1f} % |")
         if cp["rows"]:
-            L.append(f"\nper-branch keys (bytes, MEMORY USAGE): {cp['rows'][-1]['bytes_branch_keys']}")
+            L.append(f"\nper-branch keys (bytes, MEMORY USAGE): {cp['rows'][-1]['bytes_branch_keys']}; a history entry "
+                     f"{fmt(cp['rows'][-1].get('bytes_history_entry'))} B more (a list of HISTORY_KEEP ids against one of 1)")
             L.append("membership: " + "; ".join(
                 f"V={r['slaves']:,}: the heartbeat's {r['heartbeat_renews_per_s']:,.0f} renews/s × {r['renew_us']:.0f} µs = "
                 f"{r['heartbeat_renews_per_s'] * r['renew_us'] / 1e4:.2f} % of a Redis core" for r in cp["rows"]))

@@ -313,6 +313,19 @@ fn main() {
         .map(|k| (k, memory_usage(&mut mon, &queue::branch_key(k, &p.repo, &p.branch))))
         .collect();
     let clients = info(&mut mon, "clients");
+    // a history entry's marginal bytes: a list shaped like ci:history (build ids, newest first)
+    // with HISTORY_KEEP entries against one with a single entry
+    let probe = "ci:bench:history-probe";
+    let mut per_entry = 0.0;
+    if last > HISTORY_KEEP as u64 {
+        let ids: Vec<String> = (last - HISTORY_KEEP as u64 + 1..=last).map(|i| i.to_string()).collect();
+        let _: () = redis::cmd("RPUSH").arg(probe).arg(&ids[0]).query(&mut mon).expect("RPUSH");
+        let one = memory_usage(&mut mon, probe);
+        let _: () = redis::cmd("RPUSH").arg(probe).arg(&ids[1..]).query(&mut mon).expect("RPUSH");
+        let full = memory_usage(&mut mon, probe);
+        let _: () = redis::cmd("DEL").arg(probe).query(&mut mon).expect("DEL");
+        per_entry = (full as f64 - one as f64) / (HISTORY_KEEP - 1) as f64;
+    }
 
     let out = serde_json::json!({
         "slaves": a.slaves,
@@ -327,7 +340,8 @@ fn main() {
         "finished": finished,
         "idle": delta(&m0, &m1),
         "run": delta(&m1, &m2),
-        "bytes": {"build_record_median": record, "branch_keys": per_branch, "history_keep": HISTORY_KEEP},
+        "bytes": {"build_record_median": record, "branch_keys": per_branch, "history_keep": HISTORY_KEEP,
+                  "history_entry": per_entry},
     });
     println!("{out}");
     if finished < want - m1.tally["finishes"] {
