@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
 """ci-backend benchmark suite (`make bench` → bench/run.sh → this file).
 
-Python standard library only. Everything it starts (redis-server, hook, slaves,
-adnanh/webhook, wrk, redis-benchmark) listens on 127.0.0.1 only, runs in its own
-process group and is stopped by pid at the end. Every loop is bounded in time
-or count. Results: bench/out/results.json and bench/out/results.md, logs in
-bench/out/logs/.
+Run by bench/run.sh with bench/.venv's python: the standard library, plus Buildbot
+(started as programs from the venv) and matplotlib (charts only). Everything it
+starts (redis-server, hook, slaves, adnanh/webhook, Buildbot's master and worker,
+wrk, redis-benchmark, examples/virtual_slaves) listens on 127.0.0.1 only, runs in
+its own process group and is stopped by pid at the end. Every loop is bounded in
+time or count. Results: bench/out/results.json and bench/out/results.md, logs in
+bench/out/logs/, charts in docs/bench/.
 
-Sections (issue 6):
+Sections (issues 6 and 13):
   ingest      wrk → hook, wrk → /usr/bin/webhook (HMAC rule + redis-cli LPUSH),
-              redis-benchmark LPUSH 7000 B (the ceiling); fsync always, then everysec
+              redis-benchmark LPUSH 7000 B (the ceiling, with Redis's cost per command);
+              fsync always, then everysec
   latency     push → status "passed" on a cached 3,000-file repository, and the
               floor (git fetch + git checkout + bash -c 'echo ok' by hand) interleaved
-  throughput  1,000 trivial builds over 50 repositories and 3 slaves
+  buildbot    the same pushes to ours, Buildbot and the floor; signed-push ingest of both
+  throughput  1,000 trivial builds over 50 repositories and 3 slaves, in variants
+              (SLAVE_EXECUTORS, SLAVE_STEAL_AFTER, one slow repository)
+  control     examples/virtual_slaves: 10, 100, 1,000 build-less slaves, 10,000 builds
   footprint   RSS idle/under load, binary sizes, image sizes
   balance     CRC32 mod N over 10,000 owner/name strings
+  charts      docs/bench/{latency,throughput,control-plane}.png
 """
 
 import atexit
