@@ -43,7 +43,7 @@ e2e: ## the deployment tests on a real Docker engine (needs `make images`)
 	@images/e2e.sh
 
 .PHONY: bench
-bench: ## benchmarks of issue 6 (ingest vs webhook/redis, latency, throughput, footprint, balance); ~10 min
+bench: ## benchmarks of issues 6 and 13 (ingest and latency vs webhook/Buildbot/redis, throughput, control plane, charts); < 20 min
 	@bench/run.sh
 
 SOAK_SECONDS ?= 180

@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
 """ci-backend benchmark suite (`make bench` → bench/run.sh → this file).
 
-Python standard library only. Everything it starts (redis-server, hook, slaves,
-adnanh/webhook, wrk, redis-benchmark) listens on 127.0.0.1 only, runs in its own
-process group and is stopped by pid at the end. Every loop is bounded in time
-or count. Results: bench/out/results.json and bench/out/results.md, logs in
-bench/out/logs/.
+Run by bench/run.sh with bench/.venv's python: the standard library, plus Buildbot
+(started as programs from the venv) and matplotlib (charts only). Everything it
+starts (redis-server, hook, slaves, adnanh/webhook, Buildbot's master and worker,
+wrk, redis-benchmark, examples/virtual_slaves) listens on 127.0.0.1 only, runs in
+its own process group and is stopped by pid at the end. Every loop is bounded in
+time or count. Results: bench/out/results.json and bench/out/results.md, logs in
+bench/out/logs/, charts in docs/bench/.
 
-Sections (issue 6):
+Sections (issues 6 and 13):
   ingest      wrk → hook, wrk → /usr/bin/webhook (HMAC rule + redis-cli LPUSH),
-              redis-benchmark LPUSH 7000 B (the ceiling); fsync always, then everysec
+              redis-benchmark LPUSH 7000 B (the ceiling, with Redis's cost per command);
+              fsync always, then everysec
   latency     push → status "passed" on a cached 3,000-file repository, and the
               floor (git fetch + git checkout + bash -c 'echo ok' by hand) interleaved
-  throughput  1,000 trivial builds over 50 repositories and 3 slaves
+  buildbot    the same pushes to ours, Buildbot and the floor; signed-push ingest of both
+  throughput  1,000 trivial builds over 50 repositories and 3 slaves, in variants
+              (SLAVE_EXECUTORS, SLAVE_STEAL_AFTER, one slow repository)
+  control     examples/virtual_slaves: 10, 100, 1,000 build-less slaves, 10,000 builds
   footprint   RSS idle/under load, binary sizes, image sizes
   balance     CRC32 mod N over 10,000 owner/name strings
+  charts      docs/bench/{latency,throughput,control-plane}.png
 """
 
 import atexit
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +58,17 @@ PUSHES = int(os.environ.get("BENCH_PUSHES", "100"))  # pushes per latency run
 TP_REPOS = int(os.environ.get("BENCH_TP_REPOS", "50"))
 TP_BRANCHES = int(os.environ.get("BENCH_TP_BRANCHES", "20"))  # 50 x 20 = 1,000 builds per run
 TP_SLAVES = 3
+# throughput variants (issue 13, part 3): x<executors per slave>[-steal]; "slow-" makes one repository's
+# builds take TP_SLOW_SECONDS (on its first TP_SLOW_BRANCHES branches, so a round stays bounded)
+TP_VARIANTS = os.environ.get("BENCH_TP_VARIANTS", "x1,x2,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal").split(",")
+TP_RUNS = int(os.environ.get("BENCH_TP_RUNS", str(min(RUNS, 3))))  # warm rounds of variant x1
+TP_VARIANT_WARM = int(os.environ.get("BENCH_TP_VARIANT_WARM", "1"))  # warm rounds of every other variant
+BUDGET_S = 20 * 60  # the whole of `make bench` at the defaults
+TP_STEAL_AFTER = os.environ.get("BENCH_TP_STEAL_AFTER", "2")  # SLAVE_STEAL_AFTER when a variant steals
+TP_SLOW_SECONDS = int(os.environ.get("BENCH_TP_SLOW_SECONDS", "10"))
+TP_SLOW_BRANCHES = int(os.environ.get("BENCH_TP_SLOW_BRANCHES", "3"))
 EVERYSEC = os.environ.get("BENCH_EVERYSEC", "1") == "1"
-SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,throughput,footprint,balance").split(",")
+SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,buildbot,throughput,control,footprint,balance,charts").split(",")
 POLL_S = float(os.environ.get("BENCH_POLL_MS", "1")) / 1000  # status poll interval (latency)
 TOKEN = "bench-token-0123456789abcdefABCDEF"
 INGEST_VARIANTS = 1000  # distinct repositories cycled over by wrk
@@ -96,6 +113,16 @@ def stop(p, grace=10.0):
             p.wait(5)
     if p in PROCS:
         PROCS.remove(p)
+
+
+def stop_soon(p):
+    """SIGTERM without waiting: the hook takes about 10 s to exit after SIGTERM (its accept loop), which the
+    bench need not wait for; cleanup() reaps it (or kills it) at the end."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def cleanup():
@@ -214,6 +241,39 @@ class Redis:
     def fsync(self, mode):
         self.cli("CONFIG", "SET", "appendfsync", mode)
 
+    def info(self, section):
+        out = {}
+        for line in self.cli("INFO", section).splitlines():
+            k, sep, v = line.partition(":")
+            if sep:
+                out[k] = v.strip()
+        return out
+
+    def cpu_s(self):
+        """Redis's own CPU seconds (INFO cpu: used_cpu_sys + used_cpu_user)."""
+        i = self.info("cpu")
+        return float(i["used_cpu_sys"]) + float(i["used_cpu_user"])
+
+    def commandstats(self):
+        """{command: {calls, usec, failed_calls}} from INFO commandstats (commands run inside a script count
+        under their own name too; a script's usec includes them)."""
+        out = {}
+        for k, v in self.info("commandstats").items():
+            if k.startswith("cmdstat_"):
+                f = dict(x.split("=", 1) for x in v.split(","))
+                out[k[8:]] = {"calls": int(f["calls"]), "usec": int(f["usec"]), "failed_calls": int(f.get("failed_calls", 0))}
+        return out
+
+
+def stats_delta(a, b):
+    """commandstats b − a, only commands that ran."""
+    out = {}
+    for k, v in b.items():
+        o = a.get(k, {"calls": 0, "usec": 0, "failed_calls": 0})
+        if v["calls"] > o["calls"]:
+            out[k] = {f: v[f] - o[f] for f in ("calls", "usec", "failed_calls")}
+    return out
+
 
 def register_fake_slave(redis):
     """Makes cluster `slave` look live with N=1 without a consumer: the hook's
@@ -236,10 +296,10 @@ def start_hook(redis, name="hook"):
     return p, port
 
 
-def start_slave(redis, name, cache, cluster="slave"):
+def start_slave(redis, name, cache, cluster="slave", env=None):
     logf = os.path.join(LOGS, f"{name}.log")
     p = start(name, [os.path.join(BIN, "slave")],
-              env={"REDIS_URL": redis.url, "SLAVE_CACHE": cache, "SLAVE_CLUSTER": cluster, "RUST_LOG": "info"})
+              env={"REDIS_URL": redis.url, "SLAVE_CACHE": cache, "SLAVE_CLUSTER": cluster, "RUST_LOG": "info", **(env or {})})
     wait_for(lambda: os.path.exists(logf) and "slave.ready" in open(logf).read(), 60, f"{name} slave.ready")
     return p
 
@@ -276,6 +336,12 @@ class Client:
                 if attempt == 2:
                     raise
         raise AssertionError
+
+    def close(self):
+        """The hook's graceful stop waits for open keep-alive connections: close ours first."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def push(self, body):
         sig = hmac.new(TOKEN.encode(), body, hashlib.sha256).hexdigest()
@@ -404,9 +470,11 @@ def wrk_ms(text):
     return v / 1000 if u == "us" else v * 1000 if u == "s" else v
 
 
-def run_wrk(port, path, bodies, name):
-    out = run(["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", "--latency", "-s", os.path.join(BENCH, "post.lua"),
-               f"http://127.0.0.1:{port}", "--", bodies, path], timeout=SECONDS + 60)
+def run_wrk(port, path, bodies, name, algo="sha256", timeout_s=None):
+    """wrk's own per-request timeout is 2 s unless `timeout_s` (a slow peer's answers would count as socket errors)."""
+    extra = [f"--timeout={timeout_s}s"] if timeout_s else []
+    out = run(["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", "--latency", *extra, "-s", os.path.join(BENCH, "post.lua"),
+               f"http://127.0.0.1:{port}", "--", bodies, path, algo], timeout=SECONDS + 60 + (timeout_s or 0))
     with open(os.path.join(LOGS, f"{name}.wrk.txt"), "a") as f:
         f.write(out + "\n")
     r = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -507,6 +575,7 @@ def ingest(redis, fixture):
                 register_fake_slave(redis)
                 who = {"hook": hook.pid, "redis": None}.get(target) or (wh[target][0].pid if target in wh else None)
                 cpu0 = (proc_cpu(who, children=True) if who else 0.0, proc_cpu(redis.proc.pid))
+                cs0, rcpu0, t_run = redis.commandstats(), redis.cpu_s(), time.monotonic()
                 if target == "hook":
                     before = Client(hport).metrics()
                     hook_log = os.path.join(LOGS, "ingest-hook.log")
@@ -551,6 +620,9 @@ def ingest(redis, fixture):
                 if who and "cpu_us_per_req" not in r:
                     r["cpu_us_per_req"] = (proc_cpu(who, children=True) - cpu0[0]) * 1e6 / max(1, r["requests"])
                 r.setdefault("redis_cpu_us_per_req", (proc_cpu(redis.proc.pid) - cpu0[1]) * 1e6 / max(1, r["requests"]))
+                # part 5: what each request costs Redis, by command (the enqueue script vs a plain LPUSH)
+                r["cmdstats"] = stats_delta(cs0, redis.commandstats())
+                r["redis_busy"] = (redis.cpu_s() - rcpu0) / max(1e-9, time.monotonic() - t_run)
                 res[mode][target].append(r)
                 log(f"  {mode} round {rnd_i + 1} {target}: " + ", ".join(f"{k}={v}" for k, v in r.items()))
     redis.fsync("always")
@@ -562,7 +634,7 @@ def ingest(redis, fixture):
     for proc, _ in wh.values():
         if proc:
             stop(proc)
-    stop(hook)
+    stop_soon(hook)
 
 
 def children_of(pid):
@@ -646,8 +718,11 @@ def make_medium_repo(path, files=3000):
     git("checkout", "-q", "-f", "main", cwd=path)
 
 
-def latency(redis, fixture):
-    base = os.path.join(WORK, "latency")
+def latency_rig(redis, fixture, tag="latency"):
+    """A cached 3,000-file clone behind our hook and one slave, the floor's copy of that clone,
+    and the three closures a latency measurement needs: new_commit(), through_hook(sha, msg)
+    and floor(sha). The first build (the clone) is made and not measured."""
+    base = os.path.join(WORK, tag)
     work = os.path.join(base, "work")
     bare = os.path.join(base, "medium.git")
     make_medium_repo(work)
@@ -658,9 +733,9 @@ def latency(redis, fixture):
     repo, branch = "bench/medium", "main"
 
     redis.reset()
-    hook, hport = start_hook(redis, "latency-hook")
+    hook, hport = start_hook(redis, f"{tag}-hook")
     cache = os.path.join(base, "cache")
-    slave = start_slave(redis, "latency-slave", cache)
+    slave = start_slave(redis, f"{tag}-slave", cache)
     cli = Client(hport)
 
     # first build: the clone (cold), not measured
@@ -722,7 +797,6 @@ def latency(redis, fixture):
                 "to_queued": (f("queued_at") - t0w) * 1000, "queue_wait": (f("started_at") - f("queued_at")) * 1000,
                 "build": (f("finished_at") - f("started_at")) * 1000, "seen_after": (t1w - f("finished_at")) * 1000}
 
-    runs = []
     counter = [0]
 
     def new_commit():
@@ -736,6 +810,14 @@ def latency(redis, fixture):
         git("push", "-q", "origin", "HEAD:main", cwd=work)
         return git("rev-parse", "HEAD", cwd=work).strip(), msg
 
+    return types.SimpleNamespace(hook=hook, slave=slave, cli=cli, bare=bare, url=url, repo=repo, branch=branch, work=work,
+                                 base=base, new_commit=new_commit, through_hook=through_hook, floor=floor)
+
+
+def latency(redis, fixture):
+    rig = latency_rig(redis, fixture)
+    hook, slave, new_commit, through_hook, floor = rig.hook, rig.slave, rig.new_commit, rig.through_hook, rig.floor
+    runs = []
     log(f"latency: {RUNS} runs x {PUSHES} pushes on a cached 3,000-file clone, floor interleaved")
     for r_i in range(RUNS):
         pushes, floors = [], []
@@ -768,7 +850,8 @@ def latency(redis, fixture):
     with open(os.path.join(LOGS, "latency-samples.json"), "w") as fh:
         json.dump(runs, fh)
     stop(slave)
-    stop(hook)
+    rig.cli.close()
+    stop_soon(hook)
 
 
 def perf_children(text, root_pid):
@@ -850,9 +933,10 @@ BRANCHES = ["main", "develop", "staging", "release/1.0", "release/1.1", "feature
             "docs", "perf", "refactor/core", "ci", "experiment", "hotfix/1.0.1", "wip", "gh-pages"]
 
 
-def make_tp_repo(bare, nrounds, branches):
+def make_tp_repo(bare, nrounds, branches, slow_yml=None):
     """A tiny repository with `nrounds` commits on each branch, under refs/bench/ (unreachable from branches
-    until a run points the branch at them). Returns {branch: [sha per round]}."""
+    until a run points the branch at them). Returns {branch: [sha per round]}. With `slow_yml`, every
+    commit after round 0 carries that integration.yml (the slow repository of a variant)."""
     git("init", "-q", "--bare", "-b", "main", bare)
     lines, mark = [], 1
     t = 1767225600
@@ -871,6 +955,8 @@ def make_tp_repo(bare, nrounds, branches):
             t += 1
             lines += [f"commit refs/bench/{bi}", f"mark :{mark}", f"committer Bench <bench@localhost> {t} +0000",
                       *data(f"{b} round {k}"), f"from :{prev}", "M 644 inline round.txt", *data(f"{b} {k}\n")]
+            if slow_yml and k > 0:
+                lines += ["M 644 inline integration.yml", *data(slow_yml)]
             marks.setdefault(b, []).append(mark)
             prev = mark
     mfile = bare + ".marks"
@@ -886,23 +972,46 @@ def point_branches(bare, shas, k):
 
 
 def throughput(redis, fixture):
-    base = os.path.join(WORK, "throughput")
+    RESULTS["throughput_variants"] = {}
+    for name in TP_VARIANTS:
+        m = re.fullmatch(r"(slow-)?x(\d+)(-steal)?", name)
+        if not m:
+            raise RuntimeError(f"BENCH_TP_VARIANTS: {name!r}: expected x<executors>[-steal], optionally slow- first")
+        warm = TP_RUNS if name == "x1" else TP_VARIANT_WARM
+        t = time.monotonic()
+        res = throughput_variant(redis, fixture, name, int(m.group(2)), bool(m.group(3)), bool(m.group(1)), warm)
+        res["wall_s"] = round(time.monotonic() - t, 1)
+        RESULTS["throughput_variants"][name] = res
+        if name == "x1":
+            RESULTS["throughput"] = res
+        log(f"throughput: variant {name} done in {res['wall_s']}s")
+
+
+def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rounds):
+    base = os.path.join(WORK, f"throughput-{variant}")
     os.makedirs(base)
     repos = owner_names(TP_REPOS, seed=99)
     branches = BRANCHES[:TP_BRANCHES]
-    nrounds = RUNS + 1  # round 0 = cold caches (clones), then RUNS warm rounds
+    nrounds = warm_rounds + 1  # round 0 = cold caches (clones), then warm rounds
+    slow_repo = repos[0] if slow else None
+    slow_yml = f"step: slow\nshell: sleep {TP_SLOW_SECONDS}\n"
     t = time.monotonic()
     shas = {}
     for i, full in enumerate(repos):
         bare = os.path.join(base, f"r{i:02d}.git")
-        shas[full] = (bare, make_tp_repo(bare, nrounds, branches))
-    log(f"throughput: {len(repos)} repositories x {len(branches)} branches prepared in {time.monotonic() - t:.1f}s")
+        shas[full] = (bare, make_tp_repo(bare, nrounds, branches, slow_yml if full == slow_repo else None))
+    log(f"throughput {variant}: {len(repos)} repositories x {len(branches)} branches prepared in {time.monotonic() - t:.1f}s")
 
     redis.reset()
-    hook, hport = start_hook(redis, "tp-hook")
+    hook, hport = start_hook(redis, f"tp-{variant}-hook")
+    slave_env = {"SLAVE_EXECUTORS": str(executors), "SLAVE_STEAL_AFTER": TP_STEAL_AFTER if steal else "0"}
     slaves = []
     for s in range(TP_SLAVES):
-        slaves.append(start_slave(redis, f"tp-slave-{s}", os.path.join(base, f"cache-{s}")))
+        slaves.append(start_slave(redis, f"tp-{variant}-slave-{s}", os.path.join(base, f"cache-{s}"), env=slave_env))
+    ready = [re.sub(r"cache=\S+", "", l) for l in open(os.path.join(LOGS, f"tp-{variant}-slave-0.log"), errors="replace")
+             if "slave.ready" in l or "slave.start" in l]
+    # until the executors/stealing change is merged the slave ignores both variables: say whether it read them
+    knows = bool(re.search(r"\b(executors|steal\w*)=", " ".join(ready), re.I))
     cli = Client(hport)
     wait_for(lambda: cli.metrics().get('ci_slaves{cluster="slave"}') == TP_SLAVES, 60, "3 live slaves")
     time.sleep(0.5)
@@ -923,8 +1032,10 @@ def throughput(redis, fixture):
         done0 = builds_done(before)
         failed0 = before.get('ci_builds_total{result="failed"}', 0)
         bodies = []
-        for b in branches:  # branch-major: all three slaves get work from the start
+        for bi, b in enumerate(branches):  # branch-major: all three slaves get work from the start
             for full in repos:
+                if full == slow_repo and bi >= TP_SLOW_BRANCHES:
+                    continue
                 bare, s = shas[full]
                 bodies.append((full, push_body(fixture, full, s[b][k], b, f"file://{bare}", f"{b} round {k}")))
         sampler_stop = threading.Event()
@@ -941,12 +1052,14 @@ def throughput(redis, fixture):
         cpu0 = cpu_ticks()
         t0 = time.perf_counter()
         coalesced = 0
+        ids = []
         for full, body in bodies:
             code, ans = cli.push(body)
             if code != 202:
                 raise RuntimeError(f"throughput push answered {code}: {ans[:200]}")
             a = json.loads(ans)
             coalesced += bool(a.get("coalesced"))
+            ids.append(str(a.get("id")))
             if a["slave"] != f"slave-{zlib.crc32(full.encode()) % TP_SLAVES}":
                 mismatched_slave += 1
         t_posted = time.perf_counter()
@@ -965,20 +1078,459 @@ def throughput(redis, fixture):
              "peak_slave_rss_kib": peaks["slave"], "peak_hook_rss_kib": peaks["hook"],
              "cpu_busy": (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1]),
              "cpu_ms_per_build": (cpu1[0] - cpu0[0]) * 1000 / os.sysconf("SC_CLK_TCK") / max(1, expect)}
+        waits = build_waits(redis, sorted(set(ids)))
+        w_all = [w for _, w in waits]
+        w_fast = [w for repo, w in waits if repo != slow_repo]
+        r.update({"queue_wait_p50_ms": median(w_all), "queue_wait_p95_ms": pct(w_all, 95), "queue_wait_max_ms": max(w_all, default=None),
+                  "queue_wait_p95_ms_other_repos": pct(w_fast, 95)})
         rounds.append(r)
         log(f"  round {k} ({'cold: clones' if k == 0 else 'warm: fetch'}): {expect} builds in {r['seconds']:.2f}s = "
             f"{r['builds_per_s']:.1f}/s (posting took {r['post_seconds']:.2f}s), failed {r['failed']}, coalesced {coalesced}, "
-            f"CPU busy {100 * r['cpu_busy']:.0f}%, {r['cpu_ms_per_build']:.0f} CPU-ms per build")
+            f"CPU busy {100 * r['cpu_busy']:.0f}%, {r['cpu_ms_per_build']:.0f} CPU-ms per build, queue wait p95 "
+            f"{r['queue_wait_p95_ms']:.0f} ms (other repositories {r['queue_wait_p95_ms_other_repos']:.0f} ms)")
     per_slave = {}
     for i, p in enumerate(slaves):
-        per_slave[f"slave-{i}"] = open(os.path.join(LOGS, f"tp-slave-{i}.log")).read().count("build.finished")
-    RESULTS["throughput"] = {"rounds": rounds, "slave_idle": slave_idle, "hook_idle": hook_idle,
-                             "slave_peak_rss_kib": peak_slave_rss, "hook_peak_rss_kib": peak_hook_rss,
-                             "slave_after": [proc_status(p.pid) for p in slaves], "builds_per_slave_log": per_slave,
-                             "slave_field_not_crc32_mod_3": mismatched_slave}
+        per_slave[f"slave-{i}"] = open(os.path.join(LOGS, f"tp-{variant}-slave-{i}.log")).read().count("build.finished")
+    res = {"variant": variant, "executors": executors, "steal": steal, "steal_after": TP_STEAL_AFTER if steal else None,
+           "slow_repo": slow_repo, "slow_seconds": TP_SLOW_SECONDS if slow else None,
+           "slow_branches": TP_SLOW_BRANCHES if slow else None,
+           "slave_env": slave_env, "slave_mentions_executors_or_steal": knows,
+           "rounds": rounds, "slave_idle": slave_idle, "hook_idle": hook_idle,
+           "slave_peak_rss_kib": peak_slave_rss, "hook_peak_rss_kib": peak_hook_rss,
+           "slave_after": [proc_status(p.pid) for p in slaves], "builds_per_slave_log": per_slave,
+           "slave_field_not_crc32_mod_3": mismatched_slave}
+    cli.close()
+    for p in slaves:
+        os.killpg(p.pid, signal.SIGTERM)  # all at once: each stops within its grace
     for p in slaves:
         stop(p)
-    stop(hook)
+    stop_soon(hook)
+    return res
+
+
+WAITS_LUA = """local out = {}
+for _, id in ipairs(ARGV) do
+  local v = redis.call('HMGET', 'ci:build:' .. id, 'repo', 'queued_at', 'started_at')
+  if v[2] and v[3] then out[#out + 1] = v[1] .. '\t' .. v[2] .. '\t' .. v[3] end
+end
+return out"""
+
+
+def build_waits(redis, ids):
+    """(repo, started_at − queued_at in ms) of each build, from its record in Redis."""
+    out = []
+    for i in range(0, len(ids), 500):
+        text = redis.cli("EVAL", WAITS_LUA, "0", *ids[i:i + 500])
+        for line in text.splitlines():
+            repo, q, st = line.split("\t")
+            out.append((repo, (float(st) - float(q)) * 1000))
+    return out
+
+
+# ---------------------------------------------------------------- 6. Buildbot, the peer (issue 13, part 1)
+
+BB_PUSHES = int(os.environ.get("BENCH_BB_PUSHES", "40"))  # pushes sent to ours, Buildbot and the floor
+BB_RUNS = int(os.environ.get("BENCH_BB_RUNS", str(min(RUNS, 3))))  # ingest runs per target
+VENV_BIN = os.path.dirname(sys.executable)  # bench/run.sh runs this file with the venv's python
+BB_PASSWORD = "bench-worker-pass"
+
+
+def python_versions():
+    from importlib import metadata
+    out = {}
+    for p in ("buildbot", "buildbot-worker", "buildbot-www", "Twisted", "SQLAlchemy", "matplotlib"):
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    return out
+
+
+class Buildbot:
+    """A Buildbot master (bench/buildbot/master.cfg, sqlite) and one local worker, on free ports."""
+
+    def __init__(self, base, repo_url, project):
+        self.dir = os.path.join(base, "buildbot")
+        master, worker = os.path.join(self.dir, "master"), os.path.join(self.dir, "worker")
+        os.makedirs(self.dir)
+        self.www, self.pb = free_port(), free_port()
+        env = {"BB_WWW_PORT": str(self.www), "BB_PB_PORT": str(self.pb), "BB_SECRET": TOKEN, "BB_PROJECT": project,
+               "BB_REPO_URL": repo_url, "BB_WORKER_PASSWORD": BB_PASSWORD}
+        bb, bbw = os.path.join(VENV_BIN, "buildbot"), os.path.join(VENV_BIN, "buildbot-worker")
+        if not os.path.exists(bb):
+            raise RuntimeError(f"{bb} missing: run the bench through bench/run.sh, which makes the venv")
+        run([bb, "create-master", "-q", master], timeout=300)
+        shutil.copy(os.path.join(BENCH, "buildbot", "master.cfg"), master)
+        self.master = start("buildbot-master", [bb, "start", "--nodaemon", master], env=env)
+        wait_for(lambda: http_get(self.www, "/api/v2/masters")[0] == 200, 120, "Buildbot's www (/api/v2/masters)")
+        run([bbw, "create-worker", "-q", worker, f"127.0.0.1:{self.pb}", "local", BB_PASSWORD], timeout=120)
+        self.worker = start("buildbot-worker", [bbw, "start", "--nodaemon", worker])
+        wait_for(lambda: self.worker_connected(), 120, "Buildbot's worker connected")
+        self.db_path = os.path.join(master, "state.sqlite")
+        self.master_dir = master
+        self.db = None
+
+    def worker_connected(self):
+        code, body = http_get(self.www, "/api/v2/workers")
+        return code == 200 and any(w.get("connected_to") for w in json.loads(body).get("workers", []))
+
+    def sql(self, query, args=()):
+        """Read-only, from the bench's process: the master's reactor serves nothing for it (WAL)."""
+        import sqlite3
+        if self.db is None:
+            self.db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
+        for attempt in range(50):
+            try:
+                return self.db.execute(query, args).fetchall()
+            except sqlite3.OperationalError:
+                time.sleep(0.01)
+        return self.db.execute(query, args).fetchall()
+
+    def last_build_id(self):
+        return self.sql("SELECT COALESCE(MAX(id), 0) FROM builds")[0][0]
+
+    def changes(self):
+        return self.sql("SELECT COUNT(*) FROM changes")[0][0]
+
+    def post(self, conn, body, sig=None):
+        sig = sig or hmac.new(TOKEN.encode(), body, hashlib.sha1).hexdigest()
+        conn.request("POST", "/change_hook/github", body, {"Content-Type": "application/json", "X-GitHub-Event": "push",
+                                                           "X-Hub-Signature": f"sha1={sig}"})
+        r = conn.getresponse()
+        return r.status, r.read()
+
+    def push_and_wait(self, conn, body, sha, after_id, timeout=120):
+        """POST → the build of `sha` complete in Buildbot's database (polled every BENCH_POLL_MS)."""
+        t0 = time.perf_counter()
+        code, answer = self.post(conn, body)
+        t_ans = time.perf_counter()
+        if code != 200:
+            raise RuntimeError(f"buildbot change hook answered {code}: {answer[:200]}")
+        want = json.dumps(sha)
+        while True:
+            rows = self.sql("SELECT b.id, b.results FROM builds b JOIN build_properties p ON p.buildid = b.id "
+                            "AND p.name = 'got_revision' WHERE b.id > ? AND b.complete_at IS NOT NULL AND p.value = ?",
+                            (after_id, want))
+            if rows:
+                break
+            if time.perf_counter() - t0 > timeout:
+                raise RuntimeError(f"buildbot: no finished build of {sha} after {timeout} s")
+            time.sleep(POLL_S)
+        t1 = time.perf_counter()
+        return {"total": (t1 - t0) * 1000, "answer": (t_ans - t0) * 1000, "build_id": rows[0][0],
+                "passed": rows[0][1] == 0}
+
+    def stop(self):
+        if self.db is not None:
+            self.db.close()
+        stop(self.worker, 20)
+        stop(self.master, 30)
+        for name, d in (("master", self.master_dir), ("worker", os.path.join(self.dir, "worker"))):
+            src = os.path.join(d, "twistd.log")
+            if os.path.exists(src):
+                shutil.copy(src, os.path.join(LOGS, f"buildbot-{name}-twistd.log"))
+
+
+def buildbot(redis, fixture):
+    """Same repository, same pushes: each new commit goes to our hook+slave, to Buildbot and to the
+    floor, in a rotating order; then signed-push ingest of both with wrk on the same deliveries."""
+    versions = python_versions()
+    log(f"buildbot: versions {versions}")
+    redis.reset()
+    rig = latency_rig(redis, fixture, tag="buildbot")
+    bb = Buildbot(rig.base, rig.url, rig.repo)
+    conn = http.client.HTTPConnection("127.0.0.1", bb.www, timeout=60)
+    # sanity: a bad signature and an unsigned delivery are refused (strict), a good one accepted
+    sha0 = git("rev-parse", "HEAD", cwd=rig.work).strip()
+    body0 = push_body(fixture, rig.repo, sha0, rig.branch, rig.url, "initial import")
+    refused = {"bad signature": bb.post(conn, body0, "0" * 40)[0]}
+    c2 = http.client.HTTPConnection("127.0.0.1", bb.www, timeout=10)
+    c2.request("POST", "/change_hook/github", body0, {"Content-Type": "application/json", "X-GitHub-Event": "push"})
+    refused["unsigned"] = c2.getresponse().status
+    if any(v < 400 for v in refused.values()):
+        raise RuntimeError(f"buildbot accepted a delivery it should refuse: {refused}")
+    cold = bb.push_and_wait(conn, body0, sha0, bb.last_build_id(), timeout=300)  # the clone, not measured
+    log(f"buildbot: first build (clone) {cold['total']:.0f} ms; refused {refused}")
+    order_names = ["ours", "buildbot", "floor"]
+    samples = {k: [] for k in order_names}
+    failed = {"ours": 0, "buildbot": 0}
+    log(f"buildbot: {BB_PUSHES} pushes, each to ours, Buildbot and the floor (order rotating)")
+    for i in range(BB_PUSHES):
+        sha, msg = rig.new_commit()
+        body = push_body(fixture, rig.repo, sha, rig.branch, rig.url, msg)
+        for who in order_names[i % 3:] + order_names[:i % 3]:
+            if who == "ours":
+                p = rig.through_hook(sha, msg)
+                samples["ours"].append(p["total"])
+                failed["ours"] += p["state"] != "passed"
+            elif who == "buildbot":
+                p = bb.push_and_wait(conn, body, sha, bb.last_build_id())
+                samples["buildbot"].append(p["total"])
+                failed["buildbot"] += not p["passed"]
+            else:
+                samples["floor"].append(rig.floor(sha)["total"])
+    lat = {k: {"p50": median(v), "p90": pct(v, 90), "p99": pct(v, 99), "n": len(v)} for k, v in samples.items()}
+    log("buildbot: latency " + "; ".join(f"{k} p50 {v['p50']:.1f} ms p90 {v['p90']:.1f} ms" for k, v in lat.items()))
+    stop(rig.slave)
+
+    # ingest: the same 1,000 deliveries (1,000 repositories) to both, sha256 for ours, sha1 for Buildbot
+    names = owner_names(INGEST_VARIANTS, seed=7)
+    rnd = random.Random(5)
+    f256, f1 = os.path.join(WORK, "bb-bodies-256.txt"), os.path.join(WORK, "bb-bodies-1.txt")
+    with open(f256, "w") as a, open(f1, "w") as b:
+        for full in names:
+            body = push_body(fixture, full, "%040x" % rnd.getrandbits(160), branch="main",
+                             clone_url=f"https://github.com/{full}.git")
+            a.write(hmac.new(TOKEN.encode(), body, hashlib.sha256).hexdigest() + "\t" + body.decode() + "\n")
+            b.write(hmac.new(TOKEN.encode(), body, hashlib.sha1).hexdigest() + "\t" + body.decode() + "\n")
+    ingest_res = {"ours": [], "buildbot": []}
+    log(f"buildbot: ingest, {BB_RUNS} runs each of {SECONDS}s, {CONNS} connections")
+    for k in range(BB_RUNS):
+        for who in (["ours", "buildbot"] if k % 2 == 0 else ["buildbot", "ours"]):
+            if who == "ours":
+                redis.reset()
+                register_fake_slave(redis)
+                cs0 = redis.commandstats()
+                m0 = rig.cli.metrics()
+                r = run_wrk(rig.cli.port, "/", f256, "bb-ingest-ours")
+                cs = stats_delta(cs0, redis.commandstats())
+                # recorded, from Redis: enqueue scripts that completed (each stores the push: a new build, or
+                # its branch's pending build takes the newer commit)
+                ev = cs.get("evalsha", {"calls": 0, "failed_calls": 0})
+                r["recorded"] = ev["calls"] - ev["failed_calls"]
+                r["recorded_note"] = "enqueue script calls completed in Redis (INFO commandstats evalsha)"
+                key = 'ci_requests_total{route="push",code="202"}'
+                r["hook_202"] = int(rig.cli.metrics().get(key, 0) - m0.get(key, 0))
+                r["queued_builds"] = int(redis.cli("GET", "ci:seq") or 0)
+            else:
+                c0 = bb.changes()
+                cpu0 = proc_cpu(bb.master.pid)
+                r = run_wrk(bb.www, "/change_hook/github", f1, "bb-ingest-buildbot", algo="sha1", timeout_s=30)
+                r["recorded_at_end"] = bb.changes() - c0
+                r["cpu_us_per_req"] = (proc_cpu(bb.master.pid) - cpu0) * 1e6 / max(1, r["requests"])
+                # it may still be writing: follow (bounded) until the count stops growing
+                t_end, last = time.monotonic(), -1
+                while time.monotonic() - t_end < 30:
+                    n = bb.changes() - c0
+                    if n == last:
+                        break
+                    last = n
+                    time.sleep(1.0)
+                r["recorded"] = bb.changes() - c0
+                r["recorded_note"] = "rows added to Buildbot's changes table (one change per push)"
+            r["answers_2xx"] = r["requests"] - r["non2xx"]
+            ingest_res[who].append(r)
+            log(f"  ingest {who} run {k + 1}: {r['rps']:.0f}/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                f"non-2xx {r['non2xx']}, socket errors {r['socket_errors']}, recorded {r['recorded']}")
+    # the wrk run sent N requests; the hook's 2xx are durably queued: count ours from its /metrics too
+    RESULTS["buildbot"] = {
+        "versions": versions, "pushes": BB_PUSHES, "latency": lat, "failed": failed, "cold_first_build_ms": cold["total"],
+        "refused": refused, "ingest": ingest_res, "samples": samples,
+        "unfair": [
+            "Buildbot runs from a venv on CPython (Twisted reactor, one process) with sqlite (WAL), the create-master "
+            "default; its manual recommends PostgreSQL or MySQL for busy masters",
+            "treeStableTimer=None (a build per change at once); the scheduler filters on project bench/medium, branch main",
+            "Buildbot's github hook checks only X-Hub-Signature (HMAC-SHA1); ours checks X-Hub-Signature-256. Each gets its "
+            "own signature over the same bodies",
+            "Buildbot's result is read from its sqlite database by the bench (read-only, WAL: no load on the master's "
+            "reactor); ours from GET /status over HTTP. Both polled every BENCH_POLL_MS",
+            "Buildbot's worker runs as root in one process with the master on the same host (PB over loopback); our "
+            "slave runs steps as nobody",
+            "ingest: wrk waits up to 30 s for each of Buildbot's answers (its default, 2 s, made them socket errors); "
+            "2 s for ours, as in section 1",
+            "ingest: our pushes land on a fake slave (no consumer) and coalesce per repository after the first 1,000; "
+            "Buildbot's changes match no scheduler (other projects), so neither builds during ingest",
+        ],
+    }
+    with open(os.path.join(LOGS, "buildbot-latency-samples.json"), "w") as fh:
+        json.dump(samples, fh)
+    conn.close()
+    bb.stop()
+    rig.cli.close()
+    stop_soon(rig.hook)
+
+
+# ---------------------------------------------------------------- 7. control plane: virtual slaves (issue 13, part 4)
+
+CP_SLAVES = [int(x) for x in os.environ.get("BENCH_CP_SLAVES", "10,100,1000").split(",") if x]
+CP_REPOS = int(os.environ.get("BENCH_CP_REPOS", "10000"))
+CP_PRODUCERS = int(os.environ.get("BENCH_CP_PRODUCERS", "4"))
+CP_IDLE_S = int(os.environ.get("BENCH_CP_IDLE", "5"))
+CP_LEASE_MS = int(os.environ.get("BENCH_CP_LEASE_MS", "10000"))  # SLAVE_LEASE's default, 10 s
+
+
+def control(redis, fixture):
+    """examples/virtual_slaves.rs against the bench's Redis (AOF, fsync always), once per fleet size."""
+    exe = os.path.join(ROOT, "target", "release", "examples", "virtual_slaves")
+    if not os.path.exists(exe):
+        raise RuntimeError(f"{exe} missing: bench/run.sh builds it (cargo build --release --example virtual_slaves)")
+    maxclients = int(redis.cli("CONFIG", "GET", "maxclients").splitlines()[-1])
+    rows = []
+    for v in CP_SLAVES:
+        need = v + CP_PRODUCERS + 8
+        if need > maxclients:
+            log(f"control: skipping V={v}: needs {need} connections, Redis maxclients is {maxclients}")
+            continue
+        redis.reset()
+        t = time.monotonic()
+        out = subprocess.run([exe, "--redis", redis.url, "--slaves", str(v), "--repos", str(CP_REPOS), "--producers",
+                              str(CP_PRODUCERS), "--lease-ms", str(CP_LEASE_MS), "--idle-secs", str(CP_IDLE_S)],
+                             capture_output=True, text=True, timeout=900)
+        with open(os.path.join(LOGS, f"control-{v}.txt"), "w") as fh:
+            fh.write(out.stdout + out.stderr)
+        if out.returncode != 0:
+            raise RuntimeError(f"virtual_slaves --slaves {v} exited {out.returncode}: {out.stderr[-400:]}")
+        d = json.loads(out.stdout.strip().splitlines()[-1])
+        run_, idle = d["run"], d["idle"]
+        n = max(1, d["finished"])
+        cmds = run_["commands"]
+        # round trips: what the clients sent (each verb is one command or one script)
+        c = run_["client"]
+        trips = c["enqueues"] + c["takes"] + c["starts"] + c["finishes"] + c["renews"]
+        nested = sum(x["calls"] for k, x in cmds.items() if k not in ("evalsha", "eval", "blmove", "info", "script|load",
+                                                                     "script", "memory|usage", "get", "config|get"))
+        row = {
+            "slaves": v, "builds": d["finished"], "seconds": run_["seconds"], "builds_per_s": d["finished"] / run_["seconds"],
+            "enqueue_seconds": d["enqueue_seconds"],
+            "redis_cpu_us_per_build": run_["redis_cpu_s"] * 1e6 / n,
+            "redis_busy": run_["redis_cpu_s"] / run_["seconds"],
+            "round_trips_per_build": trips / n,
+            "build_round_trips_per_build": (c["enqueues"] + c["starts"] + c["finishes"] + c["takes"] - c["takes_empty"]) / n,
+            "commands_in_scripts_per_build": nested / n,
+            "evalsha_us_per_call": cmds.get("evalsha", {}).get("usec", 0) / max(1, cmds.get("evalsha", {}).get("calls", 0)),
+            "bytes_per_build_used_memory": run_["used_memory_delta"] / n,
+            "bytes_build_record": d["bytes"]["build_record_median"],
+            "bytes_branch_keys": d["bytes"]["branch_keys"],
+            "bytes_history_entry": d["bytes"].get("history_entry"),
+            "idle_renews_per_s": idle["client"]["renews"] / idle["seconds"],
+            # the slave's heartbeat renews every lease/4 (the virtual slave between takes, so a little less often)
+            "heartbeat_renews_per_s": v * 4000 / CP_LEASE_MS,
+            "renew_us": idle["commands"].get("evalsha", {}).get("usec", 0) / max(1, idle["commands"].get("evalsha", {}).get("calls", 0)),
+            "idle_empty_takes_per_s": idle["client"]["takes_empty"] / idle["seconds"],
+            "idle_redis_cpu_share": idle["redis_cpu_s"] / idle["seconds"],
+            "renews_lost": run_["client"]["renews_lost"] + idle["client"]["renews_lost"],
+            "claim_seconds": d["claim_seconds"], "connections": d["connections"], "wall_s": round(time.monotonic() - t, 1),
+        }
+        # the ceiling one Redis core gives: 1 s of CPU divided by what a build costs it
+        row["ceiling_builds_per_s"] = 1e6 / row["redis_cpu_us_per_build"]
+        rows.append(row)
+        log(f"control: V={v}: {row['builds']} builds in {row['seconds']:.2f}s = {row['builds_per_s']:.0f}/s, Redis "
+            f"{row['redis_cpu_us_per_build']:.0f} µs CPU per build ({100 * row['redis_busy']:.0f}% of a core), "
+            f"{row['round_trips_per_build']:.2f} round trips per build, {row['bytes_per_build_used_memory']:.0f} B per build, "
+            f"idle: {row['idle_renews_per_s']:.1f} renews/s, Redis {100 * row['idle_redis_cpu_share']:.1f}% busy")
+    RESULTS["control"] = {"rows": rows, "repos": CP_REPOS, "producers": CP_PRODUCERS, "lease_ms": CP_LEASE_MS,
+                          "maxclients": maxclients, "ulimit_n": __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0],
+                          "enqueue_path": "queue::enqueue called directly (the hook's Lua script, no HTTP)",
+                          "connections_note": "one Redis connection per virtual slave (a real slave holds about five)"}
+
+
+# ---------------------------------------------------------------- 8. charts (issue 13, part 6)
+
+CHARTS = os.environ.get("BENCH_CHARTS_DIR", os.path.join(ROOT, "docs", "bench"))
+NOTE = os.environ.get("BENCH_NOTE", "")  # e.g. "small run on a busy machine": printed under every chart's title
+
+
+def charts():
+    """PNG charts from this run's results (or, for a section that did not run, the last results.json)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    prev = {}
+    try:
+        with open(os.path.join(OUT, "results.json")) as fh:
+            prev = json.load(fh)
+    except (OSError, ValueError):
+        pass
+    got = lambda k: RESULTS.get(k) or prev.get(k)
+    m = RESULTS["machine"]
+    foot = f"ci-backend {m['commit']}, {m['date']}, {m['nproc']} CPUs" + (f" — {NOTE}" if NOTE else "")
+    os.makedirs(CHARTS, exist_ok=True)
+    made = []
+
+    def save(fig, name):
+        fig.text(0.01, 0.01, foot + " — make bench", fontsize=7, color="#555")
+        path = os.path.join(CHARTS, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(os.path.relpath(path, ROOT))
+
+    bb = got("buildbot")
+    if bb and bb.get("samples"):
+        s = bb["samples"]
+        rows = [("floor (git fetch + checkout + bash by hand)", s["floor"], "#999999"), ("ci-backend (hook + slave)", s["ours"], "#1f77b4"),
+                (f"Buildbot {bb['versions'].get('buildbot')} (github hook + worker)", s["buildbot"], "#d62728")]
+        fig, ax = plt.subplots(figsize=(10.5, 3.8))
+        for i, (label, xs, color) in enumerate(rows):
+            ax.boxplot([xs], positions=[i], vert=False, widths=0.5, whis=(5, 95), showfliers=False,
+                       medianprops={"color": "black"}, boxprops={"color": color}, whiskerprops={"color": color})
+            jit = random.Random(i)
+            ax.scatter(xs, [i + (jit.random() - 0.5) * 0.3 for _ in xs], s=8, color=color, alpha=0.5)
+            p50, p90 = median(xs), pct(xs, 90)
+            ax.annotate(f"p50 {p50:,.0f} ms  p90 {p90:,.0f} ms", (max(xs), i), xytext=(8, 0), textcoords="offset points",
+                        va="center", fontsize=9, fontweight="bold")
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("push → result, ms (log scale); box 25–75 %, whiskers 5–95 %")
+        ax.set_xlim(right=max(max(r[1]) for r in rows) * 12)
+        ax.set_title(f"Push → result, cached 3,000-file clone, echo ok: the same {len(s['ours'])} pushes to each", fontsize=11)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        save(fig, "latency.png")
+
+    tv = got("throughput_variants")
+    if tv:
+        names = list(tv)
+        warm = [median([r["builds_per_s"] for r in tv[n]["rounds"] if not r["cold"]] or [0]) for n in names]
+        wait = [median([r["queue_wait_p95_ms"] for r in tv[n]["rounds"] if not r["cold"]] or [0]) / 1000 for n in names]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        bars = a1.bar(names, warm, color=["#d62728" if n.startswith("slow") else "#1f77b4" for n in names])
+        for b, v in zip(bars, warm):
+            a1.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9, fontweight="bold")
+        a1.set_ylabel("builds/s (warm rounds, median)")
+        unread = not any(tv[n].get("slave_mentions_executors_or_steal") for n in names)
+        a1.set_title(f"Throughput, {TP_SLAVES} slaves: x<executors>, -steal"
+                     + ("\n(this slave ignored SLAVE_EXECUTORS / SLAVE_STEAL_AFTER)" if unread else ""), fontsize=11)
+        bars = a2.bar(names, wait, color=["#d62728" if n.startswith("slow") else "#1f77b4" for n in names])
+        for b, v in zip(bars, wait):
+            a2.annotate(f"{v:.1f} s", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9, fontweight="bold")
+        a2.set_ylabel("queue wait p95, s (started_at − queued_at)")
+        a2.set_title("Queue wait p95 (slow-: one repository's builds take "
+                     f"{next((tv[n]['slow_seconds'] for n in names if tv[n].get('slow_seconds')), TP_SLOW_SECONDS)} s)")
+        for a in (a1, a2):
+            a.tick_params(axis="x", labelrotation=20, labelsize=8)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        save(fig, "throughput.png")
+
+    cp = got("control")
+    if cp and cp.get("rows"):
+        rows = cp["rows"]
+        v = [r["slaves"] for r in rows]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        a1.plot(v, [r["builds_per_s"] for r in rows], "o-", label="measured (clients on the same cores)")
+        a1.plot(v, [r["ceiling_builds_per_s"] for r in rows], "s--", color="#d62728", label="one Redis core: 1 s ÷ Redis CPU per build")
+        for r in rows:
+            a1.annotate(f"{r['builds_per_s']:,.0f}/s", (r["slaves"], r["builds_per_s"]), xytext=(0, -14), textcoords="offset points",
+                        ha="center", fontsize=9, fontweight="bold")
+            a1.annotate(f"{r['ceiling_builds_per_s']:,.0f}/s", (r["slaves"], r["ceiling_builds_per_s"]), xytext=(0, 6),
+                        textcoords="offset points", ha="center", fontsize=9, color="#d62728")
+        a1.set_xscale("log")
+        a1.set_ylim(0, max(max(r["ceiling_builds_per_s"], r["builds_per_s"]) for r in rows) * 1.25)
+        a1.set_xlim(min(v) / 2, max(v) * 2)
+        a1.set_xlabel("virtual slaves (threads, each holding an index)")
+        a1.set_ylabel("builds scheduled per second")
+        a1.set_title(f"Control plane: {cp['repos']:,} builds, one Redis (AOF fsync always)", fontsize=11)
+        a1.legend(fontsize=8, loc="lower left")
+        a2.bar([str(x) for x in v], [r["redis_cpu_us_per_build"] for r in rows], color="#1f77b4")
+        for i, r in enumerate(rows):
+            a2.annotate(f"{r['redis_cpu_us_per_build']:.0f} µs\n{r['round_trips_per_build']:.1f} trips\n{r['idle_renews_per_s']:.0f} renews/s",
+                        (i, r["redis_cpu_us_per_build"]), ha="center", va="bottom", fontsize=8)
+        a2.set_xlabel("virtual slaves")
+        a2.set_ylabel("Redis CPU per build, µs")
+        a2.set_title("What a build costs Redis")
+        a2.margins(y=0.35)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        save(fig, "control-plane.png")
+    RESULTS["charts"] = made
+    log(f"charts: {made}")
 
 
 # ---------------------------------------------------------------- 4. footprint
@@ -1132,6 +1684,102 @@ def report():
         warm = [r["builds_per_s"] for r in tp["rounds"] if not r["cold"]]
         L.append(f"| **median warm** | | | | **{median(warm):.1f}** | | | | |")
         L.append(f"\nbuilds per slave (log count): {tp['builds_per_slave_log']}; 202 `slave` ≠ CRC32 mod 3: {tp['slave_field_not_crc32_mod_3']}")
+    if "ingest" in RESULTS and "always" in RESULTS["ingest"]:
+        res = RESULTS["ingest"]["always"]
+        h, rb = res.get("hook") or [], res.get("redis") or []
+        if h and rb:
+            share = median([r["rps"] for r in h]) / median([r["rps"] for r in rb])
+            ev = [r["cmdstats"].get("evalsha", {}) for r in h]
+            lp = [r["cmdstats"].get("lpush", {}) for r in rb]
+            ev_us = median([e["usec"] / e["calls"] for e in ev if e.get("calls")])
+            lp_us = median([e["usec"] / e["calls"] for e in lp if e.get("calls")])
+            nested = median([sum(v["calls"] for k, v in r["cmdstats"].items() if k not in ("evalsha", "eval", "info", "config|get",
+                                                                                           "config|set", "get", "ping"))
+                             / max(1, r["cmdstats"].get("evalsha", {}).get("calls", 1)) for r in h])
+            busy_h, busy_r = median([r["redis_busy"] for r in h]), median([r["redis_busy"] for r in rb])
+            hook_cpu = median([r["cpu_us_per_req"] for r in h if "cpu_us_per_req" in r])
+            L.append(f"\n## 1b. Ingest against the ceiling (fsync always)\n")
+            L.append(f"hook = **{100 * share:.1f} %** of redis-benchmark LPUSH 7,000 B ({fmt(median([r['rps'] for r in h]))}/s vs "
+                     f"{fmt(median([r['rps'] for r in rb]))}/s).")
+            L.append(f"Redis CPU per call (INFO commandstats, medians of runs): enqueue script (EVALSHA, including the "
+                     f"{fmt(nested)} commands it runs) {fmt(ev_us, 1)} µs; LPUSH {fmt(lp_us, 1)} µs; ratio {ev_us / lp_us:.1f}x. "
+                     f"Redis process CPU per request {fmt(median([r['redis_cpu_us_per_req'] for r in h]), 0)} µs (hook) vs "
+                     f"{fmt(median([r['redis_cpu_us_per_req'] for r in rb]), 0)} µs (LPUSH). Redis busy during the run: "
+                     f"{100 * busy_h:.0f} % of a core (hook) vs {100 * busy_r:.0f} % (redis-benchmark). Hook CPU per push {fmt(hook_cpu, 0)} µs.")
+            if share < 0.5:
+                rcpu_h = median([r['redis_cpu_us_per_req'] for r in h])
+                why = (f"Redis's CPU was {100 * busy_h:.0f} % busy while the hook ran, so Redis CPU is not what limits it "
+                       "(with fsync always Redis also waits on the disk, which CPU time does not show: that wait is the same "
+                       f"for both); the hook's own CPU per push is {fmt(hook_cpu, 0)} µs, {hook_cpu / rcpu_h:.1f}x what Redis "
+                       f"spends on it, on {m['nproc']} cores shared with wrk and Redis"
+                       if busy_h < 0.8 else
+                       f"Redis's CPU was saturated ({100 * busy_h:.0f} %): each enqueue costs it {ev_us / lp_us:.1f}x a LPUSH "
+                       "(the script's own commands)")
+                L.append(f"Below 50 %: {why}. Redis alone would take {fmt(1e6 / ev_us, 0)} enqueue scripts/s "
+                         f"(1 s ÷ {fmt(ev_us, 1)} µs).")
+    if "buildbot" in RESULTS:
+        bb = RESULTS["buildbot"]
+        v = bb["versions"]
+        L.append(f"\n## 6. Buildbot as the peer (buildbot {v.get('buildbot')}, buildbot-worker {v.get('buildbot-worker')}, "
+                 f"buildbot-www {v.get('buildbot-www')}, Twisted {v.get('Twisted')}, SQLAlchemy {v.get('SQLAlchemy')})\n")
+        L.append(f"{bb['pushes']} pushes on the latency section's 3,000-file repository; each new commit went to ours, to Buildbot "
+                 f"and to the floor (order rotating). Buildbot's first build (its clone) took {bb['cold_first_build_ms']:,.0f} ms "
+                 f"(not counted). Refused as they should be: {bb['refused']}.\n")
+        L.append("| push → result | p50 ms | p90 ms | p99 ms | n | failed |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for k, label in (("ours", "ci-backend hook + slave"), ("buildbot", "Buildbot (github hook, worker)"), ("floor", "floor by hand")):
+            x = bb["latency"][k]
+            L.append(f"| {label} | {x['p50']:.1f} | {x['p90']:.1f} | {x['p99']:.1f} | {x['n']} | {bb['failed'].get(k, '')} |")
+        L.append(f"\nBuildbot p50 / ours p50: {bb['latency']['buildbot']['p50'] / bb['latency']['ours']['p50']:.1f}x\n")
+        L.append(f"| ingest ({CONNS} connections, {SECONDS}s) | answers/s (median) | p50 ms | p99 ms | non-2xx | per-run answers/s | pushes recorded (per run) | how counted |")
+        L.append("|---|---:|---:|---:|---:|---|---|---|")
+        for k, label in (("ours", "ci-backend hook"), ("buildbot", "Buildbot /change_hook/github")):
+            rs = bb["ingest"][k]
+            if rs:
+                L.append(f"| {label} | {fmt(median([r['rps'] for r in rs]))} | {fmt(median([r['p50_ms'] for r in rs]), 2)} | "
+                         f"{fmt(median([r['p99_ms'] for r in rs]), 2)} | {sum(r['non2xx'] for r in rs)} | "
+                         f"{' '.join('%.0f' % r['rps'] for r in rs)} | {' '.join(str(r['recorded']) + ' of ' + str(r['requests']) for r in rs)} | "
+                         f"{rs[0]['recorded_note']} |")
+        L.append("\nUnfair, and how it was handled:\n")
+        for u in bb["unfair"]:
+            L.append(f"- {u}")
+    if "control" in RESULTS:
+        cp = RESULTS["control"]
+        L.append(f"\n## 7. Control plane: virtual slaves ({cp['repos']:,} builds per size, {cp['producers']} producers, "
+                 f"lease {cp['lease_ms']} ms; {cp['enqueue_path']}; {cp['connections_note']}; Redis maxclients {cp['maxclients']}, "
+                 f"ulimit -n {cp['ulimit_n']})\n")
+        L.append("| virtual slaves | builds/s | Redis CPU µs/build | Redis busy | 1 core ceiling builds/s | round trips/build (incl. empty takes, renews) "
+                 "| commands in scripts/build | B/build (used_memory) | B/record | idle renews/s | idle empty takes/s | idle Redis busy |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in cp["rows"]:
+            L.append(f"| {r['slaves']:,} | {r['builds_per_s']:,.0f} | {r['redis_cpu_us_per_build']:.0f} | {100 * r['redis_busy']:.0f} % | "
+                     f"{r['ceiling_builds_per_s']:,.0f} | {r['round_trips_per_build']:.2f} ({r['build_round_trips_per_build']:.2f} for the build) | "
+                     f"{r['commands_in_scripts_per_build']:.1f} | {r['bytes_per_build_used_memory']:,.0f} | {r['bytes_build_record']:,} | "
+                     f"{r['idle_renews_per_s']:.1f} | {r['idle_empty_takes_per_s']:.0f} | {100 * r['idle_redis_cpu_share']:.1f} % |")
+        if cp["rows"]:
+            L.append(f"\nper-branch keys (bytes, MEMORY USAGE): {cp['rows'][-1]['bytes_branch_keys']}; a history entry "
+                     f"{fmt(cp['rows'][-1].get('bytes_history_entry'))} B more (a list of HISTORY_KEEP ids against one of 1)")
+            L.append("membership: " + "; ".join(
+                f"V={r['slaves']:,}: the heartbeat's {r['heartbeat_renews_per_s']:,.0f} renews/s × {r['renew_us']:.0f} µs = "
+                f"{r['heartbeat_renews_per_s'] * r['renew_us'] / 1e4:.2f} % of a Redis core" for r in cp["rows"]))
+    if "throughput_variants" in RESULTS:
+        L.append("\n## 3b. Throughput variants (SLAVE_EXECUTORS, SLAVE_STEAL_AFTER; slow- = one repository's builds take "
+                 f"{TP_SLOW_SECONDS} s on its first {TP_SLOW_BRANCHES} branches)\n")
+        L.append("| variant | slave env | slave read it | warm builds/s (median) | cold builds/s | queue wait p95 ms (warm) | "
+                 "p95 other repositories | max wait ms | failed | wall s |")
+        L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for n, tv in RESULTS["throughput_variants"].items():
+            warm = [r for r in tv["rounds"] if not r["cold"]]
+            cold = [r for r in tv["rounds"] if r["cold"]]
+            L.append(f"| {n} | {' '.join(f'{k}={v}' for k, v in tv['slave_env'].items())} | "
+                     f"{'yes' if tv['slave_mentions_executors_or_steal'] else 'no (not merged yet?)'} | "
+                     f"{fmt(median([r['builds_per_s'] for r in warm]))} | {fmt(median([r['builds_per_s'] for r in cold]))} | "
+                     f"{fmt(median([r['queue_wait_p95_ms'] for r in warm]), 0)} | {fmt(median([r['queue_wait_p95_ms_other_repos'] for r in warm]), 0)} | "
+                     f"{fmt(max([r['queue_wait_max_ms'] or 0 for r in warm] or [0]), 0)} | {sum(r['failed'] for r in tv['rounds'])} | {tv.get('wall_s')} |")
+    if RESULTS.get("charts"):
+        L.append("\ncharts: " + ", ".join(RESULTS["charts"]))
+    L.append("\nsection durations (s): " + ", ".join(f"{k} {v}" for k, v in RESULTS.get("section_seconds", {}).items())
+             + f"; total {RESULTS.get('total_seconds')}")
     L.append("\n## 4. Footprint\n")
     f = RESULTS.get("footprint", {})
     if f:
@@ -1182,7 +1830,8 @@ def main():
     fixture = load_fixture()
     redis = Redis()
     steps = {"ingest": lambda: ingest(redis, fixture), "latency": lambda: latency(redis, fixture),
-             "throughput": lambda: throughput(redis, fixture), "footprint": footprint, "balance": balance}
+             "throughput": lambda: throughput(redis, fixture), "footprint": footprint, "balance": balance,
+             "buildbot": lambda: buildbot(redis, fixture), "control": lambda: control(redis, fixture), "charts": charts}
     for name in SECTIONS:
         t = time.monotonic()
         log(f"== {name}")
@@ -1192,7 +1841,12 @@ def main():
         RESULTS.setdefault("section_seconds", {})[name] = round(time.monotonic() - t, 1)
         log(f"== {name} done in {time.monotonic() - t:.0f}s")
     RESULTS["total_seconds"] = round(time.monotonic() - t0, 1)
+    if SECTIONS == ["charts"]:  # charts redrawn from the last results: keep those results
+        return
     report()
+    log("section durations: " + ", ".join(f"{k} {v:.0f}s" for k, v in RESULTS["section_seconds"].items()))
+    if RESULTS["total_seconds"] > BUDGET_S:
+        log(f"over budget: {RESULTS['total_seconds']:.0f}s > {BUDGET_S}s for the whole bench (issue 13: under 20 minutes)")
     log(f"total {time.monotonic() - t0:.0f}s; results in {os.path.relpath(OUT, ROOT)}/results.md and results.json")
 
 

@@ -1,7 +1,10 @@
 -- wrk script: POSTs signed GitHub push deliveries, cycling over pre-signed bodies.
--- usage: wrk -t2 -c32 -d10s --latency -s bench/post.lua http://127.0.0.1:PORT -- BODIES PATH
---   BODIES: one delivery per line, "<hex HMAC-SHA256 of body>\t<minified JSON body>"
---   PATH:   the request path ("/" for the hook, "/hooks/ci-push" for adnanh/webhook)
+-- usage: wrk -t2 -c32 -d10s --latency -s bench/post.lua http://127.0.0.1:PORT -- BODIES PATH [ALGO]
+--   BODIES: one delivery per line, "<hex HMAC of body>\t<minified JSON body>"
+--   PATH:   the request path ("/" for the hook, "/hooks/ci-push" for adnanh/webhook,
+--           "/change_hook/github" for Buildbot)
+--   ALGO:   sha256 (default: X-Hub-Signature-256) or sha1 (X-Hub-Signature, the only one
+--           Buildbot's github hook checks)
 -- Every request is pre-formatted in init(), so wrk spends no time building them.
 
 local nthreads = 0
@@ -15,7 +18,8 @@ local reqs = {}
 local i = 0
 
 function init(args)
-  local file, path = args[1], args[2] or "/"
+  local file, path, algo = args[1], args[2] or "/", args[3] or "sha256"
+  local header = algo == "sha1" and "X-Hub-Signature" or "X-Hub-Signature-256"
   for line in io.lines(file) do
     local sig, body = line:match("^(%x+)\t(.*)$")
     if sig then
@@ -23,7 +27,7 @@ function init(args)
         ["Content-Type"] = "application/json",
         ["User-Agent"] = "GitHub-Hookshot/bench",
         ["X-GitHub-Event"] = "push",
-        ["X-Hub-Signature-256"] = "sha256=" .. sig,
+        [header] = algo .. "=" .. sig,
       }, body)
     end
   end

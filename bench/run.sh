@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
-# `make bench`: builds the release binaries and runs the benchmark suite of
-# issue 6 (bench/bench.py) against a private redis-server on a free port.
-# Everything listens on 127.0.0.1. Results: bench/out/results.{md,json},
-# logs: bench/out/logs/. About 8 minutes on 2 cores.
+# `make bench`: installs what the bench runs, builds the release binaries and
+# examples/virtual_slaves, and runs the benchmark suite (bench/bench.py) against a
+# private redis-server on a free port. Everything listens on 127.0.0.1.
+# Results: bench/out/results.{md,json}, logs: bench/out/logs/, charts: docs/bench/*.png.
+# Under 20 minutes on 2 quiet cores at the defaults; each section prints its duration.
 #
-# Knobs (environment): BENCH_RUNS (5), BENCH_SECONDS (10, per wrk run),
-# BENCH_CONNS (32), BENCH_PUSHES (100, per latency run), BENCH_EVERYSEC (1:
-# repeat ingest with appendfsync everysec), BENCH_SECTIONS
-# (ingest,latency,throughput,footprint,balance), BENCH_KEEP=1 keeps the
-# scratch directory (repositories, Redis AOF).
+# What it installs (every program the bench uses comes from here):
+#   Debian packages, through scripts/deps.sh (apt-get as root): redis-server, redis-tools
+#   (redis-cli, redis-benchmark), wrk, webhook (adnanh/webhook, the ingest peer), python3-venv;
+#   bench/.venv from PyPI: bench/requirements.txt (Buildbot 4.x, the latency/ingest peer; matplotlib).
+#
+# Knobs (environment), with defaults:
+#   BENCH_SECTIONS   ingest,latency,buildbot,throughput,control,footprint,balance,charts
+#   BENCH_RUNS (5)   runs per measurement (medians)    BENCH_SECONDS (10) per wrk run
+#   BENCH_CONNS (32) wrk connections                   BENCH_PUSHES (100) per latency run
+#   BENCH_EVERYSEC (1) ingest again with appendfsync everysec   BENCH_POLL_MS (1) result poll
+#   BENCH_BB_PUSHES (40) pushes to ours + Buildbot + floor       BENCH_BB_RUNS (3) ingest runs each
+#   BENCH_TP_REPOS (50) BENCH_TP_BRANCHES (20) BENCH_TP_VARIANTS (x1,x2,x2-steal,slow-x1,slow-x1-steal):
+#     x<SLAVE_EXECUTORS>[-steal (SLAVE_STEAL_AFTER=BENCH_TP_STEAL_AFTER, 2)], slow- = one slow repository
+#   BENCH_TP_RUNS (3) warm rounds of x1; BENCH_TP_VARIANT_WARM (1) of the others (each after a cold round)
+#   BENCH_TP_SLOW_SECONDS (10) BENCH_TP_SLOW_BRANCHES (3)
+#   BENCH_CP_SLAVES (10,100,1000) BENCH_CP_REPOS (10000) BENCH_CP_PRODUCERS (4) BENCH_CP_IDLE (5) BENCH_CP_LEASE_MS (10000)
+#   BENCH_CHARTS_DIR (docs/bench) BENCH_NOTE (text under every chart's title)
+#   BENCH_KEEP=1 keeps the scratch directory; BENCH_PERF, BENCH_QUIET_WAIT (180)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-missing=()
-for tool in redis-server redis-cli redis-benchmark wrk git python3; do
-  command -v "$tool" >/dev/null || missing+=("$tool")
-done
-[ -x /usr/bin/webhook ] || missing+=("webhook (/usr/bin/webhook)")
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "bench: missing: ${missing[*]} — on Debian: apt-get install redis-server redis-tools wrk webhook git python3" >&2
-  exit 1
+scripts/deps.sh redis-benchmark:redis-tools wrk:wrk /usr/bin/webhook:webhook py:ensurepip:python3-venv
+
+venv=bench/.venv
+stamp=$venv/.requirements.sha256
+want=$(sha256sum bench/requirements.txt | cut -d' ' -f1)
+if [ ! -x $venv/bin/python ] || [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
+  echo "bench: installing bench/requirements.txt into $venv"
+  python3 -m venv $venv
+  $venv/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+  echo "$want" > $stamp
 fi
 
-${CARGO:-cargo} build --release --bins
-exec python3 bench/bench.py "$@"
+${CARGO:-cargo} build --release --bins --example virtual_slaves
+exec $venv/bin/python bench/bench.py "$@"

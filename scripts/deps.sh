@@ -2,7 +2,8 @@
 # Makes sure the programs the backend and its tests run are installed:
 # apt-get when missing and running as root, else a clear message.
 # Arguments add more `command:package` pairs (`make images` asks for
-# debootstrap:debootstrap). A path stands for a program bash also has as a
+# debootstrap:debootstrap), or `py:module:package` for a Python module.
+# A path stands for a program bash also has as a
 # builtin (the tests run /bin/kill, which slim images lack).
 set -euo pipefail
 need=()
@@ -12,6 +13,12 @@ for pair in redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:re
 done
 for want in "$@"; do
   cmd=${want%%:*}; pkg=${want#*:}
+  if [ "$cmd" = py ]; then
+    # py:<module>:<package>: a module Debian's python3 ships apart (bench/run.sh: ensurepip, for venvs)
+    mod=${pkg%%:*}; pkg=${pkg#*:}
+    python3 -c "import $mod" >/dev/null 2>&1 || need+=("$pkg")
+    continue
+  fi
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 command -v cargo >/dev/null 2>&1 || { echo "deps: cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }

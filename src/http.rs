@@ -101,6 +101,7 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
         let (hook, rx) = (Arc::clone(&hook), rx.clone());
         workers.push(std::thread::spawn(move || worker(&hook, &rx)));
     }
+    wake_on_stop(&listener, &stop);
     let open = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
@@ -131,6 +132,23 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
     for w in workers {
         let _ = w.join();
     }
+}
+
+/// The accept loop looks at `stop` only when accept returns (a connection,
+/// or HOOK_IDLE_TIMEOUT): once `stop` is set, a thread connects to the
+/// listener so that the hook stops at once, not up to 10 s later.
+fn wake_on_stop(listener: &std::net::TcpListener, stop: &Arc<AtomicBool>) {
+    let Ok(mut addr) = listener.local_addr() else { return };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let stop = Arc::clone(stop);
+    let _ = std::thread::Builder::new().name("stop-wake".into()).spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    });
 }
 
 /// Binds `addr` with SO_RCVTIMEO/SO_SNDTIMEO set on the listening socket:

@@ -538,10 +538,12 @@ fn claim(redis: &mut Redis, member: &Member, fixed: Option<u32>, signals: &Signa
 fn take_over(redis: &mut Redis, config: &SlaveConfig, member: &Member, index: u32, signals: &Signals) {
     recover(redis, &config.cluster, index, signals);
     log::info!(
-        "slave.ready cluster={} index={index} instance={} cache={}",
+        "slave.ready cluster={} index={index} instance={} cache={} executors={} steal_after={}",
         config.cluster,
         member.instance,
-        quote(&config.cache.to_string_lossy())
+        quote(&config.cache.to_string_lossy()),
+        config.executors,
+        config.steal_after.map_or("off".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
     );
 }
 

@@ -213,3 +213,15 @@ fn sigterm_past_the_grace_period_kills_the_build_and_leaves_the_job_queued() {
     assert_eq!(next.started(&id), 1);
     b.slaves.push(next);
 }
+
+#[test]
+fn sigterm_stops_the_hook_without_waiting_out_the_accept_timeout() {
+    // The accept loop wakes up every HOOK_IDLE_TIMEOUT to look at the stop flag; a hook that
+    // waited for that would need 120 s here.
+    let redis = Redis::start();
+    let mut hook = Hook::start(&redis, &[("HOOK_IDLE_TIMEOUT", "120")]);
+    assert_eq!(hook.get("/ping").code, 200);
+    hook.proc.signal("TERM");
+    let status = hook.proc.wait_exit(DEADLINE);
+    assert!(status.success(), "the hook stopped with {status}");
+}
