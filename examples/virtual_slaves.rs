@@ -26,6 +26,7 @@
 use ci_backend::membership::Member;
 use ci_backend::payload::{ForgeFacts, Push};
 use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Job, Outcome};
+use ci_backend::routing::Routing;
 use redis::Connection;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -129,7 +130,7 @@ fn virtual_slave(url: String, lease: Duration, tally: Arc<Tally>, claimed: Arc<B
         if renewed.elapsed() >= lease / 4 {
             renewed = Instant::now();
             tally.renews.fetch_add(1, Ordering::Relaxed);
-            if !member.renew(&mut conn, index, None).expect("renew") {
+            if !member.renew(&mut conn, index, &[], (0, 1)).expect("renew") {
                 tally.renews_lost.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -139,7 +140,7 @@ fn virtual_slave(url: String, lease: Duration, tally: Arc<Tally>, claimed: Arc<B
             continue;
         };
         tally.starts.fetch_add(1, Ordering::Relaxed);
-        let Begun::Run(job) = queue::start(&mut conn, &id, &working, &slave, 3).expect("start") else { continue };
+        let Begun::Run(job) = queue::start(&mut conn, &id, &working, &slave, 3, &[]).expect("start") else { continue };
         let outcome = Outcome { passed: true, could_not_run: false, log: vec!["ok".into()], seconds: 0 };
         queue::finish(&mut conn, &job, &working, &outcome).expect("finish");
         tally.finishes.fetch_add(1, Ordering::Relaxed);
@@ -167,7 +168,14 @@ fn producer(url: String, me: usize, of: usize, repos: usize, tally: Arc<Tally>) 
     let mut conn = connect(&url);
     for i in (me..repos).step_by(of) {
         let push = push_of(i);
-        let job = Job { push: &push, delivery: None, reset: false, keep: HISTORY_KEEP, cancel_running: CancelRunning::None };
+        let job = Job {
+            push: &push,
+            delivery: None,
+            reset: false,
+            keep: HISTORY_KEEP,
+            cancel_running: CancelRunning::None,
+            routing: Routing::Mod,
+        };
         tally.enqueues.fetch_add(1, Ordering::Relaxed);
         match queue::enqueue(&mut conn, &job).expect("enqueue") {
             Enqueued::Queued { .. } => {}
