@@ -5,7 +5,9 @@
 //!   closes;
 //! - the slave stopped (SIGSTOP, a hung process): it sends no beat for half a
 //!   lease, while its lease still has at least a quarter lease to run, so the
-//!   group is dead before another slave may take the job over.
+//!   group is dead before another slave may take the job over;
+//! - the slave says so ([`fire_all`]): Redis has not confirmed its lease
+//!   lately, so the index may pass to another slave.
 //!
 //! The slave disarms the guard when the group has ended by itself.
 
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 const BEAT: u8 = b'h';
 const DISARM: u8 = b'x';
+const FIRE: u8 = b'k';
 /// The guard's exit code when it killed the group for want of beats.
 const FIRED_SILENT: i32 = 2;
 /// ... and when the slave's end closed without a disarm.
@@ -37,6 +40,15 @@ pub fn beat_all() {
     for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         // SAFETY: an open, non-blocking descriptor of ours (removed before close).
         unsafe { libc::write(*fd, [BEAT].as_ptr().cast(), 1) };
+    }
+}
+
+/// Makes every armed guard kill its group now, as if the slave had been
+/// silent (the runs do not count). Never blocks.
+pub fn fire_all() {
+    for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        // SAFETY: an open, non-blocking descriptor of ours (removed before close).
+        unsafe { libc::write(*fd, [FIRE].as_ptr().cast(), 1) };
     }
 }
 
@@ -115,6 +127,10 @@ unsafe fn guard_main(read_end: libc::c_int, write_end: libc::c_int, pgid: i32, t
         }
         if buf[..n as usize].contains(&DISARM) {
             libc::_exit(0);
+        }
+        if buf[..n as usize].contains(&FIRE) {
+            libc::kill(-pgid, libc::SIGKILL);
+            libc::_exit(FIRED_SILENT);
         }
     }
 }

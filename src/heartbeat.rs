@@ -71,12 +71,12 @@ pub struct State {
     confirmed: Mutex<Instant>,
 }
 
-/// Past this share of a lease without a confirmed renewal (one renewal
-/// missed, plus slack), the slave starts nothing and kills its builds: its
-/// index may be claimed by another slave once the lease runs out, and the
-/// build guards (no beats from now on) SIGKILL what is left within half a
-/// lease more — before then.
-const UNCONFIRMED_SHARE: (u32, u32) = (3, 8);
+/// Past this share of a lease without a confirmed renewal (renewals go every
+/// quarter lease: one missed, plus slack for a loaded machine), the slave
+/// starts nothing and has its build guards SIGKILL every running build at
+/// once: its index may pass to another slave when the lease runs out, and
+/// they are dead well before then.
+const UNCONFIRMED_SHARE: (u32, u32) = (5, 8);
 
 impl State {
     pub fn new(index: u32, executors: usize, lease: Duration) -> State {
@@ -317,8 +317,8 @@ pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: A
 /// Beats every build guard (see [`crate::guard`]) from a thread that touches
 /// nothing else, so only a stopped or hung slave misses beats — not a slow
 /// Redis. Guards fire after half a lease of silence. While the lease goes
-/// unconfirmed (Redis unreachable or too slow to renew it), the beats stop
-/// and every running build is killed: another slave may claim the index
+/// unconfirmed (Redis unreachable or too slow to renew it), every running
+/// build is killed through its guards: another slave may claim the index
 /// when the lease runs out, and must not find its builds still running.
 pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
     crate::guard::set_silence_limit(lease / 2);
@@ -341,6 +341,7 @@ pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
                     }
                     fresh = false;
                     state.kill_all();
+                    crate::guard::fire_all();
                 }
                 std::thread::sleep(every);
             }
