@@ -247,15 +247,15 @@ fn pusher(repos: Vec<GitRepo>, endpoints: Endpoints, stop: Arc<AtomicBool>, seed
 fn backlog(redis: &Redis) -> Result<Vec<String>, String> {
     let mut busy = vec![];
     for pattern in ["ci:queue:*", "ci:working:*"] {
-        let keys = resp_cmd(redis.port, &["KEYS", pattern]).map_err(|e| e.to_string())?.list();
+        let keys = resp_cmd(redis.port, &["KEYS", pattern]).map_err(|e| e.to_string())?.ok()?.list();
         for k in keys {
-            let n = resp_cmd(redis.port, &["LLEN", &k]).map_err(|e| e.to_string())?.int();
+            let n = resp_cmd(redis.port, &["LLEN", &k]).map_err(|e| e.to_string())?.ok()?.int();
             if n > 0 {
                 busy.push(format!("{k}={n}"));
             }
         }
     }
-    busy.extend(resp_cmd(redis.port, &["KEYS", "ci:pending:*"]).map_err(|e| e.to_string())?.list());
+    busy.extend(resp_cmd(redis.port, &["KEYS", "ci:pending:*"]).map_err(|e| e.to_string())?.ok()?.list());
     Ok(busy)
 }
 

@@ -362,6 +362,14 @@ pub enum Resp {
 }
 
 impl Resp {
+    /// The reply itself, or its error as `Err` (e.g. `LOADING` just after a restart).
+    pub fn ok(self) -> Result<Resp, String> {
+        match self {
+            Resp::Error(e) => Err(e),
+            other => Ok(other),
+        }
+    }
+
     pub fn str(&self) -> Option<String> {
         match self {
             Resp::Simple(s) => Some(s.clone()),
