@@ -6,10 +6,12 @@
 //! the group if the slave dies or stalls first.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where output lines go as they arrive, on the reader thread; nothing here
@@ -34,6 +36,33 @@ const POLL: Duration = Duration::from_millis(100);
 pub const MAX_LINE: usize = 4096;
 /// Most lines a tail keeps, however short they are.
 pub const MAX_LINES: usize = 8192;
+
+/// The `git` every build runs: see [`program`].
+pub fn git() -> &'static Path {
+    static GIT: OnceLock<PathBuf> = OnceLock::new();
+    GIT.get_or_init(|| program("git"))
+}
+
+/// The `bash` every snippet runs in: see [`program`].
+pub fn bash() -> &'static Path {
+    static BASH: OnceLock<PathBuf> = OnceLock::new();
+    BASH.get_or_init(|| program("bash"))
+}
+
+/// `name` as the slave's own PATH finds it, looked up once: a child given
+/// another environment would search its PATH itself, one `execve` per
+/// directory before the one that has it (about 0.1 ms each, on every git
+/// command of every build). Not found: the bare name, which fails to spawn
+/// as before.
+fn program(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .filter(|dir| dir.is_absolute())
+            .map(|dir| dir.join(name))
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    });
+    found.unwrap_or_else(|| PathBuf::from(name))
+}
 
 /// How a child ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,10 +131,10 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
     let spawned = cmd.spawn();
     drop(cmd); // closes our copies of the pipes' write ends
     let mut child = match spawned {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => return failed(e.to_string()),
     };
-    let pgid = child.id() as i32;
+    let pgid = child.as_ref().map_or(0, Child::id) as i32;
     // Kills the group if this slave dies or stalls before the child ends.
     let guard = crate::guard::watch(pgid);
 
@@ -113,74 +142,171 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
         Capture::Merged { tail } => (0, tail),
         Capture::Split { head, tail } => (head, tail),
     };
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Collected>();
-    let readers = if err_r.is_some() { 2 } else { 1 };
-    {
-        let tx = done_tx.clone();
-        let split = err_r.is_some();
-        let sink = if split { None } else { sink.clone() };
-        std::thread::spawn(move || {
-            let _ = tx.send(if split {
-                Collected::Head(read_head(out_r, head_len))
-            } else {
-                Collected::Tail(read_tail(out_r, tail_len, sink))
-            });
-        });
-    }
+    // Everything below happens on this thread: the child's end is a
+    // readable pidfd, its output readable pipes, all in one poll (threads
+    // to wait and read cost each child three spawns and two wake-ups).
+    let mut streams = vec![match &err_r {
+        Some(_) => Stream { pipe: Some(out_r), into: Into::Head(Vec::new(), head_len) },
+        None => Stream { pipe: Some(out_r), into: Into::Tail(TailBuf::new(tail_len), sink.clone().map(Lines::new)) },
+    }];
     if let Some(err_r) = err_r {
-        let tx = done_tx.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(Collected::Tail(read_tail(err_r, tail_len, sink)));
-        });
+        streams.push(Stream { pipe: Some(err_r), into: Into::Tail(TailBuf::new(tail_len), sink.map(Lines::new)) });
     }
-    drop(done_tx);
-    let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let _ = exit_tx.send(child.wait());
-    });
-
-    let mut exit = None;
-    while exit.is_none() {
-        let slice = deadline.saturating_duration_since(Instant::now()).min(POLL);
-        match exit_rx.recv_timeout(slice) {
-            Ok(status) => exit = Some(status_exit(status)),
-            Err(_) if abort.load(Ordering::SeqCst) => {
-                kill_group(pgid, &exit_rx);
-                exit = Some(Exit::Aborted);
+    // SAFETY: pidfd_open(2) on our own child; a descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pgid, 0) } as libc::c_int;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut exit: Option<Exit> = None;
+    // Set when the group was told to stop: why, and when SIGKILL (then giving up) is due.
+    let mut stopping: Option<(Exit, Instant, bool)> = None;
+    let mut drain_until = None;
+    loop {
+        let now = Instant::now();
+        if exit.is_none() {
+            let ended = match child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status_exit(Ok(status))),
+                Some(Ok(None)) | None => None,
+                Some(Err(e)) => Some(status_exit(Err(e))),
+            };
+            if let Some(code) = ended {
+                exit = Some(stopping.take().map_or(code, |(why, _, _)| why));
+            } else if let Some((why, at, killed)) = stopping.take() {
+                if now >= at && killed {
+                    // Not even SIGKILL ended it in a grace: reap it elsewhere.
+                    if let Some(mut c) = child.take() {
+                        std::thread::spawn(move || c.wait());
+                    }
+                    exit = Some(why);
+                    break_out(&mut streams);
+                } else if now >= at {
+                    signal_group(pgid, libc::SIGKILL);
+                    stopping = Some((why, now + KILL_GRACE, true));
+                } else {
+                    stopping = Some((why, at, killed));
+                }
+            } else if abort.load(Ordering::SeqCst) || now >= deadline {
+                let why = if abort.load(Ordering::SeqCst) { Exit::Aborted } else { Exit::TimedOut };
+                signal_group(pgid, libc::SIGTERM);
+                stopping = Some((why, now + KILL_GRACE, false));
             }
-            Err(_) if Instant::now() >= deadline => {
-                kill_group(pgid, &exit_rx);
-                exit = Some(Exit::TimedOut);
+            if exit.is_some() {
+                // Whatever the child left running in its group goes with it.
+                signal_group(pgid, libc::SIGKILL);
+                // A daemon that escaped the group (setsid) may hold a pipe
+                // open: keep what was read by then rather than wait for it.
+                drain_until = Some(Instant::now() + Duration::from_secs(1));
             }
-            Err(_) => {}
+        }
+        let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].pipe.is_some()).collect();
+        if exit.is_some() && (open.is_empty() || drain_until.is_some_and(|d| Instant::now() >= d)) {
+            break;
+        }
+        let wake = match (&exit, &stopping) {
+            (Some(_), _) => drain_until.unwrap_or(now),
+            (None, Some((_, at, _))) => *at,
+            (None, None) => deadline,
+        };
+        let mut wait = wake.saturating_duration_since(Instant::now()).min(POLL);
+        if exit.is_none() && pidfd < 0 {
+            wait = wait.min(Duration::from_millis(5));
+        }
+        let mut fds: Vec<libc::pollfd> =
+            open.iter().map(|i| libc::pollfd { fd: streams[*i].fd(), events: libc::POLLIN, revents: 0 }).collect();
+        if exit.is_none() && pidfd >= 0 {
+            fds.push(libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 });
+        }
+        // SAFETY: `fds` holds fds.len() initialised entries, open descriptors of ours.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis().max(1) as libc::c_int) };
+        if ready <= 0 {
+            continue;
+        }
+        for (slot, i) in open.iter().enumerate() {
+            if fds[slot].revents != 0 {
+                streams[*i].read_some(&mut buf);
+            }
         }
     }
-    // Whatever the child left running in its group goes with it.
-    signal_group(pgid, libc::SIGKILL);
+    if pidfd >= 0 {
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(pidfd) };
+    }
+    let mut exit = exit.unwrap_or(Exit::Aborted);
     // A guard that fired for want of beats means this slave stalled past half
     // a lease: the job may be taken over, so this run must not count.
     if guard.is_ok_and(crate::guard::Guard::finish) {
-        exit = Some(Exit::Aborted);
+        exit = Exit::Aborted;
     }
-    // A daemon that escaped the group (setsid) may hold a pipe open: keep
-    // what was read by now rather than wait for it.
     let mut output = Tail::default();
     let mut stdout = vec![];
-    let grace = Instant::now() + Duration::from_secs(1);
-    for _ in 0..readers {
-        match done_rx.recv_deadline(grace) {
-            Ok(Collected::Tail(t)) => output = t,
-            Ok(Collected::Head(h)) => stdout = h,
-            Err(_) => break,
+    for stream in streams {
+        match stream.into {
+            Into::Head(head, _) => stdout = head,
+            Into::Tail(tail, lines) => {
+                if let Some(mut l) = lines {
+                    l.finish();
+                }
+                output = tail.finish();
+            }
         }
     }
-    Finished { exit: exit.unwrap_or(Exit::Aborted), elapsed: started.elapsed(), output, stdout }
+    Finished { exit, elapsed: started.elapsed(), output, stdout }
 }
 
-/// What a reader thread hands back.
-enum Collected {
-    Tail(Tail),
-    Head(Vec<u8>),
+/// Stops reading every stream.
+fn break_out(streams: &mut [Stream]) {
+    for s in streams {
+        s.pipe = None;
+    }
+}
+
+/// One output pipe of a child and where its bytes go.
+struct Stream {
+    /// None once it reached its end.
+    pipe: Option<std::io::PipeReader>,
+    into: Into,
+}
+
+enum Into {
+    /// The first `max` bytes kept, the rest read and thrown away (so the
+    /// writer never blocks on a full pipe).
+    Head(Vec<u8>, usize),
+    /// The last bytes as lines, each line also to the sink.
+    Tail(TailBuf, Option<Lines>),
+}
+
+impl Stream {
+    fn fd(&self) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        self.pipe.as_ref().map_or(-1, |p| p.as_raw_fd())
+    }
+
+    /// One read (poll said it would not block): its bytes kept, or the end.
+    fn read_some(&mut self, buf: &mut [u8]) {
+        let Some(pipe) = &mut self.pipe else { return };
+        let n = match pipe.read(buf) {
+            Ok(0) => {
+                self.pipe = None;
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                self.pipe = None;
+                return;
+            }
+        };
+        match &mut self.into {
+            Into::Head(kept, max) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Into::Tail(tail, lines) => {
+                if let Some(l) = lines {
+                    l.feed(&buf[..n]);
+                }
+                tail.feed(&buf[..n]);
+            }
+        }
+    }
 }
 
 fn status_exit(status: std::io::Result<ExitStatus>) -> Exit {
@@ -194,53 +320,6 @@ fn signal_group(pgid: i32, signal: i32) {
     // SAFETY: kill(2) with a negative pid signals that process group only.
     unsafe {
         libc::kill(-pgid, signal);
-    }
-}
-
-/// SIGTERM to the group, then SIGKILL if the leader is still there after a grace.
-fn kill_group(pgid: i32, exited: &crossbeam_channel::Receiver<std::io::Result<ExitStatus>>) {
-    signal_group(pgid, libc::SIGTERM);
-    if exited.recv_timeout(KILL_GRACE).is_err() {
-        signal_group(pgid, libc::SIGKILL);
-        let _ = exited.recv_timeout(KILL_GRACE);
-    }
-}
-
-/// The first `max` bytes of a stream; the rest is read and thrown away (so
-/// the writer never blocks on a full pipe).
-fn read_head(mut reader: impl Read, max: usize) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = max.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-}
-
-fn read_tail(mut reader: impl Read, cap: usize, sink: Option<LineSink>) -> Tail {
-    let mut tail = TailBuf::new(cap);
-    let mut lines = sink.map(Lines::new);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                if let Some(l) = &mut lines {
-                    l.finish();
-                }
-                return tail.finish();
-            }
-            Ok(n) => {
-                if let Some(l) = &mut lines {
-                    l.feed(&buf[..n]);
-                }
-                tail.feed(&buf[..n]);
-            }
-        }
     }
 }
 

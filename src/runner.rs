@@ -1,4 +1,4 @@
-//! Runs one snippet: `bash -c` as the build user, a given env and cwd, in its
+//! Runs one snippet: `bash -c` (the bash the slave's PATH finds) as the build user, a given env and cwd, in its
 //! own process group with stdin from /dev/null, stdout and stderr merged into
 //! one pipe whose tail is kept within a byte and a line budget; killed (the
 //! whole group) on timeout or abort. The watching is `process`'s.
@@ -33,7 +33,7 @@ pub fn run(
     sink: Option<LineSink>,
 ) -> Ran {
     let deadline = Instant::now() + timeout;
-    let mut cmd = Command::new("bash");
+    let mut cmd = Command::new(process::bash());
     cmd.arg("-c").arg(script).current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     user.apply(&mut cmd);
     let done = process::run_with_sink(cmd, Capture::Merged { tail: OUTPUT_TAIL }, deadline, abort, sink);

@@ -178,7 +178,7 @@ impl Git<'_> {
     /// Git as the slave's user, in the mirror: the environment of the slave
     /// minus its settings; credentials for `url` when one matches.
     fn mirror_git(&self, dir: Option<&Path>, url: Option<&str>) -> Result<Command, GitError> {
-        let mut cmd = Command::new("git");
+        let mut cmd = Command::new(process::git());
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             if k.starts_with("SLAVE_") || k.starts_with("REDIS") || k.starts_with("HOOK_") {
@@ -203,7 +203,7 @@ impl Git<'_> {
     /// Git as the build user, in its checkout: the steps' base environment,
     /// no credentials.
     fn build_git(&self, dir: Option<&Path>) -> Command {
-        let mut cmd = Command::new("git");
+        let mut cmd = Command::new(process::git());
         cmd.env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.user.switch {
             cmd.env("HOME", home_dir(self.cache));
@@ -268,9 +268,9 @@ impl Git<'_> {
         make_dir(&repo_dir)?;
         let mirror_path = mirror.to_string_lossy().into_owned();
 
-        // The common path is three git processes: fetch into the mirror,
+        // The common path is three git processes: fetch into the mirror, then
         // checkout (the checkout borrows the mirror's objects: no second
-        // fetch), show. Fetch into refs, never a bare sha, so later fetches
+        // fetch) and show side by side. Fetch into refs, never a bare sha, so later fetches
         // stay small.
         // A clone has the branches and tags, never `refs/pull/*`: those are fetched after it.
         let cloned = !mirror.exists();
@@ -293,7 +293,16 @@ impl Git<'_> {
         let checkout = || {
             self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
         };
-        match checkout() {
+        let show = || self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show");
+        // The message and date are read from the mirror while the checkout
+        // runs (another core, another user): `git show` costs the build no
+        // wall time of its own.
+        let (checked, shown) = std::thread::scope(|s| {
+            let shown = s.spawn(show);
+            let checked = checkout();
+            (checked, shown.join())
+        });
+        match checked {
             Ok(_) => {}
             Err(GitError::Failed(_)) => {
                 // Not reachable from the branch (force-pushed since, or fetched
@@ -308,7 +317,11 @@ impl Git<'_> {
             }
             Err(e) => return Err(e),
         }
-        let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show")?;
+        // Shown before the commit was fetched by sha, or not at all: again.
+        let info = match shown {
+            Ok(Ok(info)) => info,
+            _ => show()?,
+        };
         let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
         Ok(Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() })
     }

@@ -212,6 +212,7 @@ fn a_built_fork_request_sees_nothing_of_the_slaves_environment() {
         "USER",
         "LOGNAME",
         "HOST",
+        "SLAVE",
         "BRANCH",
         "COMMIT",
         "COMMIT_SHORT",
