@@ -72,11 +72,11 @@ pub struct State {
 }
 
 /// Past this share of a lease without a confirmed renewal (renewals go every
-/// quarter lease: one missed, plus slack for a loaded machine), the slave
+/// quarter lease: two missed, plus slack for a loaded machine), the slave
 /// starts nothing and has its build guards SIGKILL every running build at
 /// once: its index may pass to another slave when the lease runs out, and
 /// they are dead well before then.
-const UNCONFIRMED_SHARE: (u32, u32) = (5, 8);
+const UNCONFIRMED_SHARE: (u32, u32) = (3, 4);
 
 impl State {
     pub fn new(index: u32, executors: usize, lease: Duration) -> State {

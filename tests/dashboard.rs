@@ -38,7 +38,9 @@ fn output_dir() -> PathBuf {
 
 #[test]
 fn the_dashboard_in_a_browser_lists_repositories_and_follows_a_running_build() {
-    let b = Backend::start(2, &[], &[]);
+    // Chromium loads both cores for seconds: a 2 s lease could go unconfirmed meanwhile (and the
+    // running build be stopped for safety), so this test's slaves hold 10 s leases.
+    let b = Backend::start(2, &[], &[("SLAVE_LEASE", "10")]);
     let ok = name_for("dash", 2, 0, 0);
     let bad = name_for("dash", 2, 0, 1);
     let (_, _, passed) = b.build(&ok, &[("integration.yml", "step: unit tests\nshell: \"true\"\n")], "green");

@@ -68,7 +68,7 @@ fn redis_stopped_and_restarted_loses_no_accepted_push() {
     accepted.push(b.hook.push_ok(&g1, &s1));
     wait_build(&b.redis, &accepted[0], LONG);
 
-    // A build that is running when Redis goes away: once its lease goes unconfirmed (5/8 of
+    // A build that is running when Redis goes away: once its lease goes unconfirmed (3/4 of
     // SLAVE_LEASE) the slave kills it, since another slave could claim the index when the lease
     // runs out; it runs again once Redis is back.
     let blocker = Blocker::new(b.root(), "outage");
