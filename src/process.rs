@@ -235,6 +235,12 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
     if guard.is_ok_and(crate::guard::Guard::finish) {
         exit = Exit::Aborted;
     }
+    // Stopped from outside while it ended (a cancel, the shutdown grace, a
+    // lost or unconfirmed lease whose watchdog SIGKILLed the group — its exit
+    // may be reaped only later): the run does not count either.
+    if abort.load(Ordering::SeqCst) {
+        exit = Exit::Aborted;
+    }
     let mut output = Tail::default();
     let mut stdout = vec![];
     for stream in streams {
