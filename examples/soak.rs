@@ -217,15 +217,7 @@ fn pusher(repos: Vec<GitRepo>, endpoints: Endpoints, stop: Arc<AtomicBool>, seed
         let mut s = Sent { repo: git.name.clone(), branch: branch.into(), sha: sha.clone(), seq: *seq, code: None, id: None };
         *seq += 1;
         if let Some((addr, token)) = target {
-            let sig = sign_sha256(body.as_bytes(), &token);
-            let delivery = delivery_id();
-            let headers = [
-                ("X-GitHub-Event", "push"),
-                ("X-Hub-Signature-256", sig.as_str()),
-                ("X-GitHub-Delivery", delivery.as_str()),
-                ("Content-Type", "application/json"),
-            ];
-            if let Ok(resp) = try_http(addr, "POST", "/", &headers, body.as_bytes()) {
+            if let Ok(resp) = try_push(addr, &token, body.as_bytes()) {
                 s.code = Some(resp.code);
                 if (200..300).contains(&resp.code) {
                     s.id = serde_json::from_slice::<Value>(&resp.body).ok().and_then(|v| v["id"].as_str().map(String::from));

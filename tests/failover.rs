@@ -166,15 +166,7 @@ fn sigkilled_master_fails_over_and_every_2xx_push_is_built() {
                     s
                 });
                 let body = github_push(&git.name, &git.file_url(), &git.branch, s, &git.message(s), &git.default_branch).to_string();
-                let sig = sign_sha256(body.as_bytes(), &hook.token);
-                let delivery = delivery_id();
-                let headers = [
-                    ("X-GitHub-Event", "push"),
-                    ("X-Hub-Signature-256", sig.as_str()),
-                    ("X-GitHub-Delivery", delivery.as_str()),
-                    ("Content-Type", "application/json"),
-                ];
-                let answer = match try_http(hook.addr, "POST", "/", &headers, body.as_bytes()) {
+                let answer = match try_push(hook.addr, &hook.token, body.as_bytes()) {
                     Ok(r) => Answer { at: Instant::now(), code: r.code, text: r.text(), retry_after: r.header("Retry-After").is_some() },
                     Err(e) => Answer { at: Instant::now(), code: 0, text: e.to_string(), retry_after: false },
                 };

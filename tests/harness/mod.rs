@@ -773,6 +773,20 @@ pub fn try_http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &s
     parse_response(&raw)
 }
 
+/// A GitHub push delivery to `addr`, signed (sha256) with `token`, with a fresh delivery id;
+/// `Err` when the hook cannot be reached (for tests that kill it).
+pub fn try_push(addr: SocketAddr, token: &str, body: &[u8]) -> std::io::Result<Response> {
+    let sig = sign_sha256(body, token);
+    let delivery = delivery_id();
+    let headers = [
+        ("X-GitHub-Event", "push"),
+        ("X-Hub-Signature-256", sig.as_str()),
+        ("X-GitHub-Delivery", delivery.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    try_http(addr, "POST", "/", &headers, body)
+}
+
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     try_http(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
 }
