@@ -327,7 +327,8 @@ impl Redis {
 
 /// Errors after which the connection is of no more use: its state is
 /// unknown, or its server is no longer the master (`READONLY`: it was
-/// demoted to a replica; `MASTERDOWN`: a replica lost its master). Callers
+/// demoted to a replica; `MASTERDOWN`: a replica lost its master), or it
+/// is still loading its data (`LOADING`, just after a restart). Callers
 /// retry them; the next dial asks the sentinels again.
 pub fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error()
@@ -335,7 +336,8 @@ pub fn is_connection_error(e: &redis::RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_unrecoverable_error()
-        || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown)
+        // Redis still loading its AOF after a restart (`LOADING`): it will answer soon
+        || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::BusyLoadingError)
 }
 
 /// `WAIT n timeout` after a write on `c`: how many replicas acknowledged
@@ -383,6 +385,16 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redis_still_loading_is_retried_like_a_lost_connection() {
+        // The soak found a passed build stored as failed: its FINISH met `LOADING` after a restart.
+        let loading = redis::RedisError::from((ErrorKind::BusyLoadingError, "LOADING Redis is loading the dataset in memory"));
+        assert!(is_connection_error(&loading));
+        let oom = redis::RedisError::from((ErrorKind::ExecAbortError, "OOM command not allowed"));
+        assert!(!is_connection_error(&oom), "a refusal is not retried");
+    }
     use super::{redact_url, Target};
 
     #[test]
