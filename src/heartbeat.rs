@@ -163,7 +163,7 @@ impl State {
                 gate.inside += 1;
                 return Some(Inside(self));
             }
-            gate = self.gate_changed.wait_timeout(gate, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+            gate = self.wait_gate(gate);
         }
     }
 
@@ -178,9 +178,14 @@ impl State {
                 self.gate_changed.notify_all();
                 return false;
             }
-            gate = self.gate_changed.wait_timeout(gate, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+            gate = self.wait_gate(gate);
         }
         true
+    }
+
+    /// Waits for the gate to change (or 100 ms, to look at the stop flag).
+    fn wait_gate<'a>(&self, gate: std::sync::MutexGuard<'a, Gate>) -> std::sync::MutexGuard<'a, Gate> {
+        self.gate_changed.wait_timeout(gate, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0
     }
 
     pub fn open(&self) {

@@ -20,6 +20,12 @@ pub fn queue_key(cluster: &str, index: u32) -> String {
     format!("ci:queue:{cluster}:{index}")
 }
 
+/// `<cluster>-<index>`: the slave as records, logs and answers name it (the
+/// scripts build and parse it the same way: `cluster .. '-' .. index`).
+pub fn slave_name(cluster: &str, index: u32) -> String {
+    format!("{cluster}-{index}")
+}
+
 pub fn working_key(cluster: &str, index: u32) -> String {
     format!("ci:working:{cluster}:{index}")
 }
@@ -519,8 +525,7 @@ pub struct Stolen {
 /// queue into this slave's in-progress list (see STEAL), if there is one.
 pub fn steal(conn: &mut Connection, cluster: &str, index: u32, after: std::time::Duration, busy: &[String]) -> RedisResult<Option<Stolen>> {
     static S: OnceLock<Script> = OnceLock::new();
-    let body = STEAL.replace("STEAL_DEPTH", &STEAL_DEPTH.to_string());
-    let script = S.get_or_init(|| Script::new(&format!("{RECORD}{body}")));
+    let script = S.get_or_init(|| Script::new(&format!("{RECORD}{}", STEAL.replace("STEAL_DEPTH", &STEAL_DEPTH.to_string()))));
     let reply: Option<(String, String)> = script
         .arg(cluster)
         .arg(index)
@@ -528,7 +533,7 @@ pub fn steal(conn: &mut Connection, cluster: &str, index: u32, after: std::time:
         .arg(format!("{:.3}", crate::unix_now()))
         .arg(busy.join("\n"))
         .arg(working_key(cluster, index))
-        .arg(format!("{cluster}-{index}"))
+        .arg(slave_name(cluster, index))
         .invoke(conn)?;
     Ok(reply.map(|(id, from)| Stolen { id, from }))
 }
@@ -683,7 +688,7 @@ pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32, ro
         let target = queue_key(cluster, index);
         let done: i64 = script(&S, "", MOVE_ONE).key(list).key(&target).arg(&id).invoke(conn)?;
         if done == 1 {
-            let _: () = redis::cmd("HSET").arg(build_key(&id)).arg("slave").arg(format!("{cluster}-{index}")).query(conn)?;
+            let _: () = redis::cmd("HSET").arg(build_key(&id)).arg("slave").arg(slave_name(cluster, index)).query(conn)?;
             log::info!("build.rerouted id={id} repo={} from={list} to={target}", crate::logging::quote(&repo));
             moved += 1;
         }

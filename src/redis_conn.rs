@@ -155,11 +155,9 @@ impl Sentinels {
     /// `info`'s database and credentials, and keeps it only if it answers
     /// `ROLE` as master. An address that failed is not dialed twice.
     fn connect_master(&self, info: ConnectionInfo, timeout: Duration) -> RedisResult<(redis::Connection, String)> {
-        let n = self.addrs.len();
-        let first = self.first.load(Ordering::Relaxed);
         let mut tried: Vec<(String, u16)> = Vec::new();
         let mut errors = Vec::new();
-        for (i, (host, port)) in (0..n).map(|k| (first + k) % n).map(|i| (i, &self.addrs[i])) {
+        for (i, (host, port)) in self.in_turn() {
             let named = match ask(host, *port, &self.master) {
                 Ok(Some(addr)) => addr,
                 Ok(None) => {
@@ -188,14 +186,19 @@ impl Sentinels {
         Err(refused(format!("no master {:?} found: {}", self.master, errors.join("; "))))
     }
 
+    /// The sentinels with their positions, the one that answered last first.
+    fn in_turn(&self) -> impl Iterator<Item = (usize, &(String, u16))> {
+        let n = self.addrs.len();
+        let first = self.first.load(Ordering::Relaxed);
+        (0..n).map(move |k| (first + k) % n).map(|i| (i, &self.addrs[i]))
+    }
+
     /// Every WATCH_EVERY, the first sentinel that answers names the master;
     /// a new one is noted, so connections to the old one are dropped.
     fn watch(&self) {
         loop {
             std::thread::sleep(WATCH_EVERY);
-            let n = self.addrs.len();
-            let first = self.first.load(Ordering::Relaxed);
-            for (host, port) in (0..n).map(|k| &self.addrs[(first + k) % n]) {
+            for (_, (host, port)) in self.in_turn() {
                 if let Ok(Some((h, p))) = ask(host, *port, &self.master) {
                     self.saw(&format!("{h}:{p}"), host, *port);
                     break;
@@ -336,7 +339,6 @@ pub fn is_connection_error(e: &redis::RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_unrecoverable_error()
-        // Redis still loading its AOF after a restart (`LOADING`): it will answer soon
         || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::BusyLoadingError)
 }
 

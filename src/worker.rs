@@ -256,10 +256,10 @@ fn next_job(redis: &mut Redis, sh: &Shared, e: usize, index: u32) -> redis::Redi
     let busy = state.busy_branches();
     let Some(stolen) = redis.run(|c| queue::steal(c, &config.cluster, index, after, &busy))? else { return Ok(None) };
     log::info!(
-        "build.stolen id={} from={} slave={}-{index} executor={e}: waited over {:.1} s in a sibling's queue",
+        "build.stolen id={} from={} slave={} executor={e}: waited over {:.1} s in a sibling's queue",
         stolen.id,
         stolen.from,
-        config.cluster,
+        queue::slave_name(&config.cluster, index),
         after.as_secs_f64()
     );
     begin(redis, sh, e, index, &stolen.id)
@@ -271,7 +271,7 @@ fn next_job(redis: &mut Redis, sh: &Shared, e: usize, index: u32) -> redis::Redi
 fn begin(redis: &mut Redis, sh: &Shared, e: usize, index: u32, id: &str) -> redis::RedisResult<Option<Started>> {
     let (config, state) = (&sh.config, &sh.state);
     let slot = &state.slots[e];
-    let slave = format!("{}-{index}", config.cluster);
+    let slave = queue::slave_name(&config.cluster, index);
     let working = queue::working_key(&config.cluster, index);
     if !state.lease_fresh() {
         defer(state, id, &slave, "the lease is not confirmed; it starts once it is");
@@ -352,7 +352,7 @@ fn defer(state: &State, id: &str, slave: &str, why: &str) {
 fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Started) -> bool {
     let (config, state) = (&sh.config, &sh.state);
     let slot = &state.slots[e];
-    let slave = format!("{}-{index}", config.cluster);
+    let slave = queue::slave_name(&config.cluster, index);
     let working = queue::working_key(&config.cluster, index);
     let facts = build_facts(&started, &slave, e);
     log::info!("build.started {facts} attempt={}", started.attempt);
