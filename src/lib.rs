@@ -8,6 +8,7 @@
 pub mod badge;
 pub mod build;
 pub mod build_user;
+pub mod commit_object;
 pub mod config;
 pub mod credentials;
 pub mod forge;

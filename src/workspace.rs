@@ -293,15 +293,24 @@ impl Git<'_> {
         let checkout = || {
             self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
         };
-        let show = || self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show");
-        // The message and date are read from the mirror while the checkout
-        // runs (another core, another user): `git show` costs the build no
-        // wall time of its own.
-        let (checked, shown) = std::thread::scope(|s| {
-            let shown = s.spawn(show);
-            let checked = checkout();
-            (checked, shown.join())
-        });
+        let show = || match crate::commit_object::read(&mirror.join("objects"), sha) {
+            Some(commit) => Ok(commit),
+            None => self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show").map(|info| {
+                let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
+                Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
+            }),
+        };
+        // The message and date: from the fetched loose object when it is one
+        // (no process), else from `git show` in the mirror while the checkout
+        // runs (another core, another user).
+        let (checked, shown) = match crate::commit_object::read(&mirror.join("objects"), sha) {
+            Some(commit) => (checkout(), Ok(Ok(commit))),
+            None => std::thread::scope(|s| {
+                let shown = s.spawn(show);
+                let checked = checkout();
+                (checked, shown.join())
+            }),
+        };
         match checked {
             Ok(_) => {}
             Err(GitError::Failed(_)) => {
@@ -318,12 +327,10 @@ impl Git<'_> {
             Err(e) => return Err(e),
         }
         // Shown before the commit was fetched by sha, or not at all: again.
-        let info = match shown {
-            Ok(Ok(info)) => info,
-            _ => show()?,
-        };
-        let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
-        Ok(Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() })
+        match shown {
+            Ok(Ok(commit)) => Ok(commit),
+            _ => show(),
+        }
     }
 
     /// Clones beside, then renames: a slave killed mid-clone leaves no half
