@@ -754,10 +754,19 @@ def latency_rig(redis, fixture, tag="latency"):
     floor_dir = os.path.join(base, "floor-clone")
     shutil.copytree(checkout, floor_dir, symlinks=True)
     git("update-index", "-q", "--refresh", cwd=floor_dir)  # the copy has new inodes: refresh the stat cache once
+    # The slave's checkout borrows the mirror's objects (objects/info/alternates); the floor's copy must
+    # not, or its fetch would find every commit the slave fetched first already there and transfer
+    # nothing: its own copy of the objects, the borrowing removed (what `git clone --dissociate` does).
+    git("repack", "-a", "-d", "-q", cwd=floor_dir)
+    alternates = os.path.join(floor_dir, ".git", "objects", "info", "alternates")
+    if os.path.exists(alternates):
+        os.remove(alternates)
+    git("cat-file", "-e", "HEAD^{tree}", cwd=floor_dir)
     # The slave's checkout fetches from its mirror; the floor fetches from the repository itself.
     git("remote", "set-url", "origin", bare, cwd=floor_dir)
 
-    gitc = ["git", "-C", floor_dir, "-c", "advice.detachedHead=false", "-c", "gc.auto=0"]
+    # as lean as the slave runs git: no automatic gc or maintenance after the fetch
+    gitc = ["git", "-C", floor_dir, "-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false"]
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
 
     def timed(argv, cwd=None):
@@ -770,8 +779,7 @@ def latency_rig(redis, fixture, tag="latency"):
              "checkout": timed(gitc + ["checkout", "--quiet", "--force", "--detach", sha]),
              "bash": timed(["bash", "-c", "echo ok"], cwd=floor_dir)}
         r["total"] = r["fetch"] + r["checkout"] + r["bash"]
-        # what the slave runs besides: `cat-file -e` before and after the fetch, `show` after the checkout
-        r["catfile"] = timed(gitc + ["cat-file", "-e", f"{sha}^{{commit}}"])
+        # what the slave ran besides until it read the loose commit object itself
         r["show"] = timed(gitc + ["show", "-s", "--format=%cI%n%B", sha])
         return r
 
@@ -857,7 +865,7 @@ def latency(redis, fixture):
     breakdown = {k: {"p50": median([p[k] for p in allp]), "p99": pct([p[k] for p in allp], 99)}
                  for k in ("total", "post_202", "to_queued", "queue_wait", "build", "seen_after")}
     floor_parts = {k: {"p50": median([f[k] for f in allf]), "p99": pct([f[k] for f in allf], 99)}
-                   for k in ("fetch", "checkout", "bash", "total", "catfile", "show")}
+                   for k in ("fetch", "checkout", "bash", "total", "show")}
     RESULTS["latency"] = {"runs": [r["summary"] for r in runs], "breakdown_all_pushes": breakdown, "floor_parts": floor_parts,
                           "slave_rss": proc_status(slave.pid), "hook_rss": proc_status(hook.pid)}
     if shutil.which("perf") and os.geteuid() == 0 and os.environ.get("BENCH_PERF", "1") == "1":
@@ -869,9 +877,10 @@ def latency(redis, fixture):
     stop_soon(hook)
 
 
-def perf_children(text, root_pid):
-    """(fork, exec, exit, program) of every process the slave (any of its threads) started,
-    from `perf script` output of sched_process_{fork,exec,exit}."""
+def perf_children(text, threads):
+    """(fork, exec, exit, program) of every process a thread of the slave started (its guards,
+    which never exec, left out), from `perf script` output of sched_process_{fork,exec,exit}.
+    `threads`: the slave's thread ids (read from /proc: they were made before the trace)."""
     forks, execs, exits = {}, {}, {}
     for line in text.splitlines():
         m = re.match(r"\s*(.+?)\s+(\d+)\s+\[\d+\]\s+([\d.]+):\s+sched:(\w+):\s+(.*)$", line)
@@ -886,10 +895,6 @@ def perf_children(text, root_pid):
             execs.setdefault(int(kv["pid"]), (ts, kv["filename"]))
         elif kind == "sched_process_exit":
             exits[int(kv["pid"])] = ts
-    threads = {root_pid}
-    for child, (ts, parent) in sorted(forks.items(), key=lambda x: x[1][0]):
-        if parent in threads and child not in execs:
-            threads.add(child)
     kids = sorted((ts, c) for c, (ts, parent) in forks.items() if parent in threads and c in execs)
     return [(f, execs[c][0], exits.get(c), os.path.basename(execs[c][1])) for f, c in kids]
 
@@ -898,6 +903,7 @@ def traced_pushes(slave, new_commit, through_hook, count=30):
     """Extra pushes (not in the latency figures) with `perf record` of process fork/exec/exit on
     CLOCK_MONOTONIC: splits the slave's build into its child processes and the time between them."""
     data = os.path.join(WORK, "perf.data")
+    threads = {int(t) for t in os.listdir(f"/proc/{slave.pid}/task")}
     perf = start("perf-record", ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-a", "-o", data, "-e",
                                  "sched:sched_process_fork,sched:sched_process_exec,sched:sched_process_exit"])
     time.sleep(1.0)
@@ -905,33 +911,33 @@ def traced_pushes(slave, new_commit, through_hook, count=30):
     for _ in range(count):
         sha, msg = new_commit()
         samples.append(through_hook(sha, msg))
+    threads |= {int(t) for t in os.listdir(f"/proc/{slave.pid}/task")}
     time.sleep(0.2)
     os.killpg(perf.pid, signal.SIGINT)
     perf.wait(30)
     PROCS.remove(perf)
     text = subprocess.run(["perf", "script", "-i", data], capture_output=True, text=True).stdout
-    kids = perf_children(text, slave.pid)
+    kids = perf_children(text, threads)
     parts = {}
-    fetch_names = ["cat-file", "fetch", "cat-file (again)", "checkout", "show"]
     for s in samples:
         t0, t202, t1 = s["mono"]
         mine = [k for k in kids if t202 - 0.001 <= k[0] <= t1 and k[2] is not None]
         gits = [k for k in mine if k[3] == "git"]
         bash = [k for k in mine if k[3] == "bash"]
-        if len(gits) not in (3, 5) or len(bash) != 1:
+        if len(gits) not in (2, 3) or len(bash) != 1:
             continue
-        names = fetch_names if len(gits) == 5 else ["cat-file", "checkout", "show"]
+        names = ["fetch", "checkout"] if len(gits) == 2 else ["fetch", "checkout", "show (packed commit)"]
         row = {"POST → 202": (t202 - t0), "202 → first git spawned (queue, BLMOVE, start script)": gits[0][0] - t202}
         prev_exit = None
         gaps = 0.0
-        for name, k in zip(names + ["bash -c 'echo ok'"], gits + bash):
+        for name, k in zip(names + ["bash -c 'echo ok'"], sorted(gits + bash)):
             row[f"{name}: spawn → exit"] = k[2] - k[0]
             if prev_exit is not None:
-                gaps += k[0] - prev_exit
+                gaps += max(0.0, k[0] - prev_exit)
             prev_exit = k[2]
         row["slave between its children (sum of gaps)"] = gaps
         row["bash exit → finished_at (log, finish script)"] = s["finished_mono"] - bash[0][2]
-        row["finished_at → seen by the poller"] = t1 - s["finished_mono"]
+        row["finished_at → seen by the client"] = t1 - s["finished_mono"]
         row["total"] = t1 - t0
         for k, v in row.items():
             parts.setdefault(k, []).append(v * 1000)
@@ -1673,15 +1679,14 @@ def report():
         L.append("| part | p50 | p99 |")
         L.append("|---|---:|---:|")
         names = {"post_202": "POST → 202 (client)", "to_queued": "POST → queued_at (hook)", "queue_wait": "queued_at → started_at (queue, BLMOVE, start script)",
-                 "build": "started_at → finished_at (slave: git + bash + store)", "seen_after": "finished_at → seen by the 1 ms poller", "total": "total"}
+                 "build": "started_at → finished_at (slave: git + bash + store)", "seen_after": ("finished_at → the follower's stream ends (live log)" if FOLLOW else f"finished_at → seen by the {POLL_S * 1000:g} ms poller"), "total": "total"}
         for k, v in lat["breakdown_all_pushes"].items():
             L.append(f"| {names[k]} | {v['p50']:.1f} | {v['p99']:.1f} |")
         fp = lat["floor_parts"]
         L.append(f"| floor by hand: git fetch | {fp['fetch']['p50']:.1f} | {fp['fetch']['p99']:.1f} |")
         L.append(f"| floor by hand: git checkout | {fp['checkout']['p50']:.1f} | {fp['checkout']['p99']:.1f} |")
         L.append(f"| floor by hand: bash -c 'echo ok' | {fp['bash']['p50']:.1f} | {fp['bash']['p99']:.1f} |")
-        L.append(f"| slave extra (by hand): git cat-file -e (runs 2x) | {fp['catfile']['p50']:.1f} | {fp['catfile']['p99']:.1f} |")
-        L.append(f"| slave extra (by hand): git show -s | {fp['show']['p50']:.1f} | {fp['show']['p99']:.1f} |")
+        L.append(f"| git show -s by hand (the slave reads the loose commit instead; git show only for packed ones) | {fp['show']['p50']:.1f} | {fp['show']['p99']:.1f} |")
         tr = lat.get("traced")
         if tr:
             L.append(f"\ninside the slave ({tr['analysed']} of {tr['pushes']} extra pushes traced with perf sched_process_fork/exec/exit; ms):\n")

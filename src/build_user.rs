@@ -70,9 +70,18 @@ impl BuildUser {
         let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
         // SAFETY: between fork and exec the closure only makes the setgroups,
         // setgid and setuid system calls, on memory allocated before the fork.
+        // Raw system calls, not glibc's wrappers: those would first try to
+        // change the credentials of every thread the slave had (copied lists
+        // in the forked child), which made each spawn as the build user take
+        // about 3 ms instead of 0.3. The child has one thread; the kernel
+        // changes the process's credentials.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                let ok = |r: libc::c_long| r == 0;
+                if !ok(libc::syscall(libc::SYS_setgroups, groups.len() as libc::c_long, groups.as_ptr()))
+                    || !ok(libc::syscall(libc::SYS_setgid, gid as libc::c_long))
+                    || !ok(libc::syscall(libc::SYS_setuid, uid as libc::c_long))
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -28,6 +28,38 @@ const FIRED_ORPHANED: i32 = 1;
 static SILENCE_MS: AtomicU64 = AtomicU64::new(0);
 /// The write ends of every armed guard, for [`beat_all`].
 static ARMED: Mutex<Vec<libc::c_int>> = Mutex::new(Vec::new());
+/// When [`beat_all`] last ran, in milliseconds after [`clock`]'s start (0: never).
+static LAST_BEAT_MS: AtomicU64 = AtomicU64::new(0);
+/// Counts the moments a guard may have fired: every [`fire_all`], every gap
+/// between beats longer than half the silence limit. A guard that saw none
+/// cannot have fired, and its end need not be waited for.
+static SUSPECT: AtomicU64 = AtomicU64::new(0);
+/// Disarmed guards not reaped yet (they exit at once; reaped at the next
+/// beat or the next guard's start).
+static LEFT: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+/// Milliseconds since the first call (never 0).
+fn clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Whether the beats have kept a guard from firing lately: the last one is
+/// recent, within half the silence limit.
+fn beats_recent() -> bool {
+    let silence = SILENCE_MS.load(Ordering::SeqCst);
+    let last = LAST_BEAT_MS.load(Ordering::SeqCst);
+    silence == 0 || (last > 0 && clock().saturating_sub(last) <= silence / 2)
+}
+
+/// Reaps the disarmed guards that have exited.
+fn reap_left() {
+    LEFT.lock().unwrap_or_else(|p| p.into_inner()).retain(|pid| {
+        let mut status = 0;
+        // SAFETY: our own child, reaped once (removed when reaped).
+        unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) == 0 }
+    });
+}
 
 /// Sets how long guards started from now wait for a beat (half the lease).
 pub fn set_silence_limit(limit: Duration) {
@@ -37,6 +69,12 @@ pub fn set_silence_limit(limit: Duration) {
 /// Tells every armed guard the slave is alive. Never blocks: a guard that
 /// does not read (stopped with the slave) just misses beats.
 pub fn beat_all() {
+    let now = clock();
+    let last = LAST_BEAT_MS.swap(now, Ordering::SeqCst);
+    if last > 0 && now - last > SILENCE_MS.load(Ordering::SeqCst) / 2 {
+        SUSPECT.fetch_add(1, Ordering::SeqCst);
+    }
+    reap_left();
     for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         // SAFETY: an open, non-blocking descriptor of ours (removed before close).
         unsafe { libc::write(*fd, [BEAT].as_ptr().cast(), 1) };
@@ -46,6 +84,8 @@ pub fn beat_all() {
 /// Makes every armed guard kill its group now, as if the slave had been
 /// silent (the runs do not count). Never blocks.
 pub fn fire_all() {
+    // Counted before any guard can read the byte: see Guard::finish.
+    SUSPECT.fetch_add(1, Ordering::SeqCst);
     for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         // SAFETY: an open, non-blocking descriptor of ours (removed before close).
         unsafe { libc::write(*fd, [FIRE].as_ptr().cast(), 1) };
@@ -55,6 +95,9 @@ pub fn fire_all() {
 pub struct Guard {
     fd: libc::c_int,
     pid: libc::pid_t,
+    /// [`SUSPECT`] when the guard started, or `None` when the beats were
+    /// already late then.
+    suspect: Option<u64>,
 }
 
 /// Starts a guard of process group `pgid`.
@@ -65,6 +108,8 @@ pub fn watch(pgid: i32) -> io::Result<Guard> {
         return Err(io::Error::last_os_error());
     }
     let (read_end, write_end) = (fds[0], fds[1]);
+    reap_left();
+    let suspect = beats_recent().then(|| SUSPECT.load(Ordering::SeqCst));
     let silence = SILENCE_MS.load(Ordering::SeqCst);
     let timeout: libc::c_int = if silence == 0 { -1 } else { silence.min(i32::MAX as u64) as libc::c_int };
     // SAFETY: the child only makes async-signal-safe calls (close, signal,
@@ -90,7 +135,7 @@ pub fn watch(pgid: i32) -> io::Result<Guard> {
         libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK);
     }
     ARMED.lock().unwrap_or_else(|p| p.into_inner()).push(write_end);
-    Ok(Guard { fd: write_end, pid })
+    Ok(Guard { fd: write_end, pid, suspect })
 }
 
 /// The guard process: waits for beats; fires on silence or end-of-file.
@@ -150,6 +195,15 @@ impl Guard {
     /// (the slave stalled: the group was killed, the build must not count).
     pub fn finish(mut self) -> bool {
         self.disarm();
+        // No fire_all since it started and no late beat, before or now: it
+        // cannot have fired, so the build's next step need not wait for it
+        // to exit (a fork's teardown, on every child's path).
+        let quiet = self.suspect.is_some_and(|at| at == SUSPECT.load(Ordering::SeqCst)) && beats_recent();
+        if quiet {
+            LEFT.lock().unwrap_or_else(|p| p.into_inner()).push(self.pid);
+            self.pid = 0;
+            return false;
+        }
         let mut status = 0;
         // SAFETY: our own child, reaped once (pid = 0 after).
         unsafe { libc::waitpid(self.pid, &mut status, 0) };
@@ -181,9 +235,36 @@ mod tests {
         // What fire_all sends, to this test's own guard only, so other tests' groups live on.
         let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
         let guard = watch(child.id() as i32).unwrap();
+        SUSPECT.fetch_add(1, Ordering::SeqCst);
         // SAFETY: the guard's open write end.
         assert_eq!(unsafe { libc::write(guard.fd, [FIRE].as_ptr().cast(), 1) }, 1);
         assert_eq!(child.wait().unwrap().code(), None, "killed by a signal");
         assert!(guard.finish(), "the run learns it must not count");
+    }
+
+    #[test]
+    fn a_quiet_guard_is_not_waited_for_and_is_reaped_later() {
+        let mut child = std::process::Command::new("true").process_group(0).spawn().unwrap();
+        let guard = watch(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        let pid = guard.pid;
+        let before = SUSPECT.load(Ordering::SeqCst);
+        let fired = guard.finish();
+        if SUSPECT.load(Ordering::SeqCst) == before {
+            // (another test's fire may have made this one wait: then it was reaped already)
+            assert!(!fired);
+        }
+        // Reaped by a later beat or guard: poll with a deadline.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            reap_left();
+            // SAFETY: kill with signal 0 only asks whether the pid exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0;
+            if gone {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "guard {pid} left a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -32,10 +32,16 @@ pub const FOLLOW_BLOCK: Duration = Duration::from_secs(1);
 /// Lines of the stream a text `/status` of a running build shows, at most (the last ones).
 pub const SHOWN_SO_FAR: usize = 2000;
 
+/// The field of a stream's last entry, the result (written by FINISH with the record).
+pub const END_FIELD: &str = "end";
+/// How long a build's end waits for its lines to be published before it is stored.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 enum Msg {
     Begin(Arc<str>),
     Line(Arc<str>, String),
-    End(Arc<str>, String),
+    /// The build is over: its lines so far are written, then the sender hears so.
+    Closed(Arc<str>, Sender<()>),
 }
 
 /// The slave's side: one thread writing every build's lines to Redis.
@@ -95,15 +101,20 @@ impl BuildLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// The build ended (its result stored): the `end` entry, then the stream expires.
-    pub fn end(&self, result: &str) {
+    /// The build is over and its result about to be stored: its lines are
+    /// published (waited for, up to a second), so that the `end` entry FINISH
+    /// writes with the record comes after them.
+    pub fn close(&self) {
         let dropped = self.dropped();
         if dropped > 0 {
             log::warn!("live.lines_dropped id={} lines={dropped}: the live log fell behind the build's output", self.id);
             let note = format!("* ({dropped} lines were not published live: the output came faster than Redis took it)");
-            let _ = self.tx.send_timeout(Msg::Line(Arc::clone(&self.id), note), Duration::from_secs(1));
+            let _ = self.tx.send_timeout(Msg::Line(Arc::clone(&self.id), note), CLOSE_WAIT);
         }
-        let _ = self.tx.send_timeout(Msg::End(Arc::clone(&self.id), result.to_string()), Duration::from_secs(1));
+        let (ack, written) = crossbeam_channel::bounded(1);
+        if self.tx.send_timeout(Msg::Closed(Arc::clone(&self.id), ack), CLOSE_WAIT).is_ok() {
+            let _ = written.recv_timeout(CLOSE_WAIT);
+        }
     }
 }
 
@@ -123,6 +134,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
         }
         let mut pipe = redis::pipe();
         let mut ids: Vec<Arc<str>> = Vec::new();
+        let mut acks: Vec<Sender<()>> = Vec::new();
         for msg in &batch {
             match msg {
                 Msg::Begin(id) => {
@@ -133,25 +145,28 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                 Msg::Line(id, line) => {
                     pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("line").arg(line).ignore();
                 }
-                Msg::End(id, result) => {
+                Msg::Closed(id, ack) => {
                     silenced.remove(id);
-                    pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("end").arg(result).ignore();
+                    acks.push(ack.clone());
+                    continue;
                 }
             }
-            let id = match msg {
-                Msg::Begin(id) | Msg::Line(id, _) | Msg::End(id, _) => id,
-            };
+            let (Msg::Begin(id) | Msg::Line(id, _)) = msg else { continue };
             if !ids.contains(id) {
                 ids.push(Arc::clone(id));
             }
         }
         if ids.is_empty() {
+            for a in &acks {
+                let _ = a.try_send(());
+            }
             continue;
         }
-        // A stream stays 2 days while lines come (its slave may die), an hour after its end.
+        // A stream stays 2 days while lines come (its slave may die), an hour
+        // after its end (FINISH sets that; a late batch of a closed build too).
         for id in &ids {
-            let ended = batch.iter().any(|m| matches!(m, Msg::End(e, _) if e == id));
-            pipe.cmd("EXPIRE").arg(log_key(id)).arg(if ended { ENDED_TTL_SECS } else { RUNNING_TTL_SECS }).ignore();
+            let closed = batch.iter().any(|m| matches!(m, Msg::Closed(c, _) if c == id));
+            pipe.cmd("EXPIRE").arg(log_key(id)).arg(if closed { ENDED_TTL_SECS } else { RUNNING_TTL_SECS }).ignore();
         }
         match redis.run(|c| pipe.query::<()>(c)) {
             Ok(()) => {}
@@ -173,6 +188,9 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                 );
             }
         }
+        for a in &acks {
+            let _ = a.try_send(());
+        }
     }
 }
 
@@ -187,7 +205,7 @@ enum Said {
 fn said(fields: &[String]) -> Option<Said> {
     match fields {
         [k, v, ..] if k == "line" => Some(Said::Line(v.clone())),
-        [k, v, ..] if k == "end" => Some(Said::End(v.clone())),
+        [k, v, ..] if k == END_FIELD => Some(Said::End(v.clone())),
         _ => None,
     }
 }

@@ -282,8 +282,14 @@ return {tostring(attempt), f[1], f[2], f[3] or '0'}
 
 const FINISH: &str = r#"
 local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local stream, cap, field, ttl = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local key = 'ci:build:' .. id
 if redis.call('HGET', key, 'attempt') ~= attempt then return 0 end
+-- the live log's last entry, with the record: a follower wakes once it is stored
+local function ended(result)
+  redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', field, result)
+  redis.call('EXPIRE', stream, ttl)
+end
 -- canceled while it ran: stays canceled (counted once, by the cancel); the
 -- log so far and why it was canceled replace the one-line log
 if redis.call('HGET', key, 'state') == 'canceled' then
@@ -291,9 +297,11 @@ if redis.call('HGET', key, 'state') == 'canceled' then
   lines[#lines + 1] = '[canceled] ' .. (redis.call('HGET', key, 'cancel') or '')
   redis.call('HSET', key, 'log', cjson.encode(lines), 'seconds', seconds)
   redis.call('LREM', working, 1, id)
+  ended('canceled')
   return 2
 end
 record_result(id, working, state, log, seconds, now)
+ended(state)
 return 1
 "#;
 
@@ -596,6 +604,10 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()))
         .arg(outcome.seconds)
         .arg(format!("{:.3}", crate::unix_now()))
+        .arg(log_key(&job.id))
+        .arg(crate::live::STREAM_CAP)
+        .arg(crate::live::END_FIELD)
+        .arg(crate::live::ENDED_TTL_SECS)
         .invoke(conn)?;
     Ok(match stored {
         1 => Finished::Stored,

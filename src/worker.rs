@@ -391,6 +391,8 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
             return true;
         }
     };
+    // Its lines published first: FINISH writes the live log's end with the record.
+    live.close();
     let stored = store(redis, &started, &working, &outcome, &sh.signals, &facts);
     let poster = &sh.poster;
     match &stored {
@@ -405,8 +407,6 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         Stored::Canceled => "canceled",
         _ => return true,
     };
-    // After the result is stored: a follower that sees `end` finds the record finished.
-    live.end(result);
     log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
     true
 }
