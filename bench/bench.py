@@ -46,7 +46,7 @@ import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-BIN = os.path.join(ROOT, "target", "release")
+BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target", "release"))  # BENCH_BIN: compare another build
 OUT = os.environ.get("BENCH_OUT", os.path.join(BENCH, "out"))
 LOGS = os.path.join(OUT, "logs")
 FIXTURE = os.path.join(BENCH, "fixtures", "github-push-with-new-branch.payload.json")
