@@ -190,6 +190,36 @@ def wait_for_quiet(limit=float(os.environ.get("BENCH_QUIET_WAIT", "180"))):
     return {"waited_s": round(time.monotonic() - t0, 1), "busy_last_s": round(busy, 2)}
 
 
+def disk_busy_ms():
+    """Milliseconds the block devices have spent doing I/O (io_ticks of /proc/diskstats, whole disks)."""
+    total = 0
+    for line in open("/proc/diskstats"):
+        f = line.split()
+        if len(f) > 12 and not re.search(r"(loop|ram|dm-|\d+p\d+|[a-z]d[a-z]+\d+)$", f[2]):
+            total += int(f[12])
+    return total
+
+
+def settle(limit=float(os.environ.get("BENCH_SETTLE", "90"))):
+    """Between sections: wait (bounded) until what the last one left behind is done — the CPUs mostly
+    idle, the disk idle, little dirty memory — so that each section starts on a quiet machine (the
+    ingest writes gigabytes of AOF)."""
+    t0, quiet = time.monotonic(), 0
+    last = {}
+    while time.monotonic() - t0 < limit and quiet < 2:
+        b0, t_0 = cpu_ticks()
+        d0 = disk_busy_ms()
+        time.sleep(1)
+        b1, t_1 = cpu_ticks()
+        d1 = disk_busy_ms()
+        mem = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith(("Dirty:", "Writeback:"))}
+        last = {"cpu_busy": round((b1 - b0) / max(1, t_1 - t_0), 2), "disk_busy": round((d1 - d0) / 1000, 2),
+                "dirty_mib": round((mem.get("Dirty", 0) + mem.get("Writeback", 0)) / 1024)}
+        ok = last["cpu_busy"] < 0.25 and last["disk_busy"] < 0.10 and last["dirty_mib"] < 64
+        quiet = quiet + 1 if ok else 0
+    return {"waited_s": round(time.monotonic() - t0, 1), **last}
+
+
 def wait_for(pred, timeout, what, every=0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -218,12 +248,36 @@ class Redis:
     def __init__(self):
         self.port = free_port()
         self.dir = os.path.join(WORK, "redis")
-        os.makedirs(self.dir, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+        self.fresh()
+
+    def fresh(self):
+        """A new redis-server on the same port with an empty directory: no section inherits the Redis of
+        another (the ingest's hundreds of thousands of 7 KB writes); results record write_ms before
+        and after the restart."""
+        if self.proc is not None:
+            stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
         # as deployed (images/, make run): no RDB snapshots, AOF fsync'ed on every write
         self.proc = start("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                                     "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         wait_for(lambda: self.try_cli("PING") == "PONG", 10, "redis-server")
+
+    def write_ms(self, n=100):
+        """Median milliseconds of one durable write (SET, answered after its fsync), over n."""
+        times = []
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            for i in range(n):
+                t = time.perf_counter()
+                sock.sendall(b"*3\r\n$3\r\nSET\r\n$11\r\nbench:probe\r\n$1\r\n" + str(i % 10).encode() + b"\r\n")
+                if sock.recv(64) != b"+OK\r\n":
+                    raise RuntimeError("redis probe: unexpected answer")
+                times.append((time.perf_counter() - t) * 1000)
+            sock.sendall(b"*2\r\n$3\r\nDEL\r\n$11\r\nbench:probe\r\n")
+            sock.recv(64)
+        return round(median(times), 3)
 
     def try_cli(self, *args):
         r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
@@ -1857,7 +1911,15 @@ def main():
              "buildbot": lambda: buildbot(redis, fixture), "control": lambda: control(redis, fixture), "charts": charts}
     for name in SECTIONS:
         t = time.monotonic()
-        log(f"== {name}")
+        if name != "charts":
+            before = redis.write_ms()
+            redis.fresh()
+            q = settle()
+            q.update(redis_write_ms_before_restart=before, redis_write_ms=redis.write_ms())
+            RESULTS.setdefault("settled", {})[name] = q
+            log(f"== {name} (a fresh Redis; waited {q['waited_s']} s for a quiet machine: {q})")
+        else:
+            log(f"== {name}")
         load0 = open("/proc/loadavg").read().split()[:3]
         steps[name]()
         RESULTS.setdefault("loadavg", {})[name] = {"before": load0, "after": open("/proc/loadavg").read().split()[:3]}

@@ -22,7 +22,9 @@
 #   BENCH_TP_SLOW_SECONDS (10) BENCH_TP_SLOW_BRANCHES (3)
 #   BENCH_CP_SLAVES (10,100,1000) BENCH_CP_REPOS (10000) BENCH_CP_PRODUCERS (4) BENCH_CP_IDLE (5) BENCH_CP_LEASE_MS (10000)
 #   BENCH_CHARTS_DIR (docs/bench) BENCH_NOTE (text under every chart's title)
-#   BENCH_KEEP=1 keeps the scratch directory; BENCH_PERF, BENCH_QUIET_WAIT (180)
+#   BENCH_KEEP=1 keeps the scratch directory; BENCH_PERF, BENCH_QUIET_WAIT (180), BENCH_SETTLE (90: the most a
+#   section waits for a quiet machine, CPU and disk, after a fresh Redis), BENCH_FOLLOW (1: latency waits by
+#   following the live log; 0: polls /status every BENCH_POLL_MS), BENCH_BIN (the hook and slave to measure)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
