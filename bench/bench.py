@@ -1411,7 +1411,8 @@ def buildbot(redis, fixture):
             "Buildbot's github hook checks only X-Hub-Signature (HMAC-SHA1); ours checks X-Hub-Signature-256. Each gets its "
             "own signature over the same bodies",
             "Buildbot's result is read from its sqlite database by the bench (read-only, WAL: no load on the master's "
-            "reactor); ours from GET /status over HTTP. Both polled every BENCH_POLL_MS",
+            "reactor), polled every BENCH_POLL_MS; ours " + ("by following its live log over HTTP (GET /status?id=…&follow=1 ends "
+            "when the result is stored)" if FOLLOW else "from GET /status over HTTP, polled every BENCH_POLL_MS"),
             "Buildbot's worker runs as root in one process with the master on the same host (PB over loopback); our "
             "slave runs steps as nobody",
             "ingest: wrk waits up to 30 s for each of Buildbot's answers (its default, 2 s, made them socket errors); "
