@@ -37,6 +37,28 @@ pub const MAX_LINE: usize = 4096;
 /// Most lines a tail keeps, however short they are.
 pub const MAX_LINES: usize = 8192;
 
+/// Makes `cmd`'s child die with the slave thread that starts it
+/// (`PR_SET_PDEATHSIG`), for the moment between its start and its guard's
+/// (see `guard`): a slave SIGKILLed then would leave a step nobody watches.
+/// Register it after any credential change (which clears the setting).
+pub fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure only calls prctl, getppid
+    // and reads errno (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The slave died before the setting took: do not start at all.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the slave is gone"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The `git` every build runs: see [`program`].
 pub fn git() -> &'static Path {
     static GIT: OnceLock<PathBuf> = OnceLock::new();
@@ -465,6 +487,26 @@ fn count_newlines(data: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_child_dies_with_the_thread_that_started_it() {
+        let starter = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30");
+            die_with_parent(&mut cmd);
+            cmd.spawn().unwrap()
+        });
+        let mut child = starter.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "sleep outlived the thread that started it");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
 
     fn tail_of(chunks: &[&[u8]], cap: usize) -> Tail {
         let mut t = TailBuf::new(cap);

@@ -36,6 +36,7 @@ pub fn run(
     let mut cmd = Command::new(process::bash());
     cmd.arg("-c").arg(script).current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
     user.apply(&mut cmd);
+    process::die_with_parent(&mut cmd);
     let done = process::run_with_sink(cmd, Capture::Merged { tail: OUTPUT_TAIL }, deadline, abort, sink);
     let exit = match done.exit {
         Exit::SpawnFailed(e) => Exit::SpawnFailed(format!("bash: {e}")),

@@ -214,6 +214,8 @@ impl Git<'_> {
         }
         cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "credential.helper="]);
         self.user.apply(&mut cmd);
+        // A checkout may run code of the build's (hooks, filters of its .git/config).
+        process::die_with_parent(&mut cmd);
         cmd
     }
 
