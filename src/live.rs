@@ -157,9 +157,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
             }
         }
         if ids.is_empty() {
-            for a in &acks {
-                let _ = a.try_send(());
-            }
+            acknowledge(&acks);
             continue;
         }
         // A stream stays 2 days while lines come (its slave may die), an hour
@@ -188,9 +186,14 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                 );
             }
         }
-        for a in &acks {
-            let _ = a.try_send(());
-        }
+        acknowledge(&acks);
+    }
+}
+
+/// Tells each closing build that its lines were written (or given up on).
+fn acknowledge(acks: &[Sender<()>]) {
+    for a in acks {
+        let _ = a.try_send(());
     }
 }
 

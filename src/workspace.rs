@@ -295,20 +295,20 @@ impl Git<'_> {
         let checkout = || {
             self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
         };
-        let show = || match crate::commit_object::read(&mirror.join("objects"), sha) {
-            Some(commit) => Ok(commit),
-            None => self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show").map(|info| {
+        let git_show = || {
+            self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show").map(|info| {
                 let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
                 Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
-            }),
+            })
         };
+        let loose = || crate::commit_object::read(&mirror.join("objects"), sha);
         // The message and date: from the fetched loose object when it is one
         // (no process), else from `git show` in the mirror while the checkout
         // runs (another core, another user).
-        let (checked, shown) = match crate::commit_object::read(&mirror.join("objects"), sha) {
+        let (checked, shown) = match loose() {
             Some(commit) => (checkout(), Ok(Ok(commit))),
             None => std::thread::scope(|s| {
-                let shown = s.spawn(show);
+                let shown = s.spawn(git_show);
                 let checked = checkout();
                 (checked, shown.join())
             }),
@@ -331,7 +331,7 @@ impl Git<'_> {
         // Shown before the commit was fetched by sha, or not at all: again.
         match shown {
             Ok(Ok(commit)) => Ok(commit),
-            _ => show(),
+            _ => loose().map_or_else(git_show, Ok),
         }
     }
 
