@@ -177,7 +177,14 @@ mod tests {
             if let Some(day) = git.timestamp.strip_suffix('Z') {
                 git.timestamp = format!("{day}+00:00");
             }
-            assert_eq!((&ours.timestamp, &ours.message), (&git.timestamp, &git.message), "{raw:?}");
+            assert_eq!(ours.timestamp, git.timestamp, "{raw:?}");
+            // A commit with no blank line has no message; Debian's git 2.39 reads past its buffer
+            // there (valgrind: an invalid read; a CI run printed heap bytes as the message), so
+            // the oracle for those is how the object was built.
+            match raw.split_once("\n\n") {
+                Some(_) => assert_eq!(ours.message, git.message, "{raw:?}"),
+                None => assert_eq!(ours.message, "", "{raw:?}"),
+            }
         }
     }
 
