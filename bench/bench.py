@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -61,7 +62,8 @@ TP_SLAVES = 3
 # throughput variants (issue 13, part 3): x<executors per slave>[-steal]; "slow-" makes one repository's
 # builds take TP_SLOW_SECONDS (on its first TP_SLOW_BRANCHES branches, so a round stays bounded)
 TP_VARIANTS = os.environ.get("BENCH_TP_VARIANTS", "x1,x2,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal").split(",")
-TP_RUNS = int(os.environ.get("BENCH_TP_RUNS", str(min(RUNS, 3))))  # warm rounds of variant x1
+TP_RUNS = int(os.environ.get("BENCH_TP_RUNS", str(min(RUNS, 3))))  # warm rounds of the variants in TP_FULL
+TP_FULL = os.environ.get("BENCH_TP_FULL", "x1,x2").split(",")  # the plain variants the goal is read from
 TP_VARIANT_WARM = int(os.environ.get("BENCH_TP_VARIANT_WARM", "1"))  # warm rounds of every other variant
 BUDGET_S = 20 * 60  # the whole of `make bench` at the defaults
 TP_STEAL_AFTER = os.environ.get("BENCH_TP_STEAL_AFTER", "2")  # SLAVE_STEAL_AFTER when a variant steals
@@ -167,6 +169,16 @@ def proc_cpu(pid, children=False):
         return 0.0
     ticks = int(v[11]) + int(v[12]) + ((int(v[13]) + int(v[14])) if children else 0)
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_parts(redis, hook, slaves):
+    """CPU seconds so far of each part of a throughput run: the hook, Redis, the slaves themselves, what the
+    slaves started (git, its upload side, bash, guards: reaped children), and this bench (posting, polling)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return {"hook": proc_cpu(hook.pid), "redis": proc_cpu(redis.proc.pid),
+            "slaves": sum(proc_cpu(p.pid) for p in slaves),
+            "slave_children": sum(proc_cpu(p.pid, children=True) - proc_cpu(p.pid) for p in slaves),
+            "bench": me.ru_utime + me.ru_stime}
 
 
 def cpu_ticks():
@@ -1051,11 +1063,12 @@ def point_branches(bare, shas, k):
 
 def throughput(redis, fixture):
     RESULTS["throughput_variants"] = {}
+    RESULTS["throughput_floor_cpu_ms"] = throughput_floor()
     for name in TP_VARIANTS:
         m = re.fullmatch(r"(slow-)?x(\d+)(-steal)?", name)
         if not m:
             raise RuntimeError(f"BENCH_TP_VARIANTS: {name!r}: expected x<executors>[-steal], optionally slow- first")
-        warm = TP_RUNS if name == "x1" else TP_VARIANT_WARM
+        warm = TP_RUNS if name in TP_FULL else TP_VARIANT_WARM
         t = time.monotonic()
         res = throughput_variant(redis, fixture, name, int(m.group(2)), bool(m.group(3)), bool(m.group(1)), warm)
         res["wall_s"] = round(time.monotonic() - t, 1)
@@ -1063,6 +1076,40 @@ def throughput(redis, fixture):
         if name == "x1":
             RESULTS["throughput"] = res
         log(f"throughput: variant {name} done in {res['wall_s']}s")
+
+
+def throughput_floor(n=100):
+    """CPU-ms of one warm trivial build done by hand, on a repository like the throughput's: `git fetch` of a
+    new commit into a bare mirror (with its upload side), `git checkout` in a clone sharing its objects,
+    `bash -c 'echo ok'`, each as the slave runs them (no gc, no maintenance); children's CPU by getrusage."""
+    base = os.path.join(WORK, "throughput-floor")
+    os.makedirs(base)
+    bare = os.path.join(base, "r.git")
+    shas = make_tp_repo(bare, n + 1, ["main"])["main"]
+    point_branches(bare, {"main": shas}, 0)
+    mirror, co = os.path.join(base, "m.git"), os.path.join(base, "co")
+    git("clone", "-q", "--bare", f"file://{bare}", mirror)
+    git("clone", "-q", "--no-checkout", "--shared", mirror, co)
+    lean = ["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.hooksPath=/dev/null"]
+    parts = {"fetch": 0.0, "checkout": 0.0, "bash": 0.0}
+
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    for k in range(1, n + 1):
+        point_branches(bare, {"main": shas}, k)
+        for name, argv, cwd in [("fetch", ["git", *lean, "fetch", "--quiet", "--no-tags", "origin", "+refs/heads/main:refs/heads/main"], mirror),
+                                ("checkout", ["git", *lean, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "--detach", shas[k]], co),
+                                ("bash", ["bash", "-c", "echo ok"], co)]:
+            c0 = children_cpu()
+            subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+            parts[name] += children_cpu() - c0
+    out = {k: round(v * 1000 / n, 2) for k, v in parts.items()}
+    out["total"] = round(sum(out.values()), 2)
+    out["builds"] = n
+    log(f"throughput floor by hand: {out} CPU-ms per build")
+    return out
 
 
 def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rounds):
@@ -1128,6 +1175,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
         th = threading.Thread(target=sample, daemon=True)
         th.start()
         cpu0 = cpu_ticks()
+        parts0 = cpu_parts(redis, hook, slaves)
         t0 = time.perf_counter()
         coalesced = 0
         ids = []
@@ -1146,6 +1194,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
                      f"{expect} builds", every=0.02)
         t1 = time.perf_counter()
         cpu1 = cpu_ticks()
+        parts = {k: round((v - parts0[k]) * 1000 / max(1, expect), 2) for k, v in cpu_parts(redis, hook, slaves).items()}
         sampler_stop.set()
         th.join()
         peak_slave_rss = max(peak_slave_rss, peaks["slave"])
@@ -1155,7 +1204,8 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
              "seconds": t1 - t0, "post_seconds": t_posted - t0, "builds_per_s": expect / (t1 - t0),
              "peak_slave_rss_kib": peaks["slave"], "peak_hook_rss_kib": peaks["hook"],
              "cpu_busy": (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1]),
-             "cpu_ms_per_build": (cpu1[0] - cpu0[0]) * 1000 / os.sysconf("SC_CLK_TCK") / max(1, expect)}
+             "cpu_ms_per_build": (cpu1[0] - cpu0[0]) * 1000 / os.sysconf("SC_CLK_TCK") / max(1, expect),
+             "cpu_ms_per_build_by_part": parts}
         waits = build_waits(redis, sorted(set(ids)))
         w_all = [w for _, w in waits]
         w_fast = [w for repo, w in waits if repo != slow_repo]
@@ -1164,7 +1214,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
         rounds.append(r)
         log(f"  round {k} ({'cold: clones' if k == 0 else 'warm: fetch'}): {expect} builds in {r['seconds']:.2f}s = "
             f"{r['builds_per_s']:.1f}/s (posting took {r['post_seconds']:.2f}s), failed {r['failed']}, coalesced {coalesced}, "
-            f"CPU busy {100 * r['cpu_busy']:.0f}%, {r['cpu_ms_per_build']:.0f} CPU-ms per build, queue wait p95 "
+            f"CPU busy {100 * r['cpu_busy']:.0f}%, {r['cpu_ms_per_build']:.0f} CPU-ms per build ({parts}), queue wait p95 "
             f"{r['queue_wait_p95_ms']:.0f} ms (other repositories {r['queue_wait_p95_ms_other_repos']:.0f} ms)")
     per_slave = {}
     for i, p in enumerate(slaves):
@@ -1755,12 +1805,21 @@ def report():
     if "throughput" in RESULTS:
         tp = RESULTS["throughput"]
         L.append(f"\n## 3. Build throughput ({TP_REPOS} repositories x {TP_BRANCHES} branches = {TP_REPOS * TP_BRANCHES} builds per round, {TP_SLAVES} slaves)\n")
-        L.append("| round | caches | builds | seconds | builds/s | failed | coalesced | CPU busy (all processes) | CPU-ms per build |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        parts = ["hook", "redis", "slaves", "slave_children", "bench"]
+        L.append("| round | caches | builds | seconds | builds/s | failed | coalesced | CPU busy (all processes) | CPU-ms per build | "
+                 "of which: hook / Redis / slaves / their children (git both sides, bash, guards) / bench client |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in tp["rounds"]:
-            L.append(f"| {r['round']} | {'cold (clone)' if r['cold'] else 'warm (fetch)'} | {r['builds']} | {r['seconds']:.2f} | {r['builds_per_s']:.1f} | {r['failed']} | {r['coalesced']} | {100 * r['cpu_busy']:.0f}% | {r['cpu_ms_per_build']:.0f} |")
+            by = r.get("cpu_ms_per_build_by_part", {})
+            L.append(f"| {r['round']} | {'cold (clone)' if r['cold'] else 'warm (fetch)'} | {r['builds']} | {r['seconds']:.2f} | {r['builds_per_s']:.1f} | {r['failed']} | {r['coalesced']} | {100 * r['cpu_busy']:.0f}% | {r['cpu_ms_per_build']:.0f} | "
+                     + " / ".join(fmt(by.get(k), 1) for k in parts) + " |")
         warm = [r["builds_per_s"] for r in tp["rounds"] if not r["cold"]]
-        L.append(f"| **median warm** | | | | **{median(warm):.1f}** | | | | |")
+        L.append(f"| **median warm** | | | | **{median(warm):.1f}** | | | | | |")
+        fl = RESULTS.get("throughput_floor_cpu_ms")
+        if fl:
+            L.append(f"\nthe floor by hand (CPU-ms per warm build, {fl['builds']} builds, one at a time): git fetch with its upload side "
+                     f"{fl['fetch']:.1f} + git checkout {fl['checkout']:.1f} + bash {fl['bash']:.1f} = **{fl['total']:.1f}**: at most "
+                     f"{os.cpu_count() * 1000 / fl['total']:.0f} builds/s on {os.cpu_count()} fully busy cores with nothing else running")
         L.append(f"\nbuilds per slave (log count): {tp['builds_per_slave_log']}; 202 `slave` ≠ CRC32 mod 3: {tp['slave_field_not_crc32_mod_3']}")
     if "ingest" in RESULTS and "always" in RESULTS["ingest"]:
         res = RESULTS["ingest"]["always"]

@@ -16,9 +16,10 @@
 #   BENCH_CONNS (32) wrk connections                   BENCH_PUSHES (100) per latency run
 #   BENCH_EVERYSEC (1) ingest again with appendfsync everysec   BENCH_POLL_MS (1) result poll
 #   BENCH_BB_PUSHES (40) pushes to ours + Buildbot + floor       BENCH_BB_RUNS (3) ingest runs each
-#   BENCH_TP_REPOS (50) BENCH_TP_BRANCHES (20) BENCH_TP_VARIANTS (x1,x2,x2-steal,slow-x1,slow-x1-steal):
+#   BENCH_TP_REPOS (50) BENCH_TP_BRANCHES (20) BENCH_TP_VARIANTS (x1,x2,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal):
 #     x<SLAVE_EXECUTORS>[-steal (SLAVE_STEAL_AFTER=BENCH_TP_STEAL_AFTER, 2)], slow- = one slow repository
-#   BENCH_TP_RUNS (3) warm rounds of x1; BENCH_TP_VARIANT_WARM (1) of the others (each after a cold round)
+#   BENCH_TP_RUNS (3) warm rounds of the variants in BENCH_TP_FULL (x1,x2); BENCH_TP_VARIANT_WARM (1) of the
+#     others (each after a cold round)
 #   BENCH_TP_SLOW_SECONDS (10) BENCH_TP_SLOW_BRANCHES (3)
 #   BENCH_CP_SLAVES (10,100,1000) BENCH_CP_REPOS (10000) BENCH_CP_PRODUCERS (4) BENCH_CP_IDLE (5) BENCH_CP_LEASE_MS (10000)
 #   BENCH_CHARTS_DIR (docs/bench) BENCH_NOTE (text under every chart's title)
