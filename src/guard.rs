@@ -1,6 +1,6 @@
-//! A watchdog per build process group: a tiny forked process that SIGKILLs
-//! the group when the slave can no longer vouch for it, so a build never goes
-//! on while the same job runs again elsewhere:
+//! A watchdog of each build process group: a tiny forked process that
+//! SIGKILLs the group when the slave can no longer vouch for it, so a build
+//! never goes on while the same job runs again elsewhere:
 //! - the slave died (SIGKILL, the OOM killer, a crash): its end of the pipe
 //!   closes;
 //! - the slave stopped (SIGSTOP, a hung process): it sends no beat for half a
@@ -9,34 +9,54 @@
 //! - the slave says so ([`fire_all`]): Redis has not confirmed its lease
 //!   lately, so the index may pass to another slave.
 //!
-//! The slave disarms the guard when the group has ended by itself.
+//! Each thread that runs children (an executor) has one guard process, forked
+//! at its first child and armed with each child's group in turn: a fork of
+//! the slave per child cost about 0.25 ms of CPU, and the copies the kernel
+//! made of every page the slave wrote while a young guard shared them
+//! (measured with `perf`, issue 13). The slave disarms the guard when the
+//! group has ended by itself; the guard says whether it had killed it.
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Slave → guard: a beat (1 byte); fire now (1 byte); arm: `ARM` pgid seq
+/// silence-ms (13 bytes); disarm: `DISARM` seq (5 bytes). Guard → slave, for
+/// each disarm: `REPLY` seq fired (6 bytes). Integers are native-endian
+/// 32-bit: both ends are the same binary. Each message is one write, shorter
+/// than PIPE_BUF, so never interleaved.
 const BEAT: u8 = b'h';
-const DISARM: u8 = b'x';
 const FIRE: u8 = b'k';
-/// The guard's exit code when it killed the group for want of beats.
-const FIRED_SILENT: i32 = 2;
-/// ... and when the slave's end closed without a disarm.
-const FIRED_ORPHANED: i32 = 1;
+const ARM: u8 = b'a';
+const DISARM: u8 = b'x';
+const REPLY: u8 = b'r';
+const ARM_LEN: usize = 13;
+const DISARM_LEN: usize = 5;
+const REPLY_LEN: usize = 6;
+/// The guard's exit code when the slave's end closed (it killed the armed group).
+const ORPHANED: i32 = 1;
 
 /// Milliseconds without a beat after which a guard fires; 0 = never.
 static SILENCE_MS: AtomicU64 = AtomicU64::new(0);
-/// The write ends of every armed guard, for [`beat_all`].
-static ARMED: Mutex<Vec<libc::c_int>> = Mutex::new(Vec::new());
+/// The slave's end of every guard, and whether a group is armed there (only
+/// armed guards are beaten and fired).
+static GUARDS: Mutex<Vec<(libc::c_int, bool)>> = Mutex::new(Vec::new());
 /// When [`beat_all`] last ran, in milliseconds after [`clock`]'s start (0: never).
 static LAST_BEAT_MS: AtomicU64 = AtomicU64::new(0);
 /// Counts the moments a guard may have fired: every [`fire_all`], every gap
-/// between beats longer than half the silence limit. A guard that saw none
-/// cannot have fired, and its end need not be waited for.
+/// between beats longer than half the silence limit. A group whose time saw
+/// none cannot have been killed, and its guard's answer need not be waited for.
 static SUSPECT: AtomicU64 = AtomicU64::new(0);
-/// Disarmed guards not reaped yet (they exit at once; reaped at the next
-/// beat or the next guard's start).
+/// Guards whose thread ended (they exit at once; reaped at the next beat or
+/// the next guard's start).
 static LEFT: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's guard, forked at its first child.
+    static MINE: RefCell<Option<Watchdog>> = const { RefCell::new(None) };
+}
 
 /// Milliseconds since the first call (never 0).
 fn clock() -> u64 {
@@ -44,15 +64,18 @@ fn clock() -> u64 {
     START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// Whether the beats have kept a guard from firing lately: the last one is
-/// recent, within half the silence limit.
-fn beats_recent() -> bool {
-    let silence = SILENCE_MS.load(Ordering::SeqCst);
+/// Whether the beats have kept a guard of `silence` ms from firing lately:
+/// the last one is recent, within half of it.
+fn beats_recent(silence: u64) -> bool {
     let last = LAST_BEAT_MS.load(Ordering::SeqCst);
     silence == 0 || (last > 0 && clock().saturating_sub(last) <= silence / 2)
 }
 
-/// Reaps the disarmed guards that have exited.
+fn guards() -> std::sync::MutexGuard<'static, Vec<(libc::c_int, bool)>> {
+    GUARDS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reaps the guards of ended threads that have exited.
 fn reap_left() {
     LEFT.lock().unwrap_or_else(|p| p.into_inner()).retain(|pid| {
         let mut status = 0;
@@ -61,9 +84,16 @@ fn reap_left() {
     });
 }
 
-/// Sets how long guards started from now wait for a beat (half the lease).
+/// Sets how long guards armed from now wait for a beat (half the lease).
 pub fn set_silence_limit(limit: Duration) {
     SILENCE_MS.store(limit.as_millis() as u64, Ordering::SeqCst);
+}
+
+/// Writes `msg` in one piece to a non-blocking descriptor; false when it
+/// could not (the guard is gone, or its pipe is full).
+fn send(fd: libc::c_int, msg: &[u8]) -> bool {
+    // SAFETY: an open descriptor of ours; `msg` is valid for its length.
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) == msg.len() as isize }
 }
 
 /// Tells every armed guard the slave is alive. Never blocks: a guard that
@@ -75,9 +105,8 @@ pub fn beat_all() {
         SUSPECT.fetch_add(1, Ordering::SeqCst);
     }
     reap_left();
-    for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        // SAFETY: an open, non-blocking descriptor of ours (removed before close).
-        unsafe { libc::write(*fd, [BEAT].as_ptr().cast(), 1) };
+    for (fd, _) in guards().iter().filter(|(_, armed)| *armed) {
+        send(*fd, &[BEAT]);
     }
 }
 
@@ -86,71 +115,199 @@ pub fn beat_all() {
 pub fn fire_all() {
     // Counted before any guard can read the byte: see Guard::finish.
     SUSPECT.fetch_add(1, Ordering::SeqCst);
-    for fd in ARMED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        // SAFETY: an open, non-blocking descriptor of ours (removed before close).
-        unsafe { libc::write(*fd, [FIRE].as_ptr().cast(), 1) };
+    for (fd, _) in guards().iter().filter(|(_, armed)| *armed) {
+        send(*fd, &[FIRE]);
     }
 }
 
-pub struct Guard {
-    fd: libc::c_int,
+/// A thread's guard process and the slave's ends of its two pipes.
+struct Watchdog {
     pid: libc::pid_t,
-    /// [`SUSPECT`] when the guard started, or `None` when the beats were
-    /// already late then.
-    suspect: Option<u64>,
+    /// Slave → guard, non-blocking.
+    to: libc::c_int,
+    /// Guard → slave (the answers to disarms).
+    from: libc::c_int,
+    /// The last arm's number.
+    seq: u32,
 }
 
-/// Starts a guard of process group `pgid`.
-pub fn watch(pgid: i32) -> io::Result<Guard> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (read_end, write_end) = (fds[0], fds[1]);
-    reap_left();
-    let suspect = beats_recent().then(|| SUSPECT.load(Ordering::SeqCst));
-    let silence = SILENCE_MS.load(Ordering::SeqCst);
-    let timeout: libc::c_int = if silence == 0 { -1 } else { silence.min(i32::MAX as u64) as libc::c_int };
-    // SAFETY: the child only makes async-signal-safe calls (close, signal,
-    // poll, read, kill, _exit) and never returns into Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let e = io::Error::last_os_error();
-        // SAFETY: both descriptors are ours.
-        unsafe {
-            libc::close(read_end);
-            libc::close(write_end);
+impl Watchdog {
+    fn start() -> io::Result<Watchdog> {
+        let pipe = || {
+            let mut fds = [0 as libc::c_int; 2];
+            // SAFETY: pipe2 writes two descriptors into the array given.
+            match unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } {
+                0 => Ok((fds[0], fds[1])),
+                _ => Err(io::Error::last_os_error()),
+            }
+        };
+        let (to_r, to_w) = pipe()?;
+        let (from_r, from_w) = match pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: both descriptors are ours.
+                unsafe {
+                    libc::close(to_r);
+                    libc::close(to_w);
+                }
+                return Err(e);
+            }
+        };
+        // SAFETY: the child only makes async-signal-safe calls (close,
+        // signal, poll, read, write, kill, clock_gettime, _exit) and never
+        // returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe { guard_main(to_r, from_w) }
         }
-        return Err(e);
+        let e = io::Error::last_os_error();
+        // SAFETY: the child's ends are the child's now (or nobody's).
+        unsafe {
+            libc::close(to_r);
+            libc::close(from_w);
+        }
+        if pid < 0 {
+            // SAFETY: ours.
+            unsafe {
+                libc::close(to_w);
+                libc::close(from_r);
+            }
+            return Err(e);
+        }
+        // SAFETY: our descriptors; neither end the slave writes may block.
+        unsafe {
+            libc::fcntl(to_w, libc::F_SETFL, libc::O_NONBLOCK);
+            libc::fcntl(from_r, libc::F_SETFL, libc::O_NONBLOCK);
+        }
+        guards().push((to_w, false));
+        Ok(Watchdog { pid, to: to_w, from: from_r, seq: 0 })
     }
-    if pid == 0 {
-        // SAFETY: see above. The guard keeps no descriptor but its read end,
-        // so it holds no socket or pipe of the slave open.
-        unsafe { guard_main(read_end, write_end, pgid, timeout) }
+
+    /// Arms the guard with `pgid`; false when the guard is gone.
+    fn arm(&mut self, pgid: i32, silence: u64) -> bool {
+        self.drain();
+        self.seq = self.seq.wrapping_add(1);
+        let mut msg = [0u8; ARM_LEN];
+        msg[0] = ARM;
+        msg[1..5].copy_from_slice(&pgid.to_ne_bytes());
+        msg[5..9].copy_from_slice(&self.seq.to_ne_bytes());
+        msg[9..13].copy_from_slice(&(silence.min(u32::MAX as u64) as u32).to_ne_bytes());
+        // Armed under the lock: a fire_all or beat_all sees it before or after, whole.
+        let mut all = guards();
+        let sent = send(self.to, &msg);
+        if let Some(entry) = all.iter_mut().find(|(fd, _)| *fd == self.to) {
+            entry.1 = sent;
+        }
+        sent
     }
-    // SAFETY: the read end is the child's now; the write end never blocks.
-    unsafe {
-        libc::close(read_end);
-        libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK);
+
+    /// Disarms; with `answer`, waits for the guard's answer: whether it had
+    /// killed the group. `None` when the guard is gone.
+    fn disarm(&mut self, answer: bool) -> Option<bool> {
+        let mut msg = [0u8; DISARM_LEN];
+        msg[0] = DISARM;
+        msg[1..5].copy_from_slice(&self.seq.to_ne_bytes());
+        {
+            let mut all = guards();
+            if let Some(entry) = all.iter_mut().find(|(fd, _)| *fd == self.to) {
+                entry.1 = false;
+            }
+            if !send(self.to, &msg) {
+                return None;
+            }
+        }
+        if !answer {
+            return Some(false);
+        }
+        let mut reply = [0u8; REPLY_LEN];
+        loop {
+            match self.read_reply(&mut reply, true) {
+                None => return None,
+                Some(()) if reply[1..5] == self.seq.to_ne_bytes() => return Some(reply[5] == 1),
+                Some(()) => {} // an earlier child's answer, unread then
+            }
+        }
     }
-    ARMED.lock().unwrap_or_else(|p| p.into_inner()).push(write_end);
-    Ok(Guard { fd: write_end, pid, suspect })
+
+    /// Reads one answer; `None` at the guard's end (or an error).
+    fn read_reply(&self, reply: &mut [u8; REPLY_LEN], block: bool) -> Option<()> {
+        let mut got = 0;
+        while got < REPLY_LEN {
+            // SAFETY: reads into the rest of `reply`, from our descriptor.
+            let n = unsafe { libc::read(self.from, reply[got..].as_mut_ptr().cast(), REPLY_LEN - got) };
+            if n > 0 {
+                got += n as usize;
+                continue;
+            }
+            let err = io::Error::last_os_error().raw_os_error();
+            if n < 0 && err == Some(libc::EINTR) {
+                continue;
+            }
+            if n < 0 && err == Some(libc::EAGAIN) && (block || got > 0) {
+                let mut pfd = libc::pollfd { fd: self.from, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one initialised entry.
+                unsafe { libc::poll(&mut pfd, 1, -1) };
+                continue;
+            }
+            return None;
+        }
+        (reply[0] == REPLY).then_some(())
+    }
+
+    /// Reads the answers nobody waited for, so their pipe never fills.
+    fn drain(&self) {
+        let mut reply = [0u8; REPLY_LEN];
+        while self.read_reply(&mut reply, false).is_some() {}
+    }
 }
 
-/// The guard process: waits for beats; fires on silence or end-of-file.
-unsafe fn guard_main(read_end: libc::c_int, write_end: libc::c_int, pgid: i32, timeout: libc::c_int) -> ! {
-    libc::close(write_end);
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        guards().retain(|(fd, _)| *fd != self.to);
+        // SAFETY: our descriptors, closed once. The guard reads the end of
+        // its pipe and exits (it kills the group it had armed, if any).
+        unsafe {
+            libc::close(self.to);
+            libc::close(self.from);
+        }
+        LEFT.lock().unwrap_or_else(|p| p.into_inner()).push(self.pid);
+    }
+}
+
+/// The guard process: waits for messages; kills the armed group on silence,
+/// on a fire, or at the end of the slave's pipe.
+unsafe fn guard_main(from_slave: libc::c_int, to_slave: libc::c_int) -> ! {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         libc::signal(sig, libc::SIG_IGN);
     }
-    if read_end > 3 {
-        libc::syscall(libc::SYS_close_range, 3u32, (read_end - 1) as u32, 0u32);
+    // It keeps no descriptor but its two ends, so it holds no socket or pipe of the slave open.
+    let (low, high) = (from_slave.min(to_slave), from_slave.max(to_slave));
+    if low > 3 {
+        libc::syscall(libc::SYS_close_range, 3u32, (low - 1) as u32, 0u32);
     }
-    libc::syscall(libc::SYS_close_range, (read_end + 1) as u32, u32::MAX, 0u32);
-    let mut buf = [0u8; 64];
+    if high > low + 1 {
+        libc::syscall(libc::SYS_close_range, (low + 1) as u32, (high - 1) as u32, 0u32);
+    }
+    libc::syscall(libc::SYS_close_range, (high + 1) as u32, u32::MAX, 0u32);
+    let now_ms = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    };
+    // The armed group, its number and silence limit; the number of the last group killed.
+    let mut armed: Option<(i32, u32, i64)> = None;
+    let mut killed: Option<u32> = None;
+    let mut last_beat = now_ms();
+    let mut buf = [0u8; 256];
+    let mut have = 0usize;
+    let int = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
     loop {
-        let mut pfd = libc::pollfd { fd: read_end, events: libc::POLLIN, revents: 0 };
+        let timeout = match armed {
+            Some((_, _, silence)) if silence > 0 => (last_beat + silence - now_ms()).clamp(0, i32::MAX as i64) as libc::c_int,
+            _ => -1,
+        };
+        let mut pfd = libc::pollfd { fd: from_slave, events: libc::POLLIN, revents: 0 };
         let ready = libc::poll(&mut pfd, 1, timeout);
         if ready < 0 {
             if *libc::__errno_location() == libc::EINTR {
@@ -159,69 +316,140 @@ unsafe fn guard_main(read_end: libc::c_int, write_end: libc::c_int, pgid: i32, t
             libc::_exit(0);
         }
         if ready == 0 {
-            libc::kill(-pgid, libc::SIGKILL);
-            libc::_exit(FIRED_SILENT);
+            if let Some((pgid, seq, _)) = armed.take() {
+                libc::kill(-pgid, libc::SIGKILL);
+                killed = Some(seq);
+            }
+            continue;
         }
-        let n = libc::read(read_end, buf.as_mut_ptr().cast(), buf.len());
+        let n = libc::read(from_slave, buf[have..].as_mut_ptr().cast(), buf.len() - have);
         if n < 0 && *libc::__errno_location() == libc::EINTR {
             continue;
         }
         if n <= 0 {
-            libc::kill(-pgid, libc::SIGKILL);
-            libc::_exit(FIRED_ORPHANED);
+            if let Some((pgid, _, _)) = armed {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            libc::_exit(ORPHANED);
         }
-        if buf[..n as usize].contains(&DISARM) {
-            libc::_exit(0);
+        have += n as usize;
+        let mut at = 0;
+        while at < have {
+            let need = match buf[at] {
+                ARM => ARM_LEN,
+                DISARM => DISARM_LEN,
+                _ => 1,
+            };
+            if have - at < need {
+                break;
+            }
+            let msg = &buf[at..at + need];
+            match msg[0] {
+                BEAT => last_beat = now_ms(),
+                FIRE => {
+                    if let Some((pgid, seq, _)) = armed.take() {
+                        libc::kill(-pgid, libc::SIGKILL);
+                        killed = Some(seq);
+                    }
+                }
+                ARM => {
+                    armed = Some((int(&msg[1..5]) as i32, int(&msg[5..9]), int(&msg[9..13]) as i64));
+                    last_beat = now_ms();
+                }
+                DISARM => {
+                    let seq = int(&msg[1..5]);
+                    if armed.is_some_and(|(_, s, _)| s == seq) {
+                        armed = None;
+                    }
+                    let mut reply = [0u8; REPLY_LEN];
+                    reply[0] = REPLY;
+                    reply[1..5].copy_from_slice(&seq.to_ne_bytes());
+                    reply[5] = u8::from(killed == Some(seq));
+                    libc::write(to_slave, reply.as_ptr().cast(), REPLY_LEN);
+                }
+                _ => {}
+            }
+            at += need;
         }
-        if buf[..n as usize].contains(&FIRE) {
-            libc::kill(-pgid, libc::SIGKILL);
-            libc::_exit(FIRED_SILENT);
+        buf.copy_within(at..have, 0);
+        have -= at;
+    }
+}
+
+/// An armed guard of one process group, on the thread that started it.
+pub struct Guard {
+    /// [`SUSPECT`] when the group was armed, or `None` when the beats were
+    /// already late then.
+    suspect: Option<u64>,
+    silence: u64,
+    /// Not Send: the guard is this thread's.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+/// Arms this thread's guard with process group `pgid` (forking the guard at
+/// the thread's first child, or again if it is gone).
+pub fn watch(pgid: i32) -> io::Result<Guard> {
+    watch_with(pgid, SILENCE_MS.load(Ordering::SeqCst))
+}
+
+fn watch_with(pgid: i32, silence: u64) -> io::Result<Guard> {
+    reap_left();
+    let suspect = beats_recent(silence).then(|| SUSPECT.load(Ordering::SeqCst));
+    MINE.with(|mine| {
+        let mut mine = mine.borrow_mut();
+        for _ in 0..2 {
+            if mine.is_none() {
+                *mine = Some(Watchdog::start()?);
+            }
+            if mine.as_mut().is_some_and(|w| w.arm(pgid, silence)) {
+                return Ok(Guard { suspect, silence, _thread: std::marker::PhantomData });
+            }
+            // Gone (killed from outside) or not reading: a new one.
+            retire(&mut mine);
         }
+        Err(io::Error::other("cannot arm a guard"))
+    })
+}
+
+/// Drops this thread's guard after killing it (it may be stopped).
+fn retire(mine: &mut Option<Watchdog>) {
+    if let Some(w) = mine.take() {
+        // SAFETY: our own child.
+        unsafe { libc::kill(w.pid, libc::SIGKILL) };
     }
 }
 
 impl Guard {
-    fn disarm(&mut self) {
-        ARMED.lock().unwrap_or_else(|p| p.into_inner()).retain(|fd| *fd != self.fd);
-        // SAFETY: our own descriptor, closed once (fd = -1 after).
-        unsafe {
-            libc::write(self.fd, [DISARM].as_ptr().cast(), 1);
-            libc::close(self.fd);
-        }
-        self.fd = -1;
-    }
-
-    /// Disarms the guard and tells whether it had fired for want of beats
-    /// (the slave stalled: the group was killed, the build must not count).
-    pub fn finish(mut self) -> bool {
-        self.disarm();
-        // No fire_all since it started and no late beat, before or now: it
-        // cannot have fired, so the build's next step need not wait for it
-        // to exit (a fork's teardown, on every child's path).
-        let quiet = self.suspect.is_some_and(|at| at == SUSPECT.load(Ordering::SeqCst)) && beats_recent();
-        if quiet {
-            LEFT.lock().unwrap_or_else(|p| p.into_inner()).push(self.pid);
-            self.pid = 0;
-            return false;
-        }
-        let mut status = 0;
-        // SAFETY: our own child, reaped once (pid = 0 after).
-        unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        self.pid = 0;
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == FIRED_SILENT
+    /// Disarms the guard and tells whether it had killed the group for want
+    /// of beats or by a fire (the slave stalled or lost its lease: the build
+    /// must not count).
+    pub fn finish(self) -> bool {
+        // No fire_all since it was armed and no late beat, before or now: it
+        // cannot have fired, so its answer need not be waited for.
+        let quiet = self.suspect.is_some_and(|at| at == SUSPECT.load(Ordering::SeqCst)) && beats_recent(self.silence);
+        std::mem::forget(self);
+        MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            match mine.as_mut().map(|w| w.disarm(!quiet)) {
+                Some(Some(fired)) => fired,
+                // Gone: killed from outside; a new one guards the next group.
+                _ => {
+                    retire(&mut mine);
+                    false
+                }
+            }
+        })
     }
 }
 
 impl Drop for Guard {
+    /// Disarms a guard nobody finished (an early return, a panic).
     fn drop(&mut self) {
-        if self.fd >= 0 {
-            self.disarm();
-        }
-        if self.pid > 0 {
-            let mut status = 0;
-            // SAFETY: our own child.
-            unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        }
+        let _ = MINE.try_with(|mine| {
+            if let Some(w) = mine.borrow_mut().as_mut() {
+                w.disarm(false);
+            }
+        });
     }
 }
 
@@ -229,42 +457,98 @@ impl Drop for Guard {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command};
 
-    #[test]
-    fn a_fire_message_kills_the_group_at_once_and_the_run_does_not_count() {
-        // What fire_all sends, to this test's own guard only, so other tests' groups live on.
-        let mut child = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
-        let guard = watch(child.id() as i32).unwrap();
-        SUSPECT.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the guard's open write end.
-        assert_eq!(unsafe { libc::write(guard.fd, [FIRE].as_ptr().cast(), 1) }, 1);
-        assert_eq!(child.wait().unwrap().code(), None, "killed by a signal");
-        assert!(guard.finish(), "the run learns it must not count");
+    fn group(program: &str, args: &[&str]) -> Child {
+        Command::new(program).args(args).process_group(0).spawn().unwrap()
+    }
+
+    fn my_guard() -> libc::pid_t {
+        MINE.with(|m| m.borrow().as_ref().map(|w| w.pid)).unwrap()
     }
 
     #[test]
-    fn a_quiet_guard_is_not_waited_for_and_is_reaped_later() {
-        let mut child = std::process::Command::new("true").process_group(0).spawn().unwrap();
-        let guard = watch(child.id() as i32).unwrap();
-        child.wait().unwrap();
-        let pid = guard.pid;
-        let before = SUSPECT.load(Ordering::SeqCst);
-        let fired = guard.finish();
-        if SUSPECT.load(Ordering::SeqCst) == before {
-            // (another test's fire may have made this one wait: then it was reaped already)
-            assert!(!fired);
-        }
-        // Reaped by a later beat or guard: poll with a deadline.
+    fn a_fire_kills_the_armed_group_at_once_and_the_run_does_not_count() {
+        // What fire_all sends, to this thread's guard only, so other tests' groups live on.
+        let mut child = group("sleep", &["30"]);
+        let guard = watch_with(child.id() as i32, 0).unwrap();
+        SUSPECT.fetch_add(1, Ordering::SeqCst);
+        let to = MINE.with(|m| m.borrow().as_ref().unwrap().to);
+        assert!(send(to, &[FIRE]));
+        assert_eq!(child.wait().unwrap().code(), None, "killed by a signal");
+        assert!(guard.finish(), "the run learns it must not count");
+        // The same guard then guards the next group, which ends by itself and counts.
+        let before = my_guard();
+        let mut child = group("true", &[]);
+        let guard = watch_with(child.id() as i32, 0).unwrap();
+        assert_eq!(my_guard(), before, "no new fork");
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        SUSPECT.fetch_add(1, Ordering::SeqCst); // makes finish ask the guard
+        assert!(!guard.finish());
+    }
+
+    #[test]
+    fn silence_kills_the_armed_group_and_the_run_does_not_count() {
+        // No beats in unit tests: a 100 ms limit runs out while `sleep` runs.
+        let mut child = group("sleep", &["30"]);
+        let guard = watch_with(child.id() as i32, 100).unwrap();
+        assert_eq!(child.wait().unwrap().code(), None, "killed by a signal");
+        assert!(guard.finish());
+    }
+
+    #[test]
+    fn one_guard_serves_a_thread_and_exits_with_it_killing_what_it_guards() {
+        let (pids, victim) = std::thread::spawn(|| {
+            let mut pids = vec![];
+            for _ in 0..3 {
+                let mut child = group("true", &[]);
+                let guard = watch_with(child.id() as i32, 0).unwrap();
+                child.wait().unwrap();
+                assert!(!guard.finish());
+                pids.push(my_guard());
+            }
+            // Armed when the thread ends (as if the slave died with it): the group goes too.
+            let victim = group("sleep", &["30"]);
+            std::mem::forget(watch_with(victim.id() as i32, 0).unwrap());
+            (pids, victim)
+        })
+        .join()
+        .unwrap();
+        assert!(pids.windows(2).all(|w| w[0] == w[1]), "one guard for the thread: {pids:?}");
+        let mut victim = victim;
+        assert_eq!(victim.wait().unwrap().code(), None, "killed by its guard");
+        // The guard exited and is reaped later: poll with a deadline.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             reap_left();
             // SAFETY: kill with signal 0 only asks whether the pid exists.
-            let gone = unsafe { libc::kill(pid, 0) } != 0;
-            if gone {
+            if unsafe { libc::kill(pids[0], 0) } != 0 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "guard {pid} left a zombie");
+            assert!(std::time::Instant::now() < deadline, "guard {} left a zombie", pids[0]);
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_guard_killed_from_outside_is_replaced_and_still_guards() {
+        let mut first = group("true", &[]);
+        let guard = watch_with(first.id() as i32, 0).unwrap();
+        first.wait().unwrap();
+        assert!(!guard.finish());
+        let old = my_guard();
+        // SAFETY: our own child.
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: our own child, reaped here.
+        unsafe { libc::waitpid(old, &mut status, 0) };
+        let mut child = group("sleep", &["30"]);
+        let guard = watch_with(child.id() as i32, 0).unwrap();
+        assert_ne!(my_guard(), old, "a new guard");
+        SUSPECT.fetch_add(1, Ordering::SeqCst);
+        let to = MINE.with(|m| m.borrow().as_ref().unwrap().to);
+        assert!(send(to, &[FIRE]));
+        assert_eq!(child.wait().unwrap().code(), None, "the new guard killed it");
+        assert!(guard.finish());
     }
 }

@@ -38,7 +38,7 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_LINES: usize = 8192;
 
 /// Makes `cmd`'s child die with the slave thread that starts it
-/// (`PR_SET_PDEATHSIG`), for the moment between its start and its guard's
+/// (`PR_SET_PDEATHSIG`), for the moment between its start and its guard's arming
 /// (see `guard`): a slave SIGKILLed then would leave a step nobody watches.
 /// Register it after any credential change (which clears the setting).
 pub fn die_with_parent(cmd: &mut Command) {
