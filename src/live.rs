@@ -36,12 +36,21 @@ pub const SHOWN_SO_FAR: usize = 2000;
 pub const END_FIELD: &str = "end";
 /// How long a build's end waits for its lines to be published before it is stored.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long the publisher waits for more lines after the first of a batch:
+/// a build that ends meanwhile gets its last lines back, and FINISH writes
+/// them with the result, in one fsync'd write instead of two in a row.
+const LINGER: Duration = Duration::from_millis(2);
+/// Most lines handed back to a closing build (more are written first).
+const HAND_BACK: usize = 64;
+/// The field of a stream's line entries.
+pub const LINE_FIELD: &str = "line";
 
 enum Msg {
     Begin(Arc<str>),
     Line(Arc<str>, String),
-    /// The build is over: its lines so far are written, then the sender hears so.
-    Closed(Arc<str>, Sender<()>),
+    /// The build is over: its lines written before this batch are written;
+    /// the sender gets the rest back (FINISH writes them).
+    Closed(Arc<str>, Sender<Vec<String>>),
 }
 
 /// The slave's side: one thread writing every build's lines to Redis.
@@ -103,8 +112,9 @@ impl BuildLog {
 
     /// The build is over and its result about to be stored: its lines are
     /// published (waited for, up to a second), so that the `end` entry FINISH
-    /// writes with the record comes after them.
-    pub fn close(&self) {
+    /// writes with the record comes after them — but for the last few, which
+    /// are returned for FINISH to write before its `end`.
+    pub fn close(&self) -> Vec<String> {
         let dropped = self.dropped();
         if dropped > 0 {
             log::warn!("live.lines_dropped id={} lines={dropped}: the live log fell behind the build's output", self.id);
@@ -113,28 +123,46 @@ impl BuildLog {
         }
         let (ack, written) = crossbeam_channel::bounded(1);
         if self.tx.send_timeout(Msg::Closed(Arc::clone(&self.id), ack), CLOSE_WAIT).is_ok() {
-            let _ = written.recv_timeout(CLOSE_WAIT);
+            return written.recv_timeout(CLOSE_WAIT).unwrap_or_default();
         }
+        Vec::new()
     }
 }
 
-/// The publisher thread: takes what waits (up to BATCH), one pipeline per
-/// batch. When Redis refuses a batch (OOM: it is full), the live logs of that
-/// batch's builds are deleted and their later lines not published: results,
-/// queues and leases need that memory more.
+/// The publisher thread: takes what waits (up to BATCH, for up to LINGER
+/// after the first), one pipeline per batch. A build closed in the batch gets
+/// its lines of the batch back instead (up to HAND_BACK, and unless the batch
+/// also began it). When Redis refuses a batch (OOM: it is full), the live logs
+/// of that batch's builds are deleted and their later lines not published:
+/// results, queues and leases need that memory more.
 fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
     let mut silenced: HashSet<Arc<str>> = HashSet::new();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
+        let until = std::time::Instant::now() + LINGER;
+        while batch.len() < BATCH && !matches!(batch.last(), Some(Msg::Closed(..))) {
+            match rx.recv_deadline(until) {
                 Ok(m) => batch.push(m),
                 Err(_) => break,
             }
         }
+        // Closed builds whose lines of this batch go back to them.
+        let handed: Vec<Arc<str>> = batch
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Closed(id, _) => Some(id),
+                _ => None,
+            })
+            .filter(|id| {
+                let mine = |m: &&Msg| matches!(m, Msg::Line(i, _) | Msg::Begin(i) if i == *id);
+                !batch.iter().any(|m| matches!(m, Msg::Begin(i) if i == *id)) && batch.iter().filter(mine).count() <= HAND_BACK
+            })
+            .map(Arc::clone)
+            .collect();
+        let mut back: Vec<(Arc<str>, Vec<String>)> = handed.iter().map(|id| (Arc::clone(id), Vec::new())).collect();
         let mut pipe = redis::pipe();
         let mut ids: Vec<Arc<str>> = Vec::new();
-        let mut acks: Vec<Sender<()>> = Vec::new();
+        let mut acks: Vec<(Arc<str>, Sender<Vec<String>>)> = Vec::new();
         for msg in &batch {
             match msg {
                 Msg::Begin(id) => {
@@ -142,12 +170,18 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                     pipe.cmd("DEL").arg(log_key(id)).ignore();
                 }
                 Msg::Line(id, _) if silenced.contains(id) => continue,
+                Msg::Line(id, line) if handed.contains(id) => {
+                    if let Some((_, lines)) = back.iter_mut().find(|(i, _)| i == id) {
+                        lines.push(line.clone());
+                    }
+                    continue;
+                }
                 Msg::Line(id, line) => {
-                    pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg("line").arg(line).ignore();
+                    pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg(LINE_FIELD).arg(line).ignore();
                 }
                 Msg::Closed(id, ack) => {
                     silenced.remove(id);
-                    acks.push(ack.clone());
+                    acks.push((Arc::clone(id), ack.clone()));
                     continue;
                 }
             }
@@ -156,8 +190,12 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                 ids.push(Arc::clone(id));
             }
         }
+        // What the pipeline writes for them is written before they hear back; the
+        // rest hear now, before the pipeline's round trip.
+        let (now, after): (Vec<_>, Vec<_>) = acks.into_iter().partition(|(id, _)| !ids.contains(id));
+        acknowledge(now, &mut back);
         if ids.is_empty() {
-            acknowledge(&acks);
+            acknowledge(after, &mut back);
             continue;
         }
         // A stream stays 2 days while lines come (its slave may die), an hour
@@ -186,14 +224,16 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                 );
             }
         }
-        acknowledge(&acks);
+        acknowledge(after, &mut back);
     }
 }
 
-/// Tells each closing build that its lines were written (or given up on).
-fn acknowledge(acks: &[Sender<()>]) {
-    for a in acks {
-        let _ = a.try_send(());
+/// Tells each closing build that its lines were written (or given up on),
+/// handing back those it is to write itself.
+fn acknowledge(acks: Vec<(Arc<str>, Sender<Vec<String>>)>, back: &mut [(Arc<str>, Vec<String>)]) {
+    for (id, ack) in acks {
+        let lines = back.iter_mut().find(|(i, _)| *i == id).map(|(_, l)| std::mem::take(l)).unwrap_or_default();
+        let _ = ack.try_send(lines);
     }
 }
 
@@ -207,7 +247,7 @@ enum Said {
 
 fn said(fields: &[String]) -> Option<Said> {
     match fields {
-        [k, v, ..] if k == "line" => Some(Said::Line(v.clone())),
+        [k, v, ..] if k == LINE_FIELD => Some(Said::Line(v.clone())),
         [k, v, ..] if k == END_FIELD => Some(Said::End(v.clone())),
         _ => None,
     }

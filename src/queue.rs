@@ -282,11 +282,15 @@ return {tostring(attempt), f[1], f[2], f[3] or '0'}
 
 const FINISH: &str = r#"
 local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local stream, cap, field, ttl = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local stream, cap, field, ttl, line_field = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local key = 'ci:build:' .. id
 if redis.call('HGET', key, 'attempt') ~= attempt then return 0 end
--- the live log's last entry, with the record: a follower wakes once it is stored
+-- the live log's last lines (ARGV 13 on, those the publisher handed back) and
+-- its last entry, with the record: a follower wakes once it is stored
 local function ended(result)
+  for i = 13, #ARGV do
+    redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', line_field, ARGV[i])
+  end
   redis.call('XADD', stream, 'MAXLEN', '~', cap, '*', field, result)
   redis.call('EXPIRE', stream, ttl)
 end
@@ -594,7 +598,8 @@ pub enum Finished {
 
 /// Stores the result and acknowledges the job, unless a later attempt of the
 /// same build has started since. A build canceled meanwhile stays canceled.
-pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome) -> RedisResult<Finished> {
+/// `last_lines` go to the live log before its end (see [`crate::live`]).
+pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome, last_lines: &[String]) -> RedisResult<Finished> {
     static S: OnceLock<Script> = OnceLock::new();
     let stored: i64 = script(&S, RECORD, FINISH)
         .arg(&job.id)
@@ -608,6 +613,8 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(crate::live::STREAM_CAP)
         .arg(crate::live::END_FIELD)
         .arg(crate::live::ENDED_TTL_SECS)
+        .arg(crate::live::LINE_FIELD)
+        .arg(last_lines)
         .invoke(conn)?;
     Ok(match stored {
         1 => Finished::Stored,

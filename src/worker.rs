@@ -391,9 +391,10 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
             return true;
         }
     };
-    // Its lines published first: FINISH writes the live log's end with the record.
-    live.close();
-    let stored = store(redis, &started, &working, &outcome, &sh.signals, &facts);
+    // Its lines published first (the last few FINISH writes itself): FINISH
+    // writes the live log's end with the record.
+    let last_lines = live.close();
+    let stored = store(redis, &started, &working, &outcome, &last_lines, &sh.signals, &facts);
     let poster = &sh.poster;
     match &stored {
         Stored::Superseded => return true,
@@ -462,12 +463,20 @@ enum Stored {
     Superseded,
 }
 
-fn store(redis: &mut Redis, job: &Started, working: &str, outcome: &queue::Outcome, signals: &Signals, facts: &str) -> Stored {
+fn store(
+    redis: &mut Redis,
+    job: &Started,
+    working: &str,
+    outcome: &queue::Outcome,
+    last_lines: &[String],
+    signals: &Signals,
+    facts: &str,
+) -> Stored {
     let mut backoff = Backoff::default();
     let mut substitute: Option<queue::Outcome> = None;
     loop {
         let current = substitute.as_ref().unwrap_or(outcome);
-        match redis.run(|c| queue::finish(c, job, working, current)) {
+        match redis.run(|c| queue::finish(c, job, working, current, last_lines)) {
             Ok(queue::Finished::Stored) => return substitute.map_or(Stored::Real, Stored::Substitute),
             Ok(queue::Finished::Canceled) => return Stored::Canceled,
             Ok(queue::Finished::Superseded) => {

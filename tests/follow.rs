@@ -357,3 +357,37 @@ fn a_follower_of_a_canceled_build_ends_with_canceled() {
     assert!(lines.iter().any(|l| l == "  . before-cancel"), "{lines:#?}");
     assert!(!lines.iter().any(|l| l == "failed" || l == "passed"), "{lines:#?}");
 }
+
+/// The `ci:log:<id>` stream as (field, value) pairs, oldest first.
+fn stream(b: &Backend, id: &str) -> Vec<(String, String)> {
+    let Resp::Array(Some(entries)) = b.redis.cli(&["XRANGE", &format!("ci:log:{id}"), "-", "+"]) else { return vec![] };
+    entries
+        .iter()
+        .map(|e| match e {
+            Resp::Array(Some(parts)) => {
+                let fv = parts[1].list();
+                (fv[0].clone(), fv[1].clone())
+            }
+            other => panic!("not a stream entry: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_last_lines_of_a_build_reach_its_stream_in_order_before_its_end() {
+    // A burst at the very end: some lines the publisher writes, the last ones FINISH writes
+    // with the result (handed back when the build closes within the publisher's linger).
+    let b = Backend::start(1, &[], &[]);
+    for (name, count) in [("acme/burst", 300), ("acme/few", 2)] {
+        let yml = format!("step: burst\nshell: seq 1 {count}\n");
+        let (_git, id) = b.queue(name, &yml, "burst");
+        let build = wait_build(&b.redis, &id, LONG);
+        assert_eq!(build.state, "passed", "{:?}", build.log);
+        let entries = stream(&b, &id);
+        let printed: Vec<&str> = entries.iter().filter_map(|(f, v)| (f == "line").then_some(v.strip_prefix("  . ")).flatten()).collect();
+        let want: Vec<String> = (1..=count).map(|n| n.to_string()).collect();
+        assert_eq!(printed, want, "{name}: every printed line once, in order");
+        assert_eq!(entries.last(), Some(&("end".to_string(), "passed".to_string())), "{name}: {entries:?}");
+        assert_eq!(entries.iter().filter(|(f, _)| f == "end").count(), 1, "{name}: one end");
+    }
+}
