@@ -939,6 +939,9 @@ def latency(redis, fixture):
                           "slave_rss": proc_status(slave.pid), "hook_rss": proc_status(hook.pid)}
     if shutil.which("perf") and os.geteuid() == 0 and os.environ.get("BENCH_PERF", "1") == "1":
         RESULTS["latency"]["traced"] = traced_pushes(slave, new_commit, through_hook)
+    else:
+        RESULTS["latency"]["untraced"] = ("BENCH_PERF=0" if os.environ.get("BENCH_PERF", "1") != "1"
+                                          else "not root" if os.geteuid() != 0 else "no perf (Debian's linux-perf)")
     with open(os.path.join(LOGS, "latency-samples.json"), "w") as fh:
         json.dump(runs, fh)
     stop(slave)
@@ -1802,6 +1805,8 @@ def report():
             L.append("|---|---:|---:|")
             for k, v in tr["parts"].items():
                 L.append(f"| {k} | {v['p50']:.1f} | {v['p99']:.1f} |")
+        elif lat.get("untraced"):
+            L.append(f"\nthe trace inside the slave was skipped: {lat['untraced']}")
     if "throughput" in RESULTS:
         tp = RESULTS["throughput"]
         L.append(f"\n## 3. Build throughput ({TP_REPOS} repositories x {TP_BRANCHES} branches = {TP_REPOS * TP_BRANCHES} builds per round, {TP_SLAVES} slaves)\n")

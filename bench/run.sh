@@ -7,7 +7,8 @@
 #
 # What it installs (every program the bench uses comes from here):
 #   Debian packages, through scripts/deps.sh (apt-get as root): redis-server, redis-tools
-#   (redis-cli, redis-benchmark), wrk, webhook (adnanh/webhook, the ingest peer), python3-venv;
+#   (redis-cli, redis-benchmark), wrk, webhook (adnanh/webhook, the ingest peer), python3-venv,
+#   linux-perf (perf: the trace inside the slave; skipped, and said so, without it or root);
 #   bench/.venv from PyPI: bench/requirements.txt (Buildbot 4.x, the latency/ingest peer; matplotlib).
 #
 # Knobs (environment), with defaults:
@@ -30,7 +31,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-scripts/deps.sh redis-benchmark:redis-tools wrk:wrk /usr/bin/webhook:webhook py:ensurepip:python3-venv
+scripts/deps.sh redis-benchmark:redis-tools wrk:wrk /usr/bin/webhook:webhook py:ensurepip:python3-venv perf:linux-perf
 
 venv=bench/.venv
 stamp=$venv/.requirements.sha256
