@@ -285,6 +285,9 @@ local id, attempt, working, state, log, seconds, now = ARGV[1], ARGV[2], ARGV[3]
 local stream, cap, field, ttl, line_field = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local key = 'ci:build:' .. id
 if redis.call('HGET', key, 'attempt') ~= attempt then return 0 end
+-- stored already by this attempt (a retry after the answer was lost): nothing more
+local was = redis.call('HGET', key, 'state')
+if was == 'passed' or was == 'failed' then return 1 end
 -- the live log's last lines (ARGV 13 on, those the publisher handed back) and
 -- its last entry, with the record: a follower wakes once it is stored
 local function ended(result)
@@ -296,7 +299,7 @@ local function ended(result)
 end
 -- canceled while it ran: stays canceled (counted once, by the cancel); the
 -- log so far and why it was canceled replace the one-line log
-if redis.call('HGET', key, 'state') == 'canceled' then
+if was == 'canceled' then
   local lines = cjson.decode(log)
   lines[#lines + 1] = '[canceled] ' .. (redis.call('HGET', key, 'cancel') or '')
   redis.call('HSET', key, 'log', cjson.encode(lines), 'seconds', seconds)

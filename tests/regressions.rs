@@ -249,3 +249,40 @@ fn issue9_1_jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
         assert_eq!(wait_build(&b.redis, id, LONG).state, "passed", "build {id}");
     }
 }
+
+/// FINISH again with the same attempt — what the slave does when the connection drops after
+/// Redis ran the first one but before its answer came (`store` retries) — stores nothing more:
+/// the build is counted once and its live log has one end, after the lines handed to it once.
+#[test]
+fn a_finish_retried_after_a_lost_answer_counts_the_build_once() {
+    use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Finished, Job, Outcome};
+    use ci_backend::routing::Routing;
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let until = (now() + 3600) * 1000;
+    redis.cli(&["ZADD", "ci:members:slave", &until.to_string(), "0"]);
+    redis.cli(&["SADD", "ci:clusters", "slave"]);
+    let text = serde_json::json!({ "repo": "acme/once", "branch": "main", "sha": "1".repeat(40), "clone_url": "file:///nowhere" });
+    let push = ci_backend::payload::Push::from_json(&text.to_string()).unwrap();
+    let job = Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: CancelRunning::None, routing: Routing::Mod };
+    let Enqueued::Queued { id, .. } = queue::enqueue(&mut c, &job).unwrap() else { panic!("not queued") };
+    assert_eq!(queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap().as_deref(), Some(id.as_str()));
+    let Begun::Run(started) = queue::start(&mut c, &id, "ci:working:slave:0", "slave-0", 3, &[]).unwrap() else { panic!("not started") };
+    let outcome = Outcome { passed: true, could_not_run: false, log: vec!["[passed] in 0 s".into()], seconds: 0 };
+    let last = vec!["  . last line".to_string()];
+    for _ in 0..2 {
+        assert!(matches!(queue::finish(&mut c, &started, "ci:working:slave:0", &outcome, &last).unwrap(), Finished::Stored));
+    }
+    assert_eq!(redis.hgetall("ci:stats").get("passed").map(String::as_str), Some("1"), "counted once");
+    let entries = redis.cli(&["XRANGE", &format!("ci:log:{id}"), "-", "+"]);
+    let Resp::Array(Some(entries)) = entries else { panic!("no stream: {entries:?}") };
+    let fields: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| match e {
+            Resp::Array(Some(parts)) => parts[1].list(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(fields, vec![vec!["line".to_string(), "  . last line".into()], vec!["end".into(), "passed".into()]]);
+}
