@@ -70,6 +70,8 @@ TP_STEAL_AFTER = os.environ.get("BENCH_TP_STEAL_AFTER", "2")  # SLAVE_STEAL_AFTE
 TP_SLOW_SECONDS = int(os.environ.get("BENCH_TP_SLOW_SECONDS", "10"))
 TP_SLOW_BRANCHES = int(os.environ.get("BENCH_TP_SLOW_BRANCHES", "3"))
 EVERYSEC = os.environ.get("BENCH_EVERYSEC", "1") == "1"
+# the floors run git as lean as the slave does: no automatic gc or maintenance after a fetch
+LEAN_GIT = ["-c", "gc.auto=0", "-c", "maintenance.auto=false"]
 SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,buildbot,throughput,control,footprint,balance,charts").split(",")
 POLL_S = float(os.environ.get("BENCH_POLL_MS", "1")) / 1000  # status poll interval (latency, BENCH_FOLLOW=0)
 FOLLOW = os.environ.get("BENCH_FOLLOW", "1") == "1"  # latency: wait for the result by following the live log
@@ -831,8 +833,7 @@ def latency_rig(redis, fixture, tag="latency"):
     # The slave's checkout fetches from its mirror; the floor fetches from the repository itself.
     git("remote", "set-url", "origin", bare, cwd=floor_dir)
 
-    # as lean as the slave runs git: no automatic gc or maintenance after the fetch
-    gitc = ["git", "-C", floor_dir, "-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false"]
+    gitc = ["git", "-C", floor_dir, "-c", "advice.detachedHead=false", *LEAN_GIT]
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
 
     def timed(argv, cwd=None):
@@ -1093,7 +1094,7 @@ def throughput_floor(n=100):
     mirror, co = os.path.join(base, "m.git"), os.path.join(base, "co")
     git("clone", "-q", "--bare", f"file://{bare}", mirror)
     git("clone", "-q", "--no-checkout", "--shared", mirror, co)
-    lean = ["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.hooksPath=/dev/null"]
+    lean = [*LEAN_GIT, "-c", "core.hooksPath=/dev/null"]
     parts = {"fetch": 0.0, "checkout": 0.0, "bash": 0.0}
 
     def children_cpu():

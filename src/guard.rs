@@ -105,9 +105,7 @@ pub fn beat_all() {
         SUSPECT.fetch_add(1, Ordering::SeqCst);
     }
     reap_left();
-    for (fd, _) in guards().iter().filter(|(_, armed)| *armed) {
-        send(*fd, &[BEAT]);
-    }
+    send_armed(BEAT);
 }
 
 /// Makes every armed guard kill its group now, as if the slave had been
@@ -115,8 +113,20 @@ pub fn beat_all() {
 pub fn fire_all() {
     // Counted before any guard can read the byte: see Guard::finish.
     SUSPECT.fetch_add(1, Ordering::SeqCst);
+    send_armed(FIRE);
+}
+
+/// Sends `byte` to every guard with a group armed.
+fn send_armed(byte: u8) {
     for (fd, _) in guards().iter().filter(|(_, armed)| *armed) {
-        send(*fd, &[FIRE]);
+        send(*fd, &[byte]);
+    }
+}
+
+/// Marks the guard whose slave end is `fd` armed or not, in `all` (locked by the caller).
+fn mark(all: &mut [(libc::c_int, bool)], fd: libc::c_int, armed: bool) {
+    if let Some(entry) = all.iter_mut().find(|(f, _)| *f == fd) {
+        entry.1 = armed;
     }
 }
 
@@ -196,9 +206,7 @@ impl Watchdog {
         // Armed under the lock: a fire_all or beat_all sees it before or after, whole.
         let mut all = guards();
         let sent = send(self.to, &msg);
-        if let Some(entry) = all.iter_mut().find(|(fd, _)| *fd == self.to) {
-            entry.1 = sent;
-        }
+        mark(&mut all, self.to, sent);
         sent
     }
 
@@ -210,9 +218,7 @@ impl Watchdog {
         msg[1..5].copy_from_slice(&self.seq.to_ne_bytes());
         {
             let mut all = guards();
-            if let Some(entry) = all.iter_mut().find(|(fd, _)| *fd == self.to) {
-                entry.1 = false;
-            }
+            mark(&mut all, self.to, false);
             if !send(self.to, &msg) {
                 return None;
             }
@@ -316,10 +322,7 @@ unsafe fn guard_main(from_slave: libc::c_int, to_slave: libc::c_int) -> ! {
             libc::_exit(0);
         }
         if ready == 0 {
-            if let Some((pgid, seq, _)) = armed.take() {
-                libc::kill(-pgid, libc::SIGKILL);
-                killed = Some(seq);
-            }
+            kill_armed(&mut armed, &mut killed);
             continue;
         }
         let n = libc::read(from_slave, buf[have..].as_mut_ptr().cast(), buf.len() - have);
@@ -346,12 +349,7 @@ unsafe fn guard_main(from_slave: libc::c_int, to_slave: libc::c_int) -> ! {
             let msg = &buf[at..at + need];
             match msg[0] {
                 BEAT => last_beat = now_ms(),
-                FIRE => {
-                    if let Some((pgid, seq, _)) = armed.take() {
-                        libc::kill(-pgid, libc::SIGKILL);
-                        killed = Some(seq);
-                    }
-                }
+                FIRE => kill_armed(&mut armed, &mut killed),
                 ARM => {
                     armed = Some((int(&msg[1..5]) as i32, int(&msg[5..9]), int(&msg[9..13]) as i64));
                     last_beat = now_ms();
@@ -373,6 +371,14 @@ unsafe fn guard_main(from_slave: libc::c_int, to_slave: libc::c_int) -> ! {
         }
         buf.copy_within(at..have, 0);
         have -= at;
+    }
+}
+
+/// In the guard: kills the armed group, if any, and remembers its number.
+unsafe fn kill_armed(armed: &mut Option<(i32, u32, i64)>, killed: &mut Option<u32>) {
+    if let Some((pgid, seq, _)) = armed.take() {
+        libc::kill(-pgid, libc::SIGKILL);
+        *killed = Some(seq);
     }
 }
 

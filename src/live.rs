@@ -146,20 +146,19 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        // Closed builds whose lines of this batch go back to them.
-        let handed: Vec<Arc<str>> = batch
+        // Closed builds whose lines of this batch go back to them, and those lines.
+        let mut back: Vec<(Arc<str>, Vec<String>)> = batch
             .iter()
             .filter_map(|m| match m {
                 Msg::Closed(id, _) => Some(id),
                 _ => None,
             })
             .filter(|id| {
-                let mine = |m: &&Msg| matches!(m, Msg::Line(i, _) | Msg::Begin(i) if i == *id);
-                !batch.iter().any(|m| matches!(m, Msg::Begin(i) if i == *id)) && batch.iter().filter(mine).count() <= HAND_BACK
+                !batch.iter().any(|m| matches!(m, Msg::Begin(i) if i == *id))
+                    && batch.iter().filter(|m| matches!(m, Msg::Line(i, _) if i == *id)).count() <= HAND_BACK
             })
-            .map(Arc::clone)
+            .map(|id| (Arc::clone(id), Vec::new()))
             .collect();
-        let mut back: Vec<(Arc<str>, Vec<String>)> = handed.iter().map(|id| (Arc::clone(id), Vec::new())).collect();
         let mut pipe = redis::pipe();
         let mut ids: Vec<Arc<str>> = Vec::new();
         let mut acks: Vec<(Arc<str>, Sender<Vec<String>>)> = Vec::new();
@@ -170,15 +169,23 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                     pipe.cmd("DEL").arg(log_key(id)).ignore();
                 }
                 Msg::Line(id, _) if silenced.contains(id) => continue,
-                Msg::Line(id, line) if handed.contains(id) => {
-                    if let Some((_, lines)) = back.iter_mut().find(|(i, _)| i == id) {
+                Msg::Line(id, line) => match back.iter_mut().find(|(i, _)| i == id) {
+                    Some((_, lines)) => {
                         lines.push(line.clone());
+                        continue;
                     }
-                    continue;
-                }
-                Msg::Line(id, line) => {
-                    pipe.cmd("XADD").arg(log_key(id)).arg("MAXLEN").arg("~").arg(STREAM_CAP).arg("*").arg(LINE_FIELD).arg(line).ignore();
-                }
+                    None => {
+                        pipe.cmd("XADD")
+                            .arg(log_key(id))
+                            .arg("MAXLEN")
+                            .arg("~")
+                            .arg(STREAM_CAP)
+                            .arg("*")
+                            .arg(LINE_FIELD)
+                            .arg(line)
+                            .ignore();
+                    }
+                },
                 Msg::Closed(id, ack) => {
                     silenced.remove(id);
                     acks.push((Arc::clone(id), ack.clone()));

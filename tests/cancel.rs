@@ -237,12 +237,7 @@ fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_request
     use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Job};
     use ci_backend::routing::Routing;
     let redis = Redis::start();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_connection().unwrap();
-    // One live member of cluster `slave` (index 0) for the next hour: ENQUEUE routes there.
-    let until = (now() + 3600) * 1000;
-    redis.cli(&["ZADD", "ci:members:slave", &until.to_string(), "0"]);
-    redis.cli(&["SADD", "ci:clusters", "slave"]);
+    let mut c = redis.queue_conn();
     let table: [(&str, bool); 8] = [
         ("pull/7", true),
         ("merge-requests/3", true),

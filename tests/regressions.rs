@@ -258,11 +258,7 @@ fn a_finish_retried_after_a_lost_answer_counts_the_build_once() {
     use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Finished, Job, Outcome};
     use ci_backend::routing::Routing;
     let redis = Redis::start();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_connection().unwrap();
-    let until = (now() + 3600) * 1000;
-    redis.cli(&["ZADD", "ci:members:slave", &until.to_string(), "0"]);
-    redis.cli(&["SADD", "ci:clusters", "slave"]);
+    let mut c = redis.queue_conn();
     let text = serde_json::json!({ "repo": "acme/once", "branch": "main", "sha": "1".repeat(40), "clone_url": "file:///nowhere" });
     let push = ci_backend::payload::Push::from_json(&text.to_string()).unwrap();
     let job = Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: CancelRunning::None, routing: Routing::Mod };
