@@ -23,10 +23,10 @@
 //! Usage: `cargo run --release --example virtual_slaves -- --redis redis://127.0.0.1:6379/0
 //! --slaves 100 [--repos 10000] [--producers 4] [--lease-ms 10000] [--idle-secs 3]`
 
-use ci_backend::membership::Member;
 use ci_backend::payload::{ForgeFacts, Push};
-use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Job, Outcome};
 use ci_backend::routing::Routing;
+use ci_backend::store::membership::Member;
+use ci_backend::store::queue::{self, Begun, CancelRunning, Enqueued, Job, Outcome};
 use redis::Connection;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -279,7 +279,7 @@ fn main() {
     }
     claimed.wait();
     let claim_s = t_claim.elapsed().as_secs_f64();
-    let live = ci_backend::membership::live_count(&mut mon, CLUSTER).expect("live count");
+    let live = ci_backend::store::membership::live_count(&mut mon, CLUSTER).expect("live count");
     eprintln!("virtual_slaves: {} claimed in {claim_s:.2}s, live N = {live}", a.slaves);
 
     // idle: membership traffic alone (renews, empty takes)

@@ -1,9 +1,9 @@
 //! Environment → typed configuration. One table per binary (name, default,
 //! meaning) feeds `--help`, the parser and the README.
 
-use crate::build_user::BuildUser;
-use crate::credentials::Credentials;
-use crate::redis_conn::Target;
+use crate::slave::build_user::BuildUser;
+use crate::slave::credentials::Credentials;
+use crate::store::conn::Target;
 use std::fmt;
 use std::time::Duration;
 
@@ -223,7 +223,7 @@ pub struct HookConfig {
     /// HOOK_MAX_FOLLOWERS: log followers at once.
     pub max_followers: usize,
     /// HOOK_CANCEL_RUNNING.
-    pub cancel_running: crate::queue::CancelRunning,
+    pub cancel_running: crate::store::queue::CancelRunning,
     /// HOOK_FORK_PULLS and HOOK_BUILD_TAGS.
     pub policy: crate::payload::Policy,
     /// HOOK_ROUTING.
@@ -256,7 +256,7 @@ impl HookConfig {
             max_followers: at_least_one("HOOK_MAX_FOLLOWERS", "a number of clients")? as usize,
             cancel_running: {
                 let v = raw(s, "HOOK_CANCEL_RUNNING").unwrap_or_default();
-                crate::queue::CancelRunning::parse(&v)
+                crate::store::queue::CancelRunning::parse(&v)
                     .ok_or_else(|| ConfigError(format!("HOOK_CANCEL_RUNNING={v:?}: expected pulls, all or none")))?
             },
             routing: {
@@ -303,14 +303,14 @@ pub struct SlaveConfig {
     /// Handed to git alone, per host; never logged, never in a build's env.
     pub git: Credentials,
     /// Forge tokens for commit statuses; never logged, never in a build's env.
-    pub forges: crate::forge::Forges,
-    pub forge: crate::forge::Settings,
+    pub forges: crate::slave::forge::Forges,
+    pub forge: crate::slave::forge::Settings,
 }
 
 impl SlaveConfig {
     /// The settings from the environment; `git` is what `credentials::take`
     /// took out of it at startup.
-    pub fn from_env(taken: crate::credentials::Taken) -> Result<SlaveConfig, ConfigError> {
+    pub fn from_env(taken: crate::slave::credentials::Taken) -> Result<SlaveConfig, ConfigError> {
         let s = SLAVE_SETTINGS;
         let cluster = raw(s, "SLAVE_CLUSTER").unwrap_or_default();
         if crate::routing::cluster_tokens(&cluster).is_none() {
@@ -332,8 +332,11 @@ impl SlaveConfig {
         let cache = raw(s, "SLAVE_CACHE").unwrap_or_default();
         let cache = std::path::absolute(&cache).map_err(|e| ConfigError(format!("SLAVE_CACHE={cache:?}: {e}")))?;
         let max_log_bytes: usize = number(s, "SLAVE_MAX_LOG_BYTES", "a number of bytes")?;
-        if max_log_bytes < crate::build::MIN_LOG_BYTES {
-            return Err(ConfigError(format!("SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {}", crate::build::MIN_LOG_BYTES)));
+        if max_log_bytes < crate::slave::build::MIN_LOG_BYTES {
+            return Err(ConfigError(format!(
+                "SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {}",
+                crate::slave::build::MIN_LOG_BYTES
+            )));
         }
         let build_user = BuildUser::resolve(&raw(s, "SLAVE_BUILD_USER").unwrap_or_default()).map_err(ConfigError)?;
         let public_url = raw(s, "CI_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
@@ -343,7 +346,7 @@ impl SlaveConfig {
                 return Err(ConfigError(format!("CI_PUBLIC_URL={u:?}: expected an http(s) URL")));
             }
         }
-        let forge = crate::forge::Settings {
+        let forge = crate::slave::forge::Settings {
             timeout: secs("SLAVE_FORGE_TIMEOUT")?,
             attempts: match number::<u32>(s, "SLAVE_FORGE_ATTEMPTS", "a number of attempts")? {
                 0 => return Err(ConfigError("SLAVE_FORGE_ATTEMPTS=\"0\": expected at least 1".into())),

@@ -2,36 +2,24 @@
 //!
 //! The `hook` binary turns signed push web-hooks into queued builds in Redis;
 //! the `slave` binary takes them, keeps a cached clone per repository and
-//! branch, and runs the repository's `integration.yml`. Each module below has
-//! one job; see STYLE.md for the map.
+//! branch, and runs the repository's `integration.yml`.
+//!
+//! The house, by floor (each module opens with its job; docs/architecture.md
+//! draws it):
+//! - [`config`], [`logging`], [`payload`], [`signature`], [`routing`]: shared,
+//!   no Redis, no processes.
+//! - [`store`]: the only code that speaks Redis (keys, Lua scripts, records).
+//! - [`hook`]: the HTTP edge; [`slave`]: leases, executors, builds. Neither
+//!   imports the other.
 
-pub mod badge;
-pub mod build;
-pub mod build_user;
-pub mod commit_object;
 pub mod config;
-pub mod credentials;
-pub mod forge;
-pub mod guard;
-pub mod heartbeat;
-pub mod http;
-pub mod integration;
-pub mod live;
+pub mod hook;
 pub mod logging;
-pub mod membership;
-pub mod pages;
 pub mod payload;
-pub mod process;
-pub mod queue;
-pub mod redis_conn;
 pub mod routing;
-pub mod runner;
 pub mod signature;
-pub mod status;
-pub mod views;
-pub mod wire;
-pub mod worker;
-pub mod workspace;
+pub mod slave;
+pub mod store;
 
 /// Seconds since the Unix epoch, as the records store them.
 pub fn unix_now() -> f64 {

@@ -234,8 +234,8 @@ fn by_default_a_newer_commit_cancels_a_pull_request_build_but_not_main() {
 /// Both are held against a table written here, through the real script on a real Redis.
 #[test]
 fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_requests() {
-    use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Job};
     use ci_backend::routing::Routing;
+    use ci_backend::store::queue::{self, Begun, CancelRunning, Enqueued, Job};
     let redis = Redis::start();
     let mut c = redis.queue_conn();
     let table: [(&str, bool); 8] = [

@@ -6,8 +6,8 @@
 //! generator with fixed seeds: every run sees the same inputs.
 
 use crate::harness::Rng;
-use ci_backend::integration;
 use ci_backend::payload::{self, Delivery, Push, Request};
+use ci_backend::slave::build::integration;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 

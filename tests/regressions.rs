@@ -255,8 +255,8 @@ fn issue9_1_jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
 /// the build is counted once and its live log has one end, after the lines handed to it once.
 #[test]
 fn a_finish_retried_after_a_lost_answer_counts_the_build_once() {
-    use ci_backend::queue::{self, Begun, CancelRunning, Enqueued, Finished, Job, Outcome};
     use ci_backend::routing::Routing;
+    use ci_backend::store::queue::{self, Begun, CancelRunning, Enqueued, Finished, Job, Outcome};
     let redis = Redis::start();
     let mut c = redis.queue_conn();
     let text = serde_json::json!({ "repo": "acme/once", "branch": "main", "sha": "1".repeat(40), "clone_url": "file:///nowhere" });

@@ -4,8 +4,8 @@
 //! index's jobs by the rule stored in `ci:routing`.
 
 use crate::harness::*;
-use ci_backend::queue::{self, Enqueued, Job};
 use ci_backend::routing::Routing;
+use ci_backend::store::queue::{self, Enqueued, Job};
 
 /// Makes `n` members (indexes 0..n) of cluster `slave` live for the next hour: ENQUEUE counts N
 /// from them. Fewer than before: the extra ones are removed.

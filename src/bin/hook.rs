@@ -1,9 +1,11 @@
 //! `hook`: reads its configuration, starts the logger, settles the token and
 //! the routing rule, binds and runs the HTTP workers until Ctrl-C / SIGTERM.
 
+use ci_backend::hook::server as http;
 use ci_backend::logging::quote;
-use ci_backend::redis_conn::{Backoff, Redis};
-use ci_backend::{config, http, logging, queue, signature, status};
+use ci_backend::store::conn::{Backoff, Redis};
+use ci_backend::store::{queue, record as status};
+use ci_backend::{config, logging, signature};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

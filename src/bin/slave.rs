@@ -1,7 +1,8 @@
 //! `slave`: takes its credentials out of the environment, reads its
 //! configuration, starts the logger, handles signals and runs the worker loop.
 
-use ci_backend::{build_user, config, credentials, logging, worker};
+use ci_backend::slave::{build_user, credentials, run as worker};
+use ci_backend::{config, logging};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

@@ -56,7 +56,7 @@ pub struct Policy {
 /// Which forge sent a push and what its payload says about the repository's
 /// place there. Chosen by whoever holds the shared web-hook token: the slave
 /// sends a forge token only when these match a configured forge (see
-/// `crate::forge`). Absent in records queued by earlier versions.
+/// `crate::slave::forge`). Absent in records queued by earlier versions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForgeFacts {
     /// `github`, `gitea` or `gitlab`; empty when unknown.

@@ -3,14 +3,14 @@
 //! one pipe whose tail is kept within a byte and a line budget; killed (the
 //! whole group) on timeout or abort. The watching is `process`'s.
 
-use crate::build_user::BuildUser;
-use crate::process::{self, Capture};
+use crate::slave::build_user::BuildUser;
+use crate::slave::proc::process::{self, Capture};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub use crate::process::{Exit, LineSink, Tail, MAX_LINE, MAX_LINES};
+pub use crate::slave::proc::process::{Exit, LineSink, Tail, MAX_LINE, MAX_LINES};
 
 /// Bytes of a snippet's output kept (the tail), newlines included.
 pub const OUTPUT_TAIL: usize = 256 * 1024;

@@ -8,7 +8,7 @@
 //! helper reads it from a pipe the slave fills for that one command.
 //!
 //! The forge tokens of commit statuses (SLAVE_FORGES, SLAVE_FORGES_FILE; see
-//! `crate::forge`) take the same way out of the environment, in the same memfd.
+//! `crate::slave::forge`) take the same way out of the environment, in the same memfd.
 
 use std::ffi::{CStr, OsString};
 use std::fmt;
@@ -37,7 +37,7 @@ const FORGES_MARK: &str = "#forges\n";
 #[derive(Debug, Default)]
 pub struct Taken {
     pub git: Credentials,
-    pub forges: crate::forge::Forges,
+    pub forges: crate::slave::forge::Forges,
 }
 
 /// One credential: where it may go, and what it is.
@@ -84,7 +84,7 @@ pub fn take() -> Result<Taken, String> {
         let (git, forges) = text.split_once(FORGES_MARK).unwrap_or((&text, ""));
         return Ok(Taken {
             git: Credentials::parse(git, "the credentials handed over at restart")?,
-            forges: crate::forge::Forges::parse(forges, "the forge tokens handed over at restart")?,
+            forges: crate::slave::forge::Forges::parse(forges, "the forge tokens handed over at restart")?,
         });
     }
     let (inline, file, forges, forges_file) = (set(INLINE), set(FILE), set(FORGES), set(FORGES_FILE));
@@ -102,11 +102,11 @@ pub fn take() -> Result<Taken, String> {
     let mut forge_lines = String::new();
     if let Some(value) = forges {
         let value = value.into_string().map_err(|_| format!("{FORGES}: not UTF-8"))?;
-        forge_lines.push_str(&crate::forge::Forges::parse(&value, FORGES)?.lines());
+        forge_lines.push_str(&crate::slave::forge::Forges::parse(&value, FORGES)?.lines());
     }
     if let Some(path) = forges_file {
         let text = read_file(FORGES_FILE, &path)?;
-        forge_lines.push_str(&crate::forge::Forges::parse(&text, &format!("{FORGES_FILE}={path:?}"))?.lines());
+        forge_lines.push_str(&crate::slave::forge::Forges::parse(&text, &format!("{FORGES_FILE}={path:?}"))?.lines());
     }
     Err(restart_without_env(&format!("{}{FORGES_MARK}{forge_lines}", all.lines())))
 }

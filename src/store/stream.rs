@@ -6,8 +6,8 @@
 //! (`?follow=1`), each on its own connection thread and Redis connection.
 
 use crate::logging::quote;
-use crate::queue::log_key;
-use crate::redis_conn::Redis;
+use crate::store::conn::Redis;
+use crate::store::queue::log_key;
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Connection, RedisResult};
 use std::collections::HashSet;
@@ -61,7 +61,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the publisher thread with its own Redis connection.
-    pub fn start(redis_url: &crate::redis_conn::Target) -> Result<Publisher, String> {
+    pub fn start(redis_url: &crate::store::conn::Target) -> Result<Publisher, String> {
         let mut redis = Redis::open(redis_url, Duration::from_secs(5))?;
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
         std::thread::Builder::new()
@@ -213,7 +213,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
         }
         match redis.run(|c| pipe.query::<()>(c)) {
             Ok(()) => {}
-            Err(e) if crate::redis_conn::is_connection_error(&e) => {
+            Err(e) if crate::store::conn::is_connection_error(&e) => {
                 log::warn!("live.unpublished entries={} error={}: these live-log entries are lost", batch.len(), quote(&e.to_string()));
             }
             Err(e) => {
@@ -294,7 +294,7 @@ pub fn follow(conn: &mut Connection, id: &str, mut out: impl FnMut(&str) -> std:
     let key = log_key(id);
     let finished = |conn: &mut Connection| -> Result<Option<(String, Vec<String>)>, String> {
         let (state, log): (Option<String>, Option<String>) =
-            redis::cmd("HMGET").arg(crate::queue::build_key(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
+            redis::cmd("HMGET").arg(crate::store::queue::build_key(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
         match state.as_deref() {
             None => Ok(Some((String::new(), vec![]))),
             Some(s @ ("passed" | "failed" | "canceled")) => {

@@ -2,10 +2,13 @@
 //! (`pages`, `badge`), and guards reads with HOOK_READ_TOKEN (a bearer token,
 //! or a cookie the login form sets). `http` routes requests here.
 
-use crate::badge::{self, BadgeState};
-use crate::pages;
+pub mod badge;
+pub mod pages;
+
 use crate::signature::{bearer, constant_time_eq};
-use crate::status;
+use crate::store::record;
+use badge::BadgeState;
+
 use hmac::{Hmac, Mac};
 use redis::{Connection, RedisResult};
 use serde_json::Value;
@@ -90,18 +93,18 @@ pub fn login(read_token: Option<&str>, body: &[u8]) -> View {
 
 /// `GET /` for a browser: every repository and branch, latest build each.
 pub fn dashboard(conn: &mut Connection) -> RedisResult<View> {
-    Ok(html(200, pages::dashboard(&status::repos(conn)?)))
+    Ok(html(200, pages::dashboard(&record::repos(conn)?)))
 }
 
 /// `GET /repo/<repo>`: each branch's history.
 pub fn repository(conn: &mut Connection, repo: &str, limit: usize) -> RedisResult<View> {
-    let names = status::branches(conn, repo)?;
+    let names = record::branches(conn, repo)?;
     if names.is_empty() {
         return Ok(html(404, pages::not_found(&format!("{repo} was never pushed: point a web-hook at this server and push."))));
     }
     let mut branches = Vec::new();
     for branch in names {
-        let history = status::history(conn, repo, Some(&branch), limit)?.unwrap_or_default();
+        let history = record::history(conn, repo, Some(&branch), limit)?.unwrap_or_default();
         branches.push((branch, history));
     }
     Ok(html(200, pages::repository(repo, &branches)))
@@ -110,13 +113,13 @@ pub fn repository(conn: &mut Connection, repo: &str, limit: usize) -> RedisResul
 /// `GET /builds/<id>`: the build's page; its log so far (a running build's
 /// live lines come from `/status`'s text).
 pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
-    let Some(record) = status::record_by_id(conn, id)? else {
+    let Some(record) = record::record_by_id(conn, id)? else {
         return Ok(html(404, pages::not_found(&format!("There is no build {id}."))));
     };
     let repo = record.get("repo").and_then(Value::as_str).unwrap_or("").to_string();
     let running = matches!(record.get("state").and_then(Value::as_str), Some("queued" | "running"));
     let lines: Vec<String> = if running {
-        crate::live::lines_so_far(conn, id, LIVE_LINES_SHOWN)?
+        crate::store::stream::lines_so_far(conn, id, LIVE_LINES_SHOWN)?
     } else {
         record
             .get("log")
@@ -131,7 +134,7 @@ pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
 /// `GET /badge/<repo>.svg[?branch=B]`: the latest build's state, public.
 /// `if_none_match`: the client's cached ETag (304 when unchanged).
 pub fn badge(conn: &mut Connection, repo: &str, branch: Option<&str>, if_none_match: Option<&str>) -> RedisResult<View> {
-    let state = match status::read(conn, repo, branch)? {
+    let state = match record::read(conn, repo, branch)? {
         Ok(view) => BadgeState::of(view.json.get("state").and_then(Value::as_str)),
         Err(_) => BadgeState::Unknown,
     };

@@ -6,7 +6,7 @@
 //! (packed, a tag, SHA-256, an `encoding` header, a date out of range, too
 //! big) answers `None` and the caller asks git.
 
-use crate::workspace::Commit;
+use crate::slave::build::workspace::Commit;
 use sha1::{Digest, Sha1};
 use std::io::Read;
 use std::path::Path;

@@ -9,9 +9,9 @@
 //! Every git command runs by argument vector under the build's deadline and
 //! abort flag, in its own process group (see `process`).
 
-use crate::build_user::BuildUser;
-use crate::credentials::Credentials;
-use crate::process::{self, Capture, Exit};
+use crate::slave::build_user::BuildUser;
+use crate::slave::credentials::Credentials;
+use crate::slave::proc::process::{self, Capture, Exit};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -301,7 +301,7 @@ impl Git<'_> {
                 Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
             })
         };
-        let loose = || crate::commit_object::read(&mirror.join("objects"), sha);
+        let loose = || crate::slave::build::commit_object::read(&mirror.join("objects"), sha);
         // The message and date: from the fetched loose object when it is one
         // (no process), else from `git show` in the mirror while the checkout
         // runs (another core, another user).

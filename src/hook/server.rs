@@ -4,14 +4,14 @@
 //! request.
 
 use crate::config::HookConfig;
+use crate::hook::views;
+use crate::hook::wire::{self, Conn, Next, Request};
 use crate::logging::quote;
 use crate::payload::{self, Delivery};
-use crate::queue::{self, Canceled, Enqueued, Job};
-use crate::redis_conn::Redis;
 use crate::signature::{self, Credentials};
-use crate::status::{self, Metrics};
-use crate::views;
-use crate::wire::{self, Conn, Next, Request};
+use crate::store::conn::Redis;
+use crate::store::queue::{self, Canceled, Enqueued, Job};
+use crate::store::record::{self, Metrics};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -247,7 +247,7 @@ fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, started: Instant
     }
     let _slot = FollowerSlot(&hook.followers);
     let redis = hook.config.redis_url.connect(REDIS_TIMEOUT).and_then(|conn| {
-        conn.set_read_timeout(Some(crate::live::FOLLOW_BLOCK + REDIS_TIMEOUT))?;
+        conn.set_read_timeout(Some(crate::store::stream::FOLLOW_BLOCK + REDIS_TIMEOUT))?;
         conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
         Ok(conn)
     });
@@ -265,7 +265,7 @@ fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, started: Instant
         return;
     }
     log_request(hook, req.method.as_str(), req.path(), "follow", LogFacts { code: 200, facts: format!(" id={id} follow=1") }, started);
-    let followed = crate::live::follow(&mut redis, id, |text| {
+    let followed = crate::store::stream::follow(&mut redis, id, |text| {
         if text.is_empty() {
             return if conn.client_gone() { Err(std::io::ErrorKind::BrokenPipe.into()) } else { Ok(()) };
         }
@@ -273,11 +273,11 @@ fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, started: Instant
     });
     let ms = started.elapsed().as_millis();
     match followed {
-        Ok(crate::live::Followed::Ended) => {
+        Ok(crate::store::stream::Followed::Ended) => {
             let _ = conn.end_stream();
             log::info!("follow.ended id={id} ms={ms}");
         }
-        Ok(crate::live::Followed::Gone) => {
+        Ok(crate::store::stream::Followed::Gone) => {
             let _ = conn.chunk(format!("* build {id} is gone\n").as_bytes());
             let _ = conn.end_stream();
             log::info!("follow.ended id={id} ms={ms} why=gone");
@@ -508,7 +508,7 @@ fn enqueue(hook: &Hook, redis: &mut Redis, job: &Job) -> Reply {
     let enqueued = redis.run_again(|c| {
         let enqueued = queue::enqueue(c, job)?;
         let wait = min > 0 && !matches!(enqueued, Enqueued::NoSlave { .. } | Enqueued::OtherRouting { .. });
-        let acked = if wait { Some(crate::redis_conn::replicas_acked(c, min, REPLICA_WAIT)?) } else { None };
+        let acked = if wait { Some(crate::store::conn::replicas_acked(c, min, REPLICA_WAIT)?) } else { None };
         Ok((enqueued, acked))
     });
     let enqueued = match enqueued {
@@ -609,19 +609,19 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
     let wants_json = wants_json(req);
     let follow = req.method == Method::Get && query_param(query, "follow").is_some_and(|f| f == "1" || f == "true");
     if let Some(id) = query_param(query, "id") {
-        return match redis.run_again(|c| status::build(c, &repo, &id)) {
+        return match redis.run_again(|c| record::build(c, &repo, &id)) {
             Err(e) => redis_down(&e),
             Ok(None) => Reply::error(404, format!("{repo:?} has no build {id:?} (ids are numbers; old builds leave after HISTORY_KEEP)")),
             Ok(Some(_)) if follow => Reply { follow: Some(id), ..Reply::text(200, String::new()) },
             Ok(Some(record)) if wants_json => Reply::json(200, record),
-            Ok(Some(record)) => match redis.run_again(|c| status::record_text(c, &record)) {
+            Ok(Some(record)) => match redis.run_again(|c| record::record_text(c, &record)) {
                 Err(e) => redis_down(&e),
                 Ok((code, text)) => Reply::text(code, text),
             },
         };
     }
     if follow {
-        return match redis.run_again(|c| status::history(c, &repo, branch.as_deref(), 1)) {
+        return match redis.run_again(|c| record::history(c, &repo, branch.as_deref(), 1)) {
             Err(e) => redis_down(&e),
             Ok(Some(latest)) if !latest.is_empty() => {
                 let id = latest[0]["id"].as_str().unwrap_or_default().to_string();
@@ -630,7 +630,7 @@ fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> 
             Ok(_) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
         };
     }
-    match redis.run_again(|c| status::read(c, &repo, branch.as_deref())) {
+    match redis.run_again(|c| record::read(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(Err(never_pushed)) => Reply::error(404, never_pushed),
         Ok(Ok(view)) if wants_json => Reply::json(200, view.json),
@@ -656,17 +656,17 @@ fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, qu
             _ => return Reply::error(400, format!("limit={l:?}: expected a number from 1 to {keep} (HISTORY_KEEP)")),
         },
     };
-    match redis.run_again(|c| status::history(c, &repo, branch.as_deref(), limit)) {
+    match redis.run_again(|c| record::history(c, &repo, branch.as_deref(), limit)) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
         Ok(Some(records)) if wants_json(req) => Reply::json(200, Value::Array(records)),
-        Ok(Some(records)) => Reply::text(200, records.iter().map(|r| format!("{}\n", status::record_line(r))).collect()),
+        Ok(Some(records)) => Reply::text(200, records.iter().map(|r| format!("{}\n", record::record_line(r))).collect()),
     }
 }
 
 /// Every repository with its branches' latest builds.
 fn get_repos(redis: &mut Redis, req: &Request) -> Reply {
-    match redis.run_again(status::repos) {
+    match redis.run_again(record::repos) {
         Err(e) => redis_down(&e),
         Ok(repos) if wants_json(req) => Reply::json(
             200,
@@ -676,7 +676,7 @@ fn get_repos(redis: &mut Redis, req: &Request) -> Reply {
             let mut text = String::new();
             for (repo, branches) in &repos {
                 for b in branches {
-                    text.push_str(&format!("{repo} {} {}\n", b["branch"].as_str().unwrap_or(""), status::record_line(b)));
+                    text.push_str(&format!("{repo} {} {}\n", b["branch"].as_str().unwrap_or(""), record::record_line(b)));
                 }
             }
             Reply::text(200, text)

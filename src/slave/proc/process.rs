@@ -158,7 +158,7 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
     };
     let pgid = child.as_ref().map_or(0, Child::id) as i32;
     // Kills the group if this slave dies or stalls before the child ends.
-    let guard = crate::guard::watch(pgid);
+    let guard = crate::slave::proc::guard::watch(pgid);
 
     let (head_len, tail_len) = match capture {
         Capture::Merged { tail } => (0, tail),
@@ -254,7 +254,7 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
     let mut exit = exit.unwrap_or(Exit::Aborted);
     // A guard that fired for want of beats means this slave stalled past half
     // a lease: the job may be taken over, so this run must not count.
-    if guard.is_ok_and(crate::guard::Guard::finish) {
+    if guard.is_ok_and(crate::slave::proc::guard::Guard::finish) {
         exit = Exit::Aborted;
     }
     // Stopped from outside while it ended (a cancel, the shutdown grace, a

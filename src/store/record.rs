@@ -2,7 +2,7 @@
 //! Prometheus text, and whether Redis's settings make a 2xx durable.
 
 use crate::logging::quote;
-use crate::queue::{branch_key, build_key};
+use crate::store::queue::{branch_key, build_key};
 use redis::{Connection, RedisResult};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -48,7 +48,7 @@ fn record(conn: &mut Connection, id: &str) -> RedisResult<HashMap<String, String
 /// Reads the status of a repository's branch (its default branch if none);
 /// `Err` says why there is none.
 pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Result<StatusView, String>> {
-    let branch = crate::queue::branch_or_default(conn, repo, branch)?;
+    let branch = crate::store::queue::branch_or_default(conn, repo, branch)?;
     let Some(branch) = branch else {
         return Ok(Err(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
     };
@@ -77,7 +77,7 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
 /// default branch if none), newest first, as [`record_json`]; `None` when the
 /// branch was never pushed.
 pub fn history(conn: &mut Connection, repo: &str, branch: Option<&str>, limit: usize) -> RedisResult<Option<Vec<Value>>> {
-    let Some(branch) = crate::queue::branch_or_default(conn, repo, branch)? else { return Ok(None) };
+    let Some(branch) = crate::store::queue::branch_or_default(conn, repo, branch)? else { return Ok(None) };
     let mut ids: Vec<String> = redis::cmd("LRANGE").arg(branch_key("history", repo, &branch)).arg(0).arg(limit.max(1) - 1).query(conn)?;
     if ids.is_empty() {
         // A branch pushed before histories were kept has its latest build only.
@@ -164,7 +164,7 @@ pub fn record_text(conn: &mut Connection, v: &Value) -> RedisResult<(u16, String
         "passed" | "failed" | "canceled" => {
             v["log"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect()).unwrap_or_default()
         }
-        _ => crate::live::lines_so_far(conn, id, crate::live::SHOWN_SO_FAR)?,
+        _ => crate::store::stream::lines_so_far(conn, id, crate::store::stream::SHOWN_SO_FAR)?,
     };
     let code = match state {
         "passed" | "failed" | "canceled" => finished_code(state),
@@ -280,11 +280,11 @@ enum DurableState {
 /// `redis.not_durable` with what is at risk, INFO `redis.durable`, WARN
 /// `redis.durability_unknown` when CONFIG GET is refused. An unreachable
 /// Redis changes nothing (its own lines say so).
-pub fn watch_durability(redis: &mut crate::redis_conn::Redis, metrics: &Metrics, every: std::time::Duration) {
+pub fn watch_durability(redis: &mut crate::store::conn::Redis, metrics: &Metrics, every: std::time::Duration) {
     loop {
         let state = match redis.run_again(durability) {
             Ok(d) => DurableState::Known(d),
-            Err(e) if crate::redis_conn::is_connection_error(&e) => {
+            Err(e) if crate::store::conn::is_connection_error(&e) => {
                 std::thread::sleep(every);
                 continue;
             }
@@ -378,17 +378,17 @@ impl Metrics {
 
 fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
     let mut out = String::new();
-    let clusters = crate::membership::clusters(conn)?;
+    let clusters = crate::store::membership::clusters(conn)?;
     out.push_str("# HELP ci_slaves Live slaves per cluster (the N of CRC32 mod N).\n# TYPE ci_slaves gauge\n");
     let mut depths = String::new();
     let mut executors = String::new();
     for (cluster, top) in &clusters {
-        let n = crate::membership::live_count(conn, cluster)?;
+        let n = crate::store::membership::live_count(conn, cluster)?;
         out.push_str(&format!("ci_slaves{{cluster=\"{cluster}\"}} {n}\n"));
-        for (i, len) in crate::queue::depths(conn, cluster, *top)? {
+        for (i, len) in crate::store::queue::depths(conn, cluster, *top)? {
             depths.push_str(&format!("ci_queue_depth{{cluster=\"{cluster}\",index=\"{i}\"}} {len}\n"));
         }
-        for (i, busy, total) in crate::membership::executors(conn, cluster)? {
+        for (i, busy, total) in crate::store::membership::executors(conn, cluster)? {
             let free = total.saturating_sub(busy);
             for (state, count) in [("busy", busy), ("free", free)] {
                 executors.push_str(&format!("ci_slave_executors{{cluster=\"{cluster}\",index=\"{i}\",state=\"{state}\"}} {count}\n"));
@@ -409,7 +409,7 @@ fn redis_metrics(conn: &mut Connection) -> RedisResult<String> {
     for result in ["passed", "failed", "canceled"] {
         out.push_str(&format!("ci_builds_total{{result=\"{result}\"}} {}\n", stats.get(result).copied().unwrap_or(0)));
     }
-    let forge: HashMap<String, u64> = redis::cmd("HGETALL").arg(crate::forge::COUNTS_KEY).query(conn)?;
+    let forge: HashMap<String, u64> = redis::cmd("HGETALL").arg(crate::slave::forge::COUNTS_KEY).query(conn)?;
     out.push_str(
         "# HELP ci_forge_status_total Commit statuses posted by the slaves: sent (2xx), failed (after every attempt), \
          dropped (queue full).\n# TYPE ci_forge_status_total counter\n",

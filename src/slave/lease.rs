@@ -4,9 +4,9 @@
 //! cancel watcher (a canceled running build is killed within a second).
 
 use crate::config::SlaveConfig;
-use crate::membership::{self, Member};
-use crate::queue;
-use crate::redis_conn::{log_error, Redis};
+use crate::store::conn::{log_error, Redis};
+use crate::store::membership::{self, Member};
+use crate::store::queue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -319,14 +319,14 @@ pub fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: A
         .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
 }
 
-/// Beats every build guard (see [`crate::guard`]) from a thread that touches
+/// Beats every build guard (see [`crate::slave::proc::guard`]) from a thread that touches
 /// nothing else, so only a stopped or hung slave misses beats — not a slow
 /// Redis. Guards fire after half a lease of silence. While the lease goes
 /// unconfirmed (Redis unreachable or too slow to renew it), every running
 /// build is killed through its guards: another slave may claim the index
 /// when the lease runs out, and must not find its builds still running.
 pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
-    crate::guard::set_silence_limit(lease / 2);
+    crate::slave::proc::guard::set_silence_limit(lease / 2);
     let every = (lease / 8).min(Duration::from_millis(100));
     std::thread::Builder::new()
         .name("beats".into())
@@ -334,7 +334,7 @@ pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
             let mut fresh = true;
             while !state.done.load(Ordering::SeqCst) {
                 if state.lease_fresh() {
-                    crate::guard::beat_all();
+                    crate::slave::proc::guard::beat_all();
                     fresh = true;
                 } else {
                     if fresh && state.busy() > 0 {
@@ -346,7 +346,7 @@ pub fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
                     }
                     fresh = false;
                     state.kill_all();
-                    crate::guard::fire_all();
+                    crate::slave::proc::guard::fire_all();
                 }
                 std::thread::sleep(every);
             }

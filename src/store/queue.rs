@@ -601,7 +601,7 @@ pub enum Finished {
 
 /// Stores the result and acknowledges the job, unless a later attempt of the
 /// same build has started since. A build canceled meanwhile stays canceled.
-/// `last_lines` go to the live log before its end (see [`crate::live`]).
+/// `last_lines` go to the live log before its end (see [`crate::store::stream`]).
 pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Outcome, last_lines: &[String]) -> RedisResult<Finished> {
     static S: OnceLock<Script> = OnceLock::new();
     let stored: i64 = script(&S, RECORD, FINISH)
@@ -613,10 +613,10 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(outcome.seconds)
         .arg(format!("{:.3}", crate::unix_now()))
         .arg(log_key(&job.id))
-        .arg(crate::live::STREAM_CAP)
-        .arg(crate::live::END_FIELD)
-        .arg(crate::live::ENDED_TTL_SECS)
-        .arg(crate::live::LINE_FIELD)
+        .arg(crate::store::stream::STREAM_CAP)
+        .arg(crate::store::stream::END_FIELD)
+        .arg(crate::store::stream::ENDED_TTL_SECS)
+        .arg(crate::store::stream::LINE_FIELD)
         .arg(last_lines)
         .invoke(conn)?;
     Ok(match stored {

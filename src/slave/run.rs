@@ -5,15 +5,15 @@
 //! re-claims a lost one, and stops gracefully. The lease and re-routing run
 //! beside it (`heartbeat`).
 
-use crate::build;
 use crate::config::SlaveConfig;
-use crate::forge::{self, Poster};
-use crate::heartbeat::{self, lock, State};
-use crate::live::Publisher;
 use crate::logging::quote;
-use crate::membership::{self, Member};
-use crate::queue::{self, Begun, Started};
-use crate::redis_conn::{is_connection_error, log_error, Backoff, Redis};
+use crate::slave::build;
+use crate::slave::forge::{self, Poster};
+use crate::slave::lease::{self, lock, State};
+use crate::store::conn::{is_connection_error, log_error, Backoff, Redis};
+use crate::store::membership::{self, Member};
+use crate::store::queue::{self, Begun, Started};
+use crate::store::stream::Publisher;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(2);
 /// How often the loop looks at the lease and the stop flag.
 const TICK: Duration = Duration::from_millis(50);
 
-pub use crate::heartbeat::Signals;
+pub use crate::slave::lease::Signals;
 
 /// What the executors share.
 struct Shared {
@@ -46,15 +46,15 @@ struct Shared {
 
 pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     std::fs::create_dir_all(&config.cache).map_err(|e| format!("SLAVE_CACHE={:?}: cannot create: {e}", config.cache))?;
-    crate::workspace::prepare_cache(&config.cache, &config.build_user)?;
+    crate::slave::build::workspace::prepare_cache(&config.cache, &config.build_user)?;
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
     let state = Arc::new(State::new(index, config.executors, config.lease));
     take_over(&mut redis, &config, &member, index, &signals);
-    heartbeat::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
-    heartbeat::spawn_beats(config.lease, Arc::clone(&state))?;
-    heartbeat::spawn_cancel_watch(&config, Arc::clone(&state))?;
+    lease::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
+    lease::spawn_beats(config.lease, Arc::clone(&state))?;
+    lease::spawn_cancel_watch(&config, Arc::clone(&state))?;
     let poster = Poster::spawn(config.forges.clone(), config.forge.clone(), &config.redis_url)?;
     let publisher = Publisher::start(&config.redis_url)?;
     let shared = Arc::new(Shared {

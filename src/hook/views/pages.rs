@@ -86,7 +86,7 @@ fn duration(record: &Value) -> String {
 
 /// Unix seconds as `2026-11-27 10:05 UTC`.
 pub fn utc(seconds: f64) -> String {
-    let iso = crate::status::iso_time(seconds); // 2026-11-27T10:05:00Z
+    let iso = crate::store::record::iso_time(seconds); // 2026-11-27T10:05:00Z
     format!("{} {} UTC", &iso[..10], &iso[11..16])
 }
 

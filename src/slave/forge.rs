@@ -12,7 +12,7 @@
 use crate::logging::quote;
 use crate::payload::short_sha;
 use crate::payload::Push;
-use crate::redis_conn::Redis;
+use crate::store::conn::Redis;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -300,7 +300,7 @@ pub struct Poster {
 
 impl Poster {
     /// Starts the poster thread when forges are configured.
-    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::redis_conn::Target) -> Result<Poster, String> {
+    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::store::conn::Target) -> Result<Poster, String> {
         let dropped = Arc::new(AtomicU64::new(0));
         if forges.is_empty() {
             return Ok(Poster { forges, public_url: settings.public_url, tx: None, dropped });

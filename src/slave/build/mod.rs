@@ -1,12 +1,16 @@
 //! One build: workspace → integration.yml → runner → log lines. The log-line
 //! formats here are the contract `GET /status` prints.
 
-use crate::build_user::BuildUser;
-use crate::credentials::Credentials;
-use crate::integration::{self, Step};
-use crate::queue::{Outcome, Started};
-use crate::runner::{self, Exit};
-use crate::workspace::{self, Git, GitError};
+pub mod commit_object;
+pub mod integration;
+pub mod runner;
+pub mod workspace;
+
+use crate::slave::build_user::BuildUser;
+use crate::slave::credentials::Credentials;
+use crate::store::queue::{Outcome, Started};
+use integration::Step;
+use runner::Exit;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use workspace::{Git, GitError};
 
 /// Longest snippet text shown in a log line.
 const SNIPPET_SHOWN: usize = 60;
@@ -45,7 +50,7 @@ pub struct Context<'a> {
     /// Set on shutdown past the grace period: stop and store nothing.
     pub abort: &'a AtomicBool,
     /// Where the log lines and the snippets' output lines go as they happen.
-    pub live: Option<&'a crate::live::BuildLog>,
+    pub live: Option<&'a crate::store::stream::BuildLog>,
 }
 
 /// The first line of a snippet, cut to a readable length.
@@ -78,7 +83,7 @@ pub struct Log {
     tail_cost: usize,
     dropped: u64,
     /// Each line is also published here as it is pushed.
-    live: Option<crate::live::BuildLog>,
+    live: Option<crate::store::stream::BuildLog>,
 }
 
 impl Log {
@@ -246,16 +251,16 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
 
 /// A snippet's output lines on their way to the live log.
 struct LiveOutput {
-    live: crate::live::BuildLog,
+    live: crate::store::stream::BuildLog,
     masks: Vec<String>,
 }
 
-impl crate::process::LineTarget for LiveOutput {
+impl crate::slave::proc::process::LineTarget for LiveOutput {
     fn room(&self) -> bool {
         self.live.has_room()
     }
     fn line(&self, line: &[u8]) {
-        self.live.line(&format!("  . {}", mask(&crate::process::line_text(line), &self.masks)));
+        self.live.line(&format!("  . {}", mask(&crate::slave::proc::process::line_text(line), &self.masks)));
     }
     fn skipped(&self, n: u64) {
         self.live.count_dropped(n);

@@ -1,0 +1,9 @@
+//! The only code that speaks Redis: every key name ([`keys`]), the Lua
+//! scripts (one verb each), the typed job and build record, the queue,
+//! membership, live-log streams and the connection itself.
+
+pub mod conn;
+pub mod membership;
+pub mod queue;
+pub mod record;
+pub mod stream;
