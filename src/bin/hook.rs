@@ -1,10 +1,11 @@
 //! `hook`: reads its configuration, starts the logger, settles the token and
 //! the routing rule, binds and runs the HTTP workers until Ctrl-C / SIGTERM.
 
+use ci_backend::hook::metrics;
 use ci_backend::hook::server as http;
 use ci_backend::logging::quote;
 use ci_backend::store::conn::{Backoff, Redis};
-use ci_backend::store::{queue, record as status};
+use ci_backend::store::queue;
 use ci_backend::{config, logging, signature};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,7 +70,7 @@ fn run() -> Result<(), Stop> {
     // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
     if let Ok(mut redis) = Redis::open(&hook.config.redis_url, Duration::from_secs(3)) {
         let watched = Arc::clone(&hook);
-        std::thread::spawn(move || status::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
+        std::thread::spawn(move || metrics::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
     }
     http::serve(hook, listener, stop);
     log::info!("hook.stopped");

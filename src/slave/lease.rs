@@ -5,6 +5,7 @@
 
 use crate::config::SlaveConfig;
 use crate::store::conn::{log_error, Redis};
+use crate::store::keys;
 use crate::store::membership::{self, Member};
 use crate::store::queue;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -225,7 +226,7 @@ pub fn spawn_cancel_watch(config: &SlaveConfig, state: Arc<State>) -> Result<(),
         .name("cancel".into())
         .spawn(move || {
             while !state.done.load(Ordering::SeqCst) {
-                let key = queue::cancel_key(&cluster, state.index());
+                let key = keys::cancel(&cluster, state.index());
                 let popped: redis::RedisResult<Option<(String, String)>> =
                     redis.run(|c| redis::cmd("BLPOP").arg(&key).arg(CANCEL_WAIT.as_secs_f64()).query(c));
                 match popped {
@@ -257,9 +258,9 @@ fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redis::RedisRes
     let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
     let routing = queue::stored_routing(c)?;
     for i in n..=top.unwrap_or(0).max(n) {
-        queue::reroute_list(c, &queue::queue_key(cluster, i), cluster, n, routing)?;
+        queue::reroute_list(c, &keys::queue(cluster, i), cluster, n, routing)?;
         if !membership::held(c, cluster, i)? {
-            queue::reroute_list(c, &queue::working_key(cluster, i), cluster, n, routing)?;
+            queue::reroute_list(c, &keys::working(cluster, i), cluster, n, routing)?;
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ use crate::slave::build;
 use crate::slave::forge::{self, Poster};
 use crate::slave::lease::{self, lock, State};
 use crate::store::conn::{is_connection_error, log_error, Backoff, Redis};
+use crate::store::keys;
 use crate::store::membership::{self, Member};
 use crate::store::queue::{self, Begun, Started};
 use crate::store::stream::Publisher;
@@ -272,7 +273,7 @@ fn begin(redis: &mut Redis, sh: &Shared, e: usize, index: u32, id: &str) -> redi
     let (config, state) = (&sh.config, &sh.state);
     let slot = &state.slots[e];
     let slave = queue::slave_name(&config.cluster, index);
-    let working = queue::working_key(&config.cluster, index);
+    let working = keys::working(&config.cluster, index);
     if !state.lease_fresh() {
         defer(state, id, &slave, "the lease is not confirmed; it starts once it is");
         return Ok(None);
@@ -353,7 +354,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     let (config, state) = (&sh.config, &sh.state);
     let slot = &state.slots[e];
     let slave = queue::slave_name(&config.cluster, index);
-    let working = queue::working_key(&config.cluster, index);
+    let working = keys::working(&config.cluster, index);
     let facts = build_facts(&started, &slave, e);
     log::info!("build.started {facts} attempt={}", started.attempt);
     sh.poster.report(&started.id, &started.push, forge::Event::Started { slave: slave.clone() });

@@ -3,7 +3,10 @@
 //! membership, live-log streams and the connection itself.
 
 pub mod conn;
+pub mod durability;
+pub mod keys;
 pub mod membership;
 pub mod queue;
 pub mod record;
+pub mod stats;
 pub mod stream;

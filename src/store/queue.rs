@@ -13,26 +13,14 @@
 //! `executors:<cluster>` HASH (index → busy, total executors; see `membership`),
 //! `routing` (`mod` or `jump`: the cluster's [`crate::routing::Routing`], see [`agree_routing`]).
 
+use crate::store::keys;
 use redis::{Connection, RedisResult, Script};
 use std::sync::OnceLock;
-
-pub fn queue_key(cluster: &str, index: u32) -> String {
-    format!("ci:queue:{cluster}:{index}")
-}
 
 /// `<cluster>-<index>`: the slave as records, logs and answers name it (the
 /// scripts build and parse it the same way: `cluster .. '-' .. index`).
 pub fn slave_name(cluster: &str, index: u32) -> String {
     format!("{cluster}-{index}")
-}
-
-pub fn working_key(cluster: &str, index: u32) -> String {
-    format!("ci:working:{cluster}:{index}")
-}
-
-/// Ids of running builds canceled on this slave index; its cancel watcher pops them.
-pub fn cancel_key(cluster: &str, index: u32) -> String {
-    format!("ci:cancel:{cluster}:{index}")
 }
 
 /// HOOK_CANCEL_RUNNING: which branches a newer commit cancels the running build of.
@@ -74,21 +62,8 @@ impl CancelRunning {
     }
 }
 
-pub fn build_key(id: &str) -> String {
-    format!("ci:build:{id}")
-}
-
-/// `<repo>:<branch>`: git refuses `:` in branch names, so this is unambiguous.
-pub fn branch_key(kind: &str, repo: &str, branch: &str) -> String {
-    format!("ci:{kind}:{repo}:{branch}")
-}
-
 /// How long a delivery id is remembered for redelivery detection.
 pub const DELIVERY_TTL_SECS: u64 = 7 * 24 * 3600;
-/// The live log of a build (a capped Redis Stream, see `live`).
-pub fn log_key(id: &str) -> String {
-    format!("ci:log:{id}")
-}
 
 /// Lua shared by the scripts: live slave count of a cluster.
 const LIVE_N: &str = r#"
@@ -463,8 +438,8 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
 /// its in-progress list. The connection's read timeout must exceed `wait`.
 pub fn take(conn: &mut Connection, cluster: &str, index: u32, wait: std::time::Duration) -> RedisResult<Option<String>> {
     redis::cmd("BLMOVE")
-        .arg(queue_key(cluster, index))
-        .arg(working_key(cluster, index))
+        .arg(keys::queue(cluster, index))
+        .arg(keys::working(cluster, index))
         .arg("RIGHT")
         .arg("LEFT")
         .arg(wait.as_secs_f64())
@@ -547,7 +522,7 @@ pub fn steal(conn: &mut Connection, cluster: &str, index: u32, after: std::time:
         .arg(after.as_secs_f64())
         .arg(format!("{:.3}", crate::unix_now()))
         .arg(busy.join("\n"))
-        .arg(working_key(cluster, index))
+        .arg(keys::working(cluster, index))
         .arg(slave_name(cluster, index))
         .invoke(conn)?;
     Ok(reply.map(|(id, from)| Stolen { id, from }))
@@ -558,7 +533,7 @@ pub fn steal(conn: &mut Connection, cluster: &str, index: u32, after: std::time:
 pub fn requeue_ids(conn: &mut Connection, cluster: &str, index: u32, ids: &[String]) -> RedisResult<u32> {
     static S: OnceLock<Script> = OnceLock::new();
     let mut call = script(&S, "", REQUEUE_IDS).prepare_invoke();
-    call.arg(working_key(cluster, index)).arg(queue_key(cluster, index));
+    call.arg(keys::working(cluster, index)).arg(keys::queue(cluster, index));
     for id in ids {
         call.arg(id);
     }
@@ -567,7 +542,7 @@ pub fn requeue_ids(conn: &mut Connection, cluster: &str, index: u32, ids: &[Stri
 
 /// The in-progress list of an index.
 pub fn working(conn: &mut Connection, cluster: &str, index: u32) -> RedisResult<Vec<String>> {
-    redis::cmd("LRANGE").arg(working_key(cluster, index)).arg(0).arg(-1).query(conn)
+    redis::cmd("LRANGE").arg(keys::working(cluster, index)).arg(0).arg(-1).query(conn)
 }
 
 /// The attempt ended without a result and without its slave dying (shutdown
@@ -612,7 +587,7 @@ pub fn finish(conn: &mut Connection, job: &Started, working: &str, outcome: &Out
         .arg(serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()))
         .arg(outcome.seconds)
         .arg(format!("{:.3}", crate::unix_now()))
-        .arg(log_key(&job.id))
+        .arg(keys::log(&job.id))
         .arg(crate::store::stream::STREAM_CAP)
         .arg(crate::store::stream::END_FIELD)
         .arg(crate::store::stream::ENDED_TTL_SECS)
@@ -686,7 +661,7 @@ pub fn cancel(conn: &mut Connection, repo: &str, target: CancelTarget, why: &str
 /// Puts every job of an in-progress list back at the front of its queue:
 /// what a dead holder of this index was running is run again.
 pub fn requeue_working(conn: &mut Connection, cluster: &str, index: u32) -> RedisResult<u32> {
-    let (from, to) = (working_key(cluster, index), queue_key(cluster, index));
+    let (from, to) = (keys::working(cluster, index), keys::queue(cluster, index));
     let mut moved = 0;
     while redis::cmd("LMOVE").arg(&from).arg(&to).arg("LEFT").arg("RIGHT").query::<Option<String>>(conn)?.is_some() {
         moved += 1;
@@ -701,16 +676,16 @@ pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32, ro
     let mut moved = 0;
     loop {
         let Some(id): Option<String> = redis::cmd("LINDEX").arg(list).arg(-1).query(conn)? else { return Ok(moved) };
-        let repo: Option<String> = redis::cmd("HGET").arg(build_key(&id)).arg("repo").query(conn)?;
+        let repo: Option<String> = redis::cmd("HGET").arg(keys::build(&id)).arg("repo").query(conn)?;
         let Some(repo) = repo else {
             let _: () = redis::cmd("LREM").arg(list).arg(1).arg(&id).query(conn)?;
             continue;
         };
         let index = routing.index(&repo, n);
-        let target = queue_key(cluster, index);
+        let target = keys::queue(cluster, index);
         let done: i64 = script(&S, "", MOVE_ONE).key(list).key(&target).arg(&id).invoke(conn)?;
         if done == 1 {
-            let _: () = redis::cmd("HSET").arg(build_key(&id)).arg("slave").arg(slave_name(cluster, index)).query(conn)?;
+            let _: () = redis::cmd("HSET").arg(keys::build(&id)).arg("slave").arg(slave_name(cluster, index)).query(conn)?;
             log::info!("build.rerouted id={id} repo={} from={list} to={target}", crate::logging::quote(&repo));
             moved += 1;
         }
@@ -721,7 +696,7 @@ pub fn reroute_list(conn: &mut Connection, list: &str, cluster: &str, n: u32, ro
 pub fn depths(conn: &mut Connection, cluster: &str, max_index: u32) -> RedisResult<Vec<(u32, u64)>> {
     let mut pipe = redis::pipe();
     for i in 0..=max_index {
-        pipe.cmd("LLEN").arg(queue_key(cluster, i));
+        pipe.cmd("LLEN").arg(keys::queue(cluster, i));
     }
     let lens: Vec<u64> = pipe.query(conn)?;
     Ok(lens.into_iter().enumerate().map(|(i, l)| (i as u32, l)).collect())
@@ -769,6 +744,6 @@ pub fn branch_or_default(conn: &mut Connection, repo: &str, branch: Option<&str>
 /// The last push of a branch, for re-runs.
 pub fn last_push(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisResult<Option<crate::payload::Push>> {
     let Some(branch) = branch_or_default(conn, repo, branch)? else { return Ok(None) };
-    let text: Option<String> = redis::cmd("GET").arg(branch_key("push", repo, &branch)).query(conn)?;
+    let text: Option<String> = redis::cmd("GET").arg(keys::branch("push", repo, &branch)).query(conn)?;
     Ok(text.and_then(|t| crate::payload::Push::from_json(&t)))
 }

@@ -7,7 +7,7 @@
 
 use crate::logging::quote;
 use crate::store::conn::Redis;
-use crate::store::queue::log_key;
+use crate::store::keys;
 use crossbeam_channel::{Receiver, Sender};
 use redis::{Connection, RedisResult};
 use std::collections::HashSet;
@@ -166,7 +166,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
             match msg {
                 Msg::Begin(id) => {
                     silenced.remove(id);
-                    pipe.cmd("DEL").arg(log_key(id)).ignore();
+                    pipe.cmd("DEL").arg(keys::log(id)).ignore();
                 }
                 Msg::Line(id, _) if silenced.contains(id) => continue,
                 Msg::Line(id, line) => match back.iter_mut().find(|(i, _)| i == id) {
@@ -176,7 +176,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
                     }
                     None => {
                         pipe.cmd("XADD")
-                            .arg(log_key(id))
+                            .arg(keys::log(id))
                             .arg("MAXLEN")
                             .arg("~")
                             .arg(STREAM_CAP)
@@ -209,7 +209,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
         // after its end (FINISH sets that; a late batch of a closed build too).
         for id in &ids {
             let closed = batch.iter().any(|m| matches!(m, Msg::Closed(c, _) if c == id));
-            pipe.cmd("EXPIRE").arg(log_key(id)).arg(if closed { ENDED_TTL_SECS } else { RUNNING_TTL_SECS }).ignore();
+            pipe.cmd("EXPIRE").arg(keys::log(id)).arg(if closed { ENDED_TTL_SECS } else { RUNNING_TTL_SECS }).ignore();
         }
         match redis.run(|c| pipe.query::<()>(c)) {
             Ok(()) => {}
@@ -219,7 +219,7 @@ fn publish(redis: &mut Redis, rx: &Receiver<Msg>) {
             Err(e) => {
                 let mut del = redis::pipe();
                 for id in &ids {
-                    del.cmd("DEL").arg(log_key(id)).ignore();
+                    del.cmd("DEL").arg(keys::log(id)).ignore();
                     silenced.insert(Arc::clone(id));
                 }
                 let _ = redis.run(|c| del.query::<()>(c));
@@ -262,7 +262,7 @@ fn said(fields: &[String]) -> Option<Said> {
 
 /// The last `max` lines of a build's live log, oldest first.
 pub fn lines_so_far(conn: &mut Connection, id: &str, max: usize) -> RedisResult<Vec<String>> {
-    let entries: Vec<Entry> = redis::cmd("XREVRANGE").arg(log_key(id)).arg("+").arg("-").arg("COUNT").arg(max).query(conn)?;
+    let entries: Vec<Entry> = redis::cmd("XREVRANGE").arg(keys::log(id)).arg("+").arg("-").arg("COUNT").arg(max).query(conn)?;
     Ok(entries
         .into_iter()
         .rev()
@@ -291,10 +291,10 @@ pub enum Followed {
 pub fn follow(conn: &mut Connection, id: &str, mut out: impl FnMut(&str) -> std::io::Result<()>) -> Result<Followed, String> {
     let redis_err = |e: redis::RedisError| format!("redis: {e}");
     let write_err = |e: std::io::Error| format!("write: {e}");
-    let key = log_key(id);
+    let key = keys::log(id);
     let finished = |conn: &mut Connection| -> Result<Option<(String, Vec<String>)>, String> {
         let (state, log): (Option<String>, Option<String>) =
-            redis::cmd("HMGET").arg(crate::store::queue::build_key(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
+            redis::cmd("HMGET").arg(keys::build(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
         match state.as_deref() {
             None => Ok(Some((String::new(), vec![]))),
             Some(s @ ("passed" | "failed" | "canceled")) => {

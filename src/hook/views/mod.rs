@@ -1,15 +1,13 @@
-//! The hook's pages and badges: reads build records (`status`), renders them
-//! (`pages`, `badge`), and guards reads with HOOK_READ_TOKEN (a bearer token,
-//! or a cookie the login form sets). `http` routes requests here.
+//! The hook's pages and badges: reads build records ([`record`]), renders
+//! them ([`pages`], [`badge`]); [`auth`] guards reads with HOOK_READ_TOKEN.
 
+pub mod auth;
 pub mod badge;
 pub mod pages;
 
-use crate::signature::{bearer, constant_time_eq};
 use crate::store::record;
 use badge::BadgeState;
 
-use hmac::{Hmac, Mac};
 use redis::{Connection, RedisResult};
 use serde_json::Value;
 
@@ -21,74 +19,13 @@ pub struct View {
     pub headers: Vec<(&'static str, String)>,
 }
 
-const HTML: &str = "text/html; charset=utf-8";
+pub(crate) const HTML: &str = "text/html; charset=utf-8";
 /// A running build's page shows at most this many of its latest lines (the
 /// follow stream brings the rest).
 const LIVE_LINES_SHOWN: usize = 2000;
-/// The cookie the login form sets: an HMAC of a fixed text under the read
-/// token, so the cookie is not the token itself and changes with it.
-const COOKIE: &str = "ci_read";
 
-fn html(code: u16, body: String) -> View {
+pub(crate) fn html(code: u16, body: String) -> View {
     View { code, ctype: HTML, body, headers: vec![("Cache-Control", "no-store".into())] }
-}
-
-fn cookie_value(read_token: &str) -> String {
-    let mut mac = <Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new_from_slice(read_token.as_bytes()).expect("any key length");
-    mac.update(b"ci-backend read cookie v1");
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether a request may read logs: no HOOK_READ_TOKEN, or the right bearer
-/// token, or the cookie of the login form.
-pub fn may_read(read_token: Option<&str>, authorization: Option<&str>, cookies: Option<&str>) -> bool {
-    let Some(token) = read_token else { return true };
-    if authorization.and_then(bearer).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes())) {
-        return true;
-    }
-    let want = cookie_value(token);
-    cookies
-        .unwrap_or("")
-        .split(';')
-        .filter_map(|c| c.trim().split_once('='))
-        .any(|(k, v)| k == COOKIE && constant_time_eq(v.as_bytes(), want.as_bytes()))
-}
-
-/// The refusal of a read without the token: the login form for a browser,
-/// a JSON sentence for a program.
-pub fn refused(wants_html: bool) -> View {
-    if wants_html {
-        return html(401, pages::login(None));
-    }
-    let why = "build logs on this server need the read token: send Authorization: Bearer <HOOK_READ_TOKEN>";
-    View {
-        code: 401,
-        ctype: "application/json",
-        body: format!("{}\n", serde_json::json!({ "error": why })),
-        headers: vec![("WWW-Authenticate", "Bearer realm=\"ci-backend\"".into())],
-    }
-}
-
-/// `POST /login` with a form body `token=…`: the cookie and back to `/`, or
-/// the form again.
-pub fn login(read_token: Option<&str>, body: &[u8]) -> View {
-    let Some(token) = read_token else {
-        return View { code: 303, ctype: HTML, body: String::new(), headers: vec![("Location", "/".into())] };
-    };
-    let given =
-        body.split(|b| *b == b'&').find_map(|kv| kv.strip_prefix(b"token=")).and_then(crate::payload::percent_decode).unwrap_or_default();
-    if !constant_time_eq(&given, token.as_bytes()) {
-        return html(403, pages::login(Some("That is not the read token.")));
-    }
-    View {
-        code: 303,
-        ctype: HTML,
-        body: String::new(),
-        headers: vec![
-            ("Location", "/".into()),
-            ("Set-Cookie", format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000", cookie_value(token))),
-        ],
-    }
 }
 
 /// `GET /` for a browser: every repository and branch, latest build each.
@@ -145,24 +82,4 @@ pub fn badge(conn: &mut Connection, repo: &str, branch: Option<&str>, if_none_ma
         return Ok(View { code: 304, ctype: "image/svg+xml", body: String::new(), headers });
     }
     Ok(View { code: 200, ctype: "image/svg+xml", body: svg, headers })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_read_token_opens_by_bearer_or_cookie() {
-        assert!(may_read(None, None, None), "open without HOOK_READ_TOKEN");
-        assert!(!may_read(Some("s3cret"), None, None));
-        assert!(may_read(Some("s3cret"), Some("Bearer s3cret"), None));
-        assert!(!may_read(Some("s3cret"), Some("Bearer s3cre"), None));
-        let set = login(Some("s3cret"), b"token=s3cret");
-        assert_eq!(set.code, 303);
-        let cookie = set.headers.iter().find(|(k, _)| *k == "Set-Cookie").unwrap().1.split(';').next().unwrap().to_string();
-        assert!(!cookie.contains("s3cret"), "the cookie is not the token: {cookie}");
-        assert!(may_read(Some("s3cret"), None, Some(&format!("a=b; {cookie}"))));
-        assert!(!may_read(Some("other"), None, Some(&cookie)), "a new token invalidates old cookies");
-        assert_eq!(login(Some("s3cret"), b"token=nope").code, 403);
-    }
 }

@@ -1,0 +1,38 @@
+//! `POST /build/<repo>`: builds a branch's last push again (`X-Reset: true`
+//! starts from a fresh clone), authenticated by a bearer token or a fresh
+//! signed body.
+
+use super::{credentials, push::enqueue, repo_and_branch};
+use crate::hook::reply::{redis_down, Reply};
+use crate::hook::server::Hook;
+use crate::hook::wire::Request;
+use crate::signature;
+use crate::store::conn::Redis;
+use crate::store::queue::{self, Job};
+
+pub(crate) fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
+    if let Err(e) = signature::verify_rebuild(&hook.token, &req.body, &credentials(req), crate::unix_now()) {
+        return Reply::error(403, e.to_string());
+    }
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
+    let reset = req.header("X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
+        Err(e) => redis_down(&e),
+        Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
+        Ok(Some(push)) => enqueue(
+            hook,
+            redis,
+            &Job {
+                push: &push,
+                delivery: None,
+                reset,
+                keep: hook.config.history_keep,
+                cancel_running: hook.config.cancel_running,
+                routing: hook.config.routing,
+            },
+        ),
+    }
+}

@@ -1,0 +1,51 @@
+//! `GET /history/<repo>` (a branch's last builds) and `GET /repos` (every
+//! repository with its branches' latest builds), as lines or JSON.
+
+use super::{query_param, repo_and_branch, wants_json};
+use crate::hook::reply::{redis_down, Reply};
+use crate::hook::server::Hook;
+use crate::hook::wire::Request;
+use crate::store::conn::Redis;
+use crate::store::record;
+use serde_json::{json, Value};
+
+/// The last builds of a branch, newest first: one line each, or JSON records.
+pub(crate) fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
+    let (repo, branch) = match repo_and_branch(raw_repo, query) {
+        Ok(rb) => rb,
+        Err(reply) => return reply,
+    };
+    let keep = hook.config.history_keep;
+    let limit = match query_param(query, "limit") {
+        None => keep,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=keep).contains(&n) => n,
+            _ => return Reply::error(400, format!("limit={l:?}: expected a number from 1 to {keep} (HISTORY_KEEP)")),
+        },
+    };
+    match redis.run_again(|c| record::history(c, &repo, branch.as_deref(), limit)) {
+        Err(e) => redis_down(&e),
+        Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
+        Ok(Some(records)) if wants_json(req) => Reply::json(200, Value::Array(records)),
+        Ok(Some(records)) => Reply::text(200, records.iter().map(|r| format!("{}\n", record::record_line(r))).collect()),
+    }
+}
+/// Every repository with its branches' latest builds.
+pub(crate) fn get_repos(redis: &mut Redis, req: &Request) -> Reply {
+    match redis.run_again(record::repos) {
+        Err(e) => redis_down(&e),
+        Ok(repos) if wants_json(req) => Reply::json(
+            200,
+            Value::Array(repos.into_iter().map(|(repo, branches)| json!({ "repo": repo, "branches": branches })).collect()),
+        ),
+        Ok(repos) => {
+            let mut text = String::new();
+            for (repo, branches) in &repos {
+                for b in branches {
+                    text.push_str(&format!("{repo} {} {}\n", b["branch"].as_str().unwrap_or(""), record::record_line(b)));
+                }
+            }
+            Reply::text(200, text)
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Whether Redis's persistence settings make a 2xx durable: `CONFIG GET`
+//! of the AOF and eviction settings, and what each setting risks.
+
+use crate::logging::quote;
+use redis::{Connection, RedisResult};
+
+/// Redis's persistence settings, as `CONFIG GET` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    pub appendonly: String,
+    pub appendfsync: String,
+    pub maxmemory_policy: String,
+}
+
+impl Durability {
+    /// What these settings cost an acknowledged push; `None` when it survives
+    /// a Redis crash (`appendonly yes`, `appendfsync always|everysec`,
+    /// `maxmemory-policy noeviction`).
+    pub fn risk(&self) -> Option<String> {
+        let mut risks = Vec::new();
+        if self.appendonly != "yes" {
+            risks.push("without the AOF, queued builds acknowledged since the last snapshot are lost when Redis restarts".to_string());
+        } else if self.appendfsync != "always" && self.appendfsync != "everysec" {
+            risks.push(format!(
+                "with appendfsync {}, the OS decides when the AOF reaches the disk: a power cut loses acknowledged pushes",
+                self.appendfsync
+            ));
+        }
+        if self.maxmemory_policy != "noeviction" {
+            risks.push(format!(
+                "maxmemory-policy {} evicts keys when memory is full: queued builds and records can vanish; use noeviction",
+                self.maxmemory_policy
+            ));
+        }
+        (!risks.is_empty()).then(|| risks.join("; "))
+    }
+
+    /// The `key=value` facts of the log lines.
+    pub fn facts(&self) -> String {
+        format!(
+            "appendonly={} appendfsync={} maxmemory_policy={}",
+            quote(&self.appendonly),
+            quote(&self.appendfsync),
+            quote(&self.maxmemory_policy)
+        )
+    }
+}
+
+/// Reads the persistence settings; an error reply means CONFIG is renamed,
+/// disabled or not allowed to this user.
+pub fn durability(conn: &mut Connection) -> RedisResult<Durability> {
+    // One name per CONFIG GET: Redis before 7 takes a single pattern.
+    let (a, f, m): (Vec<String>, Vec<String>, Vec<String>) = redis::pipe()
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query(conn)?;
+    let value = |v: Vec<String>| v.into_iter().nth(1).unwrap_or_default();
+    Ok(Durability { appendonly: value(a), appendfsync: value(f), maxmemory_policy: value(m) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
+        Durability { appendonly: appendonly.into(), appendfsync: appendfsync.into(), maxmemory_policy: policy.into() }
+    }
+
+    #[test]
+    fn what_each_setting_risks() {
+        let table = [
+            (d("yes", "always", "noeviction"), None),
+            (d("yes", "everysec", "noeviction"), None),
+            (d("no", "always", "noeviction"), Some("without the AOF")),
+            (d("no", "no", "noeviction"), Some("without the AOF")),
+            (d("yes", "no", "noeviction"), Some("with appendfsync no, the OS decides")),
+            (d("yes", "always", "allkeys-lru"), Some("maxmemory-policy allkeys-lru evicts keys")),
+            (d("yes", "always", "volatile-ttl"), Some("maxmemory-policy volatile-ttl evicts keys")),
+        ];
+        for (settings, want) in table {
+            let risk = settings.risk();
+            match want {
+                None => assert_eq!(risk, None, "{settings:?}"),
+                Some(start) => assert!(risk.as_deref().is_some_and(|r| r.starts_with(start)), "{settings:?}: {risk:?}"),
+            }
+        }
+        let both = d("no", "always", "allkeys-lru").risk().unwrap();
+        assert!(both.contains("without the AOF") && both.contains("allkeys-lru"), "{both}");
+    }
+}
