@@ -1,5 +1,6 @@
 //! Environment → typed configuration. One table per binary (name, default,
-//! meaning) feeds `--help`, the parser and the README.
+//! meaning) feeds `--help`, the parser and docs/configuration.md (a test holds
+//! the page to the table).
 
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
@@ -398,16 +399,16 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_table_lists_every_hook_setting_with_its_default() {
-        let readme = include_str!("../README.md");
+    fn the_configuration_page_lists_every_hook_setting_with_its_default() {
+        let readme = include_str!("../docs/configuration.md");
         let forge = SLAVE_SETTINGS.iter().filter(|s| s.name.contains("FORGE") || s.name == "CI_PUBLIC_URL");
         for s in HOOK_SETTINGS.iter().chain(forge) {
             let row = readme.lines().find(|l| l.starts_with(&format!("| `{}` |", s.name)));
-            let row = row.unwrap_or_else(|| panic!("README.md's configuration table has no row for {}", s.name));
+            let row = row.unwrap_or_else(|| panic!("docs/configuration.md has no row for {}", s.name));
             if !s.default.is_empty() {
                 assert!(
                     row.contains(&format!("| `{}` |", s.default)),
-                    "README.md's row for {} lacks the default {}: {row}",
+                    "docs/configuration.md's row for {} lacks the default {}: {row}",
                     s.name,
                     s.default
                 );
