@@ -9,7 +9,7 @@ its own process group and is stopped by pid at the end. Every loop is bounded in
 time or count. Results: bench/out/results.json and bench/out/results.md, logs in
 bench/out/logs/, charts in docs/bench/.
 
-Sections (issues 6 and 13):
+Sections:
   ingest      wrk → hook, wrk → /usr/bin/webhook (HMAC rule + redis-cli LPUSH),
               redis-benchmark LPUSH 7000 B (the ceiling, with Redis's cost per command);
               fsync always, then everysec
@@ -59,7 +59,7 @@ PUSHES = int(os.environ.get("BENCH_PUSHES", "100"))  # pushes per latency run
 TP_REPOS = int(os.environ.get("BENCH_TP_REPOS", "50"))
 TP_BRANCHES = int(os.environ.get("BENCH_TP_BRANCHES", "20"))  # 50 x 20 = 1,000 builds per run
 TP_SLAVES = 3
-# throughput variants (issue 13, part 3): x<executors per slave>[-steal]; "slow-" makes one repository's
+# throughput variants: x<executors per slave>[-steal]; "slow-" makes one repository's
 # builds take TP_SLOW_SECONDS (on its first TP_SLOW_BRANCHES branches, so a round stays bounded)
 TP_VARIANTS = os.environ.get("BENCH_TP_VARIANTS", "x1,x2,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal").split(",")
 TP_RUNS = int(os.environ.get("BENCH_TP_RUNS", str(min(RUNS, 3))))  # warm rounds of the variants in TP_FULL
@@ -1259,7 +1259,7 @@ def build_waits(redis, ids):
     return out
 
 
-# ---------------------------------------------------------------- 6. Buildbot, the peer (issue 13, part 1)
+# ---------------------------------------------------------------- 6. Buildbot, the peer
 
 BB_PUSHES = int(os.environ.get("BENCH_BB_PUSHES", "40"))  # pushes sent to ours, Buildbot and the floor
 BB_RUNS = int(os.environ.get("BENCH_BB_RUNS", str(min(RUNS, 3))))  # ingest runs per target
@@ -1483,7 +1483,7 @@ def buildbot(redis, fixture):
     stop_soon(rig.hook)
 
 
-# ---------------------------------------------------------------- 7. control plane: virtual slaves (issue 13, part 4)
+# ---------------------------------------------------------------- 7. control plane: virtual slaves
 
 CP_SLAVES = [int(x) for x in os.environ.get("BENCH_CP_SLAVES", "10,100,1000").split(",") if x]
 CP_REPOS = int(os.environ.get("BENCH_CP_REPOS", "10000"))
@@ -1557,7 +1557,7 @@ def control(redis, fixture):
                           "connections_note": "one Redis connection per virtual slave (a real slave holds about five)"}
 
 
-# ---------------------------------------------------------------- 8. charts (issue 13, part 6)
+# ---------------------------------------------------------------- 8. charts
 
 CHARTS = os.environ.get("BENCH_CHARTS_DIR", os.path.join(ROOT, "docs", "bench"))
 NOTE = os.environ.get("BENCH_NOTE", "")  # e.g. "small run on a busy machine": printed under every chart's title
@@ -1997,7 +1997,7 @@ def main():
     report()
     log("section durations: " + ", ".join(f"{k} {v:.0f}s" for k, v in RESULTS["section_seconds"].items()))
     if RESULTS["total_seconds"] > BUDGET_S:
-        log(f"over budget: {RESULTS['total_seconds']:.0f}s > {BUDGET_S}s for the whole bench (issue 13: under 20 minutes)")
+        log(f"over budget: {RESULTS['total_seconds']:.0f}s > {BUDGET_S}s for the whole bench (the budget: under 20 minutes)")
     log(f"total {time.monotonic() - t0:.0f}s; results in {os.path.relpath(OUT, ROOT)}/results.md and results.json")
 
 

@@ -1,4 +1,4 @@
-//! The control plane's ceiling (issue 13, part 4): how many builds one Redis
+//! The control plane's ceiling: how many builds one Redis
 //! schedules, and what each costs it, with V virtual slaves that build nothing.
 //!
 //! Against a running redis-server (`--redis URL`; the bench starts one as
@@ -123,7 +123,7 @@ fn virtual_slave(url: String, lease: Duration, tally: Arc<Tally>, claimed: Arc<B
         std::thread::sleep(Duration::from_millis(10));
     };
     claimed.wait();
-    let working = queue::working_key(CLUSTER, index);
+    let working = ci_backend::store::keys::working(CLUSTER, index);
     let slave = format!("{CLUSTER}-{index}");
     let mut renewed = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -314,11 +314,11 @@ fn main() {
     // bytes: a finished build record, the keys a branch keeps
     let last: u64 = redis::cmd("GET").arg("ci:seq").query::<Option<u64>>(&mut mon).ok().flatten().unwrap_or(0);
     let ids: Vec<u64> = (0..100u64).map(|k| 1 + k * last.max(1) / 100).filter(|i| *i <= last).collect();
-    let record = median(ids.iter().map(|i| memory_usage(&mut mon, &queue::build_key(&i.to_string()))).collect());
+    let record = median(ids.iter().map(|i| memory_usage(&mut mon, &ci_backend::store::keys::build(&i.to_string()))).collect());
     let p = push_of(0);
     let per_branch: BTreeMap<&str, u64> = ["history", "push", "last", "done"]
         .into_iter()
-        .map(|k| (k, memory_usage(&mut mon, &queue::branch_key(k, &p.repo, &p.branch))))
+        .map(|k| (k, memory_usage(&mut mon, &ci_backend::store::keys::branch(k, &p.repo, &p.branch))))
         .collect();
     let clients = info(&mut mon, "clients");
     // a history entry's marginal bytes: a list shaped like ci:history (build ids, newest first)

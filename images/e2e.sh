@@ -447,7 +447,7 @@ check_kill() {
     state_is e2e/long passed "$sha" || { WHY="status of e2e/long is not passed at $sha"; return 1; }
     local ready; ready="$(clog "$repl" | grep -m1 'slave.ready' | sed 's/.*\(index=[0-9]*\).*/\1/')"
     DETAIL="killed ${victim:0:12} ($how); attempt 2 on ${repl:0:12} ($ready) after $(elapsed "$t"); min ci_slaves seen: $nmin"
-    [ "$nmin" = 3 ] || say "note: ci_slaves dipped to $nmin while the replacement started (README: N never changes on replacement)"
+    [ "$nmin" = 3 ] || say "note: ci_slaves dipped to $nmin while the replacement started (docs/operations.md: N never changes on replacement)"
 }
 
 # =============================================================================

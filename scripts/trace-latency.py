@@ -1,4 +1,4 @@
-"""Where a push's milliseconds go inside the slave (issue 13): the latency setup of
+"""Where a push's milliseconds go inside the slave : the latency setup of
 bench/bench.py (a cached 3,000-file clone, `echo ok`), then N pushes one at a time under
 `perf record -e sched:sched_process_{fork,exec,exit}`; prints each exec'd child's p50
 duration and the slave's gaps between them. The slave's threads are read from
