@@ -170,7 +170,7 @@ fn get_history(call: &Call, redis: &mut Redis) -> Reply {
 fn repository(call: &Call, redis: &mut Redis) -> Reply {
     match crate::hook::handlers::repo_and_branch(call.rest, "") {
         Ok((repo, _)) => view(redis, |c| views::repository(c, &repo, call.hook.config.history_keep)),
-        Err(reply) => reply,
+        Err(bad) => bad.into(),
     }
 }
 
@@ -187,7 +187,7 @@ fn badge(call: &Call, redis: &mut Redis) -> Reply {
     };
     match crate::hook::handlers::repo_and_branch(repo, call.query) {
         Ok((repo, branch)) => view(redis, |c| views::badge(c, &repo, branch.as_deref(), call.req.header("If-None-Match"))),
-        Err(reply) => reply,
+        Err(bad) => bad.into(),
     }
 }
 

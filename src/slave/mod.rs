@@ -4,6 +4,7 @@
 pub mod build;
 pub mod build_user;
 pub mod credentials;
+pub mod engine;
 pub mod forge;
 pub mod lease;
 pub mod proc;

@@ -16,7 +16,7 @@ pub(crate) fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo
     }
     let (repo, branch) = match repo_and_branch(raw_repo, query) {
         Ok(rb) => rb,
-        Err(reply) => return reply,
+        Err(bad) => return bad.into(),
     };
     let reset = req.header("X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {

@@ -21,7 +21,7 @@ pub(crate) fn post_cancel(hook: &Hook, redis: &mut Redis, req: &Request, raw_rep
     }
     let (repo, branch) = match repo_and_branch(raw_repo, query) {
         Ok(rb) => rb,
-        Err(reply) => return reply,
+        Err(bad) => return bad.into(),
     };
     let id = query_param(query, "id");
     let result = redis.run_again(|c| {

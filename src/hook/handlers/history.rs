@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 pub(crate) fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
     let (repo, branch) = match repo_and_branch(raw_repo, query) {
         Ok(rb) => rb,
-        Err(reply) => return reply,
+        Err(bad) => return bad.into(),
     };
     let keep = hook.config.history_keep;
     let limit = match query_param(query, "limit") {

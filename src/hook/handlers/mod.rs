@@ -20,26 +20,40 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
         (k == name).then(|| payload::percent_decode(v.as_bytes()).map(|b| String::from_utf8_lossy(&b).into_owned()))?
     })
 }
+
+/// A repository or branch in a path or query that breaks the names rules:
+/// answered 400 with the reason.
+pub(crate) struct BadName(String);
+
+impl From<BadName> for Reply {
+    fn from(bad: BadName) -> Reply {
+        Reply::error(400, bad.0)
+    }
+}
+
 /// The repository of a `/status/<repo>` or `/build/<repo>` path, and the
 /// `?branch=`, both under the names rules of [`payload`].
-pub(crate) fn repo_and_branch(raw_repo: &str, query: &str) -> Result<(String, Option<String>), Reply> {
+pub(crate) fn repo_and_branch(raw_repo: &str, query: &str) -> Result<(String, Option<String>), BadName> {
     let bytes = payload::percent_decode(raw_repo.replace('+', "%2B").as_bytes());
     let Some(repo) = bytes.and_then(|b| String::from_utf8(b).ok()) else {
-        return Err(Reply::error(400, "bad repository name in path: expected percent-encoded UTF-8"));
+        return Err(BadName("bad repository name in path: expected percent-encoded UTF-8".into()));
     };
-    payload::check_repo(&repo).map_err(|e| Reply::error(400, e.0))?;
+    payload::check_repo(&repo).map_err(|e| BadName(e.0))?;
     let branch = query_param(query, "branch");
     if let Some(b) = &branch {
-        payload::check_branch(b).map_err(|e| Reply::error(400, e.0))?;
+        payload::check_branch(b).map_err(|e| BadName(e.0))?;
     }
     Ok((repo, branch))
 }
+
 pub(crate) fn wants_json(req: &Request) -> bool {
     req.header("Accept").is_some_and(|a| a.contains("application/json"))
 }
+
 pub(crate) fn wants_html(req: &Request) -> bool {
     req.header("Accept").is_some_and(|a| a.contains("text/html"))
 }
+
 pub(crate) fn credentials(req: &Request) -> Credentials<'_> {
     Credentials {
         hub_sha256: req.header("X-Hub-Signature-256"),

@@ -14,7 +14,7 @@ use tiny_http::Method;
 pub(crate) fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
     let (repo, branch) = match repo_and_branch(raw_repo, query) {
         Ok(rb) => rb,
-        Err(reply) => return reply,
+        Err(bad) => return bad.into(),
     };
     let wants_json = wants_json(req);
     let follow = req.method == Method::Get && query_param(query, "follow").is_some_and(|f| f == "1" || f == "true");
