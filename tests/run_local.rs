@@ -1,4 +1,4 @@
-//! `make run` (scripts/run-local.sh), issue 9 point 8: a taken hook port stops it with the
+//! `make run` (scripts/run-local.sh): a taken hook port stops it with the
 //! error; Ctrl-C stops the slaves first, so a running build's result is stored before Redis
 //! goes; local slave i holds index i and logs to slave-i.log.
 
