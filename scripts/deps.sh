@@ -5,8 +5,21 @@
 # debootstrap:debootstrap), or `py:module:package` for a Python module.
 # A path stands for a program bash also has as a
 # builtin (the tests run /bin/kill, which slim images lack).
+# `--check PAIRS…` (make check) looks only for those and cargo and installs
+# nothing: a missing one is named, with the command that installs it.
 set -euo pipefail
 need=()
+if [ "${1:-}" = --check ]; then
+  shift
+  for want in "$@"; do
+    cmd=${want%%:*}; pkg=${want#*:}
+    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  command -v cargo >/dev/null 2>&1 || { echo "deps: cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
+  [ ${#need[@]} -eq 0 ] && exit 0
+  echo "deps: missing ${need[*]}: run make deps (as root it installs them with apt-get), or: sudo apt-get install ${need[*]}" >&2
+  exit 1
+fi
 for pair in redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux /bin/kill:procps chromium:chromium xmllint:libxml2-utils; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")

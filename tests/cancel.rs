@@ -1,4 +1,4 @@
-//! Issue 11, cancelling: `POST /cancel/<repo>` of a queued build (it never starts) and of a
+//! Cancelling: `POST /cancel/<repo>` of a queued build (it never starts) and of a
 //! running one (its process group killed, SIGKILL after the grace, the slave free at once);
 //! HOOK_CANCEL_RUNNING: a newer commit cancels the branch's running build (pulls/all/none).
 
@@ -143,7 +143,7 @@ fn a_running_build_canceled_is_killed_with_its_group_and_its_slave_takes_the_nex
     let next_started = t0.elapsed();
     eprintln!("measured: cancel -> processes gone {gone:?}; cancel -> next job started {next_started:?}");
     // SIGTERM within ~0.1 s of the cancel, SIGKILL after the runner's 1 s grace: gone within the
-    // issue's 2 s even for a step that ignores SIGTERM.
+    // required 2 s even for a step that ignores SIGTERM.
     assert!(gone < Duration::from_secs(2), "processes gone {gone:?} after the cancel");
     assert!(next_started < Duration::from_secs(3), "next job started {next_started:?} after the cancel");
 

@@ -1,5 +1,5 @@
 //! The dashboard in a real browser (Debian's headless Chromium), badges parsed by xmllint, and
-//! HOOK_READ_TOKEN on every read route (issue 10).
+//! HOOK_READ_TOKEN on every read route.
 
 use crate::harness::*;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Issue 12: Redis failover through Sentinel. A master, two replicas and three real
+//! Redis failover through Sentinel. A master, two replicas and three real
 //! `redis-sentinel`s; a hook and two slaves that find the master through the sentinels
 //! (their REDIS_URL points nowhere); pushes flowing while the master is SIGKILLed: every push
 //! answered 2xx is built, the others got a 503 with its reason, and the time to recover is

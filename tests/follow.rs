@@ -1,4 +1,4 @@
-//! Issue 10, live logs: a running build's lines reach `GET /status/<repo>?follow=1` as the step
+//! Live logs: a running build's lines reach `GET /status/<repo>?follow=1` as the step
 //! prints them (chunked), then the result line; the text `/status` of a running build shows the
 //! lines so far; 200 followers do not slow a build; a follower that stops reading is dropped;
 //! HOOK_MAX_FOLLOWERS bounds them.
@@ -338,7 +338,7 @@ fn live_output_lines_are_masked_like_the_log_debug_or_not() {
     assert!(text.contains("\"end\"") && text.contains("\"passed\""), "{text}");
 }
 
-/// Issue 11: a follower of a build canceled while it runs gets its lines, then `canceled`.
+/// Cancelling: a follower of a build canceled while it runs gets its lines, then `canceled`.
 #[test]
 fn a_follower_of_a_canceled_build_ends_with_canceled() {
     let b = Backend::start(1, &[], &[]);

@@ -438,7 +438,7 @@ fn a_build_given_up_after_its_attempts_is_an_error() {
     assert_eq!(got[0].body["state"], "pending");
 }
 
-/// Issue 11: a canceled build is no failure. GitHub and Gitea have no canceled state: `error`
+/// Cancelling: a canceled build is no failure. GitHub and Gitea have no canceled state: `error`
 /// "canceled"; GitLab has one: `canceled`.
 #[test]
 fn a_canceled_build_is_error_canceled_on_github_and_canceled_on_gitlab() {

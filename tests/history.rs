@@ -1,4 +1,4 @@
-//! Issue 10, history: the last HISTORY_KEEP builds of a branch stay readable (`/history`,
+//! History: the last HISTORY_KEEP builds of a branch stay readable (`/history`,
 //! `/status?id=`), older records leave Redis at the next push; `/repos` lists what was pushed.
 
 use crate::harness::*;

@@ -1,4 +1,4 @@
-//! Membership as a property (issue 9): seeded random schedules of kill -9, SIGSTOP/SIGCONT,
+//! Membership as a property: seeded random schedules of kill -9, SIGSTOP/SIGCONT,
 //! restarts of one to all slaves (all at once included), scale-ups, graceful stops and Redis
 //! restarts from its AOF, with `SLAVE_LEASE=1`, pushes flowing all along. Checked all the time:
 //! an instance holds at most one index; the hook's N never exceeds the slaves that were alive in
@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const LEASE: Duration = Duration::from_secs(1);
-/// Three leases, as the issue asks, plus slack for slave start-up on a loaded 2-core machine.
+/// Three leases (README, membership: indexes are 0..N-1 again within three leases), plus slack
+/// for slave start-up on a loaded 2-core machine.
 const CONVERGE: Duration = Duration::from_secs(3 + 4);
 
 struct Cluster {
@@ -30,7 +31,7 @@ struct Cluster {
     /// (when, how many slave processes were alive) at every change.
     alive: Arc<Mutex<Vec<(Instant, usize)>>>,
     fixed: bool,
-    /// SLAVE_EXECUTORS and SLAVE_STEAL_AFTER of this schedule's slaves (issue 12).
+    /// SLAVE_EXECUTORS and SLAVE_STEAL_AFTER of this schedule's slaves (executors and stealing).
     executors: usize,
     steal: &'static str,
 }

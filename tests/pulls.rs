@@ -1,4 +1,4 @@
-//! Pull/merge requests and tags (issue 11): the head commit fetched from the target
+//! Pull/merge requests and tags: the head commit fetched from the target
 //! repository's own `refs/pull/<N>/head` / `refs/merge-requests/<N>/head`, recorded
 //! under `pull/<N>`; fork requests ignored unless HOOK_FORK_PULLS=build, and then built
 //! with nothing of the slave's environment; tag builds behind HOOK_BUILD_TAGS.

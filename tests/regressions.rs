@@ -1,5 +1,6 @@
-//! A test per defect of issue 9 on the slave's side (membership after a full restart, poison
-//! jobs, Redis refusing a result, orphaned builds), each named after its point.
+//! A test per defect found on the slave's side: membership after a full restart, poison jobs,
+//! Redis refusing a result, orphaned builds. Each test's name keeps the number the defect had
+//! in the list it was reported in (BENCHMARKS.md cites them).
 
 use crate::harness::*;
 use std::time::Duration;

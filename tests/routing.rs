@@ -1,4 +1,4 @@
-//! Issue 12: HOOK_ROUTING=mod|jump. ENQUEUE's Lua selects the index from what the hook computed;
+//! HOOK_ROUTING=mod|jump. ENQUEUE's Lua selects the index from what the hook computed;
 //! it is held here against `routing::Routing::index` on a real Redis. A jump hook routes pushes
 //! where the rule says, a hook with another rule refuses to start, and slaves re-route a vanished
 //! index's jobs by the rule stored in `ci:routing`.

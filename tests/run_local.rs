@@ -1,4 +1,4 @@
-//! `make run` (scripts/run-local.sh), issue 9 point 8: a taken hook port stops it with the
+//! `make run` (scripts/run-local.sh): a taken hook port stops it with the
 //! error; Ctrl-C stops the slaves first, so a running build's result is stored before Redis
 //! goes; local slave i holds index i and logs to slave-i.log.
 
@@ -42,6 +42,17 @@ fn run_local(dir: &Path, redis_port: u16, hook_port: u16) -> Command {
         .env_remove("HOOK_TOKEN")
         .env_remove("REDIS_URL")
         .stdin(Stdio::null());
+    // The test's Ctrl-C must reach the script's trap. A test run started in the background (`&`
+    // in a script, nohup) has SIGINT ignored, the script would inherit that, and bash cannot trap
+    // a signal ignored on entry: make run would never stop. The script starts with the default.
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     cmd
 }
 

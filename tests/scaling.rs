@@ -1,4 +1,4 @@
-//! Issue 12: no build waits behind another repository's while an executor is free.
+//! Scaling: no build waits behind another repository's while an executor is free.
 //! SLAVE_EXECUTORS runs builds side by side on one slave (never two of one branch);
 //! SLAVE_STEAL_AFTER lets an idle slave take a job that waited too long in a sibling's queue,
 //! exactly once, while the repository's own slave keeps its cache.

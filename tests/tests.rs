@@ -59,7 +59,7 @@ mod durability;
 /// each, alias bombs, 100k-deep JSON and 10k-deep YAML nesting.
 mod fuzz;
 
-/// A test per defect of issue 9 on the slave's side: membership after a full restart, poison
+/// A test per defect found on the slave's side: membership after a full restart, poison
 /// jobs, results Redis refuses, orphaned builds.
 mod regressions;
 
@@ -70,7 +70,7 @@ mod membership_property;
 /// `make run` (scripts/run-local.sh): a taken port, the stop order, fixed local indexes.
 mod run_local;
 
-/// Issue 10: the last HISTORY_KEEP builds per branch (`/history`, `/status?id=`), older records
+/// History: the last HISTORY_KEEP builds per branch (`/history`, `/status?id=`), older records
 /// deleted; `/repos`.
 mod history;
 
@@ -82,24 +82,24 @@ mod dashboard;
 /// retried a bounded number of times; a payload naming another host gets no token.
 mod forge_status;
 
-/// Issue 10: live logs followed over chunked HTTP as the steps print them; 200 followers; a
+/// Live logs followed over chunked HTTP as the steps print them; 200 followers; a
 /// follower that stops reading; HOOK_MAX_FOLLOWERS.
 mod follow;
 
-// Issue 11: POST /cancel and HOOK_CANCEL_RUNNING.
+/// Cancelling: POST /cancel and HOOK_CANCEL_RUNNING.
 mod cancel;
 
-/// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds (issue 11).
+/// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds.
 mod pulls;
 
-/// Issue 12: executors beside a long build, one branch at a time, stealing (exactly once, the
+/// Scaling: executors beside a long build, one branch at a time, stealing (exactly once, the
 /// home cache kept).
 mod scaling;
 
-/// Issue 12: HOOK_ROUTING=mod|jump: ENQUEUE's selection held against routing's rule, a jump hook's
+/// HOOK_ROUTING=mod|jump: ENQUEUE's selection held against routing's rule, a jump hook's
 /// routes, the agreement through `ci:routing`, re-routing of a vanished index by the stored rule.
 mod routing;
 
-/// Issue 12: Redis failover through Sentinel (master SIGKILLed with pushes flowing, nothing
+/// Redis failover through Sentinel (master SIGKILLed with pushes flowing, nothing
 /// answered 2xx lost); REDIS_SENTINELS/REDIS_MASTER_NAME both or neither; REDIS_MIN_REPLICAS.
 mod failover;

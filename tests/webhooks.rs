@@ -50,7 +50,7 @@ const NO_BUILD: &[(&str, &[&str])] = &[
     ("github/delete/with-installation.payload.json", &["delete"]),
     ("github/delete/with-organization.payload.json", &["delete"]),
     ("github/issues/opened.payload.json", &["issues"]),
-    // The pull_request samples (opened, synchronize) build since issue 11: see pulls.rs.
+    // The pull_request samples (opened, synchronize) build: see pulls.rs.
     ("github/workflow_run/completed.payload.json", &["workflow_run"]),
     // Tag deletions (after = 40 zeros, head_commit null, commits empty).
     ("github/push/payload.json", &["tag", "delet"]),

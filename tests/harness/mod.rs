@@ -44,11 +44,51 @@ pub fn test_name() -> String {
 /// and pid files here.
 pub fn fresh_dir(name: &str) -> PathBuf {
     let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    let root = std::env::temp_dir().join("ci-backend-tests").join(format!("{}-{:03}-{}", std::process::id(), next(), safe));
+    let root = tests_root().join(format!("{}-{:03}-{}", std::process::id(), next(), safe));
     let _ = fs::remove_dir_all(&root);
     fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
     world_writable(&root);
     root
+}
+
+/// `<temp dir>/ci-backend-tests`, the parent of every test's directory, checked once: when the
+/// tests run as root, the build user must be able to enter it and every directory above it
+/// (a TMPDIR under /root would lock it out of every build), so it is made `1777` like /tmp
+/// when it is ours, and a directory above it closed to others stops the run with its name.
+pub fn tests_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join("ci-backend-tests");
+        fs::create_dir_all(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+        if is_root() {
+            use std::os::unix::fs::MetadataExt;
+            let meta = fs::metadata(&root).unwrap_or_else(|e| panic!("stat {}: {e}", root.display()));
+            if meta.uid() == 0 && meta.mode() & 0o7777 != 0o1777 {
+                world_writable(&root);
+            }
+            if let Some(closed) = closed_to_others(&root) {
+                panic!(
+                    "the build user cannot enter {} (no x for others), so it cannot reach the tests' directories \
+                     under {}: set TMPDIR to a directory every user can enter (/tmp)",
+                    closed.display(),
+                    root.display()
+                );
+            }
+        }
+        root
+    })
+    .clone()
+}
+
+/// The first of `path` and the directories above it that another user cannot enter (no `x`
+/// for others), if any.
+pub fn closed_to_others(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = fs::canonicalize(path).unwrap_or_else(|e| panic!("canonicalize {}: {e}", path.display()));
+    path.ancestors()
+        .filter(|dir| fs::metadata(dir).map(|m| m.is_dir()).unwrap_or(false))
+        .find(|dir| fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 == 0).unwrap_or(true))
+        .map(Path::to_path_buf)
 }
 
 /// `chmod 1777`.
@@ -331,6 +371,48 @@ pub fn bin(name: &str) -> String {
     let path = dir.join(name);
     assert!(path.exists(), "{} is missing: build it first (cargo build --bins)", path.display());
     path.to_string_lossy().into_owned()
+}
+
+/// `bin(name)` where another user (the build user, for a slave the tests start as `nobody`) can
+/// run it. Cargo's own path when every directory above it lets others in; otherwise — a clone
+/// under /root or in a `mktemp -d` keeps `target/` closed to them — a copy made once per test
+/// process, mode 0755, in `<tests_root>/bin-<pid>/` (0755), whose stale siblings of ended test
+/// processes are removed first. The copy is made by `cp`, not in this process, so no child forked
+/// by another test thread meanwhile inherits a file open for writing (exec would then fail with
+/// "Text file busy").
+pub fn bin_for_others(name: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    static COPIES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let original = bin(name);
+    let path = Path::new(&original);
+    let runnable = fs::metadata(path).map(|m| m.permissions().mode() & 0o005 == 0o005).unwrap_or(false);
+    if runnable && closed_to_others(path.parent().expect("the binary's directory")).is_none() {
+        return original;
+    }
+    let mut copies = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, copy)) = copies.iter().find(|(n, _)| n == name) {
+        return copy.clone();
+    }
+    let root = tests_root();
+    for entry in fs::read_dir(&root).unwrap_or_else(|e| panic!("ls {}: {e}", root.display())).flatten() {
+        let file = entry.file_name();
+        let stale = file.to_str().and_then(|f| f.strip_prefix("bin-")).and_then(|pid| pid.parse::<u32>().ok());
+        if stale.is_some_and(|pid| pid != std::process::id() && process_gone(pid)) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = root.join(format!("bin-{}", std::process::id()));
+    if copies.is_empty() {
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+    }
+    let copy = dir.join(name);
+    run(Command::new("cp").arg(path).arg(&copy));
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod {}: {e}", copy.display()));
+    let copy = copy.to_string_lossy().into_owned();
+    copies.push((name.to_string(), copy.clone()));
+    copy
 }
 
 /// Our binaries see only what we give them: the inherited HOOK_*, SLAVE_*, REDIS_*, GIT_* and
@@ -977,12 +1059,13 @@ impl Slave {
         Slave::start_as(redis, env, None)
     }
 
-    /// The same, the slave running as `(uid, gid)` (tests running as root), its cache theirs.
+    /// The same, the slave running as `(uid, gid)` (tests running as root), its cache theirs and
+    /// its binary one they can reach (`bin_for_others`).
     pub fn start_as(redis: &Redis, env: &[(&str, &str)], user: Option<(u32, u32)>) -> Slave {
         let k = next();
         let cache = redis.root.join(format!("slave-{k}-cache"));
         fs::create_dir_all(&cache).unwrap();
-        let mut cmd = scrubbed(&bin("slave"));
+        let mut cmd = scrubbed(&if user.is_some() { bin_for_others("slave") } else { bin("slave") });
         if let Some((uid, gid)) = user {
             use std::os::unix::process::CommandExt;
             std::os::unix::fs::chown(&cache, Some(uid), Some(gid)).unwrap();
