@@ -1,7 +1,8 @@
 //! Web-hook authentication on raw bytes, constant time: GitHub's HMAC-SHA256
 //! and HMAC-SHA1 signatures, Gitea/Forgejo bare-hex HMAC-SHA256, GitLab's
-//! token header and `Authorization: Bearer`; `POST /build`'s fresh signed
-//! body; the generated token and the fingerprint a configured one is logged as.
+//! token header and `Authorization: Bearer`; the signed body of `POST /build`
+//! and `POST /cancel`, bound to what it asks for; the generated token and the
+//! fingerprint a configured one is logged as.
 
 use hmac::{Hmac, Mac};
 use std::fmt;
@@ -22,13 +23,54 @@ pub enum SignatureError {
     Missing,
     Malformed(&'static str),
     Mismatch(&'static str),
-    /// `POST /build` without a bearer token or an HMAC-SHA256 signature.
+    /// `POST /build` or `/cancel` without a bearer token or an HMAC-SHA256 signature.
     MissingRebuild,
-    /// A signed `POST /build` body that is not `{"at": <unix seconds>}`.
+    /// A signed `POST /build` or `/cancel` body that does not say what it is for.
     NotFresh,
-    /// A signed `POST /build` body whose `at` is this many seconds off the clock.
+    /// A signed body whose `at` is this many seconds off the clock.
     Stale(i64),
+    /// A signed body for something else than the request: the field, what
+    /// the body says, what the request asks.
+    Unbound {
+        field: &'static str,
+        signed: String,
+        asked: String,
+    },
 }
+
+/// What a `POST /build` or `POST /cancel` asks for, as its path, query and
+/// headers say; a signed body must say the same.
+#[derive(Debug, Clone, Copy)]
+pub struct Intent<'a> {
+    /// `build` or `cancel`.
+    pub action: &'a str,
+    pub repo: &'a str,
+    /// `?branch=`; none for the default branch (or with `id`).
+    pub branch: Option<&'a str>,
+    /// `?id=` (cancel).
+    pub id: Option<&'a str>,
+    /// `X-Reset: true` (build).
+    pub reset: bool,
+}
+
+/// How a `POST /build` or `/cancel` was authenticated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Authorized {
+    Bearer,
+    /// By a signed body, accepted once: the hook remembers `digest` (SHA-256
+    /// of the body, hex) for [`SIGNED_BODY_TTL`] and refuses it again.
+    Signed {
+        digest: String,
+    },
+}
+
+/// How long a signed body's digest is remembered: past its window on both sides.
+pub const SIGNED_BODY_TTL: u64 = 2 * REBUILD_WINDOW as u64 + 60;
+
+/// The form a signed body must have, as error messages show it.
+const SIGNED_FORM: &str =
+    "{\"at\": <unix seconds>, \"action\": \"build\"|\"cancel\", \"repo\": \"<owner/name>\", \"branch\": \"<branch>\"} \
+     (\"id\": <n> instead of \"branch\" for one build, neither for the default branch; \"reset\": true with X-Reset)";
 
 /// How far the `at` of a signed `POST /build` body may be from the hook's clock, in seconds.
 pub const REBUILD_WINDOW: f64 = 300.0;
@@ -40,16 +82,23 @@ impl fmt::Display for SignatureError {
                 "missing signature: send X-Hub-Signature-256, X-Hub-Signature, X-Gitea-Signature, X-Gitlab-Token or Authorization: Bearer",
             ),
             SignatureError::Malformed(h) => write!(f, "malformed {h} header: expected a hex HMAC digest"),
+            SignatureError::Mismatch("Authorization") => f.write_str("Authorization: Bearer is not this hook's token"),
+            SignatureError::Mismatch("X-Gitlab-Token") => f.write_str("X-Gitlab-Token is not this hook's token"),
             SignatureError::Mismatch(h) => write!(f, "{h} does not match the body signed with this hook's token"),
-            SignatureError::MissingRebuild => f.write_str(
-                "missing credentials: send Authorization: Bearer <token>, or X-Hub-Signature-256 over the body {\"at\": <unix seconds>}",
-            ),
-            SignatureError::NotFresh => f.write_str(
-                "a signed POST /build body must be {\"at\": <unix seconds>}: a signature of anything else could be replayed forever",
+            SignatureError::MissingRebuild => {
+                write!(f, "missing credentials: send Authorization: Bearer <token>, or X-Hub-Signature-256 over the body {SIGNED_FORM}")
+            }
+            SignatureError::NotFresh => write!(
+                f,
+                "a signed POST /build or /cancel body must say what it is for, {SIGNED_FORM}: a signature of anything less could be used for another request"
             ),
             SignatureError::Stale(skew) => write!(
                 f,
-                "the signed body's \"at\" is {skew} s off the hook's clock (allowed: {REBUILD_WINDOW} s either way): sign {{\"at\": <current unix seconds>}}"
+                "the signed body's \"at\" is {skew} s off the hook's clock (allowed: {REBUILD_WINDOW} s either way): sign a body with the current unix seconds"
+            ),
+            SignatureError::Unbound { field, signed, asked } => write!(
+                f,
+                "the signed body's {field:?} is {signed} but the request asks for {asked}: a signed body is good for the one request it names"
             ),
         }
     }
@@ -81,13 +130,15 @@ pub fn verify(token: &str, body: &[u8], creds: &Credentials) -> Result<(), Signa
     Err(SignatureError::Missing)
 }
 
-/// `POST /build` authentication: `Authorization: Bearer <token>`, or an
-/// HMAC-SHA256 signature (`X-Hub-Signature-256` or `X-Gitea-Signature`) of a
-/// body `{"at": <unix seconds>}` within [`REBUILD_WINDOW`] of `now`. A signed
-/// empty body would be a constant that could be replayed forever.
-pub fn verify_rebuild(token: &str, body: &[u8], creds: &Credentials, now: f64) -> Result<(), SignatureError> {
+/// `POST /build` and `POST /cancel` authentication: `Authorization: Bearer
+/// <token>`, or an HMAC-SHA256 signature (`X-Hub-Signature-256` or
+/// `X-Gitea-Signature`) of a body that names the request (action, repository,
+/// branch or id, reset) and is within [`REBUILD_WINDOW`] of `now`. A signed
+/// body that names less could be used for another request; the caller
+/// accepts each [`Authorized::Signed`] digest once.
+pub fn verify_intent(token: &str, body: &[u8], creds: &Credentials, now: f64, intent: &Intent) -> Result<Authorized, SignatureError> {
     if let Some(given) = creds.bearer {
-        return equal_or(given, token, "Authorization");
+        return equal_or(given, token, "Authorization").map(|()| Authorized::Bearer);
     }
     if let Some(sig) = creds.hub_sha256 {
         let hex = sig.strip_prefix("sha256=").ok_or(SignatureError::Malformed("X-Hub-Signature-256"))?;
@@ -97,19 +148,61 @@ pub fn verify_rebuild(token: &str, body: &[u8], creds: &Credentials, now: f64) -
     } else {
         return Err(SignatureError::MissingRebuild);
     }
-    #[derive(serde::Deserialize)]
-    struct Fresh {
-        at: f64,
-    }
-    let at = serde_json::from_slice::<Fresh>(body).map_err(|_| SignatureError::NotFresh)?.at;
-    if !at.is_finite() {
+    let signed = serde_json::from_slice::<SignedBody>(body).map_err(|_| SignatureError::NotFresh)?;
+    if !signed.at.is_finite() {
         return Err(SignatureError::NotFresh);
     }
-    let skew = at - now;
+    let skew = signed.at - now;
     if skew.abs() > REBUILD_WINDOW {
         return Err(SignatureError::Stale(skew.round() as i64));
     }
-    Ok(())
+    signed.names(intent)?;
+    use sha2::Digest;
+    Ok(Authorized::Signed { digest: sha2::Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect() })
+}
+
+/// A signed body of `POST /build` or `/cancel`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedBody {
+    at: f64,
+    action: String,
+    repo: String,
+    #[serde(default)]
+    branch: Option<String>,
+    /// A number, or its digits as a string.
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    reset: bool,
+}
+
+impl SignedBody {
+    /// Whether the body names exactly the request `intent`.
+    fn names(&self, intent: &Intent) -> Result<(), SignatureError> {
+        let shown = |v: Option<&str>| v.map_or("nothing".to_string(), |s| format!("{s:?}"));
+        let id = match &self.id {
+            None => None,
+            Some(serde_json::Value::Number(n)) if n.is_u64() => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(SignatureError::NotFresh),
+        };
+        let checks: [(&'static str, Option<&str>, Option<&str>); 4] = [
+            ("action", Some(&self.action), Some(intent.action)),
+            ("repo", Some(&self.repo), Some(intent.repo)),
+            ("branch", self.branch.as_deref(), intent.branch),
+            ("id", id.as_deref(), intent.id),
+        ];
+        for (field, signed, asked) in checks {
+            if signed != asked {
+                return Err(SignatureError::Unbound { field, signed: shown(signed), asked: shown(asked) });
+            }
+        }
+        if self.reset != intent.reset {
+            return Err(SignatureError::Unbound { field: "reset", signed: self.reset.to_string(), asked: intent.reset.to_string() });
+        }
+        Ok(())
+    }
 }
 
 /// The token of an `Authorization` value `Bearer <token>`, the scheme in any
@@ -231,33 +324,63 @@ mod tests {
     }
 
     #[test]
-    fn rebuild_needs_a_bearer_or_a_fresh_signed_body() {
+    fn rebuild_needs_a_bearer_or_a_signed_body_naming_the_request() {
         let now = 1_764_230_400.0;
         let signed = |body: &str| format!("sha256={}", sign_sha256("tok", body.as_bytes()));
         fn hub(sig: &str) -> Credentials<'_> {
             Credentials { hub_sha256: Some(sig), ..Default::default() }
         }
+        let want = Intent { action: "build", repo: "acme/a", branch: Some("main"), id: None, reset: false };
         let bearer_ok = Credentials { bearer: Some("tok"), ..Default::default() };
-        assert_eq!(verify_rebuild("tok", b"", &bearer_ok, now), Ok(()));
-        let fresh = r#"{"at": 1764230460}"#;
-        assert_eq!(verify_rebuild("tok", fresh.as_bytes(), &hub(&signed(fresh)), now), Ok(()));
+        assert_eq!(verify_intent("tok", b"", &bearer_ok, now, &want), Ok(Authorized::Bearer));
+        let fresh = r#"{"at": 1764230460, "action": "build", "repo": "acme/a", "branch": "main"}"#;
+        // printf %s '{"at": 1764230460, "action": "build", "repo": "acme/a", "branch": "main"}' | sha256sum
+        let digest = "936927dcb01f8fd42838e16c8279354766f33f87fee9b0645ebe4ab22da12908".to_string();
+        assert_eq!(verify_intent("tok", fresh.as_bytes(), &hub(&signed(fresh)), now, &want), Ok(Authorized::Signed { digest }));
         let gitea = sign_sha256("tok", fresh.as_bytes());
         let gitea = Credentials { gitea: Some(&gitea), ..Default::default() };
-        assert_eq!(verify_rebuild("tok", fresh.as_bytes(), &gitea, now), Ok(()));
+        assert!(verify_intent("tok", fresh.as_bytes(), &gitea, now, &want).is_ok());
+        let unbound = |field, signed: &str, asked: &str| SignatureError::Unbound { field, signed: signed.into(), asked: asked.into() };
         let table: &[(&str, SignatureError)] = &[
             ("", SignatureError::NotFresh),
             ("{}", SignatureError::NotFresh),
-            (r#"{"at": "1764230400"}"#, SignatureError::NotFresh),
-            (r#"{"at": 1764226800}"#, SignatureError::Stale(-3600)),
-            (r#"{"at": 1764230701}"#, SignatureError::Stale(301)),
+            (r#"{"at": 1764230400}"#, SignatureError::NotFresh),
+            (r#"{"at": "1764230400", "action": "build", "repo": "acme/a", "branch": "main"}"#, SignatureError::NotFresh),
+            (r#"{"at": 1764230400, "action": "build", "repo": "acme/a", "branch": "main", "extra": 1}"#, SignatureError::NotFresh),
+            (r#"{"at": 1764226800, "action": "build", "repo": "acme/a", "branch": "main"}"#, SignatureError::Stale(-3600)),
+            (r#"{"at": 1764230701, "action": "build", "repo": "acme/a", "branch": "main"}"#, SignatureError::Stale(301)),
+            (r#"{"at": 1764230400, "action": "cancel", "repo": "acme/a", "branch": "main"}"#, unbound("action", "\"cancel\"", "\"build\"")),
+            (r#"{"at": 1764230400, "action": "build", "repo": "acme/b", "branch": "main"}"#, unbound("repo", "\"acme/b\"", "\"acme/a\"")),
+            (r#"{"at": 1764230400, "action": "build", "repo": "acme/a"}"#, unbound("branch", "nothing", "\"main\"")),
+            (r#"{"at": 1764230400, "action": "build", "repo": "acme/a", "branch": "dev"}"#, unbound("branch", "\"dev\"", "\"main\"")),
+            (r#"{"at": 1764230400, "action": "build", "repo": "acme/a", "branch": "main", "id": 7}"#, unbound("id", "\"7\"", "nothing")),
+            (
+                r#"{"at": 1764230400, "action": "build", "repo": "acme/a", "branch": "main", "reset": true}"#,
+                unbound("reset", "true", "false"),
+            ),
         ];
-        for (body, want) in table {
-            assert_eq!(verify_rebuild("tok", body.as_bytes(), &hub(&signed(body)), now).as_ref(), Err(want), "{body:?}");
+        for (body, want_err) in table {
+            assert_eq!(verify_intent("tok", body.as_bytes(), &hub(&signed(body)), now, &want).as_ref(), Err(want_err), "{body:?}");
+        }
+        let by_id = Intent { action: "cancel", repo: "acme/a", branch: None, id: Some("7"), reset: false };
+        for body in [
+            r#"{"at": 1764230400, "action": "cancel", "repo": "acme/a", "id": 7}"#,
+            r#"{"at": 1764230400, "action": "cancel", "repo": "acme/a", "id": "7"}"#,
+        ] {
+            assert!(verify_intent("tok", body.as_bytes(), &hub(&signed(body)), now, &by_id).is_ok(), "{body}");
         }
         let other_key = format!("sha256={}", sign_sha256("other", fresh.as_bytes()));
-        assert_eq!(verify_rebuild("tok", fresh.as_bytes(), &hub(&other_key), now), Err(SignatureError::Mismatch("X-Hub-Signature-256")));
+        assert_eq!(
+            verify_intent("tok", fresh.as_bytes(), &hub(&other_key), now, &want),
+            Err(SignatureError::Mismatch("X-Hub-Signature-256"))
+        );
         let gitlab = Credentials { gitlab_token: Some("tok"), ..Default::default() };
-        assert_eq!(verify_rebuild("tok", b"", &gitlab, now), Err(SignatureError::MissingRebuild));
+        assert_eq!(verify_intent("tok", b"", &gitlab, now, &want), Err(SignatureError::MissingRebuild));
+        let wrong_bearer = Credentials { bearer: Some("nope"), ..Default::default() };
+        assert_eq!(
+            verify_intent("tok", b"", &wrong_bearer, now, &want).unwrap_err().to_string(),
+            "Authorization: Bearer is not this hook's token"
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ fn a_running_build_canceled_is_killed_with_its_group_and_its_slave_takes_the_nex
     let (_next, next_id) = b.queue("acme/next", "step: s\nshell: \"true\"\n", "waits for the slave");
 
     // This time with a fresh signed body instead of the bearer token.
-    let body = format!("{{\"at\": {}}}", now());
+    let body = format!("{{\"at\": {}, \"action\": \"cancel\", \"repo\": \"acme/stubborn\", \"branch\": \"{}\"}}", now(), git.branch);
     let sig = sign_sha256(body.as_bytes(), &b.hook.token);
     let t0 = Instant::now();
     let r = b.hook.post(&format!("/cancel/acme/stubborn?branch={}", git.branch), &[("X-Hub-Signature-256", &sig)], body.as_bytes());

@@ -203,15 +203,20 @@ fn rebuild_endpoint_requires_the_token() {
     assert_eq!(r.code, 202, "lower-case bearer: {r}");
     wait_build(&b.redis, r.json()["id"].as_str().unwrap(), LONG);
 
-    // A signature of the empty body is a constant: replayable forever, so refused.
+    // A signature of the empty body is a constant: replayable forever, so refused; so is a body that
+    // does not name the request (one signature would rebuild, cancel, or rebuild another repository).
     let builds = b.redis.keys("ci:build:*").len();
-    let not_fresh = "a signed POST /build body must be {\"at\": <unix seconds>}: a signature of anything else could be replayed forever";
+    let not_bound = "a signed POST /build or /cancel body must say what it is for, {\"at\": <unix seconds>, \"action\": \"build\"|\"cancel\", \
+                     \"repo\": \"<owner/name>\", \"branch\": \"<branch>\"} (\"id\": <n> instead of \"branch\" for one build, neither for the \
+                     default branch; \"reset\": true with X-Reset): a signature of anything less could be used for another request";
+    let body_at = |at: u64| format!("{{\"at\": {at}, \"action\": \"build\", \"repo\": \"acme/rebuild\", \"branch\": \"main\"}}");
     // (what, body, the error, or the clock skew it must name)
-    let refusals: [(&str, String, Result<&str, i64>); 4] = [
-        ("a signed empty body", String::new(), Ok(not_fresh)),
-        ("a signed body without \"at\"", "{}".into(), Ok(not_fresh)),
-        ("a body signed an hour ago", format!("{{\"at\": {}}}", now() - 3600), Err(-3600)),
-        ("a body signed for an hour ahead", format!("{{\"at\": {}}}", now() + 3600), Err(3600)),
+    let refusals: [(&str, String, Result<&str, i64>); 5] = [
+        ("a signed empty body", String::new(), Ok(not_bound)),
+        ("a signed body without \"at\"", "{}".into(), Ok(not_bound)),
+        ("a signed bare {\"at\"}", format!("{{\"at\": {}}}", now()), Ok(not_bound)),
+        ("a body signed an hour ago", body_at(now() - 3600), Err(-3600)),
+        ("a body signed for an hour ahead", body_at(now() + 3600), Err(3600)),
     ];
     for (what, body, want) in &refusals {
         let sig = sign_sha256(body.as_bytes(), TOKEN);
@@ -229,21 +234,80 @@ fn rebuild_endpoint_requires_the_token() {
                 // Whole seconds on this side, fractional on the hook's: a second either way.
                 assert!((said - skew).abs() <= 1, "{what}: error {err:?}");
                 assert!(
-                    err.ends_with("s off the hook's clock (allowed: 300 s either way): sign {\"at\": <current unix seconds>}"),
+                    err.ends_with("s off the hook's clock (allowed: 300 s either way): sign a body with the current unix seconds"),
                     "{err:?}"
                 );
             }
         }
     }
+    // A body signed for one request, sent with another: each answers 403 naming the field.
+    let t = now();
+    let misuse: [(&str, &str, String, &[(&str, &str)], &str); 5] = [
+        (
+            "a build body sent to /cancel",
+            "/cancel/acme/rebuild?branch=main",
+            body_at(t),
+            &[],
+            "\"action\" is \"build\" but the request asks for \"cancel\"",
+        ),
+        (
+            "another repository's body",
+            path,
+            format!("{{\"at\": {t}, \"action\": \"build\", \"repo\": \"acme/other\", \"branch\": \"main\"}}"),
+            &[],
+            "\"repo\" is \"acme/other\" but the request asks for \"acme/rebuild\"",
+        ),
+        (
+            "another branch's body",
+            path,
+            format!("{{\"at\": {t}, \"action\": \"build\", \"repo\": \"acme/rebuild\", \"branch\": \"dev\"}}"),
+            &[],
+            "\"branch\" is \"dev\" but the request asks for \"main\"",
+        ),
+        (
+            "a body without reset sent with X-Reset",
+            path,
+            body_at(t),
+            &[("X-Reset", "true")],
+            "\"reset\" is false but the request asks for true",
+        ),
+        (
+            "a body for the default branch sent for main",
+            path,
+            format!("{{\"at\": {t}, \"action\": \"build\", \"repo\": \"acme/rebuild\"}}"),
+            &[],
+            "\"branch\" is nothing but the request asks for \"main\"",
+        ),
+    ];
+    for (what, to, body, extra, said) in &misuse {
+        let sig = sign_sha256(body.as_bytes(), TOKEN);
+        let mut headers = vec![("X-Hub-Signature-256", sig.as_str())];
+        headers.extend_from_slice(extra);
+        let r = b.hook.post(to, &headers, body.as_bytes());
+        assert_eq!(r.code, 403, "{what}: {r}");
+        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(err.starts_with(&format!("the signed body's {said}")), "{what}: {err:?}");
+    }
     assert_eq!(b.redis.keys("ci:build:*").len(), builds, "a refused re-run created a build");
 
-    // A body signed now is accepted (the clock is read just before sending).
-    let body = format!("{{\"at\": {}}}", now());
+    // A body signed now is accepted once (the clock is read just before sending); the same body
+    // again is refused and builds nothing.
+    let body = body_at(now());
     let sig = sign_sha256(body.as_bytes(), TOKEN);
     let r = b.hook.post(path, &[("X-Hub-Signature-256", &sig)], body.as_bytes());
     assert_eq!(r.code, 202, "a fresh signed body: {r}");
     wait_build(&b.redis, r.json()["id"].as_str().unwrap(), LONG);
+    let builds = b.redis.keys("ci:build:*").len();
+    let r = b.hook.post(path, &[("X-Hub-Signature-256", &sig)], body.as_bytes());
+    assert_eq!(r.code, 403, "the same signed body again: {r}");
+    assert_eq!(
+        r.json()["error"],
+        json!("this signed body was used already: each is good for one request; sign a new one with the current unix seconds")
+    );
+    assert_eq!(b.redis.keys("ci:build:*").len(), builds, "a replayed body created a build");
     let other = sign_sha256(body.as_bytes(), "not-the-token");
     let r = b.hook.post(path, &[("X-Hub-Signature-256", &other)], body.as_bytes());
     assert_eq!(r.code, 403, "a fresh body signed with another key: {r}");
+    let r = b.hook.post(path, &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!(r.json()["error"], json!("Authorization: Bearer is not this hook's token"), "{r}");
 }

@@ -79,3 +79,9 @@ pub fn holders(cluster: &str) -> String {
 pub fn executors(cluster: &str) -> String {
     format!("ci:executors:{cluster}")
 }
+
+/// `ci:signed:<sha256 of the body>` STRING with a TTL: a signed `POST
+/// /build` or `/cancel` body already used (each is accepted once).
+pub fn signed_body(digest: &str) -> String {
+    format!("ci:signed:{digest}")
+}

@@ -8,5 +8,6 @@ pub mod keys;
 pub mod membership;
 pub mod queue;
 pub mod record;
+pub mod signed;
 pub mod stats;
 pub mod stream;

@@ -2,23 +2,24 @@
 //! starts from a fresh clone), authenticated by a bearer token or a fresh
 //! signed body.
 
-use super::{credentials, push::enqueue, repo_and_branch};
+use super::{authorize, push::enqueue, repo_and_branch};
 use crate::hook::reply::{redis_down, Reply};
 use crate::hook::server::Hook;
 use crate::hook::wire::Request;
-use crate::signature;
+use crate::signature::Intent;
 use crate::store::conn::Redis;
 use crate::store::queue::{self, Job};
 
 pub(crate) fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
-    if let Err(e) = signature::verify_rebuild(&hook.token, &req.body, &credentials(req), crate::unix_now()) {
-        return Reply::error(403, e.to_string());
-    }
     let (repo, branch) = match repo_and_branch(raw_repo, query) {
         Ok(rb) => rb,
         Err(bad) => return bad.into(),
     };
     let reset = req.header("X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    let intent = Intent { action: "build", repo: &repo, branch: branch.as_deref(), id: None, reset };
+    if let Err(refused) = authorize(hook, redis, req, &intent) {
+        return refused;
+    }
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),

@@ -1,12 +1,12 @@
 //! `POST /cancel/<repo>`: cancels a queued or running build of a branch or
 //! by id, authenticated like `POST /build`.
 
-use super::{credentials, query_param, repo_and_branch};
+use super::{authorize, query_param, repo_and_branch};
 use crate::hook::reply::Reply;
 use crate::hook::server::Hook;
 use crate::hook::wire::Request;
 use crate::logging::quote;
-use crate::signature;
+use crate::signature::Intent;
 use crate::store::conn::Redis;
 use crate::store::queue::{self, Canceled};
 use serde_json::json;
@@ -16,14 +16,15 @@ use serde_json::json;
 /// (now canceled, its slave kills it); 200 with the reason when it had
 /// already finished; 404 when there is no such build.
 pub(crate) fn post_cancel(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
-    if let Err(e) = signature::verify_rebuild(&hook.token, &req.body, &credentials(req), crate::unix_now()) {
-        return Reply::error(403, e.to_string());
-    }
     let (repo, branch) = match repo_and_branch(raw_repo, query) {
         Ok(rb) => rb,
         Err(bad) => return bad.into(),
     };
     let id = query_param(query, "id");
+    let intent = Intent { action: "cancel", repo: &repo, branch: branch.as_deref(), id: id.as_deref(), reset: false };
+    if let Err(refused) = authorize(hook, redis, req, &intent) {
+        return refused;
+    }
     let result = redis.run_again(|c| {
         if let Some(id) = &id {
             return queue::cancel(c, &repo, queue::CancelTarget::Id(id), "by POST /cancel").map(Some);

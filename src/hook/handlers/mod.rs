@@ -9,10 +9,14 @@ pub(crate) mod history;
 pub(crate) mod push;
 pub(crate) mod status;
 
+use crate::hook::reply::redis_down;
 use crate::hook::reply::Reply;
+use crate::hook::server::Hook;
 use crate::hook::wire::Request;
 use crate::payload;
-use crate::signature::{self, Credentials};
+use crate::signature::{self, Authorized, Credentials, Intent, SIGNED_BODY_TTL};
+use crate::store::conn::Redis;
+use crate::store::signed;
 
 pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
@@ -61,5 +65,22 @@ pub(crate) fn credentials(req: &Request) -> Credentials<'_> {
         gitea: req.header("X-Gitea-Signature").or_else(|| req.header("X-Forgejo-Signature")),
         gitlab_token: req.header("X-Gitlab-Token"),
         bearer: req.header("Authorization").and_then(signature::bearer),
+    }
+}
+
+/// Authenticates a `POST /build` or `/cancel`: the bearer token, or a signed
+/// body naming exactly `intent`, used for the first time. `Err` is the
+/// refusal to send.
+pub(crate) fn authorize(hook: &Hook, redis: &mut Redis, req: &Request, intent: &Intent) -> Result<(), Reply> {
+    let authorized = signature::verify_intent(&hook.token, &req.body, &credentials(req), crate::unix_now(), intent)
+        .map_err(|e| Reply::error(403, e.to_string()))?;
+    let Authorized::Signed { digest } = authorized else { return Ok(()) };
+    match redis.run_again(|c| signed::first_use(c, &digest, SIGNED_BODY_TTL)) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Reply::error(
+            403,
+            "this signed body was used already: each is good for one request; sign a new one with the current unix seconds",
+        )),
+        Err(e) => Err(redis_down(&e)),
     }
 }
