@@ -2,7 +2,7 @@
 //! starts from a fresh clone), authenticated by a bearer token or a fresh
 //! signed body.
 
-use super::{authorize, push::enqueue, repo_and_branch};
+use super::{push::enqueue, refusal, repo_and_branch};
 use crate::hook::reply::{redis_down, Reply};
 use crate::hook::server::Hook;
 use crate::hook::wire::Request;
@@ -17,7 +17,7 @@ pub(crate) fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo
     };
     let reset = req.header("X-Reset").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let intent = Intent { action: "build", repo: &repo, branch: branch.as_deref(), id: None, reset };
-    if let Err(refused) = authorize(hook, redis, req, &intent) {
+    if let Some(refused) = refusal(hook, redis, req, &intent) {
         return refused;
     }
     match redis.run_again(|c| queue::last_push(c, &repo, branch.as_deref())) {

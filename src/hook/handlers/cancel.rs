@@ -1,7 +1,7 @@
 //! `POST /cancel/<repo>`: cancels a queued or running build of a branch or
 //! by id, authenticated like `POST /build`.
 
-use super::{authorize, query_param, repo_and_branch};
+use super::{query_param, refusal, repo_and_branch};
 use crate::hook::reply::Reply;
 use crate::hook::server::Hook;
 use crate::hook::wire::Request;
@@ -22,7 +22,7 @@ pub(crate) fn post_cancel(hook: &Hook, redis: &mut Redis, req: &Request, raw_rep
     };
     let id = query_param(query, "id");
     let intent = Intent { action: "cancel", repo: &repo, branch: branch.as_deref(), id: id.as_deref(), reset: false };
-    if let Err(refused) = authorize(hook, redis, req, &intent) {
+    if let Some(refused) = refusal(hook, redis, req, &intent) {
         return refused;
     }
     let result = redis.run_again(|c| {

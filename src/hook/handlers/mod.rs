@@ -69,18 +69,20 @@ pub(crate) fn credentials(req: &Request) -> Credentials<'_> {
 }
 
 /// Authenticates a `POST /build` or `/cancel`: the bearer token, or a signed
-/// body naming exactly `intent`, used for the first time. `Err` is the
-/// refusal to send.
-pub(crate) fn authorize(hook: &Hook, redis: &mut Redis, req: &Request, intent: &Intent) -> Result<(), Reply> {
-    let authorized = signature::verify_intent(&hook.token, &req.body, &credentials(req), crate::unix_now(), intent)
-        .map_err(|e| Reply::error(403, e.to_string()))?;
-    let Authorized::Signed { digest } = authorized else { return Ok(()) };
+/// body naming exactly `intent`, used for the first time. The refusal to
+/// send, if any.
+pub(crate) fn refusal(hook: &Hook, redis: &mut Redis, req: &Request, intent: &Intent) -> Option<Reply> {
+    let authorized = match signature::verify_intent(&hook.token, &req.body, &credentials(req), crate::unix_now(), intent) {
+        Ok(a) => a,
+        Err(e) => return Some(Reply::error(403, e.to_string())),
+    };
+    let Authorized::Signed { digest } = authorized else { return None };
     match redis.run_again(|c| signed::first_use(c, &digest, SIGNED_BODY_TTL)) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Reply::error(
+        Ok(true) => None,
+        Ok(false) => Some(Reply::error(
             403,
             "this signed body was used already: each is good for one request; sign a new one with the current unix seconds",
         )),
-        Err(e) => Err(redis_down(&e)),
+        Err(e) => Some(redis_down(&e)),
     }
 }
