@@ -242,7 +242,9 @@ fn rebuild_endpoint_requires_the_token() {
     }
     // A body signed for one request, sent with another: each answers 403 naming the field.
     let t = now();
-    let misuse: [(&str, &str, String, &[(&str, &str)], &str); 5] = [
+    // (what, sent to, body, extra headers, what the refusal names)
+    type Misuse<'a> = (&'a str, &'a str, String, &'a [(&'a str, &'a str)], &'a str);
+    let misuse: [Misuse; 5] = [
         (
             "a build body sent to /cancel",
             "/cancel/acme/rebuild?branch=main",
