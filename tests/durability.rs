@@ -124,3 +124,38 @@ fn without_config_permission_the_metric_is_absent_and_the_log_says_why() {
         lines[0].1
     );
 }
+
+/// The metric's value, `None` when absent.
+fn auth(hook: &Hook) -> Option<String> {
+    hook.metrics().lines().find_map(|l| l.strip_prefix("ci_redis_auth ").map(str::to_string))
+}
+
+#[test]
+fn ci_redis_auth_and_a_warning_every_check_while_redis_answers_without_a_password() {
+    let redis = Redis::start(); // no requirepass: anything reaching the port owns the CI
+    let open = Hook::start(&redis, &[("HOOK_DURABILITY_CHECK", "1")]);
+    wait_for("ci_redis_auth 0", DEADLINE, || match auth(&open) {
+        Some(v) if v == "0" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    // Repeated at every check (each minute by default), not only when it changes.
+    let warned = wait_for("two redis.open warnings", DEADLINE, || {
+        let lines = lines_of(&open, "redis.open");
+        if lines.len() >= 2 {
+            Ok(lines)
+        } else {
+            Err(format!("{lines:?}"))
+        }
+    });
+    assert!(warned.iter().all(|(level, _)| level == "WARN"), "{warned:?}");
+    assert!(warned[0].1.contains("set requirepass and give it in REDIS_URL"), "{warned:?}");
+
+    assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", "s3cret-pw"]), Resp::Simple("OK".into()));
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{}/0", redis.port);
+    let locked = Hook::start(&redis, &[("REDIS_URL", &url), ("HOOK_DURABILITY_CHECK", "1")]);
+    wait_for("ci_redis_auth 1", DEADLINE, || match auth(&locked) {
+        Some(v) if v == "1" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    assert!(lines_of(&locked, "redis.open").is_empty(), "{}", locked.log());
+}

@@ -4,7 +4,7 @@
 
 use crate::logging::quote;
 use crate::store::conn;
-use crate::store::durability::{durability, Durability};
+use crate::store::durability::{answers_without_password, durability, Durability};
 use crate::store::stats;
 use redis::Connection;
 use std::collections::BTreeMap;
@@ -28,6 +28,7 @@ enum DurableState {
 /// Redis changes nothing (its own lines say so).
 pub fn watch_durability(redis: &mut conn::Redis, metrics: &Metrics, every: std::time::Duration) {
     loop {
+        check_auth(redis, metrics);
         let state = match redis.run_again(durability) {
             Ok(d) => DurableState::Known(d),
             Err(e) if conn::is_connection_error(&e) => {
@@ -56,11 +57,41 @@ pub fn watch_durability(redis: &mut conn::Redis, metrics: &Metrics, every: std::
     }
 }
 
+/// Whether Redis answers a client without a password: WARN `redis.open` at
+/// every check while it does (a step that reaches Redis would own the CI),
+/// and `ci_redis_auth` in `/metrics`.
+fn check_auth(redis: &mut conn::Redis, metrics: &Metrics) {
+    let auth = match redis.run_again(answers_without_password) {
+        Ok(true) => {
+            log::warn!(
+                "redis.open auth=none: Redis answers clients that give no password, so anything that reaches its port \
+                 (a build step too) can read the token and queue builds; set requirepass and give it in REDIS_URL"
+            );
+            Auth::Open
+        }
+        Ok(false) => Auth::Locked,
+        Err(e) if conn::is_connection_error(&e) => return,
+        Err(_) => Auth::Unknown,
+    };
+    *metrics.auth.lock().unwrap_or_else(|p| p.into_inner()) = auth;
+}
+
+/// Whether Redis needs a password, at the last check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    NotChecked,
+    Open,
+    Locked,
+    /// ACL and CONFIG refused.
+    Unknown,
+}
+
 /// Request counters kept by the hook process, and the last durability check.
 pub struct Metrics {
     started: Instant,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     durable: Mutex<DurableState>,
+    auth: Mutex<Auth>,
     /// REDIS_MIN_REPLICAS, shown beside the replicas Redis has.
     min_replicas: AtomicU32,
 }
@@ -71,6 +102,7 @@ impl Default for Metrics {
             started: Instant::now(),
             requests: Mutex::new(BTreeMap::new()),
             durable: Mutex::new(DurableState::NotChecked),
+            auth: Mutex::new(Auth::NotChecked),
             min_replicas: AtomicU32::new(0),
         }
     }
@@ -112,6 +144,15 @@ impl Metrics {
             DurableState::Known(d) => out.push_str(&format!("ci_redis_durable {}\n", u8::from(d.risk().is_none()))),
             DurableState::NotChecked => out.push_str("# ci_redis_durable unknown: not checked yet\n"),
             DurableState::Unknown(_) => out.push_str("# ci_redis_durable unknown: redis CONFIG GET unavailable\n"),
+        }
+        out.push_str(
+            "# HELP ci_redis_auth Whether Redis refuses clients that give no password, at the last check.\n# TYPE ci_redis_auth gauge\n",
+        );
+        match *self.auth.lock().unwrap_or_else(|p| p.into_inner()) {
+            Auth::Open => out.push_str("ci_redis_auth 0\n"),
+            Auth::Locked => out.push_str("ci_redis_auth 1\n"),
+            Auth::NotChecked => out.push_str("# ci_redis_auth unknown: not checked yet\n"),
+            Auth::Unknown => out.push_str("# ci_redis_auth unknown: redis ACL and CONFIG GET unavailable\n"),
         }
         out.push_str(&format!(
             "# HELP ci_redis_min_replicas Replicas that must acknowledge a push before its 2xx (REDIS_MIN_REPLICAS).\n\

@@ -65,6 +65,39 @@ pub fn durability(conn: &mut Connection) -> RedisResult<Durability> {
     Ok(Durability { appendonly: value(a), appendfsync: value(f), maxmemory_policy: value(m) })
 }
 
+/// Whether Redis serves a client that gives no password: its `default` user
+/// is on with `nopass` (ACL, Redis 6 and later), or — where ACL is unknown —
+/// `requirepass` is empty. `Err` when neither can be read (renamed or
+/// refused commands).
+pub fn answers_without_password(conn: &mut Connection) -> RedisResult<bool> {
+    match redis::cmd("ACL").arg("GETUSER").arg("default").query::<redis::Value>(conn) {
+        Ok(user) => Ok(default_user_is_open(&user)),
+        Err(e) if e.kind() == redis::ErrorKind::ResponseError && e.to_string().contains("unknown command") => {
+            let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("requirepass").query(conn)?;
+            Ok(pair.get(1).is_none_or(|p| p.is_empty()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `ACL GETUSER default`'s flags hold both `on` and `nopass`.
+fn default_user_is_open(user: &redis::Value) -> bool {
+    let items: Vec<redis::Value> = match user {
+        redis::Value::Array(items) => items.clone(),
+        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+        _ => return false,
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => String::new(),
+    };
+    let flags = items.iter().position(|v| text(v) == "flags").and_then(|i| items.get(i + 1));
+    let Some(redis::Value::Array(flags)) = flags else { return false };
+    let flags: Vec<String> = flags.iter().map(text).collect();
+    flags.iter().any(|f| f == "on") && flags.iter().any(|f| f == "nopass")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
