@@ -51,12 +51,24 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
-setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 &
+# Redis is locked: a build step that reached it would read the token and queue
+# builds of its own. The password is made at the first start and kept in
+# $run/redis.pass (0600); redis-server reads it from a config file and the hook
+# and slaves from REDIS_URL in their environment — never a command line, which
+# any local user (a step too) reads in /proc/<pid>/cmdline.
+pass_file=$run/redis.pass
+if [ ! -s "$pass_file" ]; then
+  (umask 077 && openssl rand -hex 24 >"$pass_file")
+fi
+pass=$(cat "$pass_file")
+(umask 077 && printf 'requirepass %s\n' "$pass" >"$run/redis.conf")
+setsid redis-server "$run/redis.conf" --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 &
 redis_pid=$!
 echo "$redis_pid" >"$run/pids"
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$port" ping >/dev/null || { echo "run: redis did not start, see $run/redis.log" >&2; exit 1; }
-export REDIS_URL="redis://127.0.0.1:$port/0"
+ping_redis() { REDISCLI_AUTH=$pass redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; }
+for _ in $(seq 100); do ping_redis && break; sleep 0.1; done
+ping_redis || { echo "run: redis did not start, see $run/redis.log" >&2; exit 1; }
+export REDIS_URL="redis://:$pass@127.0.0.1:$port/0"
 
 : >"$run/hook.log"
 HOOK_ADDR="$hook_addr" setsid "$bin/hook" >>"$run/hook.log" 2>&1 &
@@ -114,7 +126,8 @@ sig=$(openssl dgst -sha256 -hmac "$token" <"$run/example-push.json" | sed 's/^.*
 
 cat <<MSG
 
-ci-backend is running: redis on 127.0.0.1:$port, hook on $hook_addr, 3 slaves (indexes 0, 1, 2).
+ci-backend is running: redis on 127.0.0.1:$port (password in $pass_file), hook on $hook_addr,
+3 slaves (indexes 0, 1, 2).
 Logs: $run/{hook,slave-0,slave-1,slave-2,redis}.log
 
 Secret token: $token

@@ -99,7 +99,17 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
     // A build that is still running when Ctrl-C comes.
     let started = top.join("started");
     let git = GitRepo::new(&dir, "local/slow");
-    git.write("integration.yml", &format!("step: slow\nshell: |\n  touch '{}'\n  sleep 2\n", started.display()));
+    // Its step also tries Redis, which make run locks with a password no step can read.
+    let tried = top.join("redis-tried");
+    let yml = format!(
+        "step: slow\nshell: |\n  redis-cli -h 127.0.0.1 -p {redis_port} ping > '{t}' 2>&1 || true\n  \
+         redis-cli -h 127.0.0.1 -p {redis_port} GET ci:token >> '{t}' 2>&1 || true\n  \
+         cat '{pass}' >> '{t}' 2>&1 || true\n  touch '{}'\n  sleep 2\n",
+        started.display(),
+        t = tried.display(),
+        pass = dir.join("redis.pass").display(),
+    );
+    git.write("integration.yml", &yml);
     let sha = git.commit("slow build");
     git.push();
     let body = github_push(&git.name, &git.file_url(), "main", &sha, "slow build", "main").to_string();
@@ -110,6 +120,15 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
     assert_eq!(r.code, 202, "{r}");
     let id = r.json()["id"].as_str().unwrap().to_string();
     wait_for("the build to start", LONG, || if started.exists() { Ok(()) } else { Err("not yet".into()) });
+    let password = std::fs::read_to_string(dir.join("redis.pass")).unwrap().trim().to_string();
+    assert!(password.len() >= 32, "a generated password: {password:?}");
+    let tried = std::fs::read_to_string(&tried).unwrap();
+    assert!(tried.contains("NOAUTH"), "the step reached Redis without the password: {tried}");
+    assert!(!tried.contains("PONG") && !tried.contains(&token) && !tried.contains(&password), "{tried}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&cmdline).contains(&password), "the password on a command line: {:?}", entry.path());
+    }
 
     let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     let status = wait_for("make run to stop", Duration::from_secs(60), || child.try_wait().unwrap().ok_or("running".to_string()));
