@@ -71,8 +71,20 @@ fn the_dashboard_in_a_browser_lists_repositories_and_follows_a_running_build() {
 
     // The running build's page shows its first line before the build ends (server-rendered)...
     let served = format!("{base}/builds/{running}");
-    let html = http(b.hook.addr, "GET", &format!("/builds/{running}"), &[("Accept", "text/html")], b"").text();
+    let page = http(b.hook.addr, "GET", &format!("/builds/{running}"), &[("Accept", "text/html")], b"");
+    // Every page: no frame, no sniffing, no referrer outside, and a policy that allows nothing
+    // from elsewhere and only its own style and script by hash (the browser below runs the script
+    // under it, so the hash is right).
+    let csp = page.header("Content-Security-Policy").unwrap_or_default().to_string();
+    assert!(csp.starts_with("default-src 'none'; style-src 'sha256-") && csp.contains("; script-src 'sha256-"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    for (name, want) in [("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin")] {
+        assert_eq!(page.header(name), Some(want), "{name}: {page}");
+    }
+    let html = page.text();
     assert!(html.contains("first-line-of-the-build") && !html.contains("second-line"), "{html}");
+    let log = http(b.hook.addr, "GET", &format!("/status/{slow}?id={running}"), &[], b"");
+    assert_eq!(log.header("Cache-Control"), Some("no-store"), "a log is not cached: {log}");
     // ...and follows it live: a line printed after the page was served reaches the browser's
     // DOM through the page's script and the follow stream.
     let browser = std::thread::spawn(move || dom(&served));

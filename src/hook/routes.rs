@@ -104,6 +104,10 @@ pub(crate) fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&
     match handler {
         Some(handle) => {
             let mut reply = handle(&call, redis);
+            // Logs and records (the private routes) are never kept by a cache on the way.
+            if route.private && !reply.headers.iter().any(|(k, _)| *k == "Cache-Control") {
+                reply.headers.push(("Cache-Control", "no-store".into()));
+            }
             (reply.route.take().unwrap_or(route.name), reply)
         }
         // Paths that only take POST (a push with hints) are unknown to GET.

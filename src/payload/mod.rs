@@ -416,7 +416,25 @@ fn check_length_and_controls(what: &str, value: &str, max: usize) -> Result<(), 
     if value.chars().any(char::is_control) {
         return Err(PayloadError(format!("{what} {value:?} holds control characters")));
     }
+    if let Some(c) = value.chars().find(|c| is_format(*c)) {
+        return Err(PayloadError(format!(
+            "{what} {value:?} holds the invisible format character U+{:04X} (bidi overrides and zero-width characters make a name read as another)",
+            u32::from(c)
+        )));
+    }
     Ok(())
+}
+
+/// Unicode's format characters (general category Cf: soft hyphen, bidi
+/// marks and overrides, zero-width joiners and spaces, the byte-order mark,
+/// tags …), as Unicode 15 lists them.
+pub fn is_format(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E
+            | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F
+    )
 }
 
 /// A repository's full name as the forges allow it (GitHub, Gitea, GitLab
@@ -595,6 +613,14 @@ mod tests {
             assert_eq!(why(name), Some(format!("branch name {name:?} {problem}{git}")), "{name:?}");
         }
         assert_eq!(why("a\u{7f}"), Some("branch name \"a\\u{7f}\" holds control characters".into()));
+        // Format characters (category Cf) are not controls to char::is_control, and make a name
+        // read as another: a right-to-left override, a zero-width space, a soft hyphen, a BOM.
+        for (c, hex) in [('\u{202e}', "202E"), ('\u{200b}', "200B"), ('\u{ad}', "00AD"), ('\u{feff}', "FEFF"), ('\u{e0041}', "E0041")] {
+            let name = format!("main{c}x");
+            let said = why(&name).unwrap_or_default();
+            assert!(said.contains(&format!("holds the invisible format character U+{hex}")), "{name:?}: {said}");
+        }
+        assert_eq!(why("ünï/cödé-\u{5d0}"), None, "letters of any script stay allowed");
         assert_eq!(why(&"b".repeat(256)), Some("branch name must be 1 to 255 bytes long".into()));
     }
 

@@ -25,7 +25,53 @@ pub(crate) const HTML: &str = "text/html; charset=utf-8";
 const LIVE_LINES_SHOWN: usize = 2000;
 
 pub(crate) fn html(code: u16, body: String) -> View {
-    View { code, ctype: HTML, body, headers: vec![("Cache-Control", "no-store".into())] }
+    let mut headers = vec![("Cache-Control", "no-store".to_string())];
+    headers.extend(page_headers());
+    View { code, ctype: HTML, body, headers }
+}
+
+/// What every page says to the browser: nothing from elsewhere, the one
+/// style block and the one script by their hashes, never in a frame, no
+/// sniffing, no referrer outside.
+pub(crate) fn page_headers() -> Vec<(&'static str, String)> {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let csp = CSP.get_or_init(|| {
+        format!(
+            "default-src 'none'; style-src '{}'; script-src '{}'; connect-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+            csp_hash(pages::CSS),
+            csp_hash(pages::FOLLOW_SCRIPT)
+        )
+    });
+    vec![
+        ("Content-Security-Policy", csp.clone()),
+        ("X-Frame-Options", "DENY".into()),
+        ("X-Content-Type-Options", "nosniff".into()),
+        ("Referrer-Policy", "same-origin".into()),
+    ]
+}
+
+/// `sha256-<base64>` of an inline block, as CSP names it.
+fn csp_hash(text: &str) -> String {
+    use sha2::Digest;
+    format!("sha256-{}", base64(&sha2::Sha256::digest(text.as_bytes())))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `GET /` for a browser: every repository and branch, latest build each.
@@ -82,4 +128,19 @@ pub fn badge(conn: &mut Connection, repo: &str, branch: Option<&str>, if_none_ma
         return Ok(View { code: 304, ctype: "image/svg+xml", body: String::new(), headers });
     }
     Ok(View { code: 200, ctype: "image/svg+xml", body: svg, headers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_vectors() {
+        // RFC 4648, section 10.
+        for (plain, coded) in
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")]
+        {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+    }
 }
