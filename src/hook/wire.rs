@@ -520,10 +520,9 @@ fn parse_head(bytes: &[u8]) -> Result<Head, Refusal> {
     // A slot per line: never too few, so never "too many headers".
     let mut slots = vec![httparse::EMPTY_HEADER; text.matches("\r\n").count()];
     let mut parsed = httparse::Request::new(&mut slots);
-    match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(malformed_request_line(request_line)),
-        Err(e) => return Err(parse_error(e, request_line)),
+    // Complete, not Partial: `bytes` ends with the blank line.
+    if let Err(e) = parsed.parse(bytes) {
+        return Err(parse_error(e, request_line));
     }
     let url = parsed.path.unwrap_or_default().to_string();
     if !url.starts_with('/') {
@@ -531,16 +530,8 @@ fn parse_head(bytes: &[u8]) -> Result<Head, Refusal> {
     }
     let method: Method = parsed.method.unwrap_or_default().parse().map_err(|_| refuse(400, "malformed method"))?;
     let version = if parsed.version == Some(1) { HTTPVersion(1, 1) } else { HTTPVersion(1, 0) };
-    let headers = parsed
-        .headers
-        .iter()
-        .map(|h| Header::from_bytes(h.name, h.value).map_err(|()| refuse(400, format!("malformed header {:?}", cut(h.name)))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let framing = framing(
-        &values(&headers, "content-length").collect::<Vec<_>>(),
-        &values(&headers, "transfer-encoding").collect::<Vec<_>>(),
-        &version,
-    )?;
+    let headers: Vec<Header> = parsed.headers.iter().map(|h| Header::from_bytes(h.name, h.value).expect("checked ASCII")).collect();
+    let framing = framing(&headers, &version)?;
     let keep_alive = keep_alive(&headers, &version);
     let expect_continue = expect_continue(values(&headers, "expect").last(), &version)?;
     Ok(Head { method, url, version, headers, framing, keep_alive, expect_continue })
@@ -565,31 +556,25 @@ fn check_lines(bytes: &[u8]) -> Result<&str, Refusal> {
     Ok(text)
 }
 
-/// The refusal of what httparse refused.
-fn parse_error(e: httparse::Error, request_line: &str) -> Refusal {
-    match e {
-        httparse::Error::HeaderName => {
-            refuse(400, "malformed header line: expected `Name: value`, the name a token (RFC 9110 section 5.6.2)")
+/// The refusal of what httparse refused: a header line, or the request line
+/// (505 for a version of HTTP other than 1.x).
+fn parse_error(e: httparse::Error, line: &str) -> Refusal {
+    match (e, &line.split(' ').collect::<Vec<_>>()[..]) {
+        (httparse::Error::HeaderName | httparse::Error::HeaderValue, _) => {
+            refuse(400, format!("malformed header line ({e}): expected `Name: value`"))
         }
-        httparse::Error::HeaderValue => refuse(400, "a header value holds a control character"),
-        httparse::Error::TooManyHeaders => refuse(431, "too many header fields"),
-        _ => match request_line.split(' ').collect::<Vec<_>>()[..] {
-            // HTTP/2.0, HTTP/9.9: a version, not one the hook speaks.
-            [_, _, v] if v.len() == 8 && v.starts_with("HTTP/") && v.as_bytes()[6] == b'.' && !matches!(v, "HTTP/1.0" | "HTTP/1.1") => {
-                refuse(505, format!("{v} is not supported: use HTTP/1.1"))
-            }
-            _ => malformed_request_line(request_line),
-        },
+        (_, [_, _, v]) if v.len() == 8 && v.starts_with("HTTP/") && v.as_bytes()[6] == b'.' && !matches!(*v, "HTTP/1.0" | "HTTP/1.1") => {
+            refuse(505, format!("{v} is not supported: use HTTP/1.1"))
+        }
+        _ => refuse(400, format!("malformed request line {:?}: expected `METHOD /path HTTP/1.1`", cut(line))),
     }
 }
 
-fn malformed_request_line(line: &str) -> Refusal {
-    refuse(400, format!("malformed request line {:?}: expected `METHOD /path HTTP/1.1`", cut(line)))
-}
-
 /// The framing of the body from the Content-Length and Transfer-Encoding fields.
-fn framing(lengths: &[&str], encodings: &[&str], version: &HTTPVersion) -> Result<Framing, Refusal> {
-    match (lengths, encodings) {
+fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, Refusal> {
+    let lengths: Vec<&str> = values(headers, "content-length").collect();
+    let encodings: Vec<&str> = values(headers, "transfer-encoding").collect();
+    match (&lengths[..], &encodings[..]) {
         ([], []) => Ok(Framing::None),
         ([_, ..], [_, ..]) => Err(refuse(400, "both Transfer-Encoding and Content-Length: send one of them (RFC 9112 section 6.3)")),
         ([], [te]) if te.eq_ignore_ascii_case("chunked") && *version == HTTPVersion(1, 1) => Ok(Framing::Chunked),
@@ -681,6 +666,8 @@ mod tests {
     fn malformed_heads_are_refused_with_their_code() {
         let table: &[(&str, u16)] = &[
             ("GET /ping HTTP/9.9\r\n\r\n", 505),
+            ("GET /ping HTTP/1.2\r\n\r\n", 505),
+            ("GET /ping HTTP/1.1\r\nX: a\u{1}b\r\n\r\n", 400),
             ("GET /ping HTTP/1.1 extra\r\n\r\n", 400),
             ("GET ping HTTP/1.1\r\n\r\n", 400),
             ("G(T /ping HTTP/1.1\r\n\r\n", 400),
@@ -713,6 +700,31 @@ mod tests {
         let long = format!("GET /ping HTTP/1.1\r\n{}\r\n\r\n", "x".repeat(10_000));
         let why = head(&long).unwrap_err().why;
         assert!(why.len() < 200, "{why}");
+    }
+
+    #[test]
+    fn answer_heads_carry_their_framing_and_connection() {
+        let answer = Answer { code: 503, headers: vec![("Retry-After", "5".into())], body: b"busy\n".to_vec() };
+        let head = |version, framed, close| {
+            let mut out = Vec::new();
+            write_head(&mut out, &version, &answer, framed, close).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let (status, rest) = text.split_once("\r\n").unwrap();
+            assert!(rest.starts_with("Date: ") && rest.ends_with("\r\n\r\n"), "{text:?}");
+            let fields: Vec<String> = rest.lines().skip(1).filter(|l| !l.is_empty()).map(String::from).collect();
+            (status.to_string(), fields)
+        };
+        let (status, fields) = head(HTTPVersion(1, 1), Framed::Length(5), false);
+        assert_eq!(
+            (status.as_str(), fields),
+            ("HTTP/1.1 503 Service Unavailable", vec!["Retry-After: 5".into(), "Content-Length: 5".into()])
+        );
+        let (_, fields) = head(HTTPVersion(1, 1), Framed::Chunked, true);
+        assert_eq!(fields[1..], ["Transfer-Encoding: chunked".to_string(), "Connection: close".into()]);
+        let (status, fields) = head(HTTPVersion(1, 0), Framed::Length(5), false);
+        assert_eq!((status.as_str(), &fields[2]), ("HTTP/1.0 503 Service Unavailable", &"Connection: keep-alive".to_string()));
+        let (_, fields) = head(HTTPVersion(1, 0), Framed::UntilClose, true);
+        assert_eq!(fields[1..], ["Connection: close".to_string()]);
     }
 
     #[test]
