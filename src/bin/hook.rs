@@ -52,8 +52,7 @@ fn run() -> Result<(), Stop> {
         .map_err(|e| format!("cannot install the signal handler: {e}"))?;
     let token = settle_token(&config, &stop)?;
     settle_routing(&config)?;
-    let listener =
-        http::listen(&config.addr, config.idle_timeout).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
+    let listener = std::net::TcpListener::bind(&config.addr).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
         "hook.listening addr={addr} reads={} threads={} queue={} redis={} min_replicas={} max_body={} request_timeout={} routing={}",

@@ -1,10 +1,10 @@
 //! An answer: status, content type, body, extra headers and the facts of
-//! its log line; turned into tiny_http's response for [`crate::hook::wire`].
+//! its log line; turned into the [`Answer`] that [`crate::hook::wire`] writes.
 
 use crate::hook::views;
+use crate::hook::wire::Answer;
 use crate::logging::quote;
 use serde_json::{json, Value};
-use tiny_http::{Header, Response};
 
 /// What a 503 asks the client to wait, in seconds.
 pub(crate) const RETRY_AFTER: &str = "5";
@@ -48,25 +48,19 @@ impl Reply {
         Reply { code, ctype: "text/plain; charset=utf-8", body, headers: Vec::new(), facts: String::new(), follow: None, route: None }
     }
 }
-pub(crate) fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid header")
-}
-/// The tiny_http response of a reply, with what the log line needs.
-pub(crate) struct Answer(pub Response<std::io::Cursor<Vec<u8>>>, pub LogFacts);
 pub(crate) struct LogFacts {
     pub code: u16,
     pub facts: String,
 }
-pub(crate) fn response(reply: Reply) -> Answer {
-    let mut response = Response::from_string(reply.body).with_status_code(reply.code);
-    response.add_header(header("Content-Type", reply.ctype));
+/// The answer to write for a reply (a 503 asks to retry after
+/// [`RETRY_AFTER`]), and what the log line needs.
+pub(crate) fn response(reply: Reply) -> (Answer, LogFacts) {
+    let mut headers = vec![("Content-Type", reply.ctype.to_string())];
     if reply.code == 503 {
-        response.add_header(header("Retry-After", RETRY_AFTER));
+        headers.push(("Retry-After", RETRY_AFTER.to_string()));
     }
-    for (name, value) in &reply.headers {
-        response.add_header(header(name, value));
-    }
-    Answer(response, LogFacts { code: reply.code, facts: reply.facts })
+    headers.extend(reply.headers);
+    (Answer { code: reply.code, headers, body: reply.body.into_bytes() }, LogFacts { code: reply.code, facts: reply.facts })
 }
 impl From<views::View> for Reply {
     fn from(v: views::View) -> Reply {

@@ -50,7 +50,7 @@ struct Work {
 /// answers, so slow or idle clients only ever hold their own thread. Complete
 /// requests wait in a queue of HOOK_QUEUE for HOOK_THREADS workers, each with
 /// its Redis connection; when the queue is full the connection thread answers
-/// 503 at once. The listener must carry SO_RCVTIMEO (see [`listen`]).
+/// 503 at once. Once `stop` is set, the hook stops taking connections at once.
 pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicBool>) {
     let (tx, rx) = crossbeam_channel::bounded::<Work>(hook.config.queue);
     let mut workers = Vec::new();
@@ -58,13 +58,16 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
         let (hook, rx) = (Arc::clone(&hook), rx.clone());
         workers.push(std::thread::spawn(move || worker(&hook, &rx)));
     }
-    wake_on_stop(&listener, &stop);
+    let stopped = Arc::new(AtomicBool::new(false));
+    wake_on_stop(&listener, &stop, &stopped);
     let open = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::SeqCst) {
-        let stream = match listener.accept() {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match accepted {
             Ok((stream, _)) => stream,
-            // The accept timeout doubles as the stop poll.
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
             Err(e) => {
                 log::warn!("http.accept_failed error={}", quote(&e.to_string()));
                 std::thread::sleep(Duration::from_millis(50));
@@ -78,59 +81,40 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
         open.fetch_add(1, Ordering::SeqCst);
         let (hook, tx, open) = (Arc::clone(&hook), tx.clone(), Arc::clone(&open));
         let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-            connection(&hook, Conn::new(stream, hook.limits()), &tx);
+            match Conn::new(stream, hook.limits()) {
+                Ok(conn) => connection(&hook, conn, &tx),
+                Err(e) => log::debug!("connection.closed why={}", quote(&format!("cannot set its timeouts: {e}"))),
+            }
             open.fetch_sub(1, Ordering::SeqCst);
         });
         if let Err(e) = spawned {
             log::warn!("http.thread_failed error={}", quote(&e.to_string()));
         }
     }
+    stopped.store(true, Ordering::SeqCst);
     drop(tx);
     for w in workers {
         let _ = w.join();
     }
 }
-/// The accept loop looks at `stop` only when accept returns (a connection,
-/// or HOOK_IDLE_TIMEOUT): once `stop` is set, a thread connects to the
-/// listener so that the hook stops at once, not up to 10 s later.
-fn wake_on_stop(listener: &std::net::TcpListener, stop: &Arc<AtomicBool>) {
+/// Accept blocks until a connection arrives, so once `stop` is set a thread
+/// connects to the listener, again until the accept loop has `stopped` (a
+/// full backlog can drop one attempt), and the hook stops at once.
+fn wake_on_stop(listener: &std::net::TcpListener, stop: &Arc<AtomicBool>, stopped: &Arc<AtomicBool>) {
     let Ok(mut addr) = listener.local_addr() else { return };
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
-    let stop = Arc::clone(stop);
+    let (stop, stopped) = (Arc::clone(stop), Arc::clone(stopped));
     let _ = std::thread::Builder::new().name("stop-wake".into()).spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-    });
-}
-/// Binds `addr` with SO_RCVTIMEO/SO_SNDTIMEO set on the listening socket:
-/// Linux copies them to every accepted socket, so every read and write of a
-/// connection has HOOK_IDLE_TIMEOUT (reads nearer their request's deadline
-/// get less, see [`wire`]); accept itself wakes up at the same pace to check
-/// for shutdown. GitHub itself gives up on a hook after 10 s.
-pub fn listen(addr: &str, idle: Duration) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::AsRawFd;
-    let listener = std::net::TcpListener::bind(addr)?;
-    let tv = libc::timeval { tv_sec: idle.as_secs() as libc::time_t, tv_usec: 0 };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: a valid socket fd and a timeval of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
+        while !stopped.load(Ordering::SeqCst) {
+            let _ = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(50));
         }
-    }
-    Ok(listener)
+    });
 }
 /// One connection's thread: read a request, have a worker answer it (or
 /// answer 503 when the queue is full), write the answer; again while the
@@ -147,9 +131,9 @@ fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>) {
                 let started = Instant::now();
                 let (method, path) = refusal.request.clone().unwrap_or_else(|| ("-".into(), "-".into()));
                 let path = path.split_once('?').map_or(path.as_str(), |(p, _)| p).to_string();
-                let answer = response(Reply::error(refusal.code, refusal.why));
-                let _ = conn.send(None, answer.0);
-                log_request(hook, &method, &path, "edge", answer.1, started);
+                let (answer, facts) = response(Reply::error(refusal.code, refusal.why));
+                let _ = conn.send(None, &answer);
+                log_request(hook, &method, &path, "edge", facts, started);
                 conn.close_after_refusal();
                 return;
             }
@@ -162,9 +146,9 @@ fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>) {
                     return;
                 }
                 let keep_alive = req.keep_alive;
-                let answer = response(reply);
-                let _ = conn.send(Some(&req), answer.0);
-                log_request(hook, req.method.as_str(), req.path(), route, answer.1, started);
+                let (answer, facts) = response(reply);
+                let _ = conn.send(Some(&req), &answer);
+                log_request(hook, req.method.as_str(), req.path(), route, facts, started);
                 if !keep_alive {
                     return;
                 }

@@ -1,17 +1,23 @@
-//! HTTP/1.1 requests off one client socket, every byte and second bounded:
-//! the head (request line and headers) at most [`MAX_HEAD`], the body at most
+//! HTTP/1.1 on one client socket, every byte and second bounded: the head
+//! (request line and headers) at most [`MAX_HEAD`], the body at most
 //! HOOK_MAX_BODY, a whole request within HOOK_REQUEST_TIMEOUT of its first
-//! byte, each read within HOOK_IDLE_TIMEOUT. Headers are parsed into
-//! tiny_http's types and answers written by tiny_http's response writer.
+//! byte, each read and write within HOOK_IDLE_TIMEOUT. Heads are parsed by
+//! httparse into tiny_http's method, version and header types.
 //!
-//! tiny_http's own connection parser grows a header line as long as the client
+//! Answers, whole ([`Conn::send`]) or streamed ([`Conn::start_stream`]), are
+//! written by the one writer here ([`write_head`]). Not tiny_http's
+//! `Response::raw_print`: its chunked encoder holds the body back until 8 KiB
+//! are written, so a followed log would reach the client in 8 KiB lumps, and it
+//! reads an unsized body to its end before answering HTTP/1.0.
+//!
+//! tiny_http's own connection reader grows a header line as long as the client
 //! sends it and reads a head with no deadline, and it never hands over the
 //! socket to bound it from outside, so the reading is done here.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::time::{Duration, Instant};
-use tiny_http::{HTTPVersion, Header, Headers, Method, Response};
+use std::time::{Duration, Instant, SystemTime};
+use tiny_http::{HTTPVersion, Header, Method, StatusCode};
 
 /// Request line and headers together, blank line included (answered 431 past it).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -39,7 +45,7 @@ pub struct Request {
     /// The request target as sent (path and query).
     pub url: String,
     pub version: HTTPVersion,
-    pub headers: Headers,
+    pub headers: Vec<Header>,
     pub body: Vec<u8>,
     /// Whether the client may send another request on this connection.
     pub keep_alive: bool,
@@ -47,12 +53,29 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.as_str())
+        self.headers.iter().find(|h| named(h, name)).map(|h| h.value.as_str())
     }
 
     pub fn path(&self) -> &str {
         self.url.split_once('?').map_or(&self.url, |(p, _)| p)
     }
+}
+
+/// The values of the header fields called `name` (any case), in order.
+fn values<'a>(headers: &'a [Header], name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers.iter().filter(move |h| named(h, name)).map(|h| h.value.as_str())
+}
+
+fn named(header: &Header, name: &str) -> bool {
+    header.field.as_str().as_str().eq_ignore_ascii_case(name)
+}
+
+/// An answer: status, headers (Content-Type and the like; framing, `Date`
+/// and `Connection` are the writer's) and, for [`Conn::send`], its body.
+pub struct Answer {
+    pub code: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
 }
 
 /// A request that is answered `code` with the reason `why`, then the
@@ -104,7 +127,7 @@ struct Head {
     method: Method,
     url: String,
     version: HTTPVersion,
-    headers: Headers,
+    headers: Vec<Header>,
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
@@ -116,16 +139,20 @@ pub struct Conn {
     limits: Limits,
     /// Bytes read and not yet used: the rest of a head, a body, pipelined requests.
     pending: Vec<u8>,
-    /// The socket's read timeout as last set (the listener's is HOOK_IDLE_TIMEOUT).
+    /// The socket's read timeout as last set.
     timeout: Duration,
     /// A streamed answer is chunked (HTTP/1.1).
     chunked: bool,
 }
 
 impl Conn {
-    /// `stream` must carry SO_RCVTIMEO = `limits.idle` (inherited from the listener).
-    pub fn new(stream: TcpStream, limits: Limits) -> Conn {
-        Conn { stream, limits, pending: Vec::new(), timeout: limits.idle, chunked: false }
+    /// Bounds every read and write of `stream` by HOOK_IDLE_TIMEOUT from here
+    /// on (reads nearer a request's deadline get less, see [`Conn::fill`]).
+    pub fn new(stream: TcpStream, limits: Limits) -> std::io::Result<Conn> {
+        let idle = limits.idle.max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(idle))?;
+        stream.set_write_timeout(Some(idle))?;
+        Ok(Conn { stream, limits, pending: Vec::new(), timeout: idle, chunked: false })
     }
 
     /// Reads the next request.
@@ -138,20 +165,7 @@ impl Conn {
     }
 
     fn read_request(&mut self) -> Result<Request, Stop> {
-        // The deadline starts with the request's first byte; until then the idle
-        // timeout applies. Empty lines before a request line are skipped
-        // (RFC 9112 section 2.2), under the deadline too.
-        let mut deadline = (!self.pending.is_empty()).then(|| Instant::now() + self.limits.request);
-        loop {
-            let blank = self.pending.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
-            self.pending.drain(..blank);
-            if !self.pending.is_empty() {
-                break;
-            }
-            self.fill(CHUNK, deadline)?;
-            deadline.get_or_insert_with(|| Instant::now() + self.limits.request);
-        }
-        let deadline = deadline.expect("set once a byte arrived");
+        let deadline = self.await_request()?;
         let head_len = self.read_head(deadline)?;
         let head = parse_head(&self.pending[..head_len])?;
         self.pending.drain(..head_len);
@@ -161,6 +175,22 @@ impl Conn {
             closed => closed,
         })?;
         Ok(Request { method: head.method, url: head.url, version: head.version, headers: head.headers, body, keep_alive: head.keep_alive })
+    }
+
+    /// Waits for a request's first byte; returns its deadline. Until that byte
+    /// the idle timeout applies. Empty lines before a request line are skipped
+    /// (RFC 9112 section 2.2), under the deadline too.
+    fn await_request(&mut self) -> Result<Instant, Stop> {
+        let mut deadline = (!self.pending.is_empty()).then(|| Instant::now() + self.limits.request);
+        loop {
+            let blank = self.pending.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+            self.pending.drain(..blank);
+            if !self.pending.is_empty() {
+                return Ok(deadline.expect("set once a byte arrived"));
+            }
+            self.fill(CHUNK, deadline)?;
+            deadline.get_or_insert_with(|| Instant::now() + self.limits.request);
+        }
     }
 
     /// Reads until the blank line ending the head; returns the head's length.
@@ -186,10 +216,9 @@ impl Conn {
 
     fn read_body(&mut self, head: &Head, deadline: Instant) -> Result<Vec<u8>, Stop> {
         let max = self.limits.max_body;
-        let too_big = || refuse(413, format!("body larger than HOOK_MAX_BODY ({max} bytes)"));
         let wants_body = match head.framing {
             Framing::None | Framing::Length(0) => false,
-            Framing::Length(n) if n > max => return Err(too_big().into()),
+            Framing::Length(n) if n > max => return Err(too_big(max).into()),
             Framing::Length(_) | Framing::Chunked => true,
         };
         if wants_body && head.expect_continue && self.pending.is_empty() {
@@ -200,61 +229,63 @@ impl Conn {
             Framing::Length(n) => {
                 let n = n as usize;
                 let mut body = Vec::with_capacity(n.min(64 * 1024));
-                while body.len() < n {
-                    if self.pending.is_empty() {
-                        self.fill(CHUNK, Some(deadline))?;
-                    }
-                    let take = (n - body.len()).min(self.pending.len());
-                    grow(&mut body, take, n);
-                    body.extend(self.pending.drain(..take));
-                }
+                self.take_body(&mut body, n, n, deadline)?;
                 Ok(body)
             }
-            Framing::Chunked => {
-                let malformed = |what: &str| refuse(400, format!("malformed chunked body: {what}"));
-                let mut body = Vec::new();
-                loop {
-                    let line = self.read_line(MAX_CHUNK_LINE, deadline)?;
-                    let line = line.ok_or_else(|| malformed("a chunk-size line longer than 1024 bytes"))?;
-                    let size = chunk_size(&line)?;
-                    if size == 0 {
-                        break;
-                    }
-                    if body.len() as u64 + size > max {
-                        return Err(too_big().into());
-                    }
-                    let mut left = size as usize;
-                    while left > 0 {
-                        if self.pending.is_empty() {
-                            self.fill(CHUNK, Some(deadline))?;
-                        }
-                        let take = left.min(self.pending.len());
-                        grow(&mut body, take, max as usize);
-                        body.extend(self.pending.drain(..take));
-                        left -= take;
-                    }
-                    while self.pending.len() < 2 {
-                        self.fill(CHUNK, Some(deadline))?;
-                    }
-                    if !self.pending.starts_with(b"\r\n") {
-                        return Err(malformed("a chunk is longer than its size").into());
-                    }
-                    self.pending.drain(..2);
-                }
-                // Trailer fields: read, bounded like a head, and ignored.
-                let mut trailers = 0;
-                loop {
-                    let Some(line) = self.read_line(MAX_HEAD.saturating_sub(trailers), deadline)? else {
-                        return Err(refuse(431, format!("trailer fields exceed {MAX_HEAD} bytes")).into());
-                    };
-                    if line.is_empty() {
-                        break;
-                    }
-                    trailers += line.len() + 2;
-                }
-                Ok(body)
-            }
+            Framing::Chunked => self.read_chunked(deadline),
         }
+    }
+
+    /// A chunked body: chunks up to the last (size 0), then trailer fields,
+    /// read, bounded like a head, and ignored.
+    fn read_chunked(&mut self, deadline: Instant) -> Result<Vec<u8>, Stop> {
+        let max = self.limits.max_body;
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line(MAX_CHUNK_LINE, deadline)?;
+            let line = line.ok_or_else(|| malformed_chunked("a chunk-size line longer than 1024 bytes"))?;
+            let size = chunk_size(&line)?;
+            if size == 0 {
+                break;
+            }
+            if body.len() as u64 + size > max {
+                return Err(too_big(max).into());
+            }
+            self.take_body(&mut body, size as usize, max as usize, deadline)?;
+            while self.pending.len() < 2 {
+                self.fill(CHUNK, Some(deadline))?;
+            }
+            if !self.pending.starts_with(b"\r\n") {
+                return Err(malformed_chunked("a chunk is longer than its size").into());
+            }
+            self.pending.drain(..2);
+        }
+        let mut trailers = 0;
+        loop {
+            let Some(line) = self.read_line(MAX_HEAD.saturating_sub(trailers), deadline)? else {
+                return Err(refuse(431, format!("trailer fields exceed {MAX_HEAD} bytes")).into());
+            };
+            if line.is_empty() {
+                return Ok(body);
+            }
+            trailers += line.len() + 2;
+        }
+    }
+
+    /// Moves the next `n` bytes of the body into `body`, which grows by
+    /// doubling up to `cap`.
+    fn take_body(&mut self, body: &mut Vec<u8>, n: usize, cap: usize, deadline: Instant) -> Result<(), Stop> {
+        let mut left = n;
+        while left > 0 {
+            if self.pending.is_empty() {
+                self.fill(CHUNK, Some(deadline))?;
+            }
+            let take = left.min(self.pending.len());
+            grow(body, take, cap);
+            body.extend(self.pending.drain(..take));
+            left -= take;
+        }
+        Ok(())
     }
 
     /// One CRLF-terminated line (CRLF excluded), or `None` past `max` bytes.
@@ -302,10 +333,9 @@ impl Conn {
                 self.limits.idle.min(left)
             }
         };
+        let wait = wait.max(Duration::from_millis(1));
         if wait != self.timeout {
-            self.stream
-                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-                .map_err(|e| Stop::Closed(format!("cannot set the read timeout: {e}")))?;
+            self.stream.set_read_timeout(Some(wait)).map_err(|e| Stop::Closed(format!("cannot set the read timeout: {e}")))?;
             self.timeout = wait;
         }
         let mut buf = [0u8; CHUNK];
@@ -336,35 +366,35 @@ impl Conn {
         self.stream.write_all(bytes).map_err(|e| Stop::Closed(e.to_string()))
     }
 
-    /// Writes `response` with tiny_http's writer: framing, `Date`, `Server`;
-    /// no body for HEAD. `req` is the request answered, when there is one.
-    pub fn send<R: Read>(&mut self, req: Option<&Request>, response: Response<R>) -> std::io::Result<()> {
+    /// Writes a whole answer with its `Content-Length`; no body for HEAD (nor
+    /// for 1xx, 204, 304). `req` is the request answered; `None` for a
+    /// refusal, which is answered HTTP/1.1 with `Connection: close`.
+    pub fn send(&mut self, req: Option<&Request>, answer: &Answer) -> std::io::Result<()> {
         let version = req.map_or(HTTPVersion(1, 1), |r| r.version.clone());
-        let head_only = req.is_some_and(|r| r.method == Method::Head);
-        let mut out = std::io::BufWriter::with_capacity(CHUNK, &self.stream);
-        response.raw_print(&mut out, version, req.map(|r| &r.headers), head_only, None)?;
+        let close = req.is_none_or(|r| !r.keep_alive);
+        let bodiless = matches!(answer.code, 100..=199 | 204 | 304) || req.is_some_and(|r| r.method == Method::Head);
+        let mut out = BufWriter::with_capacity(CHUNK, &self.stream);
+        write_head(&mut out, &version, answer, Framed::Length(answer.body.len()), close)?;
+        if !bodiless {
+            out.write_all(&answer.body)?;
+        }
         out.flush()
     }
 
     /// Starts a streamed answer: status line and headers, then the body as
     /// [`Conn::chunk`]s — chunked for HTTP/1.1, delimited by the close for
-    /// HTTP/1.0. The connection closes after it. Writes are bounded by
-    /// SO_SNDTIMEO (HOOK_IDLE_TIMEOUT): a client that stops reading gets an error.
-    pub fn start_stream(&mut self, req: &Request, code: u16, ctype: &str) -> std::io::Result<()> {
+    /// HTTP/1.0. The connection closes after it. A client that stops reading
+    /// gets an error after HOOK_IDLE_TIMEOUT (the write timeout).
+    pub fn start_stream(&mut self, req: &Request, answer: &Answer) -> std::io::Result<()> {
         self.chunked = req.version == HTTPVersion(1, 1);
-        let reason = match code {
-            200 => "OK",
-            _ => "Answer",
-        };
-        let framing = if self.chunked { "Transfer-Encoding: chunked\r\n" } else { "" };
-        let head = format!(
-            "HTTP/{}.{} {code} {reason}\r\nContent-Type: {ctype}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n{framing}Connection: close\r\n\r\n",
-            req.version.0, req.version.1
-        );
-        (&self.stream).write_all(head.as_bytes())
+        let framed = if self.chunked { Framed::Chunked } else { Framed::UntilClose };
+        let mut out = BufWriter::with_capacity(CHUNK, &self.stream);
+        write_head(&mut out, &req.version, answer, framed, true)?;
+        out.flush()
     }
 
-    /// One piece of a streamed answer (nothing for an empty one, which would end it).
+    /// One piece of a streamed answer, sent at once (nothing for an empty
+    /// one, which would end it).
     pub fn chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -424,6 +454,44 @@ impl Conn {
     }
 }
 
+/// How an answer's body is delimited.
+enum Framed {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// The head of every answer, whole or streamed: status line, `Date`, the
+/// answer's headers, its framing, and `Connection` when the hook closes after
+/// it (or keeps an HTTP/1.0 connection open).
+fn write_head(out: &mut impl Write, version: &HTTPVersion, answer: &Answer, framed: Framed, close: bool) -> std::io::Result<()> {
+    let reason = StatusCode(answer.code).default_reason_phrase();
+    write!(out, "HTTP/{}.{} {} {reason}\r\n", version.0, version.1, answer.code)?;
+    write!(out, "Date: {}\r\n", httpdate::fmt_http_date(SystemTime::now()))?;
+    for (name, value) in &answer.headers {
+        write!(out, "{name}: {value}\r\n")?;
+    }
+    match framed {
+        Framed::Length(n) => write!(out, "Content-Length: {n}\r\n")?,
+        Framed::Chunked => out.write_all(b"Transfer-Encoding: chunked\r\n")?,
+        Framed::UntilClose => {}
+    }
+    if close {
+        out.write_all(b"Connection: close\r\n")?;
+    } else if *version == HTTPVersion(1, 0) {
+        out.write_all(b"Connection: keep-alive\r\n")?;
+    }
+    out.write_all(b"\r\n")
+}
+
+fn too_big(max: u64) -> Refusal {
+    refuse(413, format!("body larger than HOOK_MAX_BODY ({max} bytes)"))
+}
+
+fn malformed_chunked(what: &str) -> Refusal {
+    refuse(400, format!("malformed chunked body: {what}"))
+}
+
 /// Makes room for `extra` more bytes, growing by doubling but never past `cap`.
 fn grow(body: &mut Vec<u8>, extra: usize, cap: usize) {
     let need = body.len() + extra;
@@ -444,102 +512,108 @@ fn chunk_size(line: &[u8]) -> Result<u64, Refusal> {
     Ok(u64::from_str_radix(hex, 16).expect("checked hex digits"))
 }
 
-/// Parses a head: request line, header lines, blank line (CRLF throughout).
+/// Parses a head (request line, header lines, blank line; CRLF throughout)
+/// with httparse, after [`check_lines`].
 fn parse_head(bytes: &[u8]) -> Result<Head, Refusal> {
-    let text = bytes.strip_suffix(b"\r\n\r\n").unwrap_or(bytes);
-    if let Some(b) = text.iter().find(|b| !b.is_ascii()) {
-        return Err(non_ascii(text[0], *b));
+    let text = check_lines(bytes)?;
+    let request_line = text.split("\r\n").next().unwrap_or_default();
+    // A slot per line: never too few, so never "too many headers".
+    let mut slots = vec![httparse::EMPTY_HEADER; text.matches("\r\n").count()];
+    let mut parsed = httparse::Request::new(&mut slots);
+    // Complete, not Partial: `bytes` ends with the blank line.
+    if let Err(e) = parsed.parse(bytes) {
+        return Err(parse_error(e, request_line));
     }
-    let text = std::str::from_utf8(text).expect("checked ASCII");
-    let mut lines = text.split("\r\n");
-    let line = lines.next().unwrap_or("");
-    if line.contains(['\r', '\n']) {
-        return Err(refuse(400, "the request line ends with a bare CR or LF: end lines with CRLF"));
+    let url = parsed.path.unwrap_or_default().to_string();
+    if !url.starts_with('/') {
+        return Err(refuse(400, format!("malformed request target {:?}: expected an absolute path", cut(&url))));
     }
-    let parts: Vec<&str> = line.split(' ').collect();
-    let [method, url, version] = parts[..] else {
-        return Err(refuse(400, format!("malformed request line {:?}: expected `METHOD /path HTTP/1.1`", cut(line))));
-    };
-    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if method.is_empty() || !method.chars().all(tchar) {
-        return Err(refuse(400, format!("malformed method {:?}", cut(method))));
-    }
-    if !url.starts_with('/') || !url.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(refuse(400, format!("malformed request target {:?}: expected an absolute path", cut(url))));
-    }
-    let version = match version {
-        "HTTP/1.1" => HTTPVersion(1, 1),
-        "HTTP/1.0" => HTTPVersion(1, 0),
-        v if v.len() == 8 && v.starts_with("HTTP/") && v.as_bytes()[6] == b'.' => {
-            return Err(refuse(505, format!("{v} is not supported: use HTTP/1.1")));
-        }
-        v => return Err(refuse(400, format!("malformed HTTP version {:?}", cut(v)))),
-    };
-    let method: Method = method.parse().map_err(|_| refuse(400, "malformed method"))?;
+    let method: Method = parsed.method.unwrap_or_default().parse().map_err(|_| refuse(400, "malformed method"))?;
+    let version = if parsed.version == Some(1) { HTTPVersion(1, 1) } else { HTTPVersion(1, 0) };
+    let headers: Vec<Header> = parsed.headers.iter().map(|h| Header::from_bytes(h.name, h.value).expect("checked ASCII")).collect();
+    let framing = framing(&headers, &version)?;
+    let keep_alive = keep_alive(&headers, &version);
+    let expect_continue = expect_continue(values(&headers, "expect").last(), &version)?;
+    Ok(Head { method, url, version, headers, framing, keep_alive, expect_continue })
+}
 
-    let mut headers = Headers::new();
-    let (mut lengths, mut encodings) = (Vec::new(), Vec::new());
-    let (mut connection, mut expect) = (String::new(), None);
-    for line in lines {
+/// The head as text, refused first for what httparse would accept (non-ASCII
+/// bytes, a bare CR or LF) or refuse without saying why (a folded line).
+fn check_lines(bytes: &[u8]) -> Result<&str, Refusal> {
+    if let Some(b) = bytes.iter().find(|b| !b.is_ascii()) {
+        return Err(non_ascii(bytes[0], *b));
+    }
+    let text = std::str::from_utf8(bytes).expect("checked ASCII");
+    for (n, line) in text.strip_suffix("\r\n\r\n").unwrap_or(text).split("\r\n").enumerate() {
         if line.contains(['\r', '\n']) {
-            return Err(refuse(400, "a header line ends with a bare CR or LF: end lines with CRLF"));
+            let which = if n == 0 { "the request line" } else { "a header line" };
+            return Err(refuse(400, format!("{which} ends with a bare CR or LF: end lines with CRLF")));
         }
-        if line.starts_with([' ', '\t']) {
+        if n > 0 && line.starts_with([' ', '\t']) {
             return Err(refuse(400, "a header line starts with white space (obsolete line folding): send each field on one line"));
         }
-        let Some((name, value)) = line.split_once(':').filter(|(name, _)| !name.is_empty()) else {
-            return Err(refuse(400, format!("malformed header line {:?}: expected `Name: value`", cut(line))));
-        };
-        let header = Header::from_bytes(name, value).map_err(|e| refuse(400, format!("malformed header {:?}: {e}", cut(name))))?;
-        let value = header.value.as_str().to_string();
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => lengths.push(value),
-            "transfer-encoding" => encodings.push(value),
-            "connection" => connection = format!("{connection},{}", value.to_ascii_lowercase()),
-            "expect" => expect = Some(value),
-            _ => {}
-        }
-        headers.push(header);
     }
+    Ok(text)
+}
 
-    let framing = match (&lengths[..], &encodings[..]) {
-        ([], []) => Framing::None,
-        (_, [_, ..]) if !lengths.is_empty() => {
-            return Err(refuse(400, "both Transfer-Encoding and Content-Length: send one of them (RFC 9112 section 6.3)"));
+/// The refusal of what httparse refused: a header line, or the request line
+/// (505 for a version of HTTP other than 1.x).
+fn parse_error(e: httparse::Error, line: &str) -> Refusal {
+    match (e, &line.split(' ').collect::<Vec<_>>()[..]) {
+        (httparse::Error::HeaderName | httparse::Error::HeaderValue, _) => {
+            refuse(400, format!("malformed header line ({e}): expected `Name: value`"))
         }
-        ([], [te]) if te.eq_ignore_ascii_case("chunked") && version == HTTPVersion(1, 1) => Framing::Chunked,
+        (_, [_, _, v]) if v.len() == 8 && v.starts_with("HTTP/") && v.as_bytes()[6] == b'.' && !matches!(*v, "HTTP/1.0" | "HTTP/1.1") => {
+            refuse(505, format!("{v} is not supported: use HTTP/1.1"))
+        }
+        _ => refuse(400, format!("malformed request line {:?}: expected `METHOD /path HTTP/1.1`", cut(line))),
+    }
+}
+
+/// The framing of the body from the Content-Length and Transfer-Encoding fields.
+fn framing(headers: &[Header], version: &HTTPVersion) -> Result<Framing, Refusal> {
+    let lengths: Vec<&str> = values(headers, "content-length").collect();
+    let encodings: Vec<&str> = values(headers, "transfer-encoding").collect();
+    match (&lengths[..], &encodings[..]) {
+        ([], []) => Ok(Framing::None),
+        ([_, ..], [_, ..]) => Err(refuse(400, "both Transfer-Encoding and Content-Length: send one of them (RFC 9112 section 6.3)")),
+        ([], [te]) if te.eq_ignore_ascii_case("chunked") && *version == HTTPVersion(1, 1) => Ok(Framing::Chunked),
         ([], [te]) if te.eq_ignore_ascii_case("chunked") => {
-            return Err(refuse(400, "Transfer-Encoding in an HTTP/1.0 request: send a Content-Length"));
+            Err(refuse(400, "Transfer-Encoding in an HTTP/1.0 request: send a Content-Length"))
         }
         ([], tes) => {
-            return Err(refuse(
-                501,
-                format!("Transfer-Encoding {:?} is not supported: send chunked or a Content-Length", cut(&tes.join(", "))),
-            ));
+            Err(refuse(501, format!("Transfer-Encoding {:?} is not supported: send chunked or a Content-Length", cut(&tes.join(", ")))))
         }
-        ([first, rest @ ..], _) => {
+        ([first, rest @ ..], []) => {
             if rest.iter().any(|l| l != first) {
                 return Err(refuse(400, "Content-Length headers that disagree: send one"));
             }
             if first.is_empty() || first.len() > 19 || !first.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(refuse(400, format!("Content-Length {:?} is not a number of bytes", cut(first))));
             }
-            Framing::Length(first.parse().expect("checked digits"))
+            Ok(Framing::Length(first.parse().expect("checked digits")))
         }
-    };
-    let tokens: Vec<&str> = connection.split(',').map(str::trim).collect();
-    let keep_alive = match version {
-        HTTPVersion(1, 1) => !tokens.contains(&"close"),
-        _ => tokens.contains(&"keep-alive"),
-    };
-    let expect_continue = match expect {
-        None => false,
+    }
+}
+
+/// Whether the client keeps the connection open after the answer.
+fn keep_alive(headers: &[Header], version: &HTTPVersion) -> bool {
+    let mut tokens = values(headers, "connection").flat_map(|v| v.split(',')).map(str::trim);
+    match version {
+        HTTPVersion(1, 1) => !tokens.any(|t| t.eq_ignore_ascii_case("close")),
+        _ => tokens.any(|t| t.eq_ignore_ascii_case("keep-alive")),
+    }
+}
+
+/// Whether the client waits for a `100 Continue` before sending the body.
+fn expect_continue(expect: Option<&str>, version: &HTTPVersion) -> Result<bool, Refusal> {
+    match expect {
+        None => Ok(false),
         // HTTP/1.0 clients cannot ask for a 100 (RFC 9110 section 10.1.1): ignored.
-        Some(_) if version != HTTPVersion(1, 1) => false,
-        Some(e) if e.eq_ignore_ascii_case("100-continue") => true,
-        Some(e) => return Err(refuse(417, format!("Expect {:?} is not supported: only 100-continue", cut(&e)))),
-    };
-    Ok(Head { method, url: url.to_string(), version, headers, framing, keep_alive, expect_continue })
+        Some(_) if *version != HTTPVersion(1, 1) => Ok(false),
+        Some(e) if e.eq_ignore_ascii_case("100-continue") => Ok(true),
+        Some(e) => Err(refuse(417, format!("Expect {:?} is not supported: only 100-continue", cut(e)))),
+    }
 }
 
 fn non_ascii(first: u8, b: u8) -> Refusal {
@@ -577,7 +651,7 @@ mod tests {
     fn a_plain_get_and_a_post_with_a_length() {
         let h = head("GET /status/a/b?branch=x HTTP/1.1\r\nHost: h\r\nAccept: application/json\r\n\r\n").unwrap();
         assert_eq!((h.method, h.url.as_str(), h.framing, h.keep_alive), (Method::Get, "/status/a/b?branch=x", Framing::None, true));
-        assert_eq!(h.headers.get("accept").map(|v| v.as_str()), Some("application/json"));
+        assert_eq!(values(&h.headers, "accept").next(), Some("application/json"));
         let h = head("POST / HTTP/1.1\r\nContent-Length: 12\r\nConnection: close\r\n\r\n").unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(12), false));
         let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n").unwrap();
@@ -592,6 +666,8 @@ mod tests {
     fn malformed_heads_are_refused_with_their_code() {
         let table: &[(&str, u16)] = &[
             ("GET /ping HTTP/9.9\r\n\r\n", 505),
+            ("GET /ping HTTP/1.2\r\n\r\n", 505),
+            ("GET /ping HTTP/1.1\r\nX: a\u{1}b\r\n\r\n", 400),
             ("GET /ping HTTP/1.1 extra\r\n\r\n", 400),
             ("GET ping HTTP/1.1\r\n\r\n", 400),
             ("G(T /ping HTTP/1.1\r\n\r\n", 400),
@@ -624,6 +700,31 @@ mod tests {
         let long = format!("GET /ping HTTP/1.1\r\n{}\r\n\r\n", "x".repeat(10_000));
         let why = head(&long).unwrap_err().why;
         assert!(why.len() < 200, "{why}");
+    }
+
+    #[test]
+    fn answer_heads_carry_their_framing_and_connection() {
+        let answer = Answer { code: 503, headers: vec![("Retry-After", "5".into())], body: b"busy\n".to_vec() };
+        let head = |version, framed, close| {
+            let mut out = Vec::new();
+            write_head(&mut out, &version, &answer, framed, close).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let (status, rest) = text.split_once("\r\n").unwrap();
+            assert!(rest.starts_with("Date: ") && rest.ends_with("\r\n\r\n"), "{text:?}");
+            let fields: Vec<String> = rest.lines().skip(1).filter(|l| !l.is_empty()).map(String::from).collect();
+            (status.to_string(), fields)
+        };
+        let (status, fields) = head(HTTPVersion(1, 1), Framed::Length(5), false);
+        assert_eq!(
+            (status.as_str(), fields),
+            ("HTTP/1.1 503 Service Unavailable", vec!["Retry-After: 5".into(), "Content-Length: 5".into()])
+        );
+        let (_, fields) = head(HTTPVersion(1, 1), Framed::Chunked, true);
+        assert_eq!(fields[1..], ["Transfer-Encoding: chunked".to_string(), "Connection: close".into()]);
+        let (status, fields) = head(HTTPVersion(1, 0), Framed::Length(5), false);
+        assert_eq!((status.as_str(), &fields[2]), ("HTTP/1.0 503 Service Unavailable", &"Connection: keep-alive".to_string()));
+        let (_, fields) = head(HTTPVersion(1, 0), Framed::UntilClose, true);
+        assert_eq!(fields[1..], ["Connection: close".to_string()]);
     }
 
     #[test]

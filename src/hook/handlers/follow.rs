@@ -3,7 +3,7 @@
 
 use crate::hook::reply::{redis_down, response, LogFacts, Reply};
 use crate::hook::server::{log_request, Hook, REDIS_TIMEOUT};
-use crate::hook::wire::{Conn, Request};
+use crate::hook::wire::{Answer, Conn, Request};
 use crate::logging::quote;
 use crate::store::stream::{self, Followed};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,13 +25,8 @@ pub(crate) fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, start
     let max = hook.config.max_followers;
     if hook.followers.fetch_add(1, Ordering::SeqCst) >= max {
         hook.followers.fetch_sub(1, Ordering::SeqCst);
-        let answer = response(Reply::error(
-            503,
-            format!("HOOK_MAX_FOLLOWERS ({max}) clients already follow build logs; retry later or read /status without follow"),
-        ));
-        let _ = conn.send(Some(req), answer.0);
-        log_request(hook, req.method.as_str(), req.path(), "follow", answer.1, started);
-        return;
+        let busy = format!("HOOK_MAX_FOLLOWERS ({max}) clients already follow build logs; retry later or read /status without follow");
+        return refuse(hook, &mut conn, req, Reply::error(503, busy), started);
     }
     let _slot = FollowerSlot(&hook.followers);
     let redis = hook.config.redis_url.connect(REDIS_TIMEOUT).and_then(|conn| {
@@ -41,19 +36,36 @@ pub(crate) fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, start
     });
     let mut redis = match redis {
         Ok(r) => r,
-        Err(e) => {
-            let answer = response(redis_down(&e));
-            let _ = conn.send(Some(req), answer.0);
-            log_request(hook, req.method.as_str(), req.path(), "follow", answer.1, started);
-            return;
-        }
+        Err(e) => return refuse(hook, &mut conn, req, redis_down(&e), started),
     };
-    if let Err(e) = conn.start_stream(req, 200, "text/plain; charset=utf-8") {
+    if let Err(e) = conn.start_stream(req, &live_log()) {
         log::info!("follow.dropped id={id} error={}: the client left before the answer", quote(&e.to_string()));
         return;
     }
     log_request(hook, req.method.as_str(), req.path(), "follow", LogFacts { code: 200, facts: format!(" id={id} follow=1") }, started);
-    let followed = stream::follow(&mut redis, id, |text| {
+    stream_log(&mut redis, conn, id, started);
+}
+
+/// Answers `reply` instead of the log; the connection closes after it.
+fn refuse(hook: &Hook, conn: &mut Conn, req: &Request, reply: Reply, started: Instant) {
+    let (answer, facts) = response(reply);
+    let _ = conn.send(Some(req), &answer);
+    log_request(hook, req.method.as_str(), req.path(), "follow", facts, started);
+}
+
+/// The head of a followed log; its body is streamed.
+fn live_log() -> Answer {
+    let headers = vec![
+        ("Content-Type", "text/plain; charset=utf-8".to_string()),
+        ("Cache-Control", "no-cache".to_string()),
+        ("X-Content-Type-Options", "nosniff".to_string()),
+    ];
+    Answer { code: 200, headers, body: Vec::new() }
+}
+
+/// Sends each line of the log as it is published, then ends the answer.
+fn stream_log(redis: &mut redis::Connection, mut conn: Conn, id: &str, started: Instant) {
+    let followed = stream::follow(redis, id, |text| {
         if text.is_empty() {
             return if conn.client_gone() { Err(std::io::ErrorKind::BrokenPipe.into()) } else { Ok(()) };
         }
