@@ -57,7 +57,7 @@ fn refuse(hook: &Hook, conn: &mut Conn, req: &Request, reply: Reply, started: In
 fn live_log() -> Answer {
     let headers = vec![
         ("Content-Type", "text/plain; charset=utf-8".to_string()),
-        ("Cache-Control", "no-cache".to_string()),
+        ("Cache-Control", "no-store".to_string()),
         ("X-Content-Type-Options", "nosniff".to_string()),
     ];
     Answer { code: 200, headers, body: Vec::new() }
