@@ -1,10 +1,10 @@
 //! One build: workspace → integration.yml → runner → log lines. The log-line
 //! formats here are the contract `GET /status` prints.
 
-pub mod commit_object;
+pub(crate) mod commit_object;
 pub mod integration;
-pub mod runner;
-pub mod workspace;
+pub(crate) mod runner;
+pub(crate) mod workspace;
 
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
