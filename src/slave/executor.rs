@@ -6,12 +6,13 @@
 use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::build;
+use crate::slave::build::Ending;
 use crate::slave::forge::{self, Poster};
 use crate::slave::run::IO_TIMEOUT;
 use crate::slave::state::{lock, Signals, State};
 use crate::store::conn::{is_connection_error, log_error, Backoff, Redis};
-use crate::store::queue::{self, Begun, Started};
-use crate::store::stream::Publisher;
+use crate::store::queue::{self, Begun, Outcome, Started};
+use crate::store::stream::{BuildLog, Publisher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,19 +209,21 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         timeout: config.build_timeout,
         base_env: &sh.base_env,
         abort: &slot.kill,
-        live: Some(&live),
+        live: Some(Arc::new(live.clone())),
     };
-    let outcome = build::run(&ctx, &started);
+    let built = build::run(&ctx, &build::Job { id: &started.id, push: &started.push, reset: started.reset });
     state.set_job(e, None);
     let canceled = slot.canceled.swap(false, Ordering::SeqCst);
-    let outcome = match outcome {
-        Ok(o) => o,
+    let outcome = |passed, could_not_run| Outcome { passed, could_not_run, log: built.log, seconds: built.seconds };
+    let outcome = match built.ending {
+        Ending::Ran { passed } => outcome(passed, false),
+        Ending::CouldNotRun => outcome(false, true),
         // Canceled: stored as canceled with the log so far (FINISH keeps it canceled).
-        Err(so_far) if canceled => {
+        Ending::Stopped if canceled => {
             slot.kill.store(false, Ordering::SeqCst);
-            so_far
+            outcome(false, false)
         }
-        Err(_) => {
+        Ending::Stopped => {
             slot.kill.store(false, Ordering::SeqCst);
             abandon(redis, &started, config.lease * 2, &sh.signals);
             if sh.signals.abort.load(Ordering::SeqCst) {
@@ -236,24 +239,59 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     let last_lines = live.close();
     let stored = store(redis, &started, &working, &outcome, &last_lines, &sh.signals, &facts);
     let poster = &sh.poster;
-    match &stored {
-        Stored::Superseded => return true,
-        Stored::Real => poster.report(&started.id, &started.push, event(&outcome)),
-        Stored::Substitute(o) => poster.report(&started.id, &started.push, event(o)),
-        Stored::Canceled => poster.report(&started.id, &started.push, forge::Event::Canceled),
-    }
-    let result = match stored {
-        Stored::Real if outcome.passed => "passed",
-        Stored::Real => "failed",
-        Stored::Canceled => "canceled",
-        _ => return true,
+    let result = match &stored {
+        Stored::Real => {
+            poster.report(&started.id, &started.push, event(&outcome));
+            if outcome.passed {
+                "passed"
+            } else {
+                "failed"
+            }
+        }
+        Stored::Substitute(o) => {
+            poster.report(&started.id, &started.push, event(o));
+            return true;
+        }
+        Stored::Canceled => {
+            poster.report(&started.id, &started.push, forge::Event::Canceled);
+            "canceled"
+        }
+        Stored::Superseded => {
+            log::warn!(
+                "build.superseded id={} attempt={}: a later attempt owns this build; result not stored",
+                started.id,
+                started.attempt
+            );
+            return true;
+        }
+        Stored::NotAtShutdown => {
+            log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", started.id);
+            return true;
+        }
+        Stored::Refused(e) => {
+            log::error!("build.unstored {facts} error={}: redis refused even the short record; going on", quote(&e.to_string()));
+            return true;
+        }
     };
     log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
     true
 }
 
+/// The live log a build's lines go to as they happen.
+impl build::LiveLog for BuildLog {
+    fn line(&self, line: &str) {
+        BuildLog::line(self, line);
+    }
+    fn has_room(&self) -> bool {
+        BuildLog::has_room(self)
+    }
+    fn count_dropped(&self, n: u64) {
+        BuildLog::count_dropped(self, n);
+    }
+}
+
 /// A stored outcome as its commit status says it.
-fn event(outcome: &queue::Outcome) -> forge::Event {
+fn event(outcome: &Outcome) -> forge::Event {
     if outcome.could_not_run {
         let why = outcome.log.iter().rev().find_map(|l| l.strip_prefix("* ")).unwrap_or("see the build log");
         return forge::Event::Error { why: why.to_string() };
@@ -277,56 +315,57 @@ const FALLBACK_LINE_CHARS: usize = 300;
 
 /// The outcome stored when Redis refused the real one (OOM on a big log, a
 /// script error): failed, the head of the log, and why.
-fn fallback(outcome: &queue::Outcome, e: &redis::RedisError) -> queue::Outcome {
+fn fallback(outcome: &Outcome, e: &redis::RedisError) -> Outcome {
     let mut log: Vec<String> = outcome.log.iter().take(FALLBACK_LINES).map(|l| l.chars().take(FALLBACK_LINE_CHARS).collect()).collect();
     if outcome.log.len() > FALLBACK_LINES {
         log.push(format!("* ({} more log lines not stored)", outcome.log.len() - FALLBACK_LINES));
     }
     let why: String = e.to_string().chars().take(FALLBACK_LINE_CHARS).collect();
     log.push(format!("* the result could not be stored (redis refused it: {why}); the build is marked failed"));
-    queue::Outcome { passed: false, could_not_run: true, log, seconds: outcome.seconds }
+    Outcome { passed: false, could_not_run: true, log, seconds: outcome.seconds }
 }
 
-/// Stores a result. A lost connection is retried with backoff (a finished
-/// build is never thrown away for want of a connection); any other refusal
-/// stores the build as failed with the reason instead; if even that is
-/// refused, the error is logged and the slave goes on (the job stays in
-/// progress and runs again, up to SLAVE_MAX_ATTEMPTS).
-/// What was stored.
+/// What [`store`] did with a result.
 enum Stored {
+    /// The build's own outcome.
     Real,
     /// The build was canceled: stored `canceled` with this log.
     Canceled,
     /// Redis refused the real one; this stood in for it.
-    Substitute(queue::Outcome),
-    /// Nothing: a later attempt owns the build, or Redis refused even the short record.
+    Substitute(Outcome),
+    /// Nothing: a later attempt owns the build.
     Superseded,
+    /// Nothing: Redis was unreachable when the shutdown grace ran out; the
+    /// job stays queued and runs again.
+    NotAtShutdown,
+    /// Nothing: Redis refused even the short record (the job stays in
+    /// progress and runs again, up to SLAVE_MAX_ATTEMPTS).
+    Refused(redis::RedisError),
 }
 
+/// Stores a result. A lost connection is retried with backoff (a finished
+/// build is never thrown away for want of a connection); any other refusal
+/// stores the build as failed with the reason instead.
 fn store(
     redis: &mut Redis,
     job: &Started,
     working: &str,
-    outcome: &queue::Outcome,
+    outcome: &Outcome,
     last_lines: &[String],
     signals: &Signals,
     facts: &str,
 ) -> Stored {
     let mut backoff = Backoff::default();
-    let mut substitute: Option<queue::Outcome> = None;
+    let mut substitute: Option<Outcome> = None;
     loop {
         let current = substitute.as_ref().unwrap_or(outcome);
         match redis.run(|c| queue::finish(c, job, working, current, last_lines)) {
             Ok(queue::Finished::Stored) => return substitute.map_or(Stored::Real, Stored::Substitute),
             Ok(queue::Finished::Canceled) => return Stored::Canceled,
-            Ok(queue::Finished::Superseded) => {
-                log::warn!("build.superseded id={} attempt={}: a later attempt owns this build; result not stored", job.id, job.attempt);
-                return Stored::Superseded;
-            }
+            Ok(queue::Finished::Superseded) => return Stored::Superseded,
             Err(e) if is_connection_error(&e) => {
                 if signals.abort.load(Ordering::SeqCst) {
-                    log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", job.id);
-                    return Stored::Superseded;
+                    return Stored::NotAtShutdown;
                 }
                 let delay = backoff.next_delay();
                 log::warn!("redis.unreachable op=finish id={} error={} retry_ms={}", job.id, quote(&e.to_string()), delay.as_millis());
@@ -337,10 +376,7 @@ fn store(
                 substitute = Some(fallback(outcome, &e));
                 redis.reconnect();
             }
-            Err(e) => {
-                log::error!("build.unstored {facts} error={}: redis refused even the short record; going on", quote(&e.to_string()));
-                return Stored::Superseded;
-            }
+            Err(e) => return Stored::Refused(e),
         }
     }
 }

@@ -6,9 +6,10 @@ pub mod integration;
 pub(crate) mod runner;
 pub(crate) mod workspace;
 
+use crate::payload::Push;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
-use crate::store::queue::{Outcome, Started};
+use commit_object::Commit;
 use integration::Step;
 use runner::Exit;
 use std::collections::VecDeque;
@@ -34,7 +35,7 @@ const LOG_RESERVE: usize = 64;
 pub const MIN_LOG_BYTES: usize = 64 * 1024;
 
 /// What a slave builds with.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// Absolute.
     pub cache: &'a Path,
     pub creds: &'a Credentials,
@@ -50,7 +51,46 @@ pub struct Context<'a> {
     /// Set on shutdown past the grace period: stop and store nothing.
     pub abort: &'a AtomicBool,
     /// Where the log lines and the snippets' output lines go as they happen.
-    pub live: Option<&'a crate::store::stream::BuildLog>,
+    pub live: Option<Arc<dyn LiveLog>>,
+}
+
+/// Where a build's lines go as they happen (the live log followers read).
+/// It never blocks: a line it has no room for is counted, not waited for.
+pub(crate) trait LiveLog: Send + Sync {
+    fn line(&self, line: &str);
+    /// Whether a line would be taken now.
+    fn has_room(&self) -> bool;
+    /// `n` lines were dropped before reaching [`LiveLog::line`].
+    fn count_dropped(&self, n: u64);
+}
+
+/// What to build.
+pub(crate) struct Job<'a> {
+    /// The build's id (the steps' BUILD_ID).
+    pub id: &'a str,
+    pub push: &'a Push,
+    /// Start the checkout and the mirror afresh.
+    pub reset: bool,
+}
+
+/// A build's end, its log and how long it took.
+pub(crate) struct Built {
+    pub ending: Ending,
+    pub log: Vec<String>,
+    pub seconds: u64,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The steps ran (or were skipped after a failure): passed or failed.
+    Ran { passed: bool },
+    /// It could not run: the checkout failed, or integration.yml is missing
+    /// or invalid. The log's last line says why (`* <why>`).
+    CouldNotRun,
+    /// Stopped from outside (shutdown past the grace, a lost index, a
+    /// cancel): the log so far.
+    Stopped,
 }
 
 /// The first line of a snippet, cut to a readable length.
@@ -83,7 +123,7 @@ pub struct Log {
     tail_cost: usize,
     dropped: u64,
     /// Each line is also published here as it is pushed.
-    live: Option<crate::store::stream::BuildLog>,
+    live: Option<Arc<dyn LiveLog>>,
 }
 
 impl Log {
@@ -158,53 +198,86 @@ fn json_len(s: &str) -> usize {
         .sum::<usize>()
 }
 
-/// Runs the job. `Err` when aborted (shutdown, lost index, or canceled):
-/// the log so far, which the slave stores only for a canceled build.
-pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
+/// Runs the job: checkout, integration.yml, each step's snippets.
+pub(crate) fn run(ctx: &Context, job: &Job) -> Built {
     let started = Instant::now();
-    let push = &job.push;
     let mut log = Log::new(ctx.max_log);
-    log.live = ctx.live.cloned();
-    let short = crate::payload::short_sha(&push.sha);
-    let fail = |mut log: Log, why: String| {
-        log.push(format!("* {why}"));
-        Ok(Outcome { passed: false, could_not_run: true, log: log.into_lines(), seconds: started.elapsed().as_secs() })
-    };
-    let aborted =
-        |log: Log| Err(Outcome { passed: false, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() });
+    log.live = ctx.live.clone();
+    let ending = build(ctx, job, started, &mut log);
+    Built { ending, log: log.into_lines(), seconds: started.elapsed().as_secs() }
+}
 
-    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
+/// The build stopped from outside: it ends here, nothing more is logged.
+struct Stopped;
+
+fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
+    let push = job.push;
+    let short = crate::payload::short_sha(&push.sha);
     let deadline = started + ctx.timeout;
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
-    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
-    let source = push.source_ref();
-    let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &source, &push.sha, job.reset) {
+    let commit = match checkout(ctx, job, base_env, deadline) {
         Ok(c) => c,
-        Err(GitError::Aborted) => return aborted(log),
+        Err(GitError::Aborted) => return Ending::Stopped,
         Err(e) => {
             log.push(format!("- commit {short}"));
-            return fail(log, format!("checkout failed: {e}"));
+            return could_not_run(log, format!("checkout failed: {e}"));
         }
     };
     let subject = commit.message.lines().next().unwrap_or("");
     log.push(format!("- commit {short} ({subject})"));
-
+    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let steps = match read_steps(&dir) {
         Ok(s) => s,
-        Err(why) => return fail(log, why),
+        Err(why) => return could_not_run(log, why),
     };
-
+    let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
+        if steps_run.step(number, step, log, &mut ok).is_err() {
+            return Ending::Stopped;
+        }
+    }
+    Ending::Ran { passed: ok }
+}
+
+/// The job's commit checked out (detached) in its cached checkout.
+fn checkout(ctx: &Context, job: &Job, env: &[(String, String)], deadline: Instant) -> Result<Commit, GitError> {
+    let push = job.push;
+    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env, deadline, limit: ctx.timeout, abort: ctx.abort };
+    git.prepare(&push.repo, &push.clone_url, &push.branch, &push.source_ref(), &push.sha, job.reset)
+}
+
+/// Logs why the build could not run, as its last line.
+fn could_not_run(log: &mut Log, why: String) -> Ending {
+    log.push(format!("* {why}"));
+    Ending::CouldNotRun
+}
+
+/// What every step of one build shares.
+struct Steps<'a> {
+    ctx: &'a Context<'a>,
+    job: &'a Job<'a>,
+    base_env: &'a [(String, String)],
+    commit: &'a Commit,
+    short: &'a str,
+    /// The checkout.
+    dir: &'a Path,
+    deadline: Instant,
+}
+
+impl Steps<'_> {
+    /// Runs step `number` (from 0): its snippets in its directory; after a
+    /// failure (`ok` false) only its `no-skip` ones.
+    fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         log.push(format!("- {}", step.title));
-        let cwd = match step_dir(&dir, step) {
+        let cwd = match step_dir(self.dir, step) {
             Ok(d) => d,
             Err(why) => {
                 log.push(format!("* step {} ({:?}): {why}", number + 1, step.title));
-                ok = false;
-                continue;
+                *ok = false;
+                return Ok(());
             }
         };
         for snippet in &step.shell {
@@ -212,46 +285,53 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
                 Some(rest) => (true, rest),
                 None => (false, snippet.as_str()),
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if (!ok && !forced) || left.is_zero() {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if (!*ok && !forced) || left.is_zero() {
                 log.push(format!("[skipped] {}", cut(script)));
                 continue;
             }
-            let env = step_env(ctx, base_env, job, &commit, short, &log, ok, step);
-            let masks = secret_values(&env, &step.secrets);
-            // Output lines go live as `  . <line>` (debug or not), masked like the log.
-            let sink = ctx.live.map(|live| Arc::new(LiveOutput { live: live.clone(), masks: masks.clone() }) as runner::LineSink);
-            let ran = runner::run(script, &cwd, &env, ctx.user, left, ctx.abort, sink);
-            let secs = ran.elapsed.as_secs();
-            let (passed, how) = match &ran.exit {
-                Exit::Code(0) => (true, "exit code 0".to_string()),
-                Exit::Code(c) => (false, format!("exit code {c}")),
-                Exit::TimedOut => (false, "timed out".to_string()),
-                Exit::SpawnFailed(e) => (false, format!("could not start: {e}")),
-                Exit::Aborted => return aborted(log),
-            };
-            let tag = if passed { "[passed]" } else { "[failed]" };
-            log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
-            if step.debug {
-                if ran.output.dropped > 0 {
-                    log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
-                }
-                for line in &ran.output.lines {
-                    log.push(format!("{tag}   . {}", mask(line, &masks)));
-                }
+            *ok &= self.snippet(step, script, &cwd, left, log, *ok)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one snippet with `left` of the build's time and logs how it
+    /// ended (and its output, for a `debug` step); whether it passed.
+    fn snippet(&self, step: &Step, script: &str, cwd: &Path, left: Duration, log: &mut Log, ok: bool) -> Result<bool, Stopped> {
+        let ctx = self.ctx;
+        let env = self.env(log, ok, step);
+        let masks = secret_values(&env, &step.secrets);
+        // Output lines go live as `  . <line>` (debug or not), masked like the log.
+        let sink = ctx.live.as_ref().map(|live| Arc::new(LiveOutput { live: Arc::clone(live), masks: masks.clone() }) as runner::LineSink);
+        let ran = runner::run(script, cwd, &env, ctx.user, left, ctx.abort, sink);
+        let secs = ran.elapsed.as_secs();
+        let (passed, how) = match &ran.exit {
+            Exit::Code(0) => (true, "exit code 0".to_string()),
+            Exit::Code(c) => (false, format!("exit code {c}")),
+            Exit::TimedOut => (false, "timed out".to_string()),
+            Exit::SpawnFailed(e) => (false, format!("could not start: {e}")),
+            Exit::Aborted => return Err(Stopped),
+        };
+        let tag = if passed { "[passed]" } else { "[failed]" };
+        log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
+        if step.debug {
+            if ran.output.dropped > 0 {
+                log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
             }
-            ok &= passed;
-            if ran.exit == Exit::TimedOut {
-                log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs()));
+            for line in &ran.output.lines {
+                log.push(format!("{tag}   . {}", mask(line, &masks)));
             }
         }
+        if ran.exit == Exit::TimedOut {
+            log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs()));
+        }
+        Ok(passed)
     }
-    Ok(Outcome { passed: ok, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
 }
 
 /// A snippet's output lines on their way to the live log.
 struct LiveOutput {
-    live: crate::store::stream::BuildLog,
+    live: Arc<dyn LiveLog>,
     masks: Vec<String>,
 }
 
@@ -334,57 +414,52 @@ fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, String> {
     Ok(real)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn step_env(
-    ctx: &Context,
-    base_env: &[(String, String)],
-    job: &Started,
-    commit: &workspace::Commit,
-    short: &str,
-    log: &Log,
-    ok: bool,
-    step: &Step,
-) -> Vec<(String, String)> {
-    let push = &job.push;
-    let mut env: Vec<(String, String)> = base_env.to_vec();
-    if ctx.user.switch {
-        let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
-        for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
-            env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v));
+impl Steps<'_> {
+    /// A snippet's environment: the base, the build user's HOME, USER and
+    /// LOGNAME when switching, the CI variables, then the step's `env`.
+    fn env(&self, log: &Log, ok: bool, step: &Step) -> Vec<(String, String)> {
+        let (ctx, job, commit, short) = (self.ctx, self.job, self.commit, self.short);
+        let push = job.push;
+        let mut env: Vec<(String, String)> = self.base_env.to_vec();
+        if ctx.user.switch {
+            let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
+            for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
+                env.retain(|(name, _)| name != k);
+                env.push((k.to_string(), v));
+            }
         }
+        // A request's record is `pull/<N>`; its steps see the head branch.
+        let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
+        let mut vars = vec![
+            ("HOST", ctx.host.to_string()),
+            ("SLAVE", ctx.slave.to_string()),
+            ("BRANCH", branch),
+            ("COMMIT", push.sha.clone()),
+            ("COMMIT_SHORT", short.to_string()),
+            ("MESSAGE", commit.message.clone()),
+            ("TAG", tag(&push.branch, short)),
+            ("TIMESTAMP", commit.timestamp.clone()),
+            ("LOG", log.recent(LOG_ENV_BYTES)),
+            ("OK", ok.to_string()),
+            ("CI", "true".to_string()),
+            ("REPO", push.repo.clone()),
+            ("BUILD_ID", job.id.to_string()),
+        ];
+        if let Some(p) = &push.pull {
+            vars.push(("PULL_REQUEST", p.number.to_string()));
+            vars.push(("BASE_BRANCH", p.base_branch.clone()));
+            vars.push(("HEAD_BRANCH", p.head_branch.clone()));
+            vars.push(("HEAD_REPO", p.head_repo.clone()));
+        }
+        if let Some(t) = &push.tag {
+            vars.push(("TAG_NAME", t.clone()));
+        }
+        for (k, v) in vars.into_iter().map(|(k, v)| (k.to_string(), v)).chain(step.env.iter().cloned()) {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        env
     }
-    // A request's record is `pull/<N>`; its steps see the head branch.
-    let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
-    let mut vars = vec![
-        ("HOST", ctx.host.to_string()),
-        ("SLAVE", ctx.slave.to_string()),
-        ("BRANCH", branch),
-        ("COMMIT", push.sha.clone()),
-        ("COMMIT_SHORT", short.to_string()),
-        ("MESSAGE", commit.message.clone()),
-        ("TAG", tag(&push.branch, short)),
-        ("TIMESTAMP", commit.timestamp.clone()),
-        ("LOG", log.recent(LOG_ENV_BYTES)),
-        ("OK", ok.to_string()),
-        ("CI", "true".to_string()),
-        ("REPO", push.repo.clone()),
-        ("BUILD_ID", job.id.clone()),
-    ];
-    if let Some(p) = &push.pull {
-        vars.push(("PULL_REQUEST", p.number.to_string()));
-        vars.push(("BASE_BRANCH", p.base_branch.clone()));
-        vars.push(("HEAD_BRANCH", p.head_branch.clone()));
-        vars.push(("HEAD_REPO", p.head_repo.clone()));
-    }
-    if let Some(t) = &push.tag {
-        vars.push(("TAG_NAME", t.clone()));
-    }
-    for (k, v) in vars.into_iter().map(|(k, v)| (k.to_string(), v)).chain(step.env.iter().cloned()) {
-        env.retain(|(name, _)| *name != k);
-        env.push((k, v));
-    }
-    env
 }
 
 /// A fork build's base environment: a fixed PATH and nothing of the

@@ -9,6 +9,7 @@
 //! Every git command runs by argument vector under the build's deadline and
 //! abort flag, in its own process group (see `process`).
 
+use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::proc::process::{self, Capture, Exit};
@@ -152,14 +153,6 @@ impl std::fmt::Display for GitError {
     }
 }
 
-/// The pushed commit, as git knows it.
-#[derive(Debug, Clone, Default)]
-pub struct Commit {
-    pub message: String,
-    /// Committer date, ISO 8601.
-    pub timestamp: String,
-}
-
 /// Git for one build.
 pub struct Git<'a> {
     /// Absolute.
@@ -301,7 +294,7 @@ impl Git<'_> {
                 Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
             })
         };
-        let loose = || crate::slave::build::commit_object::read(&mirror.join("objects"), sha);
+        let loose = || commit_object::read(&mirror.join("objects"), sha);
         // The message and date: from the fetched loose object when it is one
         // (no process), else from `git show` in the mirror while the checkout
         // runs (another core, another user).
