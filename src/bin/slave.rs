@@ -15,10 +15,12 @@ fn main() {
     let taken = credentials::take().unwrap_or_else(|e| exit(2, &e));
     build_user::protect_self().unwrap_or_else(|e| exit(1, &e));
     logging::init();
-    let config = config::SlaveConfig::from_env(taken).unwrap_or_else(|e| exit(2, &e.to_string()));
-    let user = &config.build_user;
+    let config = config::SlaveConfig::from_env().unwrap_or_else(|e| exit(2, &e.to_string()));
+    let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e));
+    let identity = worker::Identity { build_user, git: taken.git, forges: taken.forges };
+    let user = &identity.build_user;
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
-    let creds = if config.git.is_empty() { "-".to_string() } else { config.git.hosts() };
+    let creds = if identity.git.is_empty() { "-".to_string() } else { identity.git.hosts() };
     log::info!(
         "slave.isolation build_user={} uid={} gid={} groups={} switch={} credentials_for={}",
         logging::quote(&user.name),
@@ -28,10 +30,10 @@ fn main() {
         user.switch,
         logging::quote(&creds)
     );
-    if !config.forges.is_empty() {
-        log::info!("slave.forges forges={}", logging::quote(&config.forges.describe()));
+    if !identity.forges.is_empty() {
+        log::info!("slave.forges forges={}", logging::quote(&identity.forges.describe()));
     }
-    if !user.switch && !config.git.is_empty() {
+    if !user.switch && !identity.git.is_empty() {
         log::warn!(
             "slave.credentials_shared user={}: steps run as the slave's own user and can reach its git; run the slave as root so that they run as SLAVE_BUILD_USER",
             logging::quote(&user.name)
@@ -55,7 +57,7 @@ fn main() {
         eprintln!("slave: cannot install the signal handler: {e}");
         std::process::exit(1);
     }
-    if let Err(e) = worker::run(config, signals) {
+    if let Err(e) = worker::run(config, identity, signals) {
         log::error!("slave.failed error={}", logging::quote(&e));
         std::process::exit(1);
     }

@@ -7,6 +7,8 @@ use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::build;
 use crate::slave::build::Ending;
+use crate::slave::build_user::BuildUser;
+use crate::slave::credentials::Credentials;
 use crate::slave::forge::{self, Poster};
 use crate::slave::run::IO_TIMEOUT;
 use crate::slave::state::{lock, Signals, State};
@@ -25,6 +27,8 @@ const DEFERRED_WAIT: Duration = Duration::from_millis(250);
 /// What the executors share.
 pub(crate) struct Shared {
     pub(crate) config: SlaveConfig,
+    pub(crate) build_user: BuildUser,
+    pub(crate) git: Credentials,
     pub(crate) signals: Arc<Signals>,
     pub(crate) state: Arc<State>,
     pub(crate) poster: Poster,
@@ -201,8 +205,8 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     let live = sh.publisher.for_build(&started.id);
     let ctx = build::Context {
         cache: &config.cache,
-        creds: &config.git,
-        user: &config.build_user,
+        creds: &sh.git,
+        user: &sh.build_user,
         max_log: config.max_log_bytes,
         host: &sh.host,
         slave: &slave,

@@ -282,13 +282,7 @@ pub fn body(kind: Kind, event: &Event, target_url: Option<&str>) -> serde_json::
 }
 
 /// How the poster behaves (SLAVE_FORGE_TIMEOUT, SLAVE_FORGE_ATTEMPTS, CI_PUBLIC_URL).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub timeout: Duration,
-    pub attempts: u32,
-    /// No trailing `/`.
-    pub public_url: Option<String>,
-}
+pub(crate) use crate::config::ForgeSettings as Settings;
 
 /// The slave's handle on the poster thread.
 pub struct Poster {

@@ -7,7 +7,10 @@
 use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::build;
+use crate::slave::build_user::BuildUser;
+use crate::slave::credentials::Credentials;
 use crate::slave::executor::{self, Shared};
+use crate::slave::forge::Forges;
 use crate::slave::forge::Poster;
 use crate::slave::state::{lock, State};
 use crate::slave::{cancel_watch, lease};
@@ -31,9 +34,20 @@ const TICK: Duration = Duration::from_millis(50);
 
 pub use crate::slave::state::Signals;
 
-pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
+/// Who the slave builds as and what it builds with: resolved by the binary
+/// from the config (SLAVE_BUILD_USER) and the secrets it took out of its
+/// environment at startup.
+pub struct Identity {
+    pub build_user: BuildUser,
+    /// Handed to git alone, per host; never logged, never in a build's env.
+    pub git: Credentials,
+    /// Forge tokens for commit statuses; never logged, never in a build's env.
+    pub forges: Forges,
+}
+
+pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), String> {
     std::fs::create_dir_all(&config.cache).map_err(|e| format!("SLAVE_CACHE={:?}: cannot create: {e}", config.cache))?;
-    crate::slave::build::workspace::prepare_cache(&config.cache, &config.build_user)?;
+    crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
     let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
@@ -42,10 +56,12 @@ pub fn run(config: SlaveConfig, signals: Arc<Signals>) -> Result<(), String> {
     lease::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
     lease::spawn_beats(config.lease, Arc::clone(&state))?;
     cancel_watch::spawn(&config, Arc::clone(&state))?;
-    let poster = Poster::spawn(config.forges.clone(), config.forge.clone(), &config.redis_url)?;
+    let poster = Poster::spawn(identity.forges, config.forge.clone(), &config.redis_url)?;
     let publisher = Publisher::start(&config.redis_url)?;
     let shared = Arc::new(Shared {
         config,
+        build_user: identity.build_user,
+        git: identity.git,
         signals: Arc::clone(&signals),
         state: Arc::clone(&state),
         poster,

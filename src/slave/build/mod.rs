@@ -31,8 +31,9 @@ const MAX_LOG_LINE: usize = runner::MAX_LINE + 64;
 const LINE_OVERHEAD: usize = std::mem::size_of::<String>();
 /// Room kept for the `[` `]` of the JSON array and the marker line.
 const LOG_RESERVE: usize = 64;
-/// The smallest SLAVE_MAX_LOG_BYTES: two halves that hold the longest line.
-pub const MIN_LOG_BYTES: usize = 64 * 1024;
+use crate::config::MIN_LOG_BYTES;
+// The smallest budget config allows still holds the longest line in each half.
+const _: () = assert!((MIN_LOG_BYTES - LOG_RESERVE) / 2 >= MAX_LOG_LINE + 2 + LINE_OVERHEAD);
 
 /// What a slave builds with.
 pub(crate) struct Context<'a> {
