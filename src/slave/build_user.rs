@@ -73,7 +73,7 @@ impl BuildUser {
         // Raw system calls, not glibc's wrappers: those would first try to
         // change the credentials of every thread the slave had (copied lists
         // in the forked child), which made each spawn as the build user take
-        // about 3 ms instead of 1 (measured, issue 13). The child has one thread; the kernel
+        // about 3 ms instead of 1 (measured on the spawn path). The child has one thread; the kernel
         // changes the process's credentials.
         unsafe {
             cmd.pre_exec(move || {

@@ -13,7 +13,7 @@
 //! at its first child and armed with each child's group in turn: a fork of
 //! the slave per child cost about 0.25 ms of CPU, and the copies the kernel
 //! made of every page the slave wrote while a young guard shared them
-//! (measured with `perf`, issue 13). The slave disarms the guard when the
+//! (measured with `perf` on a trivial build's spawn path). The slave disarms the guard when the
 //! group has ended by itself; the guard says whether it had killed it.
 
 use std::cell::RefCell;
