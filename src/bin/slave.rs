@@ -58,7 +58,7 @@ fn main() {
         std::process::exit(1);
     }
     if let Err(e) = worker::run(config, identity, signals) {
-        log::error!("slave.failed error={}", logging::quote(&e));
+        log::error!("slave.failed error={}", logging::quote(&e.to_string()));
         std::process::exit(1);
     }
 }

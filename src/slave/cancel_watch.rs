@@ -2,6 +2,7 @@
 //! (`POST /cancel`, or a newer commit of a pull request superseding it).
 
 use crate::config::SlaveConfig;
+use crate::slave::error::StartError;
 use crate::slave::run::IO_TIMEOUT;
 use crate::slave::state::State;
 use crate::store::conn::{log_error, Redis};
@@ -19,8 +20,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// pop returns as soon as an id is pushed, and the runner polls the kill flag
 /// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
 /// of the cancel (SIGKILL after the runner's 1 s grace).
-pub(crate) fn spawn(config: &SlaveConfig, state: Arc<State>) -> Result<(), String> {
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
+pub(crate) fn spawn(config: &SlaveConfig, state: Arc<State>) -> Result<(), StartError> {
+    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
     let cluster = config.cluster.clone();
     std::thread::Builder::new()
         .name("cancel".into())
@@ -44,5 +45,5 @@ pub(crate) fn spawn(config: &SlaveConfig, state: Arc<State>) -> Result<(), Strin
             }
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the cancel watcher thread: {e}"))
+        .map_err(StartError::thread("the cancel watcher thread"))
 }

@@ -12,6 +12,7 @@
 use crate::logging::quote;
 use crate::payload::short_sha;
 use crate::payload::Push;
+use crate::slave::error::StartError;
 use crate::store::conn::Redis;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt;
@@ -294,13 +295,13 @@ pub struct Poster {
 
 impl Poster {
     /// Starts the poster thread when forges are configured.
-    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::store::conn::Target) -> Result<Poster, String> {
+    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::store::conn::Target) -> Result<Poster, StartError> {
         let dropped = Arc::new(AtomicU64::new(0));
         if forges.is_empty() {
             return Ok(Poster { forges, public_url: settings.public_url, tx: None, dropped });
         }
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let redis = Redis::open(redis_url, Duration::from_secs(5))?;
+        let redis = Redis::open(redis_url, Duration::from_secs(5)).map_err(StartError::Redis)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
@@ -314,7 +315,7 @@ impl Poster {
         std::thread::Builder::new()
             .name("forge-status".into())
             .spawn(move || post_loop(&rx, agent, redis, &counter, attempts))
-            .map_err(|e| format!("cannot start the forge status thread: {e}"))?;
+            .map_err(StartError::thread("the forge status thread"))?;
         Ok(Poster { forges, public_url: settings.public_url, tx: Some(tx), dropped })
     }
 
@@ -395,13 +396,14 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         let ms = started.elapsed().as_millis();
         let facts = format!("repo={} sha={} state={} forge={}", quote(&u.repo), short_sha(&u.sha), u.state, u.forge.kind.name());
         match result {
-            Ok(code) if (200..300).contains(&code) => {
+            Ok(code) => {
                 log::info!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts);
                 count(&mut redis, "sent", 1);
                 continue;
             }
-            Ok(code) => log::warn!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts),
-            Err(e) => log::warn!("forge.status {facts} code=- ms={ms} attempt={} error={}", u.attempts, quote(&e)),
+            // Both are retried: a 4xx may be a forge that does not know the commit yet.
+            Err(SendError::Refused(code)) => log::warn!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts),
+            Err(SendError::Unreachable(e)) => log::warn!("forge.status {facts} code=- ms={ms} attempt={} error={}", u.attempts, quote(&e)),
         }
         if u.attempts >= max_attempts {
             log::warn!("forge.status_failed {facts} attempts={}: giving up on this status", u.attempts);
@@ -437,8 +439,18 @@ fn supersede(waiting: &mut Vec<Update>, u: Update, redis: &mut Redis) {
     waiting.push(u);
 }
 
-/// One POST; the HTTP code, or why there is none (never the token).
-fn send(agent: &ureq::Agent, u: &Update) -> Result<u16, String> {
+/// Why a commit status was not posted.
+#[derive(Debug)]
+enum SendError {
+    /// The forge answered with this non-2xx code: transient for 5xx and
+    /// 429, fatal for the other 4xx (the token, the repository, the body).
+    Refused(u16),
+    /// No answer: the connection, TLS, the timeout (transient). Never the token.
+    Unreachable(String),
+}
+
+/// One POST; its 2xx code, or why it was not taken.
+fn send(agent: &ureq::Agent, u: &Update) -> Result<u16, SendError> {
     let req = agent.post(&u.url).header("Content-Type", "application/json");
     let req = match u.forge.kind {
         Kind::GitHub => req.header("Authorization", format!("Bearer {}", u.forge.token)).header("Accept", "application/vnd.github+json"),
@@ -449,9 +461,12 @@ fn send(agent: &ureq::Agent, u: &Update) -> Result<u16, String> {
         Ok(mut resp) => {
             // Read (a little of) the body so the connection can be reused.
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
-            Ok(resp.status().as_u16())
+            match resp.status().as_u16() {
+                code @ 200..=299 => Ok(code),
+                code => Err(SendError::Refused(code)),
+            }
         }
-        Err(e) => Err(e.to_string().replace(&u.forge.token, "***")),
+        Err(e) => Err(SendError::Unreachable(e.to_string().replace(&u.forge.token, "***"))),
     }
 }
 

@@ -4,6 +4,7 @@
 //! the lease is confirmed, and has them kill every build when it is not.
 
 use crate::config::SlaveConfig;
+use crate::slave::error::StartError;
 use crate::slave::reroute::reroute_vanished;
 use crate::slave::run::IO_TIMEOUT;
 use crate::slave::state::{lock, Signals, State, UNCONFIRMED_SHARE};
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 /// The heartbeat thread: renews the lease every quarter lease, re-routes
 /// vanished indexes' jobs, and kills the running build when the grace is
 /// over or the index was lost.
-pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: Arc<Signals>) -> Result<(), String> {
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
+pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: Arc<Signals>) -> Result<(), StartError> {
+    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
     let every = config.lease / 4;
     let tick = every.min(Duration::from_millis(100));
     std::thread::Builder::new()
@@ -64,7 +65,7 @@ pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, sig
             }
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
+        .map_err(StartError::thread("the heartbeat thread"))
 }
 
 /// Beats every build guard (see [`crate::slave::proc::guard`]) from a thread that touches
@@ -73,7 +74,7 @@ pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, sig
 /// unconfirmed (Redis unreachable or too slow to renew it), every running
 /// build is killed through its guards: another slave may claim the index
 /// when the lease runs out, and must not find its builds still running.
-pub(crate) fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), String> {
+pub(crate) fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), StartError> {
     crate::slave::proc::guard::set_silence_limit(lease / 2);
     let every = (lease / 8).min(Duration::from_millis(100));
     std::thread::Builder::new()
@@ -100,5 +101,5 @@ pub(crate) fn spawn_beats(lease: Duration, state: Arc<State>) -> Result<(), Stri
             }
         })
         .map(drop)
-        .map_err(|e| format!("cannot start the beat thread: {e}"))
+        .map_err(StartError::thread("the beat thread"))
 }

@@ -14,6 +14,7 @@ pub mod build;
 pub mod build_user;
 pub(crate) mod cancel_watch;
 pub mod credentials;
+pub(crate) mod error;
 pub(crate) mod executor;
 pub(crate) mod forge;
 pub(crate) mod lease;

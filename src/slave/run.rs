@@ -7,8 +7,10 @@
 use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::build;
+use crate::slave::build::workspace::CacheError;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
+pub use crate::slave::error::StartError;
 use crate::slave::executor::{self, Shared};
 use crate::slave::forge::Forges;
 use crate::slave::forge::Poster;
@@ -45,10 +47,10 @@ pub struct Identity {
     pub forges: Forges,
 }
 
-pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), String> {
-    std::fs::create_dir_all(&config.cache).map_err(|e| format!("SLAVE_CACHE={:?}: cannot create: {e}", config.cache))?;
+pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), StartError> {
+    std::fs::create_dir_all(&config.cache).map_err(|error| CacheError::Create { path: config.cache.clone(), error })?;
     crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT)?;
+    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
     let state = Arc::new(State::new(index, config.executors, config.lease));
@@ -57,7 +59,7 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
     lease::spawn_beats(config.lease, Arc::clone(&state))?;
     cancel_watch::spawn(&config, Arc::clone(&state))?;
     let poster = Poster::spawn(identity.forges, config.forge.clone(), &config.redis_url)?;
-    let publisher = Publisher::start(&config.redis_url)?;
+    let publisher = Publisher::start(&config.redis_url).map_err(StartError::Redis)?;
     let shared = Arc::new(Shared {
         config,
         build_user: identity.build_user,
@@ -73,7 +75,7 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
     for e in 0..shared.config.executors {
         let sh = Arc::clone(&shared);
         let spawned = std::thread::Builder::new().name(format!("executor-{e}")).spawn(move || executor::run(&sh, e));
-        executors.push(spawned.map_err(|err| format!("cannot start executor {e}: {err}"))?);
+        executors.push(spawned.map_err(StartError::thread(format!("executor {e}")))?);
     }
     coordinate(&mut redis, &member, &shared);
     for handle in executors {

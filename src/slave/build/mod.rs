@@ -231,7 +231,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let steps = match read_steps(&dir) {
         Ok(s) => s,
-        Err(why) => return could_not_run(log, why),
+        Err(why) => return could_not_run(log, why.to_string()),
     };
     let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline };
     let mut ok = true;
@@ -373,44 +373,96 @@ fn mask(line: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Why the steps could not be read: the build could not run. All fatal
+/// (the repository's content, or its checkout, is at fault).
+#[derive(Debug)]
+enum StepsError {
+    Missing,
+    Unreadable(std::io::Error),
+    CheckoutUnreadable(std::io::Error),
+    /// A symlink whose target is outside the checkout.
+    LeavesCheckout,
+    /// A FIFO, a directory, a device.
+    NotAFile,
+    TooLarge,
+    NotUtf8,
+    /// Its text, with the line and step at fault.
+    Invalid(integration::IntegrationError),
+}
+
+impl std::fmt::Display for StepsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepsError::Missing => f.write_str("integration.yml missing"),
+            StepsError::Unreadable(e) => write!(f, "integration.yml unreadable: {e}"),
+            StepsError::CheckoutUnreadable(e) => write!(f, "checkout unreadable: {e}"),
+            StepsError::LeavesCheckout => f.write_str("integration.yml is a symlink that leaves the checkout"),
+            StepsError::NotAFile => f.write_str("integration.yml is not a regular file"),
+            StepsError::TooLarge => write!(f, "integration.yml is larger than {} bytes", integration::MAX_FILE),
+            StepsError::NotUtf8 => f.write_str("integration.yml is not UTF-8"),
+            StepsError::Invalid(e) => f.write_str(&e.0),
+        }
+    }
+}
+
 /// Reads integration.yml from the checkout, which the build user writes: a
 /// symlink is followed only within the checkout, and only a regular file is
 /// read (never a FIFO left by a step), at most MAX_FILE bytes of it.
-fn read_steps(dir: &Path) -> Result<Vec<Step>, String> {
-    let unreadable = |e: std::io::Error| format!("integration.yml unreadable: {e}");
+fn read_steps(dir: &Path) -> Result<Vec<Step>, StepsError> {
     let path = match dir.join("integration.yml").canonicalize() {
         Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("integration.yml missing".into()),
-        Err(e) => return Err(unreadable(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StepsError::Missing),
+        Err(e) => return Err(StepsError::Unreadable(e)),
     };
-    let root = dir.canonicalize().map_err(|e| format!("checkout unreadable: {e}"))?;
+    let root = dir.canonicalize().map_err(StepsError::CheckoutUnreadable)?;
     if !path.starts_with(&root) {
-        return Err("integration.yml is a symlink that leaves the checkout".into());
+        return Err(StepsError::LeavesCheckout);
     }
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(unreadable)?;
-    let meta = file.metadata().map_err(unreadable)?;
+    let open = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
+    let file = open.map_err(StepsError::Unreadable)?;
+    let meta = file.metadata().map_err(StepsError::Unreadable)?;
     if !meta.is_file() {
-        return Err("integration.yml is not a regular file".into());
+        return Err(StepsError::NotAFile);
     }
     if meta.len() > integration::MAX_FILE as u64 {
-        return Err(format!("integration.yml is larger than {} bytes", integration::MAX_FILE));
+        return Err(StepsError::TooLarge);
     }
     let mut text = Vec::new();
-    file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(unreadable)?;
-    let text = String::from_utf8(text).map_err(|_| "integration.yml is not UTF-8".to_string())?;
-    integration::parse(&text).map_err(|e| e.0)
+    file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(StepsError::Unreadable)?;
+    let text = String::from_utf8(text).map_err(|_| StepsError::NotUtf8)?;
+    integration::parse(&text).map_err(StepsError::Invalid)
+}
+
+/// Why a step's `cwd` cannot be used: the step fails, later ones are skipped.
+#[derive(Debug)]
+enum CwdError {
+    CheckoutUnreadable(std::io::Error),
+    Missing(String),
+    LeavesCheckout(String),
+    NotADirectory(String),
+}
+
+impl std::fmt::Display for CwdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CwdError::CheckoutUnreadable(e) => write!(f, "checkout unreadable: {e}"),
+            CwdError::Missing(cwd) => write!(f, "cwd {cwd:?} does not exist"),
+            CwdError::LeavesCheckout(cwd) => write!(f, "cwd {cwd:?} leaves the checkout"),
+            CwdError::NotADirectory(cwd) => write!(f, "cwd {cwd:?} is not a directory"),
+        }
+    }
 }
 
 /// The step's directory, which must exist and (symlinks resolved) stay inside.
-fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, String> {
+fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, CwdError> {
     let Some(cwd) = &step.cwd else { return Ok(root.to_path_buf()) };
-    let real_root = root.canonicalize().map_err(|e| format!("checkout unreadable: {e}"))?;
-    let real = root.join(cwd).canonicalize().map_err(|_| format!("cwd {cwd:?} does not exist"))?;
+    let real_root = root.canonicalize().map_err(CwdError::CheckoutUnreadable)?;
+    let real = root.join(cwd).canonicalize().map_err(|_| CwdError::Missing(cwd.clone()))?;
     if !real.starts_with(&real_root) {
-        return Err(format!("cwd {cwd:?} leaves the checkout"));
+        return Err(CwdError::LeavesCheckout(cwd.clone()));
     }
     if !real.is_dir() {
-        return Err(format!("cwd {cwd:?} is not a directory"));
+        return Err(CwdError::NotADirectory(cwd.clone()));
     }
     Ok(real)
 }

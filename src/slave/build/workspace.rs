@@ -82,8 +82,8 @@ pub fn encode(name: &str) -> String {
 /// At startup: the cache directory readable by the build user, its HOME,
 /// the git configuration of its git commands, and no netrc copy left by an
 /// older version.
-pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
-    let fail = |path: &Path, e: std::io::Error| format!("SLAVE_CACHE: cannot prepare {}: {e}", path.display());
+pub(crate) fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), CacheError> {
+    let fail = |path: &Path, error: std::io::Error| CacheError::Prepare { path: path.to_path_buf(), error };
     std::fs::create_dir_all(cache).map_err(|e| fail(cache, e))?;
     let old = cache.join(OLD_NETRC_HOME);
     if old.exists() {
@@ -113,7 +113,7 @@ pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
 /// Whether the build user can enter the cache (asked of the system itself,
 /// by a shell running as that user): a cache below a directory closed to
 /// others (`/root` is mode 0700) would fail every build at its first clone.
-fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), String> {
+fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), CacheError> {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "cd -- \"$1\"", "sh"]).arg(cache).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     user.apply(&mut cmd);
@@ -125,12 +125,37 @@ fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), String> {
         .filter_map(|dir| Some((dir, std::fs::metadata(dir).ok()?.permissions().mode())))
         .filter(|(_, mode)| mode & 0o001 == 0)
         .last()
-        .map_or(String::new(), |(dir, mode)| format!(" ({} is mode {:04o})", dir.display(), mode & 0o7777));
-    Err(format!(
-        "SLAVE_CACHE={}: the build user {} cannot enter it{closed}; put the cache where it can (e.g. /var/cache/ci) or open the directories above it to others (chmod o+x)",
-        cache.display(),
-        user.name
-    ))
+        .map(|(dir, mode)| (dir.to_path_buf(), mode & 0o7777));
+    Err(CacheError::Closed { cache: cache.to_path_buf(), user: user.name.clone(), closed })
+}
+
+/// Why the cache could not be made ready at startup.
+#[derive(Debug)]
+pub enum CacheError {
+    /// SLAVE_CACHE itself cannot be created.
+    Create { path: PathBuf, error: std::io::Error },
+    /// A file or directory in it cannot be written, removed or given.
+    Prepare { path: PathBuf, error: std::io::Error },
+    /// The build user cannot enter it; the outermost directory closed to
+    /// others, with its mode, when one is found.
+    Closed { cache: PathBuf, user: String, closed: Option<(PathBuf, u32)> },
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Create { path, error } => write!(f, "SLAVE_CACHE={path:?}: cannot create: {error}"),
+            CacheError::Prepare { path, error } => write!(f, "SLAVE_CACHE: cannot prepare {}: {error}", path.display()),
+            CacheError::Closed { cache, user, closed } => {
+                let closed = closed.as_ref().map_or(String::new(), |(dir, mode)| format!(" ({} is mode {mode:04o})", dir.display()));
+                write!(
+                    f,
+                    "SLAVE_CACHE={}: the build user {user} cannot enter it{closed}; put the cache where it can (e.g. /var/cache/ci) or open the directories above it to others (chmod o+x)",
+                    cache.display()
+                )
+            }
+        }
+    }
 }
 
 /// Why a checkout could not be prepared. Each kind says whether another
