@@ -12,11 +12,11 @@ fn main() {
         return;
     }
     // First, while this is the only thread: may restart the process.
-    let taken = credentials::take().unwrap_or_else(|e| exit(2, &e));
-    build_user::protect_self().unwrap_or_else(|e| exit(1, &e));
+    let taken = credentials::take().unwrap_or_else(|e| exit(2, &e.to_string()));
+    build_user::protect_self().unwrap_or_else(|e| exit(1, &format!("cannot make the slave non-dumpable: {e}")));
     logging::init();
     let config = config::SlaveConfig::from_env().unwrap_or_else(|e| exit(2, &e.to_string()));
-    let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e));
+    let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e.to_string()));
     let identity = worker::Identity { build_user, git: taken.git, forges: taken.forges };
     let user = &identity.build_user;
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();

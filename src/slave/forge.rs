@@ -104,35 +104,33 @@ impl Forges {
     /// Parses `<github|gitea|gitlab> <api base URL> <token>` lines (`#`
     /// comments and blank lines skipped). Errors name `source` and the line,
     /// never a token.
-    pub fn parse(text: &str, source: &str) -> Result<Forges, String> {
+    pub fn parse(text: &str, source: &str) -> Result<Forges, ForgeLineError> {
         let mut all = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| format!("{source}, line {}: {why}; expected `<github|gitea|gitlab> <api base URL> <token>`", i + 1);
+            let bad = |kind| ForgeLineError { source: source.to_string(), line: i + 1, kind };
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [kind, base, token] = fields[..] else { return Err(bad(&format!("{} fields", fields.len()))) };
+            let [kind, base, token] = fields[..] else { return Err(bad(ForgeLineKind::Fields(fields.len()))) };
             let kind = match kind.to_ascii_lowercase().as_str() {
                 "github" => Kind::GitHub,
                 "gitea" | "forgejo" => Kind::Gitea,
                 "gitlab" => Kind::GitLab,
-                _ => return Err(bad(&format!("unknown forge {kind:?}"))),
+                _ => return Err(bad(ForgeLineKind::UnknownForge(kind.to_string()))),
             };
             let base = base.trim_end_matches('/');
             if base.contains(['?', '#']) {
-                return Err(bad(&format!("{base:?} cannot hold `?` or `#`")));
+                return Err(bad(ForgeLineKind::QueryInBase(base.to_string())));
             }
-            let origin = origin(base).ok_or_else(|| bad(&format!("{base:?} is not an http(s) URL with a host")))?;
+            let origin = origin(base).ok_or_else(|| bad(ForgeLineKind::NotAUrl(base.to_string())))?;
             let loopback = ["localhost", "[::1]"].contains(&origin.host.as_str()) || origin.host.starts_with("127.");
             if origin.scheme == "http" && !loopback {
-                return Err(bad(
-                    "http:// is refused: the token would travel in clear text; write https:// (http is for 127.0.0.1 and localhost only)",
-                ));
+                return Err(bad(ForgeLineKind::ClearText));
             }
             if token.chars().any(|c| c.is_control()) {
-                return Err(bad("the token holds control characters"));
+                return Err(bad(ForgeLineKind::ControlInToken));
             }
             all.push(Forge { kind, base: base.to_string(), origin, token: token.to_string() });
         }
@@ -284,6 +282,47 @@ pub fn body(kind: Kind, event: &Event, target_url: Option<&str>) -> serde_json::
 
 /// How the poster behaves (SLAVE_FORGE_TIMEOUT, SLAVE_FORGE_ATTEMPTS, CI_PUBLIC_URL).
 pub(crate) use crate::config::ForgeSettings as Settings;
+
+/// A line of SLAVE_FORGES (or its file) that is not a forge: where, and why.
+#[derive(Debug)]
+pub struct ForgeLineError {
+    /// The variable or `NAME="path"`.
+    source: String,
+    line: usize,
+    kind: ForgeLineKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeLineKind {
+    /// Not three fields: how many there were.
+    Fields(usize),
+    UnknownForge(String),
+    /// The API base URL holds `?` or `#`.
+    QueryInBase(String),
+    NotAUrl(String),
+    /// http:// to a host other than the loopback.
+    ClearText,
+    ControlInToken,
+}
+
+impl fmt::Display for ForgeLineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, line {}: ", self.source, self.line)?;
+        match &self.kind {
+            ForgeLineKind::Fields(n) => write!(f, "{n} fields")?,
+            ForgeLineKind::UnknownForge(kind) => write!(f, "unknown forge {kind:?}")?,
+            ForgeLineKind::QueryInBase(base) => write!(f, "{base:?} cannot hold `?` or `#`")?,
+            ForgeLineKind::NotAUrl(base) => write!(f, "{base:?} is not an http(s) URL with a host")?,
+            ForgeLineKind::ClearText => f.write_str(
+                "http:// is refused: the token would travel in clear text; write https:// (http is for 127.0.0.1 and localhost only)",
+            )?,
+            ForgeLineKind::ControlInToken => f.write_str("the token holds control characters")?,
+        }
+        f.write_str("; expected `<github|gitea|gitlab> <api base URL> <token>`")
+    }
+}
+
+impl std::error::Error for ForgeLineError {}
 
 /// The slave's handle on the poster thread.
 pub struct Poster {
@@ -563,7 +602,7 @@ mod tests {
             ("github https://h SECRET extra", "4 fields"),
             ("gitea http://git.example.com/api/v1 SECRET", "http:// is refused"),
         ] {
-            let err = Forges::parse(&format!("gitlab https://ok tok\n{text}"), "SLAVE_FORGES").unwrap_err();
+            let err = Forges::parse(&format!("gitlab https://ok tok\n{text}"), "SLAVE_FORGES").unwrap_err().to_string();
             assert!(err.starts_with("SLAVE_FORGES, line 2: "), "{text}: {err}");
             assert!(err.contains(want), "{text}: {err}");
             assert!(!err.contains("SECRET"), "{text}: {err}");
