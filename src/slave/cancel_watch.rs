@@ -3,8 +3,7 @@
 
 use crate::config::SlaveConfig;
 use crate::slave::error::StartError;
-use crate::slave::run::IO_TIMEOUT;
-use crate::slave::state::State;
+use crate::slave::state::{State, IO_TIMEOUT};
 use crate::store::conn::{log_error, Redis};
 use crate::store::queue;
 use std::sync::atomic::Ordering;

@@ -1,8 +1,8 @@
 //! Why the slave cannot start: what failed, where, and the setting to look
 //! at. `bin/slave.rs` logs it once (`slave.failed`) and exits.
 
-use crate::slave::build::workspace::CacheError;
 use std::fmt;
+use std::path::PathBuf;
 
 #[derive(Debug)]
 pub enum StartError {
@@ -36,5 +36,34 @@ impl std::error::Error for StartError {}
 impl From<CacheError> for StartError {
     fn from(e: CacheError) -> StartError {
         StartError::Cache(e)
+    }
+}
+
+/// Why the cache could not be made ready at startup.
+#[derive(Debug)]
+pub enum CacheError {
+    /// SLAVE_CACHE itself cannot be created.
+    Create { path: PathBuf, error: std::io::Error },
+    /// A file or directory in it cannot be written, removed or given.
+    Prepare { path: PathBuf, error: std::io::Error },
+    /// The build user cannot enter it; the outermost directory closed to
+    /// others, with its mode, when one is found.
+    Closed { cache: PathBuf, user: String, closed: Option<(PathBuf, u32)> },
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheError::Create { path, error } => write!(f, "SLAVE_CACHE={path:?}: cannot create: {error}"),
+            CacheError::Prepare { path, error } => write!(f, "SLAVE_CACHE: cannot prepare {}: {error}", path.display()),
+            CacheError::Closed { cache, user, closed } => {
+                let closed = closed.as_ref().map_or(String::new(), |(dir, mode)| format!(" ({} is mode {mode:04o})", dir.display()));
+                write!(
+                    f,
+                    "SLAVE_CACHE={}: the build user {user} cannot enter it{closed}; put the cache where it can (e.g. /var/cache/ci) or open the directories above it to others (chmod o+x)",
+                    cache.display()
+                )
+            }
+        }
     }
 }

@@ -10,8 +10,7 @@ use crate::slave::build::Ending;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::forge::{self, Poster};
-use crate::slave::run::IO_TIMEOUT;
-use crate::slave::state::{lock, Signals, State};
+use crate::slave::state::{lock, Signals, State, IO_TIMEOUT};
 use crate::store::conn::{is_connection_error, log_error, Backoff, Redis};
 use crate::store::queue::{self, Begun, Outcome, Started};
 use crate::store::stream::{BuildLog, Publisher};
@@ -229,23 +228,36 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         }
         Ending::Stopped => {
             slot.kill.store(false, Ordering::SeqCst);
-            abandon(redis, &started, config.lease * 2, &sh.signals);
-            if sh.signals.abort.load(Ordering::SeqCst) {
-                log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
-                return false;
-            }
-            log::warn!("build.abandoned {facts}: the index was lost, its lease went unconfirmed (Redis unreachable) or this slave stalled; the job runs again");
-            return true;
+            return give_back(redis, sh, &started, &facts);
         }
     };
     // Its lines published first (the last few FINISH writes itself): FINISH
     // writes the live log's end with the record.
     let last_lines = live.close();
     let stored = store(redis, &started, &working, &outcome, &last_lines, &sh.signals, &facts);
-    let poster = &sh.poster;
-    let result = match &stored {
+    announce(sh, &started, &facts, &outcome, stored);
+    true
+}
+
+/// A build stopped from outside and not canceled: its attempt is set back
+/// to queued. False when the slave must stop (the shutdown grace is over).
+fn give_back(redis: &mut Redis, sh: &Shared, started: &Started, facts: &str) -> bool {
+    abandon(redis, started, sh.config.lease * 2, &sh.signals);
+    if sh.signals.abort.load(Ordering::SeqCst) {
+        log::warn!("build.aborted {facts}: shutdown grace over, the job stays queued");
+        return false;
+    }
+    log::warn!("build.abandoned {facts}: the index was lost, its lease went unconfirmed (Redis unreachable) or this slave stalled; the job runs again");
+    true
+}
+
+/// Posts the commit status of what was stored and logs the build's end, or
+/// why nothing was stored.
+fn announce(sh: &Shared, job: &Started, facts: &str, outcome: &Outcome, stored: Stored) {
+    let report = |event| sh.poster.report(&job.id, &job.push, event);
+    let result = match stored {
         Stored::Real => {
-            poster.report(&started.id, &started.push, event(&outcome));
+            report(event(outcome));
             if outcome.passed {
                 "passed"
             } else {
@@ -253,32 +265,27 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
             }
         }
         Stored::Substitute(o) => {
-            poster.report(&started.id, &started.push, event(o));
-            return true;
+            report(event(&o));
+            return;
         }
         Stored::Canceled => {
-            poster.report(&started.id, &started.push, forge::Event::Canceled);
+            report(forge::Event::Canceled);
             "canceled"
         }
         Stored::Superseded => {
-            log::warn!(
-                "build.superseded id={} attempt={}: a later attempt owns this build; result not stored",
-                started.id,
-                started.attempt
-            );
-            return true;
+            log::warn!("build.superseded id={} attempt={}: a later attempt owns this build; result not stored", job.id, job.attempt);
+            return;
         }
         Stored::NotAtShutdown => {
-            log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", started.id);
-            return true;
+            log::error!("build.unstored id={}: redis unreachable at shutdown; the job stays queued and runs again", job.id);
+            return;
         }
         Stored::Refused(e) => {
             log::error!("build.unstored {facts} error={}: redis refused even the short record; going on", quote(&e.to_string()));
-            return true;
+            return;
         }
     };
     log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
-    true
 }
 
 /// The live log a build's lines go to as they happen.

@@ -6,8 +6,7 @@
 use crate::config::SlaveConfig;
 use crate::slave::error::StartError;
 use crate::slave::reroute::reroute_vanished;
-use crate::slave::run::IO_TIMEOUT;
-use crate::slave::state::{lock, Signals, State, UNCONFIRMED_SHARE};
+use crate::slave::state::{lock, Signals, State, IO_TIMEOUT, UNCONFIRMED_SHARE};
 use crate::store::conn::{log_error, Redis};
 use crate::store::membership::Member;
 use std::sync::atomic::Ordering;

@@ -9,6 +9,7 @@
 //! - [`build`]: one build (workspace, integration.yml, runner, log), no Redis.
 //! - `proc`: child processes in their own groups, under a guard.
 //! - [`build_user`], [`credentials`], `forge`: who builds, git's secrets, commit statuses.
+//! - `error`: why the slave cannot start.
 
 pub mod build;
 pub mod build_user;

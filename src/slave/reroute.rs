@@ -1,6 +1,6 @@
 //! Re-routing after a scale-down: jobs queued on indexes at or above the
 //! live count, and in-progress jobs of dead holders there, go to the index
-//! their repository routes to now. Run by the heartbeat (see [`crate::slave::lease`]).
+//! their repository routes to now. Run by the heartbeat (`lease.rs`).
 
 use crate::store::membership;
 use crate::store::queue;

@@ -7,14 +7,14 @@
 use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::build;
-use crate::slave::build::workspace::CacheError;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
+use crate::slave::error::CacheError;
 pub use crate::slave::error::StartError;
 use crate::slave::executor::{self, Shared};
 use crate::slave::forge::Forges;
 use crate::slave::forge::Poster;
-use crate::slave::state::{lock, State};
+use crate::slave::state::{lock, State, IO_TIMEOUT};
 use crate::slave::{cancel_watch, lease};
 use crate::store::conn::{log_error, Backoff, Redis};
 use crate::store::membership::{self, Member};
@@ -25,8 +25,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Socket timeout of the slave's connections; blocking pops wait less.
-pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Stranded jobs are looked for, and compaction is judged, this often (or
 /// every lease, when that is shorter), so indexes are contiguous within three
 /// leases of a scale-down (plus the running builds, when the slave must move).

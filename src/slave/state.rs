@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Socket timeout of the slave's Redis connections; blocking pops wait less.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Flags the binary's signal handler sets.
 #[derive(Default)]
 pub struct Signals {

@@ -1,5 +1,6 @@
 //! One build: workspace → integration.yml → runner → log lines. The log-line
-//! formats here are the contract `GET /status` prints.
+//! formats here are the contract `GET /status` prints. No Redis: it takes a
+//! [`Job`] and a [`LiveLog`] and answers a [`Built`]; the executor stores it.
 
 pub(crate) mod commit_object;
 pub mod integration;

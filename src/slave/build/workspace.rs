@@ -12,6 +12,7 @@
 use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
+use crate::slave::error::CacheError;
 use crate::slave::proc::process::{self, Capture, Exit};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -127,35 +128,6 @@ fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), CacheError> {
         .last()
         .map(|(dir, mode)| (dir.to_path_buf(), mode & 0o7777));
     Err(CacheError::Closed { cache: cache.to_path_buf(), user: user.name.clone(), closed })
-}
-
-/// Why the cache could not be made ready at startup.
-#[derive(Debug)]
-pub enum CacheError {
-    /// SLAVE_CACHE itself cannot be created.
-    Create { path: PathBuf, error: std::io::Error },
-    /// A file or directory in it cannot be written, removed or given.
-    Prepare { path: PathBuf, error: std::io::Error },
-    /// The build user cannot enter it; the outermost directory closed to
-    /// others, with its mode, when one is found.
-    Closed { cache: PathBuf, user: String, closed: Option<(PathBuf, u32)> },
-}
-
-impl std::fmt::Display for CacheError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CacheError::Create { path, error } => write!(f, "SLAVE_CACHE={path:?}: cannot create: {error}"),
-            CacheError::Prepare { path, error } => write!(f, "SLAVE_CACHE: cannot prepare {}: {error}", path.display()),
-            CacheError::Closed { cache, user, closed } => {
-                let closed = closed.as_ref().map_or(String::new(), |(dir, mode)| format!(" ({} is mode {mode:04o})", dir.display()));
-                write!(
-                    f,
-                    "SLAVE_CACHE={}: the build user {user} cannot enter it{closed}; put the cache where it can (e.g. /var/cache/ci) or open the directories above it to others (chmod o+x)",
-                    cache.display()
-                )
-            }
-        }
-    }
 }
 
 /// Why a checkout could not be prepared. Each kind says whether another
