@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The socket whose group builds get, so that they can run `docker`.
-pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildUser {
@@ -27,7 +27,7 @@ pub struct BuildUser {
 
 impl BuildUser {
     /// The slave's own user: nothing to switch.
-    pub fn current() -> BuildUser {
+    pub(crate) fn current() -> BuildUser {
         // SAFETY: geteuid/getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let name = name_of(uid).unwrap_or_else(|| uid.to_string());
@@ -63,7 +63,7 @@ impl BuildUser {
     }
 
     /// Makes `cmd` run as this user (when the slave switches users at all).
-    pub fn apply(&self, cmd: &mut Command) {
+    pub(crate) fn apply(&self, cmd: &mut Command) {
         if !self.switch {
             return;
         }
@@ -90,12 +90,12 @@ impl BuildUser {
     }
 
     /// Whether `path` itself (not what a symlink points to) is this user's.
-    pub fn owns(&self, path: &Path) -> bool {
+    pub(crate) fn owns(&self, path: &Path) -> bool {
         std::fs::symlink_metadata(path).map(|m| m.uid() == self.uid).unwrap_or(false)
     }
 
     /// Gives `path` (which the slave just created) to this user.
-    pub fn give(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn give(&self, path: &Path) -> std::io::Result<()> {
         if self.switch {
             std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))?;
         }
@@ -104,7 +104,7 @@ impl BuildUser {
 }
 
 /// The group owning the Docker socket, when there is one.
-pub fn docker_socket_group() -> Option<u32> {
+pub(crate) fn docker_socket_group() -> Option<u32> {
     std::fs::metadata(DOCKER_SOCKET).ok().map(|m| m.gid())
 }
 

@@ -20,17 +20,17 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Credential-store lines, separated by newlines or spaces.
-pub const INLINE: &str = "GIT_CREDENTIALS";
+pub(crate) const INLINE: &str = "GIT_CREDENTIALS";
 /// A file of such lines (a Docker secret, say), mode 0400 or 0600.
-pub const FILE: &str = "GIT_CREDENTIALS_FILE";
+pub(crate) const FILE: &str = "GIT_CREDENTIALS_FILE";
 /// The settings of earlier versions, which gave one password to every host.
 const RETIRED: [&str; 3] = ["GIT_USERNAME", "GIT_PASSWORD", "GIT_NETRC"];
 /// Set by the slave for itself when it restarts: the memfd holding the lines.
 const HANDOVER: &str = "SLAVE_CREDENTIALS_FD";
 const MEMFD_NAME: &CStr = c"ci-git-credentials";
 /// Forge lines (`<kind> <api base> <token>`), and a file of them.
-pub const FORGES: &str = "SLAVE_FORGES";
-pub const FORGES_FILE: &str = "SLAVE_FORGES_FILE";
+pub(crate) const FORGES: &str = "SLAVE_FORGES";
+pub(crate) const FORGES_FILE: &str = "SLAVE_FORGES_FILE";
 /// Separates the git lines from the forge lines in the memfd.
 const FORGES_MARK: &str = "#forges\n";
 
@@ -43,7 +43,7 @@ pub struct Taken {
 
 /// One credential: where it may go, and what it is.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credential {
+pub(crate) struct Credential {
     /// Lower case; an IPv6 address in brackets.
     host: String,
     port: u16,
@@ -294,7 +294,7 @@ impl Credentials {
     /// Parses credential-store lines (separated by newlines or spaces; lines
     /// starting with `#` are comments). Errors name `source` and the entry,
     /// never a value.
-    pub fn parse(text: &str, source: &str) -> Result<Credentials, SecretsError> {
+    pub(crate) fn parse(text: &str, source: &str) -> Result<Credentials, SecretsError> {
         let entries = text.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(str::split_whitespace);
         entries
             .enumerate()
@@ -315,7 +315,7 @@ impl Credentials {
     /// The credential for `url`: https only; same host and port; the longest
     /// path prefix that matches (whole path components; `.git` and a
     /// trailing `/` ignored).
-    pub fn for_url(&self, url: &str) -> Option<&Credential> {
+    pub(crate) fn for_url(&self, url: &str) -> Option<&Credential> {
         let (host, port, path) = https_parts(url)?;
         self.0.iter().filter(|c| c.host == host && c.port == port && path_under(&path, &c.path)).max_by_key(|c| c.path.len())
     }
@@ -325,7 +325,7 @@ impl Credentials {
     /// matches, one helper scoped by git itself to `https://<host>[:<port>]`
     /// that answers `get` from a pipe filled now. Nothing in git's
     /// environment, no file. Keep `cmd` until it has been spawned.
-    pub fn configure(&self, cmd: &mut Command, url: Option<&str>) -> std::io::Result<()> {
+    pub(crate) fn configure(&self, cmd: &mut Command, url: Option<&str>) -> std::io::Result<()> {
         cmd.arg("-c").arg("credential.helper=");
         let Some(cred) = url.and_then(|u| self.for_url(u)) else { return Ok(()) };
         let (reader, mut writer) = std::io::pipe()?;
@@ -350,7 +350,7 @@ impl Credentials {
     }
 
     /// `text` with every password replaced by `***`.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for c in &self.0 {
             if c.password.len() >= 3 && out.contains(&c.password) {

@@ -36,28 +36,7 @@ pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, sig
                     continue;
                 }
                 last = Instant::now();
-                {
-                    // Renewed and judged under the lock: the loop cannot move
-                    // or re-claim the index in between.
-                    let index = lock(&state.index);
-                    let jobs = state.jobs();
-                    let executors = (state.busy(), state.slots.len());
-                    let sent = Instant::now();
-                    match redis.run(|c| member.renew(c, *index, &jobs, executors)) {
-                        Ok(true) => state.confirm(sent),
-                        Ok(false) => {
-                            if !state.lost.swap(true, Ordering::SeqCst) {
-                                log::warn!(
-                                    "slave.lease_lost cluster={} index={}: stopping the running builds, if any",
-                                    member.cluster,
-                                    *index
-                                );
-                            }
-                            state.kill_all();
-                        }
-                        Err(e) => log_error("renew", &e),
-                    }
-                }
+                renew(&mut redis, &member, &state);
                 if let Err(e) = redis.run(|c| reroute_vanished(c, &member.cluster)) {
                     log_error("reroute", &e);
                 }
@@ -65,6 +44,27 @@ pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, sig
         })
         .map(drop)
         .map_err(StartError::thread("the heartbeat thread"))
+}
+
+/// Renews the lease once; a renewal Redis refuses means the index is
+/// another instance's now: every running build is killed.
+fn renew(redis: &mut Redis, member: &Member, state: &State) {
+    // Renewed and judged under the lock: the loop cannot move or re-claim
+    // the index in between.
+    let index = lock(&state.index);
+    let jobs = state.jobs();
+    let executors = (state.busy(), state.slots.len());
+    let sent = Instant::now();
+    match redis.run(|c| member.renew(c, *index, &jobs, executors)) {
+        Ok(true) => state.confirm(sent),
+        Ok(false) => {
+            if !state.lost.swap(true, Ordering::SeqCst) {
+                log::warn!("slave.lease_lost cluster={} index={}: stopping the running builds, if any", member.cluster, *index);
+            }
+            state.kill_all();
+        }
+        Err(e) => log_error("renew", &e),
+    }
 }
 
 /// Beats every build guard (see [`crate::slave::proc::guard`]) from a thread that touches

@@ -96,7 +96,7 @@ pub(crate) enum Ending {
 }
 
 /// The first line of a snippet, cut to a readable length.
-pub fn cut(snippet: &str) -> String {
+pub(crate) fn cut(snippet: &str) -> String {
     let first = snippet.trim().lines().next().unwrap_or("");
     if first.chars().count() > SNIPPET_SHOWN || snippet.trim().lines().count() > 1 {
         let short: String = first.chars().take(SNIPPET_SHOWN).collect();
@@ -107,7 +107,7 @@ pub fn cut(snippet: &str) -> String {
 }
 
 /// `<branch>-<short sha>`, every character outside `A-Za-z0-9=` as `-`.
-pub fn tag(branch: &str, short: &str) -> String {
+pub(crate) fn tag(branch: &str, short: &str) -> String {
     format!("{branch}-{short}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '=' { c } else { '-' }).collect()
 }
 
@@ -116,7 +116,7 @@ pub fn tag(branch: &str, short: &str) -> String {
 /// `... (N lines dropped) ...`. A line costs its JSON length plus a comma and
 /// its `String`, so the stored JSON array stays under the budget and a flood
 /// of empty lines is bounded too.
-pub struct Log {
+pub(crate) struct Log {
     half: usize,
     head: Vec<String>,
     head_cost: usize,
@@ -129,12 +129,12 @@ pub struct Log {
 }
 
 impl Log {
-    pub fn new(max_bytes: usize) -> Log {
+    pub(crate) fn new(max_bytes: usize) -> Log {
         let half = max_bytes.saturating_sub(LOG_RESERVE) / 2;
         Log { half, head: vec![], head_cost: 0, head_closed: false, tail: VecDeque::new(), tail_cost: 0, dropped: 0, live: None }
     }
 
-    pub fn push(&mut self, mut line: String) {
+    pub(crate) fn push(&mut self, mut line: String) {
         if line.len() > MAX_LOG_LINE {
             let mut end = MAX_LOG_LINE - 3;
             while !line.is_char_boundary(end) {
@@ -174,7 +174,7 @@ impl Log {
         out
     }
 
-    pub fn into_lines(self) -> Vec<String> {
+    pub(crate) fn into_lines(self) -> Vec<String> {
         let mut lines = self.head;
         if self.dropped > 0 {
             lines.push(format!("... ({} lines dropped) ...", self.dropped));
@@ -519,7 +519,7 @@ impl Steps<'_> {
 /// A fork build's base environment: a fixed PATH and nothing of the
 /// slave's (the build user's HOME, USER and the CI variables are added per
 /// step). Without a user switch the build user is the slave's own: its HOME.
-pub fn fork_env(switch: bool) -> Vec<(String, String)> {
+pub(crate) fn fork_env(switch: bool) -> Vec<(String, String)> {
     let mut env = vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())];
     if let (false, Ok(home)) = (switch, std::env::var("HOME")) {
         env.push(("HOME".to_string(), home));
@@ -529,7 +529,7 @@ pub fn fork_env(switch: bool) -> Vec<(String, String)> {
 
 /// The slave's environment passed on to steps: everything but its own
 /// settings and secrets.
-pub fn base_env() -> Vec<(String, String)> {
+pub(crate) fn base_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
             !(k.starts_with("SLAVE_") || k.starts_with("GIT_") || k.starts_with("REDIS") || k.starts_with("HOOK_") || k == "RUST_LOG")
