@@ -2,8 +2,6 @@
 //! meaning) feeds `--help`, the parser and docs/configuration.md (a test holds
 //! the page to the table).
 
-use crate::slave::build_user::BuildUser;
-use crate::slave::credentials::Credentials;
 use crate::store::conn::Target;
 use std::fmt;
 use std::time::Duration;
@@ -280,6 +278,19 @@ impl HookConfig {
     }
 }
 
+/// The smallest SLAVE_MAX_LOG_BYTES: two halves that hold the longest line.
+pub const MIN_LOG_BYTES: usize = 64 * 1024;
+
+/// How the slave posts commit statuses (SLAVE_FORGE_TIMEOUT,
+/// SLAVE_FORGE_ATTEMPTS, CI_PUBLIC_URL).
+#[derive(Debug, Clone)]
+pub struct ForgeSettings {
+    pub timeout: Duration,
+    pub attempts: u32,
+    /// No trailing `/`.
+    pub public_url: Option<String>,
+}
+
 /// The most executors one slave may run (SLAVE_EXECUTORS).
 pub const MAX_EXECUTORS: usize = 64;
 
@@ -298,20 +309,17 @@ pub struct SlaveConfig {
     /// SLAVE_STEAL_AFTER; `None`: never steal.
     pub steal_after: Option<Duration>,
     pub max_attempts: u32,
-    /// Who steps run as (resolved from SLAVE_BUILD_USER when root).
-    pub build_user: BuildUser,
+    /// SLAVE_BUILD_USER: the user steps run as when the slave is root (the
+    /// slave resolves it). GIT_CREDENTIALS and SLAVE_FORGES are no settings
+    /// here: the slave takes them out of its environment before it reads these.
+    pub build_user: String,
     pub max_log_bytes: usize,
-    /// Handed to git alone, per host; never logged, never in a build's env.
-    pub git: Credentials,
-    /// Forge tokens for commit statuses; never logged, never in a build's env.
-    pub forges: crate::slave::forge::Forges,
-    pub forge: crate::slave::forge::Settings,
+    pub forge: ForgeSettings,
 }
 
 impl SlaveConfig {
-    /// The settings from the environment; `git` is what `credentials::take`
-    /// took out of it at startup.
-    pub fn from_env(taken: crate::slave::credentials::Taken) -> Result<SlaveConfig, ConfigError> {
+    /// The settings from the environment.
+    pub fn from_env() -> Result<SlaveConfig, ConfigError> {
         let s = SLAVE_SETTINGS;
         let cluster = raw(s, "SLAVE_CLUSTER").unwrap_or_default();
         if crate::routing::cluster_tokens(&cluster).is_none() {
@@ -333,13 +341,10 @@ impl SlaveConfig {
         let cache = raw(s, "SLAVE_CACHE").unwrap_or_default();
         let cache = std::path::absolute(&cache).map_err(|e| ConfigError(format!("SLAVE_CACHE={cache:?}: {e}")))?;
         let max_log_bytes: usize = number(s, "SLAVE_MAX_LOG_BYTES", "a number of bytes")?;
-        if max_log_bytes < crate::slave::build::MIN_LOG_BYTES {
-            return Err(ConfigError(format!(
-                "SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {}",
-                crate::slave::build::MIN_LOG_BYTES
-            )));
+        if max_log_bytes < MIN_LOG_BYTES {
+            return Err(ConfigError(format!("SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {MIN_LOG_BYTES}")));
         }
-        let build_user = BuildUser::resolve(&raw(s, "SLAVE_BUILD_USER").unwrap_or_default()).map_err(ConfigError)?;
+        let build_user = raw(s, "SLAVE_BUILD_USER").unwrap_or_default();
         let public_url = raw(s, "CI_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
         if let Some(u) = &public_url {
             let lower = u.to_ascii_lowercase();
@@ -347,7 +352,7 @@ impl SlaveConfig {
                 return Err(ConfigError(format!("CI_PUBLIC_URL={u:?}: expected an http(s) URL")));
             }
         }
-        let forge = crate::slave::forge::Settings {
+        let forge = ForgeSettings {
             timeout: secs("SLAVE_FORGE_TIMEOUT")?,
             attempts: match number::<u32>(s, "SLAVE_FORGE_ATTEMPTS", "a number of attempts")? {
                 0 => return Err(ConfigError("SLAVE_FORGE_ATTEMPTS=\"0\": expected at least 1".into())),
@@ -378,8 +383,6 @@ impl SlaveConfig {
             },
             build_user,
             max_log_bytes,
-            git: taken.git,
-            forges: taken.forges,
             forge,
         })
     }

@@ -12,13 +12,15 @@ fn main() {
         return;
     }
     // First, while this is the only thread: may restart the process.
-    let taken = credentials::take().unwrap_or_else(|e| exit(2, &e));
-    build_user::protect_self().unwrap_or_else(|e| exit(1, &e));
+    let taken = credentials::take().unwrap_or_else(|e| exit(2, &e.to_string()));
+    build_user::protect_self().unwrap_or_else(|e| exit(1, &format!("cannot make the slave non-dumpable: {e}")));
     logging::init();
-    let config = config::SlaveConfig::from_env(taken).unwrap_or_else(|e| exit(2, &e.to_string()));
-    let user = &config.build_user;
+    let config = config::SlaveConfig::from_env().unwrap_or_else(|e| exit(2, &e.to_string()));
+    let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e.to_string()));
+    let identity = worker::Identity { build_user, git: taken.git, forges: taken.forges };
+    let user = &identity.build_user;
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
-    let creds = if config.git.is_empty() { "-".to_string() } else { config.git.hosts() };
+    let creds = if identity.git.is_empty() { "-".to_string() } else { identity.git.hosts() };
     log::info!(
         "slave.isolation build_user={} uid={} gid={} groups={} switch={} credentials_for={}",
         logging::quote(&user.name),
@@ -28,10 +30,10 @@ fn main() {
         user.switch,
         logging::quote(&creds)
     );
-    if !config.forges.is_empty() {
-        log::info!("slave.forges forges={}", logging::quote(&config.forges.describe()));
+    if !identity.forges.is_empty() {
+        log::info!("slave.forges forges={}", logging::quote(&identity.forges.describe()));
     }
-    if !user.switch && !config.git.is_empty() {
+    if !user.switch && !identity.git.is_empty() {
         log::warn!(
             "slave.credentials_shared user={}: steps run as the slave's own user and can reach its git; run the slave as root so that they run as SLAVE_BUILD_USER",
             logging::quote(&user.name)
@@ -55,8 +57,8 @@ fn main() {
         eprintln!("slave: cannot install the signal handler: {e}");
         std::process::exit(1);
     }
-    if let Err(e) = worker::run(config, signals) {
-        log::error!("slave.failed error={}", logging::quote(&e));
+    if let Err(e) = worker::run(config, identity, signals) {
+        log::error!("slave.failed error={}", logging::quote(&e.to_string()));
         std::process::exit(1);
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The socket whose group builds get, so that they can run `docker`.
-pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildUser {
@@ -27,7 +27,7 @@ pub struct BuildUser {
 
 impl BuildUser {
     /// The slave's own user: nothing to switch.
-    pub fn current() -> BuildUser {
+    pub(crate) fn current() -> BuildUser {
         // SAFETY: geteuid/getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let name = name_of(uid).unwrap_or_else(|| uid.to_string());
@@ -36,22 +36,22 @@ impl BuildUser {
 
     /// SLAVE_BUILD_USER when the slave runs as root (a name, or a numeric
     /// uid whose gid is the same number); otherwise the slave's own user.
-    pub fn resolve(name: &str) -> Result<BuildUser, String> {
+    pub fn resolve(name: &str) -> Result<BuildUser, UserError> {
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Ok(BuildUser::current());
         }
-        let what = format!("SLAVE_BUILD_USER={name:?}");
-        let cname = CString::new(name).map_err(|_| format!("{what}: contains a NUL byte"))?;
+        let bad = |kind| UserError { name: name.to_string(), kind };
+        let cname = CString::new(name).map_err(|_| bad(UserErrorKind::NulByte))?;
         let (uid, gid, groups) = match lookup(&cname) {
             Some((uid, gid)) => (uid, gid, group_list(&cname, gid)),
             None => match name.parse::<u32>() {
                 Ok(n) => (n, n, vec![n]),
-                Err(_) => return Err(format!("{what}: no such user; create it in the slave's image or name another (or a numeric uid)")),
+                Err(_) => return Err(bad(UserErrorKind::NoSuchUser)),
             },
         };
         if uid == 0 || gid == 0 {
-            return Err(format!("{what}: that is root (or its group); steps must run as an unprivileged user"));
+            return Err(bad(UserErrorKind::Root));
         }
         let mut groups: Vec<u32> = groups.into_iter().filter(|g| *g != 0).collect();
         if let Some(g) = docker_socket_group() {
@@ -63,7 +63,7 @@ impl BuildUser {
     }
 
     /// Makes `cmd` run as this user (when the slave switches users at all).
-    pub fn apply(&self, cmd: &mut Command) {
+    pub(crate) fn apply(&self, cmd: &mut Command) {
         if !self.switch {
             return;
         }
@@ -73,7 +73,7 @@ impl BuildUser {
         // Raw system calls, not glibc's wrappers: those would first try to
         // change the credentials of every thread the slave had (copied lists
         // in the forked child), which made each spawn as the build user take
-        // about 3 ms instead of 1 (measured, issue 13). The child has one thread; the kernel
+        // about 3 ms instead of 1 (measured on the spawn path). The child has one thread; the kernel
         // changes the process's credentials.
         unsafe {
             cmd.pre_exec(move || {
@@ -90,12 +90,12 @@ impl BuildUser {
     }
 
     /// Whether `path` itself (not what a symlink points to) is this user's.
-    pub fn owns(&self, path: &Path) -> bool {
+    pub(crate) fn owns(&self, path: &Path) -> bool {
         std::fs::symlink_metadata(path).map(|m| m.uid() == self.uid).unwrap_or(false)
     }
 
     /// Gives `path` (which the slave just created) to this user.
-    pub fn give(&self, path: &Path) -> std::io::Result<()> {
+    pub(crate) fn give(&self, path: &Path) -> std::io::Result<()> {
         if self.switch {
             std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))?;
         }
@@ -104,22 +104,57 @@ impl BuildUser {
 }
 
 /// The group owning the Docker socket, when there is one.
-pub fn docker_socket_group() -> Option<u32> {
+pub(crate) fn docker_socket_group() -> Option<u32> {
     std::fs::metadata(DOCKER_SOCKET).ok().map(|m| m.gid())
 }
 
 /// A slave that is not root makes itself non-dumpable: /proc/<pid>/environ,
 /// mem and fd then belong to root, out of reach of the steps, which run as
 /// the same user. (Reset by exec, so it is called after any re-exec.)
-pub fn protect_self() -> Result<(), String> {
+pub fn protect_self() -> std::io::Result<()> {
     // SAFETY: geteuid cannot fail; prctl(PR_SET_DUMPABLE, 0) only changes a flag of this process.
     unsafe {
         if libc::geteuid() != 0 && libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
-            return Err(format!("cannot make the slave non-dumpable: {}", std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
 }
+
+/// SLAVE_BUILD_USER names no user steps may run as: the name, and why.
+#[derive(Debug)]
+pub struct UserError {
+    name: String,
+    kind: UserErrorKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserErrorKind {
+    NulByte,
+    /// Neither a user of this system nor a numeric uid.
+    NoSuchUser,
+    /// Root, or a user whose group is root's.
+    Root,
+}
+
+impl UserError {
+    pub fn kind(&self) -> UserErrorKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SLAVE_BUILD_USER={:?}: ", self.name)?;
+        f.write_str(match self.kind {
+            UserErrorKind::NulByte => "contains a NUL byte",
+            UserErrorKind::NoSuchUser => "no such user; create it in the slave's image or name another (or a numeric uid)",
+            UserErrorKind::Root => "that is root (or its group); steps must run as an unprivileged user",
+        })
+    }
+}
+
+impl std::error::Error for UserError {}
 
 fn lookup(name: &CStr) -> Option<(u32, u32)> {
     // SAFETY: getpwnam_r writes only into `pwd` and `buf`, within the length given.
@@ -168,11 +203,11 @@ mod tests {
     fn the_build_user_is_never_root() {
         let root_uid = unsafe { libc::geteuid() } == 0;
         match BuildUser::resolve("root") {
-            Err(e) => assert!(root_uid && e.contains("unprivileged"), "{e}"),
+            Err(e) => assert!(root_uid && e.to_string().contains("unprivileged"), "{e}"),
             Ok(u) => assert!(!root_uid && !u.switch && u.uid != 0, "{u:?}"),
         }
         match BuildUser::resolve("0") {
-            Err(e) => assert!(root_uid && e.contains("unprivileged"), "{e}"),
+            Err(e) => assert!(root_uid && e.to_string().contains("unprivileged"), "{e}"),
             Ok(u) => assert!(!root_uid && !u.switch, "{u:?}"),
         }
     }
@@ -184,7 +219,7 @@ mod tests {
             assert_eq!((u.name.as_str(), u.uid, u.switch), ("nobody", 65534, true), "{u:?}");
             assert!(!u.groups.contains(&0), "{u:?}");
             let e = BuildUser::resolve("no-such-user-here").unwrap_err();
-            assert!(e.contains("no such user"), "{e}");
+            assert!(e.to_string().contains("no such user"), "{e}");
         } else {
             assert_eq!(u, BuildUser::current());
         }

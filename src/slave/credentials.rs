@@ -10,6 +10,7 @@
 //! The forge tokens of commit statuses (SLAVE_FORGES, SLAVE_FORGES_FILE; see
 //! `crate::slave::forge`) take the same way out of the environment, in the same memfd.
 
+use crate::slave::forge::ForgeLineError;
 use std::ffi::{CStr, OsString};
 use std::fmt;
 use std::io::{Read, Seek, Write};
@@ -19,17 +20,17 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Credential-store lines, separated by newlines or spaces.
-pub const INLINE: &str = "GIT_CREDENTIALS";
+pub(crate) const INLINE: &str = "GIT_CREDENTIALS";
 /// A file of such lines (a Docker secret, say), mode 0400 or 0600.
-pub const FILE: &str = "GIT_CREDENTIALS_FILE";
+pub(crate) const FILE: &str = "GIT_CREDENTIALS_FILE";
 /// The settings of earlier versions, which gave one password to every host.
 const RETIRED: [&str; 3] = ["GIT_USERNAME", "GIT_PASSWORD", "GIT_NETRC"];
 /// Set by the slave for itself when it restarts: the memfd holding the lines.
 const HANDOVER: &str = "SLAVE_CREDENTIALS_FD";
 const MEMFD_NAME: &CStr = c"ci-git-credentials";
 /// Forge lines (`<kind> <api base> <token>`), and a file of them.
-pub const FORGES: &str = "SLAVE_FORGES";
-pub const FORGES_FILE: &str = "SLAVE_FORGES_FILE";
+pub(crate) const FORGES: &str = "SLAVE_FORGES";
+pub(crate) const FORGES_FILE: &str = "SLAVE_FORGES_FILE";
 /// Separates the git lines from the forge lines in the memfd.
 const FORGES_MARK: &str = "#forges\n";
 
@@ -42,7 +43,7 @@ pub struct Taken {
 
 /// One credential: where it may go, and what it is.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credential {
+pub(crate) struct Credential {
     /// Lower case; an IPv6 address in brackets.
     host: String,
     port: u16,
@@ -68,14 +69,10 @@ impl fmt::Debug for Credentials {
 /// (same executable and arguments) without them, handing the lines over in a
 /// memfd; it returns in the restarted process. SLAVE_FORGES and
 /// SLAVE_FORGES_FILE are taken the same way.
-pub fn take() -> Result<Taken, String> {
+pub fn take() -> Result<Taken, SecretsError> {
     for name in RETIRED {
         if set(name).is_some() {
-            return Err(format!(
-                "{name} is no longer read: it gave one password to whatever host a push named, over http:// too. \
-                 Bind each credential to its host instead: GIT_CREDENTIALS='https://<user>:<token>@<host>' (one per host, \
-                 separated by spaces or newlines), or the same lines in a file named by GIT_CREDENTIALS_FILE"
-            ));
+            return Err(SecretsError::Retired(name));
         }
     }
     if let Some(fd) = std::env::var_os(HANDOVER) {
@@ -93,7 +90,7 @@ pub fn take() -> Result<Taken, String> {
     }
     let mut all = Credentials::default();
     if let Some(value) = inline {
-        let value = value.into_string().map_err(|_| format!("{INLINE}: not UTF-8"))?;
+        let value = value.into_string().map_err(|_| SecretsError::NotUtf8(INLINE))?;
         all.0.extend(Credentials::parse(&value, INLINE)?.0);
     }
     if let Some(path) = file {
@@ -101,7 +98,7 @@ pub fn take() -> Result<Taken, String> {
     }
     let mut forge_lines = String::new();
     if let Some(value) = forges {
-        let value = value.into_string().map_err(|_| format!("{FORGES}: not UTF-8"))?;
+        let value = value.into_string().map_err(|_| SecretsError::NotUtf8(FORGES))?;
         forge_lines.push_str(&crate::slave::forge::Forges::parse(&value, FORGES)?.lines());
     }
     if let Some(path) = forges_file {
@@ -118,36 +115,150 @@ fn set(name: &str) -> Option<OsString> {
 
 /// The file's lines; refused when anyone but its owner may read it, or when
 /// its owner is neither root nor the slave's user.
-fn read_file(name: &str, path: &OsString) -> Result<String, String> {
-    let what = format!("{name}={path:?}");
-    let meta = std::fs::metadata(path).map_err(|e| format!("{what}: cannot read: {e}"))?;
+fn read_file(name: &str, path: &OsString) -> Result<String, SecretsError> {
+    let bad = |problem| SecretsError::File { what: format!("{name}={path:?}"), problem };
+    let meta = std::fs::metadata(path).map_err(|e| bad(FileProblem::Read(e)))?;
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!("{what}: belongs to uid {}; it must belong to the slave's user (uid {me}) or root", meta.uid()));
+        return Err(bad(FileProblem::Owner { uid: meta.uid(), me }));
     }
     if meta.mode() & 0o077 != 0 {
-        return Err(format!(
-            "{what}: mode {:04o} lets other users read it; give it mode 0400 or 0600 (a Swarm secret: `mode: 0400`; \
-             a bind-mounted file: chmod 600 on the host)",
-            meta.mode() & 0o7777
-        ));
+        return Err(bad(FileProblem::Mode(meta.mode() & 0o7777)));
     }
-    std::fs::read_to_string(path).map_err(|e| format!("{what}: cannot read: {e}"))
+    std::fs::read_to_string(path).map_err(|e| bad(FileProblem::Read(e)))
+}
+
+/// Why the secrets could not be taken out of the environment: the variable,
+/// file or entry at fault (quoted), never a secret's value.
+#[derive(Debug)]
+pub enum SecretsError {
+    /// A variable this slave no longer reads.
+    Retired(&'static str),
+    /// A variable whose value is not UTF-8.
+    NotUtf8(&'static str),
+    /// A file named by a variable; `what` is `NAME="path"`.
+    File {
+        what: String,
+        problem: FileProblem,
+    },
+    /// An entry of a credential list: where (`source`, entry `number`) and why.
+    Entry {
+        source: String,
+        number: usize,
+        why: EntryError,
+    },
+    /// A line of a forge list.
+    Forge(ForgeLineError),
+    /// The handover variable does not name a credentials memfd of this slave.
+    NotHandover(OsString),
+    HandoverUnreadable(std::io::Error),
+    /// The memfd for the restarted slave cannot be made.
+    NoMemfd(std::io::Error),
+    /// ... or written.
+    NoHandover(std::io::Error),
+    /// The slave cannot restart itself without the variables.
+    Restart(std::io::Error),
+}
+
+/// What is wrong with a secrets file.
+#[derive(Debug)]
+pub enum FileProblem {
+    Read(std::io::Error),
+    /// Owned by `uid`, neither the slave's user (`me`) nor root.
+    Owner {
+        uid: u32,
+        me: u32,
+    },
+    /// Readable by others: its mode.
+    Mode(u32),
+}
+
+/// What is wrong with one credential entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryError {
+    ClearText,
+    /// Not `https://...` at all.
+    Form,
+    NoUserInfo,
+    NoToken,
+    BadUser,
+    BadToken,
+    EmptyUserOrToken,
+    /// The `host[:port]` part, quoted.
+    BadHost(String),
+    QueryInPath,
+}
+
+/// The form every credential entry takes.
+const FORM: &str = "expected https://<user>:<token>@<host>[:<port>][/<path>]";
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntryError::ClearText => f.write_str("http:// is refused: the credential would travel in clear text; write https://"),
+            EntryError::Form => f.write_str(FORM),
+            EntryError::NoUserInfo => write!(f, "no <user>:<token>@ before the host; {FORM}"),
+            EntryError::NoToken => write!(f, "no :<token> after the user; {FORM}"),
+            EntryError::BadUser => f.write_str("the user is not valid percent-encoded text without control characters"),
+            EntryError::BadToken => f.write_str("the token is not valid percent-encoded text without control characters"),
+            EntryError::EmptyUserOrToken => write!(f, "empty user or token; {FORM}"),
+            EntryError::BadHost(hostport) => write!(f, "{hostport:?} is not a host name or address with an optional port"),
+            EntryError::QueryInPath => f.write_str("a path prefix cannot hold `?` or `#`"),
+        }
+    }
+}
+
+impl fmt::Display for SecretsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretsError::Retired(name) => write!(
+                f,
+                "{name} is no longer read: it gave one password to whatever host a push named, over http:// too. \
+                 Bind each credential to its host instead: GIT_CREDENTIALS='https://<user>:<token>@<host>' (one per host, \
+                 separated by spaces or newlines), or the same lines in a file named by GIT_CREDENTIALS_FILE"
+            ),
+            SecretsError::NotUtf8(name) => write!(f, "{name}: not UTF-8"),
+            SecretsError::File { what, problem: FileProblem::Read(e) } => write!(f, "{what}: cannot read: {e}"),
+            SecretsError::File { what, problem: FileProblem::Owner { uid, me } } => {
+                write!(f, "{what}: belongs to uid {uid}; it must belong to the slave's user (uid {me}) or root")
+            }
+            SecretsError::File { what, problem: FileProblem::Mode(mode) } => write!(
+                f,
+                "{what}: mode {mode:04o} lets other users read it; give it mode 0400 or 0600 (a Swarm secret: `mode: 0400`; \
+                 a bind-mounted file: chmod 600 on the host)"
+            ),
+            SecretsError::Entry { source, number, why } => write!(f, "{source}, entry {number}: {why}"),
+            SecretsError::Forge(e) => e.fmt(f),
+            SecretsError::NotHandover(fd) => write!(f, "{HANDOVER}={fd:?}: not a credentials memfd of this slave"),
+            SecretsError::HandoverUnreadable(e) => write!(f, "{HANDOVER}: cannot read: {e}"),
+            SecretsError::NoMemfd(e) => write!(f, "cannot hand the credentials over (memfd_create): {e}"),
+            SecretsError::NoHandover(e) => write!(f, "cannot hand the credentials over: {e}"),
+            SecretsError::Restart(e) => write!(f, "cannot restart the slave without its credentials in the environment: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SecretsError {}
+
+impl From<ForgeLineError> for SecretsError {
+    fn from(e: ForgeLineError) -> SecretsError {
+        SecretsError::Forge(e)
+    }
 }
 
 /// Restarts this executable without the credential variables, the lines in
 /// a memfd it inherits. Returns only when that fails.
-fn restart_without_env(lines: &str) -> String {
+fn restart_without_env(lines: &str) -> SecretsError {
     // SAFETY: memfd_create takes a NUL-terminated name; no MFD_CLOEXEC, so
     // the restarted slave inherits it. The fd is owned by `file` from here.
     let fd = unsafe { libc::memfd_create(MEMFD_NAME.as_ptr(), 0) };
     if fd < 0 {
-        return format!("cannot hand the credentials over (memfd_create): {}", std::io::Error::last_os_error());
+        return SecretsError::NoMemfd(std::io::Error::last_os_error());
     }
     let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
     if let Err(e) = file.write_all(lines.as_bytes()).and_then(|_| file.rewind()) {
-        return format!("cannot hand the credentials over: {e}");
+        return SecretsError::NoHandover(e);
     }
     let fd = file.into_raw_fd();
     let mut args = std::env::args_os();
@@ -161,12 +272,12 @@ fn restart_without_env(lines: &str) -> String {
         .env_remove(FORGES_FILE)
         .env(HANDOVER, fd.to_string())
         .exec();
-    format!("cannot restart the slave without its credentials in the environment: {err}")
+    SecretsError::Restart(err)
 }
 
 /// Reads and closes the memfd named by SLAVE_CREDENTIALS_FD.
-fn read_handover(fd: &OsString) -> Result<String, String> {
-    let bad = || format!("{HANDOVER}={fd:?}: not a credentials memfd of this slave");
+fn read_handover(fd: &OsString) -> Result<String, SecretsError> {
+    let bad = || SecretsError::NotHandover(fd.clone());
     let fd: i32 = fd.to_str().and_then(|s| s.parse().ok()).filter(|n| *n > 2).ok_or_else(bad)?;
     let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).map_err(|_| bad())?;
     if !target.to_string_lossy().starts_with(&format!("/memfd:{}", MEMFD_NAME.to_string_lossy())) {
@@ -175,7 +286,7 @@ fn read_handover(fd: &OsString) -> Result<String, String> {
     // SAFETY: the fd is open (read_link saw it) and ours alone; File closes it.
     let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut text = String::new();
-    file.read_to_string(&mut text).map_err(|e| format!("{HANDOVER}: cannot read: {e}"))?;
+    file.read_to_string(&mut text).map_err(SecretsError::HandoverUnreadable)?;
     Ok(text)
 }
 
@@ -183,11 +294,11 @@ impl Credentials {
     /// Parses credential-store lines (separated by newlines or spaces; lines
     /// starting with `#` are comments). Errors name `source` and the entry,
     /// never a value.
-    pub fn parse(text: &str, source: &str) -> Result<Credentials, String> {
+    pub(crate) fn parse(text: &str, source: &str) -> Result<Credentials, SecretsError> {
         let entries = text.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(str::split_whitespace);
         entries
             .enumerate()
-            .map(|(i, e)| parse_entry(e).map_err(|why| format!("{source}, entry {}: {why}", i + 1)))
+            .map(|(i, e)| parse_entry(e).map_err(|why| SecretsError::Entry { source: source.to_string(), number: i + 1, why }))
             .collect::<Result<_, _>>()
             .map(Credentials)
     }
@@ -204,7 +315,7 @@ impl Credentials {
     /// The credential for `url`: https only; same host and port; the longest
     /// path prefix that matches (whole path components; `.git` and a
     /// trailing `/` ignored).
-    pub fn for_url(&self, url: &str) -> Option<&Credential> {
+    pub(crate) fn for_url(&self, url: &str) -> Option<&Credential> {
         let (host, port, path) = https_parts(url)?;
         self.0.iter().filter(|c| c.host == host && c.port == port && path_under(&path, &c.path)).max_by_key(|c| c.path.len())
     }
@@ -214,7 +325,7 @@ impl Credentials {
     /// matches, one helper scoped by git itself to `https://<host>[:<port>]`
     /// that answers `get` from a pipe filled now. Nothing in git's
     /// environment, no file. Keep `cmd` until it has been spawned.
-    pub fn configure(&self, cmd: &mut Command, url: Option<&str>) -> std::io::Result<()> {
+    pub(crate) fn configure(&self, cmd: &mut Command, url: Option<&str>) -> std::io::Result<()> {
         cmd.arg("-c").arg("credential.helper=");
         let Some(cred) = url.and_then(|u| self.for_url(u)) else { return Ok(()) };
         let (reader, mut writer) = std::io::pipe()?;
@@ -239,7 +350,7 @@ impl Credentials {
     }
 
     /// `text` with every password replaced by `***`.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for c in &self.0 {
             if c.password.len() >= 3 && out.contains(&c.password) {
@@ -266,29 +377,28 @@ impl Credential {
     }
 }
 
-fn parse_entry(entry: &str) -> Result<Credential, String> {
-    const FORM: &str = "expected https://<user>:<token>@<host>[:<port>][/<path>]";
+fn parse_entry(entry: &str) -> Result<Credential, EntryError> {
     let lower = entry.to_ascii_lowercase();
     if lower.starts_with("http://") {
-        return Err("http:// is refused: the credential would travel in clear text; write https://".into());
+        return Err(EntryError::ClearText);
     }
     if !lower.starts_with("https://") {
-        return Err(FORM.into());
+        return Err(EntryError::Form);
     }
     let rest = &entry["https://".len()..];
     let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
     let Some((userinfo, hostport)) = authority.rsplit_once('@') else {
-        return Err(format!("no <user>:<token>@ before the host; {FORM}"));
+        return Err(EntryError::NoUserInfo);
     };
-    let (user, token) = userinfo.split_once(':').ok_or_else(|| format!("no :<token> after the user; {FORM}"))?;
-    let username = decode(user).ok_or("the user is not valid percent-encoded text without control characters")?;
-    let password = decode(token).ok_or("the token is not valid percent-encoded text without control characters")?;
+    let (user, token) = userinfo.split_once(':').ok_or(EntryError::NoToken)?;
+    let username = decode(user).ok_or(EntryError::BadUser)?;
+    let password = decode(token).ok_or(EntryError::BadToken)?;
     if username.is_empty() || password.is_empty() {
-        return Err(format!("empty user or token; {FORM}"));
+        return Err(EntryError::EmptyUserOrToken);
     }
-    let (host, port) = host_port(hostport).ok_or_else(|| format!("{hostport:?} is not a host name or address with an optional port"))?;
+    let (host, port) = host_port(hostport).ok_or_else(|| EntryError::BadHost(hostport.to_string()))?;
     if path.contains(['?', '#']) {
-        return Err("a path prefix cannot hold `?` or `#`".into());
+        return Err(EntryError::QueryInPath);
     }
     Ok(Credential { host, port, path: normalize_path(path), username, password })
 }
@@ -399,7 +509,7 @@ mod tests {
             ("https://u:SECRET@host/a?b", "cannot hold"),
         ];
         for (entry, want) in cases {
-            let err = Credentials::parse(&format!("https://ok:ok@fine {entry}"), "GIT_CREDENTIALS").unwrap_err();
+            let err = Credentials::parse(&format!("https://ok:ok@fine {entry}"), "GIT_CREDENTIALS").unwrap_err().to_string();
             assert!(err.starts_with("GIT_CREDENTIALS, entry 2: "), "{entry}: {err}");
             assert!(err.contains(want), "{entry}: {err}");
             assert!(!err.contains("SECRET"), "{entry}: the error shows the token: {err}");

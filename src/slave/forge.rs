@@ -12,6 +12,7 @@
 use crate::logging::quote;
 use crate::payload::short_sha;
 use crate::payload::Push;
+use crate::slave::error::StartError;
 use crate::store::conn::Redis;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt;
@@ -103,35 +104,33 @@ impl Forges {
     /// Parses `<github|gitea|gitlab> <api base URL> <token>` lines (`#`
     /// comments and blank lines skipped). Errors name `source` and the line,
     /// never a token.
-    pub fn parse(text: &str, source: &str) -> Result<Forges, String> {
+    pub fn parse(text: &str, source: &str) -> Result<Forges, ForgeLineError> {
         let mut all = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| format!("{source}, line {}: {why}; expected `<github|gitea|gitlab> <api base URL> <token>`", i + 1);
+            let bad = |kind| ForgeLineError { source: source.to_string(), line: i + 1, kind };
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [kind, base, token] = fields[..] else { return Err(bad(&format!("{} fields", fields.len()))) };
+            let [kind, base, token] = fields[..] else { return Err(bad(ForgeLineKind::Fields(fields.len()))) };
             let kind = match kind.to_ascii_lowercase().as_str() {
                 "github" => Kind::GitHub,
                 "gitea" | "forgejo" => Kind::Gitea,
                 "gitlab" => Kind::GitLab,
-                _ => return Err(bad(&format!("unknown forge {kind:?}"))),
+                _ => return Err(bad(ForgeLineKind::UnknownForge(kind.to_string()))),
             };
             let base = base.trim_end_matches('/');
             if base.contains(['?', '#']) {
-                return Err(bad(&format!("{base:?} cannot hold `?` or `#`")));
+                return Err(bad(ForgeLineKind::QueryInBase(base.to_string())));
             }
-            let origin = origin(base).ok_or_else(|| bad(&format!("{base:?} is not an http(s) URL with a host")))?;
+            let origin = origin(base).ok_or_else(|| bad(ForgeLineKind::NotAUrl(base.to_string())))?;
             let loopback = ["localhost", "[::1]"].contains(&origin.host.as_str()) || origin.host.starts_with("127.");
             if origin.scheme == "http" && !loopback {
-                return Err(bad(
-                    "http:// is refused: the token would travel in clear text; write https:// (http is for 127.0.0.1 and localhost only)",
-                ));
+                return Err(bad(ForgeLineKind::ClearText));
             }
             if token.chars().any(|c| c.is_control()) {
-                return Err(bad("the token holds control characters"));
+                return Err(bad(ForgeLineKind::ControlInToken));
             }
             all.push(Forge { kind, base: base.to_string(), origin, token: token.to_string() });
         }
@@ -282,13 +281,48 @@ pub fn body(kind: Kind, event: &Event, target_url: Option<&str>) -> serde_json::
 }
 
 /// How the poster behaves (SLAVE_FORGE_TIMEOUT, SLAVE_FORGE_ATTEMPTS, CI_PUBLIC_URL).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub timeout: Duration,
-    pub attempts: u32,
-    /// No trailing `/`.
-    pub public_url: Option<String>,
+pub(crate) use crate::config::ForgeSettings as Settings;
+
+/// A line of SLAVE_FORGES (or its file) that is not a forge: where, and why.
+#[derive(Debug)]
+pub struct ForgeLineError {
+    /// The variable or `NAME="path"`.
+    source: String,
+    line: usize,
+    kind: ForgeLineKind,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeLineKind {
+    /// Not three fields: how many there were.
+    Fields(usize),
+    UnknownForge(String),
+    /// The API base URL holds `?` or `#`.
+    QueryInBase(String),
+    NotAUrl(String),
+    /// http:// to a host other than the loopback.
+    ClearText,
+    ControlInToken,
+}
+
+impl fmt::Display for ForgeLineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, line {}: ", self.source, self.line)?;
+        match &self.kind {
+            ForgeLineKind::Fields(n) => write!(f, "{n} fields")?,
+            ForgeLineKind::UnknownForge(kind) => write!(f, "unknown forge {kind:?}")?,
+            ForgeLineKind::QueryInBase(base) => write!(f, "{base:?} cannot hold `?` or `#`")?,
+            ForgeLineKind::NotAUrl(base) => write!(f, "{base:?} is not an http(s) URL with a host")?,
+            ForgeLineKind::ClearText => f.write_str(
+                "http:// is refused: the token would travel in clear text; write https:// (http is for 127.0.0.1 and localhost only)",
+            )?,
+            ForgeLineKind::ControlInToken => f.write_str("the token holds control characters")?,
+        }
+        f.write_str("; expected `<github|gitea|gitlab> <api base URL> <token>`")
+    }
+}
+
+impl std::error::Error for ForgeLineError {}
 
 /// The slave's handle on the poster thread.
 pub struct Poster {
@@ -300,13 +334,13 @@ pub struct Poster {
 
 impl Poster {
     /// Starts the poster thread when forges are configured.
-    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::store::conn::Target) -> Result<Poster, String> {
+    pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::store::conn::Target) -> Result<Poster, StartError> {
         let dropped = Arc::new(AtomicU64::new(0));
         if forges.is_empty() {
             return Ok(Poster { forges, public_url: settings.public_url, tx: None, dropped });
         }
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let redis = Redis::open(redis_url, Duration::from_secs(5))?;
+        let redis = Redis::open(redis_url, Duration::from_secs(5)).map_err(StartError::Redis)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
@@ -320,7 +354,7 @@ impl Poster {
         std::thread::Builder::new()
             .name("forge-status".into())
             .spawn(move || post_loop(&rx, agent, redis, &counter, attempts))
-            .map_err(|e| format!("cannot start the forge status thread: {e}"))?;
+            .map_err(StartError::thread("the forge status thread"))?;
         Ok(Poster { forges, public_url: settings.public_url, tx: Some(tx), dropped })
     }
 
@@ -401,13 +435,14 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         let ms = started.elapsed().as_millis();
         let facts = format!("repo={} sha={} state={} forge={}", quote(&u.repo), short_sha(&u.sha), u.state, u.forge.kind.name());
         match result {
-            Ok(code) if (200..300).contains(&code) => {
+            Ok(code) => {
                 log::info!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts);
                 count(&mut redis, "sent", 1);
                 continue;
             }
-            Ok(code) => log::warn!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts),
-            Err(e) => log::warn!("forge.status {facts} code=- ms={ms} attempt={} error={}", u.attempts, quote(&e)),
+            // Both are retried: a 4xx may be a forge that does not know the commit yet.
+            Err(SendError::Refused(code)) => log::warn!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts),
+            Err(SendError::Unreachable(e)) => log::warn!("forge.status {facts} code=- ms={ms} attempt={} error={}", u.attempts, quote(&e)),
         }
         if u.attempts >= max_attempts {
             log::warn!("forge.status_failed {facts} attempts={}: giving up on this status", u.attempts);
@@ -443,8 +478,18 @@ fn supersede(waiting: &mut Vec<Update>, u: Update, redis: &mut Redis) {
     waiting.push(u);
 }
 
-/// One POST; the HTTP code, or why there is none (never the token).
-fn send(agent: &ureq::Agent, u: &Update) -> Result<u16, String> {
+/// Why a commit status was not posted.
+#[derive(Debug)]
+enum SendError {
+    /// The forge answered with this non-2xx code: transient for 5xx and
+    /// 429, fatal for the other 4xx (the token, the repository, the body).
+    Refused(u16),
+    /// No answer: the connection, TLS, the timeout (transient). Never the token.
+    Unreachable(String),
+}
+
+/// One POST; its 2xx code, or why it was not taken.
+fn send(agent: &ureq::Agent, u: &Update) -> Result<u16, SendError> {
     let req = agent.post(&u.url).header("Content-Type", "application/json");
     let req = match u.forge.kind {
         Kind::GitHub => req.header("Authorization", format!("Bearer {}", u.forge.token)).header("Accept", "application/vnd.github+json"),
@@ -455,9 +500,12 @@ fn send(agent: &ureq::Agent, u: &Update) -> Result<u16, String> {
         Ok(mut resp) => {
             // Read (a little of) the body so the connection can be reused.
             let _ = resp.body_mut().with_config().limit(64 * 1024).read_to_vec();
-            Ok(resp.status().as_u16())
+            match resp.status().as_u16() {
+                code @ 200..=299 => Ok(code),
+                code => Err(SendError::Refused(code)),
+            }
         }
-        Err(e) => Err(e.to_string().replace(&u.forge.token, "***")),
+        Err(e) => Err(SendError::Unreachable(e.to_string().replace(&u.forge.token, "***"))),
     }
 }
 
@@ -554,7 +602,7 @@ mod tests {
             ("github https://h SECRET extra", "4 fields"),
             ("gitea http://git.example.com/api/v1 SECRET", "http:// is refused"),
         ] {
-            let err = Forges::parse(&format!("gitlab https://ok tok\n{text}"), "SLAVE_FORGES").unwrap_err();
+            let err = Forges::parse(&format!("gitlab https://ok tok\n{text}"), "SLAVE_FORGES").unwrap_err().to_string();
             assert!(err.starts_with("SLAVE_FORGES, line 2: "), "{text}: {err}");
             assert!(err.contains(want), "{text}: {err}");
             assert!(!err.contains("SECRET"), "{text}: {err}");

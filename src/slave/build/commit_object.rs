@@ -6,10 +6,17 @@
 //! (packed, a tag, SHA-256, an `encoding` header, a date out of range, too
 //! big) answers `None` and the caller asks git.
 
-use crate::slave::build::workspace::Commit;
 use sha1::{Digest, Sha1};
 use std::io::Read;
 use std::path::Path;
+
+/// The pushed commit, as git knows it.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub message: String,
+    /// Committer date, ISO 8601.
+    pub timestamp: String,
+}
 
 /// Bytes of a commit object read, at most (compressed and inflated); git
 /// shows at most 64 KiB of a message to us anyway.

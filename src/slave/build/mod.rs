@@ -1,14 +1,16 @@
 //! One build: workspace → integration.yml → runner → log lines. The log-line
-//! formats here are the contract `GET /status` prints.
+//! formats here are the contract `GET /status` prints. No Redis: it takes a
+//! [`Job`] and a [`LiveLog`] and answers a [`Built`]; the executor stores it.
 
-pub mod commit_object;
+pub(crate) mod commit_object;
 pub mod integration;
-pub mod runner;
-pub mod workspace;
+pub(crate) mod runner;
+pub(crate) mod workspace;
 
+use crate::payload::Push;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
-use crate::store::queue::{Outcome, Started};
+use commit_object::Commit;
 use integration::Step;
 use runner::Exit;
 use std::collections::VecDeque;
@@ -30,11 +32,12 @@ const MAX_LOG_LINE: usize = runner::MAX_LINE + 64;
 const LINE_OVERHEAD: usize = std::mem::size_of::<String>();
 /// Room kept for the `[` `]` of the JSON array and the marker line.
 const LOG_RESERVE: usize = 64;
-/// The smallest SLAVE_MAX_LOG_BYTES: two halves that hold the longest line.
-pub const MIN_LOG_BYTES: usize = 64 * 1024;
+use crate::config::MIN_LOG_BYTES;
+// The smallest budget config allows still holds the longest line in each half.
+const _: () = assert!((MIN_LOG_BYTES - LOG_RESERVE) / 2 >= MAX_LOG_LINE + 2 + LINE_OVERHEAD);
 
 /// What a slave builds with.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// Absolute.
     pub cache: &'a Path,
     pub creds: &'a Credentials,
@@ -50,11 +53,50 @@ pub struct Context<'a> {
     /// Set on shutdown past the grace period: stop and store nothing.
     pub abort: &'a AtomicBool,
     /// Where the log lines and the snippets' output lines go as they happen.
-    pub live: Option<&'a crate::store::stream::BuildLog>,
+    pub live: Option<Arc<dyn LiveLog>>,
+}
+
+/// Where a build's lines go as they happen (the live log followers read).
+/// It never blocks: a line it has no room for is counted, not waited for.
+pub(crate) trait LiveLog: Send + Sync {
+    fn line(&self, line: &str);
+    /// Whether a line would be taken now.
+    fn has_room(&self) -> bool;
+    /// `n` lines were dropped before reaching [`LiveLog::line`].
+    fn count_dropped(&self, n: u64);
+}
+
+/// What to build.
+pub(crate) struct Job<'a> {
+    /// The build's id (the steps' BUILD_ID).
+    pub id: &'a str,
+    pub push: &'a Push,
+    /// Start the checkout and the mirror afresh.
+    pub reset: bool,
+}
+
+/// A build's end, its log and how long it took.
+pub(crate) struct Built {
+    pub ending: Ending,
+    pub log: Vec<String>,
+    pub seconds: u64,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The steps ran (or were skipped after a failure): passed or failed.
+    Ran { passed: bool },
+    /// It could not run: the checkout failed, or integration.yml is missing
+    /// or invalid. The log's last line says why (`* <why>`).
+    CouldNotRun,
+    /// Stopped from outside (shutdown past the grace, a lost index, a
+    /// cancel): the log so far.
+    Stopped,
 }
 
 /// The first line of a snippet, cut to a readable length.
-pub fn cut(snippet: &str) -> String {
+pub(crate) fn cut(snippet: &str) -> String {
     let first = snippet.trim().lines().next().unwrap_or("");
     if first.chars().count() > SNIPPET_SHOWN || snippet.trim().lines().count() > 1 {
         let short: String = first.chars().take(SNIPPET_SHOWN).collect();
@@ -65,7 +107,7 @@ pub fn cut(snippet: &str) -> String {
 }
 
 /// `<branch>-<short sha>`, every character outside `A-Za-z0-9=` as `-`.
-pub fn tag(branch: &str, short: &str) -> String {
+pub(crate) fn tag(branch: &str, short: &str) -> String {
     format!("{branch}-{short}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '=' { c } else { '-' }).collect()
 }
 
@@ -74,7 +116,7 @@ pub fn tag(branch: &str, short: &str) -> String {
 /// `... (N lines dropped) ...`. A line costs its JSON length plus a comma and
 /// its `String`, so the stored JSON array stays under the budget and a flood
 /// of empty lines is bounded too.
-pub struct Log {
+pub(crate) struct Log {
     half: usize,
     head: Vec<String>,
     head_cost: usize,
@@ -83,16 +125,16 @@ pub struct Log {
     tail_cost: usize,
     dropped: u64,
     /// Each line is also published here as it is pushed.
-    live: Option<crate::store::stream::BuildLog>,
+    live: Option<Arc<dyn LiveLog>>,
 }
 
 impl Log {
-    pub fn new(max_bytes: usize) -> Log {
+    pub(crate) fn new(max_bytes: usize) -> Log {
         let half = max_bytes.saturating_sub(LOG_RESERVE) / 2;
         Log { half, head: vec![], head_cost: 0, head_closed: false, tail: VecDeque::new(), tail_cost: 0, dropped: 0, live: None }
     }
 
-    pub fn push(&mut self, mut line: String) {
+    pub(crate) fn push(&mut self, mut line: String) {
         if line.len() > MAX_LOG_LINE {
             let mut end = MAX_LOG_LINE - 3;
             while !line.is_char_boundary(end) {
@@ -132,7 +174,7 @@ impl Log {
         out
     }
 
-    pub fn into_lines(self) -> Vec<String> {
+    pub(crate) fn into_lines(self) -> Vec<String> {
         let mut lines = self.head;
         if self.dropped > 0 {
             lines.push(format!("... ({} lines dropped) ...", self.dropped));
@@ -158,53 +200,86 @@ fn json_len(s: &str) -> usize {
         .sum::<usize>()
 }
 
-/// Runs the job. `Err` when aborted (shutdown, lost index, or canceled):
-/// the log so far, which the slave stores only for a canceled build.
-pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
+/// Runs the job: checkout, integration.yml, each step's snippets.
+pub(crate) fn run(ctx: &Context, job: &Job) -> Built {
     let started = Instant::now();
-    let push = &job.push;
     let mut log = Log::new(ctx.max_log);
-    log.live = ctx.live.cloned();
-    let short = crate::payload::short_sha(&push.sha);
-    let fail = |mut log: Log, why: String| {
-        log.push(format!("* {why}"));
-        Ok(Outcome { passed: false, could_not_run: true, log: log.into_lines(), seconds: started.elapsed().as_secs() })
-    };
-    let aborted =
-        |log: Log| Err(Outcome { passed: false, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() });
+    log.live = ctx.live.clone();
+    let ending = build(ctx, job, started, &mut log);
+    Built { ending, log: log.into_lines(), seconds: started.elapsed().as_secs() }
+}
 
-    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
+/// The build stopped from outside: it ends here, nothing more is logged.
+struct Stopped;
+
+fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
+    let push = job.push;
+    let short = crate::payload::short_sha(&push.sha);
     let deadline = started + ctx.timeout;
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
-    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env: base_env, deadline, limit: ctx.timeout, abort: ctx.abort };
-    let source = push.source_ref();
-    let commit = match git.prepare(&push.repo, &push.clone_url, &push.branch, &source, &push.sha, job.reset) {
+    let commit = match checkout(ctx, job, base_env, deadline) {
         Ok(c) => c,
-        Err(GitError::Aborted) => return aborted(log),
+        Err(GitError::Aborted) => return Ending::Stopped,
         Err(e) => {
             log.push(format!("- commit {short}"));
-            return fail(log, format!("checkout failed: {e}"));
+            return could_not_run(log, format!("checkout failed: {e}"));
         }
     };
     let subject = commit.message.lines().next().unwrap_or("");
     log.push(format!("- commit {short} ({subject})"));
-
+    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let steps = match read_steps(&dir) {
         Ok(s) => s,
-        Err(why) => return fail(log, why),
+        Err(why) => return could_not_run(log, why.to_string()),
     };
-
+    let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
+        if steps_run.step(number, step, log, &mut ok).is_err() {
+            return Ending::Stopped;
+        }
+    }
+    Ending::Ran { passed: ok }
+}
+
+/// The job's commit checked out (detached) in its cached checkout.
+fn checkout(ctx: &Context, job: &Job, env: &[(String, String)], deadline: Instant) -> Result<Commit, GitError> {
+    let push = job.push;
+    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env, deadline, limit: ctx.timeout, abort: ctx.abort };
+    git.prepare(&push.repo, &push.clone_url, &push.branch, &push.source_ref(), &push.sha, job.reset)
+}
+
+/// Logs why the build could not run, as its last line.
+fn could_not_run(log: &mut Log, why: String) -> Ending {
+    log.push(format!("* {why}"));
+    Ending::CouldNotRun
+}
+
+/// What every step of one build shares.
+struct Steps<'a> {
+    ctx: &'a Context<'a>,
+    job: &'a Job<'a>,
+    base_env: &'a [(String, String)],
+    commit: &'a Commit,
+    short: &'a str,
+    /// The checkout.
+    dir: &'a Path,
+    deadline: Instant,
+}
+
+impl Steps<'_> {
+    /// Runs step `number` (from 0): its snippets in its directory; after a
+    /// failure (`ok` false) only its `no-skip` ones.
+    fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         log.push(format!("- {}", step.title));
-        let cwd = match step_dir(&dir, step) {
+        let cwd = match step_dir(self.dir, step) {
             Ok(d) => d,
             Err(why) => {
                 log.push(format!("* step {} ({:?}): {why}", number + 1, step.title));
-                ok = false;
-                continue;
+                *ok = false;
+                return Ok(());
             }
         };
         for snippet in &step.shell {
@@ -212,46 +287,53 @@ pub fn run(ctx: &Context, job: &Started) -> Result<Outcome, Outcome> {
                 Some(rest) => (true, rest),
                 None => (false, snippet.as_str()),
             };
-            let left = deadline.saturating_duration_since(Instant::now());
-            if (!ok && !forced) || left.is_zero() {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if (!*ok && !forced) || left.is_zero() {
                 log.push(format!("[skipped] {}", cut(script)));
                 continue;
             }
-            let env = step_env(ctx, base_env, job, &commit, short, &log, ok, step);
-            let masks = secret_values(&env, &step.secrets);
-            // Output lines go live as `  . <line>` (debug or not), masked like the log.
-            let sink = ctx.live.map(|live| Arc::new(LiveOutput { live: live.clone(), masks: masks.clone() }) as runner::LineSink);
-            let ran = runner::run(script, &cwd, &env, ctx.user, left, ctx.abort, sink);
-            let secs = ran.elapsed.as_secs();
-            let (passed, how) = match &ran.exit {
-                Exit::Code(0) => (true, "exit code 0".to_string()),
-                Exit::Code(c) => (false, format!("exit code {c}")),
-                Exit::TimedOut => (false, "timed out".to_string()),
-                Exit::SpawnFailed(e) => (false, format!("could not start: {e}")),
-                Exit::Aborted => return aborted(log),
-            };
-            let tag = if passed { "[passed]" } else { "[failed]" };
-            log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
-            if step.debug {
-                if ran.output.dropped > 0 {
-                    log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
-                }
-                for line in &ran.output.lines {
-                    log.push(format!("{tag}   . {}", mask(line, &masks)));
-                }
+            *ok &= self.snippet(step, script, &cwd, left, log, *ok)?;
+        }
+        Ok(())
+    }
+
+    /// Runs one snippet with `left` of the build's time and logs how it
+    /// ended (and its output, for a `debug` step); whether it passed.
+    fn snippet(&self, step: &Step, script: &str, cwd: &Path, left: Duration, log: &mut Log, ok: bool) -> Result<bool, Stopped> {
+        let ctx = self.ctx;
+        let env = self.env(log, ok, step);
+        let masks = secret_values(&env, &step.secrets);
+        // Output lines go live as `  . <line>` (debug or not), masked like the log.
+        let sink = ctx.live.as_ref().map(|live| Arc::new(LiveOutput { live: Arc::clone(live), masks: masks.clone() }) as runner::LineSink);
+        let ran = runner::run(script, cwd, &env, ctx.user, left, ctx.abort, sink);
+        let secs = ran.elapsed.as_secs();
+        let (passed, how) = match &ran.exit {
+            Exit::Code(0) => (true, "exit code 0".to_string()),
+            Exit::Code(c) => (false, format!("exit code {c}")),
+            Exit::TimedOut => (false, "timed out".to_string()),
+            Exit::SpawnFailed(e) => (false, format!("could not start: {e}")),
+            Exit::Aborted => return Err(Stopped),
+        };
+        let tag = if passed { "[passed]" } else { "[failed]" };
+        log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
+        if step.debug {
+            if ran.output.dropped > 0 {
+                log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
             }
-            ok &= passed;
-            if ran.exit == Exit::TimedOut {
-                log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs()));
+            for line in &ran.output.lines {
+                log.push(format!("{tag}   . {}", mask(line, &masks)));
             }
         }
+        if ran.exit == Exit::TimedOut {
+            log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs()));
+        }
+        Ok(passed)
     }
-    Ok(Outcome { passed: ok, could_not_run: false, log: log.into_lines(), seconds: started.elapsed().as_secs() })
 }
 
 /// A snippet's output lines on their way to the live log.
 struct LiveOutput {
-    live: crate::store::stream::BuildLog,
+    live: Arc<dyn LiveLog>,
     masks: Vec<String>,
 }
 
@@ -292,105 +374,152 @@ fn mask(line: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Why the steps could not be read: the build could not run. All fatal
+/// (the repository's content, or its checkout, is at fault).
+#[derive(Debug)]
+enum StepsError {
+    Missing,
+    Unreadable(std::io::Error),
+    CheckoutUnreadable(std::io::Error),
+    /// A symlink whose target is outside the checkout.
+    LeavesCheckout,
+    /// A FIFO, a directory, a device.
+    NotAFile,
+    TooLarge,
+    NotUtf8,
+    /// Its text, with the line and step at fault.
+    Invalid(integration::IntegrationError),
+}
+
+impl std::fmt::Display for StepsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepsError::Missing => f.write_str("integration.yml missing"),
+            StepsError::Unreadable(e) => write!(f, "integration.yml unreadable: {e}"),
+            StepsError::CheckoutUnreadable(e) => write!(f, "checkout unreadable: {e}"),
+            StepsError::LeavesCheckout => f.write_str("integration.yml is a symlink that leaves the checkout"),
+            StepsError::NotAFile => f.write_str("integration.yml is not a regular file"),
+            StepsError::TooLarge => write!(f, "integration.yml is larger than {} bytes", integration::MAX_FILE),
+            StepsError::NotUtf8 => f.write_str("integration.yml is not UTF-8"),
+            StepsError::Invalid(e) => f.write_str(&e.0),
+        }
+    }
+}
+
 /// Reads integration.yml from the checkout, which the build user writes: a
 /// symlink is followed only within the checkout, and only a regular file is
 /// read (never a FIFO left by a step), at most MAX_FILE bytes of it.
-fn read_steps(dir: &Path) -> Result<Vec<Step>, String> {
-    let unreadable = |e: std::io::Error| format!("integration.yml unreadable: {e}");
+fn read_steps(dir: &Path) -> Result<Vec<Step>, StepsError> {
     let path = match dir.join("integration.yml").canonicalize() {
         Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("integration.yml missing".into()),
-        Err(e) => return Err(unreadable(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StepsError::Missing),
+        Err(e) => return Err(StepsError::Unreadable(e)),
     };
-    let root = dir.canonicalize().map_err(|e| format!("checkout unreadable: {e}"))?;
+    let root = dir.canonicalize().map_err(StepsError::CheckoutUnreadable)?;
     if !path.starts_with(&root) {
-        return Err("integration.yml is a symlink that leaves the checkout".into());
+        return Err(StepsError::LeavesCheckout);
     }
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path).map_err(unreadable)?;
-    let meta = file.metadata().map_err(unreadable)?;
+    let open = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&path);
+    let file = open.map_err(StepsError::Unreadable)?;
+    let meta = file.metadata().map_err(StepsError::Unreadable)?;
     if !meta.is_file() {
-        return Err("integration.yml is not a regular file".into());
+        return Err(StepsError::NotAFile);
     }
     if meta.len() > integration::MAX_FILE as u64 {
-        return Err(format!("integration.yml is larger than {} bytes", integration::MAX_FILE));
+        return Err(StepsError::TooLarge);
     }
     let mut text = Vec::new();
-    file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(unreadable)?;
-    let text = String::from_utf8(text).map_err(|_| "integration.yml is not UTF-8".to_string())?;
-    integration::parse(&text).map_err(|e| e.0)
+    file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(StepsError::Unreadable)?;
+    let text = String::from_utf8(text).map_err(|_| StepsError::NotUtf8)?;
+    integration::parse(&text).map_err(StepsError::Invalid)
+}
+
+/// Why a step's `cwd` cannot be used: the step fails, later ones are skipped.
+#[derive(Debug)]
+enum CwdError {
+    CheckoutUnreadable(std::io::Error),
+    Missing(String),
+    LeavesCheckout(String),
+    NotADirectory(String),
+}
+
+impl std::fmt::Display for CwdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CwdError::CheckoutUnreadable(e) => write!(f, "checkout unreadable: {e}"),
+            CwdError::Missing(cwd) => write!(f, "cwd {cwd:?} does not exist"),
+            CwdError::LeavesCheckout(cwd) => write!(f, "cwd {cwd:?} leaves the checkout"),
+            CwdError::NotADirectory(cwd) => write!(f, "cwd {cwd:?} is not a directory"),
+        }
+    }
 }
 
 /// The step's directory, which must exist and (symlinks resolved) stay inside.
-fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, String> {
+fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, CwdError> {
     let Some(cwd) = &step.cwd else { return Ok(root.to_path_buf()) };
-    let real_root = root.canonicalize().map_err(|e| format!("checkout unreadable: {e}"))?;
-    let real = root.join(cwd).canonicalize().map_err(|_| format!("cwd {cwd:?} does not exist"))?;
+    let real_root = root.canonicalize().map_err(CwdError::CheckoutUnreadable)?;
+    let real = root.join(cwd).canonicalize().map_err(|_| CwdError::Missing(cwd.clone()))?;
     if !real.starts_with(&real_root) {
-        return Err(format!("cwd {cwd:?} leaves the checkout"));
+        return Err(CwdError::LeavesCheckout(cwd.clone()));
     }
     if !real.is_dir() {
-        return Err(format!("cwd {cwd:?} is not a directory"));
+        return Err(CwdError::NotADirectory(cwd.clone()));
     }
     Ok(real)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn step_env(
-    ctx: &Context,
-    base_env: &[(String, String)],
-    job: &Started,
-    commit: &workspace::Commit,
-    short: &str,
-    log: &Log,
-    ok: bool,
-    step: &Step,
-) -> Vec<(String, String)> {
-    let push = &job.push;
-    let mut env: Vec<(String, String)> = base_env.to_vec();
-    if ctx.user.switch {
-        let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
-        for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
-            env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v));
+impl Steps<'_> {
+    /// A snippet's environment: the base, the build user's HOME, USER and
+    /// LOGNAME when switching, the CI variables, then the step's `env`.
+    fn env(&self, log: &Log, ok: bool, step: &Step) -> Vec<(String, String)> {
+        let (ctx, job, commit, short) = (self.ctx, self.job, self.commit, self.short);
+        let push = job.push;
+        let mut env: Vec<(String, String)> = self.base_env.to_vec();
+        if ctx.user.switch {
+            let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
+            for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
+                env.retain(|(name, _)| name != k);
+                env.push((k.to_string(), v));
+            }
         }
+        // A request's record is `pull/<N>`; its steps see the head branch.
+        let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
+        let mut vars = vec![
+            ("HOST", ctx.host.to_string()),
+            ("SLAVE", ctx.slave.to_string()),
+            ("BRANCH", branch),
+            ("COMMIT", push.sha.clone()),
+            ("COMMIT_SHORT", short.to_string()),
+            ("MESSAGE", commit.message.clone()),
+            ("TAG", tag(&push.branch, short)),
+            ("TIMESTAMP", commit.timestamp.clone()),
+            ("LOG", log.recent(LOG_ENV_BYTES)),
+            ("OK", ok.to_string()),
+            ("CI", "true".to_string()),
+            ("REPO", push.repo.clone()),
+            ("BUILD_ID", job.id.to_string()),
+        ];
+        if let Some(p) = &push.pull {
+            vars.push(("PULL_REQUEST", p.number.to_string()));
+            vars.push(("BASE_BRANCH", p.base_branch.clone()));
+            vars.push(("HEAD_BRANCH", p.head_branch.clone()));
+            vars.push(("HEAD_REPO", p.head_repo.clone()));
+        }
+        if let Some(t) = &push.tag {
+            vars.push(("TAG_NAME", t.clone()));
+        }
+        for (k, v) in vars.into_iter().map(|(k, v)| (k.to_string(), v)).chain(step.env.iter().cloned()) {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        env
     }
-    // A request's record is `pull/<N>`; its steps see the head branch.
-    let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
-    let mut vars = vec![
-        ("HOST", ctx.host.to_string()),
-        ("SLAVE", ctx.slave.to_string()),
-        ("BRANCH", branch),
-        ("COMMIT", push.sha.clone()),
-        ("COMMIT_SHORT", short.to_string()),
-        ("MESSAGE", commit.message.clone()),
-        ("TAG", tag(&push.branch, short)),
-        ("TIMESTAMP", commit.timestamp.clone()),
-        ("LOG", log.recent(LOG_ENV_BYTES)),
-        ("OK", ok.to_string()),
-        ("CI", "true".to_string()),
-        ("REPO", push.repo.clone()),
-        ("BUILD_ID", job.id.clone()),
-    ];
-    if let Some(p) = &push.pull {
-        vars.push(("PULL_REQUEST", p.number.to_string()));
-        vars.push(("BASE_BRANCH", p.base_branch.clone()));
-        vars.push(("HEAD_BRANCH", p.head_branch.clone()));
-        vars.push(("HEAD_REPO", p.head_repo.clone()));
-    }
-    if let Some(t) = &push.tag {
-        vars.push(("TAG_NAME", t.clone()));
-    }
-    for (k, v) in vars.into_iter().map(|(k, v)| (k.to_string(), v)).chain(step.env.iter().cloned()) {
-        env.retain(|(name, _)| *name != k);
-        env.push((k, v));
-    }
-    env
 }
 
 /// A fork build's base environment: a fixed PATH and nothing of the
 /// slave's (the build user's HOME, USER and the CI variables are added per
 /// step). Without a user switch the build user is the slave's own: its HOME.
-pub fn fork_env(switch: bool) -> Vec<(String, String)> {
+pub(crate) fn fork_env(switch: bool) -> Vec<(String, String)> {
     let mut env = vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())];
     if let (false, Ok(home)) = (switch, std::env::var("HOME")) {
         env.push(("HOME".to_string(), home));
@@ -400,7 +529,7 @@ pub fn fork_env(switch: bool) -> Vec<(String, String)> {
 
 /// The slave's environment passed on to steps: everything but its own
 /// settings and secrets.
-pub fn base_env() -> Vec<(String, String)> {
+pub(crate) fn base_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
             !(k.starts_with("SLAVE_") || k.starts_with("GIT_") || k.starts_with("REDIS") || k.starts_with("HOOK_") || k == "RUST_LOG")

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub use crate::slave::proc::process::{Exit, LineSink, Tail, MAX_LINE, MAX_LINES};
+pub use crate::slave::proc::process::{Exit, LineSink, Tail, MAX_LINE};
 
 /// Bytes of a snippet's output kept (the tail), newlines included.
 pub const OUTPUT_TAIL: usize = 256 * 1024;

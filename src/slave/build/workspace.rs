@@ -9,8 +9,10 @@
 //! Every git command runs by argument vector under the build's deadline and
 //! abort flag, in its own process group (see `process`).
 
+use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
+use crate::slave::error::CacheError;
 use crate::slave::proc::process::{self, Capture, Exit};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -81,8 +83,8 @@ pub fn encode(name: &str) -> String {
 /// At startup: the cache directory readable by the build user, its HOME,
 /// the git configuration of its git commands, and no netrc copy left by an
 /// older version.
-pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
-    let fail = |path: &Path, e: std::io::Error| format!("SLAVE_CACHE: cannot prepare {}: {e}", path.display());
+pub(crate) fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), CacheError> {
+    let fail = |path: &Path, error: std::io::Error| CacheError::Prepare { path: path.to_path_buf(), error };
     std::fs::create_dir_all(cache).map_err(|e| fail(cache, e))?;
     let old = cache.join(OLD_NETRC_HOME);
     if old.exists() {
@@ -112,7 +114,7 @@ pub fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), String> {
 /// Whether the build user can enter the cache (asked of the system itself,
 /// by a shell running as that user): a cache below a directory closed to
 /// others (`/root` is mode 0700) would fail every build at its first clone.
-fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), String> {
+fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), CacheError> {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", "cd -- \"$1\"", "sh"]).arg(cache).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     user.apply(&mut cmd);
@@ -124,41 +126,55 @@ fn reachable_by(cache: &Path, user: &BuildUser) -> Result<(), String> {
         .filter_map(|dir| Some((dir, std::fs::metadata(dir).ok()?.permissions().mode())))
         .filter(|(_, mode)| mode & 0o001 == 0)
         .last()
-        .map_or(String::new(), |(dir, mode)| format!(" ({} is mode {:04o})", dir.display(), mode & 0o7777));
-    Err(format!(
-        "SLAVE_CACHE={}: the build user {} cannot enter it{closed}; put the cache where it can (e.g. /var/cache/ci) or open the directories above it to others (chmod o+x)",
-        cache.display(),
-        user.name
-    ))
+        .map(|(dir, mode)| (dir.to_path_buf(), mode & 0o7777));
+    Err(CacheError::Closed { cache: cache.to_path_buf(), user: user.name.clone(), closed })
 }
 
-/// A git failure, or why git was stopped.
+/// Why a checkout could not be prepared. Each kind says whether another
+/// attempt could do better (transient) or not (fatal); the messages name the
+/// command (never a credential), how it ended and the end of its stderr.
 #[derive(Debug, PartialEq, Eq)]
-pub enum GitError {
-    /// What ran (credentials never shown), how it ended, its stderr's end.
-    Failed(String),
-    /// `git <what> timed out after <n> seconds`.
+pub(crate) enum GitError {
+    /// Transient: git could not clone or fetch from the remote (the network,
+    /// the forge, a credential it refused).
+    Remote(String),
+    /// Fatal: the remote has no such ref or commit (deleted, force-pushed away).
+    MissingRef(String),
+    /// Fatal: git failed on the cache (a checkout of a commit the mirror
+    /// lacks, `show`, `config`).
+    Local(String),
+    /// Fatal: the cache or git itself: a directory that cannot be created,
+    /// given to the build user, moved or wiped; git that cannot start or be
+    /// handed its credentials; a clone URL git would take for an option.
+    Setup(String),
+    /// Transient: a git command ran past the build's deadline
+    /// (`git <what> timed out after <n> seconds`).
     TimedOut(String),
-    /// The slave is shutting down.
+    /// The build was stopped from outside (shutdown, lost index, cancel).
     Aborted,
+}
+
+impl GitError {
+    /// The build's time is up or it was stopped: nothing more is tried.
+    /// Any other failure leaves the caller a way round (the sha by itself).
+    fn ends_the_build(&self) -> bool {
+        matches!(self, GitError::TimedOut(_) | GitError::Aborted)
+    }
 }
 
 impl std::fmt::Display for GitError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            GitError::Failed(m) | GitError::TimedOut(m) => f.write_str(m),
+            GitError::Remote(m) | GitError::MissingRef(m) | GitError::Local(m) | GitError::Setup(m) | GitError::TimedOut(m) => {
+                f.write_str(m)
+            }
             GitError::Aborted => f.write_str("stopped: the slave is shutting down"),
         }
     }
 }
 
-/// The pushed commit, as git knows it.
-#[derive(Debug, Clone, Default)]
-pub struct Commit {
-    pub message: String,
-    /// Committer date, ISO 8601.
-    pub timestamp: String,
-}
+/// What git says when the remote lacks the ref or commit asked for.
+const MISSING_REF: &[&str] = &["couldn't find remote ref", "not our ref", "no such remote ref", "unadvertised object"];
 
 /// Git for one build.
 pub struct Git<'a> {
@@ -196,7 +212,7 @@ impl Git<'_> {
         // No automatic gc or maintenance: each would start more processes on a build's path.
         cmd.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "core.hooksPath=/dev/null", "-c", "core.sharedRepository=0644"]);
         cmd.args(["-c", "http.lowSpeedLimit=1000", "-c"]).arg(format!("http.lowSpeedTime={LOW_SPEED_SECONDS}"));
-        self.creds.configure(&mut cmd, url).map_err(|e| GitError::Failed(format!("cannot hand git its credentials: {e}")))?;
+        self.creds.configure(&mut cmd, url).map_err(|e| GitError::Setup(format!("cannot hand git its credentials: {e}")))?;
         Ok(cmd)
     }
 
@@ -229,22 +245,27 @@ impl Git<'_> {
             Exit::Code(0) => return Ok(String::from_utf8_lossy(&done.stdout).into_owned()),
             Exit::Aborted => return Err(GitError::Aborted),
             Exit::TimedOut => return Err(GitError::TimedOut(format!("git {shown} timed out after {} seconds", self.limit.as_secs()))),
-            Exit::SpawnFailed(e) => return Err(GitError::Failed(format!("git {shown}: cannot run git: {e}"))),
+            Exit::SpawnFailed(e) => return Err(GitError::Setup(format!("git {shown}: cannot run git: {e}"))),
             Exit::Code(c) => format!("exit code {c}"),
         };
         let said: Vec<&str> = done.output.lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
         let said = said[said.len().saturating_sub(3)..].join(" / ");
-        Err(GitError::Failed(self.creds.scrub(&format!("git {shown} failed ({how}): {said}"))))
+        Err(GitError::Local(self.creds.scrub(&format!("git {shown} failed ({how}): {said}"))))
     }
 
     /// Makes the checkout of `branch` a clone of `url` with `sha` checked out
     /// (detached), fetching `source` (`refs/heads/<branch>`, the target's
     /// `refs/pull/<N>/head`, or `refs/tags/<name>`) into the mirror under the
-    /// same name. An annotated tag's object is peeled to its commit. Untracked files from earlier builds stay: the cache is the
-    /// point. `reset` starts the checkout and the mirror afresh.
+    /// same name. An annotated tag's object is peeled to its commit.
+    /// Untracked files from earlier builds stay: the cache is the point.
+    /// `reset` starts the checkout and the mirror afresh.
+    ///
+    /// The common path is three git processes: fetch into the mirror, then
+    /// checkout (the checkout borrows the mirror's objects: no second fetch)
+    /// and show side by side.
     pub fn prepare(&self, repo: &str, url: &str, branch: &str, source: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
         if url.starts_with('-') {
-            return Err(GitError::Failed(format!("clone URL {:?} is not usable", scrub_url(url))));
+            return Err(GitError::Setup(format!("clone URL {:?} is not usable", scrub_url(url))));
         }
         let repo_dir = self.cache.join(encode(repo));
         // Executors build other branches of this repository at once: one
@@ -253,55 +274,64 @@ impl Git<'_> {
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
         let mirror = mirror_dir(self.cache, repo, url);
         let dir = checkout_dir(self.cache, repo, branch);
+        self.clear_stale(&mirror, &dir, reset)?;
+        make_dir(&repo_dir)?;
+        self.update_mirror(&repo_dir, &mirror, url, source)?;
+        if !dir.exists() {
+            self.clone_checkout(&repo_dir, &mirror.to_string_lossy(), &dir, url)?;
+        }
+        self.check_out(&mirror, &dir, url, sha)
+    }
+
+    /// Removes what must start afresh: both on `reset`; a mirror without
+    /// HEAD; a checkout that is not a repository, not the build user's (left
+    /// by an older version, or SLAVE_BUILD_USER changed), or not borrowing
+    /// the mirror's objects. A new mirror gets a new checkout.
+    fn clear_stale(&self, mirror: &Path, dir: &Path, reset: bool) -> Result<(), GitError> {
         if reset {
-            remove(&dir)?;
-            remove(&mirror)?;
+            remove(dir)?;
+            remove(mirror)?;
         }
         if mirror.exists() && !mirror.join("HEAD").is_file() {
-            remove(&mirror)?;
+            remove(mirror)?;
         }
-        // Not a repository, not the build user's (left by an older version,
-        // or SLAVE_BUILD_USER changed), or not borrowing the mirror's objects:
-        // start it again. A new mirror gets a new checkout.
         let borrowing = dir.join(".git/objects/info/alternates").is_file();
-        if dir.exists() && !(dir.join(".git").is_dir() && self.user.owns(&dir) && borrowing && mirror.exists()) {
-            remove(&dir)?;
+        if dir.exists() && !(dir.join(".git").is_dir() && self.user.owns(dir) && borrowing && mirror.exists()) {
+            remove(dir)?;
         }
-        make_dir(&repo_dir)?;
-        let mirror_path = mirror.to_string_lossy().into_owned();
+        Ok(())
+    }
 
-        // The common path is three git processes: fetch into the mirror, then
-        // checkout (the checkout borrows the mirror's objects: no second
-        // fetch) and show side by side. Fetch into refs, never a bare sha, so later fetches
-        // stay small.
-        // A clone has the branches and tags, never `refs/pull/*`: those are fetched after it.
+    /// The mirror, cloned when missing, with `source` fetched into the ref
+    /// of that name (never a bare sha, so later fetches stay small). A clone
+    /// has the branches and tags, never `refs/pull/*`: those are fetched after it.
+    fn update_mirror(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str) -> Result<(), GitError> {
         let cloned = !mirror.exists();
         if cloned {
-            self.clone_mirror(&repo_dir, &mirror, url)?;
+            self.clone_mirror(repo_dir, mirror, url)?;
         }
         if !cloned || !source.starts_with("refs/heads/") {
             let spec = format!("+{source}:{source}");
             // A deleted or renamed branch still builds by sha below.
-            soft(self.run(
-                self.mirror_git(Some(&mirror), Some(url)),
-                &["fetch", "--quiet", "--no-tags", "origin", &spec],
-                "fetch origin <ref>",
-            ))?;
+            soft(self.remote(Some(mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <ref>"))?;
         }
+        Ok(())
+    }
+
+    /// Checks `sha` out (detached), fetching the commit itself when the
+    /// fetched ref does not reach it; its message and date read meanwhile.
+    fn check_out(&self, mirror: &Path, dir: &Path, url: &str, sha: &str) -> Result<Commit, GitError> {
         let peeled = format!("{sha}^{{commit}}");
-        if !dir.exists() {
-            self.clone_checkout(&repo_dir, &mirror_path, &dir, url)?;
-        }
         let checkout = || {
-            self.run(Ok(self.build_git(Some(&dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
+            self.run(Ok(self.build_git(Some(dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
         };
         let git_show = || {
-            self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show").map(|info| {
+            self.run(self.mirror_git(Some(mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show").map(|info| {
                 let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
                 Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
             })
         };
-        let loose = || crate::slave::build::commit_object::read(&mirror.join("objects"), sha);
+        let loose = || commit_object::read(&mirror.join("objects"), sha);
         // The message and date: from the fetched loose object when it is one
         // (no process), else from `git show` in the mirror while the checkout
         // runs (another core, another user).
@@ -315,15 +345,11 @@ impl Git<'_> {
         };
         match checked {
             Ok(_) => {}
-            Err(GitError::Failed(_)) => {
+            Err(e) if !e.ends_the_build() => {
                 // Not reachable from the branch (force-pushed since, or fetched
                 // before it was pushed): ask for the commit itself.
                 let spec = format!("+{sha}:refs/ci/build");
-                self.run(
-                    self.mirror_git(Some(&mirror), Some(url)),
-                    &["fetch", "--quiet", "--no-tags", "origin", &spec],
-                    &format!("fetch origin {sha}"),
-                )?;
+                self.remote(Some(mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
                 checkout()?;
             }
             Err(e) => return Err(e),
@@ -335,13 +361,23 @@ impl Git<'_> {
         }
     }
 
+    /// Git against the remote `url` (a clone, or a fetch into the mirror
+    /// `dir`): its failure is the remote's, or a missing ref when git says so.
+    fn remote(&self, dir: Option<&Path>, url: &str, args: &[&str], shown: &str) -> Result<String, GitError> {
+        self.run(self.mirror_git(dir, Some(url)), args, shown).map_err(|e| match e {
+            GitError::Local(m) if MISSING_REF.iter().any(|p| m.contains(p)) => GitError::MissingRef(m),
+            GitError::Local(m) => GitError::Remote(m),
+            e => e,
+        })
+    }
+
     /// Clones beside, then renames: a slave killed mid-clone leaves no half
     /// mirror behind.
     fn clone_mirror(&self, repo_dir: &Path, mirror: &Path, url: &str) -> Result<(), GitError> {
         let tmp = beside(repo_dir, "mirror");
         let tmp_str = tmp.to_string_lossy().into_owned();
         let shown = format!("clone {}", scrub_url(url));
-        let result = self.run(self.mirror_git(None, Some(url)), &["clone", "--quiet", "--bare", "--", url, &tmp_str], &shown);
+        let result = self.remote(None, url, &["clone", "--quiet", "--bare", "--", url, &tmp_str], &shown);
         finish(result, &tmp, mirror)
     }
 
@@ -351,12 +387,12 @@ impl Git<'_> {
     /// steps that fetch).
     fn clone_checkout(&self, repo_dir: &Path, mirror: &str, dir: &Path, url: &str) -> Result<(), GitError> {
         let tmp = beside(repo_dir, "clone");
-        std::fs::create_dir(&tmp).map_err(|e| GitError::Failed(format!("cannot create {}: {e}", tmp.display())))?;
+        std::fs::create_dir(&tmp).map_err(|e| GitError::Setup(format!("cannot create {}: {e}", tmp.display())))?;
         let tmp_str = tmp.to_string_lossy().into_owned();
         let result = self
             .user
             .give(&tmp)
-            .map_err(|e| GitError::Failed(format!("cannot give {} to {}: {e}", tmp.display(), self.user.name)))
+            .map_err(|e| GitError::Setup(format!("cannot give {} to {}: {e}", tmp.display(), self.user.name)))
             .and_then(|_| {
                 self.run(
                     Ok(self.build_git(None)),
@@ -381,8 +417,8 @@ fn repo_lock(repo_dir: &Path) -> Arc<Mutex<()>> {
 /// a timeout or an abort is.
 fn soft(result: Result<String, GitError>) -> Result<(), GitError> {
     match result {
-        Ok(_) | Err(GitError::Failed(_)) => Ok(()),
-        Err(e) => Err(e),
+        Err(e) if e.ends_the_build() => Err(e),
+        Ok(_) | Err(_) => Ok(()),
     }
 }
 
@@ -398,12 +434,12 @@ fn finish(result: Result<String, GitError>, tmp: &Path, to: &Path) -> Result<(),
         let _ = std::fs::remove_dir_all(tmp);
         return Err(e);
     }
-    std::fs::rename(tmp, to).map_err(|e| GitError::Failed(format!("cannot move the clone into {}: {e}", to.display())))
+    std::fs::rename(tmp, to).map_err(|e| GitError::Setup(format!("cannot move the clone into {}: {e}", to.display())))
 }
 
 /// A directory the build user may pass through but not write.
 fn make_dir(dir: &Path) -> Result<(), GitError> {
-    let fail = |e: std::io::Error| GitError::Failed(format!("cannot create {}: {e}", dir.display()));
+    let fail = |e: std::io::Error| GitError::Setup(format!("cannot create {}: {e}", dir.display()));
     if !dir.is_dir() {
         std::fs::create_dir_all(dir).map_err(fail)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
@@ -416,7 +452,7 @@ fn remove(dir: &Path) -> Result<(), GitError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(GitError::Failed(format!("cannot wipe {}: {e}", dir.display()))),
+        Err(e) => Err(GitError::Setup(format!("cannot wipe {}: {e}", dir.display()))),
     }
 }
 

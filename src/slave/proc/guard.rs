@@ -13,7 +13,7 @@
 //! at its first child and armed with each child's group in turn: a fork of
 //! the slave per child cost about 0.25 ms of CPU, and the copies the kernel
 //! made of every page the slave wrote while a young guard shared them
-//! (measured with `perf`, issue 13). The slave disarms the guard when the
+//! (measured with `perf` on a trivial build's spawn path). The slave disarms the guard when the
 //! group has ended by itself; the guard says whether it had killed it.
 
 use std::cell::RefCell;
@@ -282,12 +282,51 @@ impl Drop for Watchdog {
 }
 
 /// The guard process: waits for messages; kills the armed group on silence,
-/// on a fire, or at the end of the slave's pipe.
+/// on a fire, or at the end of the slave's pipe. Everything it calls is
+/// async-signal-safe and allocates nothing (it is a fork of a threaded slave).
 unsafe fn guard_main(from_slave: libc::c_int, to_slave: libc::c_int) -> ! {
+    isolate(from_slave, to_slave);
+    let mut guard = Watching { armed: None, killed: None, last_beat: now_ms() };
+    let mut buf = [0u8; 256];
+    let mut have = 0usize;
+    loop {
+        let mut pfd = libc::pollfd { fd: from_slave, events: libc::POLLIN, revents: 0 };
+        let ready = libc::poll(&mut pfd, 1, guard.timeout());
+        if ready < 0 {
+            if *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(0);
+        }
+        if ready == 0 {
+            guard.kill_armed();
+            continue;
+        }
+        let n = libc::read(from_slave, buf[have..].as_mut_ptr().cast(), buf.len() - have);
+        if n < 0 && *libc::__errno_location() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            // The slave's end closed: it exited or died.
+            if let Some(a) = guard.armed {
+                libc::kill(-a.pgid, libc::SIGKILL);
+            }
+            libc::_exit(ORPHANED);
+        }
+        have += n as usize;
+        let used = guard.handle_all(&buf[..have], to_slave);
+        buf.copy_within(used..have, 0);
+        have -= used;
+    }
+}
+
+/// In the guard: ignores the terminal's and the operator's signals (the
+/// slave decides), and closes every descriptor but its two ends, so it holds
+/// no socket or pipe of the slave open.
+unsafe fn isolate(from_slave: libc::c_int, to_slave: libc::c_int) {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         libc::signal(sig, libc::SIG_IGN);
     }
-    // It keeps no descriptor but its two ends, so it holds no socket or pipe of the slave open.
     let (low, high) = (from_slave.min(to_slave), from_slave.max(to_slave));
     if low > 3 {
         libc::syscall(libc::SYS_close_range, 3u32, (low - 1) as u32, 0u32);
@@ -296,89 +335,91 @@ unsafe fn guard_main(from_slave: libc::c_int, to_slave: libc::c_int) -> ! {
         libc::syscall(libc::SYS_close_range, (low + 1) as u32, (high - 1) as u32, 0u32);
     }
     libc::syscall(libc::SYS_close_range, (high + 1) as u32, u32::MAX, 0u32);
-    let now_ms = || {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
-    };
-    // The armed group, its number and silence limit; the number of the last group killed.
-    let mut armed: Option<(i32, u32, i64)> = None;
-    let mut killed: Option<u32> = None;
-    let mut last_beat = now_ms();
-    let mut buf = [0u8; 256];
-    let mut have = 0usize;
-    let int = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-    loop {
-        let timeout = match armed {
-            Some((_, _, silence)) if silence > 0 => (last_beat + silence - now_ms()).clamp(0, i32::MAX as i64) as libc::c_int,
+}
+
+/// In the guard: the monotonic clock in milliseconds.
+unsafe fn now_ms() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+/// The group a guard is armed with.
+#[derive(Clone, Copy)]
+struct Armed {
+    pgid: i32,
+    /// The arm's number, which its disarm names.
+    seq: u32,
+    /// Milliseconds without a beat before it is killed; 0 = never.
+    silence: i64,
+}
+
+/// What the guard process knows.
+struct Watching {
+    armed: Option<Armed>,
+    /// The number of the last group killed.
+    killed: Option<u32>,
+    last_beat: i64,
+}
+
+impl Watching {
+    /// How long the next poll may wait: until the silence limit, or forever.
+    unsafe fn timeout(&self) -> libc::c_int {
+        match self.armed {
+            Some(a) if a.silence > 0 => (self.last_beat + a.silence - now_ms()).clamp(0, i32::MAX as i64) as libc::c_int,
             _ => -1,
-        };
-        let mut pfd = libc::pollfd { fd: from_slave, events: libc::POLLIN, revents: 0 };
-        let ready = libc::poll(&mut pfd, 1, timeout);
-        if ready < 0 {
-            if *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            libc::_exit(0);
         }
-        if ready == 0 {
-            kill_armed(&mut armed, &mut killed);
-            continue;
-        }
-        let n = libc::read(from_slave, buf[have..].as_mut_ptr().cast(), buf.len() - have);
-        if n < 0 && *libc::__errno_location() == libc::EINTR {
-            continue;
-        }
-        if n <= 0 {
-            if let Some((pgid, _, _)) = armed {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
-            libc::_exit(ORPHANED);
-        }
-        have += n as usize;
+    }
+
+    /// Handles the whole messages at the start of `buf`; the bytes used.
+    unsafe fn handle_all(&mut self, buf: &[u8], to_slave: libc::c_int) -> usize {
         let mut at = 0;
-        while at < have {
+        while at < buf.len() {
             let need = match buf[at] {
                 ARM => ARM_LEN,
                 DISARM => DISARM_LEN,
                 _ => 1,
             };
-            if have - at < need {
+            if buf.len() - at < need {
                 break;
             }
-            let msg = &buf[at..at + need];
-            match msg[0] {
-                BEAT => last_beat = now_ms(),
-                FIRE => kill_armed(&mut armed, &mut killed),
-                ARM => {
-                    armed = Some((int(&msg[1..5]) as i32, int(&msg[5..9]), int(&msg[9..13]) as i64));
-                    last_beat = now_ms();
-                }
-                DISARM => {
-                    let seq = int(&msg[1..5]);
-                    if armed.is_some_and(|(_, s, _)| s == seq) {
-                        armed = None;
-                    }
-                    let mut reply = [0u8; REPLY_LEN];
-                    reply[0] = REPLY;
-                    reply[1..5].copy_from_slice(&seq.to_ne_bytes());
-                    reply[5] = u8::from(killed == Some(seq));
-                    libc::write(to_slave, reply.as_ptr().cast(), REPLY_LEN);
-                }
-                _ => {}
-            }
+            self.handle(&buf[at..at + need], to_slave);
             at += need;
         }
-        buf.copy_within(at..have, 0);
-        have -= at;
+        at
     }
-}
 
-/// In the guard: kills the armed group, if any, and remembers its number.
-unsafe fn kill_armed(armed: &mut Option<(i32, u32, i64)>, killed: &mut Option<u32>) {
-    if let Some((pgid, seq, _)) = armed.take() {
-        libc::kill(-pgid, libc::SIGKILL);
-        *killed = Some(seq);
+    /// One message from the slave.
+    unsafe fn handle(&mut self, msg: &[u8], to_slave: libc::c_int) {
+        let int = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        match msg[0] {
+            BEAT => self.last_beat = now_ms(),
+            FIRE => self.kill_armed(),
+            ARM => {
+                self.armed = Some(Armed { pgid: int(&msg[1..5]) as i32, seq: int(&msg[5..9]), silence: int(&msg[9..13]) as i64 });
+                self.last_beat = now_ms();
+            }
+            DISARM => {
+                let seq = int(&msg[1..5]);
+                if self.armed.is_some_and(|a| a.seq == seq) {
+                    self.armed = None;
+                }
+                let mut reply = [0u8; REPLY_LEN];
+                reply[0] = REPLY;
+                reply[1..5].copy_from_slice(&seq.to_ne_bytes());
+                reply[5] = u8::from(self.killed == Some(seq));
+                libc::write(to_slave, reply.as_ptr().cast(), REPLY_LEN);
+            }
+            _ => {}
+        }
+    }
+
+    /// Kills the armed group, if any, and remembers its number.
+    unsafe fn kill_armed(&mut self) {
+        if let Some(a) = self.armed.take() {
+            libc::kill(-a.pgid, libc::SIGKILL);
+            self.killed = Some(a.seq);
+        }
     }
 }
 

@@ -132,126 +132,23 @@ pub fn run(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool
 
 /// [`run`], also handing each line of the merged output (or of stderr) to
 /// `sink` as it is read.
-pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool, sink: Option<LineSink>) -> Finished {
+pub fn run_with_sink(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool, sink: Option<LineSink>) -> Finished {
     let started = Instant::now();
-    let failed = |e: String| Finished { exit: Exit::SpawnFailed(e), elapsed: started.elapsed(), output: Tail::default(), stdout: vec![] };
-    let (out_r, out_w) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return failed(format!("pipe: {e}")),
+    let (child, mut streams) = match spawn(cmd, capture, sink) {
+        Ok(spawned) => spawned,
+        Err(e) => return Finished { exit: Exit::SpawnFailed(e), elapsed: started.elapsed(), output: Tail::default(), stdout: vec![] },
     };
-    let (err_r, err_w) = match capture {
-        Capture::Merged { .. } => match out_w.try_clone() {
-            Ok(w) => (None, w),
-            Err(e) => return failed(format!("pipe: {e}")),
-        },
-        Capture::Split { .. } => match std::io::pipe() {
-            Ok((r, w)) => (Some(r), w),
-            Err(e) => return failed(format!("pipe: {e}")),
-        },
-    };
-    cmd.stdin(Stdio::null()).stdout(out_w).stderr(err_w).process_group(0);
-    let spawned = cmd.spawn();
-    drop(cmd); // closes our copies of the pipes' write ends
-    let mut child = match spawned {
-        Ok(c) => Some(c),
-        Err(e) => return failed(e.to_string()),
-    };
-    let pgid = child.as_ref().map_or(0, Child::id) as i32;
+    let pgid = child.id() as i32;
     // Kills the group if this slave dies or stalls before the child ends.
     let guard = crate::slave::proc::guard::watch(pgid);
-
-    let (head_len, tail_len) = match capture {
-        Capture::Merged { tail } => (0, tail),
-        Capture::Split { head, tail } => (head, tail),
-    };
-    // Everything below happens on this thread: the child's end is a
-    // readable pidfd, its output readable pipes, all in one poll (threads
-    // to wait and read cost each child three spawns and two wake-ups).
-    let mut streams = vec![match &err_r {
-        Some(_) => Stream { pipe: Some(out_r), into: Into::Head(Vec::new(), head_len) },
-        None => Stream { pipe: Some(out_r), into: Into::Tail(TailBuf::new(tail_len), sink.clone().map(Lines::new)) },
-    }];
-    if let Some(err_r) = err_r {
-        streams.push(Stream { pipe: Some(err_r), into: Into::Tail(TailBuf::new(tail_len), sink.map(Lines::new)) });
-    }
     // SAFETY: pidfd_open(2) on our own child; a descriptor or -1.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pgid, 0) } as libc::c_int;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut exit: Option<Exit> = None;
-    // Set when the group was told to stop: why, and when SIGKILL (then giving up) is due.
-    let mut stopping: Option<(Exit, Instant, bool)> = None;
-    let mut drain_until = None;
-    loop {
-        let now = Instant::now();
-        if exit.is_none() {
-            let ended = match child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status_exit(Ok(status))),
-                Some(Ok(None)) | None => None,
-                Some(Err(e)) => Some(status_exit(Err(e))),
-            };
-            if let Some(code) = ended {
-                exit = Some(stopping.take().map_or(code, |(why, _, _)| why));
-            } else if let Some((why, at, killed)) = stopping.take() {
-                if now >= at && killed {
-                    // Not even SIGKILL ended it in a grace: reap it elsewhere.
-                    if let Some(mut c) = child.take() {
-                        std::thread::spawn(move || c.wait());
-                    }
-                    exit = Some(why);
-                    break_out(&mut streams);
-                } else if now >= at {
-                    signal_group(pgid, libc::SIGKILL);
-                    stopping = Some((why, now + KILL_GRACE, true));
-                } else {
-                    stopping = Some((why, at, killed));
-                }
-            } else if abort.load(Ordering::SeqCst) || now >= deadline {
-                let why = if abort.load(Ordering::SeqCst) { Exit::Aborted } else { Exit::TimedOut };
-                signal_group(pgid, libc::SIGTERM);
-                stopping = Some((why, now + KILL_GRACE, false));
-            }
-            if exit.is_some() {
-                // Whatever the child left running in its group goes with it.
-                signal_group(pgid, libc::SIGKILL);
-                // A daemon that escaped the group (setsid) may hold a pipe
-                // open: keep what was read by then rather than wait for it.
-                drain_until = Some(Instant::now() + Duration::from_secs(1));
-            }
-        }
-        let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].pipe.is_some()).collect();
-        if exit.is_some() && (open.is_empty() || drain_until.is_some_and(|d| Instant::now() >= d)) {
-            break;
-        }
-        let wake = match (&exit, &stopping) {
-            (Some(_), _) => drain_until.unwrap_or(now),
-            (None, Some((_, at, _))) => *at,
-            (None, None) => deadline,
-        };
-        let mut wait = wake.saturating_duration_since(Instant::now()).min(POLL);
-        if exit.is_none() && pidfd < 0 {
-            wait = wait.min(Duration::from_millis(5));
-        }
-        let mut fds: Vec<libc::pollfd> =
-            open.iter().map(|i| libc::pollfd { fd: streams[*i].fd(), events: libc::POLLIN, revents: 0 }).collect();
-        if exit.is_none() && pidfd >= 0 {
-            fds.push(libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 });
-        }
-        // SAFETY: `fds` holds fds.len() initialised entries, open descriptors of ours.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis().max(1) as libc::c_int) };
-        if ready <= 0 {
-            continue;
-        }
-        for (slot, i) in open.iter().enumerate() {
-            if fds[slot].revents != 0 {
-                streams[*i].read_some(&mut buf);
-            }
-        }
-    }
+    let mut watch = Watch { child: Some(child), pgid, deadline, abort };
+    let mut exit = watch.run(&mut streams, pidfd);
     if pidfd >= 0 {
         // SAFETY: our own descriptor, closed once.
         unsafe { libc::close(pidfd) };
     }
-    let mut exit = exit.unwrap_or(Exit::Aborted);
     // A guard that fired for want of beats means this slave stalled past half
     // a lease: the job may be taken over, so this run must not count.
     if guard.is_ok_and(crate::slave::proc::guard::Guard::finish) {
@@ -263,6 +160,38 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
     if abort.load(Ordering::SeqCst) {
         exit = Exit::Aborted;
     }
+    let (output, stdout) = collect(streams);
+    Finished { exit, elapsed: started.elapsed(), output, stdout }
+}
+
+/// Starts `cmd` in its own process group, stdin from /dev/null, its output
+/// into pipes: one merged stream, or stdout and stderr apart.
+fn spawn(mut cmd: Command, capture: Capture, sink: Option<LineSink>) -> Result<(Child, Vec<Stream>), String> {
+    let (out_r, out_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = match capture {
+        Capture::Merged { .. } => (None, out_w.try_clone().map_err(|e| format!("pipe: {e}"))?),
+        Capture::Split { .. } => std::io::pipe().map(|(r, w)| (Some(r), w)).map_err(|e| format!("pipe: {e}"))?,
+    };
+    cmd.stdin(Stdio::null()).stdout(out_w).stderr(err_w).process_group(0);
+    let spawned = cmd.spawn();
+    drop(cmd); // closes our copies of the pipes' write ends
+    let child = spawned.map_err(|e| e.to_string())?;
+    let (head_len, tail_len) = match capture {
+        Capture::Merged { tail } => (0, tail),
+        Capture::Split { head, tail } => (head, tail),
+    };
+    let mut streams = vec![match &err_r {
+        Some(_) => Stream { pipe: Some(out_r), into: Into::Head(Vec::new(), head_len) },
+        None => Stream { pipe: Some(out_r), into: Into::Tail(TailBuf::new(tail_len), sink.clone().map(Lines::new)) },
+    }];
+    if let Some(err_r) = err_r {
+        streams.push(Stream { pipe: Some(err_r), into: Into::Tail(TailBuf::new(tail_len), sink.map(Lines::new)) });
+    }
+    Ok((child, streams))
+}
+
+/// The kept output: the tail (merged, or stderr's) and stdout's head.
+fn collect(streams: Vec<Stream>) -> (Tail, Vec<u8>) {
     let mut output = Tail::default();
     let mut stdout = vec![];
     for stream in streams {
@@ -276,7 +205,134 @@ pub fn run_with_sink(mut cmd: Command, capture: Capture, deadline: Instant, abor
             }
         }
     }
-    Finished { exit, elapsed: started.elapsed(), output, stdout }
+    (output, stdout)
+}
+
+/// Where a watched child is.
+enum Phase {
+    /// Running: watched for its end, the deadline and the abort flag.
+    Running,
+    /// Its group got SIGTERM (timed out or aborted: `why`); SIGKILL is due at `kill_at`.
+    Terminating { why: Exit, kill_at: Instant },
+    /// Its group got SIGKILL; at `give_up_at` it is left to be reaped elsewhere.
+    Killing { why: Exit, give_up_at: Instant },
+    /// It ended (`exit`); its pipes are read until they close or `until`.
+    Draining { exit: Exit, until: Instant },
+}
+
+/// How long the pipes are read after the child ended: a daemon that escaped
+/// the group (setsid) may hold one open.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// One child under watch. Everything happens on the calling thread: the
+/// child's end is a readable pidfd, its output readable pipes, all in one
+/// poll (threads to wait and read cost each child three spawns and two
+/// wake-ups).
+struct Watch<'a> {
+    /// `None` once given up on (reaped by a thread of its own).
+    child: Option<Child>,
+    pgid: i32,
+    deadline: Instant,
+    abort: &'a AtomicBool,
+}
+
+impl Watch<'_> {
+    /// Watches and reads until the child ended and its pipes are drained;
+    /// how it ended.
+    fn run(&mut self, streams: &mut [Stream], pidfd: libc::c_int) -> Exit {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut phase = Phase::Running;
+        loop {
+            phase = self.next(phase, Instant::now(), streams);
+            let open: Vec<usize> = (0..streams.len()).filter(|i| streams[*i].pipe.is_some()).collect();
+            if let Phase::Draining { exit, until } = &phase {
+                if open.is_empty() || Instant::now() >= *until {
+                    return exit.clone();
+                }
+            }
+            let ended = matches!(phase, Phase::Draining { .. });
+            let mut wait = self.wake(&phase).saturating_duration_since(Instant::now()).min(POLL);
+            if !ended && pidfd < 0 {
+                wait = wait.min(Duration::from_millis(5));
+            }
+            poll_once(streams, &open, if ended { -1 } else { pidfd }, wait, &mut buf);
+        }
+    }
+
+    /// The phase after looking at the child, the flag and the clock once.
+    fn next(&mut self, phase: Phase, now: Instant, streams: &mut [Stream]) -> Phase {
+        if let Phase::Draining { .. } = phase {
+            return phase;
+        }
+        if let Some(code) = self.ended() {
+            return match phase {
+                Phase::Terminating { why, .. } | Phase::Killing { why, .. } => self.drain(why),
+                _ => self.drain(code),
+            };
+        }
+        match phase {
+            Phase::Running if self.abort.load(Ordering::SeqCst) || now >= self.deadline => {
+                let why = if self.abort.load(Ordering::SeqCst) { Exit::Aborted } else { Exit::TimedOut };
+                signal_group(self.pgid, libc::SIGTERM);
+                Phase::Terminating { why, kill_at: now + KILL_GRACE }
+            }
+            Phase::Terminating { why, kill_at } if now >= kill_at => {
+                signal_group(self.pgid, libc::SIGKILL);
+                Phase::Killing { why, give_up_at: now + KILL_GRACE }
+            }
+            Phase::Killing { why, give_up_at } if now >= give_up_at => {
+                // Not even SIGKILL ended it in a grace: reap it elsewhere.
+                if let Some(mut c) = self.child.take() {
+                    std::thread::spawn(move || c.wait());
+                }
+                break_out(streams);
+                self.drain(why)
+            }
+            other => other,
+        }
+    }
+
+    /// How the child ended, if it did.
+    fn ended(&mut self) -> Option<Exit> {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(status_exit(Ok(status))),
+            Some(Ok(None)) | None => None,
+            Some(Err(e)) => Some(status_exit(Err(e))),
+        }
+    }
+
+    /// The child ended: whatever it left running in its group goes with it.
+    fn drain(&self, exit: Exit) -> Phase {
+        signal_group(self.pgid, libc::SIGKILL);
+        Phase::Draining { exit, until: Instant::now() + DRAIN }
+    }
+
+    /// When the phase next needs a look, at the latest.
+    fn wake(&self, phase: &Phase) -> Instant {
+        match phase {
+            Phase::Running => self.deadline,
+            Phase::Terminating { kill_at: at, .. } | Phase::Killing { give_up_at: at, .. } | Phase::Draining { until: at, .. } => *at,
+        }
+    }
+}
+
+/// Waits up to `wait` for output on the `open` streams (or the child's end
+/// on `pidfd`, when it is one) and reads what is ready.
+fn poll_once(streams: &mut [Stream], open: &[usize], pidfd: libc::c_int, wait: Duration, buf: &mut [u8]) {
+    let mut fds: Vec<libc::pollfd> = open.iter().map(|i| libc::pollfd { fd: streams[*i].fd(), events: libc::POLLIN, revents: 0 }).collect();
+    if pidfd >= 0 {
+        fds.push(libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 });
+    }
+    // SAFETY: `fds` holds fds.len() initialised entries, open descriptors of ours.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait.as_millis().max(1) as libc::c_int) };
+    if ready <= 0 {
+        return;
+    }
+    for (slot, i) in open.iter().enumerate() {
+        if fds[slot].revents != 0 {
+            streams[*i].read_some(buf);
+        }
+    }
 }
 
 /// Stops reading every stream.

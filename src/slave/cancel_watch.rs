@@ -1,0 +1,48 @@
+//! The cancel watcher: kills a running build within a second of its cancel
+//! (`POST /cancel`, or a newer commit of a pull request superseding it).
+
+use crate::config::SlaveConfig;
+use crate::slave::error::StartError;
+use crate::slave::state::{State, IO_TIMEOUT};
+use crate::store::conn::{log_error, Redis};
+use crate::store::keys;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the cancel watcher's pop blocks (it then looks at the index again).
+const CANCEL_WAIT: Duration = Duration::from_secs(1);
+
+/// The cancel watcher: on its own connection, pops the ids the CANCEL and
+/// ENQUEUE scripts push onto `ci:cancel:<cluster>:<index>` as they cancel a
+/// running build, and kills the running build when it is one of them. The
+/// pop returns as soon as an id is pushed, and the runner polls the kill flag
+/// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
+/// of the cancel (SIGKILL after the runner's 1 s grace).
+pub(crate) fn spawn(config: &SlaveConfig, state: Arc<State>) -> Result<(), StartError> {
+    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
+    let cluster = config.cluster.clone();
+    std::thread::Builder::new()
+        .name("cancel".into())
+        .spawn(move || {
+            while !state.done.load(Ordering::SeqCst) {
+                let key = keys::cancel(&cluster, state.index());
+                let popped: redis::RedisResult<Option<(String, String)>> =
+                    redis.run(|c| redis::cmd("BLPOP").arg(&key).arg(CANCEL_WAIT.as_secs_f64()).query(c));
+                match popped {
+                    Ok(Some((_, id))) => {
+                        if state.cancel_if_running(&id) {
+                            log::info!("build.cancel id={id}: canceled while running; killing its processes");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        log_error("cancel-watch", &e);
+                        std::thread::sleep(CANCEL_WAIT);
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(StartError::thread("the cancel watcher thread"))
+}
