@@ -261,7 +261,7 @@ fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_request
             let repo = format!("rule/r{n}");
             let push = |sha: &str| {
                 let text = json!({ "repo": repo, "branch": branch, "sha": sha, "clone_url": "file:///nowhere" }).to_string();
-                ci_backend::payload::Push::from_json(&text).unwrap()
+                ci_backend::store::job::decode(&text).unwrap()
             };
             let (p1, p2) = (push(&"1".repeat(40)), push(&"2".repeat(40)));
             let job = |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy, routing: Routing::Mod };

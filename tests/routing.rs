@@ -24,7 +24,7 @@ fn fake_members(redis: &Redis, n: u32) {
 
 fn push_of(repo: &str, branch: &str) -> ci_backend::payload::Push {
     let text = json!({ "repo": repo, "branch": branch, "sha": "1".repeat(40), "clone_url": "file:///nowhere" }).to_string();
-    ci_backend::payload::Push::from_json(&text).unwrap()
+    ci_backend::store::job::decode(&text).unwrap()
 }
 
 /// The rule is written once in Rust; the Lua only selects (CRC mod N, or the largest jump point

@@ -214,7 +214,7 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const CANCEL_WAIT: Duration = Duration::from_secs(1);
 
 /// The cancel watcher: on its own connection, pops the ids the CANCEL and
-/// ENQUEUE scripts push onto `ci:cancel:<cluster>:<index>` as they cancel a
+/// ENQUEUE scripts push onto the index's cancel list as they cancel a
 /// running build, and kills the running build when it is one of them. The
 /// pop returns as soon as an id is pushed, and the runner polls the kill flag
 /// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
@@ -227,8 +227,7 @@ pub fn spawn_cancel_watch(config: &SlaveConfig, state: Arc<State>) -> Result<(),
         .spawn(move || {
             while !state.done.load(Ordering::SeqCst) {
                 let key = keys::cancel(&cluster, state.index());
-                let popped: redis::RedisResult<Option<(String, String)>> =
-                    redis.run(|c| redis::cmd("BLPOP").arg(&key).arg(CANCEL_WAIT.as_secs_f64()).query(c));
+                let popped = redis.run(|c| queue::pop_canceled(c, &key, CANCEL_WAIT));
                 match popped {
                     Ok(Some((_, id))) => {
                         if state.cancel_if_running(&id) {
@@ -255,7 +254,7 @@ fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redis::RedisRes
     if n == 0 {
         return Ok(());
     }
-    let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
+    let top = membership::max_index(c, cluster)?;
     let routing = queue::stored_routing(c)?;
     for i in n..=top.unwrap_or(0).max(n) {
         queue::reroute_list(c, &keys::queue(cluster, i), cluster, n, routing)?;

@@ -4,9 +4,13 @@
 
 pub mod conn;
 pub mod durability;
+pub mod job;
 pub mod keys;
 pub mod membership;
 pub mod queue;
 pub mod record;
+mod scripts;
 pub mod stats;
 pub mod stream;
+#[cfg(test)]
+mod test_redis;

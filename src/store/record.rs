@@ -49,7 +49,7 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
         return Ok(Err(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
     };
     let (last, done): (Option<String>, Option<String>) =
-        redis::pipe().get(keys::branch("last", repo, &branch)).get(keys::branch("done", repo, &branch)).query(conn)?;
+        redis::pipe().get(keys::last(repo, &branch)).get(keys::done(repo, &branch)).query(conn)?;
     let Some(last) = last else {
         return Ok(Err(format!("{repo:?} branch {branch:?} was never pushed")));
     };
@@ -74,10 +74,10 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
 /// branch was never pushed.
 pub fn history(conn: &mut Connection, repo: &str, branch: Option<&str>, limit: usize) -> RedisResult<Option<Vec<Value>>> {
     let Some(branch) = crate::store::queue::branch_or_default(conn, repo, branch)? else { return Ok(None) };
-    let mut ids: Vec<String> = redis::cmd("LRANGE").arg(keys::branch("history", repo, &branch)).arg(0).arg(limit.max(1) - 1).query(conn)?;
+    let mut ids: Vec<String> = redis::cmd("LRANGE").arg(keys::history(repo, &branch)).arg(0).arg(limit.max(1) - 1).query(conn)?;
     if ids.is_empty() {
         // A branch pushed before histories were kept has its latest build only.
-        let last: Option<String> = redis::cmd("GET").arg(keys::branch("last", repo, &branch)).query(conn)?;
+        let last: Option<String> = redis::cmd("GET").arg(keys::last(repo, &branch)).query(conn)?;
         match last {
             Some(id) => ids.push(id),
             None => return Ok(None),
@@ -99,14 +99,14 @@ fn records(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<Value>> {
 /// Every pushed repository (sorted) with the latest build record of each of
 /// its branches (sorted by branch name).
 pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
-    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg("ci:repos").query(conn)?;
+    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys::REPOS).query(conn)?;
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for repo in names {
         let branches = branches(conn, &repo)?;
         let mut pipe = redis::pipe();
         for b in &branches {
-            pipe.get(keys::branch("last", &repo, b));
+            pipe.get(keys::last(&repo, b));
         }
         let last: Vec<Option<String>> = pipe.query(conn)?;
         let ids: Vec<String> = last.into_iter().flatten().collect();
@@ -117,7 +117,7 @@ pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
 
 /// The branches a repository was pushed to, sorted (empty when never pushed).
 pub fn branches(conn: &mut Connection, repo: &str) -> RedisResult<Vec<String>> {
-    let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(format!("ci:branches:{repo}")).query(conn)?;
+    let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(keys::branches(repo)).query(conn)?;
     branches.sort();
     Ok(branches)
 }
