@@ -230,7 +230,7 @@ fn by_default_a_newer_commit_cancels_a_pull_request_build_but_not_main() {
     assert_eq!(old.fields.get("branch").map(String::as_str), Some("pull/7"));
 }
 
-/// The pull-request rule is written twice: in ENQUEUE's Lua and in `CancelRunning::applies`.
+/// The pull-request rule is written once, in `CancelRunning::applies`; ENQUEUE acts on its answer.
 /// Both are held against a table written here, through the real script on a real Redis.
 #[test]
 fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_requests() {
