@@ -317,7 +317,8 @@ fn main() {
     let ids: Vec<u64> = (0..100u64).map(|k| 1 + k * last.max(1) / 100).filter(|i| *i <= last).collect();
     let record = median(ids.iter().map(|i| memory_usage(&mut mon, &keys::build(&i.to_string()))).collect());
     let p = push_of(0);
-    let branch_keys: [(&str, fn(&str, &str) -> String); 4] =
+    type BranchKey = fn(&str, &str) -> String;
+    let branch_keys: [(&str, BranchKey); 4] =
         [("history", keys::history), ("push", keys::push), ("last", keys::last), ("done", keys::done)];
     let per_branch: BTreeMap<&str, u64> =
         branch_keys.into_iter().map(|(k, key)| (k, memory_usage(&mut mon, &key(&p.repo, &p.branch)))).collect();

@@ -146,7 +146,7 @@ fn the_enqueue_script_reads_cluster_names_as_routing_cluster_tokens() {
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_connection().unwrap();
-    let mut rng = Rng(0x5eed_c1u64);
+    let mut rng = Rng(0x005e_edc1_u64);
     const CHARS: &[u8] = b"abcdxyzABCDXYZ0189_";
     let until = ((now() + 3600) * 1000).to_string();
     let (mut offered, mut refused) = (0, 0);

@@ -22,6 +22,8 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
 }
 /// The repository of a `/status/<repo>` or `/build/<repo>` path, and the
 /// `?branch=`, both under the names rules of [`payload`].
+/// The error is the answer itself, made once per request: not worth a box.
+#[allow(clippy::result_large_err)]
 pub(crate) fn repo_and_branch(raw_repo: &str, query: &str) -> Result<(String, Option<String>), Reply> {
     let bytes = payload::percent_decode(raw_repo.replace('+', "%2B").as_bytes());
     let Some(repo) = bytes.and_then(|b| String::from_utf8(b).ok()) else {
