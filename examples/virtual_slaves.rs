@@ -25,6 +25,7 @@
 
 use ci_backend::payload::{ForgeFacts, Push};
 use ci_backend::routing::Routing;
+use ci_backend::store::keys;
 use ci_backend::store::membership::Member;
 use ci_backend::store::queue::{self, Begun, CancelRunning, Enqueued, Job, Outcome};
 use redis::Connection;
@@ -123,7 +124,7 @@ fn virtual_slave(url: String, lease: Duration, tally: Arc<Tally>, claimed: Arc<B
         std::thread::sleep(Duration::from_millis(10));
     };
     claimed.wait();
-    let working = ci_backend::store::keys::working(CLUSTER, index);
+    let working = keys::working(CLUSTER, index);
     let slave = format!("{CLUSTER}-{index}");
     let mut renewed = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -312,14 +313,15 @@ fn main() {
     let finished = m2.tally["finishes"] - m1.tally["finishes"];
 
     // bytes: a finished build record, the keys a branch keeps
-    let last: u64 = redis::cmd("GET").arg("ci:seq").query::<Option<u64>>(&mut mon).ok().flatten().unwrap_or(0);
+    let last: u64 = redis::cmd("GET").arg(keys::SEQ).query::<Option<u64>>(&mut mon).ok().flatten().unwrap_or(0);
     let ids: Vec<u64> = (0..100u64).map(|k| 1 + k * last.max(1) / 100).filter(|i| *i <= last).collect();
-    let record = median(ids.iter().map(|i| memory_usage(&mut mon, &ci_backend::store::keys::build(&i.to_string()))).collect());
+    let record = median(ids.iter().map(|i| memory_usage(&mut mon, &keys::build(&i.to_string()))).collect());
     let p = push_of(0);
-    let per_branch: BTreeMap<&str, u64> = ["history", "push", "last", "done"]
-        .into_iter()
-        .map(|k| (k, memory_usage(&mut mon, &ci_backend::store::keys::branch(k, &p.repo, &p.branch))))
-        .collect();
+    type BranchKey = fn(&str, &str) -> String;
+    let branch_keys: [(&str, BranchKey); 4] =
+        [("history", keys::history), ("push", keys::push), ("last", keys::last), ("done", keys::done)];
+    let per_branch: BTreeMap<&str, u64> =
+        branch_keys.into_iter().map(|(k, key)| (k, memory_usage(&mut mon, &key(&p.repo, &p.branch)))).collect();
     let clients = info(&mut mon, "clients");
     // a history entry's marginal bytes: a list shaped like ci:history (build ids, newest first)
     // with HISTORY_KEEP entries against one with a single entry

@@ -94,7 +94,7 @@ pub const HOOK_SETTINGS: &[Setting] = &[
     Setting {
         name: "HOOK_ROUTING",
         default: "mod",
-        doc: "slave index of a repository inside its cluster of N: `mod` (CRC32 mod N; N to N+1 moves N/(N+1) of the repositories) or `jump` (jump consistent hash of the CRC32; moves 1/(N+1)); every hook must agree (Redis key ci:routing)",
+        doc: "slave index of a repository inside its cluster of N: `mod` (CRC32 mod N; N to N+1 moves N/(N+1) of the repositories) or `jump` (jump consistent hash of the CRC32; moves 1/(N+1)); every hook must agree (the routing key in Redis)",
     },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];

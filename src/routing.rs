@@ -35,7 +35,7 @@ pub fn repo_hash(repo: &str) -> u32 {
 }
 
 /// How a repository's index inside a cluster of N live slaves is chosen
-/// (HOOK_ROUTING; agreed through Redis key `ci:routing`).
+/// (HOOK_ROUTING; agreed through Redis, see `store::queue::agree_routing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routing {
     /// CRC32(repo) mod N: going from N to N+1 slaves moves about N/(N+1)
@@ -55,7 +55,7 @@ impl Routing {
         }
     }
 
-    /// The word HOOK_ROUTING, `ci:routing` and ENQUEUE's Lua use.
+    /// The word HOOK_ROUTING, the stored rule and ENQUEUE's Lua use.
     pub fn as_str(self) -> &'static str {
         match self {
             Routing::Mod => "mod",

@@ -230,7 +230,7 @@ fn by_default_a_newer_commit_cancels_a_pull_request_build_but_not_main() {
     assert_eq!(old.fields.get("branch").map(String::as_str), Some("pull/7"));
 }
 
-/// The pull-request rule is written twice: in ENQUEUE's Lua and in `CancelRunning::applies`.
+/// The pull-request rule is written once, in `CancelRunning::applies`; ENQUEUE acts on its answer.
 /// Both are held against a table written here, through the real script on a real Redis.
 #[test]
 fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_requests() {
@@ -261,7 +261,7 @@ fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_request
             let repo = format!("rule/r{n}");
             let push = |sha: &str| {
                 let text = json!({ "repo": repo, "branch": branch, "sha": sha, "clone_url": "file:///nowhere" }).to_string();
-                ci_backend::payload::Push::from_json(&text).unwrap()
+                ci_backend::store::job::decode(&text).unwrap()
             };
             let (p1, p2) = (push(&"1".repeat(40)), push(&"2".repeat(40)));
             let job = |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy, routing: Routing::Mod };

@@ -8,6 +8,7 @@
 use crate::harness::Rng;
 use ci_backend::payload::{self, Delivery, Push, Request};
 use ci_backend::slave::build::integration;
+use ci_backend::store::job;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -198,7 +199,7 @@ fn check_push(p: &Push) -> Result<(), String> {
     if p.clone_url.is_empty() || p.clone_url.starts_with('-') || p.clone_url.chars().any(char::is_control) {
         return Err(format!("clone URL {:?} accepted", p.clone_url));
     }
-    if Push::from_json(&p.to_json()).as_ref() != Some(p) {
+    if job::decode(&job::encode(p)).as_ref() != Some(p) {
         return Err("the push does not survive its JSON round trip".into());
     }
     Ok(())

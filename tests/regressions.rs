@@ -261,7 +261,7 @@ fn a_finish_retried_after_a_lost_answer_counts_the_build_once() {
     let redis = Redis::start();
     let mut c = redis.queue_conn();
     let text = serde_json::json!({ "repo": "acme/once", "branch": "main", "sha": "1".repeat(40), "clone_url": "file:///nowhere" });
-    let push = ci_backend::payload::Push::from_json(&text.to_string()).unwrap();
+    let push = ci_backend::store::job::decode(&text.to_string()).unwrap();
     let job = Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: CancelRunning::None, routing: Routing::Mod };
     let Enqueued::Queued { id, .. } = queue::enqueue(&mut c, &job).unwrap() else { panic!("not queued") };
     assert_eq!(queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap().as_deref(), Some(id.as_str()));

@@ -24,7 +24,7 @@ fn fake_members(redis: &Redis, n: u32) {
 
 fn push_of(repo: &str, branch: &str) -> ci_backend::payload::Push {
     let text = json!({ "repo": repo, "branch": branch, "sha": "1".repeat(40), "clone_url": "file:///nowhere" }).to_string();
-    ci_backend::payload::Push::from_json(&text).unwrap()
+    ci_backend::store::job::decode(&text).unwrap()
 }
 
 /// The rule is written once in Rust; the Lua only selects (CRC mod N, or the largest jump point
@@ -133,4 +133,62 @@ fn after_a_scale_down_jump_reroutes_jobs_where_routing_says() {
     let rerouted =
         events(&b.all_logs(), "build.rerouted").iter().filter(|l| [&id_x, &id_y].contains(&&kv(l, "id").unwrap_or_default())).count();
     assert!(rerouted >= 2, "both jobs logged build.rerouted:\n{}", b.all_logs());
+}
+
+/// Which clusters offer a push's hints is decided in ENQUEUE's Lua (it reads live membership in
+/// the same atomic step); the tokens of a cluster name are defined in Rust
+/// (`routing::cluster_tokens`, which the slave's config checks its name with). The two are held
+/// together here over many generated names: the script queues a push exactly when every hint
+/// is one of the Rust tokens.
+#[test]
+fn the_enqueue_script_reads_cluster_names_as_routing_cluster_tokens() {
+    use ci_backend::routing::cluster_tokens;
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let mut rng = Rng(0x005e_edc1_u64);
+    const CHARS: &[u8] = b"abcdxyzABCDXYZ0189_";
+    let until = ((now() + 3600) * 1000).to_string();
+    let (mut offered, mut refused) = (0, 0);
+    for i in 0..300 {
+        let mut name = "slave".to_string();
+        for _ in 0..rng.below(4) {
+            name.push('-');
+            for _ in 0..1 + rng.below(4) {
+                name.push(*rng.pick(CHARS) as char);
+            }
+        }
+        let tokens = cluster_tokens(&name).unwrap_or_else(|| panic!("{name:?}: the generator makes valid names only"));
+        // Hints as the hook parses them (lower case): some of the tokens, or a near miss.
+        let mut hints: Vec<String> = tokens.iter().filter(|_| rng.chance(2)).cloned().collect();
+        match rng.below(4) {
+            0 => hints.push(format!("{}x", rng.pick(&tokens))),
+            1 => hints.push(rng.pick(&tokens)[1..].to_string()),
+            2 => hints.push(format!("{}-{}", rng.pick(&tokens), rng.pick(&tokens))),
+            _ => {}
+        }
+        hints.retain(|h| !h.is_empty());
+        let rust_offers = hints.iter().all(|h| tokens.contains(h));
+        redis.cli(&["DEL", "ci:clusters"]);
+        redis.cli(&["SADD", "ci:clusters", &name]);
+        redis.cli(&["ZADD", &format!("ci:members:{name}"), &until, "0"]);
+        let mut push = push_of(&format!("tokens/r{i}"), "main");
+        push.hints = hints.clone();
+        let job =
+            Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: queue::CancelRunning::None, routing: Routing::Mod };
+        let reply = queue::enqueue(&mut c, &job).unwrap();
+        match &reply {
+            Enqueued::Queued { slave, .. } => assert_eq!(slave, &format!("{name}-0")),
+            Enqueued::NoSlave { live } => assert_eq!(live, &name),
+            other => panic!("{name:?} {hints:?}: {other:?}"),
+        }
+        let lua_offers = matches!(reply, Enqueued::Queued { .. });
+        assert_eq!(lua_offers, rust_offers, "cluster {name:?}, hints {hints:?}: tokens {tokens:?}, script said {reply:?}");
+        if rust_offers {
+            offered += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(offered > 50 && refused > 50, "both answers must be tried: {offered} offered, {refused} refused");
 }

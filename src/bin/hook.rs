@@ -5,7 +5,7 @@ use ci_backend::hook::metrics;
 use ci_backend::hook::server as http;
 use ci_backend::logging::quote;
 use ci_backend::store::conn::{Backoff, Redis};
-use ci_backend::store::queue;
+use ci_backend::store::{keys, queue};
 use ci_backend::{config, logging, signature};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -110,7 +110,7 @@ fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String
 }
 
 /// Agrees on the routing rule with the deployment's other hooks through
-/// `ci:routing`: the first hook stores its HOOK_ROUTING, a hook with another
+/// Redis (`keys::ROUTING`): the first hook stores its HOOK_ROUTING, a hook with another
 /// rule refuses to start. With Redis unreachable now, it starts anyway: each
 /// enqueue checks (or stores) the rule in the same script.
 fn settle_routing(config: &config::HookConfig) -> Result<(), Stop> {
@@ -122,16 +122,18 @@ fn settle_routing(config: &config::HookConfig) -> Result<(), Stop> {
             Ok(())
         }
         Ok(agreed) => Err(Stop::Refused(format!(
-            "HOOK_ROUTING={rule}, but this deployment routes by {agreed} (Redis key ci:routing, stored by its first hook): \
+            "HOOK_ROUTING={rule}, but this deployment routes by {agreed} (Redis key {key}, stored by its first hook): \
              start this hook with HOOK_ROUTING={agreed}, or switch every hook: stop them all, let the queues drain, \
-             `redis-cli DEL ci:routing`, then start them with HOOK_ROUTING={rule}",
-            agreed = quote(&agreed)
+             `redis-cli DEL {key}`, then start them with HOOK_ROUTING={rule}",
+            agreed = quote(&agreed),
+            key = keys::ROUTING
         ))),
         Err(e) => {
             log::warn!(
-                "hook.routing rule={rule} agreed=later redis={} error={}: each push checks ci:routing",
+                "hook.routing rule={rule} agreed=later redis={} error={}: each push checks {}",
                 quote(&config.redis_url.to_string()),
-                quote(&e.to_string())
+                quote(&e.to_string()),
+                keys::ROUTING
             );
             Ok(())
         }

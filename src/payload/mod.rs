@@ -5,7 +5,6 @@ mod gitea;
 mod github;
 mod gitlab;
 
-use serde_json::Value;
 use std::fmt;
 
 /// A push, as every sender's payload is normalized for queuing and building.
@@ -82,50 +81,6 @@ impl ForgeFacts {
 }
 
 impl Push {
-    pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "repo": self.repo, "branch": self.branch, "sha": self.sha,
-            "clone_url": self.clone_url, "default_branch": self.default_branch,
-            "message": self.message, "hints": self.hints,
-            "forge": self.forge.kind, "web_url": self.forge.web_url,
-            "statuses_url": self.forge.statuses_url, "project_id": self.forge.project_id,
-            "pull": self.pull.as_ref().map(|p| serde_json::json!({
-                "number": p.number, "base_branch": p.base_branch, "head_branch": p.head_branch, "head_repo": p.head_repo,
-            })),
-            "tag": self.tag, "fork": self.fork,
-        })
-        .to_string()
-    }
-
-    pub fn from_json(text: &str) -> Option<Push> {
-        let v: Value = serde_json::from_str(text).ok()?;
-        Some(Push {
-            repo: v["repo"].as_str()?.to_string(),
-            branch: v["branch"].as_str()?.to_string(),
-            sha: v["sha"].as_str()?.to_string(),
-            clone_url: v["clone_url"].as_str()?.to_string(),
-            default_branch: v["default_branch"].as_str().map(String::from),
-            message: v["message"].as_str().unwrap_or("").to_string(),
-            hints: v["hints"].as_array().map(|a| a.iter().filter_map(|h| h.as_str().map(String::from)).collect()).unwrap_or_default(),
-            forge: ForgeFacts {
-                kind: v["forge"].as_str().unwrap_or("").to_string(),
-                web_url: v["web_url"].as_str().map(String::from),
-                statuses_url: v["statuses_url"].as_str().map(String::from),
-                project_id: v["project_id"].as_u64(),
-            },
-            pull: v["pull"].as_object().and_then(|p| {
-                Some(Pull {
-                    number: p.get("number")?.as_u64()?,
-                    base_branch: p.get("base_branch")?.as_str()?.to_string(),
-                    head_branch: p.get("head_branch")?.as_str()?.to_string(),
-                    head_repo: p.get("head_repo")?.as_str()?.to_string(),
-                })
-            }),
-            tag: v["tag"].as_str().map(String::from),
-            fork: v["fork"].as_bool().unwrap_or(false),
-        })
-    }
-
     /// The ref of the cloned repository that holds the commit, fetched into
     /// the mirror under the same name: a branch, the target's own
     /// `refs/pull/<N>/head` / `refs/merge-requests/<N>/head`, or a tag.
@@ -622,46 +577,6 @@ mod tests {
         }
         assert_eq!(why("ünï/cödé-\u{5d0}"), None, "letters of any script stay allowed");
         assert_eq!(why(&"b".repeat(256)), Some("branch name must be 1 to 255 bytes long".into()));
-    }
-
-    #[test]
-    fn push_json_round_trips() {
-        let p = Push {
-            repo: "a/b".into(),
-            branch: "main".into(),
-            sha: "ab".repeat(20),
-            clone_url: "file:///x".into(),
-            default_branch: None,
-            message: "m".into(),
-            hints: vec!["jdk8".into()],
-            forge: ForgeFacts {
-                kind: "gitlab".into(),
-                web_url: Some("https://gl.example/a/b".into()),
-                statuses_url: None,
-                project_id: Some(15),
-            },
-            pull: None,
-            tag: None,
-            fork: false,
-        };
-        assert_eq!(Push::from_json(&p.to_json()), Some(p.clone()));
-        let q = Push {
-            branch: "pull/7".into(),
-            pull: Some(Pull { number: 7, base_branch: "main".into(), head_branch: "fix/x".into(), head_repo: "them/b".into() }),
-            fork: true,
-            ..p.clone()
-        };
-        assert_eq!(Push::from_json(&q.to_json()), Some(q));
-        let t = Push { branch: "tags/v1.2".into(), tag: Some("v1.2".into()), ..p };
-        assert_eq!(Push::from_json(&t.to_json()), Some(t));
-    }
-
-    #[test]
-    fn push_json_of_earlier_versions_still_parses() {
-        let old = r#"{"repo":"a/b","branch":"main","sha":"abababababababababababababababababababab","clone_url":"file:///x","default_branch":null,"message":"m","hints":[]}"#;
-        let p = Push::from_json(old).expect("parses");
-        assert_eq!(p.forge, ForgeFacts::default());
-        assert_eq!((p.pull, p.tag, p.fork), (None, None, false));
     }
 
     fn fixture_push(event: (&str, &str), rel: &str) -> Push {

@@ -6,6 +6,7 @@ use crate::slave::error::StartError;
 use crate::slave::state::{State, IO_TIMEOUT};
 use crate::store::conn::{log_error, Redis};
 use crate::store::keys;
+use crate::store::queue;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 const CANCEL_WAIT: Duration = Duration::from_secs(1);
 
 /// The cancel watcher: on its own connection, pops the ids the CANCEL and
-/// ENQUEUE scripts push onto `ci:cancel:<cluster>:<index>` as they cancel a
+/// ENQUEUE scripts push onto the index's cancel list as they cancel a
 /// running build, and kills the running build when it is one of them. The
 /// pop returns as soon as an id is pushed, and the runner polls the kill flag
 /// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
@@ -27,8 +28,7 @@ pub(crate) fn spawn(config: &SlaveConfig, state: Arc<State>) -> Result<(), Start
         .spawn(move || {
             while !state.done.load(Ordering::SeqCst) {
                 let key = keys::cancel(&cluster, state.index());
-                let popped: redis::RedisResult<Option<(String, String)>> =
-                    redis.run(|c| redis::cmd("BLPOP").arg(&key).arg(CANCEL_WAIT.as_secs_f64()).query(c));
+                let popped = redis.run(|c| queue::pop_canceled(c, &key, CANCEL_WAIT));
                 match popped {
                     Ok(Some((_, id))) => {
                         if state.cancel_if_running(&id) {

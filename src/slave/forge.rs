@@ -14,14 +14,13 @@ use crate::payload::short_sha;
 use crate::payload::Push;
 use crate::slave::error::StartError;
 use crate::store::conn::Redis;
+use crate::store::stats;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The Redis hash of counts by result (`sent`, `failed`, `dropped`).
-pub const COUNTS_KEY: &str = "ci:forge_status";
 /// Statuses that may wait for the poster; more are dropped (and counted).
 const QUEUE: usize = 256;
 /// GitHub refuses descriptions over 140 characters.
@@ -402,7 +401,7 @@ fn count(redis: &mut Redis, result: &str, n: u64) {
     if n == 0 {
         return;
     }
-    if let Err(e) = redis.run(|c| redis::cmd("HINCRBY").arg(COUNTS_KEY).arg(result).arg(n).query::<i64>(c)) {
+    if let Err(e) = redis.run(|c| stats::count_forge_status(c, result, n)) {
         log::warn!("forge.count_lost result={result} n={n} error={}", quote(&e.to_string()));
     }
 }

@@ -14,7 +14,7 @@ pub(crate) fn reroute_vanished(c: &mut redis::Connection, cluster: &str) -> redi
     if n == 0 {
         return Ok(());
     }
-    let top: Option<u32> = redis::cmd("HGET").arg("ci:maxindex").arg(cluster).query(c)?;
+    let top = membership::max_index(c, cluster)?;
     let routing = queue::stored_routing(c)?;
     for i in n..=top.unwrap_or(0).max(n) {
         queue::reroute_list(c, &keys::queue(cluster, i), cluster, n, routing)?;

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Longest wait between two dials while Redis is unreachable.
+/// Shortest and longest wait between two dials while Redis is unreachable.
+const MIN_REDIAL: Duration = Duration::from_millis(50);
 const MAX_REDIAL: Duration = Duration::from_secs(1);
 /// How long one dial to Redis (or to the master Sentinel names) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -261,7 +262,7 @@ impl Redis {
     pub fn open(target: &Target, io_timeout: Duration) -> Result<Redis, String> {
         redis::IntoConnectionInfo::into_connection_info(target.url.as_str())
             .map_err(|e| format!("REDIS_URL={:?}: {e}", redact_url(&target.url)))?;
-        Ok(Redis { target: target.clone(), conn: None, master: None, io_timeout, redial_at: None, redial_wait: Duration::from_millis(50) })
+        Ok(Redis { target: target.clone(), conn: None, master: None, io_timeout, redial_at: None, redial_wait: MIN_REDIAL })
     }
 
     fn dial(&mut self) -> redis::RedisResult<()> {
@@ -279,11 +280,13 @@ impl Redis {
                 self.conn = Some(conn);
                 self.master = master;
                 self.redial_at = None;
-                self.redial_wait = Duration::from_millis(50);
+                self.redial_wait = MIN_REDIAL;
                 Ok(())
             }
             Err(e) => {
-                self.redial_at = Some(Instant::now() + self.redial_wait);
+                // Jittered: every slave of a restarted Redis failed at the
+                // same moment; they must not all dial again at the same moment.
+                self.redial_at = Some(Instant::now() + jitter(self.redial_wait, MIN_REDIAL));
                 self.redial_wait = (self.redial_wait * 2).min(MAX_REDIAL);
                 Err(e)
             }
@@ -301,7 +304,7 @@ impl Redis {
         }
         let result = f(self.conn.as_mut().expect("connected above"));
         if let Err(e) = &result {
-            if is_connection_error(e) {
+            if Fault::of(e) == Fault::Transient {
                 self.conn = None;
             }
         }
@@ -328,18 +331,39 @@ impl Redis {
     }
 }
 
-/// Errors after which the connection is of no more use: its state is
-/// unknown, or its server is no longer the master (`READONLY`: it was
-/// demoted to a replica; `MASTERDOWN`: a replica lost its master), or it
-/// is still loading its data (`LOADING`, just after a restart). Callers
-/// retry them; the next dial asks the sentinels again.
-pub fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-        || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::BusyLoadingError)
+/// What a Redis error means to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The connection is of no more use: its state is unknown, or its
+    /// server is no longer the master (`READONLY`: it was demoted to a
+    /// replica; `MASTERDOWN`: a replica lost its master), or it is still
+    /// loading its data (`LOADING`, just after a restart). The connection is
+    /// dropped; callers retry, and the next dial asks the sentinels again.
+    Transient,
+    /// Redis answered and refused (a script error, OOM, a wrong type):
+    /// the same call would fail again.
+    Fatal,
+}
+
+impl Fault {
+    pub fn of(e: &RedisError) -> Fault {
+        let transient = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+            || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown | ErrorKind::BusyLoadingError);
+        if transient {
+            Fault::Transient
+        } else {
+            Fault::Fatal
+        }
+    }
+}
+
+/// Whether `e` is [`Fault::Transient`]: retried, on a new connection.
+pub fn is_connection_error(e: &RedisError) -> bool {
+    Fault::of(e) == Fault::Transient
 }
 
 /// `WAIT n timeout` after a write on `c`: how many replicas acknowledged
@@ -351,10 +375,9 @@ pub fn replicas_acked(c: &mut redis::Connection, n: u32, timeout: Duration) -> R
 /// A Redis failure, worded by kind: a lost connection is retried (warn);
 /// anything else (a script error, OOM, a wrong type) is not (error).
 pub fn log_error(op: &str, e: &redis::RedisError) {
-    if is_connection_error(e) {
-        log::warn!("redis.unreachable op={op} error={}", crate::logging::quote(&e.to_string()));
-    } else {
-        log::error!("redis.refused op={op} error={}", crate::logging::quote(&e.to_string()));
+    match Fault::of(e) {
+        Fault::Transient => log::warn!("redis.unreachable op={op} error={}", crate::logging::quote(&e.to_string())),
+        Fault::Fatal => log::error!("redis.refused op={op} error={}", crate::logging::quote(&e.to_string())),
     }
 }
 
@@ -368,21 +391,37 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}:***@{host}{slash}{path}")
 }
 
-/// Exponential backoff from 100 ms to 5 s.
+/// Shortest and longest [`Backoff`] delay.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Exponential backoff from 100 ms to 5 s, jittered: each delay is drawn
+/// between half its step and the step (and never below 100 ms), so the
+/// slaves of a Redis that restarted do not all retry at the same instant.
 pub struct Backoff(Duration);
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff(Duration::from_millis(100))
+        Backoff(BACKOFF_MIN)
     }
 }
 
 impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        d
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        jitter(d, BACKOFF_MIN)
     }
+}
+
+/// "Equal jitter": a random delay in [step / 2, step], at least `floor`.
+fn jitter(step: Duration, floor: Duration) -> Duration {
+    let half = step / 2;
+    let span = (step - half).as_micros() as u64;
+    let mut bytes = [0u8; 8];
+    // Without randomness the full step is waited: the bound still holds.
+    let draw = if getrandom::fill(&mut bytes).is_ok() { u64::from_le_bytes(bytes) % (span + 1) } else { span };
+    (half + Duration::from_micros(draw)).max(floor)
 }
 
 #[cfg(test)]
@@ -393,11 +432,35 @@ mod tests {
     fn a_redis_still_loading_is_retried_like_a_lost_connection() {
         // The soak found a passed build stored as failed: its FINISH met `LOADING` after a restart.
         let loading = redis::RedisError::from((ErrorKind::BusyLoadingError, "LOADING Redis is loading the dataset in memory"));
-        assert!(is_connection_error(&loading));
+        assert_eq!(Fault::of(&loading), Fault::Transient);
         let oom = redis::RedisError::from((ErrorKind::ExecAbortError, "OOM command not allowed"));
-        assert!(!is_connection_error(&oom), "a refusal is not retried");
+        assert_eq!(Fault::of(&oom), Fault::Fatal, "a refusal is not retried");
     }
     use super::{redact_url, Target};
+
+    #[test]
+    fn backoff_delays_are_jittered_within_their_bounds() {
+        let mut b = Backoff::default();
+        let mut steps = Vec::new();
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_secs(5), "{d:?}");
+            steps.push(d);
+        }
+        // The steps grow to the cap: 100, 200, ... 3200 ms, then 5 s.
+        let caps = [100, 200, 400, 800, 1600, 3200, 5000, 5000];
+        for (d, cap) in steps.iter().zip(caps) {
+            assert!(
+                *d <= Duration::from_millis(cap) && *d >= Duration::from_millis(cap / 2).max(Duration::from_millis(100)),
+                "{d:?} vs {cap} ms"
+            );
+        }
+        // Not all the same: 200 draws of a 1 s step differ.
+        let draws: std::collections::HashSet<Duration> = (0..200).map(|_| jitter(Duration::from_secs(1), MIN_REDIAL)).collect();
+        assert!(draws.len() > 100, "{} distinct delays", draws.len());
+        assert!(draws.iter().all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1)));
+        assert_eq!(jitter(Duration::from_millis(50), MIN_REDIAL), MIN_REDIAL, "never below the floor");
+    }
 
     #[test]
     fn sentinels_need_a_master_name_and_host_port_items() {

@@ -4,10 +4,14 @@
 
 pub mod conn;
 pub mod durability;
+pub mod job;
 pub mod keys;
 pub mod membership;
 pub mod queue;
 pub mod record;
+mod scripts;
 pub mod signed;
 pub mod stats;
 pub mod stream;
+#[cfg(test)]
+mod test_redis;

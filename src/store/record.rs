@@ -1,10 +1,139 @@
-//! Build records as `/status` shows them (text log or JSON).
+//! Build records: the typed [`BuildRecord`] every reader uses (read from its
+//! HASH, [`keys::build`]), and the views `/status` and `/history` show of
+//! them (text log or JSON).
 
 use crate::store::keys;
 
 use redis::{Connection, RedisResult};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::HashMap;
+
+/// One build's record, as the queue's scripts write its HASH fields.
+/// Missing or unreadable fields read as empty (`""`, `None`, 0, false).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuildRecord {
+    pub id: String,
+    pub repo: String,
+    pub branch: String,
+    pub sha: String,
+    /// `queued`, `running`, `passed`, `failed` or `canceled`.
+    pub state: String,
+    /// The stored `ok` (`true` once passed).
+    pub ok: bool,
+    /// The log lines stored with the result (while it runs: `[]`; the
+    /// live lines are in the stream, [`crate::store::stream`]).
+    pub log: Vec<String>,
+    pub seconds: Option<u64>,
+    /// `<cluster>-<index>`: where it is queued or ran.
+    pub slave: String,
+    pub cluster: String,
+    /// Unix seconds.
+    pub queued_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Starts so far; a result of an older attempt is ignored.
+    pub attempt: u32,
+    /// The job, as [`crate::store::job`] encodes it.
+    pub push: String,
+    /// Build from a fresh clone (a re-run asked for it).
+    pub reset: bool,
+    /// The slave whose queue it waited in, when another took it (SLAVE_STEAL_AFTER).
+    pub stolen: Option<String>,
+    /// Attempts its slave died during.
+    pub died: u32,
+    /// Why it was canceled while it ran.
+    pub cancel: Option<String>,
+}
+
+/// The record as the API documents it. Fields in alphabetical order, the
+/// order of its JSON keys.
+#[derive(Serialize)]
+struct Api<'a> {
+    branch: &'a str,
+    finished_at: Option<f64>,
+    id: &'a str,
+    log: &'a [String],
+    ok: bool,
+    queued_at: Option<f64>,
+    repo: &'a str,
+    seconds: Option<u64>,
+    sha: &'a str,
+    slave: &'a str,
+    started_at: Option<f64>,
+    state: &'a str,
+    stolen_from: Option<&'a str>,
+}
+
+impl BuildRecord {
+    /// The record of a HASH (all empty when the hash is).
+    pub fn from_hash(h: &HashMap<String, String>) -> BuildRecord {
+        let s = |k: &str| h.get(k).cloned().unwrap_or_default();
+        let number = |k: &str| h.get(k).and_then(|v| v.parse::<f64>().ok()).filter(|f| f.is_finite());
+        let count = |k: &str| h.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+        let log = h.get("log").and_then(|l| serde_json::from_str::<Value>(l).ok());
+        BuildRecord {
+            id: s("id"),
+            repo: s("repo"),
+            branch: s("branch"),
+            sha: s("sha"),
+            state: s("state"),
+            ok: h.get("ok").is_some_and(|v| v == "true"),
+            log: log
+                .as_ref()
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+            seconds: h.get("seconds").and_then(|v| v.parse::<u64>().ok()),
+            slave: s("slave"),
+            cluster: s("cluster"),
+            queued_at: number("queued_at"),
+            started_at: number("started_at"),
+            finished_at: number("finished_at"),
+            attempt: count("attempt"),
+            push: s("push"),
+            reset: h.get("reset").is_some_and(|v| v == "1"),
+            stolen: h.get("stolen").cloned(),
+            died: count("died"),
+            cancel: h.get("cancel").cloned(),
+        }
+    }
+
+    /// Passed, failed or canceled: its result is stored.
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "passed" | "failed" | "canceled")
+    }
+
+    /// Queued or running.
+    pub fn active(&self) -> bool {
+        matches!(self.state.as_str(), "queued" | "running")
+    }
+
+    /// The JSON the API documents (`ok` follows the state; `stolen_from`).
+    pub fn to_json(&self) -> Value {
+        let api = Api {
+            branch: &self.branch,
+            finished_at: self.finished_at,
+            id: &self.id,
+            log: &self.log,
+            ok: self.state == "passed",
+            queued_at: self.queued_at,
+            repo: &self.repo,
+            seconds: self.seconds,
+            sha: &self.sha,
+            slave: &self.slave,
+            started_at: self.started_at,
+            state: &self.state,
+            stolen_from: self.stolen.as_deref(),
+        };
+        serde_json::to_value(api).expect("a record is strings and numbers")
+    }
+
+    /// When it finished, else started, else was queued (unix seconds).
+    pub fn when(&self) -> Option<f64> {
+        self.finished_at.or(self.started_at).or(self.queued_at)
+    }
+}
 
 /// What `GET /status/<repo>` answers for a pushed branch.
 pub struct StatusView {
@@ -13,32 +142,13 @@ pub struct StatusView {
     /// The log of the latest finished build, or what the first one is doing.
     pub text: String,
     /// The latest build's record, whatever its state.
-    pub json: Value,
+    pub record: BuildRecord,
 }
 
-fn number(v: Option<&String>) -> Value {
-    v.and_then(|s| s.parse::<f64>().ok()).map_or(Value::Null, |f| json!(f))
-}
-
-/// A build record (HASH) as the JSON the API documents.
-pub fn record_json(h: &HashMap<String, String>) -> Value {
-    let s = |k: &str| h.get(k).cloned().unwrap_or_default();
-    let log: Value = h.get("log").and_then(|l| serde_json::from_str(l).ok()).unwrap_or_else(|| json!([]));
-    let seconds = h.get("seconds").and_then(|v| v.parse::<u64>().ok()).map_or(Value::Null, |n| json!(n));
-    json!({
-        "id": s("id"), "repo": s("repo"), "branch": s("branch"), "sha": s("sha"),
-        "state": s("state"), "ok": s("state") == "passed", "log": log, "seconds": seconds,
-        "slave": s("slave"),
-        // the slave whose queue it waited in, when another took it (SLAVE_STEAL_AFTER)
-        "stolen_from": h.get("stolen").map_or(Value::Null, |v| json!(v)),
-        "queued_at": number(h.get("queued_at")),
-        "started_at": number(h.get("started_at")),
-        "finished_at": number(h.get("finished_at")),
-    })
-}
-
-fn record(conn: &mut Connection, id: &str) -> RedisResult<HashMap<String, String>> {
-    redis::cmd("HGETALL").arg(keys::build(id)).query(conn)
+/// Build `id`'s record; `None` when there is none.
+fn record(conn: &mut Connection, id: &str) -> RedisResult<Option<BuildRecord>> {
+    let h: HashMap<String, String> = redis::cmd("HGETALL").arg(keys::build(id)).query(conn)?;
+    Ok((!h.is_empty()).then(|| BuildRecord::from_hash(&h)))
 }
 
 /// Reads the status of a repository's branch (its default branch if none);
@@ -49,35 +159,33 @@ pub fn read(conn: &mut Connection, repo: &str, branch: Option<&str>) -> RedisRes
         return Ok(Err(format!("{repo:?} was never pushed (or its default branch is unknown: add ?branch=)")));
     };
     let (last, done): (Option<String>, Option<String>) =
-        redis::pipe().get(keys::branch("last", repo, &branch)).get(keys::branch("done", repo, &branch)).query(conn)?;
+        redis::pipe().get(keys::last(repo, &branch)).get(keys::done(repo, &branch)).query(conn)?;
     let Some(last) = last else {
         return Ok(Err(format!("{repo:?} branch {branch:?} was never pushed")));
     };
-    let latest = record(conn, &last)?;
-    let json = record_json(&latest);
+    let latest = record(conn, &last)?.unwrap_or_default();
     let (code, text) = match done {
         Some(done) => {
-            let finished = if done == last { latest.clone() } else { record(conn, &done)? };
-            let log: Vec<String> = finished.get("log").and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
-            let code = finished_code(finished.get("state").map(String::as_str).unwrap_or(""));
-            let mut text = log.join("\n");
+            let finished = if done == last { latest.clone() } else { record(conn, &done)?.unwrap_or_default() };
+            let code = finished_code(&finished.state);
+            let mut text = finished.log.join("\n");
             text.push('\n');
             (code, text)
         }
-        None => record_text(conn, &json)?,
+        None => record_text(conn, &latest)?,
     };
-    Ok(Ok(StatusView { code, text, json }))
+    Ok(Ok(StatusView { code, text, record: latest }))
 }
 
 /// The last `limit` builds (at least 1) of a repository's branch (its
-/// default branch if none), newest first, as [`record_json`]; `None` when the
+/// default branch if none), newest first; `None` when the
 /// branch was never pushed.
-pub fn history(conn: &mut Connection, repo: &str, branch: Option<&str>, limit: usize) -> RedisResult<Option<Vec<Value>>> {
+pub fn history(conn: &mut Connection, repo: &str, branch: Option<&str>, limit: usize) -> RedisResult<Option<Vec<BuildRecord>>> {
     let Some(branch) = crate::store::queue::branch_or_default(conn, repo, branch)? else { return Ok(None) };
-    let mut ids: Vec<String> = redis::cmd("LRANGE").arg(keys::branch("history", repo, &branch)).arg(0).arg(limit.max(1) - 1).query(conn)?;
+    let mut ids: Vec<String> = redis::cmd("LRANGE").arg(keys::history(repo, &branch)).arg(0).arg(limit.max(1) - 1).query(conn)?;
     if ids.is_empty() {
         // A branch pushed before histories were kept has its latest build only.
-        let last: Option<String> = redis::cmd("GET").arg(keys::branch("last", repo, &branch)).query(conn)?;
+        let last: Option<String> = redis::cmd("GET").arg(keys::last(repo, &branch)).query(conn)?;
         match last {
             Some(id) => ids.push(id),
             None => return Ok(None),
@@ -87,26 +195,26 @@ pub fn history(conn: &mut Connection, repo: &str, branch: Option<&str>, limit: u
 }
 
 /// The records of `ids` that still exist, in that order.
-fn records(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<Value>> {
+fn records(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<BuildRecord>> {
     let mut pipe = redis::pipe();
     for id in ids {
         pipe.cmd("HGETALL").arg(keys::build(id));
     }
     let found: Vec<HashMap<String, String>> = pipe.query(conn)?;
-    Ok(found.iter().filter(|h| !h.is_empty()).map(record_json).collect())
+    Ok(found.iter().filter(|h| !h.is_empty()).map(BuildRecord::from_hash).collect())
 }
 
 /// Every pushed repository (sorted) with the latest build record of each of
 /// its branches (sorted by branch name).
-pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
-    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg("ci:repos").query(conn)?;
+pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
+    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys::REPOS).query(conn)?;
     names.sort();
     let mut out = Vec::with_capacity(names.len());
     for repo in names {
         let branches = branches(conn, &repo)?;
         let mut pipe = redis::pipe();
         for b in &branches {
-            pipe.get(keys::branch("last", &repo, b));
+            pipe.get(keys::last(&repo, b));
         }
         let last: Vec<Option<String>> = pipe.query(conn)?;
         let ids: Vec<String> = last.into_iter().flatten().collect();
@@ -117,28 +225,26 @@ pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<Value>)>> {
 
 /// The branches a repository was pushed to, sorted (empty when never pushed).
 pub fn branches(conn: &mut Connection, repo: &str) -> RedisResult<Vec<String>> {
-    let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(format!("ci:branches:{repo}")).query(conn)?;
+    let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(keys::branches(repo)).query(conn)?;
     branches.sort();
     Ok(branches)
 }
 
-/// Build `id` as [`record_json`], if it exists and belongs to `repo`.
-pub fn build(conn: &mut Connection, repo: &str, id: &str) -> RedisResult<Option<Value>> {
+/// Build `id`, if it exists and belongs to `repo`.
+pub fn build(conn: &mut Connection, repo: &str, id: &str) -> RedisResult<Option<BuildRecord>> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(None);
     }
-    let h = record(conn, id)?;
-    Ok((h.get("repo").map(String::as_str) == Some(repo)).then(|| record_json(&h)))
+    Ok(record(conn, id)?.filter(|r| r.repo == repo))
 }
 
-/// Build `id` as [`record_json`], whatever its repository (the dashboard's
-/// `/builds/<id>`); `None` when there is no such record.
-pub fn record_by_id(conn: &mut Connection, id: &str) -> RedisResult<Option<Value>> {
+/// Build `id`, whatever its repository (the dashboard's `/builds/<id>`);
+/// `None` when there is no such record.
+pub fn record_by_id(conn: &mut Connection, id: &str) -> RedisResult<Option<BuildRecord>> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(None);
     }
-    let h = record(conn, id)?;
-    Ok((!h.is_empty()).then(|| record_json(&h)))
+    record(conn, id)
 }
 
 /// The text answer's code of a finished build: 200 passed, 409 canceled
@@ -153,22 +259,14 @@ fn finished_code(state: &str) -> u16 {
 
 /// A record's text answer: its log with 200 (passed), 412 (failed) or 409 (canceled); while
 /// queued or running, 202 and its live log so far (or what it is doing).
-pub fn record_text(conn: &mut Connection, v: &Value) -> RedisResult<(u16, String)> {
-    let state = v["state"].as_str().unwrap_or("");
-    let id = v["id"].as_str().unwrap_or("");
-    let lines: Vec<String> = match state {
-        "passed" | "failed" | "canceled" => {
-            v["log"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect()).unwrap_or_default()
-        }
-        _ => crate::store::stream::lines_so_far(conn, id, crate::store::stream::SHOWN_SO_FAR)?,
-    };
-    let code = match state {
-        "passed" | "failed" | "canceled" => finished_code(state),
-        _ => 202,
+pub fn record_text(conn: &mut Connection, r: &BuildRecord) -> RedisResult<(u16, String)> {
+    let (code, lines) = if r.finished() {
+        (finished_code(&r.state), r.log.clone())
+    } else {
+        (202, crate::store::stream::lines_so_far(conn, &r.id, crate::store::stream::SHOWN_SO_FAR)?)
     };
     if code == 202 && lines.is_empty() {
-        let (repo, branch) = (v["repo"].as_str().unwrap_or(""), v["branch"].as_str().unwrap_or(""));
-        return Ok((202, format!("build {id} of {repo} {branch} is {state}\n")));
+        return Ok((202, format!("build {} of {} {} is {}\n", r.id, r.repo, r.branch, r.state)));
     }
     let mut text = lines.join("\n");
     text.push('\n');
@@ -177,12 +275,11 @@ pub fn record_text(conn: &mut Connection, v: &Value) -> RedisResult<(u16, String
 
 /// One line of a build list: id, state, short sha, seconds, slave, when
 /// (finished, else started, else queued; UTC ISO 8601).
-pub fn record_line(v: &Value) -> String {
-    let sha = crate::payload::short_sha(v["sha"].as_str().unwrap_or(""));
-    let seconds = v["seconds"].as_u64().map_or("-".to_string(), |s| format!("{s}s"));
-    let when = ["finished_at", "started_at", "queued_at"].iter().find_map(|k| v[*k].as_f64()).map_or("-".to_string(), iso_time);
-    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
-    format!("{} {} {sha} {seconds} {} {when}", s("id"), s("state"), s("slave"))
+pub fn record_line(r: &BuildRecord) -> String {
+    let sha = crate::payload::short_sha(&r.sha);
+    let seconds = r.seconds.map_or("-".to_string(), |s| format!("{s}s"));
+    let when = r.when().map_or("-".to_string(), iso_time);
+    format!("{} {} {sha} {seconds} {} {when}", r.id, r.state, r.slave)
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC), by the civil-from-days rule.
@@ -204,6 +301,37 @@ pub fn iso_time(unix: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_json_keeps_its_keys_order_and_numbers() {
+        let fields = [
+            ("id", "7"),
+            ("repo", "a/b"),
+            ("branch", "main"),
+            ("sha", "ab"),
+            ("state", "passed"),
+            ("ok", "true"),
+            ("log", r#"["x"]"#),
+            ("seconds", "3"),
+            ("slave", "slave-0"),
+            ("cluster", "slave"),
+            ("queued_at", "1.5"),
+            ("started_at", "2.250"),
+            ("finished_at", "5"),
+            ("attempt", "1"),
+            ("push", "{}"),
+            ("reset", "0"),
+        ];
+        let h: HashMap<String, String> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let r = BuildRecord::from_hash(&h);
+        assert_eq!((r.attempt, r.reset, r.ok, r.cluster.as_str()), (1, false, true, "slave"));
+        // What serde_json::json! (keys sorted) made of the same hash.
+        let want = r#"{"branch":"main","finished_at":5.0,"id":"7","log":["x"],"ok":true,"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null}"#;
+        assert_eq!(r.to_json().to_string(), want);
+        let empty = BuildRecord::from_hash(&HashMap::new()).to_json().to_string();
+        let want = r#"{"branch":"","finished_at":null,"id":"","log":[],"ok":false,"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null}"#;
+        assert_eq!(empty, want);
+    }
 
     #[test]
     fn iso_times_match_known_dates() {

@@ -41,3 +41,8 @@ pub fn read(conn: &mut Connection) -> RedisResult<Facts> {
     let forge = redis::cmd("HGETALL").arg(keys::FORGE_STATUS).query(conn)?;
     Ok(Facts { clusters, replicas, builds, forge })
 }
+
+/// Counts `n` commit statuses that ended as `result` (sent, failed, dropped).
+pub fn count_forge_status(conn: &mut Connection, result: &str, n: u64) -> RedisResult<()> {
+    redis::cmd("HINCRBY").arg(keys::FORGE_STATUS).arg(result).arg(n).query::<i64>(conn).map(drop)
+}

@@ -1,5 +1,5 @@
 //! Live build logs: a running build's lines in a capped Redis Stream,
-//! `ci:log:<id>` (entries `line`, then one `end` with the result). The slave
+//! [`keys::log`] (entries `line`, then one `end` with the result). The slave
 //! publishes from one thread of its own fed by a bounded channel — a full
 //! channel drops lines and counts them, the build never waits; the hook reads
 //! the stream for `/status` of a running build and for followers

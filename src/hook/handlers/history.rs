@@ -6,7 +6,7 @@ use crate::hook::reply::{redis_down, Reply};
 use crate::hook::server::Hook;
 use crate::hook::wire::Request;
 use crate::store::conn::Redis;
-use crate::store::record;
+use crate::store::record::{self, BuildRecord};
 use serde_json::{json, Value};
 
 /// The last builds of a branch, newest first: one line each, or JSON records.
@@ -26,7 +26,7 @@ pub(crate) fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_rep
     match redis.run_again(|c| record::history(c, &repo, branch.as_deref(), limit)) {
         Err(e) => redis_down(&e),
         Ok(None) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
-        Ok(Some(records)) if wants_json(req) => Reply::json(200, Value::Array(records)),
+        Ok(Some(records)) if wants_json(req) => Reply::json(200, Value::Array(records.iter().map(BuildRecord::to_json).collect())),
         Ok(Some(records)) => Reply::text(200, records.iter().map(|r| format!("{}\n", record::record_line(r))).collect()),
     }
 }
@@ -36,13 +36,13 @@ pub(crate) fn get_repos(redis: &mut Redis, req: &Request) -> Reply {
         Err(e) => redis_down(&e),
         Ok(repos) if wants_json(req) => Reply::json(
             200,
-            Value::Array(repos.into_iter().map(|(repo, branches)| json!({ "repo": repo, "branches": branches })).collect()),
+            Value::Array(repos.into_iter().map(|(repo, branches)| json!({ "repo": repo, "branches": branches.iter().map(BuildRecord::to_json).collect::<Vec<_>>() })).collect()),
         ),
         Ok(repos) => {
             let mut text = String::new();
             for (repo, branches) in &repos {
                 for b in branches {
-                    text.push_str(&format!("{repo} {} {}\n", b["branch"].as_str().unwrap_or(""), record::record_line(b)));
+                    text.push_str(&format!("{repo} {} {}\n", b.branch, record::record_line(b)));
                 }
             }
             Reply::text(200, text)

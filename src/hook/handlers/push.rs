@@ -118,8 +118,9 @@ pub(crate) fn enqueue(hook: &Hook, redis: &mut Redis, job: &Job) -> Reply {
         Ok(Enqueued::OtherRouting { agreed }) => Reply::error(
             503,
             format!(
-                "this hook routes by HOOK_ROUTING={}, but the deployment agreed on {agreed} (Redis key ci:routing); restart this hook with HOOK_ROUTING={agreed}",
-                job.routing.as_str()
+                "this hook routes by HOOK_ROUTING={}, but the deployment agreed on {agreed} (Redis key {}); restart this hook with HOOK_ROUTING={agreed}",
+                job.routing.as_str(),
+                crate::store::keys::ROUTING
             ),
         ),
     };

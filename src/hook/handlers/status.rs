@@ -23,7 +23,7 @@ pub(crate) fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query
             Err(e) => redis_down(&e),
             Ok(None) => Reply::error(404, format!("{repo:?} has no build {id:?} (ids are numbers; old builds leave after HISTORY_KEEP)")),
             Ok(Some(_)) if follow => Reply { follow: Some(id), ..Reply::text(200, String::new()) },
-            Ok(Some(record)) if wants_json => Reply::json(200, record),
+            Ok(Some(record)) if wants_json => Reply::json(200, record.to_json()),
             Ok(Some(record)) => match redis.run_again(|c| record::record_text(c, &record)) {
                 Err(e) => redis_down(&e),
                 Ok((code, text)) => Reply::text(code, text),
@@ -34,7 +34,7 @@ pub(crate) fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query
         return match redis.run_again(|c| record::history(c, &repo, branch.as_deref(), 1)) {
             Err(e) => redis_down(&e),
             Ok(Some(latest)) if !latest.is_empty() => {
-                let id = latest[0]["id"].as_str().unwrap_or_default().to_string();
+                let id = latest[0].id.clone();
                 Reply { follow: Some(id), ..Reply::text(200, String::new()) }
             }
             Ok(_) => Reply::error(404, format!("{repo:?} {} was never pushed", branch.as_deref().unwrap_or("(default branch)"))),
@@ -43,7 +43,7 @@ pub(crate) fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query
     match redis.run_again(|c| record::read(c, &repo, branch.as_deref())) {
         Err(e) => redis_down(&e),
         Ok(Err(never_pushed)) => Reply::error(404, never_pushed),
-        Ok(Ok(view)) if wants_json => Reply::json(200, view.json),
+        Ok(Ok(view)) if wants_json => Reply::json(200, view.record.to_json()),
         Ok(Ok(view)) => Reply::text(view.code, view.text),
     }
 }

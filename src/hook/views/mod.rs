@@ -9,7 +9,6 @@ use crate::store::record;
 use badge::BadgeState;
 
 use redis::{Connection, RedisResult};
-use serde_json::Value;
 
 /// An answer of this module: code, content type, body, extra headers.
 pub struct View {
@@ -99,18 +98,9 @@ pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
     let Some(record) = record::record_by_id(conn, id)? else {
         return Ok(html(404, pages::not_found(&format!("There is no build {id}."))));
     };
-    let repo = record.get("repo").and_then(Value::as_str).unwrap_or("").to_string();
-    let running = matches!(record.get("state").and_then(Value::as_str), Some("queued" | "running"));
-    let lines: Vec<String> = if running {
-        crate::store::stream::lines_so_far(conn, id, LIVE_LINES_SHOWN)?
-    } else {
-        record
-            .get("log")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|l| l.as_str().map(String::from)).collect())
-            .unwrap_or_default()
-    };
-    let follow = format!("/status/{}?follow=1&id={}", pages::url_part(&repo), pages::url_part(id));
+    let lines: Vec<String> =
+        if record.active() { crate::store::stream::lines_so_far(conn, id, LIVE_LINES_SHOWN)? } else { record.log.clone() };
+    let follow = format!("/status/{}?follow=1&id={}", pages::url_part(&record.repo), pages::url_part(id));
     Ok(html(200, pages::build(&record, &lines, &follow)))
 }
 
@@ -118,7 +108,7 @@ pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
 /// `if_none_match`: the client's cached ETag (304 when unchanged).
 pub fn badge(conn: &mut Connection, repo: &str, branch: Option<&str>, if_none_match: Option<&str>) -> RedisResult<View> {
     let state = match record::read(conn, repo, branch)? {
-        Ok(view) => BadgeState::of(view.json.get("state").and_then(Value::as_str)),
+        Ok(view) => BadgeState::of(Some(&view.record.state)),
         Err(_) => BadgeState::Unknown,
     };
     let svg = badge::svg("build", state);

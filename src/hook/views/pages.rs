@@ -6,7 +6,7 @@
 //! are told by a word beside the coloured dot. No I/O.
 
 use crate::payload::short_sha;
-use serde_json::Value;
+use crate::store::record::BuildRecord;
 
 /// HTML-escapes text for element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -67,11 +67,6 @@ fn page(title: &str, body: &str, refresh: bool) -> String {
     )
 }
 
-/// A record's field as text.
-fn field<'a>(record: &'a Value, name: &str) -> &'a str {
-    record.get(name).and_then(Value::as_str).unwrap_or("")
-}
-
 /// A state as a dot and its word (never colour alone).
 fn state(word: &str) -> String {
     let known = ["passed", "failed", "running", "queued", "canceled"];
@@ -81,8 +76,8 @@ fn state(word: &str) -> String {
 }
 
 /// Seconds as `12 s`, `3 min 5 s`; empty when unknown.
-fn duration(record: &Value) -> String {
-    match record.get("seconds").and_then(Value::as_u64) {
+fn duration(record: &BuildRecord) -> String {
+    match record.seconds {
         Some(s) if s >= 60 => format!("{} min {} s", s / 60, s % 60),
         Some(s) => format!("{s} s"),
         None => String::new(),
@@ -96,27 +91,26 @@ pub fn utc(seconds: f64) -> String {
 }
 
 /// When a build was queued, as text.
-fn when(record: &Value) -> String {
-    let at = ["finished_at", "started_at", "queued_at"].iter().find_map(|k| record.get(*k).and_then(Value::as_f64));
-    at.map(utc).unwrap_or_default()
+fn when(record: &BuildRecord) -> String {
+    record.when().map(utc).unwrap_or_default()
 }
 
 /// `/`: every repository, a row per branch with its latest build.
-pub fn dashboard(repos: &[(String, Vec<Value>)]) -> String {
+pub fn dashboard(repos: &[(String, Vec<BuildRecord>)]) -> String {
     let mut rows = String::new();
     for (repo, branches) in repos {
         for b in branches {
-            let id = field(b, "id");
+            let id = b.id.as_str();
             rows.push_str(&format!(
                 "<tr><td><a href=\"/repo/{}\">{}</a></td><td>{}</td><td>{}</td><td><a href=\"/builds/{}\">#{}</a></td><td class=\"num wide\">{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td></tr>\n",
                 url_part(repo),
                 escape(repo),
-                escape(field(b, "branch")),
-                state(field(b, "state")),
+                escape(&b.branch),
+                state(&b.state),
                 url_part(id),
                 escape(id),
                 duration(b),
-                escape(field(b, "slave")),
+                escape(&b.slave),
                 when(b)
             ));
         }
@@ -130,7 +124,7 @@ pub fn dashboard(repos: &[(String, Vec<Value>)]) -> String {
 }
 
 /// `/repo/<repo>`: each branch's history, newest first.
-pub fn repository(repo: &str, branches: &[(String, Vec<Value>)]) -> String {
+pub fn repository(repo: &str, branches: &[(String, Vec<BuildRecord>)]) -> String {
     let mut body = format!("<h1><a href=\"/\">ci-backend</a> / {}</h1>\n", escape(repo));
     for (branch, builds) in branches {
         body.push_str(&format!(
@@ -140,15 +134,15 @@ pub fn repository(repo: &str, branches: &[(String, Vec<Value>)]) -> String {
             url_part(branch)
         ));
         for b in builds {
-            let id = field(b, "id");
+            let id = b.id.as_str();
             body.push_str(&format!(
                 "<tr><td><a href=\"/builds/{}\">#{}</a></td><td>{}</td><td><code>{}</code></td><td class=\"num\">{}</td><td class=\"wide\">{}</td><td class=\"wide\">{}</td></tr>\n",
                 url_part(id),
                 escape(id),
-                state(field(b, "state")),
-                escape(short_sha(field(b, "sha"))),
+                state(&b.state),
+                escape(short_sha(&b.sha)),
                 duration(b),
-                escape(field(b, "slave")),
+                escape(&b.slave),
                 when(b)
             ));
         }
@@ -159,20 +153,20 @@ pub fn repository(repo: &str, branches: &[(String, Vec<Value>)]) -> String {
 
 /// `/builds/<id>`: the build's facts and its log; while it runs, the log
 /// follows the `follow` URL (chunked text) and the page reloads at its end.
-pub fn build(record: &Value, lines: &[String], follow: &str) -> String {
-    let (repo, id, st) = (field(record, "repo"), field(record, "id"), field(record, "state"));
-    let running = st == "running" || st == "queued";
+pub fn build(record: &BuildRecord, lines: &[String], follow: &str) -> String {
+    let (repo, id, st) = (record.repo.as_str(), record.id.as_str(), record.state.as_str());
+    let running = record.active();
     let mut log = String::new();
     for l in lines {
         log.push_str(&escape(l));
         log.push('\n');
     }
     let facts: Vec<String> = [
-        format!("branch {}", escape(field(record, "branch"))),
-        format!("commit <code>{}</code>", escape(short_sha(field(record, "sha")))),
-        match field(record, "stolen_from") {
-            "" => escape(field(record, "slave")),
-            from => format!("{} (stolen from {})", escape(field(record, "slave")), escape(from)),
+        format!("branch {}", escape(&record.branch)),
+        format!("commit <code>{}</code>", escape(short_sha(&record.sha))),
+        match record.stolen.as_deref().unwrap_or("") {
+            "" => escape(&record.slave),
+            from => format!("{} (stolen from {})", escape(&record.slave), escape(from)),
         },
         duration(record),
         when(record),
@@ -212,11 +206,19 @@ pub fn login(error: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn record(id: &str, state: &str) -> Value {
-        json!({"id": id, "repo": "acme/<app>", "branch": "main", "sha": "0123456789abcdef", "state": state,
-               "seconds": 75, "slave": "slave-0", "queued_at": 1_764_237_900.5})
+    fn record(id: &str, state: &str) -> BuildRecord {
+        BuildRecord {
+            id: id.into(),
+            repo: "acme/<app>".into(),
+            branch: "main".into(),
+            sha: "0123456789abcdef".into(),
+            state: state.into(),
+            seconds: Some(75),
+            slave: "slave-0".into(),
+            queued_at: Some(1_764_237_900.5),
+            ..BuildRecord::default()
+        }
     }
 
     #[test]
