@@ -2,7 +2,6 @@
 //! meaning) feeds `--help`, the parser and docs/configuration.md (a test holds
 //! the page to the table).
 
-use crate::store::conn::Target;
 use std::fmt;
 use std::time::Duration;
 
@@ -196,17 +195,98 @@ fn number<T: std::str::FromStr>(settings: &[Setting], name: &str, what: &str) ->
     value.parse().map_err(|_| ConfigError(format!("{name}={value:?}: expected {what}")))
 }
 
-/// REDIS_URL, with REDIS_SENTINELS and REDIS_MASTER_NAME (both or neither).
-fn target(settings: &[Setting]) -> Result<Target, ConfigError> {
+/// HOOK_CANCEL_RUNNING: which branches a newer commit cancels the running build of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelRunning {
+    /// Branches starting with `pull/` or `merge-requests/` (pull and merge requests).
+    Pulls,
+    All,
+    None,
+}
+
+impl CancelRunning {
+    pub fn parse(s: &str) -> Option<CancelRunning> {
+        match s {
+            "pulls" => Some(CancelRunning::Pulls),
+            "all" => Some(CancelRunning::All),
+            "none" => Some(CancelRunning::None),
+            _ => None,
+        }
+    }
+
+    /// The word HOOK_CANCEL_RUNNING takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelRunning::Pulls => "pulls",
+            CancelRunning::All => "all",
+            CancelRunning::None => "none",
+        }
+    }
+
+    /// Whether a newer commit on `branch` cancels its running build: the
+    /// one definition; `store::queue::enqueue` passes its answer to the ENQUEUE script.
+    pub fn applies(self, branch: &str) -> bool {
+        match self {
+            CancelRunning::All => true,
+            CancelRunning::None => false,
+            CancelRunning::Pulls => branch.starts_with("pull/") || branch.starts_with("merge-requests/"),
+        }
+    }
+}
+
+/// Where Redis is: REDIS_URL, or — with REDIS_SENTINELS and
+/// REDIS_MASTER_NAME — the master the sentinels name, with REDIS_URL's
+/// database, user and password (its host and port are then unused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisAddress {
+    pub url: String,
+    /// `host:port` of each sentinel, and the master's name.
+    pub sentinels: Option<(Vec<(String, u16)>, String)>,
+}
+
+impl RedisAddress {
+    /// REDIS_URL with REDIS_SENTINELS (`host:port,...`) and REDIS_MASTER_NAME:
+    /// both or neither.
+    pub fn parse(url: &str, sentinels: Option<&str>, master: Option<&str>) -> Result<RedisAddress, ConfigError> {
+        let (list, master) = match (sentinels, master) {
+            (None, None) => return Ok(RedisAddress { url: url.to_string(), sentinels: None }),
+            (Some(list), Some(master)) => (list, master),
+            (Some(_), None) => {
+                return Err(ConfigError("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not: set both (the name the sentinels monitor the master under) or neither".into()))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError("REDIS_MASTER_NAME is set but REDIS_SENTINELS is not: set both (`host:port,...` of the sentinels) or neither".into()))
+            }
+        };
+        let mut addrs = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let parsed = item.rsplit_once(':').and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)));
+            match parsed {
+                Some((host, port)) if !host.is_empty() && port > 0 => addrs.push((host.to_string(), port)),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas; {item:?} is not one"
+                    )))
+                }
+            }
+        }
+        if addrs.is_empty() {
+            return Err(ConfigError(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas")));
+        }
+        Ok(RedisAddress { url: url.to_string(), sentinels: Some((addrs, master.to_string())) })
+    }
+}
+
+fn redis_address(settings: &[Setting]) -> Result<RedisAddress, ConfigError> {
     let url = raw(settings, "REDIS_URL").unwrap_or_default();
-    Target::new(&url, raw(settings, "REDIS_SENTINELS").as_deref(), raw(settings, "REDIS_MASTER_NAME").as_deref()).map_err(ConfigError)
+    RedisAddress::parse(&url, raw(settings, "REDIS_SENTINELS").as_deref(), raw(settings, "REDIS_MASTER_NAME").as_deref())
 }
 
 #[derive(Debug, Clone)]
 pub struct HookConfig {
     pub addr: String,
     /// REDIS_URL, or the master REDIS_SENTINELS name.
-    pub redis_url: Target,
+    pub redis: RedisAddress,
     /// REDIS_MIN_REPLICAS: replicas that must acknowledge a push before its 2xx.
     pub min_replicas: u32,
     pub token: Option<String>,
@@ -222,7 +302,7 @@ pub struct HookConfig {
     /// HOOK_MAX_FOLLOWERS: log followers at once.
     pub max_followers: usize,
     /// HOOK_CANCEL_RUNNING.
-    pub cancel_running: crate::store::queue::CancelRunning,
+    pub cancel_running: CancelRunning,
     /// HOOK_FORK_PULLS and HOOK_BUILD_TAGS.
     pub policy: crate::payload::Policy,
     /// HOOK_ROUTING.
@@ -241,7 +321,7 @@ impl HookConfig {
         let secs = |name: &str| at_least_one(name, "a number of seconds").map(Duration::from_secs);
         Ok(HookConfig {
             addr: raw(s, "HOOK_ADDR").unwrap_or_default(),
-            redis_url: target(s)?,
+            redis: redis_address(s)?,
             min_replicas: number(s, "REDIS_MIN_REPLICAS", "a number of replicas")?,
             token: raw(s, "HOOK_TOKEN"),
             read_token: raw(s, "HOOK_READ_TOKEN"),
@@ -255,8 +335,7 @@ impl HookConfig {
             max_followers: at_least_one("HOOK_MAX_FOLLOWERS", "a number of clients")? as usize,
             cancel_running: {
                 let v = raw(s, "HOOK_CANCEL_RUNNING").unwrap_or_default();
-                crate::store::queue::CancelRunning::parse(&v)
-                    .ok_or_else(|| ConfigError(format!("HOOK_CANCEL_RUNNING={v:?}: expected pulls, all or none")))?
+                CancelRunning::parse(&v).ok_or_else(|| ConfigError(format!("HOOK_CANCEL_RUNNING={v:?}: expected pulls, all or none")))?
             },
             routing: {
                 let v = raw(s, "HOOK_ROUTING").unwrap_or_default();
@@ -297,7 +376,7 @@ pub const MAX_EXECUTORS: usize = 64;
 #[derive(Debug, Clone)]
 pub struct SlaveConfig {
     /// REDIS_URL, or the master REDIS_SENTINELS name.
-    pub redis_url: Target,
+    pub redis: RedisAddress,
     pub cluster: String,
     pub index: Option<u32>,
     pub cache: std::path::PathBuf,
@@ -361,7 +440,7 @@ impl SlaveConfig {
             public_url,
         };
         Ok(SlaveConfig {
-            redis_url: target(s)?,
+            redis: redis_address(s)?,
             cluster,
             index,
             cache,
@@ -391,6 +470,23 @@ impl SlaveConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentinels_need_a_master_name_and_host_port_items() {
+        let url = "redis://:pw@ignored:6379/3";
+        assert_eq!(RedisAddress::parse(url, None, None).unwrap().sentinels, None);
+        let a = RedisAddress::parse(url, Some("10.0.0.1:26379, s2:26380,[::1]:26381"), Some("ci")).unwrap();
+        let want = vec![("10.0.0.1".to_string(), 26379), ("s2".to_string(), 26380), ("::1".to_string(), 26381)];
+        assert_eq!(a.sentinels, Some((want, "ci".to_string())));
+        let alone = RedisAddress::parse(url, Some("s1:26379"), None).unwrap_err().to_string();
+        assert!(alone.starts_with("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not"), "{alone}");
+        let alone = RedisAddress::parse(url, None, Some("ci")).unwrap_err().to_string();
+        assert!(alone.starts_with("REDIS_MASTER_NAME is set but REDIS_SENTINELS is not"), "{alone}");
+        for bad in ["s1", "s1:", ":26379", "s1:0", "s1:99999", " , "] {
+            let e = RedisAddress::parse(url, Some(bad), Some("ci")).unwrap_err().to_string();
+            assert!(e.starts_with("REDIS_SENTINELS="), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn help_lists_every_setting_with_its_default() {

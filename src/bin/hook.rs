@@ -4,7 +4,7 @@
 use ci_backend::hook::metrics;
 use ci_backend::hook::server as http;
 use ci_backend::logging::quote;
-use ci_backend::store::conn::{Backoff, Redis};
+use ci_backend::store::conn::{Backoff, Redis, Target};
 use ci_backend::store::{keys, queue};
 use ci_backend::{config, logging, signature};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,8 +50,9 @@ fn run() -> Result<(), Stop> {
     let handler_stop = Arc::clone(&stop);
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
         .map_err(|e| format!("cannot install the signal handler: {e}"))?;
-    let token = settle_token(&config, &stop)?;
-    settle_routing(&config)?;
+    let target = Target::new(&config.redis);
+    let token = settle_token(&config, &target, &stop)?;
+    settle_routing(&config, &target)?;
     let listener = std::net::TcpListener::bind(&config.addr).map_err(|e| format!("HOOK_ADDR={:?}: cannot listen: {e}", config.addr))?;
     let addr = listener.local_addr().map_or_else(|_| config.addr.clone(), |a| a.to_string());
     log::info!(
@@ -59,15 +60,15 @@ fn run() -> Result<(), Stop> {
         config.read_token.as_deref().map_or("open".to_string(), |t| format!("token:{}", ci_backend::signature::fingerprint(t))),
         config.threads,
         config.queue,
-        quote(&config.redis_url.to_string()),
+        quote(&target.to_string()),
         config.min_replicas,
         config.max_body,
         config.request_timeout.as_secs(),
         config.routing.as_str()
     );
-    let hook = Arc::new(http::Hook::new(config, token));
+    let hook = Arc::new(http::Hook::new(config, target, token));
     // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
-    if let Ok(mut redis) = Redis::open(&hook.config.redis_url, Duration::from_secs(3)) {
+    if let Ok(mut redis) = Redis::open(&hook.redis, Duration::from_secs(3)) {
         let watched = Arc::clone(&hook);
         std::thread::spawn(move || metrics::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
     }
@@ -79,13 +80,13 @@ fn run() -> Result<(), Stop> {
 /// The configured token, else the one shared through Redis (this hook's
 /// random one if it is the first). A generated or shared one is printed
 /// once (operators read it here); a configured one only as its fingerprint.
-fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String, String> {
+fn settle_token(config: &config::HookConfig, target: &Target, stop: &AtomicBool) -> Result<String, String> {
     if let Some(token) = &config.token {
         log::info!("hook.token source=configured fingerprint={}", signature::fingerprint(token));
         return Ok(token.clone());
     }
     let candidate = signature::generate_token().map_err(|e| format!("cannot generate a token: {e}"))?;
-    let mut redis = Redis::open(&config.redis_url, Duration::from_secs(3))?;
+    let mut redis = Redis::open(target, Duration::from_secs(3))?;
     let mut backoff = Backoff::default();
     while !stop.load(Ordering::SeqCst) {
         match redis.run(|c| queue::shared_token(c, &candidate)) {
@@ -98,7 +99,7 @@ fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String
                 let delay = backoff.next_delay();
                 log::warn!(
                     "redis.unreachable op=token redis={} error={} retry_ms={}",
-                    quote(&config.redis_url.to_string()),
+                    quote(&target.to_string()),
                     quote(&e.to_string()),
                     delay.as_millis()
                 );
@@ -113,9 +114,9 @@ fn settle_token(config: &config::HookConfig, stop: &AtomicBool) -> Result<String
 /// Redis (`keys::ROUTING`): the first hook stores its HOOK_ROUTING, a hook with another
 /// rule refuses to start. With Redis unreachable now, it starts anyway: each
 /// enqueue checks (or stores) the rule in the same script.
-fn settle_routing(config: &config::HookConfig) -> Result<(), Stop> {
+fn settle_routing(config: &config::HookConfig, target: &Target) -> Result<(), Stop> {
     let rule = config.routing.as_str();
-    let mut redis = Redis::open(&config.redis_url, Duration::from_secs(3))?;
+    let mut redis = Redis::open(target, Duration::from_secs(3))?;
     match redis.run_again(|c| queue::agree_routing(c, config.routing)) {
         Ok(agreed) if agreed == rule => {
             log::info!("hook.routing rule={rule}");
@@ -131,7 +132,7 @@ fn settle_routing(config: &config::HookConfig) -> Result<(), Stop> {
         Err(e) => {
             log::warn!(
                 "hook.routing rule={rule} agreed=later redis={} error={}: each push checks {}",
-                quote(&config.redis_url.to_string()),
+                quote(&target.to_string()),
                 quote(&e.to_string()),
                 keys::ROUTING
             );

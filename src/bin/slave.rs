@@ -2,6 +2,7 @@
 //! configuration, starts the logger, handles signals and runs the worker loop.
 
 use ci_backend::slave::{build_user, credentials, run as worker};
+use ci_backend::store::conn::Target;
 use ci_backend::{config, logging};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ fn main() {
     logging::init();
     let config = config::SlaveConfig::from_env().unwrap_or_else(|e| exit(2, &e.to_string()));
     let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e.to_string()));
-    let identity = worker::Identity { build_user, git: taken.git, forges: taken.forges };
+    let identity = worker::Identity { build_user, git: taken.git, forges: taken.forges, redis: Target::new(&config.redis) };
     let user = &identity.build_user;
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
     let creds = if identity.git.is_empty() { "-".to_string() } else { identity.git.hosts() };

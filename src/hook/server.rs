@@ -10,7 +10,7 @@ use crate::hook::reply::{response, LogFacts, Reply};
 use crate::hook::routes;
 use crate::hook::wire::{self, Conn, Next, Request};
 use crate::logging::quote;
-use crate::store::conn::Redis;
+use crate::store::conn::{Redis, Target};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Hook {
     pub config: HookConfig,
+    /// Where Redis is (shared by every connection this process dials).
+    pub redis: Target,
     pub token: String,
     pub metrics: Metrics,
     next_req: AtomicU64,
@@ -28,10 +30,10 @@ pub struct Hook {
     pub(crate) followers: AtomicUsize,
 }
 impl Hook {
-    pub fn new(config: HookConfig, token: String) -> Hook {
+    pub fn new(config: HookConfig, redis: Target, token: String) -> Hook {
         let metrics = Metrics::default();
         metrics.set_min_replicas(config.min_replicas);
-        Hook { config, token, metrics, next_req: AtomicU64::new(1), followers: AtomicUsize::new(0) }
+        Hook { config, redis, token, metrics, next_req: AtomicU64::new(1), followers: AtomicUsize::new(0) }
     }
 
     fn limits(&self) -> wire::Limits {
@@ -173,7 +175,7 @@ fn dispatch(req: &Arc<Request>, tx: &Sender<Work>) -> (&'static str, Reply) {
 /// answering is answered 500 (the panic message goes to stderr) and the
 /// connection is dialed afresh; the worker goes on.
 fn worker(hook: &Hook, rx: &Receiver<Work>) {
-    let open = || Redis::open(&hook.config.redis_url, REDIS_TIMEOUT).ok();
+    let open = || Redis::open(&hook.redis, REDIS_TIMEOUT).ok();
     let mut redis = open();
     while let Ok(Work { req, answer }) = rx.recv() {
         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes::route(hook, redis.as_mut(), &req)));

@@ -4,7 +4,7 @@
 use crate::config::SlaveConfig;
 use crate::slave::error::StartError;
 use crate::slave::state::{State, IO_TIMEOUT};
-use crate::store::conn::{log_error, Redis};
+use crate::store::conn::{log_error, Redis, Target};
 use crate::store::keys;
 use crate::store::queue;
 use std::sync::atomic::Ordering;
@@ -20,8 +20,8 @@ const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// pop returns as soon as an id is pushed, and the runner polls the kill flag
 /// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
 /// of the cancel (SIGKILL after the runner's 1 s grace).
-pub(crate) fn spawn(config: &SlaveConfig, state: Arc<State>) -> Result<(), StartError> {
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
+pub(crate) fn spawn(config: &SlaveConfig, target: &Target, state: Arc<State>) -> Result<(), StartError> {
+    let mut redis = Redis::open(target, IO_TIMEOUT).map_err(StartError::Redis)?;
     let cluster = config.cluster.clone();
     std::thread::Builder::new()
         .name("cancel".into())

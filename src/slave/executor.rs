@@ -11,7 +11,7 @@ use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::forge::{self, Poster};
 use crate::slave::state::{lock, Signals, State, IO_TIMEOUT};
-use crate::store::conn::{is_connection_error, log_error, Backoff, Redis};
+use crate::store::conn::{is_connection_error, log_error, Backoff, Redis, Target};
 use crate::store::keys;
 use crate::store::queue::{self, Begun, Outcome, Started};
 use crate::store::stream::{BuildLog, Publisher};
@@ -27,6 +27,7 @@ const DEFERRED_WAIT: Duration = Duration::from_millis(250);
 /// What the executors share.
 pub(crate) struct Shared {
     pub(crate) config: SlaveConfig,
+    pub(crate) redis: Target,
     pub(crate) build_user: BuildUser,
     pub(crate) git: Credentials,
     pub(crate) signals: Arc<Signals>,
@@ -39,7 +40,7 @@ pub(crate) struct Shared {
 
 /// One executor: while the slave runs, take a job and build it.
 pub(crate) fn run(sh: &Shared, e: usize) {
-    let mut redis = match Redis::open(&sh.config.redis_url, IO_TIMEOUT) {
+    let mut redis = match Redis::open(&sh.redis, IO_TIMEOUT) {
         Ok(r) => r,
         Err(err) => {
             log::error!("executor.failed executor={e}: {err}");

@@ -7,7 +7,7 @@ use crate::config::SlaveConfig;
 use crate::slave::error::StartError;
 use crate::slave::reroute::reroute_vanished;
 use crate::slave::state::{lock, Signals, State, IO_TIMEOUT, UNCONFIRMED_SHARE};
-use crate::store::conn::{log_error, Redis};
+use crate::store::conn::{log_error, Redis, Target};
 use crate::store::membership::Member;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,8 +16,14 @@ use std::time::{Duration, Instant};
 /// The heartbeat thread: renews the lease every quarter lease, re-routes
 /// vanished indexes' jobs, and kills the running build when the grace is
 /// over or the index was lost.
-pub(crate) fn spawn(config: &SlaveConfig, member: Member, state: Arc<State>, signals: Arc<Signals>) -> Result<(), StartError> {
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
+pub(crate) fn spawn(
+    config: &SlaveConfig,
+    target: &Target,
+    member: Member,
+    state: Arc<State>,
+    signals: Arc<Signals>,
+) -> Result<(), StartError> {
+    let mut redis = Redis::open(target, IO_TIMEOUT).map_err(StartError::Redis)?;
     let every = config.lease / 4;
     let tick = every.min(Duration::from_millis(100));
     std::thread::Builder::new()

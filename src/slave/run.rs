@@ -16,7 +16,7 @@ use crate::slave::forge::Forges;
 use crate::slave::forge::Poster;
 use crate::slave::state::{lock, State, IO_TIMEOUT};
 use crate::slave::{cancel_watch, lease};
-use crate::store::conn::{log_error, Backoff, Redis};
+use crate::store::conn::{log_error, Backoff, Redis, Target};
 use crate::store::membership::{self, Member};
 use crate::store::queue;
 use crate::store::stream::Publisher;
@@ -43,23 +43,26 @@ pub struct Identity {
     pub git: Credentials,
     /// Forge tokens for commit statuses; never logged, never in a build's env.
     pub forges: Forges,
+    /// Where Redis is (one per process: clones share what it saw of the sentinels).
+    pub redis: Target,
 }
 
 pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.cache).map_err(|error| CacheError::Create { path: config.cache.clone(), error })?;
     crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
-    let mut redis = Redis::open(&config.redis_url, IO_TIMEOUT).map_err(StartError::Redis)?;
+    let mut redis = Redis::open(&identity.redis, IO_TIMEOUT).map_err(StartError::Redis)?;
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
     let state = Arc::new(State::new(index, config.executors, config.lease));
     take_over(&mut redis, &config, &member, index, &signals);
-    lease::spawn(&config, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
+    lease::spawn(&config, &identity.redis, member.clone(), Arc::clone(&state), Arc::clone(&signals))?;
     lease::spawn_beats(config.lease, Arc::clone(&state))?;
-    cancel_watch::spawn(&config, Arc::clone(&state))?;
-    let poster = Poster::spawn(identity.forges, config.forge.clone(), &config.redis_url)?;
-    let publisher = Publisher::start(&config.redis_url).map_err(StartError::Redis)?;
+    cancel_watch::spawn(&config, &identity.redis, Arc::clone(&state))?;
+    let poster = Poster::spawn(identity.forges, config.forge.clone(), &identity.redis)?;
+    let publisher = Publisher::start(&identity.redis).map_err(StartError::Redis)?;
     let shared = Arc::new(Shared {
         config,
+        redis: identity.redis.clone(),
         build_user: identity.build_user,
         git: identity.git,
         signals: Arc::clone(&signals),

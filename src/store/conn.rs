@@ -10,6 +10,7 @@
 //! masters without a connect timeout (one silent sentinel stalls every dial)
 //! and pulls in `rand`; the protocol is two commands, written here.
 
+use crate::config::RedisAddress;
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,38 +58,18 @@ impl Target {
         Target { url: url.to_string(), sentinel: None }
     }
 
-    /// REDIS_URL with REDIS_SENTINELS (`host:port,...`) and REDIS_MASTER_NAME:
-    /// both or neither.
-    pub fn new(url: &str, sentinels: Option<&str>, master: Option<&str>) -> Result<Target, String> {
-        let (list, master) = match (sentinels, master) {
-            (None, None) => return Ok(Target::url(url)),
-            (Some(list), Some(master)) => (list, master),
-            (Some(_), None) => {
-                return Err("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not: set both (the name the sentinels monitor the master under) or neither".into())
-            }
-            (None, Some(_)) => {
-                return Err("REDIS_MASTER_NAME is set but REDIS_SENTINELS is not: set both (`host:port,...` of the sentinels) or neither".into())
-            }
-        };
-        let mut addrs = Vec::new();
-        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let parsed = item.rsplit_once(':').and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)));
-            match parsed {
-                Some((host, port)) if !host.is_empty() && port > 0 => addrs.push((host.to_string(), port)),
-                _ => return Err(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas; {item:?} is not one")),
-            }
-        }
-        if addrs.is_empty() {
-            return Err(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas"));
-        }
+    /// Where the configuration says Redis is. Build one per process and
+    /// clone it: clones share what the process saw of the sentinels.
+    pub fn new(address: &RedisAddress) -> Target {
+        let Some((addrs, master)) = &address.sentinels else { return Target::url(&address.url) };
         let sentinels = Sentinels {
-            addrs,
-            master: master.to_string(),
+            addrs: addrs.clone(),
+            master: master.clone(),
             first: AtomicUsize::new(0),
             seen: Mutex::new(None),
             watching: std::sync::Once::new(),
         };
-        Ok(Target { url: url.to_string(), sentinel: Some(Arc::new(sentinels)) })
+        Target { url: address.url.clone(), sentinel: Some(Arc::new(sentinels)) }
     }
 
     /// Dials the master: REDIS_URL's, or the one the sentinels name.
@@ -463,21 +444,14 @@ mod tests {
     }
 
     #[test]
-    fn sentinels_need_a_master_name_and_host_port_items() {
-        let url = "redis://:pw@ignored:6379/3";
-        assert!(Target::new(url, None, None).unwrap().sentinel.is_none());
-        let t = Target::new(url, Some("10.0.0.1:26379, s2:26380,[::1]:26381"), Some("ci")).unwrap();
-        let s = t.sentinel.as_ref().unwrap();
-        assert_eq!(s.addrs, [("10.0.0.1".to_string(), 26379), ("s2".to_string(), 26380), ("::1".to_string(), 26381)]);
-        assert_eq!(t.to_string(), "sentinel://10.0.0.1:26379,s2:26380,::1:26381/ci (redis://:***@ignored:6379/3)");
-        let alone = Target::new(url, Some("s1:26379"), None).unwrap_err();
-        assert!(alone.starts_with("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not"), "{alone}");
-        let alone = Target::new(url, None, Some("ci")).unwrap_err();
-        assert!(alone.starts_with("REDIS_MASTER_NAME is set but REDIS_SENTINELS is not"), "{alone}");
-        for bad in ["s1", "s1:", ":26379", "s1:0", "s1:99999", " , "] {
-            let e = Target::new(url, Some(bad), Some("ci")).unwrap_err();
-            assert!(e.starts_with("REDIS_SENTINELS="), "{bad}: {e}");
-        }
+    fn a_target_through_sentinels_shows_them_and_hides_the_password() {
+        let address = RedisAddress {
+            url: "redis://:pw@ignored:6379/3".into(),
+            sentinels: Some((vec![("10.0.0.1".into(), 26379), ("::1".into(), 26381)], "ci".into())),
+        };
+        assert_eq!(Target::new(&address).to_string(), "sentinel://10.0.0.1:26379,::1:26381/ci (redis://:***@ignored:6379/3)");
+        let plain = RedisAddress { url: "redis://db:6379/0".into(), sentinels: None };
+        assert!(Target::new(&plain).sentinel.is_none());
     }
 
     #[test]

@@ -16,44 +16,7 @@ pub fn slave_name(cluster: &str, index: u32) -> String {
     format!("{cluster}-{index}")
 }
 
-/// HOOK_CANCEL_RUNNING: which branches a newer commit cancels the running build of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelRunning {
-    /// Branches starting with `pull/` or `merge-requests/` (pull and merge requests).
-    Pulls,
-    All,
-    None,
-}
-
-impl CancelRunning {
-    pub fn parse(s: &str) -> Option<CancelRunning> {
-        match s {
-            "pulls" => Some(CancelRunning::Pulls),
-            "all" => Some(CancelRunning::All),
-            "none" => Some(CancelRunning::None),
-            _ => None,
-        }
-    }
-
-    /// The word HOOK_CANCEL_RUNNING takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CancelRunning::Pulls => "pulls",
-            CancelRunning::All => "all",
-            CancelRunning::None => "none",
-        }
-    }
-
-    /// Whether a newer commit on `branch` cancels its running build: the
-    /// one definition; [`enqueue`] passes its answer to ENQUEUE.
-    pub fn applies(self, branch: &str) -> bool {
-        match self {
-            CancelRunning::All => true,
-            CancelRunning::None => false,
-            CancelRunning::Pulls => branch.starts_with("pull/") || branch.starts_with("merge-requests/"),
-        }
-    }
-}
+pub use crate::config::CancelRunning;
 
 /// How long a delivery id is remembered for redelivery detection.
 pub const DELIVERY_TTL_SECS: u64 = 7 * 24 * 3600;

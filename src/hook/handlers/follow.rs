@@ -29,7 +29,7 @@ pub(crate) fn follow(hook: &Hook, mut conn: Conn, req: &Request, id: &str, start
         return refuse(hook, &mut conn, req, Reply::error(503, busy), started);
     }
     let _slot = FollowerSlot(&hook.followers);
-    let redis = hook.config.redis_url.connect(REDIS_TIMEOUT).and_then(|conn| {
+    let redis = hook.redis.connect(REDIS_TIMEOUT).and_then(|conn| {
         conn.set_read_timeout(Some(stream::FOLLOW_BLOCK + REDIS_TIMEOUT))?;
         conn.set_write_timeout(Some(REDIS_TIMEOUT))?;
         Ok(conn)
