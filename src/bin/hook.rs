@@ -66,7 +66,7 @@ fn run() -> Result<(), Stop> {
         config.request_timeout.as_secs(),
         config.routing.as_str()
     );
-    let hook = Arc::new(http::Hook::new(config, target, token));
+    let hook = Arc::new(ci_backend::hook::state::Hook::new(config, target, token));
     // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
     if let Ok(mut redis) = Redis::open(&hook.redis, Duration::from_secs(3)) {
         let watched = Arc::clone(&hook);

@@ -6,5 +6,6 @@ pub mod metrics;
 pub(crate) mod reply;
 pub(crate) mod routes;
 pub mod server;
+pub mod state;
 pub mod views;
 pub mod wire;

@@ -4,7 +4,7 @@
 
 use crate::hook::handlers::{build, cancel, history, push, status, wants_html};
 use crate::hook::reply::Reply;
-use crate::hook::server::Hook;
+use crate::hook::state::Hook;
 use crate::hook::views::{self, auth};
 use crate::hook::wire::Request;
 use crate::store::conn::Redis;

@@ -1,45 +1,20 @@
 //! The hook's accept loop and connections: a thread per connection reading
-//! bounded requests ([`wire`]), a bounded queue to the worker pool, each
+//! bounded requests ([`crate::hook::wire`]), a bounded queue to the worker pool, each
 //! worker with its Redis connection answering through [`routes`], one log
 //! line per request.
 
-use crate::config::HookConfig;
 use crate::hook::handlers::follow;
-use crate::hook::metrics::Metrics;
-use crate::hook::reply::{response, LogFacts, Reply};
+use crate::hook::reply::{response, Reply};
 use crate::hook::routes;
-use crate::hook::wire::{self, Conn, Next, Request};
+use crate::hook::state::{log_request, Hook, REDIS_TIMEOUT};
+use crate::hook::wire::{Conn, Next, Request};
 use crate::logging::quote;
-use crate::store::conn::{Redis, Target};
+use crate::store::conn::Redis;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Redis socket timeout for the hook: a request waits at most this long.
-pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
-
-pub struct Hook {
-    pub config: HookConfig,
-    /// Where Redis is (shared by every connection this process dials).
-    pub redis: Target,
-    pub token: String,
-    pub metrics: Metrics,
-    next_req: AtomicU64,
-    /// Clients following a build's log now (at most HOOK_MAX_FOLLOWERS).
-    pub(crate) followers: AtomicUsize,
-}
-impl Hook {
-    pub fn new(config: HookConfig, redis: Target, token: String) -> Hook {
-        let metrics = Metrics::default();
-        metrics.set_min_replicas(config.min_replicas);
-        Hook { config, redis, token, metrics, next_req: AtomicU64::new(1), followers: AtomicUsize::new(0) }
-    }
-
-    fn limits(&self) -> wire::Limits {
-        wire::Limits { max_body: self.config.max_body, idle: self.config.idle_timeout, request: self.config.request_timeout }
-    }
-}
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A complete request on its way to a worker, and where its answer goes.
@@ -185,15 +160,5 @@ fn worker(hook: &Hook, rx: &Receiver<Work>) {
             ("error", Reply::error(500, "the hook failed on this request; see its log"))
         });
         let _ = answer.send(reply);
-    }
-}
-pub(crate) fn log_request(hook: &Hook, method: &str, path: &str, route: &'static str, facts: LogFacts, started: Instant) {
-    let n = hook.next_req.fetch_add(1, Ordering::Relaxed);
-    hook.metrics.count(route, facts.code);
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let line = format!("request req={n} method={} path={} code={} ms={ms:.2}{}", quote(method), quote(path), facts.code, facts.facts);
-    match facts.code {
-        500.. => log::warn!("{line}"),
-        _ => log::info!("{line}"),
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{push::enqueue, refusal, repo_and_branch};
 use crate::hook::reply::{redis_down, Reply};
-use crate::hook::server::Hook;
+use crate::hook::state::Hook;
 use crate::hook::wire::Request;
 use crate::signature::Intent;
 use crate::store::conn::Redis;

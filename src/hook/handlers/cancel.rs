@@ -3,7 +3,7 @@
 
 use super::{query_param, refusal, repo_and_branch};
 use crate::hook::reply::Reply;
-use crate::hook::server::Hook;
+use crate::hook::state::Hook;
 use crate::hook::wire::Request;
 use crate::logging::quote;
 use crate::signature::Intent;

@@ -2,7 +2,7 @@
 //! HTTP on the connection's own thread, at most HOOK_MAX_FOLLOWERS at once.
 
 use crate::hook::reply::{redis_down, response, LogFacts, Reply};
-use crate::hook::server::{log_request, Hook, REDIS_TIMEOUT};
+use crate::hook::state::{log_request, Hook, REDIS_TIMEOUT};
 use crate::hook::wire::{Answer, Conn, Request};
 use crate::logging::quote;
 use crate::store::stream::{self, Followed};

@@ -3,7 +3,7 @@
 
 use super::{query_param, repo_and_branch, wants_json};
 use crate::hook::reply::{redis_down, Reply};
-use crate::hook::server::Hook;
+use crate::hook::state::Hook;
 use crate::hook::wire::Request;
 use crate::store::conn::Redis;
 use crate::store::record::{self, BuildRecord};

@@ -11,7 +11,7 @@ pub(crate) mod status;
 
 use crate::hook::reply::redis_down;
 use crate::hook::reply::Reply;
-use crate::hook::server::Hook;
+use crate::hook::state::Hook;
 use crate::hook::wire::Request;
 use crate::payload;
 use crate::signature::{self, Authorized, Credentials, Intent, SIGNED_BODY_TTL};

@@ -3,7 +3,7 @@
 
 use super::credentials;
 use crate::hook::reply::{redis_down, Reply};
-use crate::hook::server::Hook;
+use crate::hook::state::Hook;
 use crate::hook::wire::Request;
 use crate::logging::quote;
 use crate::payload::{self, Delivery};
