@@ -206,10 +206,7 @@ fn redis_metrics(conn: &mut Connection) -> redis::RedisResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
-        Durability { appendonly: appendonly.into(), appendfsync: appendfsync.into(), maxmemory_policy: policy.into() }
-    }
+    use crate::store::durability::d;
 
     #[test]
     fn metrics_show_the_last_check_or_why_it_is_unknown() {

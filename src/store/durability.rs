@@ -98,13 +98,15 @@ fn default_user_is_open(user: &redis::Value) -> bool {
     flags.iter().any(|f| f == "on") && flags.iter().any(|f| f == "nopass")
 }
 
+/// Settings as a test writes them: appendonly, appendfsync, maxmemory-policy.
+#[cfg(test)]
+pub(crate) fn d(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
+    Durability { appendonly: appendonly.into(), appendfsync: appendfsync.into(), maxmemory_policy: policy.into() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
-        Durability { appendonly: appendonly.into(), appendfsync: appendfsync.into(), maxmemory_policy: policy.into() }
-    }
 
     #[test]
     fn what_each_setting_risks() {
