@@ -13,7 +13,7 @@ fn held_indexes(redis: &Redis) -> Vec<u32> {
 }
 
 #[test]
-fn issue9_1_slaves_come_back_after_a_full_restart() {
+fn slaves_come_back_after_a_full_restart() {
     let lease = [("SLAVE_LEASE", "1")];
     let mut b = Backend::start(3, &[], &lease);
     let dead: Vec<String> = b.redis.hgetall("ci:holders:slave").into_values().collect();
@@ -39,7 +39,7 @@ fn issue9_1_slaves_come_back_after_a_full_restart() {
 }
 
 #[test]
-fn issue9_2_a_build_that_kills_its_slave_is_given_up_after_max_attempts() {
+fn a_build_that_kills_its_slave_is_given_up_after_max_attempts() {
     let env = [("SLAVE_LEASE", "1"), ("SLAVE_MAX_ATTEMPTS", "3")];
     let mut b = Backend::start(1, &[], &env);
     // Steps run as an unprivileged user and cannot `kill -9 $PPID` a root slave; what kills the
@@ -76,7 +76,7 @@ fn issue9_2_a_build_that_kills_its_slave_is_given_up_after_max_attempts() {
 }
 
 #[test]
-fn issue9_2_a_graceful_stop_is_not_counted_as_a_death() {
+fn a_graceful_stop_is_not_counted_as_a_death() {
     let env = [("SLAVE_LEASE", "1"), ("SLAVE_MAX_ATTEMPTS", "1"), ("SLAVE_GRACE", "1")];
     let mut b = Backend::start(1, &[], &env);
     let blocker = Blocker::new(b.root(), "graceful");
@@ -92,7 +92,7 @@ fn issue9_2_a_graceful_stop_is_not_counted_as_a_death() {
 }
 
 #[test]
-fn issue9_6_a_result_redis_refuses_is_stored_as_failed_with_the_reason() {
+fn a_result_redis_refuses_is_stored_as_failed_with_the_reason() {
     let b = Backend::start(1, &[], &[]);
     let blocker = Blocker::new(b.root(), "oom");
     // Four snippets of ~200 KB of debug output each: a record of ~850 KB.
@@ -125,7 +125,7 @@ fn issue9_6_a_result_redis_refuses_is_stored_as_failed_with_the_reason() {
 }
 
 #[test]
-fn issue9_a_killed_slave_leaves_no_build_running() {
+fn a_killed_slave_leaves_no_build_running() {
     let mut b = Backend::start(1, &[], &[]);
     let pids = b.root().join("orphan.pids");
     let yml = format!("step: long\nshell: |\n  sleep 300 &\n  echo $! >> '{0}'\n  echo $$ >> '{0}'\n  wait\n", pids.display());
@@ -156,7 +156,7 @@ fn issue9_a_killed_slave_leaves_no_build_running() {
 }
 
 #[test]
-fn issue9_a_paused_slave_never_builds_alongside_the_one_that_took_its_job_over() {
+fn a_paused_slave_never_builds_alongside_the_one_that_took_its_job_over() {
     let lease = [("SLAVE_LEASE", "1")];
     let b = Backend::start(2, &[], &lease);
     let paused = b.slaves.iter().position(|s| s.index == 1).unwrap();
@@ -202,7 +202,7 @@ fn tail_lines(text: &str, n: usize) -> String {
 }
 
 #[test]
-fn issue9_1_jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
+fn jobs_of_a_vanished_index_are_rerouted_while_every_slave_is_busy() {
     let lease = [("SLAVE_LEASE", "1")];
     let mut b = Backend::start(3, &[], &lease);
     let mut blockers = Vec::new();
