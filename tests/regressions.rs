@@ -1,6 +1,6 @@
 //! A test per defect found on the slave's side: membership after a full restart, poison jobs,
-//! Redis refusing a result, orphaned builds. Each test's name keeps the number the defect had
-//! in the list it was reported in (BENCHMARKS.md cites them).
+//! Redis refusing a result, orphaned builds, a retried result counted twice. Each test is
+//! named for the defect it holds.
 
 use crate::harness::*;
 use std::time::Duration;
