@@ -7,5 +7,5 @@ pub(crate) mod reply;
 pub(crate) mod routes;
 pub mod server;
 pub mod state;
-pub mod views;
-pub mod wire;
+pub(crate) mod views;
+pub(crate) mod wire;

@@ -3,15 +3,15 @@
 //! membership, live-log streams and the connection itself.
 
 pub mod conn;
-pub mod durability;
+pub(crate) mod durability;
 pub mod job;
 pub mod keys;
 pub mod membership;
 pub mod queue;
-pub mod record;
+pub(crate) mod record;
 mod scripts;
-pub mod signed;
-pub mod stats;
-pub mod stream;
+pub(crate) mod signed;
+pub(crate) mod stats;
+pub(crate) mod stream;
 #[cfg(test)]
 mod test_redis;
