@@ -249,7 +249,7 @@ impl RedisAddress {
     /// both or neither.
     pub fn parse(url: &str, sentinels: Option<&str>, master: Option<&str>) -> Result<RedisAddress, ConfigError> {
         let (list, master) = match (sentinels, master) {
-            (None, None) => return Ok(RedisAddress { url: url.to_string(), sentinels: None }),
+            (None, None) => return Ok(RedisAddress { url: checked_url(url)?, sentinels: None }),
             (Some(list), Some(master)) => (list, master),
             (Some(_), None) => {
                 return Err(ConfigError("REDIS_SENTINELS is set but REDIS_MASTER_NAME is not: set both (the name the sentinels monitor the master under) or neither".into()))
@@ -273,7 +273,16 @@ impl RedisAddress {
         if addrs.is_empty() {
             return Err(ConfigError(format!("REDIS_SENTINELS={list:?}: expected `host:port` items separated by commas")));
         }
-        Ok(RedisAddress { url: url.to_string(), sentinels: Some((addrs, master.to_string())) })
+        Ok(RedisAddress { url: checked_url(url)?, sentinels: Some((addrs, master.to_string())) })
+    }
+}
+
+/// REDIS_URL as the redis crate reads it (scheme, host, port, db, user,
+/// password), quoted without its password when it does not read.
+fn checked_url(url: &str) -> Result<String, ConfigError> {
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(_) => Ok(url.to_string()),
+        Err(e) => Err(ConfigError(format!("REDIS_URL={:?}: {e}", crate::logging::redact_url(url)))),
     }
 }
 
@@ -475,6 +484,8 @@ mod tests {
     fn sentinels_need_a_master_name_and_host_port_items() {
         let url = "redis://:pw@ignored:6379/3";
         assert_eq!(RedisAddress::parse(url, None, None).unwrap().sentinels, None);
+        let bad = RedisAddress::parse("http://:hunter2@db/0", None, None).unwrap_err().to_string();
+        assert!(bad.starts_with("REDIS_URL=\"http://:***@db/0\": "), "{bad}");
         let a = RedisAddress::parse(url, Some("10.0.0.1:26379, s2:26380,[::1]:26381"), Some("ci")).unwrap();
         let want = vec![("10.0.0.1".to_string(), 26379), ("s2".to_string(), 26380), ("::1".to_string(), 26381)];
         assert_eq!(a.sentinels, Some((want, "ci".to_string())));

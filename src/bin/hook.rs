@@ -67,11 +67,9 @@ fn run() -> Result<(), Stop> {
         config.routing.as_str()
     );
     let hook = Arc::new(ci_backend::hook::state::Hook::new(config, target, token));
-    // An unusable REDIS_URL is answered 503 by the workers; nothing to watch then.
-    if let Ok(mut redis) = Redis::open(&hook.redis, Duration::from_secs(3)) {
-        let watched = Arc::clone(&hook);
-        std::thread::spawn(move || metrics::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
-    }
+    let mut redis = Redis::open(&hook.redis, Duration::from_secs(3));
+    let watched = Arc::clone(&hook);
+    std::thread::spawn(move || metrics::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
     http::serve(hook, listener, stop);
     log::info!("hook.stopped");
     Ok(())
@@ -86,7 +84,7 @@ fn settle_token(config: &config::HookConfig, target: &Target, stop: &AtomicBool)
         return Ok(token.clone());
     }
     let candidate = signature::generate_token().map_err(|e| format!("cannot generate a token: {e}"))?;
-    let mut redis = Redis::open(target, Duration::from_secs(3))?;
+    let mut redis = Redis::open(target, Duration::from_secs(3));
     let mut backoff = Backoff::default();
     while !stop.load(Ordering::SeqCst) {
         match redis.run(|c| queue::shared_token(c, &candidate)) {
@@ -116,7 +114,7 @@ fn settle_token(config: &config::HookConfig, target: &Target, stop: &AtomicBool)
 /// enqueue checks (or stores) the rule in the same script.
 fn settle_routing(config: &config::HookConfig, target: &Target) -> Result<(), Stop> {
     let rule = config.routing.as_str();
-    let mut redis = Redis::open(target, Duration::from_secs(3))?;
+    let mut redis = Redis::open(target, Duration::from_secs(3));
     match redis.run_again(|c| queue::agree_routing(c, config.routing)) {
         Ok(agreed) if agreed == rule => {
             log::info!("hook.routing rule={rule}");

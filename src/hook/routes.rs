@@ -82,10 +82,7 @@ impl Route {
 /// Answers one request: the route of its path, the read token when the
 /// route is private, then the handler of its method; 404 for a read of a
 /// path that only takes POST, 405 (with `Allow`) for any other method.
-pub(crate) fn route(hook: &Hook, redis: Option<&mut Redis>, req: &Request) -> (&'static str, Reply) {
-    let Some(redis) = redis else {
-        return ("error", Reply::error(503, "REDIS_URL cannot be used"));
-    };
+pub(crate) fn route(hook: &Hook, redis: &mut Redis, req: &Request) -> (&'static str, Reply) {
     let (path, query) = req.url.split_once('?').unwrap_or((&req.url, ""));
     let (route, rest) = ROUTES.iter().find_map(|r| r.matches(path).map(|rest| (r, rest))).expect("the last route takes every path");
     let reading = matches!(req.method, Method::Get | Method::Head);

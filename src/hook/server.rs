@@ -150,10 +150,10 @@ fn dispatch(req: &Arc<Request>, tx: &Sender<Work>) -> (&'static str, Reply) {
 /// answering is answered 500 (the panic message goes to stderr) and the
 /// connection is dialed afresh; the worker goes on.
 fn worker(hook: &Hook, rx: &Receiver<Work>) {
-    let open = || Redis::open(&hook.redis, REDIS_TIMEOUT).ok();
+    let open = || Redis::open(&hook.redis, REDIS_TIMEOUT);
     let mut redis = open();
     while let Ok(Work { req, answer }) = rx.recv() {
-        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes::route(hook, redis.as_mut(), &req)));
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes::route(hook, &mut redis, &req)));
         let reply = answered.unwrap_or_else(|_| {
             log::error!("http.worker_panicked method={} path={}", quote(req.method.as_str()), quote(req.path()));
             redis = open();

@@ -21,7 +21,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// every 100 ms: the build's process groups get SIGTERM within about 0.1 s
 /// of the cancel (SIGKILL after the runner's 1 s grace).
 pub(crate) fn spawn(config: &SlaveConfig, target: &Target, state: Arc<State>) -> Result<(), StartError> {
-    let mut redis = Redis::open(target, IO_TIMEOUT).map_err(StartError::Redis)?;
+    let mut redis = Redis::open(target, IO_TIMEOUT);
     let cluster = config.cluster.clone();
     std::thread::Builder::new()
         .name("cancel".into())

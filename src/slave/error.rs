@@ -8,8 +8,6 @@ use std::path::PathBuf;
 pub enum StartError {
     /// SLAVE_CACHE cannot be created, or prepared for the build user.
     Cache(CacheError),
-    /// REDIS_URL (or the sentinels' master) is unusable: the store's words.
-    Redis(String),
     /// A thread could not be started: which one, and the system's answer.
     Thread { what: String, error: std::io::Error },
 }
@@ -25,7 +23,6 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Cache(e) => e.fmt(f),
-            StartError::Redis(why) => f.write_str(why),
             StartError::Thread { what, error } => write!(f, "cannot start {what}: {error}"),
         }
     }

@@ -40,13 +40,7 @@ pub(crate) struct Shared {
 
 /// One executor: while the slave runs, take a job and build it.
 pub(crate) fn run(sh: &Shared, e: usize) {
-    let mut redis = match Redis::open(&sh.redis, IO_TIMEOUT) {
-        Ok(r) => r,
-        Err(err) => {
-            log::error!("executor.failed executor={e}: {err}");
-            return;
-        }
-    };
+    let mut redis = Redis::open(&sh.redis, IO_TIMEOUT);
     let mut backoff = Backoff::default();
     while let Some(_inside) = sh.state.enter(&sh.signals.stop) {
         let index = sh.state.index();

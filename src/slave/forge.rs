@@ -339,7 +339,7 @@ impl Poster {
             return Ok(Poster { forges, public_url: settings.public_url, tx: None, dropped });
         }
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let redis = Redis::open(redis_url, Duration::from_secs(5)).map_err(StartError::Redis)?;
+        let redis = Redis::open(redis_url, Duration::from_secs(5));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)

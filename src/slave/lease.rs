@@ -23,7 +23,7 @@ pub(crate) fn spawn(
     state: Arc<State>,
     signals: Arc<Signals>,
 ) -> Result<(), StartError> {
-    let mut redis = Redis::open(target, IO_TIMEOUT).map_err(StartError::Redis)?;
+    let mut redis = Redis::open(target, IO_TIMEOUT);
     let every = config.lease / 4;
     let tick = every.min(Duration::from_millis(100));
     std::thread::Builder::new()

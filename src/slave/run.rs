@@ -50,7 +50,7 @@ pub struct Identity {
 pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.cache).map_err(|error| CacheError::Create { path: config.cache.clone(), error })?;
     crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
-    let mut redis = Redis::open(&identity.redis, IO_TIMEOUT).map_err(StartError::Redis)?;
+    let mut redis = Redis::open(&identity.redis, IO_TIMEOUT);
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };
     let state = Arc::new(State::new(index, config.executors, config.lease));
@@ -59,7 +59,7 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
     lease::spawn_beats(config.lease, Arc::clone(&state))?;
     cancel_watch::spawn(&config, &identity.redis, Arc::clone(&state))?;
     let poster = Poster::spawn(identity.forges, config.forge.clone(), &identity.redis)?;
-    let publisher = Publisher::start(&identity.redis).map_err(StartError::Redis)?;
+    let publisher = Publisher::start(&identity.redis).map_err(StartError::thread("the live-log thread"))?;
     let shared = Arc::new(Shared {
         config,
         redis: identity.redis.clone(),

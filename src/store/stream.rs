@@ -61,13 +61,10 @@ pub struct Publisher {
 
 impl Publisher {
     /// Starts the publisher thread with its own Redis connection.
-    pub fn start(redis_url: &crate::store::conn::Target) -> Result<Publisher, String> {
-        let mut redis = Redis::open(redis_url, Duration::from_secs(5))?;
+    pub fn start(redis_url: &crate::store::conn::Target) -> std::io::Result<Publisher> {
+        let mut redis = Redis::open(redis_url, Duration::from_secs(5));
         let (tx, rx) = crossbeam_channel::bounded(CHANNEL);
-        std::thread::Builder::new()
-            .name("live-log".into())
-            .spawn(move || publish(&mut redis, &rx))
-            .map_err(|e| format!("cannot start the live-log thread: {e}"))?;
+        std::thread::Builder::new().name("live-log".into()).spawn(move || publish(&mut redis, &rx))?;
         Ok(Publisher { tx })
     }
 
@@ -281,6 +278,24 @@ pub enum Followed {
     Gone,
 }
 
+/// Why a follow ended before its build did.
+#[derive(Debug)]
+pub enum FollowError {
+    /// Redis failed to answer (the follower gets no more lines).
+    Redis(redis::RedisError),
+    /// The follower stopped reading or left.
+    Write(std::io::Error),
+}
+
+impl std::fmt::Display for FollowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FollowError::Redis(e) => write!(f, "redis: {e}"),
+            FollowError::Write(e) => write!(f, "write: {e}"),
+        }
+    }
+}
+
 /// Writes build `id`'s log to `out` as it grows, one call per batch of
 /// lines (each ending with `\n`), until the build ends; then its result line.
 /// While nothing comes, `out` gets `""` every FOLLOW_BLOCK (to notice a
@@ -288,11 +303,11 @@ pub enum Followed {
 /// A build already finished: its stored log, then the result line. `conn`
 /// must have a read timeout above [`FOLLOW_BLOCK`]. Errors: Redis's, or
 /// `out`'s (a follower that stopped reading: its write timed out).
-pub fn follow(conn: &mut Connection, id: &str, mut out: impl FnMut(&str) -> std::io::Result<()>) -> Result<Followed, String> {
-    let redis_err = |e: redis::RedisError| format!("redis: {e}");
-    let write_err = |e: std::io::Error| format!("write: {e}");
+pub fn follow(conn: &mut Connection, id: &str, mut out: impl FnMut(&str) -> std::io::Result<()>) -> Result<Followed, FollowError> {
+    let redis_err = FollowError::Redis;
+    let write_err = FollowError::Write;
     let key = keys::log(id);
-    let finished = |conn: &mut Connection| -> Result<Option<(String, Vec<String>)>, String> {
+    let finished = |conn: &mut Connection| -> Result<Option<(String, Vec<String>)>, FollowError> {
         let (state, log): (Option<String>, Option<String>) =
             redis::cmd("HMGET").arg(keys::build(id)).arg("state").arg("log").query(conn).map_err(redis_err)?;
         match state.as_deref() {

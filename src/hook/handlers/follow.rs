@@ -82,6 +82,6 @@ fn stream_log(redis: &mut redis::Connection, mut conn: Conn, id: &str, started: 
             let _ = conn.end_stream();
             log::info!("follow.ended id={id} ms={ms} why=gone");
         }
-        Err(why) => log::info!("follow.dropped id={id} ms={ms} error={}: the follower stopped reading or left", quote(&why)),
+        Err(why) => log::info!("follow.dropped id={id} ms={ms} error={}: the follower stopped reading or left", quote(&why.to_string())),
     }
 }
