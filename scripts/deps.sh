@@ -20,7 +20,7 @@ if [ "${1:-}" = --check ]; then
   echo "deps: missing ${need[*]}: run make deps (as root it installs them with apt-get), or: sudo apt-get install ${need[*]}" >&2
   exit 1
 fi
-for pair in redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux /bin/kill:procps chromium:chromium xmllint:libxml2-utils; do
+for pair in busybox:busybox-static redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux /bin/kill:procps chromium:chromium xmllint:libxml2-utils; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -156,8 +156,38 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         doc: "attempts per commit status (2, 4, 8, 16 s apart) before `forge.status_failed`",
     },
     Setting { name: "CI_PUBLIC_URL", default: "", doc: "public base URL of the hook: statuses link to `<it>/builds/<id>`; unset: no link" },
+    Setting {
+        name: "SLAVE_DOCKER",
+        default: "unix:///var/run/docker.sock",
+        doc: "the Docker Engine API container steps (`image:`) run on: `unix:///path` or `tcp://host:port`",
+    },
+    Setting {
+        name: "SLAVE_IMAGE_PULL",
+        default: "missing",
+        doc: "when a step's image is pulled: `missing` (not on the engine yet), `always` (before each step) or `never`",
+    },
+    Setting { name: "SLAVE_STEP_MEMORY", default: "4096", doc: "MiB of memory (swap included) a step's container may use" },
+    Setting { name: "SLAVE_STEP_CPUS", default: "2", doc: "CPUs a step's container may use (a decimal: 0.5, 2)" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
+
+/// SLAVE_IMAGE_PULL: when a step's image is pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImagePull {
+    Missing,
+    Always,
+    Never,
+}
+
+/// What container steps run on and with.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    /// SLAVE_DOCKER, as written (the slave parses the endpoint).
+    pub docker: String,
+    pub pull: ImagePull,
+    pub memory_bytes: u64,
+    pub nano_cpus: u64,
+}
 
 /// A bad value in the environment, quoted with what was expected.
 #[derive(Debug)]
@@ -403,6 +433,7 @@ pub struct SlaveConfig {
     pub build_user: String,
     pub max_log_bytes: usize,
     pub forge: ForgeSettings,
+    pub containers: ContainerSettings,
 }
 
 impl SlaveConfig {
@@ -448,6 +479,23 @@ impl SlaveConfig {
             },
             public_url,
         };
+        let containers = ContainerSettings {
+            docker: raw(s, "SLAVE_DOCKER").unwrap_or_default(),
+            pull: match raw(s, "SLAVE_IMAGE_PULL").unwrap_or_default().as_str() {
+                "missing" => ImagePull::Missing,
+                "always" => ImagePull::Always,
+                "never" => ImagePull::Never,
+                other => return Err(ConfigError(format!("SLAVE_IMAGE_PULL={other:?}: expected missing, always or never"))),
+            },
+            memory_bytes: match number::<u64>(s, "SLAVE_STEP_MEMORY", "a number of MiB")? {
+                n @ 6..=16_777_216 => n * 1024 * 1024,
+                n => return Err(ConfigError(format!("SLAVE_STEP_MEMORY=\"{n}\": expected 6 to 16777216 MiB"))),
+            },
+            nano_cpus: match number::<f64>(s, "SLAVE_STEP_CPUS", "a number of CPUs")? {
+                n if n.is_finite() && (0.01..=1024.0).contains(&n) => (n * 1e9) as u64,
+                n => return Err(ConfigError(format!("SLAVE_STEP_CPUS=\"{n}\": expected 0.01 to 1024"))),
+            },
+        };
         Ok(SlaveConfig {
             redis: redis_address(s)?,
             cluster,
@@ -472,6 +520,7 @@ impl SlaveConfig {
             build_user,
             max_log_bytes,
             forge,
+            containers,
         })
     }
 }

@@ -103,3 +103,7 @@ mod routing;
 /// Redis failover through Sentinel (master SIGKILLed with pushes flowing, nothing
 /// answered 2xx lost); REDIS_SENTINELS/REDIS_MASTER_NAME both or neither; REDIS_MIN_REPLICAS.
 mod failover;
+
+/// Container steps (`image:`) on a real Docker engine (skipped, with one line, without one): in the
+/// image on the checkout as the build user, nothing left behind, a missing image's reason.
+mod containers;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub enum StartError {
     /// SLAVE_CACHE cannot be created, or prepared for the build user.
     Cache(CacheError),
+    /// A setting the slave reads itself is malformed: the setting and why.
+    Setting(String),
     /// A thread could not be started: which one, and the system's answer.
     Thread { what: String, error: std::io::Error },
 }
@@ -23,6 +25,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::Cache(e) => e.fmt(f),
+            StartError::Setting(why) => f.write_str(why),
             StartError::Thread { what, error } => write!(f, "cannot start {what}: {error}"),
         }
     }

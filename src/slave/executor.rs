@@ -5,6 +5,7 @@
 
 use crate::config::SlaveConfig;
 use crate::logging::quote;
+use crate::slave::backend::container::Containers;
 use crate::slave::build;
 use crate::slave::build::Ending;
 use crate::slave::build_user::BuildUser;
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) publisher: Publisher,
     pub(crate) host: String,
     pub(crate) base_env: Vec<(String, String)>,
+    pub(crate) containers: Option<Containers>,
 }
 
 /// One executor: while the slave runs, take a job and build it.
@@ -209,6 +211,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         base_env: &sh.base_env,
         abort: &slot.kill,
         live: Some(Arc::new(live.clone())),
+        containers: sh.containers.as_ref(),
     };
     let built = build::run(&ctx, &build::Job { id: &started.id, push: &started.push, reset: started.reset });
     state.set_job(e, None);

@@ -11,6 +11,7 @@
 //! - [`build_user`], [`credentials`], `forge`: who builds, git's secrets, commit statuses.
 //! - `error`: why the slave cannot start.
 
+pub(crate) mod backend;
 pub mod build;
 pub mod build_user;
 pub(crate) mod cancel_watch;

@@ -6,9 +6,11 @@
 
 use crate::config::SlaveConfig;
 use crate::logging::quote;
+use crate::slave::backend::container::Containers;
 use crate::slave::build;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
+use crate::slave::engine::{Endpoint, Engine};
 use crate::slave::error::CacheError;
 pub use crate::slave::error::StartError;
 use crate::slave::executor::{self, Shared};
@@ -47,6 +49,9 @@ pub struct Identity {
     pub redis: Target,
 }
 
+/// Each call to the Docker engine (a pull has its own limit).
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.cache).map_err(|error| CacheError::Create { path: config.cache.clone(), error })?;
     crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
@@ -60,6 +65,8 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
     cancel_watch::spawn(&config, &identity.redis, Arc::clone(&state))?;
     let poster = Poster::spawn(identity.forges, config.forge.clone(), &identity.redis)?;
     let publisher = Publisher::start(&identity.redis).map_err(StartError::thread("the live-log thread"))?;
+    let host = hostname();
+    let containers = containers(&config, &host)?;
     let shared = Arc::new(Shared {
         config,
         redis: identity.redis.clone(),
@@ -69,8 +76,9 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
         state: Arc::clone(&state),
         poster,
         publisher,
-        host: hostname(),
+        host,
         base_env: build::base_env(),
+        containers,
     });
     let mut executors = Vec::new();
     for e in 0..shared.config.executors {
@@ -87,6 +95,31 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
     let _ = redis.run(|c| member.release(c, index));
     log::info!("slave.stopped cluster={} index={index}", shared.config.cluster);
     Ok(())
+}
+
+/// The engine container steps run on (SLAVE_DOCKER), with what a killed
+/// run of this slave left on it removed. An engine that does not answer
+/// now is no reason not to start: `image:` steps fail with its reason
+/// until it does.
+fn containers(config: &SlaveConfig, host: &str) -> Result<Option<Containers>, StartError> {
+    let endpoint = Endpoint::parse(&config.containers.docker).map_err(|why| StartError::Setting(format!("SLAVE_DOCKER={why}")))?;
+    let containers = Containers {
+        engine: Engine::new(endpoint, ENGINE_TIMEOUT),
+        settings: config.containers.clone(),
+        slave_label: format!("{host}:{}", config.cache.display()),
+    };
+    match containers.engine.ping().and_then(|()| containers.sweep()) {
+        Ok((c, n)) => log::info!(
+            "slave.containers docker={} removed_containers={c} removed_networks={n}",
+            crate::logging::quote(&config.containers.docker)
+        ),
+        Err(e) => log::warn!(
+            "slave.containers_unavailable docker={} error={}: steps with image: fail until the engine answers",
+            crate::logging::quote(&config.containers.docker),
+            crate::logging::quote(&e.to_string())
+        ),
+    }
+    Ok(Some(containers))
 }
 
 /// The loop beside the executors: re-claims a lost index, puts back jobs

@@ -23,6 +23,8 @@ pub struct Step {
     pub debug: bool,
     /// Names of variables whose values are masked in the recorded output.
     pub secrets: Vec<String>,
+    /// `image:`: run the snippets in a container of this image reference.
+    pub image: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -199,7 +201,8 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
         Some(t) => format!("line {line}, step {number} ({t:?})"),
         None => format!("line {line}, step {number}"),
     };
-    let mut s = Step { title: String::new(), shell: Vec::new(), cwd: None, env: Vec::new(), debug: false, secrets: Vec::new() };
+    let mut s =
+        Step { title: String::new(), shell: Vec::new(), cwd: None, env: Vec::new(), debug: false, secrets: Vec::new(), image: None };
     let (mut has_title, mut has_shell) = (false, false);
     for (key, value) in entries {
         let vline = value.line();
@@ -255,7 +258,9 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
                 }
             }
             ("secrets", _) => return Err(format!("{}: \"secrets\" must be a list of variable names", at(vline))),
-            (other, _) => return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets)", at(vline))),
+            ("image", Node::Scalar { value, .. }) => s.image = Some(check_image(value).map_err(|m| format!("{}: {m}", at(vline)))?),
+            ("image", _) => return Err(format!("{}: \"image\" must be an image reference (a string)", at(vline))),
+            (other, _) => return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image)", at(vline))),
         }
     }
     if !has_title {
@@ -272,6 +277,16 @@ fn typed(value: &str, plain: bool) -> bool {
     plain
         && (matches!(value, "" | "~" | "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE")
             || value.parse::<f64>().is_ok())
+}
+
+/// An image reference as Docker reads it (`[host[:port]/]name[:tag][@digest]`):
+/// lower-case names, `A-Za-z0-9._-` tags, at most 255 bytes, never an option.
+fn check_image(image: &str) -> Result<String, String> {
+    let ok_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:@".contains(&b) || b.is_ascii_uppercase();
+    if image.is_empty() || image.len() > 255 || image.starts_with(['-', '/', ':', '@']) || !image.bytes().all(ok_byte) {
+        return Err(format!("image {image:?} is not an image reference ([host[:port]/]name[:tag][@sha256:...])"));
+    }
+    Ok(image.to_string())
 }
 
 /// A `cwd` must stay inside the checkout: relative, and no `..` that climbs

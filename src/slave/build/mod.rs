@@ -4,15 +4,15 @@
 
 pub(crate) mod commit_object;
 pub mod integration;
-pub(crate) mod runner;
 pub(crate) mod workspace;
 
 use crate::payload::Push;
+use crate::slave::backend::{bare, container, Ran};
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
+use crate::slave::proc::process::{Exit, LineSink};
 use commit_object::Commit;
 use integration::Step;
-use runner::Exit;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,7 +27,7 @@ const SNIPPET_SHOWN: usize = 60;
 /// The `LOG` variable: at most this many bytes of the log so far.
 const LOG_ENV_BYTES: usize = 4096;
 /// Longest log line kept (an output line with its prefix fits).
-const MAX_LOG_LINE: usize = runner::MAX_LINE + 64;
+const MAX_LOG_LINE: usize = crate::slave::proc::process::MAX_LINE + 64;
 /// What a log line costs beyond its JSON: its `String` in memory.
 const LINE_OVERHEAD: usize = std::mem::size_of::<String>();
 /// Room kept for the `[` `]` of the JSON array and the marker line.
@@ -54,6 +54,8 @@ pub(crate) struct Context<'a> {
     pub abort: &'a AtomicBool,
     /// Where the log lines and the snippets' output lines go as they happen.
     pub live: Option<Arc<dyn LiveLog>>,
+    /// Container steps' engine and settings; `None`: `image:` steps fail.
+    pub containers: Option<&'a container::Containers>,
 }
 
 /// Where a build's lines go as they happen (the live log followers read).
@@ -270,8 +272,9 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    /// Runs step `number` (from 0): its snippets in its directory; after a
-    /// failure (`ok` false) only its `no-skip` ones.
+    /// Runs step `number` (from 0): its snippets in its directory, on the
+    /// slave or in containers of its `image:`; after a failure (`ok` false)
+    /// only its `no-skip` ones.
     fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         log.push(format!("- {}", step.title));
         let cwd = match step_dir(self.dir, step) {
@@ -282,6 +285,26 @@ impl Steps<'_> {
                 return Ok(());
             }
         };
+        let Some(image) = &step.image else {
+            return self.snippets(step, &cwd, None, log, ok);
+        };
+        let runs = match self.container_step(number, image) {
+            Ok(runs) => runs,
+            Err(why) => {
+                log.push(format!("* image {image}: {why}"));
+                *ok = false;
+                return Ok(());
+            }
+        };
+        let result = self.snippets(step, &cwd, Some(&runs), log, ok);
+        if let Err(e) = runs.containers.engine.remove_network(&runs.network) {
+            log::warn!("container.network_remove_failed network={} error={}", runs.network, crate::logging::quote(&e.to_string()));
+        }
+        result
+    }
+
+    /// The step's snippets, in order, each on `runs` (a container step) or on the slave.
+    fn snippets(&self, step: &Step, cwd: &Path, runs: Option<&container::Step>, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         for snippet in &step.shell {
             let (forced, script) = match snippet.strip_prefix("no-skip ") {
                 Some(rest) => (true, rest),
@@ -292,20 +315,64 @@ impl Steps<'_> {
                 log.push(format!("[skipped] {}", cut(script)));
                 continue;
             }
-            *ok &= self.snippet(step, script, &cwd, left, log, *ok)?;
+            *ok &= self.snippet(step, script, cwd, runs, left, log, *ok)?;
         }
         Ok(())
     }
 
+    /// What the container runs of step `number` need: the image (pulled as
+    /// SLAVE_IMAGE_PULL says) and a network of the step's own.
+    fn container_step(&self, number: usize, image: &str) -> Result<container::Step<'_>, String> {
+        let ctx = self.ctx;
+        let Some(containers) = ctx.containers else {
+            return Err("container steps need a Docker engine, and this slave has none (SLAVE_DOCKER)".into());
+        };
+        let id = containers.image(image)?;
+        let push = self.job.push;
+        log::info!(
+            "step.image repo={} branch={} sha={} slave={} build={} step={} image={} id={id}",
+            crate::logging::quote(&push.repo),
+            crate::logging::quote(&push.branch),
+            self.short,
+            ctx.slave,
+            self.job.id,
+            number + 1,
+            crate::logging::quote(image)
+        );
+        let network = format!("ci-{}-{}-{}", self.job.id, number + 1, container::random_suffix());
+        containers.network(&network, self.job.id).map_err(|e| e.to_string())?;
+        Ok(container::Step {
+            containers,
+            image: id,
+            network,
+            checkout: self.dir,
+            build: self.job.id,
+            user: format!("{}:{}", ctx.user.uid, ctx.user.gid),
+        })
+    }
+
     /// Runs one snippet with `left` of the build's time and logs how it
     /// ended (and its output, for a `debug` step); whether it passed.
-    fn snippet(&self, step: &Step, script: &str, cwd: &Path, left: Duration, log: &mut Log, ok: bool) -> Result<bool, Stopped> {
+    #[allow(clippy::too_many_arguments)]
+    fn snippet(
+        &self,
+        step: &Step,
+        script: &str,
+        cwd: &Path,
+        runs: Option<&container::Step>,
+        left: Duration,
+        log: &mut Log,
+        ok: bool,
+    ) -> Result<bool, Stopped> {
         let ctx = self.ctx;
-        let env = self.env(log, ok, step);
+        let env = self.env(log, ok, step, runs.is_some());
         let masks = secret_values(&env, &step.secrets);
         // Output lines go live as `  . <line>` (debug or not), masked like the log.
-        let sink = ctx.live.as_ref().map(|live| Arc::new(LiveOutput { live: Arc::clone(live), masks: masks.clone() }) as runner::LineSink);
-        let ran = runner::run(script, cwd, &env, ctx.user, left, ctx.abort, sink);
+        let sink = ctx.live.as_ref().map(|live| Arc::new(LiveOutput { live: Arc::clone(live), masks: masks.clone() }) as LineSink);
+        let ran: Ran = match runs {
+            Some(runs) => runs.run(script, cwd, &env, left, ctx.abort, sink),
+            None => bare::run(script, cwd, &env, ctx.user, left, ctx.abort, sink),
+        };
         let secs = ran.elapsed.as_secs();
         let (passed, how) = match &ran.exit {
             Exit::Code(0) => (true, "exit code 0".to_string()),
@@ -470,12 +537,14 @@ fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, CwdError> {
 
 impl Steps<'_> {
     /// A snippet's environment: the base, the build user's HOME, USER and
-    /// LOGNAME when switching, the CI variables, then the step's `env`.
-    fn env(&self, log: &Log, ok: bool, step: &Step) -> Vec<(String, String)> {
+    /// LOGNAME when switching, the CI variables, then the step's `env`. In a
+    /// container (`contained`): the CI variables and the step's `env` only —
+    /// the image brings its own PATH and HOME, the slave's are not its.
+    fn env(&self, log: &Log, ok: bool, step: &Step, contained: bool) -> Vec<(String, String)> {
         let (ctx, job, commit, short) = (self.ctx, self.job, self.commit, self.short);
         let push = job.push;
-        let mut env: Vec<(String, String)> = self.base_env.to_vec();
-        if ctx.user.switch {
+        let mut env: Vec<(String, String)> = if contained { Vec::new() } else { self.base_env.to_vec() };
+        if ctx.user.switch && !contained {
             let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
             for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
                 env.retain(|(name, _)| name != k);

@@ -410,7 +410,7 @@ fn signal_group(pgid: i32, signal: i32) {
 /// Splits a stream into lines for a [`LineSink`]; a line's bytes past
 /// MAX_LINE are dropped as they come, so memory stays at MAX_LINE. While the
 /// sink has no room, lines are only counted.
-struct Lines {
+pub(crate) struct Lines {
     sink: LineSink,
     partial: Vec<u8>,
     /// The line being read lost its start (skipped): it is skipped whole.
@@ -418,11 +418,11 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(sink: LineSink) -> Lines {
+    pub(crate) fn new(sink: LineSink) -> Lines {
         Lines { sink, partial: Vec::new(), broken: false }
     }
 
-    fn feed(&mut self, data: &[u8]) {
+    pub(crate) fn feed(&mut self, data: &[u8]) {
         let mut rest = data;
         while let Some(at) = rest.iter().position(|b| *b == b'\n') {
             if !self.sink.room() {
@@ -453,7 +453,7 @@ impl Lines {
         self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if !self.partial.is_empty() && !self.broken && self.sink.room() {
             self.sink.line(&self.partial);
         }

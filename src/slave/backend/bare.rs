@@ -1,4 +1,4 @@
-//! Runs one snippet: `bash -c` (the bash the slave's PATH finds) as the build user, a given env and cwd, in its
+//! The bare backend: one snippet as `bash -c` (the bash the slave's PATH finds) as the build user, a given env and cwd, in its
 //! own process group with stdin from /dev/null, stdout and stderr merged into
 //! one pipe whose tail is kept within a byte and a line budget; killed (the
 //! whole group) on timeout or abort. The watching is `process`'s.
@@ -10,16 +10,8 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-pub use crate::slave::proc::process::{Exit, LineSink, Tail, MAX_LINE};
-
-/// Bytes of a snippet's output kept (the tail), newlines included.
-pub const OUTPUT_TAIL: usize = 256 * 1024;
-
-pub struct Ran {
-    pub exit: Exit,
-    pub elapsed: Duration,
-    pub output: Tail,
-}
+use super::{Ran, OUTPUT_TAIL};
+use crate::slave::proc::process::{Exit, LineSink};
 
 /// Runs `script` as `user` with exactly `env` (nothing inherited) in `cwd`;
 /// each output line also goes to `sink` as it is printed, when there is one.

@@ -1,0 +1,214 @@
+//! The container backend: a step with `image:` runs each snippet in a fresh
+//! container of that image, on a network of the step's own, with the
+//! checkout mounted read-write at [`WORKSPACE`] and nothing else of the
+//! host: not privileged, no Docker socket, memory, CPU and process limits,
+//! as the build user's uid. Output, time limit and stop flag as for a bare
+//! snippet; the container is killed when either ends it and removed after.
+
+use super::{Ran, OUTPUT_TAIL};
+use crate::config::{ContainerSettings, ImagePull};
+use crate::slave::engine::{ContainerSpec, Engine, EngineError};
+use crate::slave::proc::process::{Exit, LineSink, Lines, Tail, TailBuf};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where the checkout is inside every container (the same for every image).
+pub const WORKSPACE: &str = "/ci/checkout";
+
+/// The label every container and network of a slave carries: its host and
+/// cache, so a restarted slave finds what it left.
+pub const SLAVE_LABEL: &str = "ci-backend.slave";
+/// The label naming the build a container or network belongs to.
+pub const BUILD_LABEL: &str = "ci-backend.build";
+
+/// How often the time limit and the stop flag are looked at.
+const POLL: Duration = Duration::from_millis(50);
+/// How long a pull may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs a snippet with the image's bash if it has one, else its `/bin/sh`;
+/// stderr joins stdout so the lines keep their order, as on the bare slave.
+/// The snippet is `$1`: never part of this text.
+const WRAPPER: &str = "exec 2>&1; if command -v bash >/dev/null 2>&1; then exec bash -c \"$1\"; fi; exec /bin/sh -c \"$1\"";
+
+/// What a slave's container steps share: the engine and the settings.
+pub(crate) struct Containers {
+    pub engine: Engine,
+    pub settings: ContainerSettings,
+    /// This slave's [`SLAVE_LABEL`] value.
+    pub slave_label: String,
+}
+
+impl Containers {
+    /// The image id for `reference`, pulled as SLAVE_IMAGE_PULL says; `Err`
+    /// is the reason to log after `* image <reference>: `.
+    pub fn image(&self, reference: &str) -> Result<String, String> {
+        let why = |e: EngineError| e.to_string();
+        if self.settings.pull == ImagePull::Always {
+            self.engine.pull(reference, PULL_TIMEOUT).map_err(why)?;
+        }
+        if let Some(id) = self.engine.image_id(reference).map_err(why)? {
+            return Ok(id);
+        }
+        if self.settings.pull == ImagePull::Never {
+            return Err("not on this slave's engine, and SLAVE_IMAGE_PULL=never".into());
+        }
+        self.engine.pull(reference, PULL_TIMEOUT).map_err(why)?;
+        self.engine.image_id(reference).map_err(why)?.ok_or_else(|| "pulled, but the engine does not have it".into())
+    }
+
+    /// Removes every container and network this slave left (a SIGKILLed
+    /// slave leaves its running step's): how many of each.
+    pub fn sweep(&self) -> Result<(usize, usize), EngineError> {
+        let containers = self.engine.containers_labelled(SLAVE_LABEL, &self.slave_label)?;
+        for id in &containers {
+            self.engine.remove(id)?;
+        }
+        let networks = self.engine.networks_labelled(SLAVE_LABEL, &self.slave_label)?;
+        for id in &networks {
+            self.engine.remove_network(id)?;
+        }
+        Ok((containers.len(), networks.len()))
+    }
+
+    /// A network for one step's containers, labelled for the sweep.
+    pub fn network(&self, name: &str, build: &str) -> Result<String, EngineError> {
+        self.engine.create_network(name, &self.labels(build))
+    }
+
+    fn labels(&self, build: &str) -> Vec<(String, String)> {
+        vec![(SLAVE_LABEL.to_string(), self.slave_label.clone()), (BUILD_LABEL.to_string(), build.to_string())]
+    }
+}
+
+/// One step's container runs: its image, network and checkout.
+pub(crate) struct Step<'a> {
+    pub containers: &'a Containers,
+    /// The image id (resolved once for the step).
+    pub image: String,
+    pub network: String,
+    /// The checkout on the host, mounted at [`WORKSPACE`].
+    pub checkout: &'a Path,
+    pub build: &'a str,
+    /// `uid:gid` the snippets run as.
+    pub user: String,
+}
+
+impl Step<'_> {
+    /// Runs `script` in `dir` (a directory of the checkout) with exactly
+    /// `env`, within `timeout`, stopping when `abort` is set.
+    pub fn run(
+        &self,
+        script: &str,
+        dir: &Path,
+        env: &[(String, String)],
+        timeout: Duration,
+        abort: &AtomicBool,
+        sink: Option<LineSink>,
+    ) -> Ran {
+        let started = Instant::now();
+        let failed =
+            |why: String| Ran { exit: Exit::SpawnFailed(why), elapsed: started.elapsed(), output: Tail { lines: vec![], dropped: 0 } };
+        let rel = dir.strip_prefix(self.checkout).unwrap_or(Path::new(""));
+        let working_dir = Path::new(WORKSPACE).join(rel).to_string_lossy().into_owned();
+        let spec = ContainerSpec {
+            image: self.image.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), WRAPPER.into(), "ci-step".into(), script.into()],
+            env: env.to_vec(),
+            working_dir,
+            binds: vec![format!("{}:{WORKSPACE}:rw", self.checkout.display())],
+            network: Some(self.network.clone()),
+            aliases: Vec::new(),
+            labels: self.containers.labels(self.build),
+            user: Some(self.user.clone()),
+            memory_bytes: self.containers.settings.memory_bytes,
+            nano_cpus: self.containers.settings.nano_cpus,
+        };
+        let engine = &self.containers.engine;
+        let name = format!("ci-{}-{}", self.build, random_suffix());
+        let id = match engine.create(&name, &spec) {
+            Ok(id) => id,
+            Err(e) => return failed(format!("container: {e}")),
+        };
+        let ran = self.watch(&id, started, timeout, abort, sink);
+        if let Err(e) = engine.remove(&id) {
+            log::warn!("container.remove_failed id={id} error={}", crate::logging::quote(&e.to_string()));
+        }
+        match ran {
+            Ok(ran) => ran,
+            Err(e) => failed(format!("container: {e}")),
+        }
+    }
+
+    /// Attaches, starts and watches container `id` until it exits, its time
+    /// is up or `abort` is set (then it is killed).
+    fn watch(&self, id: &str, started: Instant, timeout: Duration, abort: &AtomicBool, sink: Option<LineSink>) -> Result<Ran, EngineError> {
+        let engine = &self.containers.engine;
+        let output = engine.attach(id)?;
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let reader = std::thread::Builder::new()
+            .name("container-output".into())
+            .spawn(move || {
+                let _ = done_tx.send(read_output(output, sink));
+            })
+            .map_err(|e| EngineError::Unreachable(format!("cannot start the output reader: {e}")))?;
+        engine.start(id)?;
+        let deadline = started + timeout;
+        let mut stopped = None;
+        let tail = loop {
+            match done_rx.recv_timeout(POLL) {
+                Ok(tail) => break tail,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Tail { lines: vec![], dropped: 0 },
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+            if stopped.is_none() {
+                if abort.load(Ordering::SeqCst) {
+                    stopped = Some(Exit::Aborted);
+                } else if Instant::now() >= deadline {
+                    stopped = Some(Exit::TimedOut);
+                }
+                if stopped.is_some() {
+                    engine.kill(id)?;
+                }
+            }
+        };
+        let _ = reader.join();
+        let exit = match stopped {
+            Some(exit) => exit,
+            None => Exit::Code(engine.wait(id, Duration::from_secs(30))? as i32),
+        };
+        Ok(Ran { exit, elapsed: started.elapsed(), output: tail })
+    }
+}
+
+/// Reads a container's output to its end: the bounded tail, and each line
+/// to `sink` as it comes.
+fn read_output(mut output: impl Read, sink: Option<LineSink>) -> Tail {
+    let mut tail = TailBuf::new(OUTPUT_TAIL);
+    let mut lines = sink.map(Lines::new);
+    let mut buf = vec![0u8; 8 * 1024];
+    loop {
+        match output.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.feed(&buf[..n]);
+                if let Some(l) = lines.as_mut() {
+                    l.feed(&buf[..n]);
+                }
+            }
+        }
+    }
+    if let Some(l) = lines.as_mut() {
+        l.finish();
+    }
+    tail.finish()
+}
+
+/// Eight hex digits, so two containers of one build never share a name.
+pub(crate) fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

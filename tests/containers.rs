@@ -1,0 +1,206 @@
+//! Container steps (`image:`) on the machine's real Docker engine, with a test image built from
+//! Debian's static busybox (`FROM scratch`): the snippets run in the image on the checkout with
+//! the CI variables, as the build user; nothing is left on the engine after a build, a timeout or
+//! a SIGKILLed slave's restart; a missing image fails the build with the reason; a container step
+//! reaches neither the slave's Redis nor the Docker socket. Where no engine answers, each test
+//! says so in one line and passes.
+
+use crate::harness::*;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const IMAGE: &str = "ci-test/busybox:1";
+
+/// The test image, built once per run; `None` (and one line saying why) without an engine.
+fn image() -> Option<&'static str> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+        match info {
+            Ok(o) if o.status.success() => {}
+            _ => return Err("no Docker engine answers here (docker info failed)".into()),
+        }
+        if Command::new("docker").args(["image", "inspect", IMAGE]).output().is_ok_and(|o| o.status.success()) {
+            return Ok(());
+        }
+        let busybox = std::path::Path::new("/bin/busybox");
+        if !busybox.exists() {
+            return Err("/bin/busybox (Debian's busybox-static, installed by make deps) is missing".into());
+        }
+        let dir = fresh_dir("container-image");
+        std::fs::copy(busybox, dir.join("busybox")).unwrap();
+        std::fs::write(
+            dir.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\n",
+        )
+        .unwrap();
+        let out = Command::new("docker").args(["build", "-q", "-t", IMAGE]).arg(&dir).output().unwrap();
+        if !out.status.success() {
+            return Err(format!("docker build of {IMAGE} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(())
+    });
+    match built {
+        Ok(()) => Some(IMAGE),
+        Err(why) => {
+            eprintln!("SKIPPED: container steps: {why}");
+            None
+        }
+    }
+}
+
+/// Ids of the containers (`ps -a`) or networks carrying `label=value`.
+fn labelled(what: &str, label: &str, value: &str) -> Vec<String> {
+    let filter = format!("label={label}={value}");
+    let args: Vec<&str> = match what {
+        "container" => vec!["ps", "-aq", "--filter", &filter],
+        _ => vec!["network", "ls", "-q", "--filter", &filter],
+    };
+    let out = Command::new("docker").args(&args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+/// What a slave (its cache names it, with the host) has on the engine: container and network ids.
+/// Build ids repeat across the tests' Redis servers; slave caches do not.
+fn left_by(slave: &Slave) -> Vec<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let label = format!("{host}:{}", slave.cache.display());
+    let mut left = labelled("container", "ci-backend.slave", &label);
+    left.extend(labelled("network", "ci-backend.slave", &label));
+    left
+}
+
+/// The uid steps run as: the build user's (nobody) under root, else ours.
+fn build_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        65534
+    } else {
+        unsafe { libc::geteuid() }
+    }
+}
+
+#[test]
+fn a_container_step_runs_in_its_image_on_the_checkout_and_leaves_nothing() {
+    let Some(image) = image() else { return };
+    let b = Backend::start(1, &[], &[]);
+    let port = b.redis.port;
+    let yml = format!(
+        "- step: contained\n  image: {image}\n  debug: true\n  env:\n    GREETING: hello there\n  shell:\n    \
+         - test -x /bin/busybox && test ! -e /usr/bin/git && test ! -e /var/run/docker.sock\n    \
+         - pwd; cat marker.txt; echo \"branch=$BRANCH build=$BUILD_ID repo=$REPO greeting=$GREETING\"; id -u\n    \
+         - echo made-in-a-container > made.txt\n    \
+         - if echo PING | nc -w 2 127.0.0.1 {port}; then echo reached-redis; exit 1; fi\n\
+         - step: below\n  image: {image}\n  cwd: sub\n  debug: true\n  shell: pwd\n"
+    );
+    let (_git, _sha, build) =
+        b.build("acme/contained", &[("integration.yml", &yml), ("marker.txt", "the checkout's marker\n"), ("sub/keep", "")], "contained");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    for line in [
+        "[passed]   . /ci/checkout".to_string(),
+        "[passed]   . the checkout's marker".to_string(),
+        format!("[passed]   . branch=main build={} repo=acme/contained greeting=hello there", build.id),
+        format!("[passed]   . {}", build_uid()),
+        "[passed]   . /ci/checkout/sub".to_string(),
+    ] {
+        assert!(build.has_line(&line), "no line {line:?} in {:#?}", build.log);
+    }
+    assert!(!build.log_text().contains("reached-redis"), "{:#?}", build.log);
+    // What the container wrote is in the slave's checkout, owned by the build user (never root).
+    let made = walk(&b.slaves[0].cache).into_iter().find(|p| p.ends_with("made.txt")).expect("made.txt in the checkout");
+    assert_eq!(std::fs::read_to_string(&made).unwrap(), "made-in-a-container\n");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&made).unwrap()), build_uid());
+    assert_eq!(left_by(&b.slaves[0]), Vec::<String>::new(), "containers or networks left");
+    let log = b.slaves[0].log();
+    let used = events(&log, "step.image");
+    assert_eq!(used.len(), 2, "{log}");
+    assert!(used.iter().all(|l| kv(l, "id").is_some_and(|id| id.starts_with("sha256:"))), "{used:?}");
+}
+
+#[test]
+fn a_missing_image_fails_the_build_with_the_reason() {
+    let Some(_) = image() else { return };
+    let b = Backend::start(1, &[], &[("SLAVE_IMAGE_PULL", "never")]);
+    let yml = "- step: nowhere\n  image: ci-test/no-such-image:1\n  shell: echo never\n- step: after\n  shell: echo skipped\n";
+    let (_git, _sha, build) = b.build("acme/missing-image", &[("integration.yml", yml)], "missing");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    assert!(build.has_line("* image ci-test/no-such-image:1: not on this slave's engine, and SLAVE_IMAGE_PULL=never"), "{:#?}", build.log);
+    assert!(build.has_line("[skipped] echo skipped"), "{:#?}", build.log);
+    assert_eq!(left_by(&b.slaves[0]), Vec::<String>::new());
+}
+
+#[test]
+fn a_container_step_past_its_time_is_killed_and_removed() {
+    let Some(image) = image() else { return };
+    let b = Backend::start(1, &[], &[("SLAVE_BUILD_TIMEOUT", "3")]);
+    let yml = format!("step: forever\nimage: {image}\nshell: sleep 300\n");
+    let (_git, _sha, build) = b.build("acme/container-timeout", &[("integration.yml", &yml)], "forever");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    assert!(build.log.iter().any(|l| l.starts_with("[failed] sleep 300 (") && l.ends_with("seconds, timed out)")), "{:#?}", build.log);
+    assert!(build.has_line("* build timed out after 3 seconds"), "{:#?}", build.log);
+    assert_eq!(left_by(&b.slaves[0]), Vec::<String>::new());
+}
+
+#[test]
+fn a_restarted_slave_removes_what_its_killed_run_left_on_the_engine() {
+    let Some(image) = image() else { return };
+    let mut b = Backend::start(1, &[], &[]);
+    let yml = format!("step: long\nimage: {image}\nshell: sleep 300\n");
+    let (_git, _id) = b.queue("acme/container-orphan", &yml, "long");
+    wait_for("the step's container to run", LONG, || {
+        let running = left_by(&b.slaves[0]);
+        if running.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let cache = b.slaves[0].cache.clone();
+    b.slaves[0].kill9();
+    let orphans = left_by(&b.slaves[0]);
+    assert!(!orphans.is_empty(), "a SIGKILLed slave cannot remove its container");
+    let cache_env = cache.to_string_lossy().into_owned();
+    let again = Slave::start(&b.redis, &[("SLAVE_CACHE", &cache_env)]);
+    // The restarted slave runs the build again (new container, same label): the orphans' ids go.
+    wait_for("the restarted slave to remove the orphaned container and network", DEADLINE, || {
+        let mut all = docker_ids(&["ps", "-aq"]);
+        all.extend(docker_ids(&["network", "ls", "-q"]));
+        let left: Vec<&String> = orphans.iter().filter(|o| all.contains(o)).collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    let removed = wait_for("the slave.containers line", DEADLINE, || {
+        let log = again.log();
+        events(&log, "slave.containers").first().and_then(|l| kv(l, "removed_containers")).ok_or(log.clone())
+    });
+    assert_ne!(removed, "0");
+    // The build runs again on the restarted slave: cleared here (its sleep would outlive the test).
+    let leftovers = left_by(&again);
+    drop(again);
+    for id in leftovers {
+        let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        let _ = Command::new("docker").args(["network", "rm", &id]).output();
+    }
+}
+
+fn docker_ids(args: &[&str]) -> Vec<String> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
