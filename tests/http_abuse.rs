@@ -700,3 +700,35 @@ fn read_one_answer(s: &mut TcpStream, deadline: Duration) -> Response {
         }
     }
 }
+
+/// One signed 25 MB push whose `commits` holds millions of empty entries (and one with the
+/// same list where a field has the wrong type, the error path): only the head commit is ever
+/// read, so the hook's peak memory stays under 64 MiB and the push is queued.
+#[test]
+fn a_25_mb_push_of_empty_commits_keeps_the_hook_under_64_mib() {
+    let (b, git) = backend(Some(26 * 1024 * 1024));
+    let sha = git.commit("many commits");
+    git.push();
+    let mut push = github_push(&git.name, &git.file_url(), &git.branch, &sha, "many commits", &git.default_branch);
+    push.as_object_mut().unwrap().remove("commits");
+    let push = push.to_string();
+    let entries = (25 * 1024 * 1024) / 3;
+    let mut commits = String::with_capacity(entries * 3 + 32);
+    commits.push_str(",\"commits\":[");
+    for i in 0..entries {
+        commits.push_str(if i == 0 { "{}" } else { ",{}" });
+    }
+    commits.push(']');
+    let body = format!("{}{}}}", &push[..push.len() - 1], commits);
+    assert!(body.len() > 25 * 1024 * 1024, "{} bytes", body.len());
+    let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+    assert_eq!(r.code, 202, "{r}");
+    // The same list in a body the parser refuses (a number for the ref): the error path too.
+    let bad = body.replacen("\"ref\":", "\"ref\":1,\"x\":", 1);
+    let r = b.hook.send_github("/", "push", bad.as_bytes(), &[]);
+    assert_eq!(r.code, 400, "{r}");
+    let peak = proc_kb(b.hook.pid(), "VmHWM").expect("VmHWM of the hook");
+    eprintln!("25 MB push of {entries} empty commits: hook VmHWM {peak} kB");
+    assert!(peak < 64 * 1024, "hook peak RSS {peak} kB (VmHWM) after a 25 MB push of empty commits: over 64 MiB");
+    assert_serves(&b, &git, "a 25 MB push of empty commits");
+}

@@ -1,6 +1,6 @@
 //! GitHub (and GitHub Enterprise) deliveries: `X-GitHub-Event`.
 
-use super::{builds_head, check_json, from_json, head_message, normalize, Delivery, PayloadError, Pull, RawCommit, RawPush};
+use super::{builds_head, check_json, from_json, head_message, normalize, Delivery, Last, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -18,7 +18,7 @@ pub(super) struct Body<'a> {
     #[serde(borrow)]
     head_commit: Option<RawCommit<'a>>,
     #[serde(borrow)]
-    commits: Option<Vec<RawCommit<'a>>>,
+    commits: Option<Last<RawCommit<'a>>>,
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! GitLab deliveries: `X-Gitlab-Event: Push Hook` and the rest.
 
-use super::{check_json, from_json, head_message, normalize, Delivery, PayloadError, Pull, RawCommit, RawPush};
+use super::{check_json, from_json, head_message, normalize, Delivery, Last, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -17,7 +17,7 @@ struct Body<'a> {
     #[serde(borrow)]
     repository: Option<Project<'a>>,
     #[serde(borrow)]
-    commits: Option<Vec<RawCommit<'a>>>,
+    commits: Option<Last<RawCommit<'a>>>,
     /// Kept loose: anything but a non-negative integer is no id.
     project_id: Option<serde_json::Value>,
 }

@@ -199,8 +199,16 @@ pub(crate) fn from_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result
     })
 }
 
+/// Bodies up to this size get the field that has the wrong type named in
+/// their error (read into a document: about ten times the body in memory).
+const WRONG_TYPE_MAX: usize = 1024 * 1024;
+
 /// The slow path of an error only: which field we read has the wrong type.
+/// Larger bodies get serde's own words: no document of 25 MB is built.
 fn wrong_type(body: &[u8]) -> Option<String> {
+    if body.len() > WRONG_TYPE_MAX {
+        return None;
+    }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     const STRINGS: &[&str] = &[
         "/ref",
@@ -451,14 +459,39 @@ pub(crate) struct RawCommit<'a> {
     pub id: Option<serde_json::Value>,
 }
 
+/// The last element of a JSON array; the others are read and dropped as
+/// they come, so a push listing a million commits costs the memory of one
+/// (only the head commit is ever read).
+pub(crate) struct Last<T>(pub Option<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Last<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keep<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Keep<T> {
+            type Value = Last<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Last<T>, A::Error> {
+                let mut last = None;
+                while let Some(item) = seq.next_element::<T>()? {
+                    last = Some(item);
+                }
+                Ok(Last(last))
+            }
+        }
+        d.deserialize_seq(Keep(std::marker::PhantomData))
+    }
+}
+
 /// A request's action, and whether it brings a new head commit to build.
 pub(crate) fn builds_head(action: &str) -> bool {
     matches!(action, "opened" | "reopened" | "synchronize" | "synchronized")
 }
 
 /// The message of the pushed commit: `head_commit`, else the last commit.
-pub(crate) fn head_message<'b>(head: &'b Option<RawCommit>, commits: &'b Option<Vec<RawCommit>>) -> Option<&'b str> {
-    head.as_ref().and_then(|c| c.message.as_deref()).or_else(|| commits.as_ref()?.last()?.message.as_deref())
+pub(crate) fn head_message<'b>(head: &'b Option<RawCommit>, commits: &'b Option<Last<RawCommit>>) -> Option<&'b str> {
+    head.as_ref().and_then(|c| c.message.as_deref()).or_else(|| commits.as_ref()?.0.as_ref()?.message.as_deref())
 }
 
 #[cfg(test)]
