@@ -15,6 +15,11 @@ pub struct Setting {
 /// Hook and slave find Redis the same way.
 const REDIS_URL: Setting =
     Setting { name: "REDIS_URL", default: "redis://127.0.0.1:6379/0", doc: "Redis holding queues, records and membership" };
+const CI_PUBLIC_URL: Setting = Setting {
+    name: "CI_PUBLIC_URL",
+    default: "",
+    doc: "public base URL of the hook: statuses link to `<it>/builds/<id>`; an https one makes the read cookie Secure; unset: no link",
+};
 const REDIS_SENTINELS: Setting = Setting {
     name: "REDIS_SENTINELS",
     default: "",
@@ -25,6 +30,7 @@ const REDIS_MASTER_NAME: Setting =
 
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
+    CI_PUBLIC_URL,
     REDIS_URL,
     REDIS_SENTINELS,
     REDIS_MASTER_NAME,
@@ -155,7 +161,7 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         default: "5",
         doc: "attempts per commit status (2, 4, 8, 16 s apart) before `forge.status_failed`",
     },
-    Setting { name: "CI_PUBLIC_URL", default: "", doc: "public base URL of the hook: statuses link to `<it>/builds/<id>`; unset: no link" },
+    CI_PUBLIC_URL,
     Setting {
         name: "SLAVE_DOCKER",
         default: "unix:///var/run/docker.sock",
@@ -218,6 +224,18 @@ fn raw(settings: &[Setting], name: &str) -> Option<String> {
         _ if !default.is_empty() => Some(default.to_string()),
         _ => None,
     }
+}
+
+/// CI_PUBLIC_URL without its trailing `/`, when set: an http(s) URL.
+fn public_url(settings: &[Setting]) -> Result<Option<String>, ConfigError> {
+    let public_url = raw(settings, "CI_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
+    if let Some(u) = &public_url {
+        let lower = u.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError(format!("CI_PUBLIC_URL={u:?}: expected an http(s) URL")));
+        }
+    }
+    Ok(public_url)
 }
 
 fn number<T: std::str::FromStr>(settings: &[Setting], name: &str, what: &str) -> Result<T, ConfigError> {
@@ -336,6 +354,8 @@ pub struct HookConfig {
     pub request_timeout: Duration,
     pub queue: usize,
     pub durability_check: Duration,
+    /// CI_PUBLIC_URL: an https one makes the read cookie `Secure`.
+    pub public_url: Option<String>,
     /// HISTORY_KEEP: builds kept per repository and branch.
     pub history_keep: usize,
     /// HOOK_MAX_FOLLOWERS: log followers at once.
@@ -370,6 +390,7 @@ impl HookConfig {
             request_timeout: secs("HOOK_REQUEST_TIMEOUT")?,
             queue: at_least_one("HOOK_QUEUE", "a number of requests")? as usize,
             durability_check: secs("HOOK_DURABILITY_CHECK")?,
+            public_url: public_url(s)?,
             history_keep: at_least_one("HISTORY_KEEP", "a number of builds")? as usize,
             max_followers: at_least_one("HOOK_MAX_FOLLOWERS", "a number of clients")? as usize,
             cancel_running: {
@@ -464,13 +485,7 @@ impl SlaveConfig {
             return Err(ConfigError(format!("SLAVE_MAX_LOG_BYTES=\"{max_log_bytes}\": expected at least {MIN_LOG_BYTES}")));
         }
         let build_user = raw(s, "SLAVE_BUILD_USER").unwrap_or_default();
-        let public_url = raw(s, "CI_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_string());
-        if let Some(u) = &public_url {
-            let lower = u.to_ascii_lowercase();
-            if !(lower.starts_with("https://") || lower.starts_with("http://")) || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                return Err(ConfigError(format!("CI_PUBLIC_URL={u:?}: expected an http(s) URL")));
-            }
-        }
+        let public_url = public_url(s)?;
         let forge = ForgeSettings {
             timeout: secs("SLAVE_FORGE_TIMEOUT")?,
             attempts: match number::<u32>(s, "SLAVE_FORGE_ATTEMPTS", "a number of attempts")? {

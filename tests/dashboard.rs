@@ -177,6 +177,11 @@ fn the_read_token_guards_every_read_route_but_badges_and_ping() {
         http(b.hook.addr, "POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], format!("token={read}").as_bytes());
     assert_eq!(login.code, 303, "{login}");
     let cookie = login.header("Set-Cookie").expect("Set-Cookie").split(';').next().unwrap().to_string();
+    assert!(!login.header("Set-Cookie").unwrap().contains("Secure"), "plain http: {login}");
+    // Behind a proxy that terminates TLS, the cookie never travels in clear.
+    let form = [("Content-Type", "application/x-www-form-urlencoded"), ("X-Forwarded-Proto", "https")];
+    let secure = http(b.hook.addr, "POST", "/login", &form, format!("token={read}").as_bytes());
+    assert!(secure.header("Set-Cookie").is_some_and(|c| c.ends_with("; Secure")), "{secure}");
     assert!(!cookie.contains(read));
     let page = http(b.hook.addr, "GET", "/", &[("Accept", "text/html"), ("Cookie", &cookie)], b"");
     assert_eq!(page.code, 200);

@@ -144,7 +144,9 @@ fn login_form(_: &Call, _: &mut Redis) -> Reply {
 }
 
 fn login(call: &Call, _: &mut Redis) -> Reply {
-    auth::login(call.hook.config.read_token.as_deref(), &call.req.body).into()
+    let https_url = call.hook.config.public_url.as_deref().is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
+    let https_proxy = call.req.header("X-Forwarded-Proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    auth::login(call.hook.config.read_token.as_deref(), &call.req.body, https_url || https_proxy).into()
 }
 
 fn metrics(call: &Call, redis: &mut Redis) -> Reply {

@@ -47,7 +47,9 @@ pub fn refused(wants_html: bool) -> View {
 
 /// `POST /login` with a form body `token=…`: the cookie and back to `/`, or
 /// the form again.
-pub fn login(read_token: Option<&str>, body: &[u8]) -> View {
+/// `secure`: the hook is reached over https (CI_PUBLIC_URL says so, or the
+/// proxy in front sends `X-Forwarded-Proto: https`): the cookie is `Secure`.
+pub fn login(read_token: Option<&str>, body: &[u8], secure: bool) -> View {
     let Some(token) = read_token else {
         return View { code: 303, ctype: HTML, body: String::new(), headers: vec![("Location", "/".into())] };
     };
@@ -62,7 +64,14 @@ pub fn login(read_token: Option<&str>, body: &[u8]) -> View {
         body: String::new(),
         headers: vec![
             ("Location", "/".into()),
-            ("Set-Cookie", format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000", cookie_value(token))),
+            (
+                "Set-Cookie",
+                format!(
+                    "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000{}",
+                    cookie_value(token),
+                    if secure { "; Secure" } else { "" }
+                ),
+            ),
         ],
     }
 }
@@ -77,12 +86,15 @@ mod tests {
         assert!(!may_read(Some("s3cret"), None, None));
         assert!(may_read(Some("s3cret"), Some("Bearer s3cret"), None));
         assert!(!may_read(Some("s3cret"), Some("Bearer s3cre"), None));
-        let set = login(Some("s3cret"), b"token=s3cret");
+        let set = login(Some("s3cret"), b"token=s3cret", false);
         assert_eq!(set.code, 303);
         let cookie = set.headers.iter().find(|(k, _)| *k == "Set-Cookie").unwrap().1.split(';').next().unwrap().to_string();
         assert!(!cookie.contains("s3cret"), "the cookie is not the token: {cookie}");
         assert!(may_read(Some("s3cret"), None, Some(&format!("a=b; {cookie}"))));
         assert!(!may_read(Some("other"), None, Some(&cookie)), "a new token invalidates old cookies");
-        assert_eq!(login(Some("s3cret"), b"token=nope").code, 403);
+        assert_eq!(login(Some("s3cret"), b"token=nope", false).code, 403);
+        let cookie =
+            |secure| login(Some("s3cret"), b"token=s3cret", secure).headers.into_iter().find(|(k, _)| *k == "Set-Cookie").unwrap().1;
+        assert!(cookie(true).ends_with("; Secure") && !cookie(false).contains("Secure"));
     }
 }
