@@ -172,6 +172,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         default: "missing",
         doc: "when a step's image is pulled: `missing` (not on the engine yet), `always` (before each step) or `never`",
     },
+    Setting {
+        name: "SLAVE_DEFAULT_IMAGE",
+        default: "",
+        doc: "image every step without `image:` runs in (so no step runs on the slave itself); fork builds need it or an image on each step",
+    },
     Setting { name: "SLAVE_STEP_MEMORY", default: "4096", doc: "MiB of memory (swap included) a step's container may use" },
     Setting { name: "SLAVE_STEP_CPUS", default: "2", doc: "CPUs a step's container may use (a decimal: 0.5, 2)" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
@@ -191,6 +196,8 @@ pub struct ContainerSettings {
     /// SLAVE_DOCKER, as written (the slave parses the endpoint).
     pub docker: String,
     pub pull: ImagePull,
+    /// SLAVE_DEFAULT_IMAGE, as written (the slave checks it).
+    pub default_image: Option<String>,
     pub memory_bytes: u64,
     pub nano_cpus: u64,
 }
@@ -502,6 +509,7 @@ impl SlaveConfig {
                 "never" => ImagePull::Never,
                 other => return Err(ConfigError(format!("SLAVE_IMAGE_PULL={other:?}: expected missing, always or never"))),
             },
+            default_image: raw(s, "SLAVE_DEFAULT_IMAGE"),
             memory_bytes: match number::<u64>(s, "SLAVE_STEP_MEMORY", "a number of MiB")? {
                 n @ 6..=16_777_216 => n * 1024 * 1024,
                 n => return Err(ConfigError(format!("SLAVE_STEP_MEMORY=\"{n}\": expected 6 to 16777216 MiB"))),

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 const IMAGE: &str = "ci-test/busybox:1";
 
 /// The test image, built once per run; `None` (and one line saying why) without an engine.
-fn image() -> Option<&'static str> {
+pub(crate) fn image() -> Option<&'static str> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();

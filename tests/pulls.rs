@@ -204,10 +204,31 @@ fn fork_requests_are_ignored_by_default() {
 }
 
 #[test]
-fn a_built_fork_request_sees_nothing_of_the_slaves_environment() {
+fn a_fork_request_never_runs_on_the_slave_itself() {
+    let b = Backend::start(1, &[("HOOK_FORK_PULLS", "build")], &[("DEPLOY_KEY", DEPLOY_KEY)]);
+    let planted = b.root().join("planted-by-a-fork");
+    let yml = format!("step: bare\nshell: touch '{}'\n", planted.display());
+    let (git, head) = target_with_request(&b, "acme/fbare", "refs/pull/9/head", &yml);
+    let body = github_pull("acme/fbare", &git.file_url(), 9, &head, "mallory/fbare", "opened");
+    let id = accepted(&b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]));
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.state, "failed", "{:?}", build.log);
+    assert_eq!(
+        build.log.last().map(String::as_str),
+        Some("* fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image"),
+        "{:?}",
+        build.log
+    );
+    assert!(!planted.exists(), "the fork's step ran on the slave");
+}
+
+#[test]
+fn a_built_fork_request_runs_contained_and_sees_nothing_of_the_slaves_environment() {
+    let Some(image) = crate::containers::image() else { return };
     let creds = "https://ci-bot:gh-token-777@example.com";
-    let b = Backend::start(1, &[("HOOK_FORK_PULLS", "build")], &[("DEPLOY_KEY", DEPLOY_KEY), ("GIT_CREDENTIALS", creds)]);
-    let yml = "step: env\ndebug: true\nshell:\n  - env | sort\n  - cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c -e s3cret-value -e gh-token-777 || true\n";
+    let slave_env = [("DEPLOY_KEY", DEPLOY_KEY), ("GIT_CREDENTIALS", creds), ("SLAVE_DEFAULT_IMAGE", image)];
+    let b = Backend::start(1, &[("HOOK_FORK_PULLS", "build")], &slave_env);
+    let yml = "step: env\ndebug: true\nshell:\n  - env | sort\n  - pwd\n  - cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c -e s3cret-value -e gh-token-777 || true\n";
     let (git, head) = target_with_request(&b, "acme/fb", "refs/pull/9/head", yml);
     let body = github_pull("acme/fb", &git.file_url(), 9, &head, "mallory/fb", "opened");
     let id = accepted(&b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]));
@@ -215,12 +236,11 @@ fn a_built_fork_request_sees_nothing_of_the_slaves_environment() {
     assert_eq!(build.state, "passed", "{:?}", build.log);
     let out = printed(&build);
     let names: Vec<&str> = out.iter().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
-    // The whole environment: PATH, the build user's HOME/USER/LOGNAME and the CI variables.
+    // The whole environment: the image's PATH and HOME, the CI variables, what the shell adds.
     let allowed = [
         "PATH",
         "HOME",
-        "USER",
-        "LOGNAME",
+        "HOSTNAME",
         "HOST",
         "SLAVE",
         "BRANCH",
@@ -234,7 +254,6 @@ fn a_built_fork_request_sees_nothing_of_the_slaves_environment() {
         "CI",
         "REPO",
         "BUILD_ID",
-        "SLAVE",
         "PULL_REQUEST",
         "BASE_BRANCH",
         "HEAD_BRANCH",
@@ -247,8 +266,9 @@ fn a_built_fork_request_sees_nothing_of_the_slaves_environment() {
     for name in &names {
         assert!(allowed.contains(name), "a fork build's environment holds {name}: {out:?}");
     }
-    assert!(out.contains(&"PATH=/usr/local/bin:/usr/bin:/bin".to_string()), "{out:?}");
+    assert!(out.contains(&"PATH=/bin".to_string()), "the image's PATH: {out:?}");
     assert!(out.contains(&"HEAD_REPO=mallory/fb".to_string()), "{out:?}");
+    assert!(out.contains(&"/ci/checkout".to_string()), "ran in a container on the checkout: {out:?}");
     let text = build.log.join("\n");
     assert!(!text.contains(DEPLOY_KEY) && !text.contains("gh-token-777"), "{text}");
     assert_eq!(out.last().map(String::as_str), Some("0"), "no process environment it can read holds a secret: {out:?}");

@@ -103,6 +103,9 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
 /// until it does.
 fn containers(config: &SlaveConfig, host: &str) -> Result<Option<Containers>, StartError> {
     let endpoint = Endpoint::parse(&config.containers.docker).map_err(|why| StartError::Setting(format!("SLAVE_DOCKER={why}")))?;
+    if let Some(image) = &config.containers.default_image {
+        build::integration::check_image(image).map_err(|why| StartError::Setting(format!("SLAVE_DEFAULT_IMAGE: {why}")))?;
+    }
     let containers = Containers {
         engine: Engine::new(endpoint, ENGINE_TIMEOUT),
         settings: config.containers.clone(),

@@ -281,7 +281,7 @@ fn typed(value: &str, plain: bool) -> bool {
 
 /// An image reference as Docker reads it (`[host[:port]/]name[:tag][@digest]`):
 /// lower-case names, `A-Za-z0-9._-` tags, at most 255 bytes, never an option.
-fn check_image(image: &str) -> Result<String, String> {
+pub(crate) fn check_image(image: &str) -> Result<String, String> {
     let ok_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:@".contains(&b) || b.is_ascii_uppercase();
     if image.is_empty() || image.len() > 255 || image.starts_with(['-', '/', ':', '@']) || !image.bytes().all(ok_byte) {
         return Err(format!("image {image:?} is not an image reference ([host[:port]/]name[:tag][@sha256:...])"));

@@ -236,6 +236,11 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
         Ok(s) => s,
         Err(why) => return could_not_run(log, why.to_string()),
     };
+    // A stranger's code never runs on the slave itself.
+    let default_image = ctx.containers.and_then(|c| c.settings.default_image.as_deref());
+    if push.fork && default_image.is_none() && steps.iter().any(|s| s.image.is_none()) {
+        return could_not_run(log, "fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image".into());
+    }
     let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
@@ -285,7 +290,8 @@ impl Steps<'_> {
                 return Ok(());
             }
         };
-        let Some(image) = &step.image else {
+        let default_image = self.ctx.containers.and_then(|c| c.settings.default_image.as_ref());
+        let Some(image) = step.image.as_ref().or(default_image) else {
             return self.snippets(step, &cwd, None, log, ok);
         };
         let runs = match self.container_step(number, image) {
