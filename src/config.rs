@@ -31,6 +31,11 @@ const REDIS_MASTER_NAME: Setting =
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
     CI_PUBLIC_URL,
+    Setting {
+        name: "HOOK_MAX_CONNECTIONS",
+        default: "4096",
+        doc: "connections served at once (a thread each); at the cap the oldest one still reading its request is closed for a new one",
+    },
     REDIS_URL,
     REDIS_SENTINELS,
     REDIS_MASTER_NAME,
@@ -363,6 +368,8 @@ pub struct HookConfig {
     pub durability_check: Duration,
     /// CI_PUBLIC_URL: an https one makes the read cookie `Secure`.
     pub public_url: Option<String>,
+    /// HOOK_MAX_CONNECTIONS.
+    pub max_connections: usize,
     /// HISTORY_KEEP: builds kept per repository and branch.
     pub history_keep: usize,
     /// HOOK_MAX_FOLLOWERS: log followers at once.
@@ -398,6 +405,10 @@ impl HookConfig {
             queue: at_least_one("HOOK_QUEUE", "a number of requests")? as usize,
             durability_check: secs("HOOK_DURABILITY_CHECK")?,
             public_url: public_url(s)?,
+            max_connections: match number::<usize>(s, "HOOK_MAX_CONNECTIONS", "a number of connections")? {
+                n @ 1..=65_536 => n,
+                n => return Err(ConfigError(format!("HOOK_MAX_CONNECTIONS=\"{n}\": expected 1 to 65536"))),
+            },
             history_keep: at_least_one("HISTORY_KEEP", "a number of builds")? as usize,
             max_followers: at_least_one("HOOK_MAX_FOLLOWERS", "a number of clients")? as usize,
             cancel_running: {

@@ -732,3 +732,42 @@ fn a_25_mb_push_of_empty_commits_keeps_the_hook_under_64_mib() {
     assert!(peak < 64 * 1024, "hook peak RSS {peak} kB (VmHWM) after a 25 MB push of empty commits: over 64 MiB");
     assert_serves(&b, &git, "a 25 MB push of empty commits");
 }
+
+/// A flood of clients that connect and never finish a request, four times HOOK_MAX_CONNECTIONS:
+/// each new connection closes the oldest one still reading, so `/ping` answers within a second
+/// and a signed push is queued, the flood's oldest members closed, not the hook's door.
+#[test]
+fn a_flood_of_unfinished_requests_past_the_cap_does_not_lock_the_hook_out() {
+    const CAP: usize = 50;
+    let cap = CAP.to_string();
+    let b = Backend::start(1, &[("HOOK_TOKEN", TOKEN), ("HOOK_MAX_CONNECTIONS", &cap)], &[]);
+    let git = b.repo("abuse/app");
+    git.write("integration.yml", "step: s\nshell: \"true\"\n");
+    git.commit("first");
+    git.push();
+    let mut flood = Vec::new();
+    for _ in 0..4 * CAP {
+        let mut s = connect(b.hook.addr);
+        s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Trickle: ").unwrap();
+        flood.push(s);
+    }
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = try_http(b.hook.addr, "GET", "/ping", &[], b"").expect("/ping under the flood");
+        assert_eq!((r.code, r.text()), (200, "pong\n".to_string()));
+        assert!(started.elapsed() < Duration::from_secs(1), "/ping took {:?} under the flood", started.elapsed());
+    }
+    // The first members of the flood were closed to make room: they read the end of the stream.
+    let mut closed = 0;
+    for s in flood.iter_mut().take(CAP) {
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut byte = [0u8; 1];
+        if matches!(s.read(&mut byte), Ok(0)) || matches!(s.read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, CAP, "the oldest {CAP} unfinished connections are closed");
+    assert!(events(&b.hook.log(), "http.evicted").len() >= 3 * CAP, "{}", b.hook.log());
+    assert_serves(&b, &git, "a flood of unfinished requests");
+}

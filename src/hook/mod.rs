@@ -1,6 +1,7 @@
 //! The hook: the HTTP edge that turns signed web-hooks into queued builds
 //! and serves statuses, history, live logs, pages and badges.
 
+pub(crate) mod connections;
 pub(crate) mod handlers;
 pub mod metrics;
 pub(crate) mod reply;

@@ -3,6 +3,7 @@
 //! worker with its Redis connection answering through [`routes`], one log
 //! line per request.
 
+use crate::hook::connections::{Connections, Ticket};
 use crate::hook::handlers::follow;
 use crate::hook::reply::{response, Reply};
 use crate::hook::routes;
@@ -11,12 +12,10 @@ use crate::hook::wire::{Conn, Next, Request};
 use crate::logging::quote;
 use crate::store::conn::Redis;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Connections served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 4096;
 /// A complete request on its way to a worker, and where its answer goes.
 struct Work {
     req: Arc<Request>,
@@ -37,7 +36,7 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
     }
     let stopped = Arc::new(AtomicBool::new(false));
     wake_on_stop(&listener, &stop, &stopped);
-    let open = Arc::new(AtomicUsize::new(0));
+    let connections = Connections::new(hook.config.max_connections);
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -51,18 +50,14 @@ pub fn serve(hook: Arc<Hook>, listener: std::net::TcpListener, stop: Arc<AtomicB
                 continue;
             }
         };
-        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            log::warn!("http.refused open={MAX_CONNECTIONS}: too many connections, closing the new one");
+        let Some(ticket) = connections.admit(&stream) else {
+            log::warn!("http.refused open={}: every connection is being answered, closing the new one", hook.config.max_connections);
             continue;
-        }
-        open.fetch_add(1, Ordering::SeqCst);
-        let (hook, tx, open) = (Arc::clone(&hook), tx.clone(), Arc::clone(&open));
-        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || {
-            match Conn::new(stream, hook.limits()) {
-                Ok(conn) => connection(&hook, conn, &tx),
-                Err(e) => log::debug!("connection.closed why={}", quote(&format!("cannot set its timeouts: {e}"))),
-            }
-            open.fetch_sub(1, Ordering::SeqCst);
+        };
+        let (hook, tx) = (Arc::clone(&hook), tx.clone());
+        let spawned = std::thread::Builder::new().stack_size(256 * 1024).spawn(move || match Conn::new(stream, hook.limits()) {
+            Ok(conn) => connection(&hook, conn, &tx, &ticket),
+            Err(e) => log::debug!("connection.closed why={}", quote(&format!("cannot set its timeouts: {e}"))),
         });
         if let Err(e) = spawned {
             log::warn!("http.thread_failed error={}", quote(&e.to_string()));
@@ -97,9 +92,12 @@ fn wake_on_stop(listener: &std::net::TcpListener, stop: &Arc<AtomicBool>, stoppe
 /// answer 503 when the queue is full), write the answer; again while the
 /// client keeps the connection alive. Refusals (408, 413, 431, malformed
 /// requests) are answered here and close the connection.
-fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>) {
+fn connection(hook: &Hook, mut conn: Conn, tx: &Sender<Work>, ticket: &Ticket) {
     loop {
-        match conn.next_request() {
+        ticket.reading(true);
+        let next = conn.next_request();
+        ticket.reading(false);
+        match next {
             Next::Closed(why) => {
                 log::debug!("connection.closed why={}", quote(&why));
                 return;
