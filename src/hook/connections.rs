@@ -97,23 +97,27 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let connections = Connections::new(2);
         let (mut first_client, first) = pair(&listener);
-        let (_second_client, second) = pair(&listener);
+        let (mut second_client, second) = pair(&listener);
         let t1 = connections.admit(&first).unwrap();
         let t2 = connections.admit(&second).unwrap();
         t1.reading(false); // being answered: never closed to make room
         let (_third_client, third) = pair(&listener);
-        let t3 = connections.admit(&third).expect("room made");
+        let t3 = connections.admit(&third).expect("room made by closing the second");
         assert_eq!(connections.len(), 2);
-        // The second (the oldest still reading) was closed: its client reads the end.
-        drop(t2);
-        let (_fourth_client, fourth) = pair(&listener);
-        let _t4 = connections.admit(&fourth).expect("a place was free");
         t3.reading(false);
+        let (_fourth_client, fourth) = pair(&listener);
+        assert!(connections.admit(&fourth).is_none(), "every open connection is being answered");
+        // A place given back is taken without closing anyone.
+        drop(t3);
         let (_fifth_client, fifth) = pair(&listener);
-        assert!(connections.admit(&fifth).is_none(), "every open connection is being answered");
-        first_client.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+        let _t5 = connections.admit(&fifth).expect("a free place");
+        assert_eq!(connections.len(), 2);
+        drop(t2);
         let mut byte = [0u8; 1];
-        assert!(first_client.read(&mut byte).is_err(), "the answered connection stays open");
+        second_client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        assert_eq!(second_client.read(&mut byte).unwrap(), 0, "the oldest reading connection was closed");
+        first_client.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+        assert!(first_client.read(&mut byte).is_err(), "the answered connection stays open (its read times out)");
         drop(t1);
     }
 }
