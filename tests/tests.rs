@@ -107,3 +107,7 @@ mod failover;
 /// Container steps (`image:`) on a real Docker engine (skipped, with one line, without one): in the
 /// image on the checkout as the build user, nothing left behind, a missing image's reason.
 mod containers;
+
+/// What one build can plant for the next: hooks, fsmonitor, filters and attributes written into
+/// another branch's checkout run in none of its checkouts.
+mod containment;

@@ -229,6 +229,8 @@ impl Git<'_> {
             cmd.arg("-C").arg(dir);
         }
         cmd.args(["-c", "advice.detachedHead=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-c", "credential.helper="]);
+        // No hook and no fsmonitor, whatever a build wrote into the checkout (see `disarm`).
+        cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.attributesFile=/dev/null"]);
         self.user.apply(&mut cmd);
         // A checkout may run code of the build's (hooks, filters of its .git/config).
         process::die_with_parent(&mut cmd);
@@ -321,6 +323,7 @@ impl Git<'_> {
     /// Checks `sha` out (detached), fetching the commit itself when the
     /// fetched ref does not reach it; its message and date read meanwhile.
     fn check_out(&self, mirror: &Path, dir: &Path, url: &str, sha: &str) -> Result<Commit, GitError> {
+        self.disarm(dir, url)?;
         let peeled = format!("{sha}^{{commit}}");
         let checkout = || {
             self.run(Ok(self.build_git(Some(dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
@@ -359,6 +362,40 @@ impl Git<'_> {
             Ok(Ok(commit)) => Ok(commit),
             _ => loose().map_or_else(git_show, Ok),
         }
+    }
+
+    /// Takes back the checkout's `.git` before git runs in it: a build (this
+    /// branch's, or another's on the same slave) may have planted hooks, an
+    /// fsmonitor or filter command in its config, or attributes that call
+    /// one, all of which the checkout would run with this branch's
+    /// environment. The config is written anew (the clone's keys and
+    /// `origin`), `hooks/`, `info/attributes` and a worktree config removed.
+    fn disarm(&self, dir: &Path, url: &str) -> Result<(), GitError> {
+        let git_dir = dir.join(".git");
+        if !git_dir.is_dir() {
+            return Ok(());
+        }
+        let setup = |what: &str, e: std::io::Error| GitError::Setup(format!("cannot {what} in {}: {e}", git_dir.display()));
+        let quoted = url.replace('\\', "\\\\").replace('"', "\\\"");
+        let config = git_dir.join("config");
+        let text = format!(
+            "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n\
+             [remote \"origin\"]\n\turl = \"{quoted}\"\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+        );
+        let _ = std::fs::remove_file(&config);
+        std::fs::write(&config, text).map_err(|e| setup("rewrite config", e))?;
+        self.user.give(&config).map_err(|e| setup("give config to the build user", e))?;
+        for path in [git_dir.join("info").join("attributes"), git_dir.join("config.worktree")] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(setup("remove info/attributes", e)),
+                _ => {}
+            }
+        }
+        let hooks = git_dir.join("hooks");
+        if hooks.symlink_metadata().is_ok() {
+            remove(&hooks)?;
+        }
+        Ok(())
     }
 
     /// Git against the remote `url` (a clone, or a fetch into the mirror
