@@ -49,12 +49,16 @@ pub struct Identity {
     pub redis: Target,
 }
 
+/// How often processes that escaped their step are looked for and killed.
+const REAP_EVERY: Duration = Duration::from_millis(100);
+
 /// Each call to the Docker engine (a pull has its own limit).
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.cache).map_err(|error| CacheError::Create { path: config.cache.clone(), error })?;
     crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
+    crate::slave::proc::reaper::start(REAP_EVERY).map_err(StartError::thread("the reaper of escaped processes"))?;
     let mut redis = Redis::open(&identity.redis, IO_TIMEOUT);
     let member = Member::new(&config.cluster, config.lease);
     let Some(index) = claim(&mut redis, &member, config.index, &signals) else { return Ok(()) };

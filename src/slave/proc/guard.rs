@@ -80,7 +80,11 @@ fn reap_left() {
     LEFT.lock().unwrap_or_else(|p| p.into_inner()).retain(|pid| {
         let mut status = 0;
         // SAFETY: our own child, reaped once (removed when reaped).
-        unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) == 0 }
+        let running = unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) == 0 };
+        if !running {
+            super::reaper::reaped(*pid as u32);
+        }
+        running
     });
 }
 
@@ -166,7 +170,7 @@ impl Watchdog {
         // SAFETY: the child only makes async-signal-safe calls (close,
         // signal, poll, read, write, kill, clock_gettime, _exit) and never
         // returns into Rust code.
-        let pid = unsafe { libc::fork() };
+        let pid = super::reaper::forked(|| unsafe { libc::fork() });
         if pid == 0 {
             // SAFETY: see above.
             unsafe { guard_main(to_r, from_w) }

@@ -3,3 +3,4 @@
 
 pub mod guard;
 pub mod process;
+pub(crate) mod reaper;

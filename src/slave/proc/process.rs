@@ -173,7 +173,7 @@ fn spawn(mut cmd: Command, capture: Capture, sink: Option<LineSink>) -> Result<(
         Capture::Split { .. } => std::io::pipe().map(|(r, w)| (Some(r), w)).map_err(|e| format!("pipe: {e}"))?,
     };
     cmd.stdin(Stdio::null()).stdout(out_w).stderr(err_w).process_group(0);
-    let spawned = cmd.spawn();
+    let spawned = super::reaper::spawn(&mut cmd);
     drop(cmd); // closes our copies of the pipes' write ends
     let child = spawned.map_err(|e| e.to_string())?;
     let (head_len, tail_len) = match capture {
@@ -283,7 +283,11 @@ impl Watch<'_> {
             Phase::Killing { why, give_up_at } if now >= give_up_at => {
                 // Not even SIGKILL ended it in a grace: reap it elsewhere.
                 if let Some(mut c) = self.child.take() {
-                    std::thread::spawn(move || c.wait());
+                    std::thread::spawn(move || {
+                        if c.wait().is_ok() {
+                            super::reaper::reaped(c.id());
+                        }
+                    });
                 }
                 break_out(streams);
                 self.drain(why)
@@ -295,7 +299,10 @@ impl Watch<'_> {
     /// How the child ended, if it did.
     fn ended(&mut self) -> Option<Exit> {
         match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(Some(status))) => Some(status_exit(Ok(status))),
+            Some(Ok(Some(status))) => {
+                super::reaper::reaped(self.child.as_ref().map_or(0, Child::id));
+                Some(status_exit(Ok(status)))
+            }
             Some(Ok(None)) | None => None,
             Some(Err(e)) => Some(status_exit(Err(e))),
         }

@@ -1,0 +1,126 @@
+//! No process of a build outlives it. The slave is its children's
+//! subreaper (`PR_SET_CHILD_SUBREAPER`): a process that left its step's
+//! process group (`setsid`, a double fork) and whose parent ended becomes the
+//! slave's child instead of init's. The slave knows the children it started
+//! (every spawn goes through [`spawn`] or [`forked`]); a sweeper thread kills
+//! every other child it finds — escapees of ended snippets — and reaps them.
+
+use std::collections::HashSet;
+use std::io;
+use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The children the slave started and has not reaped yet.
+static KNOWN: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+fn known() -> MutexGuard<'static, Option<HashSet<u32>>> {
+    KNOWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes this process the subreaper of its descendants, and starts the
+/// sweeper (every `every`). Until this is called, nothing is swept.
+pub fn start(every: Duration) -> io::Result<()> {
+    // SAFETY: prctl with an integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    known().get_or_insert_with(HashSet::new);
+    std::thread::Builder::new().name("reaper".into()).spawn(move || loop {
+        std::thread::sleep(every);
+        sweep();
+    })?;
+    Ok(())
+}
+
+/// Spawns `cmd`, remembered as one of the slave's own children.
+pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    let mut known = known();
+    let child = cmd.spawn()?;
+    if let Some(set) = known.as_mut() {
+        set.insert(child.id());
+    }
+    Ok(child)
+}
+
+/// Forks with `fork` (which returns the child's pid, or a negative number),
+/// the child remembered as one of the slave's own.
+pub fn forked(fork: impl FnOnce() -> libc::pid_t) -> libc::pid_t {
+    let mut known = known();
+    let pid = fork();
+    if let (Some(set), true) = (known.as_mut(), pid > 0) {
+        set.insert(pid as u32);
+    }
+    pid
+}
+
+/// A child of ours was reaped: its pid may be given to another process.
+pub fn reaped(pid: u32) {
+    if let Some(set) = known().as_mut() {
+        set.remove(&pid);
+    }
+}
+
+/// Kills every child of this process it did not start itself (escapees of
+/// ended snippets, reparented here), and reaps those that have exited.
+/// Returns how many it killed.
+pub fn sweep() -> usize {
+    let known = known();
+    let Some(set) = known.as_ref() else { return 0 };
+    let me = std::process::id();
+    let mut killed = 0;
+    for (pid, ppid, state, comm) in processes() {
+        if ppid != me || set.contains(&pid) {
+            continue;
+        }
+        let mut status = 0;
+        if state == 'Z' {
+            // SAFETY: not one of the children another thread waits for (known holds those).
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+            continue;
+        }
+        // SAFETY: a process of a build's that outlived its step; its group too.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
+        }
+        log::info!(
+            "build.escapee_killed pid={pid} comm={}: it left its step's process group and outlived the step",
+            crate::logging::quote(&comm)
+        );
+        killed += 1;
+    }
+    killed
+}
+
+/// (pid, parent pid, state, command name) of every process.
+fn processes() -> Vec<(u32, u32, char, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = stat[open + 1..close].to_string();
+        let mut rest = stat[close + 1..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let Some(ppid) = rest.next().and_then(|p| p.parse().ok()) else { continue };
+        out.push((pid, ppid, state, comm));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_table_names_this_process_and_its_parent() {
+        let me = std::process::id();
+        let all = processes();
+        let mine = all.iter().find(|(pid, ..)| *pid == me).expect("this process in /proc");
+        // SAFETY: getppid cannot fail.
+        assert_eq!(mine.1, unsafe { libc::getppid() } as u32);
+    }
+}
