@@ -204,3 +204,22 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn services_are_reachable_by_name_and_their_output_follows_a_failure() {
+    let Some(image) = image() else { return };
+    let b = Backend::start(1, &[], &[]);
+    let serve = "[\"sh\", \"-c\", \"echo service-up; while true; do echo hello-from-$GREETING | nc -l -p 7000; done\"]";
+    let yml = format!(
+        "- step: with a service\n  image: {image}\n  debug: true\n  services:\n    - name: db\n      image: {image}\n      env:\n        GREETING: the-db\n      command: {serve}\n  shell:\n    \
+         - for i in $(seq 100); do nc db 7000 && exit 0; sleep 0.1; done; exit 1\n\
+         - step: failing beside it\n  image: {image}\n  services:\n    - name: cache\n      image: {image}\n      command: {serve}\n  shell: exit 3\n"
+    );
+    let (_git, _sha, build) = b.build("acme/services", &[("integration.yml", &yml)], "services");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    assert!(build.has_line("[passed]   . hello-from-the-db"), "{:#?}", build.log);
+    assert!(build.has_line("[failed] exit 3 (0 seconds, exit code 3)"), "{:#?}", build.log);
+    assert!(build.has_line("[service cache] service-up"), "the failed step's log has its service's output: {:#?}", build.log);
+    assert!(!build.log_text().contains("[service db]"), "a passed step's services stay quiet: {:#?}", build.log);
+    assert_eq!(left_by(&b.slaves[0]), Vec::<String>::new(), "services or networks left");
+}

@@ -129,7 +129,7 @@ impl ContainerSpec {
         }
         let mut body = json!({
             "Image": self.image,
-            "Cmd": self.cmd,
+            "Cmd": if self.cmd.is_empty() { Value::Null } else { json!(self.cmd) },
             "Env": env,
             "WorkingDir": self.working_dir,
             "Labels": labels,

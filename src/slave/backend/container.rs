@@ -7,6 +7,7 @@
 
 use super::{Ran, OUTPUT_TAIL};
 use crate::config::{ContainerSettings, ImagePull};
+use crate::slave::build::integration::Service;
 use crate::slave::engine::{ContainerSpec, Engine, EngineError};
 use crate::slave::proc::process::{Exit, LineSink, Lines, Tail, TailBuf};
 use std::io::Read;
@@ -76,6 +77,42 @@ impl Containers {
     /// A network for one step's containers, labelled for the sweep.
     pub fn network(&self, name: &str, build: &str) -> Result<String, EngineError> {
         self.engine.create_network(name, &self.labels(build))
+    }
+
+    /// Starts a service of a step on its network, reachable by its name;
+    /// its container id. `Err` is the reason to log.
+    pub fn start_service(&self, service: &Service, network: &str, build: &str) -> Result<String, String> {
+        let image = self.image(&service.image).map_err(|why| format!("image {}: {why}", service.image))?;
+        let spec = ContainerSpec {
+            image,
+            cmd: service.command.clone(),
+            env: service.env.clone(),
+            network: Some(network.to_string()),
+            aliases: vec![service.name.clone()],
+            labels: self.labels(build),
+            memory_bytes: self.settings.memory_bytes,
+            nano_cpus: self.settings.nano_cpus,
+            ..Default::default()
+        };
+        let name = format!("ci-{build}-{}-{}", service.name, random_suffix());
+        let id = self.engine.create(&name, &spec).map_err(|e| e.to_string())?;
+        if let Err(e) = self.engine.start(&id) {
+            let _ = self.engine.remove(&id);
+            return Err(e.to_string());
+        }
+        Ok(id)
+    }
+
+    /// The last `lines` lines a service printed (for a failed step's log).
+    pub fn service_tail(&self, id: &str, lines: u32) -> Vec<String> {
+        match self.engine.logs_tail(id, lines) {
+            Ok(bytes) => {
+                let mut tail = TailBuf::new(OUTPUT_TAIL);
+                tail.feed(&bytes);
+                tail.finish().lines
+            }
+            Err(e) => vec![format!("(its log could not be read: {e})")],
+        }
     }
 
     fn labels(&self, build: &str) -> Vec<(String, String)> {

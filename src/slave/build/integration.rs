@@ -25,6 +25,19 @@ pub struct Step {
     pub secrets: Vec<String>,
     /// `image:`: run the snippets in a container of this image reference.
     pub image: Option<String>,
+    /// `services:`: containers started beside a container step, reachable by name.
+    pub services: Vec<Service>,
+}
+
+/// A service container of a step: `{name, image, env, command}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The host name the step reaches it by.
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    /// Its command; empty: the image's own.
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -201,8 +214,16 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
         Some(t) => format!("line {line}, step {number} ({t:?})"),
         None => format!("line {line}, step {number}"),
     };
-    let mut s =
-        Step { title: String::new(), shell: Vec::new(), cwd: None, env: Vec::new(), debug: false, secrets: Vec::new(), image: None };
+    let mut s = Step {
+        title: String::new(),
+        shell: Vec::new(),
+        cwd: None,
+        env: Vec::new(),
+        debug: false,
+        secrets: Vec::new(),
+        image: None,
+        services: Vec::new(),
+    };
     let (mut has_title, mut has_shell) = (false, false);
     for (key, value) in entries {
         let vline = value.line();
@@ -228,20 +249,7 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
             ("shell", _) => return Err(format!("{}: \"shell\" must be a string or a list of strings", at(vline))),
             ("cwd", Node::Scalar { value, .. }) => s.cwd = Some(check_cwd(value).map_err(|m| format!("{}: {m}", at(vline)))?),
             ("cwd", _) => return Err(format!("{}: \"cwd\" must be a string", at(vline))),
-            ("env", Node::Map { entries, .. }) => {
-                for (k, v) in entries {
-                    if k.is_empty() || k.contains('=') || k.contains('\0') {
-                        return Err(format!("{}: env name {k:?} is not a variable name", at(v.line())));
-                    }
-                    match v {
-                        Node::Scalar { value, plain, .. } => {
-                            let null = *plain && matches!(value.as_str(), "~" | "null" | "");
-                            s.env.push((k.clone(), if null { String::new() } else { value.clone() }))
-                        }
-                        _ => return Err(format!("{}: env value of {k:?} must be a string, number or boolean", at(v.line()))),
-                    }
-                }
-            }
+            ("env", Node::Map { entries, .. }) => s.env = env(entries, &at)?,
             ("env", _) => return Err(format!("{}: \"env\" must be a mapping of names to values", at(vline))),
             ("debug", Node::Scalar { value, plain: true, .. })
                 if matches!(value.as_str(), "true" | "false" | "True" | "False" | "yes" | "no") =>
@@ -260,7 +268,15 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
             ("secrets", _) => return Err(format!("{}: \"secrets\" must be a list of variable names", at(vline))),
             ("image", Node::Scalar { value, .. }) => s.image = Some(check_image(value).map_err(|m| format!("{}: {m}", at(vline)))?),
             ("image", _) => return Err(format!("{}: \"image\" must be an image reference (a string)", at(vline))),
-            (other, _) => return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image)", at(vline))),
+            ("services", Node::Seq { items, .. }) => {
+                for item in items {
+                    s.services.push(service(item, &at)?);
+                }
+            }
+            ("services", _) => return Err(format!("{}: \"services\" must be a list of {{name, image, env, command}}", at(vline))),
+            (other, _) => {
+                return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services)", at(vline)))
+            }
         }
     }
     if !has_title {
@@ -269,7 +285,66 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
     if !has_shell {
         return Err(format!("{}: \"shell\" is required", at(*line)));
     }
+    if let Some(twice) = s.services.iter().enumerate().find_map(|(i, a)| s.services[..i].iter().find(|b| b.name == a.name)) {
+        return Err(format!("{}: two services are named {:?}", at(*line), twice.name));
+    }
     Ok(s)
+}
+
+/// An `env` mapping: names to strings (numbers and booleans as written, null as empty).
+fn env(entries: &[(String, Node)], at: &dyn Fn(usize) -> String) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (k, v) in entries {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(format!("{}: env name {k:?} is not a variable name", at(v.line())));
+        }
+        match v {
+            Node::Scalar { value, plain, .. } => {
+                let null = *plain && matches!(value.as_str(), "~" | "null" | "");
+                out.push((k.clone(), if null { String::new() } else { value.clone() }))
+            }
+            _ => return Err(format!("{}: env value of {k:?} must be a string, number or boolean", at(v.line()))),
+        }
+    }
+    Ok(out)
+}
+
+/// One `services:` entry.
+fn service(node: &Node, at: &dyn Fn(usize) -> String) -> Result<Service, String> {
+    let shape = || format!("{}: a service is a mapping of name, image, env and command", at(node.line()));
+    let Node::Map { entries, line } = node else { return Err(shape()) };
+    let mut svc = Service { name: String::new(), image: String::new(), env: Vec::new(), command: Vec::new() };
+    for (key, value) in entries {
+        let vline = value.line();
+        match (key.as_str(), value) {
+            ("name", Node::Scalar { value, .. }) => {
+                let ok = !value.is_empty()
+                    && value.len() <= 63
+                    && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !value.starts_with('-');
+                if !ok {
+                    return Err(format!("{}: service name {value:?} must be a host name (a-z, 0-9, -; at most 63)", at(vline)));
+                }
+                svc.name = value.clone();
+            }
+            ("image", Node::Scalar { value, .. }) => svc.image = check_image(value).map_err(|m| format!("{}: {m}", at(vline)))?,
+            ("env", Node::Map { entries, .. }) => svc.env = env(entries, at)?,
+            ("command", Node::Seq { items, .. }) => {
+                for item in items {
+                    match item {
+                        Node::Scalar { value, .. } => svc.command.push(value.clone()),
+                        _ => return Err(format!("{}: a service's \"command\" must be a list of strings", at(item.line()))),
+                    }
+                }
+            }
+            ("name" | "image" | "env" | "command", _) => return Err(shape()),
+            (other, _) => return Err(format!("{}: unknown service key {other:?} (keys: name, image, env, command)", at(vline))),
+        }
+    }
+    if svc.name.is_empty() || svc.image.is_empty() {
+        return Err(format!("{}: a service needs a name and an image", at(*line)));
+    }
+    Ok(svc)
 }
 
 /// A plain scalar YAML reads as a number, boolean or null (not a string).
@@ -326,6 +401,28 @@ mod tests {
         assert_eq!(two[0].env, vec![("N".into(), "1".into()), ("B".into(), "true".into())]);
         assert!(two[0].debug);
         assert_eq!(two[0].cwd.as_deref(), Some("sub"));
+    }
+
+    #[test]
+    fn images_and_services() {
+        let yml = "step: t\nimage: rust:1.87\nshell: cargo test\nservices:\n  - name: db\n    image: postgres:16\n    env: {POSTGRES_PASSWORD: x, PORT: 5432}\n    command: [postgres, -c, fsync=off]\n";
+        let step = &parse(yml).unwrap()[0];
+        assert_eq!(step.image.as_deref(), Some("rust:1.87"));
+        let want = Service {
+            name: "db".into(),
+            image: "postgres:16".into(),
+            env: vec![("POSTGRES_PASSWORD".into(), "x".into()), ("PORT".into(), "5432".into())],
+            command: vec!["postgres".into(), "-c".into(), "fsync=off".into()],
+        };
+        assert_eq!(step.services, vec![want]);
+        let error = |yml: &str| parse(yml).unwrap_err().0;
+        assert!(error("step: t\nimage: -rm\nshell: x\n").contains("image \"-rm\" is not an image reference"));
+        assert!(error("step: t\nimage: [a]\nshell: x\n").contains("\"image\" must be an image reference"));
+        assert!(error("step: t\nshell: x\nservices:\n  - name: Db_1\n    image: a\n").contains("service name \"Db_1\" must be a host name"));
+        assert!(error("step: t\nshell: x\nservices:\n  - name: db\n").contains("a service needs a name and an image"));
+        assert!(error("step: t\nshell: x\nservices:\n  - {name: db, image: a, ports: [1]}\n").contains("unknown service key \"ports\""));
+        assert!(error("step: t\nshell: x\nservices:\n  - {name: db, image: a}\n  - {name: db, image: b}\n")
+            .contains("two services are named \"db\""));
     }
 
     #[test]

@@ -36,6 +36,9 @@ use crate::config::MIN_LOG_BYTES;
 // The smallest budget config allows still holds the longest line in each half.
 const _: () = assert!((MIN_LOG_BYTES - LOG_RESERVE) / 2 >= MAX_LOG_LINE + 2 + LINE_OVERHEAD);
 
+/// Lines of each service's output a failed step's log gets.
+const SERVICE_LINES: u32 = 20;
+
 /// What a slave builds with.
 pub(crate) struct Context<'a> {
     /// Absolute.
@@ -292,6 +295,11 @@ impl Steps<'_> {
         };
         let default_image = self.ctx.containers.and_then(|c| c.settings.default_image.as_ref());
         let Some(image) = step.image.as_ref().or(default_image) else {
+            if !step.services.is_empty() {
+                log.push(format!("* step {} ({:?}): services run beside container steps only: give it an image", number + 1, step.title));
+                *ok = false;
+                return Ok(());
+            }
             return self.snippets(step, &cwd, None, log, ok);
         };
         let runs = match self.container_step(number, image) {
@@ -302,7 +310,29 @@ impl Steps<'_> {
                 return Ok(());
             }
         };
-        let result = self.snippets(step, &cwd, Some(&runs), log, ok);
+        let mut services = Vec::new();
+        let mut started = true;
+        for service in &step.services {
+            match runs.containers.start_service(service, &runs.network, self.job.id) {
+                Ok(id) => services.push((service.name.as_str(), id)),
+                Err(why) => {
+                    log.push(format!("* service {}: {why}", service.name));
+                    (*ok, started) = (false, false);
+                    break;
+                }
+            }
+        }
+        let result = if started { self.snippets(step, &cwd, Some(&runs), log, ok) } else { Ok(()) };
+        for (name, id) in &services {
+            if !*ok {
+                for line in runs.containers.service_tail(id, SERVICE_LINES) {
+                    log.push(format!("[service {name}] {line}"));
+                }
+            }
+            if let Err(e) = runs.containers.engine.remove(id) {
+                log::warn!("container.remove_failed id={id} error={}", crate::logging::quote(&e.to_string()));
+            }
+        }
         if let Err(e) = runs.containers.engine.remove_network(&runs.network) {
             log::warn!("container.network_remove_failed network={} error={}", runs.network, crate::logging::quote(&e.to_string()));
         }
