@@ -72,7 +72,7 @@ TP_SLOW_BRANCHES = int(os.environ.get("BENCH_TP_SLOW_BRANCHES", "3"))
 EVERYSEC = os.environ.get("BENCH_EVERYSEC", "1") == "1"
 # the floors run git as lean as the slave does: no automatic gc or maintenance after a fetch
 LEAN_GIT = ["-c", "gc.auto=0", "-c", "maintenance.auto=false"]
-SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,buildbot,throughput,control,footprint,balance,charts").split(",")
+SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,containers,buildbot,throughput,control,footprint,balance,charts").split(",")
 POLL_S = float(os.environ.get("BENCH_POLL_MS", "1")) / 1000  # status poll interval (latency, BENCH_FOLLOW=0)
 FOLLOW = os.environ.get("BENCH_FOLLOW", "1") == "1"  # latency: wait for the result by following the live log
 TOKEN = "bench-token-0123456789abcdefABCDEF"
@@ -765,7 +765,7 @@ def webhook_loss_check(redis, wh, start_webhook, bodies):
 INTEGRATION = "step: ok\nshell: echo ok\n"
 
 
-def make_medium_repo(path, files=3000):
+def make_medium_repo(path, files=3000, integration=None):
     """A 3,000-file repository (~3 MB of text), like the one SPEC.md measured."""
     git("init", "-q", "-b", "main", path)
     rnd = random.Random(11)
@@ -775,7 +775,7 @@ def make_medium_repo(path, files=3000):
     for i in range(files):
         text = "\n".join(" ".join(rnd.choice(words) for _ in range(12)) for _ in range(12)) + "\n"
         blob.append((f"src/mod{i // 100:02d}/file{i:04d}.txt", text))
-    blob.append(("integration.yml", INTEGRATION))
+    blob.append(("integration.yml", integration or INTEGRATION))
     blob.append(("README.md", "# medium\nA benchmark repository.\n"))
     for p, text in blob:
         data = text.encode()
@@ -787,14 +787,14 @@ def make_medium_repo(path, files=3000):
     git("checkout", "-q", "-f", "main", cwd=path)
 
 
-def latency_rig(redis, fixture, tag="latency"):
+def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None, slave_env=None):
     """A cached 3,000-file clone behind our hook and one slave, the floor's copy of that clone,
     and the three closures a latency measurement needs: new_commit(), through_hook(sha, msg)
     and floor(sha). The first build (the clone) is made and not measured."""
     base = os.path.join(WORK, tag)
     work = os.path.join(base, "work")
     bare = os.path.join(base, "medium.git")
-    make_medium_repo(work)
+    make_medium_repo(work, integration=integration)
     git("clone", "-q", "--bare", work, bare)
     git("remote", "add", "origin", bare, cwd=work)
     git("fetch", "-q", "origin", cwd=work)
@@ -804,7 +804,7 @@ def latency_rig(redis, fixture, tag="latency"):
     redis.reset()
     hook, hport = start_hook(redis, f"{tag}-hook")
     cache = os.path.join(base, "cache")
-    slave = start_slave(redis, f"{tag}-slave", cache)
+    slave = start_slave(redis, f"{tag}-slave", cache, env=slave_env)
     cli = Client(hport)
     follower = Client(hport)
 
@@ -844,7 +844,7 @@ def latency_rig(redis, fixture, tag="latency"):
     def floor(sha):
         r = {"fetch": timed(gitc + ["fetch", "--quiet", "--no-tags", "origin", "+refs/heads/main:refs/remotes/origin/main"]),
              "checkout": timed(gitc + ["checkout", "--quiet", "--force", "--detach", sha]),
-             "bash": timed(["bash", "-c", "echo ok"], cwd=floor_dir)}
+             "bash": timed(step_argv(floor_dir) if step_argv else ["bash", "-c", "echo ok"], cwd=floor_dir)}
         r["total"] = r["fetch"] + r["checkout"] + r["bash"]
         # what the slave ran besides until it read the loose commit object itself
         r["show"] = timed(gitc + ["show", "-s", "--format=%cI%n%B", sha])
@@ -948,6 +948,68 @@ def latency(redis, fixture):
     stop(slave)
     rig.cli.close()
     stop_soon(hook)
+
+
+TEST_IMAGE = "ci-test/busybox:1"
+
+
+def test_image():
+    """The container steps' image: Debian's static busybox in an image FROM scratch (no registry
+    here), built once; None and the reason when no engine answers."""
+    if subprocess.run(["docker", "info"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+        return None, "no Docker engine answers (docker info failed)"
+    if subprocess.run(["docker", "image", "inspect", TEST_IMAGE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+        return TEST_IMAGE, None
+    if not os.path.exists("/bin/busybox"):
+        return None, "no /bin/busybox (Debian's busybox-static)"
+    ctx = os.path.join(WORK, "image")
+    os.makedirs(ctx, exist_ok=True)
+    shutil.copy2("/bin/busybox", ctx)
+    with open(os.path.join(ctx, "Dockerfile"), "w") as fh:
+        fh.write('FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\nENV PATH=/bin\n')
+    run(["docker", "build", "-q", "-t", TEST_IMAGE, ctx])
+    return TEST_IMAGE, None
+
+
+def containers(redis, fixture):
+    """Push → result of a container step (`image:`, `echo ok`) on the cached 3,000-file clone, against
+    the same by hand: git fetch + git checkout --force + docker run --rm -v <checkout>:/ci/checkout -w
+    /ci/checkout <image> sh -c 'echo ok' on a cached clone, interleaved."""
+    image, why = test_image()
+    if image is None:
+        RESULTS["containers"] = {"skipped": why}
+        log(f"containers: skipped: {why}")
+        return
+    yml = f"step: contained\nimage: {image}\nshell: echo ok\n"
+    docker_run = lambda d: ["docker", "run", "--rm", "-v", f"{d}:/ci/checkout", "-w", "/ci/checkout", image, "sh", "-c", "echo ok"]
+    rig = latency_rig(redis, fixture, tag="containers", integration=yml, step_argv=docker_run)
+    runs = []
+    n = max(10, PUSHES // 5)
+    log(f"containers: {RUNS} runs x {n} pushes of a container step, the floor by hand interleaved")
+    for r_i in range(RUNS):
+        pushes, floors = [], []
+        for i in range(n):
+            sha, msg = rig.new_commit()
+            if i % 2 == 0:
+                floors.append(rig.floor(sha))
+                pushes.append(rig.through_hook(sha, msg))
+            else:
+                pushes.append(rig.through_hook(sha, msg))
+                floors.append(rig.floor(sha))
+        tot, fl = [p["total"] for p in pushes], [f["total"] for f in floors]
+        summary = {"p50_ms": median(tot), "p99_ms": pct(tot, 99), "floor_p50_ms": median(fl), "floor_p99_ms": pct(fl, 99),
+                   "failed": sum(1 for p in pushes if p["state"] != "passed")}
+        summary["ratio_p50"] = summary["p50_ms"] / summary["floor_p50_ms"]
+        summary["paired_ratio_p50"] = median([p["total"] / f["total"] for p, f in zip(pushes, floors)])
+        runs.append({"summary": summary, "floors": floors})
+        log(f"  run {r_i + 1}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    allf = [f for r in runs for f in r["floors"]]
+    RESULTS["containers"] = {"runs": [r["summary"] for r in runs], "pushes_per_run": n,
+                             "floor_parts": {k: {"p50": median([f[k] for f in allf]), "p99": pct([f[k] for f in allf], 99)}
+                                             for k in ("fetch", "checkout", "bash", "total")}}
+    stop(rig.slave)
+    rig.cli.close()
+    stop_soon(rig.hook)
 
 
 def perf_children(text, threads):
@@ -1778,6 +1840,23 @@ def report():
                  f"(VmHWM {fmt((rss['hook_after_load'] or {}).get('VmHWM', 0) / 1024)} MiB); webhook RSS idle "
                  f"{fmt(rss['webhook_idle'].get('VmRSS', 0) / 1024)} MiB, right after a run "
                  + ", ".join(f"{k} {fmt(v / 1024)} MiB" for k, v in rss["webhook_peak_after_run"].items()))
+    if "containers" in RESULTS:
+        c = RESULTS["containers"]
+        L.append("\n## 2e. Container step: push → passed vs git fetch + checkout + `docker run --rm` by hand\n")
+        if "skipped" in c:
+            L.append(f"skipped: {c['skipped']}\n")
+        else:
+            L.append(f"{c['pushes_per_run']} pushes per run, cached 3,000-file clone, `image: {TEST_IMAGE}`, `echo ok`; "
+                     "the floor: `git fetch` + `git checkout --force` + `docker run --rm -v <checkout>:/ci/checkout -w /ci/checkout "
+                     f"{TEST_IMAGE} sh -c 'echo ok'` on a cached clone, interleaved.\n")
+            L.append("| run | p50 ms | p99 ms | floor p50 ms | floor p99 ms | p50 / floor p50 | median of push / its floor | failed |")
+            L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+            for i, r in enumerate(c["runs"], 1):
+                L.append(f"| {i} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['floor_p50_ms'])} | {fmt(r['floor_p99_ms'])} | "
+                         f"{r['ratio_p50']:.2f} | {r['paired_ratio_p50']:.2f} | {r['failed']} |")
+            fp = c["floor_parts"]
+            L.append(f"\nfloor parts p50: git fetch {fmt(fp['fetch']['p50'])} ms, git checkout {fmt(fp['checkout']['p50'])} ms, "
+                     f"docker run {fmt(fp['bash']['p50'])} ms\n")
     if "latency" in RESULTS:
         lat = RESULTS["latency"]
         L.append(f"\n## 2. Push → passed latency ({PUSHES} pushes per run, cached 3,000-file clone, `echo ok`)\n")
@@ -1974,6 +2053,7 @@ def main():
     redis = Redis()
     steps = {"ingest": lambda: ingest(redis, fixture), "latency": lambda: latency(redis, fixture),
              "throughput": lambda: throughput(redis, fixture), "footprint": footprint, "balance": balance,
+             "containers": lambda: containers(redis, fixture),
              "buildbot": lambda: buildbot(redis, fixture), "control": lambda: control(redis, fixture), "charts": charts}
     for name in SECTIONS:
         t = time.monotonic()

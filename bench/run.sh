@@ -12,7 +12,7 @@
 #   bench/.venv from PyPI: bench/requirements.txt (Buildbot 4.x, the latency/ingest peer; matplotlib).
 #
 # Knobs (environment), with defaults:
-#   BENCH_SECTIONS   ingest,latency,buildbot,throughput,control,footprint,balance,charts
+#   BENCH_SECTIONS   ingest,latency,containers,buildbot,throughput,control,footprint,balance,charts
 #   BENCH_RUNS (5)   runs per measurement (medians)    BENCH_SECONDS (10) per wrk run
 #   BENCH_CONNS (32) wrk connections                   BENCH_PUSHES (100) per latency run
 #   BENCH_EVERYSEC (1) ingest again with appendfsync everysec   BENCH_POLL_MS (1) result poll
