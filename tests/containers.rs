@@ -223,3 +223,30 @@ fn services_are_reachable_by_name_and_their_output_follows_a_failure() {
     assert!(!build.log_text().contains("[service db]"), "a passed step's services stay quiet: {:#?}", build.log);
     assert_eq!(left_by(&b.slaves[0]), Vec::<String>::new(), "services or networks left");
 }
+
+#[test]
+fn a_canceled_container_step_is_killed_and_removed() {
+    let Some(image) = image() else { return };
+    let b = Backend::start(1, &[], &[]);
+    let yml = format!("step: long\nimage: {image}\nshell: sleep 300\n");
+    let (_git, id) = b.queue("acme/container-cancel", &yml, "long");
+    wait_for("the step's container", LONG, || if left_by(&b.slaves[0]).is_empty() { Err("none yet".to_string()) } else { Ok(()) });
+    let bearer = format!("Bearer {}", b.hook.token);
+    let r = b.hook.post(&format!("/cancel/acme/container-cancel?id={id}"), &[("Authorization", &bearer)], b"");
+    assert_eq!(r.code, 202, "{r}");
+    wait_for("the container and network to be removed", DEADLINE, || match left_by(&b.slaves[0]) {
+        left if left.is_empty() => Ok(()),
+        left => Err(format!("{left:?}")),
+    });
+    // Stored canceled at once; the slave then adds the log so far (the killed step's run).
+    wait_for("the canceled record with the log so far", DEADLINE, || match read_build(&b.redis, &id) {
+        Some(b)
+            if b.state == "canceled"
+                && b.log.iter().any(|l| l == "- long")
+                && b.log.last().is_some_and(|l| l.starts_with("[canceled]")) =>
+        {
+            Ok(())
+        }
+        other => Err(format!("{other:?}")),
+    });
+}
