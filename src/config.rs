@@ -27,6 +27,11 @@ const REDIS_SENTINELS: Setting = Setting {
 };
 const REDIS_MASTER_NAME: Setting =
     Setting { name: "REDIS_MASTER_NAME", default: "", doc: "the name the sentinels monitor the master under; needs REDIS_SENTINELS" };
+const REDIS_PASSWORD_FILE: Setting = Setting {
+    name: "REDIS_PASSWORD_FILE",
+    default: "",
+    doc: "a file holding Redis's password (a Docker or Kubernetes secret, or the one the Redis image made): it replaces REDIS_URL's; waited for up to 60 s at start",
+};
 
 pub const HOOK_SETTINGS: &[Setting] = &[
     Setting { name: "HOOK_ADDR", default: "0.0.0.0:5000", doc: "address and port to listen on" },
@@ -39,6 +44,7 @@ pub const HOOK_SETTINGS: &[Setting] = &[
     REDIS_URL,
     REDIS_SENTINELS,
     REDIS_MASTER_NAME,
+    REDIS_PASSWORD_FILE,
     Setting {
         name: "REDIS_MIN_REPLICAS",
         default: "0",
@@ -113,6 +119,7 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     REDIS_URL,
     REDIS_SENTINELS,
     REDIS_MASTER_NAME,
+    REDIS_PASSWORD_FILE,
     Setting {
         name: "SLAVE_CLUSTER",
         default: "slave",
@@ -347,8 +354,54 @@ fn checked_url(url: &str) -> Result<String, ConfigError> {
 }
 
 fn redis_address(settings: &[Setting]) -> Result<RedisAddress, ConfigError> {
-    let url = raw(settings, "REDIS_URL").unwrap_or_default();
+    let mut url = raw(settings, "REDIS_URL").unwrap_or_default();
+    if let Some(file) = raw(settings, "REDIS_PASSWORD_FILE") {
+        url = with_password(&url, &password_from(&file, PASSWORD_FILE_WAIT)?);
+    }
     RedisAddress::parse(&url, raw(settings, "REDIS_SENTINELS").as_deref(), raw(settings, "REDIS_MASTER_NAME").as_deref())
+}
+
+/// How long a missing REDIS_PASSWORD_FILE is waited for (a Redis container
+/// writes it at its first start, maybe after this process started).
+const PASSWORD_FILE_WAIT: Duration = Duration::from_secs(60);
+
+/// The password in `file`, its surrounding white space trimmed; the file is
+/// waited for up to `wait`.
+fn password_from(file: &str, wait: Duration) -> Result<String, ConfigError> {
+    let until = std::time::Instant::now() + wait;
+    let text = loop {
+        match std::fs::read_to_string(file) {
+            Ok(text) => break text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => return Err(ConfigError(format!("REDIS_PASSWORD_FILE={file:?}: cannot read it: {e}"))),
+        }
+    };
+    let password = text.trim();
+    if password.is_empty() || password.len() > 512 || password.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConfigError(format!("REDIS_PASSWORD_FILE={file:?}: expected one line of 1 to 512 printable characters")));
+    }
+    Ok(password.to_string())
+}
+
+/// `url` with its password replaced by `password` (percent-encoded), its
+/// user kept.
+fn with_password(url: &str, password: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or(""), host),
+        None => ("", authority),
+    };
+    let encoded: String = password
+        .bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect();
+    format!("{scheme}://{user}:{encoded}@{host}{path}")
 }
 
 #[derive(Debug, Clone)]
@@ -562,6 +615,23 @@ impl SlaveConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_file_replaces_the_urls_password() {
+        assert_eq!(with_password("redis://redis:6379/0", "abc"), "redis://:abc@redis:6379/0");
+        assert_eq!(with_password("redis://u:old@redis:6379/2", "n/w+"), "redis://u:n%2Fw%2B@redis:6379/2");
+        assert_eq!(with_password("redis://redis", "x"), "redis://:x@redis");
+        let dir = std::env::temp_dir().join(format!("ci-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(password_from(file.to_str().unwrap(), Duration::ZERO).unwrap(), "s3cret");
+        std::fs::write(&file, "two words\n").unwrap();
+        assert!(password_from(file.to_str().unwrap(), Duration::ZERO).unwrap_err().to_string().contains("expected one line"));
+        let missing = password_from(dir.join("none").to_str().unwrap(), Duration::ZERO).unwrap_err().to_string();
+        assert!(missing.contains("cannot read it"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sentinels_need_a_master_name_and_host_port_items() {
