@@ -397,10 +397,7 @@ fn with_password(url: &str, password: &str) -> String {
         Some((userinfo, host)) => (userinfo.split(':').next().unwrap_or(""), host),
         None => ("", authority),
     };
-    let encoded: String = password
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect();
+    let encoded = crate::payload::percent_encode(password, b"");
     format!("{scheme}://{user}:{encoded}@{host}{path}")
 }
 

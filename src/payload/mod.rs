@@ -263,6 +263,20 @@ fn form_payload(body: &[u8]) -> Result<Vec<u8>, PayloadError> {
     Err(PayloadError("form-encoded body has no payload= field".into()))
 }
 
+/// Percent-encoding (RFC 3986): the unreserved bytes (`A-Za-z0-9-._~`) and
+/// those in `keep` stay, every other byte becomes `%XX`.
+pub fn percent_encode(text: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `application/x-www-form-urlencoded` decoding (`+` is a space).
 pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len());
@@ -497,6 +511,15 @@ pub(crate) fn head_message<'b>(head: &'b Option<RawCommit>, commits: &'b Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_unreserved_bytes_and_the_asked_ones() {
+        // RFC 3986 section 2.3: ALPHA DIGIT - . _ ~ stay.
+        assert_eq!(percent_encode("aZ09-._~", b""), "aZ09-._~");
+        assert_eq!(percent_encode("a/b:c d@é", b""), "a%2Fb%3Ac%20d%40%C3%A9");
+        assert_eq!(percent_encode("a/b:c d@", b"/:@"), "a/b:c%20d@");
+        assert_eq!(percent_decode(percent_encode("p@ss w/rd+", b"").as_bytes()).unwrap(), b"p@ss w/rd+");
+    }
 
     fn req(event: &str, body: &'static str) -> Request<'static> {
         let event: &'static str = Box::leak(event.to_string().into_boxed_str());

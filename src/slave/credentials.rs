@@ -468,9 +468,7 @@ fn decode(s: &str) -> Option<String> {
 }
 
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    crate::payload::percent_encode(s, b"")
 }
 
 #[cfg(test)]

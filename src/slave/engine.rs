@@ -3,6 +3,7 @@
 //! attached output. One request per connection (`Connection: close`), every
 //! answer bounded in bytes and time; no async runtime, no CLI process.
 
+use crate::payload::percent_encode;
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -516,27 +517,15 @@ fn split_reference(reference: &str) -> (&str, &str) {
     }
 }
 
-/// Percent-encodes a query component.
+/// Percent-encodes a path or query component.
 fn encode(s: &str) -> String {
-    encode_keeping(s, b"")
+    percent_encode(s, b"")
 }
 
 /// Percent-encodes an image reference in a path: its `/`, `:` and `@` stay
 /// (the engine's router matches `/images/{name:.*}/json` on them).
 fn encode_ref(s: &str) -> String {
-    encode_keeping(s, b"/:@")
-}
-
-fn encode_keeping(s: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || keep.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(s, b"/:@")
 }
 
 #[cfg(test)]

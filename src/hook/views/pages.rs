@@ -26,15 +26,7 @@ pub fn escape(text: &str) -> String {
 
 /// Percent-encodes a repository or branch name for a path or query.
 pub fn url_part(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::payload::percent_encode(text, b"/")
 }
 
 pub(crate) const CSS: &str = "
