@@ -65,12 +65,20 @@ pub fn reaped(pid: u32) {
 /// ended snippets, reparented here), and reaps those that have exited.
 /// Returns how many it killed.
 pub fn sweep() -> usize {
+    let me = std::process::id();
+    // The table is read without the lock (spawns on a build's path wait for
+    // it); each candidate is looked at again under it: a child of ours stays
+    // ours, pid included, until it is reaped, and only we reap.
+    let candidates: Vec<u32> = processes().into_iter().filter(|p| p.1 == me).map(|p| p.0).collect();
+    if candidates.is_empty() {
+        return 0;
+    }
     let known = known();
     let Some(set) = known.as_ref() else { return 0 };
-    let me = std::process::id();
     let mut killed = 0;
-    for (pid, ppid, state, comm) in processes() {
-        if ppid != me || set.contains(&pid) {
+    for pid in candidates.into_iter().filter(|pid| !set.contains(pid)) {
+        let Some((_, ppid, state, comm)) = stat(pid) else { continue };
+        if ppid != me {
             continue;
         }
         let mut status = 0;
@@ -79,7 +87,7 @@ pub fn sweep() -> usize {
             unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
             continue;
         }
-        // SAFETY: a process of a build's that outlived its step; its group too.
+        // SAFETY: a process of a build's that outlived its step.
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGKILL);
             libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG);
@@ -95,20 +103,20 @@ pub fn sweep() -> usize {
 
 /// (pid, parent pid, state, command name) of every process.
 fn processes() -> Vec<(u32, u32, char, String)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let comm = stat[open + 1..close].to_string();
-        let mut rest = stat[close + 1..].split_whitespace();
-        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let Some(ppid) = rest.next().and_then(|p| p.parse().ok()) else { continue };
-        out.push((pid, ppid, state, comm));
-    }
-    out
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())).filter_map(stat).collect()
+}
+
+/// (pid, parent pid, state, command name) of process `pid`, if it exists.
+fn stat(pid: u32) -> Option<(u32, u32, char, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let comm = stat[open + 1..close].to_string();
+    let mut rest = stat[close + 1..].split_whitespace();
+    let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+    let ppid = rest.next()?.parse().ok()?;
+    Some((pid, ppid, state, comm))
 }
 
 #[cfg(test)]
