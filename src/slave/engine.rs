@@ -330,7 +330,7 @@ impl Engine {
         }
         // The output may pause for as long as a step runs quietly.
         reader.get_ref().set_timeouts(None).map_err(|e| EngineError::Unreachable(e.to_string()))?;
-        Ok(Output { inner: reader, left: 0 })
+        Ok(Output { inner: Box::new(reader), left: 0 })
     }
 
     pub fn start(&self, id: &str) -> Result<()> {
@@ -379,41 +379,17 @@ impl Engine {
         if answer.status >= 300 {
             return Err(EngineError::Refused { status: answer.status, message: format!("logs answered {}", answer.status) });
         }
-        let mut out = Output { inner: BufReader::new(Box::new(ReadOnly(answer.body)) as Box<dyn Stream>), left: 0 };
+        let mut out = Output { inner: answer.body, left: 0 };
         let mut bytes = Vec::new();
         (&mut out).take(MAX_ANSWER).read_to_end(&mut bytes).map_err(|e| EngineError::Unreachable(e.to_string()))?;
         Ok(bytes)
     }
 }
 
-/// A body reader seen as a stream (its timeouts are its connection's).
-struct ReadOnly(Box<dyn Read + Send>);
-
-impl Read for ReadOnly {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for ReadOnly {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Stream for ReadOnly {
-    fn set_timeouts(&self, _: Option<Duration>) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A container's attached output: the engine's frames (`[stream, 0, 0, 0,
 /// size as u32 big-endian]` then `size` bytes) read as one byte stream.
 pub struct Output {
-    inner: BufReader<Box<dyn Stream>>,
+    inner: Box<dyn Read + Send>,
     /// Bytes of the current frame not read yet.
     left: usize,
 }
@@ -556,8 +532,7 @@ mod tests {
         bytes.extend_from_slice(b"ab\n");
         bytes.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 4]);
         bytes.extend_from_slice(b"err\n");
-        let stream: Box<dyn Stream> = Box::new(ReadOnly(Box::new(std::io::Cursor::new(bytes))));
-        let mut out = Output { inner: BufReader::new(stream), left: 0 };
+        let mut out = Output { inner: Box::new(std::io::Cursor::new(bytes)), left: 0 };
         let mut text = String::new();
         out.read_to_string(&mut text).unwrap();
         assert_eq!(text, "ab\nerr\n");
