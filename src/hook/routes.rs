@@ -109,13 +109,15 @@ pub(crate) fn route(hook: &Hook, redis: &mut Redis, req: &Request) -> (&'static 
         }
         // Paths that only take POST (a push with hints) are unknown to GET.
         None if reading && route.get.is_none() => ("other", Reply::error(404, format!("no such route: {} {path}", req.method))),
-        None => {
-            let allow = route.allow();
-            let mut r = Reply::error(405, format!("method {} is not allowed on {path}: use {}", req.method, allow.replace(", ", " or ")));
-            r.headers.push(("Allow", allow.to_string()));
-            ("other", r)
-        }
+        None => ("other", not_allowed(&req.method, path, route.allow())),
     }
+}
+
+/// 405 with `Allow`: the methods the path answers.
+fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Reply {
+    let mut r = Reply::error(405, format!("method {method} is not allowed on {path}: use {}", allow.replace(", ", " or ")));
+    r.headers.push(("Allow", allow.to_string()));
+    r
 }
 
 /// A page or badge read from Redis; 503 when it cannot be read.
@@ -184,9 +186,7 @@ fn build_page(call: &Call, redis: &mut Redis) -> Reply {
 /// `GET /badge/<repo>.svg`; a badge path without `.svg` is not a badge.
 fn badge(call: &Call, redis: &mut Redis) -> Reply {
     let Some(repo) = call.rest.strip_suffix(".svg") else {
-        let mut r = Reply::error(405, format!("method {} is not allowed on {}: use GET or HEAD", call.req.method, call.path));
-        r.headers.push(("Allow", "GET, HEAD".to_string()));
-        return Reply { route: Some("other"), ..r };
+        return Reply { route: Some("other"), ..not_allowed(&call.req.method, call.path, "GET, HEAD") };
     };
     match crate::hook::handlers::repo_and_branch(repo, call.query) {
         Ok((repo, branch)) => view(redis, |c| views::badge(c, &repo, branch.as_deref(), call.req.header("If-None-Match"))),

@@ -244,7 +244,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
     if push.fork && default_image.is_none() && steps.iter().any(|s| s.image.is_none()) {
         return could_not_run(log, "fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image".into());
     }
-    let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline };
+    let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline, default_image };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
         if steps_run.step(number, step, log, &mut ok).is_err() {
@@ -277,6 +277,8 @@ struct Steps<'a> {
     /// The checkout.
     dir: &'a Path,
     deadline: Instant,
+    /// SLAVE_DEFAULT_IMAGE: the image of every step without `image:`.
+    default_image: Option<&'a str>,
 }
 
 impl Steps<'_> {
@@ -293,8 +295,7 @@ impl Steps<'_> {
                 return Ok(());
             }
         };
-        let default_image = self.ctx.containers.and_then(|c| c.settings.default_image.as_ref());
-        let Some(image) = step.image.as_ref().or(default_image) else {
+        let Some(image) = step.image.as_deref().or(self.default_image) else {
             if !step.services.is_empty() {
                 log.push(format!("* step {} ({:?}): services run beside container steps only: give it an image", number + 1, step.title));
                 *ok = false;
