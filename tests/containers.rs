@@ -62,9 +62,14 @@ fn labelled(what: &str, label: &str, value: &str) -> Vec<String> {
 
 /// What a slave (its cache names it, with the host) has on the engine: container and network ids.
 /// Build ids repeat across the tests' Redis servers; slave caches do not.
-fn left_by(slave: &Slave) -> Vec<String> {
+/// The label a slave puts on what it makes on the engine.
+fn label_of(slave: &Slave) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let label = format!("{host}:{}", slave.cache.display());
+    format!("{host}:{}", slave.cache.display())
+}
+
+fn left_by(slave: &Slave) -> Vec<String> {
+    let label = label_of(slave);
     let mut left = labelled("container", "ci-backend.slave", &label);
     left.extend(labelled("network", "ci-backend.slave", &label));
     left
@@ -147,9 +152,10 @@ fn a_restarted_slave_removes_what_its_killed_run_left_on_the_engine() {
     let mut b = Backend::start(1, &[], &[]);
     let yml = format!("step: long\nimage: {image}\nshell: sleep 300\n");
     let (_git, _id) = b.queue("acme/container-orphan", &yml, "long");
-    wait_for("the step's container to run", LONG, || {
-        let running = left_by(&b.slaves[0]);
-        if running.is_empty() {
+    // The step's network is made before its container: wait for the container itself, or a kill
+    // between the two leaves only a network and the sweep rightly removes no container.
+    wait_for("the step's container to exist", LONG, || {
+        if labelled("container", "ci-backend.slave", &label_of(&b.slaves[0])).is_empty() {
             Err("none yet".to_string())
         } else {
             Ok(())
