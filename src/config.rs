@@ -151,6 +151,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         doc: "when the slave runs as root: the unprivileged user steps run as (with the Docker socket's group); else unused",
     },
     Setting {
+        name: "SLAVE_BUILD_GROUPS",
+        default: "2000000000-2000999999",
+        doc: "when the slave runs as root: the range of group ids it gives each repository and each checkout (no other group may use them); steps run with their checkout's and repository's groups only",
+    },
+    Setting {
         name: "SLAVE_MAX_LOG_BYTES",
         default: "1048576",
         doc: "largest recorded build log (JSON): its head and tail are kept, the middle counted",
@@ -520,6 +525,8 @@ pub struct SlaveConfig {
     /// slave resolves it). GIT_CREDENTIALS and SLAVE_FORGES are no settings
     /// here: the slave takes them out of its environment before it reads these.
     pub build_user: String,
+    /// SLAVE_BUILD_GROUPS: first and last group id (inclusive), last below u32::MAX.
+    pub build_groups: (u32, u32),
     pub max_log_bytes: usize,
     pub forge: ForgeSettings,
     pub containers: ContainerSettings,
@@ -602,11 +609,26 @@ impl SlaveConfig {
                 n => n,
             },
             build_user,
+            build_groups: group_range(s)?,
             max_log_bytes,
             forge,
             containers,
         })
     }
+}
+
+/// SLAVE_BUILD_GROUPS: `<first>-<last>`, group ids above 0 and below u32::MAX, at least 100.
+fn group_range(settings: &[Setting]) -> Result<(u32, u32), ConfigError> {
+    let value = raw(settings, "SLAVE_BUILD_GROUPS").unwrap_or_default();
+    let bad = || {
+        ConfigError(format!("SLAVE_BUILD_GROUPS={value:?}: expected <first>-<last>, group ids from 1 to 4294967294, at least 100 of them"))
+    };
+    let (first, last) = value.split_once('-').ok_or_else(bad)?;
+    let (first, last) = (first.trim().parse::<u32>().map_err(|_| bad())?, last.trim().parse::<u32>().map_err(|_| bad())?);
+    if first == 0 || last == u32::MAX || last < first || last - first < 99 {
+        return Err(bad());
+    }
+    Ok((first, last))
 }
 
 #[cfg(test)]

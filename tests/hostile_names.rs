@@ -192,7 +192,7 @@ fn hostile_repository_and_branch_names_stay_inside_the_cache() {
         if build.state != "passed" || build.log != want {
             failures.push(format!("{repo:?} {branch:?}: expected passed with {want:?}, got {} {:?}", build.state, build.log));
         }
-        let dir = cache.join(component(repo)).join(component(branch));
+        let dir = cache.join(component(repo)).join(component(branch)).join("checkout");
         if !dir.join("integration.yml").is_file() {
             failures.push(format!("{repo:?} {branch:?}: no checkout at {}", dir.display()));
         } else if !dir.canonicalize().unwrap().starts_with(cache.canonicalize().unwrap()) {

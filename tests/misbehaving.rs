@@ -120,7 +120,7 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     let repo = "misbehave/fill";
     let yml = "step: fill\nshell: head -c 50M /dev/zero > big\n";
     // The repository's whole cache directory (its mirror and checkouts) on an 8 MiB tmpfs: a full
-    // disk for its workspace only, not for the machine. README: `<SLAVE_CACHE>/<repo>/<branch>`,
+    // disk for its workspace only, not for the machine. docs/security.md: `<SLAVE_CACHE>/<repo>/<branch>/checkout`,
     // names encoded (`/` as %2F).
     let dir = b.slaves[0].cache.join("misbehave%2Ffill");
     let tmpfs = Tmpfs::mount(&dir, "8m");
@@ -135,7 +135,7 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
     }
     assert_eq!(build.state, "failed", "{:#?}", build.log);
     line_like(&build, "[failed] head -c 50M /dev/zero > big (", "exit code 1)");
-    let big = dir.join("main/big");
+    let big = dir.join("main/checkout/big");
     let size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
     assert!(size > 4 << 20 && size < 8 << 20, "the step filled {size} bytes of an 8 MiB disk");
 

@@ -83,11 +83,6 @@ fn accepted(r: &Response) -> String {
     r.json()["id"].as_str().unwrap_or_else(|| panic!("no id: {r}")).to_string()
 }
 
-/// The build's `env` output lines, as the debug step recorded them.
-fn printed(build: &Build) -> Vec<String> {
-    build.log.iter().filter_map(|l| l.strip_prefix("[passed]   . ").map(String::from)).collect()
-}
-
 fn status(hook: &Hook, repo: &str, branch: &str) -> Value {
     let r = hook.get_json(&format!("/status/{repo}?branch={}", urlencode(branch)));
     assert_eq!(r.code, 200, "{r}");
@@ -110,7 +105,7 @@ fn check_request_build(b: &Backend, repo: &str, id: &str, branch: &str, head: &s
     if deploy_key {
         want.insert(3, format!("DEPLOY_KEY={DEPLOY_KEY}"));
     }
-    assert_eq!(printed(&build), want, "{:?}", build.log);
+    assert_eq!(build.printed(), want, "{:?}", build.log);
     let s = status(&b.hook, repo, branch);
     assert_eq!((s["id"].as_str(), s["state"].as_str(), s["sha"].as_str()), (Some(id), Some("passed"), Some(head)), "{s}");
 }
@@ -234,7 +229,7 @@ fn a_built_fork_request_runs_contained_and_sees_nothing_of_the_slaves_environmen
     let id = accepted(&b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]));
     let build = wait_build(&b.redis, &id, LONG);
     assert_eq!(build.state, "passed", "{:?}", build.log);
-    let out = printed(&build);
+    let out = build.printed();
     let names: Vec<&str> = out.iter().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
     // The whole environment: the image's PATH and HOME, the CI variables, what the shell adds.
     let allowed = [
@@ -296,7 +291,7 @@ fn tags_build_when_asked_lightweight_and_annotated() {
         let build = wait_build(&b.redis, &id, LONG);
         assert_eq!((build.state.as_str(), build.sha.as_str()), ("passed", sha.as_str()), "{:?}", build.log);
         assert_eq!(
-            printed(&build),
+            build.printed(),
             vec![format!("BRANCH=tags/{tag}"), "CI=true".to_string(), format!("TAG_NAME={tag}")],
             "{:?}",
             build.log
@@ -312,7 +307,7 @@ fn tags_build_when_asked_lightweight_and_annotated() {
     let id = accepted(&send_gitlab(&b.hook, "Tag Push Hook", body.to_string().as_bytes()));
     let build = wait_build(&b.redis, &id, LONG);
     assert_eq!(build.state, "passed", "{:?}", build.log);
-    assert!(printed(&build).contains(&"TAG_NAME=v1.3".to_string()), "{:?}", build.log);
+    assert!(build.printed().contains(&"TAG_NAME=v1.3".to_string()), "{:?}", build.log);
 }
 
 #[test]
@@ -358,7 +353,7 @@ fn pending_builds_coalesce_per_request() {
     assert_eq!((build.state.as_str(), build.sha.as_str()), ("passed", c.as_str()), "{:?}", build.log);
     let build = wait_build(&b.redis, other["id"].as_str().unwrap(), LONG);
     assert_eq!((build.state.as_str(), build.sha.as_str()), ("passed", a.as_str()), "{:?}", build.log);
-    assert!(printed(&build).contains(&"PULL_REQUEST=8".to_string()), "{:?}", build.log);
+    assert!(build.printed().contains(&"PULL_REQUEST=8".to_string()), "{:?}", build.log);
 }
 
 /// An update with a new head supersedes the request's running build: the old one is

@@ -385,11 +385,6 @@ fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
     found
 }
 
-/// The output lines (`debug: true`) of a build, without their prefix.
-fn output(build: &Build) -> Vec<String> {
-    build.log.iter().filter_map(|l| l.strip_prefix("[passed]   . ")).map(String::from).collect()
-}
-
 /// A step that looks for the password everywhere it can: every process's environment and
 /// command line, its own environment, the cache (files and `.netrc`), the credentials file, the
 /// slave's own /proc entry. The pattern reaches grep through a descriptor (`-f <(...)`), so that
@@ -463,7 +458,7 @@ fn a_step_cannot_reach_the_git_credentials() {
         // credentials file (README: give credentials to slaves running as root).
         want[6] = "1".into();
     }
-    assert_eq!(output(&build), want, "{:#?}", build.log);
+    assert_eq!(build.printed(), want, "{:#?}", build.log);
     assert_environ_clean(slave.pid(), &pw);
     assert_eq!(files_holding(&slave.cache, &pw), Vec::<String>::new(), "files in the cache hold the password");
     assert!(!slave.log().contains(&pw), "the slave's log holds the password");
@@ -567,7 +562,7 @@ fn a_slave_that_is_not_root_runs_steps_as_itself_and_keeps_its_environ() {
     assert_eq!(build.state, "passed", "{:#?}", build.log);
     let mut want = snooped_nothing();
     want[0] = if nobody.is_some() { "nobody".into() } else { build_user() };
-    assert_eq!(output(&build), want, "{:#?}", build.log);
+    assert_eq!(build.printed(), want, "{:#?}", build.log);
     assert_environ_clean(slave.pid(), &pw);
     let log = slave.log();
     let line = events(&log, "slave.isolation").first().map(|l| l.to_string()).unwrap_or_default();

@@ -23,12 +23,13 @@ fn main() {
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
     let creds = if identity.git.is_empty() { "-".to_string() } else { identity.git.hosts() };
     log::info!(
-        "slave.isolation build_user={} uid={} gid={} groups={} switch={} credentials_for={}",
+        "slave.isolation build_user={} uid={} gid={} groups={} switch={} build_groups={} credentials_for={}",
         logging::quote(&user.name),
         user.uid,
         user.gid,
         if groups.is_empty() { "-".to_string() } else { groups.join(",") },
         user.switch,
+        if user.switch { format!("{}-{}", config.build_groups.0, config.build_groups.1) } else { "-".to_string() },
         logging::quote(&creds)
     );
     if !identity.forges.is_empty() {

@@ -62,6 +62,15 @@ impl BuildUser {
         Ok(BuildUser { name: name.to_string(), uid, gid, groups, switch: true })
     }
 
+    /// This user in a checkout's groups: `checkout` primary (what keeps its
+    /// processes' /proc entries from other builds), `repo` beside it, and the
+    /// Docker socket's group when this user had it; no other group of its.
+    pub(crate) fn in_groups(&self, checkout: u32, repo: u32) -> BuildUser {
+        let mut groups = vec![checkout, repo];
+        groups.extend(docker_socket_group().filter(|g| self.groups.contains(g) && !groups.contains(g)));
+        BuildUser { name: self.name.clone(), uid: self.uid, gid: checkout, groups, switch: self.switch }
+    }
+
     /// Makes `cmd` run as this user (when the slave switches users at all).
     pub(crate) fn apply(&self, cmd: &mut Command) {
         if !self.switch {

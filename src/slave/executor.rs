@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) config: SlaveConfig,
     pub(crate) redis: Target,
     pub(crate) build_user: BuildUser,
+    /// Groups per repository and checkout; `None` on a slave that is not root.
+    pub(crate) build_groups: Option<crate::slave::build_groups::BuildGroups>,
     pub(crate) git: Credentials,
     pub(crate) signals: Arc<Signals>,
     pub(crate) state: Arc<State>,
@@ -204,6 +206,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         cache: &config.cache,
         creds: &sh.git,
         user: &sh.build_user,
+        groups: sh.build_groups.as_ref(),
         max_log: config.max_log_bytes,
         host: &sh.host,
         slave: &slave,

@@ -13,6 +13,7 @@
 
 pub(crate) mod backend;
 pub mod build;
+pub(crate) mod build_groups;
 pub mod build_user;
 pub(crate) mod cancel_watch;
 pub mod credentials;

@@ -8,6 +8,7 @@ use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::backend::container::Containers;
 use crate::slave::build;
+use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::engine::{Endpoint, Engine};
@@ -58,6 +59,13 @@ const ENGINE_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Result<(), StartError> {
     std::fs::create_dir_all(&config.cache).map_err(|error| CacheError::Create { path: config.cache.clone(), error })?;
     crate::slave::build::workspace::prepare_cache(&config.cache, &identity.build_user)?;
+    let build_groups = match identity.build_user.switch {
+        true => Some(
+            BuildGroups::open(&config.cache, config.build_groups)
+                .map_err(|error| CacheError::Prepare { path: config.cache.clone(), error })?,
+        ),
+        false => None,
+    };
     crate::slave::proc::reaper::start(REAP_EVERY).map_err(StartError::thread("the reaper of escaped processes"))?;
     let mut redis = Redis::open(&identity.redis, IO_TIMEOUT);
     let member = Member::new(&config.cluster, config.lease);
@@ -75,6 +83,7 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
         config,
         redis: identity.redis.clone(),
         build_user: identity.build_user,
+        build_groups,
         git: identity.git,
         signals: Arc::clone(&signals),
         state: Arc::clone(&state),

@@ -733,6 +733,10 @@ impl Build {
     pub fn has_line(&self, line: &str) -> bool {
         self.log.iter().any(|l| l == line)
     }
+    /// What passed snippets of `debug` steps printed, in order.
+    pub fn printed(&self) -> Vec<String> {
+        self.log.iter().filter_map(|l| l.strip_prefix("[passed]   . ")).map(String::from).collect()
+    }
 }
 
 pub fn read_build(redis: &Redis, id: &str) -> Option<Build> {

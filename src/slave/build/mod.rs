@@ -8,6 +8,7 @@ pub(crate) mod workspace;
 
 use crate::payload::Push;
 use crate::slave::backend::{bare, container, Ran};
+use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::proc::process::{Exit, LineSink};
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workspace::{Git, GitError};
+use workspace::{Git, GitError, Prepared};
 
 /// Longest snippet text shown in a log line.
 const SNIPPET_SHOWN: usize = 60;
@@ -44,8 +45,11 @@ pub(crate) struct Context<'a> {
     /// Absolute.
     pub cache: &'a Path,
     pub creds: &'a Credentials,
-    /// Who steps (and the git commands writing their checkout) run as.
+    /// Who steps (and the git commands writing their checkout) run as,
+    /// before each checkout gives it its groups.
     pub user: &'a BuildUser,
+    /// The groups of repositories and checkouts (a root slave's).
+    pub groups: Option<&'a BuildGroups>,
     pub host: &'a str,
     pub slave: &'a str,
     pub timeout: Duration,
@@ -224,8 +228,8 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
-    let commit = match checkout(ctx, job, base_env, deadline) {
-        Ok(c) => c,
+    let Prepared { commit, user } = match checkout(ctx, job, base_env, deadline) {
+        Ok(p) => p,
         Err(GitError::Aborted) => return Ending::Stopped,
         Err(e) => {
             log.push(format!("- commit {short}"));
@@ -244,7 +248,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
     if push.fork && default_image.is_none() && steps.iter().any(|s| s.image.is_none()) {
         return could_not_run(log, "fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image".into());
     }
-    let steps_run = Steps { ctx, job, base_env, commit: &commit, short, dir: &dir, deadline, default_image };
+    let steps_run = Steps { ctx, job, base_env, commit: &commit, user: &user, short, dir: &dir, deadline, default_image };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
         if steps_run.step(number, step, log, &mut ok).is_err() {
@@ -255,9 +259,19 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
 }
 
 /// The job's commit checked out (detached) in its cached checkout.
-fn checkout(ctx: &Context, job: &Job, env: &[(String, String)], deadline: Instant) -> Result<Commit, GitError> {
+fn checkout(ctx: &Context, job: &Job, env: &[(String, String)], deadline: Instant) -> Result<Prepared, GitError> {
     let push = job.push;
-    let git = Git { cache: ctx.cache, creds: ctx.creds, user: ctx.user, env, deadline, limit: ctx.timeout, abort: ctx.abort };
+    let git = Git {
+        cache: ctx.cache,
+        creds: ctx.creds,
+        user: ctx.user,
+        groups: ctx.groups,
+        home: None,
+        env,
+        deadline,
+        limit: ctx.timeout,
+        abort: ctx.abort,
+    };
     git.prepare(&push.repo, &push.clone_url, &push.branch, &push.source_ref(), &push.sha, job.reset)
 }
 
@@ -273,6 +287,8 @@ struct Steps<'a> {
     job: &'a Job<'a>,
     base_env: &'a [(String, String)],
     commit: &'a Commit,
+    /// Who the steps run as: the build user in the checkout's groups.
+    user: &'a BuildUser,
     short: &'a str,
     /// The checkout.
     dir: &'a Path,
@@ -384,7 +400,7 @@ impl Steps<'_> {
             network,
             checkout: self.dir,
             build: self.job.id,
-            user: format!("{}:{}", ctx.user.uid, ctx.user.gid),
+            user: format!("{}:{}", self.user.uid, self.user.gid),
         })
     }
 
@@ -408,7 +424,7 @@ impl Steps<'_> {
         let sink = ctx.live.as_ref().map(|live| Arc::new(LiveOutput { live: Arc::clone(live), masks: masks.clone() }) as LineSink);
         let ran: Ran = match runs {
             Some(runs) => runs.run(script, cwd, &env, left, ctx.abort, sink),
-            None => bare::run(script, cwd, &env, ctx.user, left, ctx.abort, sink),
+            None => bare::run(script, cwd, &env, self.user, left, ctx.abort, sink),
         };
         let secs = ran.elapsed.as_secs();
         let (passed, how) = match &ran.exit {
@@ -581,9 +597,9 @@ impl Steps<'_> {
         let (ctx, job, commit, short) = (self.ctx, self.job, self.commit, self.short);
         let push = job.push;
         let mut env: Vec<(String, String)> = if contained { Vec::new() } else { self.base_env.to_vec() };
-        if ctx.user.switch && !contained {
-            let home = workspace::home_dir(ctx.cache).to_string_lossy().into_owned();
-            for (k, v) in [("HOME", home), ("USER", ctx.user.name.clone()), ("LOGNAME", ctx.user.name.clone())] {
+        if self.user.switch && !contained {
+            let home = workspace::home_dir(ctx.cache, &push.repo, &push.branch).to_string_lossy().into_owned();
+            for (k, v) in [("HOME", home), ("USER", self.user.name.clone()), ("LOGNAME", self.user.name.clone())] {
                 env.retain(|(name, _)| name != k);
                 env.push((k.to_string(), v));
             }

@@ -3,13 +3,17 @@
 //! - `<cache>/<repo>/.mirror-<crc32 of the URL>.git`: a bare mirror, written
 //!   only by the slave's own user. The one place git talks to the network, and
 //!   the only git commands that may get credentials.
-//! - `<cache>/<repo>/<branch>`: the checkout the steps run in, owned by the
-//!   build user, fetched from the mirror by the build user's git.
+//! - `<cache>/<repo>/<branch>/checkout`: the checkout the steps run in,
+//!   owned by the build user, fetched from the mirror by the build user's
+//!   git; `home` beside it, the steps' HOME. Under a root slave the
+//!   repository's directory and each branch's have groups of their own (see
+//!   `build_groups`): a build reaches its own checkout and no other.
 //!
 //! Every git command runs by argument vector under the build's deadline and
 //! abort flag, in its own process group (see `process`).
 
 use crate::slave::build::commit_object::{self, Commit};
+use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::error::CacheError;
@@ -24,8 +28,8 @@ use std::time::{Duration, Instant};
 
 /// Longest path component we write (file systems allow 255 bytes).
 const MAX_COMPONENT: usize = 180;
-/// The build user's HOME when the slave switches users.
-const HOME: &str = ".home";
+/// The build user's HOME before each checkout had its own.
+const OLD_HOME: &str = ".home";
 /// The global git configuration of the build user's git commands.
 const BUILD_GITCONFIG: &str = ".build-gitconfig";
 /// Where versions before credentials were host-bound copied GIT_NETRC.
@@ -40,9 +44,15 @@ const LOW_SPEED_SECONDS: u32 = 60;
 /// dead connection noticed within a minute.
 const SSH: &str = "ssh -o BatchMode=yes -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4";
 
-/// `<cache>/<encoded repo>/<encoded branch>`.
-pub fn checkout_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
+/// `<cache>/<encoded repo>/<encoded branch>`: the branch's checkout and
+/// HOME, closed to every other branch's builds.
+fn branch_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
     cache.join(encode(repo)).join(encode(branch))
+}
+
+/// The branch's checkout, where its steps run.
+pub fn checkout_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
+    branch_dir(cache, repo, branch).join("checkout")
 }
 
 /// `<cache>/<encoded repo>/.mirror-<crc32 of url, 8 hex digits>.git`: one per
@@ -52,9 +62,10 @@ pub fn mirror_dir(cache: &Path, repo: &str, url: &str) -> PathBuf {
     cache.join(encode(repo)).join(format!(".mirror-{:08x}.git", crc32fast::hash(url.as_bytes())))
 }
 
-/// The build user's HOME (when the slave switches users).
-pub fn home_dir(cache: &Path) -> PathBuf {
-    cache.join(HOME)
+/// The steps' HOME (when the slave switches users): one per checkout,
+/// beside it, kept from build to build like the checkout.
+pub fn home_dir(cache: &Path, repo: &str, branch: &str) -> PathBuf {
+    branch_dir(cache, repo, branch).join("home")
 }
 
 /// Maps any name to one safe path component: `[A-Za-z0-9_.-]` kept, every
@@ -96,17 +107,13 @@ pub(crate) fn prepare_cache(cache: &Path, user: &BuildUser) -> Result<(), CacheE
     let config = cache.join(BUILD_GITCONFIG);
     std::fs::write(&config, "[safe]\n\tdirectory = *\n").map_err(|e| fail(&config, e))?;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).map_err(|e| fail(&config, e))?;
+    // One HOME for every build, from before each checkout had its own.
+    let old = cache.join(OLD_HOME);
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| fail(&old, e))?;
+    }
     if user.switch {
         reachable_by(cache, user)?;
-        let home = home_dir(cache);
-        if home.exists() && !user.owns(&home) {
-            std::fs::remove_dir_all(&home).map_err(|e| fail(&home, e))?;
-        }
-        if !home.exists() {
-            std::fs::create_dir(&home).map_err(|e| fail(&home, e))?;
-            user.give(&home).map_err(|e| fail(&home, e))?;
-        }
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).map_err(|e| fail(&home, e))?;
     }
     Ok(())
 }
@@ -176,12 +183,23 @@ impl std::fmt::Display for GitError {
 /// What git says when the remote lacks the ref or commit asked for.
 const MISSING_REF: &[&str] = &["couldn't find remote ref", "not our ref", "no such remote ref", "unadvertised object"];
 
+/// A checkout ready: its commit, and who its steps run as.
+pub struct Prepared {
+    pub commit: Commit,
+    pub user: BuildUser,
+}
+
 /// Git for one build.
+#[derive(Clone, Copy)]
 pub struct Git<'a> {
     /// Absolute.
     pub cache: &'a Path,
     pub creds: &'a Credentials,
     pub user: &'a BuildUser,
+    /// The groups of repositories and checkouts (a root slave's).
+    pub groups: Option<&'a BuildGroups>,
+    /// The checkout's HOME for the build user's git (set by `prepare`).
+    pub home: Option<&'a Path>,
     /// The environment of the build user's git commands (the steps' base).
     pub env: &'a [(String, String)],
     /// The build's deadline, and its length (SLAVE_BUILD_TIMEOUT) for messages.
@@ -221,8 +239,8 @@ impl Git<'_> {
     fn build_git(&self, dir: Option<&Path>) -> Command {
         let mut cmd = Command::new(process::git());
         cmd.env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
-        if self.user.switch {
-            cmd.env("HOME", home_dir(self.cache));
+        if let Some(home) = self.home {
+            cmd.env("HOME", home);
         }
         cmd.env("GIT_CONFIG_GLOBAL", self.cache.join(BUILD_GITCONFIG)).env("GIT_TERMINAL_PROMPT", "0");
         if let Some(dir) = dir {
@@ -265,7 +283,8 @@ impl Git<'_> {
     /// The common path is three git processes: fetch into the mirror, then
     /// checkout (the checkout borrows the mirror's objects: no second fetch)
     /// and show side by side.
-    pub fn prepare(&self, repo: &str, url: &str, branch: &str, source: &str, sha: &str, reset: bool) -> Result<Commit, GitError> {
+    /// Returns the commit and who the build's steps run as.
+    pub fn prepare(&self, repo: &str, url: &str, branch: &str, source: &str, sha: &str, reset: bool) -> Result<Prepared, GitError> {
         if url.starts_with('-') {
             return Err(GitError::Setup(format!("clone URL {:?} is not usable", scrub_url(url))));
         }
@@ -275,25 +294,79 @@ impl Git<'_> {
         let held = repo_lock(&repo_dir);
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
         let mirror = mirror_dir(self.cache, repo, url);
+        let branch_dir = branch_dir(self.cache, repo, branch);
         let dir = checkout_dir(self.cache, repo, branch);
-        self.clear_stale(&mirror, &dir, reset)?;
-        make_dir(&repo_dir)?;
-        self.update_mirror(&repo_dir, &mirror, url, source)?;
-        if !dir.exists() {
-            self.clone_checkout(&repo_dir, &mirror.to_string_lossy(), &dir, url)?;
+        if reset {
+            remove(&dir)?;
+            remove(&mirror)?;
         }
-        self.check_out(&mirror, &dir, url, sha)
+        let user = self.branch_user(&repo_dir, &branch_dir)?;
+        let home = home_dir(self.cache, repo, branch);
+        let git = Git { user: &user, home: user.switch.then_some(home.as_path()), ..*self };
+        git.make_home(&home)?;
+        git.clear_stale(&mirror, &dir)?;
+        git.update_mirror(&repo_dir, &mirror, url, source)?;
+        if !dir.exists() {
+            git.clone_checkout(&branch_dir, &mirror.to_string_lossy(), &dir, url)?;
+        }
+        let commit = git.check_out(&mirror, &dir, url, sha)?;
+        Ok(Prepared { commit, user })
     }
 
-    /// Removes what must start afresh: both on `reset`; a mirror without
-    /// HEAD; a checkout that is not a repository, not the build user's (left
-    /// by an older version, or SLAVE_BUILD_USER changed), or not borrowing
-    /// the mirror's objects. A new mirror gets a new checkout.
-    fn clear_stale(&self, mirror: &Path, dir: &Path, reset: bool) -> Result<(), GitError> {
-        if reset {
-            remove(dir)?;
-            remove(mirror)?;
+    /// The repository's and the branch's directories made, and the build
+    /// user in their groups: the groups the directories have, or new ones.
+    /// A branch's directory from before branches had one (a checkout
+    /// itself), or without a group of ours, is made afresh. Without groups
+    /// (a slave not root), the build user as is.
+    fn branch_user(&self, repo_dir: &Path, branch_dir: &Path) -> Result<BuildUser, GitError> {
+        make_dir(repo_dir)?;
+        if branch_dir.join(".git").exists() {
+            remove(branch_dir)?;
         }
+        let Some(groups) = self.groups else {
+            make_dir(branch_dir)?;
+            return Ok(self.user.clone());
+        };
+        let setup = |what: &str, e: std::io::Error| GitError::Setup(format!("cannot {what}: {e}"));
+        let enclosed = |dir: &Path| -> Result<u32, GitError> {
+            if let Some(g) = groups.of(dir) {
+                return Ok(g);
+            }
+            remove(dir)?;
+            std::fs::create_dir(dir).map_err(|e| setup(&format!("create {}", dir.display()), e))?;
+            let g = groups.give_new().map_err(|e| setup(&format!("give {} a group", dir.display()), e))?;
+            BuildGroups::enclose(dir, g).map_err(|e| setup(&format!("close {}", dir.display()), e))?;
+            Ok(g)
+        };
+        let repo = match groups.of(repo_dir) {
+            Some(g) => g,
+            None => {
+                let g = groups.give_new().map_err(|e| setup("give the repository a group", e))?;
+                BuildGroups::enclose(repo_dir, g).map_err(|e| setup(&format!("close {}", repo_dir.display()), e))?;
+                g
+            }
+        };
+        let branch = enclosed(branch_dir)?;
+        Ok(self.user.in_groups(branch, repo))
+    }
+
+    /// The checkout's HOME, the build user's.
+    fn make_home(&self, home: &Path) -> Result<(), GitError> {
+        if !self.user.switch || self.user.owns(home) {
+            return Ok(());
+        }
+        let setup = |e: std::io::Error| GitError::Setup(format!("cannot make {}: {e}", home.display()));
+        remove(home)?;
+        std::fs::create_dir(home).map_err(setup)?;
+        self.user.give(home).map_err(setup)?;
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).map_err(setup)
+    }
+
+    /// Removes what must start afresh: a mirror without HEAD; a checkout
+    /// that is not a repository, not this checkout's (left by an older
+    /// version, or SLAVE_BUILD_USER changed), or not borrowing the mirror's
+    /// objects. A new mirror gets a new checkout.
+    fn clear_stale(&self, mirror: &Path, dir: &Path) -> Result<(), GitError> {
         if mirror.exists() && !mirror.join("HEAD").is_file() {
             remove(mirror)?;
         }
@@ -422,8 +495,8 @@ impl Git<'_> {
     /// gave it, borrowing its objects (`--shared`: read only, through
     /// `objects/info/alternates`), then points `origin` at the real URL (for
     /// steps that fetch).
-    fn clone_checkout(&self, repo_dir: &Path, mirror: &str, dir: &Path, url: &str) -> Result<(), GitError> {
-        let tmp = beside(repo_dir, "clone");
+    fn clone_checkout(&self, branch_dir: &Path, mirror: &str, dir: &Path, url: &str) -> Result<(), GitError> {
+        let tmp = beside(branch_dir, "clone");
         std::fs::create_dir(&tmp).map_err(|e| GitError::Setup(format!("cannot create {}: {e}", tmp.display())))?;
         let tmp_str = tmp.to_string_lossy().into_owned();
         let result = self
