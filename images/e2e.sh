@@ -14,7 +14,7 @@
 # a Redis failover through Sentinel (master killed with pushes flowing).
 # Redis is locked everywhere (its image's password, docs/deploying.md "Redis
 # credentials"): this script asks it through `ci-redis-cli` inside the Redis
-# container (the password never leaves it), and a build's step must get
+# container (the password on no command line), and a build's step must get
 # NOAUTH and must not read the password file (check redis-locked).
 # Everything it creates (stack or project, containers, networks, volumes, the
 # images builds made, a swarm it initialised, temp files) is removed on exit.
