@@ -6,6 +6,7 @@
 #   NO_CARGO=1 images/build-images.sh      # reuse target/release/{hook,slave}
 #   BASE=debian:bookworm-slim TAG=0.1.0 images/build-images.sh
 #   PARTS="hook slave" images/build-images.sh
+#   CARGO_TARGET_DIR=/tmp/t images/build-images.sh   # binaries from there, copied to target/release
 #
 # The build context is the repository root (.dockerignore keeps it to
 # target/release/{hook,slave} and images/). When the base image cannot be
@@ -24,8 +25,14 @@ if [ -z "${NO_CARGO:-}" ]; then
     say "cargo build --release --bin hook --bin slave"
     cargo build --release --bin hook --bin slave
 fi
+# The build context holds target/release/{hook,slave} (.dockerignore): binaries
+# built into another CARGO_TARGET_DIR are copied there first.
+out="${CARGO_TARGET_DIR:-target}/release"
 for bin in hook slave; do
-    [ -x "target/release/$bin" ] || { echo "images: target/release/$bin missing (cargo build --release)" >&2; exit 1; }
+    [ -x "$out/$bin" ] || { echo "images: $out/$bin missing (cargo build --release)" >&2; exit 1; }
+    if [ "$(realpath "$out")" != "$(realpath -m target/release)" ]; then
+        install -D -m 0755 "$out/$bin" "target/release/$bin"
+    fi
 done
 
 if ! docker image inspect "$BASE" >/dev/null 2>&1; then

@@ -12,6 +12,10 @@
 # slave killed mid-build, a slave cut off from the network past its lease,
 # scaling 3 -> 4 -> 2 with jobs queued, HAProxy (TLS) in front of two hooks, and
 # a Redis failover through Sentinel (master killed with pushes flowing).
+# Redis is locked everywhere (its image's password, docs/deploying.md "Redis
+# credentials"): this script asks it through `ci-redis-cli` inside the Redis
+# container (the password on no command line), and a build's step must get
+# NOAUTH and must not read the password file (check redis-locked).
 # Everything it creates (stack or project, containers, networks, volumes, the
 # images builds made, a swarm it initialised, temp files) is removed on exit.
 # Only 127.0.0.1 and Docker's own networks are used; nothing is pulled.
@@ -83,7 +87,8 @@ containers() {   # containers <service> [-a]: ids of that service's containers
 }
 net_name() { echo "${STACK}_default"; }
 have_container() { [ "$(containers "$1" | wc -l)" -ge "${2:-1}" ]; }
-rget() { docker exec "$REDIS_CID" redis-cli --raw "$@"; }
+# Redis asked with its password, inside its container (ci-redis-cli: REDISCLI_AUTH from the file).
+rget() { docker exec "$REDIS_CID" ci-redis-cli --raw "$@"; }
 
 # Every slave container's log is followed into a file, so that the log of one
 # Compose removes on scale-down is kept.
@@ -202,13 +207,13 @@ cleanup() {
         # the network goes last; redeploying before it is gone fails
         wait_for 60 bash -c "! docker network inspect $(net_name) >/dev/null 2>&1 && [ -z \"\$(docker ps -aq --filter label=com.docker.stack.namespace=$STACK)\" ]" \
             || left+=" stack"
-        docker volume rm "${STACK}_redis-data" >/dev/null 2>&1
+        docker volume rm "${STACK}_redis-data" "${STACK}_redis-secret" >/dev/null 2>&1
     elif [ "$MODE" = compose ]; then
         compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || left+=" compose"
     fi
     docker rm -fv $(docker ps -aq --filter "label=ci-e2e=$STACK") >/dev/null 2>&1
     docker network rm "$LB_NET" "$SN_NET" >/dev/null 2>&1
-    docker volume rm "$REPOS_VOL" "${STACK}-lb-redis" >/dev/null 2>&1
+    docker volume rm "$REPOS_VOL" "${STACK}-lb-redis" "${STACK}-lb-secret" "${STACK}-sn-secret" >/dev/null 2>&1
     local imgs; imgs="$(docker image ls -q ci-e2e-built | sort -u)"
     [ -n "$imgs" ] && docker image rm -f $imgs >/dev/null 2>&1
     if [ -n "$CREATED_SWARM" ]; then
@@ -221,7 +226,7 @@ cleanup() {
     docker network inspect "$LB_NET" >/dev/null 2>&1 && left+=" network:$LB_NET"
     docker network inspect "$SN_NET" >/dev/null 2>&1 && left+=" network:$SN_NET"
     docker network inspect "$(net_name)" >/dev/null 2>&1 && left+=" network:$(net_name)"
-    for v in "$REPOS_VOL" "${STACK}_redis-data" "${STACK}-lb-redis"; do
+    for v in "$REPOS_VOL" "${STACK}_redis-data" "${STACK}_redis-secret" "${STACK}-lb-redis" "${STACK}-lb-secret" "${STACK}-sn-secret"; do
         docker volume inspect "$v" >/dev/null 2>&1 && left+=" volume:$v"
     done
     [ -z "$(docker image ls -q ci-e2e-built)" ] || left+=" images"
@@ -259,8 +264,11 @@ check_images() {
             || { WHY="docker build of images/haproxy/Dockerfile failed"; return 1; }
     fi
     docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' 'ci-backend/*' | grep ":$TAG " | sort | sed 's/^/  size /'
-    local user; user="$(docker image inspect -f '{{.Config.User}}' "ci-backend/hook:$TAG")"
+    local user nobody; user="$(docker image inspect -f '{{.Config.User}}' "ci-backend/hook:$TAG")"
     [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "${user%%:*}" != root ] || { WHY="hook image runs as root"; return 1; }
+    # The Redis password file is the hook's uid's (mode 0400): steps must not run as that uid.
+    nobody="$(docker run --rm --entrypoint id "ci-backend/slave:$TAG" -u nobody)" || { WHY="no user nobody in the slave image"; return 1; }
+    [ "${user%%:*}" = 10001 ] && [ "$nobody" != 10001 ] || { WHY="the hook runs as '$user', steps as uid $nobody: expected 10001 and another uid"; return 1; }
     docker run --rm --entrypoint docker "ci-backend/slave:$TAG" --version >/dev/null 2>&1 \
         || { WHY="no docker CLI in the slave image"; return 1; }
 }
@@ -375,6 +383,54 @@ check_first_build() {
 }
 
 # =============================================================================
+# 2b. a step cannot reach Redis: NOAUTH, and the password file unreadable
+# =============================================================================
+# The step (bash in a slave container, as the build user) speaks RESP to
+# redis:6379 itself (no redis-cli in the slave image) and tries the password
+# file the slave reads. The oracle is Redis's own answer and the file's
+# owner and mode, not the backend's code.
+check_redis_locked() {
+    local sha id j log pw slave mode hook want n
+    sha="$(commit e2e/locked 'knock on redis' 'probe.sh=echo "step uid $(id -u)"
+if exec 3<>/dev/tcp/redis/6379; then
+    printf "PING\r\nGET ci:token\r\nKEYS *\r\n" >&3
+    for i in 1 2 3; do IFS= read -r -t 10 line <&3 || line="(no answer)"; echo "redis says: ${line%$'"'"'\r'"'"'}"; done
+else
+    echo "redis unreachable"
+fi
+if cat /run/ci-redis/password >/dev/null 2>&1; then echo "password file: READ"; else echo "password file: unreadable"; fi
+echo "REDIS variables: $(env | grep -c "^REDIS")"' 'integration.yml=- step: knock
+  shell: bash probe.sh
+  debug: true')"
+    push e2e/locked "$sha" 'knock on redis'
+    [ "$CODE" = 202 ] || { WHY="push answered $CODE $BODY"; return 1; }
+    id="$(jq -r .id <<<"$BODY")"
+    wait_for 60 finished e2e/locked "$sha" || { WHY="build $id not finished after 60 s"; return 1; }
+    j="$(status_json e2e/locked)"; log="$(jq -r '.log[]' <<<"$j")"
+    for want in "step uid 65534" "password file: unreadable" "REDIS variables: 0"; do
+        grep -qF -- "$want" <<<"$log" || { WHY="the step's log lacks '$want': $(tr '\n' '|' <<<"$log")"; return 1; }
+    done
+    n="$(grep -cF -- "redis says: -NOAUTH Authentication required." <<<"$log" || true)"
+    [ "$n" = 3 ] || { WHY="Redis answered the step's PING, GET ci:token, KEYS * with $n NOAUTH (expected 3): $(grep 'redis says' <<<"$log" | tr '\n' '|')"; return 1; }
+    # The password and the token appear nowhere in the log, nor on any command line of this host.
+    pw="$(docker exec "$REDIS_CID" cat /run/ci-redis/password)"
+    [ "${#pw}" = 64 ] || { WHY="the generated password is ${#pw} characters, expected 64"; return 1; }
+    ( umask 077; printf '%s\n%s\n' "$pw" "$TOKEN" >"$WORK/secrets.lst" )
+    if grep -qF -f "$WORK/secrets.lst" <<<"$log"; then WHY="the step's log holds the Redis password or the token"; return 1; fi
+    if ps -eo args= | grep -qF -f "$WORK/secrets.lst"; then WHY="a command line on this host holds the Redis password or the token"; return 1; fi
+    # Redis itself: NOAUTH without the password, PONG with it.
+    [ "$(docker exec "$REDIS_CID" redis-cli ping 2>&1 | head -c 6)" = NOAUTH ] || { WHY="redis-cli without a password got: $(docker exec "$REDIS_CID" redis-cli ping 2>&1)"; return 1; }
+    [ "$(rget ping)" = PONG ] || { WHY="ci-redis-cli ping did not answer PONG"; return 1; }
+    slave="$(containers slave | head -n1)"
+    mode="$(docker exec "$slave" stat -c '%a %u:%g' /run/ci-redis/password)"
+    [ "$mode" = "400 10001:10001" ] || { WHY="the password file in a slave container is '$mode', expected '400 10001:10001'"; return 1; }
+    [ "$(metric ci_redis_auth)" = 1 ] || { WHY="/metrics says ci_redis_auth '$(metric ci_redis_auth)', expected 1"; return 1; }
+    hook="$(containers hook | head -n1)"
+    if clog "$hook" | grep -q 'redis.open'; then WHY="the hook logged redis.open: $(clog "$hook" | grep -m1 redis.open)"; return 1; fi
+    DETAIL="build $id: the step (uid 65534) got NOAUTH x3 and could not read the password file ($mode); ci_redis_auth 1"
+}
+
+# =============================================================================
 # 3. a build that runs `docker build` through the mounted socket
 # =============================================================================
 check_docker_build() {
@@ -473,7 +529,7 @@ check_partition() {
     id2="$(jq -r .id <<<"$BODY")"
     note "build $id2 (newer) queued for $(jq -r .slave <<<"$BODY")"
     # the index is taken over / the queue rerouted: both builds done elsewhere
-    if ! wait_for 60 bash -c "[ \"\$(docker exec $REDIS_CID redis-cli --raw HGET ci:build:$id2 state)\" = passed ] && [ \"\$(docker exec $REDIS_CID redis-cli --raw HGET ci:build:$id1 state)\" = passed ]"; then
+    if ! wait_for 60 bash -c "[ \"\$(docker exec $REDIS_CID ci-redis-cli --raw HGET ci:build:$id2 state)\" = passed ] && [ \"\$(docker exec $REDIS_CID ci-redis-cli --raw HGET ci:build:$id1 state)\" = passed ]"; then
         docker network connect "$net" "$cut"
         WHY="while ${cut:0:12} ($idx) was cut off: build $id1 state=$(rget HGET "ci:build:$id1" state) attempt=$(rget HGET "ci:build:$id1" attempt), build $id2 state=$(rget HGET "ci:build:$id2" state) after 60 s (no takeover)"
         return 1
@@ -604,12 +660,14 @@ check_haproxy() {
     chmod 600 "$WORK/tls/"*.pem
     docker network create "${label[@]}" "$LB_NET" >/dev/null 2>>"$WORK/e2e.log" || { WHY="docker network create failed"; return 1; }
     docker run -d "${label[@]}" --name "$STACK-lb-redis" --network "$LB_NET" --network-alias redis \
-        -v "$STACK-lb-redis:/data" "ci-backend/redis:$TAG" >/dev/null || { WHY="redis container failed"; return 1; }
+        -v "$STACK-lb-redis:/data" -v "$STACK-lb-secret:/run/ci-redis" "ci-backend/redis:$TAG" >/dev/null || { WHY="redis container failed"; return 1; }
+    # Redis's password: generated by it into the volume, read by the hooks and the slave.
+    local auth=(-v "$STACK-lb-secret:/run/ci-redis:ro" -e REDIS_PASSWORD_FILE=/run/ci-redis/password)
     for h in hook1 hook2; do
-        docker run -d "${label[@]}" --name "$STACK-lb-$h" --network "$LB_NET" --network-alias "$h" \
+        docker run -d "${label[@]}" --name "$STACK-lb-$h" --network "$LB_NET" --network-alias "$h" "${auth[@]}" \
             -e REDIS_URL=redis://redis:6379/0 "ci-backend/hook:$TAG" >/dev/null || { WHY="$h container failed"; return 1; }
     done
-    docker run -d "${label[@]}" --name "$STACK-lb-slave" --network "$LB_NET" -e REDIS_URL=redis://redis:6379/0 \
+    docker run -d "${label[@]}" --name "$STACK-lb-slave" --network "$LB_NET" -e REDIS_URL=redis://redis:6379/0 "${auth[@]}" \
         -e SLAVE_LEASE="$LEASE" -v "$REPOS_VOL:/repos:ro" "ci-backend/slave:$TAG" >/dev/null || { WHY="slave container failed"; return 1; }
     docker run -d "${label[@]}" --name "$STACK-lb-haproxy" --network "$LB_NET" -p "127.0.0.1:$port:443" \
         -v "$WORK/tls:/etc/haproxy/certs:ro" "ci-backend/haproxy:$TAG" >/dev/null || { WHY="haproxy container failed"; return 1; }
@@ -676,7 +734,7 @@ check_haproxy() {
 # sentinels; pushes flow while the master container is killed. Every push
 # answered 2xx must be built on the new master; the others must be 503s
 # with a reason; the time from the kill to the first 2xx is the detail.
-sn_role() { docker exec "$1" redis-cli role 2>/dev/null | head -n1; }
+sn_role() { docker exec "$1" ci-redis-cli role 2>/dev/null | head -n1; }
 sn_new_master() {   # the name of the replica that is master now
     local c
     for c in "$STACK-sn-replica1" "$STACK-sn-replica2"; do
@@ -704,27 +762,33 @@ check_sentinel() {
     port="$(free_port)" || { WHY="no free port"; return 1; }
     SN_URL="http://127.0.0.1:$port"
     docker network create "${label[@]}" "$SN_NET" >/dev/null 2>>"$WORK/e2e.log" || { WHY="docker network create failed"; return 1; }
+    # One password for the set: the master generates it into $STACK-sn-secret; the replicas
+    # (masterauth), the sentinels (auth-pass), the hook and the slaves read it there.
+    local sec=(-v "$STACK-sn-secret:/run/ci-redis:ro") auth=(-e REDIS_PASSWORD_FILE=/run/ci-redis/password)
     docker run -d "${label[@]}" "${net[@]}" "${data[@]}" --name "$STACK-sn-master" --network-alias master \
-        "ci-backend/redis:$TAG" >/dev/null || { WHY="master container failed"; return 1; }
+        -v "$STACK-sn-secret:/run/ci-redis" "ci-backend/redis:$TAG" >/dev/null || { WHY="master container failed"; return 1; }
+    wait_for 30 docker exec "$STACK-sn-master" test -s /run/ci-redis/password || { WHY="the master wrote no password in 30 s: $(clog "$STACK-sn-master" | tail -n2)"; return 1; }
     for i in 1 2; do
-        docker run -d "${label[@]}" "${net[@]}" "${data[@]}" --name "$STACK-sn-replica$i" --network-alias "replica$i" \
+        docker run -d "${label[@]}" "${net[@]}" "${data[@]}" "${sec[@]}" --name "$STACK-sn-replica$i" --network-alias "replica$i" \
             "ci-backend/redis:$TAG" --replicaof master 6379 >/dev/null || { WHY="replica$i container failed"; return 1; }
     done
-    wait_for 60 bash -c "[ \"\$(docker exec $STACK-sn-master redis-cli info replication | grep -c 'state=online')\" = 2 ]" \
+    wait_for 60 bash -c "[ \"\$(docker exec $STACK-sn-master ci-redis-cli info replication | grep -c 'state=online')\" = 2 ]" \
         || { WHY="the replicas are not online after 60 s"; return 1; }
     for i in 1 2 3; do
-        docker run -d "${label[@]}" "${net[@]}" "${data[@]}" --name "$STACK-sn-sentinel$i" --network-alias "sentinel$i" \
-            --entrypoint sh "ci-backend/redis:$TAG" -c 'printf "%s\n" "port 26379" "dir /data" "sentinel resolve-hostnames yes" \
-                "sentinel monitor ci master 6379 2" "sentinel down-after-milliseconds ci 1000" \
-                "sentinel failover-timeout ci 5000" "sentinel parallel-syncs ci 2" >/data/sentinel.conf && exec redis-sentinel /data/sentinel.conf' \
+        # auth-pass: the sentinel's own config (it rewrites it), in its /data, the redis user's only.
+        docker run -d "${label[@]}" "${net[@]}" "${data[@]}" "${sec[@]}" --name "$STACK-sn-sentinel$i" --network-alias "sentinel$i" \
+            --entrypoint bash "ci-backend/redis:$TAG" -c 'umask 077 && printf "%s\n" "port 26379" "dir /data" "sentinel resolve-hostnames yes" \
+                "sentinel monitor ci master 6379 2" "sentinel auth-pass ci $(cat /run/ci-redis/password)" "sentinel down-after-milliseconds ci 1000" \
+                "sentinel failover-timeout ci 5000" "sentinel parallel-syncs ci 2" >/data/sentinel.conf && chown redis:redis /data /data/sentinel.conf \
+                && exec setpriv --reuid=redis --regid=redis --init-groups -- redis-sentinel /data/sentinel.conf' \
             >/dev/null || { WHY="sentinel$i container failed"; return 1; }
     done
     wait_for 60 sn_ready || { WHY="the sentinels do not know the 2 replicas and each other after 60 s"; return 1; }
     local env=(-e REDIS_URL=redis://unused:6379/0 -e REDIS_SENTINELS=sentinel1:26379,sentinel2:26379,sentinel3:26379 -e REDIS_MASTER_NAME=ci)
-    docker run -d "${label[@]}" "${net[@]}" --name "$STACK-sn-hook" -p "127.0.0.1:$port:5000" "${env[@]}" \
+    docker run -d "${label[@]}" "${net[@]}" "${sec[@]}" "${auth[@]}" --name "$STACK-sn-hook" -p "127.0.0.1:$port:5000" "${env[@]}" \
         -e REDIS_MIN_REPLICAS=1 -e HOOK_TOKEN=sentinel-e2e-token "ci-backend/hook:$TAG" >/dev/null || { WHY="hook container failed"; return 1; }
     for i in 1 2; do
-        docker run -d "${label[@]}" "${net[@]}" --name "$STACK-sn-slave$i" "${env[@]}" -e SLAVE_LEASE="$LEASE" \
+        docker run -d "${label[@]}" "${net[@]}" "${sec[@]}" "${auth[@]}" --name "$STACK-sn-slave$i" "${env[@]}" -e SLAVE_LEASE="$LEASE" \
             -v "$WORK/repos:/repos:ro" "ci-backend/slave:$TAG" >/dev/null || { WHY="slave$i container failed"; return 1; }
     done
     wait_for 60 bash -c "curl -sf --max-time 2 $SN_URL/ping >/dev/null" || { WHY="GET /ping: no 200 after 60 s: $(clog "$STACK-sn-hook" | tail -n2)"; return 1; }
@@ -764,8 +828,8 @@ check_sentinel() {
     local new; new="$(sn_new_master)" || { WHY="no replica is master"; return 1; }
     local lost=0 id state
     for id in "${ids[@]}"; do
-        wait_for 90 bash -c "s=\$(docker exec $new redis-cli hget ci:build:$id state); [ \"\$s\" = passed ] || [ \"\$s\" = failed ] || [ -z \"\$s\" ]" || true
-        state="$(docker exec "$new" redis-cli hget "ci:build:$id" state)"
+        wait_for 90 bash -c "s=\$(docker exec $new ci-redis-cli hget ci:build:$id state); [ \"\$s\" = passed ] || [ \"\$s\" = failed ] || [ -z \"\$s\" ]" || true
+        state="$(docker exec "$new" ci-redis-cli hget "ci:build:$id" state)"
         case "$state" in
             passed) ;;
             "") lost=$((lost + 1)); note "build $id: unknown to the new master" ;;
@@ -809,7 +873,7 @@ if want stack; then
     else
         skip stack-up "no images"; skip push-build-status "no images"
     fi
-    for c in "docker-build:check_docker_build" "kill-mid-build:check_kill" "network-partition:check_partition" "scale-3-4-2:check_scaling"; do
+    for c in "redis-locked:check_redis_locked" "docker-build:check_docker_build" "kill-mid-build:check_kill" "network-partition:check_partition" "scale-3-4-2:check_scaling"; do
         if [ -n "$STACK_OK" ]; then run_check "${c%%:*}" "${c#*:}" || true; else skip "${c%%:*}" "the stack is not up"; fi
     done
 fi

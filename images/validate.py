@@ -13,7 +13,10 @@
    would POST for it is rebuilt following FORMAT.md and must validate too.
 3. What this project needs from them: the hook on TCP 5000 with a /ping
    health check and a blank HOOK_TOKEN; the slaves' blank GIT_CREDENTIALS and
-   the Docker socket; Redis on 6379; image tags equal to the crate version.
+   the Docker socket; Redis on 6379; image tags equal to the crate version;
+   Redis locked: the agent's password file /etc/ci-backend/redis.pass mounted
+   read-only at /run/ci-redis/password in Redis, the hooks and the slaves,
+   whose REDIS_PASSWORD_FILE names it, and no password in any env or URL.
 
 SCHEMA defaults to ../shared/data/marathon/AppDefinition.schema.json when
 that exists, else to tests/fixtures/marathon/AppDefinition.schema.json (an
@@ -262,6 +265,12 @@ def mappings(app):
     return (c.get("docker") or {}).get("portMappings") or c.get("portMappings") or []
 
 
+# Redis's password on a Marathon agent: one file per agent, mounted into each part
+# (docs/deploying.md "Redis credentials").
+PASSWORD_HOST = "/etc/ci-backend/redis.pass"
+PASSWORD_FILE = "/run/ci-redis/password"
+
+
 def project_checks(part, app, source):
     """Our own expectations for the app JSON (given or generated) of one part."""
     problems = []
@@ -307,6 +316,19 @@ def project_checks(part, app, source):
     if part == "redis":
         if not any(m.get("containerPort") == 6379 for m in ports):
             problems.append("no port mapping for container port 6379")
+    if part in ("hook", "slave", "redis"):
+        vols = (app.get("container") or {}).get("volumes") or []
+        if not any(v.get("containerPath") == PASSWORD_FILE and v.get("hostPath") == PASSWORD_HOST
+                   and v.get("mode") == "RO" for v in vols):
+            problems.append(f"no RO volume {PASSWORD_HOST} -> {PASSWORD_FILE} (Redis's password)")
+        if part != "redis" and env.get("REDIS_PASSWORD_FILE") != PASSWORD_FILE:
+            problems.append(f"env REDIS_PASSWORD_FILE must be {PASSWORD_FILE} (Redis runs locked)")
+        if part == "redis" and env.get("REDIS_PASSWORD_FILE", PASSWORD_FILE) != PASSWORD_FILE:
+            problems.append(f"env REDIS_PASSWORD_FILE must be {PASSWORD_FILE} or unset")
+        for name, value in env.items():
+            if re.search(r"PASS|AUTH", name) and name != "REDIS_PASSWORD_FILE" or re.match(r"rediss?://[^@/]*:[^@/]*@", str(value)):
+                problems.append(f"env {name}: a password in the environment (Marathon shows it to every reader "
+                                f"of the app); use the password file")
     return [f"{source}: {p}" for p in problems]
 
 
@@ -383,6 +405,25 @@ def self_test(validator, yaml, report):
             report.ok(f"self-test rejects {what}", problems[0])
         else:
             report.fail(f"self-test rejects {what}", ["accepted"])
+    # Redis open: each part without the password file, or with the password in env.
+    hook = json.load(open(os.path.join(HERE, "marathon", "hook", "marathon.json"), encoding="utf-8"))
+    hook["container"]["volumes"] = []
+    del hook["env"]["REDIS_PASSWORD_FILE"]
+    hook["env"]["REDIS_URL"] = "redis://:secret@redis-ci.marathon.mesos:6379/0"
+    got = project_checks("hook", hook, "hook")
+    want = ["no RO volume /etc/ci-backend/redis.pass", "env REDIS_PASSWORD_FILE must be", "env REDIS_URL: a password"]
+    missing = [w for w in want if not any(w in p for p in got)]
+    if missing:
+        report.fail("self-test rejects an open Redis (hook)", [f"expected {w!r}" for w in missing] + [f"got {got}"])
+    else:
+        report.ok("self-test rejects an open Redis (hook)", "; ".join(got))
+    redis = json.load(open(os.path.join(HERE, "marathon", "redis", "marathon.json"), encoding="utf-8"))
+    redis["container"]["volumes"] = []
+    got = project_checks("redis", redis, "redis")
+    if any("no RO volume /etc/ci-backend/redis.pass" in p for p in got):
+        report.ok("self-test rejects an open Redis (redis)", "; ".join(got))
+    else:
+        report.fail("self-test rejects an open Redis (redis)", [f"got {got}"])
     app = ocho_app({"cluster": "x", "image": "i", "ports": ["5000 *", "53 53 udp"],
                     "verbatim": {"env": {"A": "1"}, "container": {"volumes": [{"containerPath": "/v",
                                  "hostPath": "/v", "mode": "RW"}]}}}, namespace="ci", stamp="s")

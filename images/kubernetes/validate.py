@@ -19,7 +19,12 @@
    forge tokens as files of a 0400 secret volume and never in env, no
    fsGroup); Redis with a claim at /data and appendonly/appendfsync always;
    REDIS_URL naming the redis Service; every image ci-backend/<part>:<crate
-   version> with imagePullPolicy IfNotPresent or Never.
+   version> with imagePullPolicy IfNotPresent or Never. Redis locked: started
+   by ci-redis-start, and Redis, the hook and the slave each with
+   REDIS_PASSWORD_FILE on a secret volume of one Secret key, readable by that
+   container's user only (the slave's: 0400, root's; the hook's and Redis's:
+   no bits for others, group bits only for an fsGroup that is their own
+   runAsGroup); the hook not running as nobody (the slaves' build user).
 
 --self-test also feeds the broken manifests of tests/fixtures/kubernetes/
 (each replaces the objects of the same kind and name); each must be rejected
@@ -127,6 +132,26 @@ def container_port(container, port):
     return None
 
 
+def secret_file(spec, c, path, secret_keys):
+    """Where the file `path` of container `c` comes from: (problem or None,
+    (secret name, key), mode)."""
+    mounts = {m.get("mountPath"): m for m in c.get("volumeMounts") or []}
+    volumes = {v.get("name"): v for v in spec.get("volumes") or []}
+    mount = next((m for p, m in mounts.items() if path.startswith(p.rstrip("/") + "/")), None)
+    vol = volumes.get((mount or {}).get("name"), {}).get("secret")
+    if mount is None or vol is None:
+        return f"{path} is not on a mounted secret volume", None, None
+    inside = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    items = vol.get("items")
+    item = next((i for i in items if i.get("path") == inside), None) if items else {"key": inside}
+    keys = secret_keys(vol.get("secretName"))
+    if item is None or (keys is not None and item.get("key") not in keys):
+        return f"{path}: no such key in Secret {vol.get('secretName')!r}", None, None
+    if keys is None:
+        return f"Secret {vol.get('secretName')!r} is not among the manifests", None, None
+    return None, (vol.get("secretName"), item.get("key")), item.get("mode", vol.get("defaultMode", 0o644))
+
+
 def project_problems(objects):
     problems = []
     say = problems.append
@@ -206,7 +231,10 @@ def project_problems(objects):
             say("deployment/hook: resources.limits.memory under 64Mi (measured peak 35.6 MiB; leave room)")
         sc, psc = c.get("securityContext") or {}, pod_spec(hook).get("securityContext") or {}
         if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
-            say("deployment/hook: runAsNonRoot must be true (the image runs as 65534)")
+            say("deployment/hook: runAsNonRoot must be true (the image runs as 10001)")
+        if sc.get("runAsUser", psc.get("runAsUser")) in (None, 65534):
+            say("deployment/hook: runAsUser must be set, and not 65534 (nobody: the slaves' build user), "
+                "so that the Redis password file is the hook's only (the image's is 10001)")
         if sc.get("allowPrivilegeEscalation") is not False:
             say("deployment/hook: allowPrivilegeEscalation must be false")
         if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
@@ -258,21 +286,10 @@ def project_problems(objects):
             if not path:
                 say(f"statefulset/slave: env {setting} is missing")
                 continue
-            mount = next((m for p, m in mounts.items() if path.startswith(p.rstrip("/") + "/")), None)
-            vol = volumes.get((mount or {}).get("name"), {}).get("secret")
-            if mount is None or vol is None:
-                say(f"statefulset/slave: {setting} {path} is not on a mounted secret volume")
+            problem, _, mode = secret_file(pod_spec(slave), c, path, secret_keys)
+            if problem:
+                say(f"statefulset/slave: {setting} {problem}")
                 continue
-            inside = path[len(mount["mountPath"].rstrip("/")) + 1:]
-            items = vol.get("items")
-            item = next((i for i in items if i.get("path") == inside), None) if items else {"key": inside}
-            keys = secret_keys(vol.get("secretName"))
-            if item is None or (keys is not None and item.get("key") not in keys):
-                say(f"statefulset/slave: {setting} {path}: no such key in Secret {vol.get('secretName')!r}")
-                continue
-            if keys is None:
-                say(f"statefulset/slave: Secret {vol.get('secretName')!r} is not among the manifests")
-            mode = item.get("mode", vol.get("defaultMode", 0o644))
             if mode & 0o077:
                 say(f"statefulset/slave: {setting} file mode {mode:04o}: the slave refuses a file others may read (0400)")
         if "fsGroup" in (pod_spec(slave).get("securityContext") or {}):
@@ -294,6 +311,33 @@ def project_problems(objects):
         if not any(selects(s, redis) and any(p.get("port") == 6379 for p in s["spec"].get("ports") or [])
                    for s in services.values()):
             say("statefulset/redis: no Service on port 6379 selects it")
+        if (c.get("command") or [""])[0] != "ci-redis-start":
+            say("statefulset/redis: the redis container's command must be ci-redis-start (Redis with its password)")
+
+    # Redis locked: one password, a file of one Secret key in each of Redis, hook and slave
+    sources = set()
+    for kind, name in (("StatefulSet", "redis"), ("Deployment", "hook"), ("StatefulSet", "slave")):
+        d = by_key.get((kind, name))
+        if d is None:
+            continue
+        who = f"{kind.lower()}/{name}"
+        c = next((c for c in containers(d) if c.get("name") == name), {})
+        path = (env_of(c).get("REDIS_PASSWORD_FILE") or {}).get("value")
+        if not path:
+            say(f"{who}: env REDIS_PASSWORD_FILE is missing (Redis runs locked: its password from the Secret)")
+            continue
+        problem, source, mode = secret_file(pod_spec(d), c, path, secret_keys)
+        if problem:
+            say(f"{who}: REDIS_PASSWORD_FILE {problem}")
+            continue
+        sources.add(source)
+        psc, sc = pod_spec(d).get("securityContext") or {}, c.get("securityContext") or {}
+        group = sc.get("runAsGroup", psc.get("runAsGroup"))
+        if mode & 0o007 or (mode & 0o070 and (psc.get("fsGroup") is None or psc.get("fsGroup") != group)):
+            say(f"{who}: REDIS_PASSWORD_FILE file mode {mode:04o}: readable by others than the container's user "
+                f"(0400 for root; 0440 with an fsGroup that is the container's runAsGroup)")
+    if len(sources) > 1:
+        say(f"REDIS_PASSWORD_FILE: Redis, hook and slave read different Secret keys: {sorted(sources)}")
     return problems
 
 
