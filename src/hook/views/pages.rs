@@ -187,7 +187,7 @@ fn why(lines: &[String]) -> String {
     // The failing line: the last output line, else the result line.
     let marked = if output.is_empty() { 0 } else { shown.len() - 1 };
     shown.extend(why.notes.iter().cloned());
-    let step = why.step.map(|t| format!(" in step <b>{}</b>", escape(t))).unwrap_or_default();
+    let step = why.step.map(|t| format!(" in step <b>{}</b>", escape(&crate::ansi::strip(t)))).unwrap_or_default();
     format!(
         "<section id=\"why\" aria-label=\"why it failed\"><h2>Why it failed{step}</h2>\n<pre>{}</pre></section>\n<h2>Log</h2>\n",
         log_html(&shown, Some(marked))
