@@ -174,6 +174,20 @@ fn a_step_timeout_kills_its_snippet_and_later_steps_follow_the_usual_rules() {
             "[passed] echo cleanup (0 seconds, exit code 0)".into(),
         ]
     );
+    let slave_log = b.slaves[0].log();
+    let timed_out = events(&slave_log, "step.timed_out");
+    assert_eq!(timed_out.len(), 1, "{slave_log}");
+    for (key, want) in [
+        ("repo", "acme/step-timeout"),
+        ("branch", "main"),
+        ("sha", &sha[..10]),
+        ("slave", "slave-0"),
+        ("build", &build.id),
+        ("step", "1"),
+        ("seconds", "2"),
+    ] {
+        assert_eq!(kv(timed_out[0], key).as_deref(), Some(want), "{key} in {}", timed_out[0]);
+    }
     let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     wait_for(&format!("background child {pid} to be killed"), DEADLINE, || {
         if process_gone(pid) {

@@ -444,7 +444,20 @@ impl Steps<'_> {
         if ran.exit == Exit::TimedOut {
             // One format for both limits: `* <what> timed out after <n> seconds`.
             match (limit.by_step, step.timeout) {
-                (true, Some(t)) => log.push(format!("* step {} ({:?}) timed out after {} seconds", at.number + 1, step.title, t.as_secs())),
+                (true, Some(t)) => {
+                    log.push(format!("* step {} ({:?}) timed out after {} seconds", at.number + 1, step.title, t.as_secs()));
+                    let push = self.job.push;
+                    log::info!(
+                        "step.timed_out repo={} branch={} sha={} slave={} build={} step={} seconds={}",
+                        crate::logging::quote(&push.repo),
+                        crate::logging::quote(&push.branch),
+                        self.short,
+                        ctx.slave,
+                        self.job.id,
+                        at.number + 1,
+                        t.as_secs()
+                    );
+                }
                 _ => log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs())),
             }
         }
