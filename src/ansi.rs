@@ -208,6 +208,44 @@ mod tests {
         assert_eq!(clean("\x1b[3\u{e9}1m"), "\u{e9}1m");
     }
 
+    /// Whether every ESC in `text` opens an SGR sequence (`ESC [` digits, `;`, `:`, then `m`).
+    fn only_sgr(text: &str) -> bool {
+        let mut rest = text;
+        while let Some(at) = rest.find('\u{1b}') {
+            let Some(after) = rest[at + 1..].strip_prefix('[') else { return false };
+            let end = after.find(|c: char| !(c.is_ascii_digit() || c == ';' || c == ':')).unwrap_or(after.len());
+            if !after[end..].starts_with('m') {
+                return false;
+            }
+            rest = &after[end + 1..];
+        }
+        true
+    }
+
+    #[test]
+    fn random_lines_hold_the_rule_s_invariants() {
+        // Seeded xorshift over an alphabet dense in sequence bytes.
+        let alphabet: Vec<char> =
+            "\u{1b}\u{1b}\u{1b}[[]]\\;;:0139m mPX^_(?>\u{7}\u{8}\r\t\u{0}\u{7f}\u{9b}\u{9c}\u{9d}\u{85}aé中".chars().collect();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20_000 {
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let len = (next() % 40) as usize;
+            let line: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            let (cleaned, text) = (clean(&line), strip(&line));
+            assert!(inert(&text), "strip {line:?} = {text:?}");
+            assert!(only_sgr(&cleaned) && cleaned.chars().all(|c| c == '\u{1b}' || printable(c)), "clean {line:?} = {cleaned:?}");
+            assert_eq!(clean(&cleaned), cleaned, "clean is idempotent on {line:?}");
+            assert_eq!(strip(&cleaned), text, "clean keeps the text of {line:?}");
+            assert!(text.len() <= line.len() && cleaned.len() <= line.len(), "{line:?}");
+        }
+    }
+
     #[test]
     fn a_megabyte_of_escapes_is_handled_in_one_pass() {
         for unit in ["\x1b", "\x1b[", "\x1b]", "\x1b[1;", "\x1b[31m", "\u{9b}", "\x1b\x1b[", "\x07\x1b\\"] {
