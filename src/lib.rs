@@ -6,12 +6,14 @@
 //!
 //! The house, by floor (each module opens with its job; docs/architecture.md
 //! draws it):
-//! - [`config`], [`logging`], [`payload`], [`signature`], [`routing`]: shared,
-//!   no Redis, no processes.
+//! - [`config`], [`logging`], [`payload`], [`signature`], [`routing`],
+//!   [`ansi`], [`build_log`]: shared, no Redis, no processes.
 //! - [`store`]: the only code that speaks Redis (keys, Lua scripts, records).
 //! - [`hook`]: the HTTP edge; [`slave`]: leases, executors, builds. Neither
 //!   imports the other.
 
+pub mod ansi;
+pub mod build_log;
 pub mod config;
 pub mod hook;
 pub mod logging;

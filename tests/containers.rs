@@ -147,6 +147,29 @@ fn a_container_step_past_its_time_is_killed_and_removed() {
 }
 
 #[test]
+fn a_container_steps_timeout_kills_its_container_and_logs_its_output() {
+    let Some(image) = image() else { return };
+    let b = Backend::start(1, &[], &[]);
+    let yml = format!("- step: boxed\n  image: {image}\n  timeout: 2\n  shell: echo in-the-box; sleep 300\n- step: after\n  shell: no-skip echo cleanup\n");
+    let (_git, _sha, build) = b.build("acme/container-step-timeout", &[("integration.yml", &yml)], "boxed");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    let at = build.log.iter().position(|l| l.starts_with("[failed] echo in-the-box; sleep 300 (") && l.ends_with(" seconds, timed out)"));
+    let at = at.unwrap_or_else(|| panic!("no timed-out line: {:#?}", build.log));
+    assert_eq!(
+        build.log[at + 1..],
+        [
+            "[failed]   . in-the-box".to_string(),
+            "* step 1 (\"boxed\") timed out after 2 seconds".into(),
+            "- after".into(),
+            "[passed] echo cleanup (0 seconds, exit code 0)".into()
+        ],
+        "{:#?}",
+        build.log
+    );
+    assert_eq!(left_by(&b.slaves[0]), Vec::<String>::new());
+}
+
+#[test]
 fn a_restarted_slave_removes_what_its_killed_run_left_on_the_engine() {
     let Some(image) = image() else { return };
     let mut b = Backend::start(1, &[], &[]);

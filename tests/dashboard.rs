@@ -112,6 +112,34 @@ fn the_dashboard_in_a_browser_lists_repositories_and_follows_a_running_build() {
 }
 
 #[test]
+fn a_failed_builds_page_starts_with_why_in_a_browser() {
+    let b = Backend::start(1, &[], &[("SLAVE_LEASE", "10")]);
+    let yml = "- step: compile\n  shell: echo compiled\n- step: link\n  shell:\n    - \"true\"\n    - |-\n      echo 'cc -o app main.o'\n      printf '\\033[1;31merror:\\033[0m undefined reference to <foo>\\n' >&2\n      exit 2\n    - no-skip echo cleanup; exit 3\n";
+    let (_git, _sha, build) = b.build("acme/why-page", &[("integration.yml", yml)], "why page");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    let base = format!("http://{}", b.hook.addr);
+    let page = dom(&format!("{base}/builds/{}", build.id));
+    let why = page.find("<section id=\"why\"").unwrap_or_else(|| panic!("no why section:\n{page}"));
+    let log = page.find("<pre id=\"log\"").unwrap_or_else(|| panic!("no log:\n{page}"));
+    assert!(why < log, "why comes before the whole log:\n{page}");
+    let section = &page[why..log];
+    // The first failed snippet (not the later no-skip one), its output, the last line marked.
+    assert!(section.contains("Why it failed in step <b>link</b>"), "{section}");
+    assert!(section.contains("[failed] echo 'cc -o app main.o'... ("), "{section}");
+    assert!(section.contains("[failed]   . cc -o app main.o\n"), "{section}");
+    assert!(
+        section.contains("<mark>[failed]   . <span class=\"tc1 tb\">error:</span> undefined reference to &lt;foo&gt;</mark>"),
+        "{section}"
+    );
+    assert!(!section.contains("cleanup") && !section.contains("compiled"), "{section}");
+    assert_eq!(section.matches("<mark>").count(), 1, "{section}");
+    // Then the whole log, coloured too.
+    assert!(page[log..].contains("- compile") && page[log..].contains("[failed] echo cleanup; exit 3"), "{page}");
+    assert!(!page.contains('\u{1b}'), "an escape reached the page");
+    screenshot(&format!("{base}/builds/{}", build.id), 360, &output_dir().join("build-failed.png"));
+}
+
+#[test]
 fn badges_parse_as_svg_for_every_state_and_revalidate_by_etag() {
     let b = Backend::start(1, &[], &[]);
     let blocker = Blocker::new(b.root(), "badge");

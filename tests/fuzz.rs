@@ -515,7 +515,7 @@ fn cwd_stays_inside(cwd: &str) -> bool {
 }
 
 fn run_yaml(text: &str) -> Result<Result<Vec<integration::Step>, integration::IntegrationError>, String> {
-    catch_unwind(AssertUnwindSafe(|| integration::parse(text)))
+    catch_unwind(AssertUnwindSafe(|| integration::parse(text, std::time::Duration::from_secs(3600))))
         .map_err(|e| e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
 }
 

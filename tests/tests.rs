@@ -86,6 +86,10 @@ mod forge_status;
 /// follower that stops reading; HOOK_MAX_FOLLOWERS.
 mod follow;
 
+/// Why a build failed: a failed snippet's output tail without `debug` (record, /status, follow
+/// stream, page), terminal sequences cleaned, stripped from text and coloured on pages, `timeout:`.
+mod why_failed;
+
 /// Cancelling: POST /cancel and HOOK_CANCEL_RUNNING.
 mod cancel;
 

@@ -69,7 +69,8 @@ fn stream_log(redis: &mut redis::Connection, mut conn: Conn, id: &str, started: 
         if text.is_empty() {
             return if conn.client_gone() { Err(std::io::ErrorKind::BrokenPipe.into()) } else { Ok(()) };
         }
-        conn.chunk(text.as_bytes())
+        // Text: the lines' colour sequences stripped, as `/status` does.
+        conn.chunk(crate::ansi::strip(text).as_bytes())
     });
     let ms = started.elapsed().as_millis();
     match followed {

@@ -1,6 +1,7 @@
 //! `GET /status/<repo>`: the branch's latest result as its log (text, with
-//! the result in the code) or its record (JSON); `?id=` one build;
-//! `?follow=1` hands the connection to [`super::follow`].
+//! the result in the code, colour sequences stripped) or its record (JSON,
+//! the lines as stored); `?id=` one build; `?follow=1` hands the connection
+//! to [`super::follow`].
 
 use super::{query_param, repo_and_branch, wants_json};
 use crate::hook::reply::{redis_down, Reply};
@@ -26,7 +27,7 @@ pub(crate) fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query
             Ok(Some(record)) if wants_json => Reply::json(200, record.to_json()),
             Ok(Some(record)) => match redis.run_again(|c| record::record_text(c, &record)) {
                 Err(e) => redis_down(&e),
-                Ok((code, text)) => Reply::text(code, text),
+                Ok((code, text)) => Reply::text(code, crate::ansi::strip(&text)),
             },
         };
     }
@@ -44,6 +45,6 @@ pub(crate) fn get_status(redis: &mut Redis, req: &Request, raw_repo: &str, query
         Err(e) => redis_down(&e),
         Ok(Err(never_pushed)) => Reply::error(404, never_pushed),
         Ok(Ok(view)) if wants_json => Reply::json(200, view.record.to_json()),
-        Ok(Ok(view)) => Reply::text(view.code, view.text),
+        Ok(Ok(view)) => Reply::text(view.code, crate::ansi::strip(&view.text)),
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod badge;
 pub mod pages;
+pub mod terminal;
 
 use crate::store::record;
 use badge::BadgeState;
@@ -38,7 +39,7 @@ pub(crate) fn page_headers() -> Vec<(&'static str, String)> {
         format!(
             "default-src 'none'; style-src '{}'; script-src '{}'; connect-src 'self'; img-src 'self'; form-action 'self'; \
              frame-ancestors 'none'; base-uri 'none'",
-            csp_hash(pages::CSS),
+            csp_hash(pages::stylesheet()),
             csp_hash(pages::FOLLOW_SCRIPT)
         )
     });

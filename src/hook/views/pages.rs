@@ -5,6 +5,8 @@
 //! form. One CSS block, no asset from outside, readable at 360 px; states
 //! are told by a word beside the coloured dot. No I/O.
 
+use super::terminal::{self, Terminal};
+use crate::build_log;
 use crate::payload::short_sha;
 use crate::store::record::BuildRecord;
 
@@ -29,7 +31,7 @@ pub fn url_part(text: &str) -> String {
     crate::payload::percent_encode(text, b"/")
 }
 
-pub(crate) const CSS: &str = "
+const CSS: &str = "
 :root{color-scheme:light dark;--fg:#1f2328;--bg:#fff;--mute:#59636e;--line:#d1d9e0}
 @media (prefers-color-scheme:dark){:root{--fg:#e6edf3;--bg:#0d1117;--mute:#9198a1;--line:#3d444d}}
 body{margin:0 auto;max-width:72rem;padding:.75rem;font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
@@ -43,7 +45,15 @@ pre{overflow-x:auto;padding:.6rem;border:1px solid var(--line);border-radius:6px
 .meta{color:var(--mute);font-size:.9rem}
 @media (max-width:40rem){.wide{display:none}th,td{padding:.3rem .25rem}}
 form{display:flex;gap:.5rem;flex-wrap:wrap}input{font:inherit;padding:.3rem}
+h2{font-size:1.05rem;margin:1rem 0 .4rem}#why pre{border-color:#d1242f}mark{background:rgba(212,167,44,.35);color:inherit;font-weight:600}
 ";
+
+/// The pages' one style block: [`CSS`] and the log's colours
+/// ([`terminal::CSS`]); the Content-Security-Policy names it by its hash.
+pub(crate) fn stylesheet() -> &'static str {
+    static SHEET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHEET.get_or_init(|| format!("{CSS}{}", terminal::CSS))
+}
 
 /// The build page's one script, the same on every page so the
 /// Content-Security-Policy allows it by its hash: follows the live log named
@@ -54,8 +64,9 @@ pub(crate) const FOLLOW_SCRIPT: &str = "\n(async()=>{const pre=document.getEleme
 fn page(title: &str, body: &str, refresh: bool) -> String {
     let refresh = if refresh { "<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>" } else { "" };
     format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">{refresh}<title>{} · ci-backend</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n",
-        escape(title)
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">{refresh}<title>{} · ci-backend</title><style>{}</style></head>\n<body>\n{body}\n</body></html>\n",
+        escape(title),
+        stylesheet()
     )
 }
 
@@ -143,16 +154,54 @@ pub fn repository(repo: &str, branches: &[(String, Vec<BuildRecord>)]) -> String
     page(repo, &body, false)
 }
 
-/// `/builds/<id>`: the build's facts and its log; while it runs, the log
-/// follows the `follow` URL (chunked text) and the page reloads at its end.
+/// Log lines as HTML, one a line (colours as spans: [`Terminal`]); the
+/// `marked` one in `<mark>`.
+fn log_html(lines: &[String], marked: Option<usize>) -> String {
+    let mut out = String::new();
+    let mut terminal = Terminal::default();
+    for (i, l) in lines.iter().enumerate() {
+        let mark = marked == Some(i);
+        if mark {
+            out.push_str("<mark>");
+        }
+        terminal.line(l, &mut out);
+        if mark {
+            out.push_str("</mark>");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A failed build's first failure (`build_log::why`): its step, the failed
+/// snippet's result and output tail (within the failed tail's caps), the
+/// failing line marked. Empty when the log shows no failure.
+fn why(lines: &[String]) -> String {
+    let Some(why) = build_log::why(lines) else { return String::new() };
+    let (earlier, output) = why.tail();
+    let mut shown = vec![why.result.to_string()];
+    if earlier > 0 {
+        shown.push(build_log::dropped(build_log::tag(false), earlier));
+    }
+    shown.extend(output.iter().cloned());
+    // The failing line: the last output line, else the result line.
+    let marked = if output.is_empty() { 0 } else { shown.len() - 1 };
+    shown.extend(why.notes.iter().cloned());
+    let step = why.step.map(|t| format!(" in step <b>{}</b>", escape(&crate::ansi::strip(t)))).unwrap_or_default();
+    format!(
+        "<section id=\"why\" aria-label=\"why it failed\"><h2>Why it failed{step}</h2>\n<pre>{}</pre></section>\n<h2>Log</h2>\n",
+        log_html(&shown, Some(marked))
+    )
+}
+
+/// `/builds/<id>`: the build's facts and its log, a failed build's first
+/// failure above it; while it runs, the log follows the `follow` URL
+/// (chunked text) and the page reloads at its end.
 pub fn build(record: &BuildRecord, lines: &[String], follow: &str) -> String {
     let (repo, id, st) = (record.repo.as_str(), record.id.as_str(), record.state.as_str());
     let running = record.active();
-    let mut log = String::new();
-    for l in lines {
-        log.push_str(&escape(l));
-        log.push('\n');
-    }
+    let log = log_html(lines, None);
+    let why = if st == "failed" { why(lines) } else { String::new() };
     let facts: Vec<String> = [
         format!("branch {}", escape(&record.branch)),
         format!("commit <code>{}</code>", escape(short_sha(&record.sha))),
@@ -168,7 +217,7 @@ pub fn build(record: &BuildRecord, lines: &[String], follow: &str) -> String {
     .collect();
     let follow_attr = if running { format!(" data-follow=\"{}\"", escape(follow)) } else { String::new() };
     let mut body = format!(
-        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">{}</span></p>\n<pre id=\"log\"{follow_attr}>{log}</pre>\n",
+        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">{}</span></p>\n{why}<pre id=\"log\"{follow_attr}>{log}</pre>\n",
         url_part(repo),
         escape(repo),
         escape(id),
@@ -234,6 +283,30 @@ mod tests {
         assert!(html.contains("- commit 0123456789 (x)\n</pre>"));
         let done = build(&record("9", "passed"), &[], "/x");
         assert!(!done.contains("<script>") && !done.contains("refresh"));
+    }
+
+    #[test]
+    fn a_failed_build_starts_with_why_and_colours_are_spans() {
+        let log: Vec<String> = [
+            "- commit 0123456789 (x)",
+            "- build <all>",
+            "[passed] make (1 seconds, exit code 0)",
+            "[failed] make test (2 seconds, exit code 2)",
+            "[failed]   . cc -c a.c",
+            "[failed]   . \u{1b}[1;31merror:\u{1b}[0m undefined reference to <foo>",
+            "[skipped] echo after",
+        ]
+        .map(String::from)
+        .to_vec();
+        let html = build(&record("3", "failed"), &log, "/x");
+        let why = html.find("<section id=\"why\"").expect("a why section");
+        assert!(why < html.find("<pre id=\"log\"").unwrap(), "why comes first: {html}");
+        let want = "<h2>Why it failed in step <b>build &lt;all&gt;</b></h2>\n<pre>[failed] make test (2 seconds, exit code 2)\n[failed]   . cc -c a.c\n\
+                    <mark>[failed]   . <span class=\"tc1 tb\">error:</span> undefined reference to &lt;foo&gt;</mark>\n</pre>";
+        assert!(html.contains(want), "{html}");
+        assert!(!html.contains('\u{1b}'), "{html}");
+        assert!(!build(&record("3", "passed"), &log[..3], "/x").contains("id=\"why\""));
+        assert!(!build(&record("3", "canceled"), &log, "/x").contains("id=\"why\""));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! not expanded) and every error names its line, step and key.
 
 use std::fmt;
+use std::time::Duration;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -27,6 +28,9 @@ pub struct Step {
     pub image: Option<String>,
     /// `services:`: containers started beside a container step, reachable by name.
     pub services: Vec<Service>,
+    /// `timeout:`: how long the step's snippets may run together (at most
+    /// the build's own limit); `None`: until the build's limit.
+    pub timeout: Option<Duration>,
 }
 
 /// A service container of a step: `{name, image, env, command}`.
@@ -157,8 +161,9 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-/// Parses `integration.yml`'s text into steps.
-pub fn parse(text: &str) -> Result<Vec<Step>, IntegrationError> {
+/// Parses `integration.yml`'s text into steps; a step's `timeout:` may be
+/// at most `max_timeout` (SLAVE_BUILD_TIMEOUT).
+pub fn parse(text: &str, max_timeout: Duration) -> Result<Vec<Step>, IntegrationError> {
     let err = |m: String| IntegrationError(format!("integration.yml {m}"));
     if text.len() > MAX_FILE {
         return Err(err(format!("is larger than {MAX_FILE} bytes")));
@@ -181,7 +186,7 @@ pub fn parse(text: &str) -> Result<Vec<Step>, IntegrationError> {
     if steps.is_empty() {
         return Err(err("line 1: holds no steps".into()));
     }
-    steps.iter().enumerate().map(|(i, node)| step(i + 1, node).map_err(&err)).collect()
+    steps.iter().enumerate().map(|(i, node)| step(i + 1, node, max_timeout).map_err(&err)).collect()
 }
 
 /// The YAML parser recurses once per compact block indicator (`- - - x`)
@@ -202,7 +207,7 @@ fn check_compact_nesting(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn step(number: usize, node: &Node) -> Result<Step, String> {
+fn step(number: usize, node: &Node, max_timeout: Duration) -> Result<Step, String> {
     let Node::Map { entries, line } = node else {
         return Err(format!("line {}, step {number}: expected a mapping with \"step\" and \"shell\"", node.line()));
     };
@@ -223,6 +228,7 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
         secrets: Vec::new(),
         image: None,
         services: Vec::new(),
+        timeout: None,
     };
     let (mut has_title, mut has_shell) = (false, false);
     for (key, value) in entries {
@@ -274,8 +280,12 @@ fn step(number: usize, node: &Node) -> Result<Step, String> {
                 }
             }
             ("services", _) => return Err(format!("{}: \"services\" must be a list of {{name, image, env, command}}", at(vline))),
+            ("timeout", value) => s.timeout = Some(timeout(value, max_timeout).map_err(|m| format!("{}: {m}", at(vline)))?),
             (other, _) => {
-                return Err(format!("{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services)", at(vline)))
+                return Err(format!(
+                    "{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services, timeout)",
+                    at(vline)
+                ))
             }
         }
     }
@@ -347,6 +357,20 @@ fn service(node: &Node, at: &dyn Fn(usize) -> String) -> Result<Service, String>
     Ok(svc)
 }
 
+/// A `timeout:`: a whole number of seconds, from 1 to `max` (SLAVE_BUILD_TIMEOUT).
+fn timeout(node: &Node, max: Duration) -> Result<Duration, String> {
+    let max = max.as_secs();
+    let why = || format!("\"timeout\" must be a whole number of seconds from 1 to {max} (SLAVE_BUILD_TIMEOUT)");
+    let Node::Scalar { value, plain: true, .. } = node else { return Err(why()) };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(why());
+    }
+    match value.parse::<u64>() {
+        Ok(secs) if (1..=max).contains(&secs) => Ok(Duration::from_secs(secs)),
+        _ => Err(why()),
+    }
+}
+
 /// A plain scalar YAML reads as a number, boolean or null (not a string).
 fn typed(value: &str, plain: bool) -> bool {
     plain
@@ -390,12 +414,15 @@ fn check_cwd(cwd: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
     fn single_step_and_list() {
-        let one = parse("step: hello\nshell: echo hi\n").unwrap();
+        let one = parse("step: hello\nshell: echo hi\n", HOUR).unwrap();
         assert_eq!(one[0].title, "hello");
         assert_eq!(one[0].shell, vec!["echo hi"]);
-        let two = parse("- step: a\n  shell: [x, y]\n  cwd: sub\n  env: {N: 1, B: true}\n  debug: true\n- step: b\n  shell: z\n").unwrap();
+        let two =
+            parse("- step: a\n  shell: [x, y]\n  cwd: sub\n  env: {N: 1, B: true}\n  debug: true\n- step: b\n  shell: z\n", HOUR).unwrap();
         assert_eq!(two.len(), 2);
         assert_eq!(two[0].shell, vec!["x", "y"]);
         assert_eq!(two[0].env, vec![("N".into(), "1".into()), ("B".into(), "true".into())]);
@@ -406,7 +433,7 @@ mod tests {
     #[test]
     fn images_and_services() {
         let yml = "step: t\nimage: rust:1.87\nshell: cargo test\nservices:\n  - name: db\n    image: postgres:16\n    env: {POSTGRES_PASSWORD: x, PORT: 5432}\n    command: [postgres, -c, fsync=off]\n";
-        let step = &parse(yml).unwrap()[0];
+        let step = &parse(yml, HOUR).unwrap()[0];
         assert_eq!(step.image.as_deref(), Some("rust:1.87"));
         let want = Service {
             name: "db".into(),
@@ -415,7 +442,7 @@ mod tests {
             command: vec!["postgres".into(), "-c".into(), "fsync=off".into()],
         };
         assert_eq!(step.services, vec![want]);
-        let error = |yml: &str| parse(yml).unwrap_err().0;
+        let error = |yml: &str| parse(yml, HOUR).unwrap_err().0;
         assert!(error("step: t\nimage: -rm\nshell: x\n").contains("image \"-rm\" is not an image reference"));
         assert!(error("step: t\nimage: [a]\nshell: x\n").contains("\"image\" must be an image reference"));
         assert!(error("step: t\nshell: x\nservices:\n  - name: Db_1\n    image: a\n").contains("service name \"Db_1\" must be a host name"));
@@ -427,18 +454,18 @@ mod tests {
 
     #[test]
     fn errors_name_line_step_and_key() {
-        let e = parse("- step: a\n  shell: x\n- step: build\n  shell: {a: 1}\n").unwrap_err();
+        let e = parse("- step: a\n  shell: x\n- step: build\n  shell: {a: 1}\n", HOUR).unwrap_err();
         assert_eq!(e.0, "integration.yml line 4, step 2 (\"build\"): \"shell\" must be a string or a list of strings");
-        let e = parse("step: a\nshell: [x\n").unwrap_err();
+        let e = parse("step: a\nshell: [x\n", HOUR).unwrap_err();
         assert!(e.0.starts_with("integration.yml line "), "{}", e.0);
         assert!(e.0.contains("invalid YAML"), "{}", e.0);
-        let e = parse("step: a\nshell: x\ncwd: ../..\n").unwrap_err();
+        let e = parse("step: a\nshell: x\ncwd: ../..\n", HOUR).unwrap_err();
         assert!(e.0.contains("cwd \"../..\" leaves the checkout"), "{}", e.0);
-        assert!(parse("step: a\n").unwrap_err().0.contains("\"shell\" is required"));
-        assert!(parse("step: a\nshell: 42\n").unwrap_err().0.contains("\"shell\" must be a string or a list of strings"));
-        assert!(parse("step: a\nshell: [true]\n").unwrap_err().0.contains("\"shell\" must be a string"));
-        assert_eq!(parse("step: a\nshell: \"42\"\n").unwrap()[0].shell, vec!["42"]);
-        assert!(parse("step: a\nshel: x\n").unwrap_err().0.contains("unknown key \"shel\""));
+        assert!(parse("step: a\n", HOUR).unwrap_err().0.contains("\"shell\" is required"));
+        assert!(parse("step: a\nshell: 42\n", HOUR).unwrap_err().0.contains("\"shell\" must be a string or a list of strings"));
+        assert!(parse("step: a\nshell: [true]\n", HOUR).unwrap_err().0.contains("\"shell\" must be a string"));
+        assert_eq!(parse("step: a\nshell: \"42\"\n", HOUR).unwrap()[0].shell, vec!["42"]);
+        assert!(parse("step: a\nshel: x\n", HOUR).unwrap_err().0.contains("unknown key \"shel\""));
     }
 
     #[test]
@@ -448,18 +475,33 @@ mod tests {
             let p = i - 1;
             bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
         }
-        assert!(parse(&bomb).unwrap_err().0.contains("document too large"));
+        assert!(parse(&bomb, HOUR).unwrap_err().0.contains("document too large"));
         let deep = format!("{}x{}", "[".repeat(200), "]".repeat(200));
-        assert!(parse(&deep).unwrap_err().0.contains("nested deeper"));
+        assert!(parse(&deep, HOUR).unwrap_err().0.contains("nested deeper"));
         let compact = format!("{}x\n", "- ".repeat(100_000));
-        assert_eq!(parse(&compact).unwrap_err().0, "integration.yml line 1: nested deeper than 32 levels");
+        assert_eq!(parse(&compact, HOUR).unwrap_err().0, "integration.yml line 1: nested deeper than 32 levels");
     }
 
     #[test]
     fn secrets_are_names() {
-        let s = parse("step: a\nshell: x\nsecrets: [TOKEN, KEY]\n").unwrap();
+        let s = parse("step: a\nshell: x\nsecrets: [TOKEN, KEY]\n", HOUR).unwrap();
         assert_eq!(s[0].secrets, vec!["TOKEN", "KEY"]);
-        assert!(parse("step: a\nshell: x\nsecrets: TOKEN\n").unwrap_err().0.contains("\"secrets\" must be a list"));
+        assert!(parse("step: a\nshell: x\nsecrets: TOKEN\n", HOUR).unwrap_err().0.contains("\"secrets\" must be a list"));
+    }
+
+    #[test]
+    fn a_timeout_is_whole_seconds_up_to_the_build_timeout() {
+        assert_eq!(parse("step: a\nshell: x\ntimeout: 90\n", HOUR).unwrap()[0].timeout, Some(Duration::from_secs(90)));
+        assert_eq!(parse("step: a\nshell: x\n", HOUR).unwrap()[0].timeout, None);
+        assert_eq!(parse("step: a\nshell: x\ntimeout: 3600\n", HOUR).unwrap()[0].timeout, Some(HOUR));
+        for bad in ["0", "3601", "-5", "1.5", "10s", "\"30\"", "[30]", "99999999999999999999999", "~", "0x10"] {
+            let e = parse(&format!("- step: a\n  shell: x\n- step: slow\n  shell: y\n  timeout: {bad}\n"), HOUR).unwrap_err();
+            assert_eq!(
+                e.0,
+                "integration.yml line 5, step 2 (\"slow\"): \"timeout\" must be a whole number of seconds from 1 to 3600 (SLAVE_BUILD_TIMEOUT)",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub(crate) mod commit_object;
 pub mod integration;
 pub(crate) mod workspace;
 
+use crate::build_log;
 use crate::payload::Push;
 use crate::slave::backend::{bare, container, Ran};
 use crate::slave::build_groups::BuildGroups;
@@ -143,14 +144,17 @@ impl Log {
         Log { half, head: vec![], head_cost: 0, head_closed: false, tail: VecDeque::new(), tail_cost: 0, dropped: 0, live: None }
     }
 
-    pub(crate) fn push(&mut self, mut line: String) {
+    /// Adds a line, its terminal sequences but SGR removed (`ansi::clean`),
+    /// cut at MAX_LOG_LINE.
+    pub(crate) fn push(&mut self, line: String) {
+        let mut line = crate::ansi::clean(&line);
         if line.len() > MAX_LOG_LINE {
             let mut end = MAX_LOG_LINE - 3;
             while !line.is_char_boundary(end) {
                 end -= 1;
             }
-            line.truncate(end);
-            line.push_str("...");
+            // A sequence cut in half is dropped.
+            line = crate::ansi::clean(&line[..end]) + "...";
         }
         if let Some(live) = &self.live {
             live.line(&line);
@@ -239,7 +243,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
     let subject = commit.message.lines().next().unwrap_or("");
     log.push(format!("- commit {short} ({subject})"));
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
-    let steps = match read_steps(&dir) {
+    let steps = match read_steps(&dir, ctx.timeout) {
         Ok(s) => s,
         Err(why) => return could_not_run(log, why.to_string()),
     };
@@ -317,7 +321,7 @@ impl Steps<'_> {
                 *ok = false;
                 return Ok(());
             }
-            return self.snippets(step, &cwd, None, log, ok);
+            return self.snippets(&At { number, step }, &cwd, None, log, ok);
         };
         let runs = match self.container_step(number, image) {
             Ok(runs) => runs,
@@ -339,7 +343,7 @@ impl Steps<'_> {
                 }
             }
         }
-        let result = if started { self.snippets(step, &cwd, Some(&runs), log, ok) } else { Ok(()) };
+        let result = if started { self.snippets(&At { number, step }, &cwd, Some(&runs), log, ok) } else { Ok(()) };
         for (name, id) in &services {
             if !*ok {
                 for line in runs.containers.service_tail(id, SERVICE_LINES) {
@@ -356,19 +360,24 @@ impl Steps<'_> {
         result
     }
 
-    /// The step's snippets, in order, each on `runs` (a container step) or on the slave.
-    fn snippets(&self, step: &Step, cwd: &Path, runs: Option<&container::Step>, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
+    /// The step's snippets, in order, each on `runs` (a container step) or on
+    /// the slave, within the build's time and the step's `timeout:` (counted
+    /// from its first snippet); a snippet whose time is up is skipped.
+    fn snippets(&self, at: &At, cwd: &Path, runs: Option<&container::Step>, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
+        let step = at.step;
+        let step_deadline = step.timeout.map(|t| Instant::now() + t).filter(|d| *d < self.deadline);
         for snippet in &step.shell {
             let (forced, script) = match snippet.strip_prefix("no-skip ") {
                 Some(rest) => (true, rest),
                 None => (false, snippet.as_str()),
             };
-            let left = self.deadline.saturating_duration_since(Instant::now());
+            let left = step_deadline.unwrap_or(self.deadline).saturating_duration_since(Instant::now());
             if (!*ok && !forced) || left.is_zero() {
                 log.push(format!("[skipped] {}", cut(script)));
                 continue;
             }
-            *ok &= self.snippet(step, script, cwd, runs, left, log, *ok)?;
+            let limit = Limit { left, by_step: step_deadline.is_some() };
+            *ok &= self.snippet(at, script, cwd, runs, limit, log, *ok)?;
         }
         Ok(())
     }
@@ -404,27 +413,28 @@ impl Steps<'_> {
         })
     }
 
-    /// Runs one snippet with `left` of the build's time and logs how it
-    /// ended (and its output, for a `debug` step); whether it passed.
+    /// Runs one snippet within `limit` and logs how it ended, then its
+    /// output: all of it for a `debug` step, its tail when it failed
+    /// (`build_log::failed_tail`), none otherwise; whether it passed.
     #[allow(clippy::too_many_arguments)]
     fn snippet(
         &self,
-        step: &Step,
+        at: &At,
         script: &str,
         cwd: &Path,
         runs: Option<&container::Step>,
-        left: Duration,
+        limit: Limit,
         log: &mut Log,
         ok: bool,
     ) -> Result<bool, Stopped> {
-        let ctx = self.ctx;
+        let (ctx, step) = (self.ctx, at.step);
         let env = self.env(log, ok, step, runs.is_some());
         let masks = secret_values(&env, &step.secrets);
         // Output lines go live as `  . <line>` (debug or not), masked like the log.
         let sink = ctx.live.as_ref().map(|live| Arc::new(LiveOutput { live: Arc::clone(live), masks: masks.clone() }) as LineSink);
         let ran: Ran = match runs {
-            Some(runs) => runs.run(script, cwd, &env, left, ctx.abort, sink),
-            None => bare::run(script, cwd, &env, self.user, left, ctx.abort, sink),
+            Some(runs) => runs.run(script, cwd, &env, limit.left, ctx.abort, sink),
+            None => bare::run(script, cwd, &env, self.user, limit.left, ctx.abort, sink),
         };
         let secs = ran.elapsed.as_secs();
         let (passed, how) = match &ran.exit {
@@ -434,21 +444,55 @@ impl Steps<'_> {
             Exit::SpawnFailed(e) => (false, format!("could not start: {e}")),
             Exit::Aborted => return Err(Stopped),
         };
-        let tag = if passed { "[passed]" } else { "[failed]" };
+        let tag = build_log::tag(passed);
         log.push(mask(&format!("{tag} {} ({secs} seconds, {how})", cut(script)), &masks));
-        if step.debug {
-            if ran.output.dropped > 0 {
-                log.push(format!("{tag}   . ({} earlier output lines dropped)", ran.output.dropped));
-            }
-            for line in &ran.output.lines {
-                log.push(format!("{tag}   . {}", mask(line, &masks)));
-            }
+        let (dropped, lines) = match (step.debug, passed) {
+            (true, _) => (ran.output.dropped, ran.output.lines.as_slice()),
+            (false, false) => build_log::failed_tail(&ran.output.lines, ran.output.dropped),
+            (false, true) => (0, &[][..]),
+        };
+        if dropped > 0 {
+            log.push(build_log::dropped(tag, dropped));
+        }
+        for line in lines {
+            log.push(build_log::output(tag, &shown(line, &masks)));
         }
         if ran.exit == Exit::TimedOut {
-            log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs()));
+            // One format for both limits: `* <what> timed out after <n> seconds`.
+            match (limit.by_step, step.timeout) {
+                (true, Some(t)) => {
+                    log.push(format!("* step {} ({:?}) timed out after {} seconds", at.number + 1, step.title, t.as_secs()));
+                    let push = self.job.push;
+                    log::info!(
+                        "step.timed_out repo={} branch={} sha={} slave={} build={} step={} seconds={}",
+                        crate::logging::quote(&push.repo),
+                        crate::logging::quote(&push.branch),
+                        self.short,
+                        ctx.slave,
+                        self.job.id,
+                        at.number + 1,
+                        t.as_secs()
+                    );
+                }
+                _ => log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs())),
+            }
         }
         Ok(passed)
     }
+}
+
+/// A step as its snippets see it: its number (from 0) and its definition.
+struct At<'a> {
+    number: usize,
+    step: &'a Step,
+}
+
+/// How long a snippet may run, and whether its step's `timeout:` (rather
+/// than the build's) sets that.
+#[derive(Clone, Copy)]
+struct Limit {
+    left: Duration,
+    by_step: bool,
 }
 
 /// A snippet's output lines on their way to the live log.
@@ -462,7 +506,7 @@ impl crate::slave::proc::process::LineTarget for LiveOutput {
         self.live.has_room()
     }
     fn line(&self, line: &[u8]) {
-        self.live.line(&format!("  . {}", mask(&crate::slave::proc::process::line_text(line), &self.masks)));
+        self.live.line(&format!("  . {}", shown(&crate::slave::proc::process::line_text(line), &self.masks)));
     }
     fn skipped(&self, n: u64) {
         self.live.count_dropped(n);
@@ -482,6 +526,19 @@ fn secret_values(env: &[(String, String)], names: &[String]) -> Vec<String> {
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     values.dedup();
     values
+}
+
+/// An output line as logged: its terminal sequences but SGR removed, then
+/// secrets masked — in the text alone when colour sequences split one.
+fn shown(line: &str, secrets: &[String]) -> String {
+    let masked = mask(&crate::ansi::clean(line), secrets);
+    if !secrets.is_empty() && masked.contains('\u{1b}') {
+        let text = crate::ansi::strip(&masked);
+        if secrets.iter().any(|s| text.contains(s.as_str())) {
+            return mask(&text, secrets);
+        }
+    }
+    masked
 }
 
 fn mask(line: &str, secrets: &[String]) -> String {
@@ -529,7 +586,7 @@ impl std::fmt::Display for StepsError {
 /// Reads integration.yml from the checkout, which the build user writes: a
 /// symlink is followed only within the checkout, and only a regular file is
 /// read (never a FIFO left by a step), at most MAX_FILE bytes of it.
-fn read_steps(dir: &Path) -> Result<Vec<Step>, StepsError> {
+fn read_steps(dir: &Path, max_timeout: Duration) -> Result<Vec<Step>, StepsError> {
     let path = match dir.join("integration.yml").canonicalize() {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StepsError::Missing),
@@ -551,7 +608,7 @@ fn read_steps(dir: &Path) -> Result<Vec<Step>, StepsError> {
     let mut text = Vec::new();
     file.take(integration::MAX_FILE as u64 + 1).read_to_end(&mut text).map_err(StepsError::Unreadable)?;
     let text = String::from_utf8(text).map_err(|_| StepsError::NotUtf8)?;
-    integration::parse(&text).map_err(StepsError::Invalid)
+    integration::parse(&text, max_timeout).map_err(StepsError::Invalid)
 }
 
 /// Why a step's `cwd` cannot be used: the step fails, later ones are skipped.
@@ -615,7 +672,7 @@ impl Steps<'_> {
             ("MESSAGE", commit.message.clone()),
             ("TAG", tag(&push.branch, short)),
             ("TIMESTAMP", commit.timestamp.clone()),
-            ("LOG", log.recent(LOG_ENV_BYTES)),
+            ("LOG", crate::ansi::strip(&log.recent(LOG_ENV_BYTES))),
             ("OK", ok.to_string()),
             ("CI", "true".to_string()),
             ("REPO", push.repo.clone()),
@@ -680,7 +737,7 @@ mod tests {
     #[test]
     fn the_log_keeps_head_and_tail_under_its_json_budget() {
         let mut log = Log::new(MIN_LOG_BYTES);
-        let lines: Vec<String> = (0..100_000).map(|i| if i % 3 == 0 { String::new() } else { format!("line \"{i}\"\t\u{1}") }).collect();
+        let lines: Vec<String> = (0..100_000).map(|i| if i % 3 == 0 { String::new() } else { format!("line \"{i}\"\t\\") }).collect();
         for l in &lines {
             log.push(l.clone());
         }
@@ -708,6 +765,26 @@ mod tests {
         assert_eq!(kept.len(), 3);
         assert!(kept[1].len() <= MAX_LOG_LINE && kept[1].ends_with("...") && kept[1].starts_with("éé"), "{}", kept[1].len());
         assert_eq!((kept[0].as_str(), kept[2].as_str()), ("a", "b"));
+    }
+
+    #[test]
+    fn logged_lines_keep_colours_only_and_a_cut_never_halves_a_sequence() {
+        let mut log = Log::new(MIN_LOG_BYTES);
+        log.push("\u{1b}[31mred\u{1b}[0m\u{1b}]0;title\u{7}\r\u{1b}[2Kdone".into());
+        // A line cut inside a colour sequence: its start would be an unterminated sequence.
+        let pad = "x".repeat(MAX_LOG_LINE - 5);
+        log.push(format!("{pad}\u{1b}[1;31mtail"));
+        let kept = log.into_lines();
+        assert_eq!(kept[0], "\u{1b}[31mred\u{1b}[0mdone");
+        assert_eq!(kept[1], format!("{pad}..."));
+    }
+
+    #[test]
+    fn secrets_split_by_colours_are_masked_in_the_text() {
+        let masks = vec!["hunter22".to_string()];
+        assert_eq!(shown("pw: hunter22 \u{1b}[32mok\u{1b}[0m", &masks), "pw: *** \u{1b}[32mok\u{1b}[0m");
+        assert_eq!(shown("pw: hun\u{1b}[1mter22\u{1b}[0m", &masks), "pw: ***");
+        assert_eq!(shown("pw: hun\u{1b}[2Kter22", &masks), "pw: ***");
     }
 
     #[test]
