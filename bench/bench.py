@@ -816,7 +816,7 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
     first = cli.status(repo, branch)
     if first["state"] != "passed":
         raise RuntimeError(f"latency: first build failed: {first.get('log')}")
-    checkout = os.path.join(cache, "bench%2Fmedium", "main")
+    checkout = os.path.join(cache, "bench%2Fmedium", "main", "checkout")
     if not os.path.isdir(os.path.join(checkout, ".git")):
         raise RuntimeError(f"latency: no cached clone at {checkout}")
     floor_dir = os.path.join(base, "floor-clone")
@@ -904,9 +904,45 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
                                  base=base, new_commit=new_commit, through_hook=through_hook, floor=floor)
 
 
+def thread_cpu_ms(pid, name):
+    """CPU ms (user + system) of the threads of `pid` named `name`."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                v = f.read().rsplit(")", 1)[1].split()
+            total += int(v[11]) + int(v[12])
+        except FileNotFoundError:
+            continue
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def containment_costs(log_path, skip, reaper_ms, builds):
+    """What keeping bare builds apart cost per build, from the slave's own `build.finished` lines
+    (groups_us, disarm_us; the first `skip` builds left out) and its reaper thread's CPU."""
+    groups, disarm = [], []
+    with open(log_path, errors="replace") as fh:
+        for line in fh:
+            if "build.finished" in line and "groups_us=" in line:
+                kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+                groups.append(int(kv["groups_us"]) / 1000)
+                disarm.append(int(kv["disarm_us"]) / 1000)
+    groups, disarm = groups[skip:], disarm[skip:]
+    return {"builds": len(groups), "groups_ms": {"p50": median(groups), "p99": pct(groups, 99)},
+            "disarm_ms": {"p50": median(disarm), "p99": pct(disarm, 99)},
+            "reaper_cpu_ms_per_build": reaper_ms / max(builds, 1)}
+
+
 def latency(redis, fixture):
     rig = latency_rig(redis, fixture)
     hook, slave, new_commit, through_hook, floor = rig.hook, rig.slave, rig.new_commit, rig.through_hook, rig.floor
+    reaper_before = thread_cpu_ms(slave.pid, "reaper")
+    slave_log = os.path.join(LOGS, "latency-slave.log")
+    with open(slave_log, errors="replace") as fh:
+        finished_before = sum(1 for line in fh if "build.finished" in line)
     runs = []
     log(f"latency: {RUNS} runs x {PUSHES} pushes on a cached 3,000-file clone, floor interleaved")
     for r_i in range(RUNS):
@@ -937,7 +973,9 @@ def latency(redis, fixture):
     floor_parts = {k: {"p50": median([f[k] for f in allf]), "p99": pct([f[k] for f in allf], 99)}
                    for k in ("fetch", "checkout", "bash", "total", "show")}
     RESULTS["latency"] = {"runs": [r["summary"] for r in runs], "breakdown_all_pushes": breakdown, "floor_parts": floor_parts,
-                          "slave_rss": proc_status(slave.pid), "hook_rss": proc_status(hook.pid)}
+                          "slave_rss": proc_status(slave.pid), "hook_rss": proc_status(hook.pid),
+                          "containment": containment_costs(slave_log, finished_before,
+                                                           thread_cpu_ms(slave.pid, "reaper") - reaper_before, len(allp))}
     if shutil.which("perf") and os.geteuid() == 0 and os.environ.get("BENCH_PERF", "1") == "1":
         RESULTS["latency"]["traced"] = traced_pushes(slave, new_commit, through_hook)
     else:
@@ -1866,6 +1904,13 @@ def report():
             L.append(f"| {i + 1} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['floor_p50_ms']:.1f} | {r['floor_p99_ms']:.1f} | {r['ratio_p50']:.2f} | {r['paired_ratio_p50']:.2f} | {r['failed']} |")
         med = {k: median([r[k] for r in lat["runs"]]) for k in ("p50_ms", "p99_ms", "floor_p50_ms", "floor_p99_ms", "ratio_p50", "paired_ratio_p50")}
         L.append(f"| **median** | **{med['p50_ms']:.1f}** | **{med['p99_ms']:.1f}** | **{med['floor_p50_ms']:.1f}** | **{med['floor_p99_ms']:.1f}** | **{med['ratio_p50']:.2f}** | **{med['paired_ratio_p50']:.2f}** | |")
+        if "containment" in lat:
+            c = lat["containment"]
+            L.append(f"\nwhat keeping bare builds apart cost per build ({c['builds']} builds, from the slave's `build.finished` lines and its "
+                     f"reaper thread's CPU): groups per repository and branch {c['groups_ms']['p50']:.3f} ms p50 ({c['groups_ms']['p99']:.3f} p99), "
+                     f"`.git` taken back (disarm) {c['disarm_ms']['p50']:.3f} ms p50 ({c['disarm_ms']['p99']:.3f} p99), "
+                     f"the subreaper's sweeps {c['reaper_cpu_ms_per_build']:.3f} CPU-ms per build (every 100 ms, whether or not a build runs); "
+                     "git's hardening flags (no hooks, fsmonitor, attributes) are arguments of processes that run anyway.\n")
         L.append("\nwhere the time goes (all pushes; ms):\n")
         L.append("| part | p50 | p99 |")
         L.append("|---|---:|---:|")

@@ -219,6 +219,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     let built = build::run(&ctx, &build::Job { id: &started.id, push: &started.push, reset: started.reset });
     state.set_job(e, None);
     let canceled = slot.canceled.swap(false, Ordering::SeqCst);
+    let contained = built.contained;
     let outcome = |passed, could_not_run| Outcome { passed, could_not_run, log: built.log, seconds: built.seconds };
     let outcome = match built.ending {
         Ending::Ran { passed } => outcome(passed, false),
@@ -237,7 +238,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     // writes the live log's end with the record.
     let last_lines = live.close();
     let stored = store(redis, &started, &working, &outcome, &last_lines, &sh.signals, &facts);
-    announce(sh, &started, &facts, &outcome, stored);
+    announce(sh, &started, &facts, &outcome, stored, contained);
     true
 }
 
@@ -255,7 +256,7 @@ fn give_back(redis: &mut Redis, sh: &Shared, started: &Started, facts: &str) -> 
 
 /// Posts the commit status of what was stored and logs the build's end, or
 /// why nothing was stored.
-fn announce(sh: &Shared, job: &Started, facts: &str, outcome: &Outcome, stored: Stored) {
+fn announce(sh: &Shared, job: &Started, facts: &str, outcome: &Outcome, stored: Stored, contained: build::workspace::Contained) {
     let report = |event| sh.poster.report(&job.id, &job.push, event);
     let result = match stored {
         Stored::Real => {
@@ -287,7 +288,12 @@ fn announce(sh: &Shared, job: &Started, facts: &str, outcome: &Outcome, stored: 
             return;
         }
     };
-    log::info!("build.finished {facts} result={result} seconds={}", outcome.seconds);
+    log::info!(
+        "build.finished {facts} result={result} seconds={} groups_us={} disarm_us={}",
+        outcome.seconds,
+        contained.groups.as_micros(),
+        contained.disarm.as_micros()
+    );
 }
 
 /// The live log a build's lines go to as they happen.

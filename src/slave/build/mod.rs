@@ -90,6 +90,8 @@ pub(crate) struct Built {
     pub ending: Ending,
     pub log: Vec<String>,
     pub seconds: u64,
+    /// What keeping the checkout to itself took (zero when none was made).
+    pub contained: workspace::Contained,
 }
 
 /// How a build ended.
@@ -218,21 +220,22 @@ pub(crate) fn run(ctx: &Context, job: &Job) -> Built {
     let started = Instant::now();
     let mut log = Log::new(ctx.max_log);
     log.live = ctx.live.clone();
-    let ending = build(ctx, job, started, &mut log);
-    Built { ending, log: log.into_lines(), seconds: started.elapsed().as_secs() }
+    let mut contained = workspace::Contained::default();
+    let ending = build(ctx, job, started, &mut log, &mut contained);
+    Built { ending, log: log.into_lines(), seconds: started.elapsed().as_secs(), contained }
 }
 
 /// The build stopped from outside: it ends here, nothing more is logged.
 struct Stopped;
 
-fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
+fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &mut workspace::Contained) -> Ending {
     let push = job.push;
     let short = crate::payload::short_sha(&push.sha);
     let deadline = started + ctx.timeout;
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
-    let Prepared { commit, user } = match checkout(ctx, job, base_env, deadline) {
+    let Prepared { commit, user, contained: took } = match checkout(ctx, job, base_env, deadline) {
         Ok(p) => p,
         Err(GitError::Aborted) => return Ending::Stopped,
         Err(e) => {
@@ -240,6 +243,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log) -> Ending {
             return could_not_run(log, format!("checkout failed: {e}"));
         }
     };
+    *contained = took;
     let subject = commit.message.lines().next().unwrap_or("");
     log.push(format!("- commit {short} ({subject})"));
     let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);

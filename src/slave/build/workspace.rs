@@ -183,10 +183,21 @@ impl std::fmt::Display for GitError {
 /// What git says when the remote lacks the ref or commit asked for.
 const MISSING_REF: &[&str] = &["couldn't find remote ref", "not our ref", "no such remote ref", "unadvertised object"];
 
-/// A checkout ready: its commit, and who its steps run as.
+/// A checkout ready: its commit, who its steps run as, and what keeping
+/// it to itself took.
 pub struct Prepared {
     pub commit: Commit,
     pub user: BuildUser,
+    pub contained: Contained,
+}
+
+/// Time the containment of a checkout took (for the bench and operators).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Contained {
+    /// The repository's and the branch's groups found (or given).
+    pub groups: Duration,
+    /// The checkout's `.git` taken back (`disarm`).
+    pub disarm: Duration,
 }
 
 /// Git for one build.
@@ -300,7 +311,9 @@ impl Git<'_> {
             remove(&dir)?;
             remove(&mirror)?;
         }
+        let grouped = Instant::now();
         let user = self.branch_user(&repo_dir, &branch_dir)?;
+        let groups = grouped.elapsed();
         let home = home_dir(self.cache, repo, branch);
         let git = Git { user: &user, home: user.switch.then_some(home.as_path()), ..*self };
         git.make_home(&home)?;
@@ -309,8 +322,9 @@ impl Git<'_> {
         if !dir.exists() {
             git.clone_checkout(&branch_dir, &mirror.to_string_lossy(), &dir, url)?;
         }
-        let commit = git.check_out(&mirror, &dir, url, sha)?;
-        Ok(Prepared { commit, user })
+        let mut disarm = Duration::ZERO;
+        let commit = git.check_out(&mirror, &dir, url, sha, &mut disarm)?;
+        Ok(Prepared { commit, user, contained: Contained { groups, disarm } })
     }
 
     /// The repository's and the branch's directories made, and the build
@@ -395,8 +409,10 @@ impl Git<'_> {
 
     /// Checks `sha` out (detached), fetching the commit itself when the
     /// fetched ref does not reach it; its message and date read meanwhile.
-    fn check_out(&self, mirror: &Path, dir: &Path, url: &str, sha: &str) -> Result<Commit, GitError> {
+    fn check_out(&self, mirror: &Path, dir: &Path, url: &str, sha: &str, disarm: &mut Duration) -> Result<Commit, GitError> {
+        let disarming = Instant::now();
         self.disarm(dir, url)?;
+        *disarm = disarming.elapsed();
         let peeled = format!("{sha}^{{commit}}");
         let checkout = || {
             self.run(Ok(self.build_git(Some(dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
