@@ -145,3 +145,52 @@ fn code_a_build_plants_in_its_checkouts_git_never_runs() {
     let looted: Vec<String> = std::fs::read_dir(&loot).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(looted, Vec::<String>::new(), "planted code ran in the next checkout");
 }
+
+#[test]
+fn a_fork_build_reaches_nothing_beside_its_checkout() {
+    let Some(image) = crate::containers::image() else { return };
+    let b = Backend::start(1, &[("HOOK_FORK_PULLS", "build")], &[("SLAVE_DEFAULT_IMAGE", image)]);
+    let (_other, _, first) = b.build("acme/private", &[("integration.yml", "step: s\nshell: echo private > secret.txt\n")], "other team");
+    assert_eq!(first.state, "passed", "{:?}", first.log);
+    let cache = b.slaves[0].cache.clone();
+    let main = cache.join("acme%2Ffk/main/checkout");
+    let doors = [
+        ("other-repository", cache.join("acme%2Fprivate/main/checkout/secret.txt").display().to_string()),
+        ("target-branch", main.join("integration.yml").display().to_string()),
+        ("cache", cache.display().to_string()),
+        ("own", "integration.yml".to_string()),
+    ];
+    let plant = main.join(".git/hooks/post-checkout");
+    let yml = format!(
+        "step: fork\ndebug: true\nshell:\n{}  - (mkdir -p {hooks} && echo 'touch /tmp/pwned' > {plant}) 2>/dev/null && echo plant reached || echo plant closed\n  \
+         - setsid sh -c 'exec sleep 3131' & echo left\n",
+        probes(&doors),
+        hooks = main.join(".git/hooks").display(),
+        plant = plant.display(),
+    );
+    let mut git = b.repo("acme/fk");
+    git.write("integration.yml", "step: main\nshell: \"true\"\n");
+    let main_sha = git.commit("main");
+    git.push();
+    let built = wait_build(&b.redis, &b.hook.push_ok(&git, &main_sha), LONG);
+    assert_eq!(built.state, "passed", "{:#?}", built.log);
+    git.checkout("feature/x");
+    git.write("integration.yml", &yml);
+    let head = git.commit("the request's head");
+    run(crate::harness::git(&git.work).args(["push", "-q", "origin", &format!("{head}:refs/pull/9/head")]));
+    assert!(main.join(".git").is_dir(), "the target's checkout is where the attack looks");
+    for (name, path) in &doors[..3] {
+        assert!(std::path::Path::new(path).exists(), "{name}: {path}");
+    }
+    let body = crate::pulls::github_pull("acme/fk", &git.file_url(), 9, &head, "mallory/fk", "opened");
+    let id = crate::pulls::accepted(&b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]));
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    let mut want: Vec<String> =
+        doors.iter().map(|(name, _)| format!("{name} {}", if *name == "own" { "reached" } else { "closed" })).collect();
+    want.extend(["plant closed".to_string(), "left".to_string()]);
+    assert_eq!(build.printed(), want, "{:#?}", build.log);
+    assert!(!plant.exists(), "the fork planted a hook in the target's checkout");
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 3131"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "a process the fork left runs on: {}", String::from_utf8_lossy(&left.stdout));
+}

@@ -14,7 +14,7 @@ const DEPLOY_KEY: &str = "s3cret-value";
 /// target) that only `ref` names, as the forge keeps it. Returns (repo, head sha).
 pub(crate) fn target_with_request(b: &Backend, name: &str, git_ref: &str, yml: &str) -> (GitRepo, String) {
     let mut repo = b.repo(name);
-    repo.write("integration.yml", "step: main\nshell: true\n");
+    repo.write("integration.yml", "step: main\nshell: \"true\"\n");
     repo.commit("main");
     repo.push();
     repo.checkout("feature/x");
@@ -78,7 +78,7 @@ fn send_gitlab(hook: &Hook, event: &str, body: &[u8]) -> Response {
     )
 }
 
-fn accepted(r: &Response) -> String {
+pub(crate) fn accepted(r: &Response) -> String {
     assert_eq!(r.code, 202, "{r}");
     r.json()["id"].as_str().unwrap_or_else(|| panic!("no id: {r}")).to_string()
 }

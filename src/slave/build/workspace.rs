@@ -602,7 +602,8 @@ mod tests {
         let cache = Path::new("/cache");
         for (repo, branch) in [("../../etc", "x"), ("/abs", ".."), ("a/b", "-rf"), ("a\0b", "é")] {
             let p = checkout_dir(cache, repo, branch);
-            assert_eq!(p.components().count(), 4, "{p:?}");
+            assert_eq!(p.components().count(), 5, "{p:?}");
+            assert_eq!(p.parent(), home_dir(cache, repo, branch).parent(), "{p:?}");
             assert!(p.starts_with(cache));
             assert!(!p.to_string_lossy().contains("/../"));
         }
@@ -614,7 +615,7 @@ mod tests {
     #[test]
     fn mirrors_never_collide_with_checkouts() {
         let m = mirror_dir(Path::new("/cache"), "acme/app", "https://h/acme/app.git");
-        assert_eq!(m.parent(), checkout_dir(Path::new("/cache"), "acme/app", "main").parent());
+        assert_eq!(m.parent(), branch_dir(Path::new("/cache"), "acme/app", "main").parent());
         let name = m.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.starts_with(".mirror-") && name.ends_with(".git"), "{name}");
         // Branch names that look like it are encoded: a leading `.` never survives.
