@@ -111,3 +111,7 @@ mod containers;
 /// What one build can plant for the next: hooks, fsmonitor, filters and attributes written into
 /// another branch's checkout run in none of its checkouts.
 mod containment;
+
+/// `[skip ci]` / `[ci skip]` in a pushed head commit's message: 200 and nothing written, on
+/// each forge; other commits' messages and requests' titles do not count; a 25 MB push.
+mod skip_ci;
