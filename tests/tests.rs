@@ -119,3 +119,7 @@ mod skip_ci;
 /// The README's per-forge examples (GitHub, Gitea/Forgejo, GitLab: push and pull/merge
 /// request), read out of README.md and run against `make run`; the errors they can hit.
 mod readme_examples;
+
+/// The reference against the code: /metrics against the documented metrics, build records
+/// against their documented fields, `make help` against scripts/deps.sh.
+mod docs_truth;
