@@ -166,7 +166,7 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
 }
 
 /// Starts make run's script in `dir` (its output to `make-run.out`/`.err` there); returns it
-/// once it printed its token.
+/// once it printed its token and its three slaves are ready.
 pub(crate) fn start(dir: &Path, redis_port: u16, hook_port: u16) -> std::process::Child {
     let out_path = dir.join("make-run.out");
     let err_path = dir.join("make-run.err");
@@ -180,6 +180,16 @@ pub(crate) fn start(dir: &Path, redis_port: u16, hook_port: u16) -> std::process
         }
         text.lines().find(|l| l.starts_with("Secret token: ")).map(drop).ok_or(text)
     });
+    for i in 0..3 {
+        wait_for(&format!("local slave {i} to be ready"), LONG, || {
+            let log = std::fs::read_to_string(dir.join(format!("slave-{i}.log"))).unwrap_or_default();
+            if events(&log, "slave.ready").is_empty() {
+                Err(log)
+            } else {
+                Ok(())
+            }
+        });
+    }
     child
 }
 
