@@ -5,10 +5,10 @@ CARGO ?= cargo
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/:.*## /\t/' -e "s/@DEPS@/$$(scripts/deps.sh --list)/" | expand -t 12
 
 .PHONY: deps
-deps: ## install the programs the backend and tests use (scripts/deps.sh) when missing (apt-get as root)
+deps: ## install what the backend and tests use, when missing (apt-get as root; scripts/deps.sh): @DEPS@
 	@scripts/deps.sh
 
 .PHONY: build

@@ -20,7 +20,21 @@ if [ "${1:-}" = --check ]; then
   echo "deps: missing ${need[*]}: run make deps (as root it installs them with apt-get), or: sudo apt-get install ${need[*]}" >&2
   exit 1
 fi
-for pair in busybox:busybox-static redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux /bin/kill:procps chromium:chromium xmllint:libxml2-utils; do
+# What make deps installs when missing: `command:package` (and, below, the
+# Python modules make test needs).
+pairs=(busybox:busybox-static redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools git:git openssl:openssl curl:curl bash:bash python3:python3 flock:util-linux setsid:util-linux runuser:util-linux /bin/kill:procps chromium:chromium xmllint:libxml2-utils)
+python_packages=(python3-jsonschema python3-yaml python3-venv)
+# `--list`: every package this script may install, once each (make help).
+if [ "${1:-}" = --list ]; then
+  seen=" "
+  for pair in "${pairs[@]}" "${python_packages[@]/#/:}"; do
+    pkg=${pair#*:}
+    case $seen in *" $pkg "*) ;; *) seen="$seen$pkg " ;; esac
+  done
+  echo $seen
+  exit 0
+fi
+for pair in "${pairs[@]}"; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -39,14 +53,14 @@ command -v cargo >/dev/null 2>&1 || { echo "deps: cargo is missing: install Rust
 # Debian's python3 they come from apt, otherwise validate.py uses pip.
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import jsonschema, yaml' 2>/dev/null \
    && [ "$(command -v python3)" = /usr/bin/python3 ]; then
-  need+=(python3-jsonschema python3-yaml)
+  need+=("${python_packages[@]:0:2}")
 fi
 # images/kubernetes/validate.sh (run by make test) makes a venv for
 # kubernetes-validate from PyPI; Debian's python3 makes venvs only with
 # python3-venv (ensurepip).
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import venv, ensurepip' 2>/dev/null \
    && [ "$(command -v python3)" = /usr/bin/python3 ]; then
-  need+=(python3-venv)
+  need+=("${python_packages[2]}")
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

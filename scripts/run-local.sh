@@ -12,7 +12,42 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # the developer's .run or needing a release build.
 run=${RUN_DIR:-$root/.run}
 bin=${BIN_DIR:-$root/target/release}
+
+# From a terminal, make runs this script in make's own process group, so a
+# Ctrl-C reached make too, which then reported "Interrupt" or "Error 130" and
+# exited so, however cleanly the script stopped. Run again as a job of its own
+# in the terminal's foreground: Ctrl-C reaches this script alone, and make
+# sees its 0. Only an interactive bash hands the terminal to a job (`fg`);
+# its own notices go to /dev/null, the script's stderr to ours (fd 3).
+if [ -t 0 ] && [ -z "${RUN_LOCAL_JOB:-}" ]; then
+  export RUN_LOCAL_JOB=1
+  exec 3>&2
+  exec bash --norc --noprofile -i -c '"$0" "$@" 2>&3 3>&- & fg %1 >/dev/null' "$0" "$@" 2>/dev/null
+fi
+exec 3>&-
+
 mkdir -p "$run"
+# One make run per checkout: it holds an flock on $run/lock for its whole
+# life (the kernel drops it when the script dies, even by kill -9, so no
+# stale lock blocks the next one). A second one stops here, having touched
+# nothing, and names the first from $run/running.
+exec 9<>"$run/lock"
+if ! flock -n 9; then
+  echo "run: make run is already running in this checkout: $(cat "$run/running" 2>/dev/null || echo "pid unknown") (state in $run/); stop it (Ctrl-C in its terminal) first" >&2
+  exit 1
+fi
+# A make run killed with kill -9 leaves its parts running (each in a session
+# of its own); they still write $run/. Stop here while one is alive.
+alive=()
+for p in $(cat "$run/pids" 2>/dev/null); do
+  case $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) in
+    *redis-server*|*/hook*|*/slave*) alive+=("$p") ;;
+  esac
+done
+if [ ${#alive[@]} -gt 0 ]; then
+  echo "run: an earlier make run in $run/ was killed without its Ctrl-C and left its parts running: pids ${alive[*]}; stop them first: kill ${alive[*]}" >&2
+  exit 1
+fi
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -32,6 +67,7 @@ else
   hook_addr=0.0.0.0:$hook_port
 fi
 grace=${SLAVE_GRACE:-30}
+echo "pid $$, hook on http://127.0.0.1:$hook_port, redis on 127.0.0.1:$port" >"$run/running"
 
 # Each part in its own session, so Ctrl-C reaches this script alone and it
 # stops them in order.
@@ -41,6 +77,7 @@ redis_pid=""
 tail_pid=""
 stop_all() {
   trap - INT TERM EXIT
+  rm -f "$run/running"
   echo; echo "run: stopping the slaves (a running build may take up to ${grace}s), then the hook, then redis"
   [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null || true
   for p in "${slave_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -49,7 +86,9 @@ stop_all() {
   [ -n "$redis_pid" ] && { kill -TERM "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/null || true; }
   echo "run: stopped"
 }
-trap stop_all INT TERM EXIT
+trap stop_all EXIT
+# Ctrl-C and SIGTERM are the way to stop make run: a clean stop exits 0.
+trap 'stop_all; exit 0' INT TERM
 
 # Redis is locked: a build step that reached it would read the token and queue
 # builds of its own. The password is made at the first start and kept in
@@ -62,7 +101,7 @@ if [ ! -s "$pass_file" ]; then
 fi
 pass=$(cat "$pass_file")
 (umask 077 && printf 'requirepass %s\n' "$pass" >"$run/redis.conf")
-setsid redis-server "$run/redis.conf" --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 &
+setsid redis-server "$run/redis.conf" --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync always --save '' >"$run/redis.log" 2>&1 9>&- &
 redis_pid=$!
 echo "$redis_pid" >"$run/pids"
 ping_redis() { REDISCLI_AUTH=$pass redis-cli -p "$port" ping 2>/dev/null | grep -q PONG; }
@@ -71,7 +110,7 @@ ping_redis || { echo "run: redis did not start, see $run/redis.log" >&2; exit 1;
 export REDIS_URL="redis://:$pass@127.0.0.1:$port/0"
 
 : >"$run/hook.log"
-HOOK_ADDR="$hook_addr" setsid "$bin/hook" >>"$run/hook.log" 2>&1 &
+HOOK_ADDR="$hook_addr" setsid "$bin/hook" >>"$run/hook.log" 2>&1 9>&- &
 hook_pid=$!
 echo "$hook_pid" >>"$run/pids"
 # Steps run as SLAVE_BUILD_USER (nobody) when the slaves run as root: the
@@ -84,7 +123,7 @@ if [ "$(id -u)" = 0 ] && ! runuser -u "$build_user" -- test -x "$run" 2>/dev/nul
   echo "run: $run is closed to the build user $build_user; the slaves' caches live in $cache_root"
 fi
 for i in 0 1 2; do
-  SLAVE_INDEX=$i SLAVE_GRACE=$grace SLAVE_CACHE="$cache_root/cache-$i" setsid "$bin/slave" >"$run/slave-$i.log" 2>&1 &
+  SLAVE_INDEX=$i SLAVE_GRACE=$grace SLAVE_CACHE="$cache_root/cache-$i" setsid "$bin/slave" >"$run/slave-$i.log" 2>&1 9>&- &
   slave_pids+=($!)
   echo "$!" >>"$run/pids"
 done
@@ -101,6 +140,12 @@ if [ ! -d "$example" ]; then
   rm -rf "$work"
 fi
 sha=$(git -C "$example" rev-parse main)
+# Request 1 of the example, for the README's per-forge examples: its head is
+# main's commit, kept where GitHub and Gitea/Forgejo (refs/pull/1/head) and
+# GitLab (refs/merge-requests/1/head) keep a request's head.
+for ref in refs/pull/1/head refs/merge-requests/1/head; do
+  git -C "$example" rev-parse -q --verify "$ref" >/dev/null || git -C "$example" update-ref "$ref" "$sha"
+done
 
 token=""
 for _ in $(seq 100); do
@@ -144,7 +189,8 @@ Then read its status, or watch it in a browser:
 
 Ctrl-C stops everything (slaves first, then the hook, then redis).
 MSG
-tail -n 0 -f "$run/hook.log" "$run"/slave-*.log &
+tail --pid=$$ -n 0 -f "$run/hook.log" "$run"/slave-*.log 9>&- &
 tail_pid=$!
 wait "$hook_pid"
 echo "run: the hook exited; see $run/hook.log" >&2
+exit 1

@@ -115,3 +115,15 @@ mod containers;
 /// What one build can plant for the next: hooks, fsmonitor, filters and attributes written into
 /// another branch's checkout run in none of its checkouts.
 mod containment;
+
+/// `[skip ci]` / `[ci skip]` in a pushed head commit's message: 200 and nothing written, on
+/// each forge; other commits' messages and requests' titles do not count; a 25 MB push.
+mod skip_ci;
+
+/// The README's per-forge examples (GitHub, Gitea/Forgejo, GitLab: push and pull/merge
+/// request), read out of README.md and run against `make run`; the errors they can hit.
+mod readme_examples;
+
+/// The reference against the code: /metrics against the documented metrics, build records
+/// against their documented fields, `make help` against scripts/deps.sh.
+mod docs_truth;

@@ -5,7 +5,7 @@ use super::{check_json, from_json, github, Delivery, PayloadError};
 pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
     match event {
         // Gitea's push body has GitHub's shape.
-        "push" => github::push(&from_json(body)?, "gitea", build_tags),
+        "push" => github::push(&from_json(body)?, body, "gitea", build_tags),
         // Gitea names a new head `synchronized`; its header says `pull_request`.
         "pull_request" | "pull_request_sync" => github::pull(&from_json(body)?, "gitea"),
         other => {

@@ -1,6 +1,6 @@
 //! GitHub (and GitHub Enterprise) deliveries: `X-GitHub-Event`.
 
-use super::{builds_head, check_json, from_json, head_message, normalize, Delivery, Last, PayloadError, Pull, RawCommit, RawPush};
+use super::{builds_head, check_json, from_json, head_message, normalize, Delivery, Last, Names, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -73,7 +73,7 @@ struct Side<'a> {
 
 pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
     match event {
-        "push" => push(&from_json(body)?, "github", build_tags),
+        "push" => push(&from_json(body)?, body, "github", build_tags),
         "pull_request" => pull(&from_json(body)?, "github"),
         "ping" => check_json(body).map(|_| Delivery::NoBuild("ping: hook is set up".into())),
         other => {
@@ -88,19 +88,33 @@ pub(super) fn parse_headerless(body: &[u8], build_tags: bool) -> Result<Delivery
     if parsed.git_ref.is_none() || parsed.after.is_none() {
         return Err(PayloadError("no event header (X-GitHub-Event, X-Gitea-Event or X-Gitlab-Event) and the body is not a push".into()));
     }
-    push(&parsed, "github", build_tags)
+    push(&parsed, body, "github", build_tags)
 }
 
-/// GitHub's and Gitea's push bodies share these fields; `forge` says which sent it.
-pub(super) fn push(b: &Body, forge: &'static str, build_tags: bool) -> Result<Delivery, PayloadError> {
+const PUSH: Names =
+    Names { body: "GitHub push", git_ref: "ref", sha: "after", repo: "repository.full_name", clone_url: "repository.clone_url" };
+const GITEA_PUSH: Names = Names { body: "Gitea/Forgejo push", ..PUSH };
+const PULL: Names = Names {
+    body: "GitHub pull_request",
+    git_ref: "number",
+    sha: "pull_request.head.sha",
+    repo: "repository.full_name",
+    clone_url: "repository.clone_url",
+};
+const GITEA_PULL: Names = Names { body: "Gitea/Forgejo pull_request", ..PULL };
+
+/// GitHub's and Gitea's push bodies share these fields; `forge` says which
+/// sent it; `body` is the JSON `b` was read from.
+pub(super) fn push(b: &Body, body: &[u8], forge: &'static str, build_tags: bool) -> Result<Delivery, PayloadError> {
     let repo = b.repository.as_ref();
+    let message = head_message(body, b.head_commit.as_ref(), b.commits.as_ref().and_then(|c| c.0.as_ref()), b.after.as_deref());
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
         sha: b.after.as_deref(),
         repo: repo.and_then(|r| r.full_name.as_deref()),
         clone_url: repo.and_then(|r| r.clone_url.as_deref()),
         default_branch: repo.and_then(|r| r.default_branch.as_deref()),
-        message: head_message(&b.head_commit, &b.commits),
+        message: message.as_deref(),
         deleted: b.deleted.as_ref().and_then(serde_json::Value::as_bool).unwrap_or(false),
         forge,
         web_url: repo.and_then(|r| r.html_url.as_deref()),
@@ -109,8 +123,9 @@ pub(super) fn push(b: &Body, forge: &'static str, build_tags: bool) -> Result<De
         project_id: None,
         pull: None,
         fork: false,
-        tag_commit: b.head_commit.as_ref().and_then(|c| c.id.as_ref()?.as_str()),
+        tag_commit: b.head_commit.as_ref().and_then(|c| c.id.0.as_deref()),
         build_tags,
+        names: if forge == "gitea" { &GITEA_PUSH } else { &PUSH },
     })
 }
 
@@ -121,13 +136,14 @@ pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, Payloa
     if !builds_head(action) {
         return Ok(Delivery::NoBuild(format!("pull request action {action:?} brings no new commit: nothing to build")));
     }
-    let missing = |what: &str| PayloadError(format!("missing field: {what}"));
+    let names = if forge == "gitea" { &GITEA_PULL } else { &PULL };
+    let missing = |what: &str| PayloadError(format!("missing field: {what} (in a {} body)", names.body));
     let pr = b.pull_request.as_ref().ok_or_else(|| missing("pull_request"))?;
     let number = b.number.as_ref().and_then(serde_json::Value::as_u64).ok_or_else(|| missing("number"))?;
     let head = pr.head.as_ref().ok_or_else(|| missing("pull_request.head"))?;
     let base = pr.base.as_ref().ok_or_else(|| missing("pull_request.base"))?;
     let repo = b.repository.as_ref();
-    let target = repo.and_then(|r| r.full_name.as_deref()).ok_or_else(|| missing("repository full name"))?;
+    let target = repo.and_then(|r| r.full_name.as_deref()).ok_or_else(|| missing("repository.full_name"))?;
     // GitHub names the head repository; Gitea gives both sides' repository ids
     // only. A head that is neither (a deleted fork) is someone else's code.
     let head_repo = match (head.repo.as_ref().and_then(|r| r.full_name.as_deref()), head.repo_id, base.repo_id) {
@@ -158,5 +174,6 @@ pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, Payloa
         pull: Some(pull),
         tag_commit: None,
         build_tags: false,
+        names,
     })
 }

@@ -1,6 +1,6 @@
 //! GitLab deliveries: `X-Gitlab-Event: Push Hook` and the rest.
 
-use super::{check_json, from_json, head_message, normalize, Delivery, Last, PayloadError, Pull, RawCommit, RawPush};
+use super::{check_json, from_json, head_message, normalize, Delivery, Last, Names, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -71,6 +71,21 @@ struct LastCommit<'a> {
     id: Option<Cow<'a, str>>,
 }
 
+const PUSH: Names = Names {
+    body: "GitLab Push Hook",
+    git_ref: "ref",
+    sha: "checkout_sha",
+    repo: "project.path_with_namespace",
+    clone_url: "project.git_http_url",
+};
+const MERGE: Names = Names {
+    body: "GitLab Merge Request Hook",
+    git_ref: "object_attributes.iid",
+    sha: "object_attributes.last_commit.id",
+    repo: "project.path_with_namespace",
+    clone_url: "project.git_http_url",
+};
+
 pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delivery, PayloadError> {
     if event == "Merge Request Hook" {
         return merge_request(&from_json(body)?);
@@ -84,13 +99,14 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
     // A deleted branch has `checkout_sha: null` and an all-zero `after`.
     let deleted = b.checkout_sha.as_ref().is_some_and(serde_json::Value::is_null);
     let checkout = b.checkout_sha.as_ref().and_then(serde_json::Value::as_str);
+    let message = head_message(body, None, b.commits.as_ref().and_then(|c| c.0.as_ref()), checkout.or(b.after.as_deref()));
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
         sha: checkout.or(b.after.as_deref()),
         repo: project.and_then(|p| p.path_with_namespace.as_deref()),
         clone_url: project.and_then(|p| p.git_http_url.as_deref()).or_else(|| b.repository.as_ref()?.git_http_url.as_deref()),
         default_branch: project.and_then(|p| p.default_branch.as_deref()),
-        message: head_message(&None, &b.commits),
+        message: message.as_deref(),
         deleted,
         forge: "gitlab",
         web_url: project.and_then(|p| p.web_url.as_deref()),
@@ -101,13 +117,14 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
         // `checkout_sha` is the commit even for an annotated tag.
         tag_commit: checkout,
         build_tags,
+        names: &PUSH,
     })
 }
 
 /// Builds `open`, `reopen`, and an `update` with new commits (`oldrev`);
 /// the head is fetched from the target's `refs/merge-requests/<iid>/head`.
 fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
-    let missing = |what: &str| PayloadError(format!("missing field: {what}"));
+    let missing = |what: &str| PayloadError(format!("missing field: {what} (in a {} body)", MERGE.body));
     let mr = b.object_attributes.as_ref().ok_or_else(|| missing("object_attributes"))?;
     let action = mr.action.as_deref().unwrap_or("");
     let new_commits = mr.oldrev.as_ref().is_some_and(|v| v.is_string());
@@ -145,5 +162,6 @@ fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
         pull: Some(pull),
         tag_commit: None,
         build_tags: false,
+        names: &MERGE,
     })
 }

@@ -319,10 +319,31 @@ pub(crate) struct RawPush<'a> {
     pub tag_commit: Option<&'a str>,
     /// HOOK_BUILD_TAGS: off, a tag push is answered without a build.
     pub build_tags: bool,
+    /// Where this sender's body holds the fields, for errors naming one missing.
+    pub names: &'static Names,
+}
+
+/// Where a sender's body holds a build's fields, as a missing one is named:
+/// `missing field: project.path_with_namespace (the repository's full name
+/// in a GitLab Push Hook body)` tells a sender which header the hook read.
+pub(crate) struct Names {
+    /// `GitHub push`, `GitLab Push Hook`, …: the body the event header announced.
+    pub body: &'static str,
+    pub git_ref: &'static str,
+    pub sha: &'static str,
+    pub repo: &'static str,
+    pub clone_url: &'static str,
+}
+
+impl Names {
+    fn missing(&self, path: &str, what: &str) -> PayloadError {
+        PayloadError(format!("missing field: {path} (the {what} in a {} body)", self.body))
+    }
 }
 
 pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
-    let git_ref = raw.git_ref.ok_or_else(|| missing("ref"))?;
+    let names = raw.names;
+    let git_ref = raw.git_ref.ok_or_else(|| names.missing(names.git_ref, "pushed ref"))?;
     let zero = |s: &str| !s.is_empty() && s.bytes().all(|b| b == b'0');
     let (branch, tag, sha) = if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
         if !raw.build_tags {
@@ -344,9 +365,9 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         return Ok(Delivery::NoBuild(format!("push to {git_ref:?}: only branches are built")));
     };
     let branch = branch.as_str();
-    let sha = sha.ok_or_else(|| missing("after (the pushed commit)"))?;
-    let repo = raw.repo.ok_or_else(|| missing("repository full name"))?;
-    let clone_url = raw.clone_url.ok_or_else(|| missing("repository clone URL"))?;
+    let sha = sha.ok_or_else(|| names.missing(names.sha, "commit to build"))?;
+    let repo = raw.repo.ok_or_else(|| names.missing(names.repo, "repository's full name"))?;
+    let clone_url = raw.clone_url.ok_or_else(|| names.missing(names.clone_url, "repository's clone URL"))?;
     check_repo(repo)?;
     check_branch(branch)?;
     if let Some(p) = &raw.pull {
@@ -378,10 +399,6 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         tag,
         fork: raw.fork,
     }))
-}
-
-fn missing(what: &str) -> PayloadError {
-    PayloadError(format!("missing field: {what}"))
 }
 
 /// Names come from senders and end up in Redis keys (`<repo>:<branch>`),
@@ -470,7 +487,65 @@ pub(crate) struct RawCommit<'a> {
     #[serde(borrow)]
     pub message: Option<std::borrow::Cow<'a, str>>,
     /// Kept loose: only a string is a commit id.
-    pub id: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    pub id: LooseStr<'a>,
+}
+
+/// A string, or nothing when the sender put anything else there: other
+/// values are skipped as they are read, never built into a document (an
+/// `id` of a million numbers costs no memory).
+#[derive(Default)]
+pub(crate) struct LooseStr<'a>(pub Option<std::borrow::Cow<'a, str>>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for LooseStr<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = LooseStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(LooseStr(Some(v.into())))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LooseStr(Some(v.to_string().into())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(LooseStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(LooseStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(LooseStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(LooseStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(LooseStr(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(LooseStr(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(LooseStr(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(LooseStr(None))
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
+impl LooseStr<'_> {
+    fn is(&self, sha: &str) -> bool {
+        self.0.as_deref().is_some_and(|id| id.eq_ignore_ascii_case(sha))
+    }
 }
 
 /// The last element of a JSON array; the others are read and dropped as
@@ -503,9 +578,100 @@ pub(crate) fn builds_head(action: &str) -> bool {
     matches!(action, "opened" | "reopened" | "synchronize" | "synchronized")
 }
 
-/// The message of the pushed commit: `head_commit`, else the last commit.
-pub(crate) fn head_message<'b>(head: &'b Option<RawCommit>, commits: &'b Option<Last<RawCommit>>) -> Option<&'b str> {
-    head.as_ref().and_then(|c| c.message.as_deref()).or_else(|| commits.as_ref()?.0.as_ref()?.message.as_deref())
+/// The pushed head commit's message: `head_commit`'s when the sender names
+/// it (GitHub, Gitea/Forgejo), else the message of the listed commit whose id
+/// is the pushed `sha` (GitLab's `checkout_sha`/`after`; the list's order is
+/// the sender's). `last` is the list's last commit, read with the body:
+/// usually the head; when it is not, the body is read once more keeping only
+/// the commit named `sha`, so the memory stays that of one commit.
+pub(crate) fn head_message<'b>(
+    body: &[u8],
+    head: Option<&'b RawCommit>,
+    last: Option<&'b RawCommit>,
+    sha: Option<&str>,
+) -> Option<std::borrow::Cow<'b, str>> {
+    if let Some(message) = head.and_then(|c| c.message.as_deref()) {
+        return Some(message.into());
+    }
+    let (sha, last) = (sha?, last?);
+    if last.id.is(sha) {
+        return last.message.as_deref().map(Into::into);
+    }
+    listed_message(body, sha).map(Into::into)
+}
+
+/// The message of the commit of the body's `commits` whose id is `sha`.
+fn listed_message(body: &[u8], sha: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Top<'s>(&'s str);
+    struct List<'s>(&'s str);
+    impl<'de> DeserializeSeed<'de> for Top<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "commits" {
+                    found = map.next_value_seed(List(self.0))?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for List<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for List<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of commits")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(commit) = seq.next_element::<RawCommit>()? {
+                if commit.id.is(self.0) {
+                    found = commit.message.map(std::borrow::Cow::into_owned);
+                }
+            }
+            Ok(found)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Top(sha).deserialize(&mut de).ok().flatten()
+}
+
+/// What a commit message says to have its push not built, in any case.
+pub const SKIP_MARKERS: [&str; 2] = ["[skip ci]", "[ci skip]"];
+
+impl Push {
+    /// Why this push is not built, when its head commit's message holds one
+    /// of [`SKIP_MARKERS`]. Branch pushes only: a request's payload carries
+    /// its title, not its head commit's message, and a tag is pushed to be
+    /// built.
+    pub fn skip_reason(&self) -> Option<String> {
+        if self.pull.is_some() || self.tag.is_some() {
+            return None;
+        }
+        let text = self.message.as_bytes();
+        let marker = SKIP_MARKERS.into_iter().find(|m| text.windows(m.len()).any(|w| w.eq_ignore_ascii_case(m.as_bytes())))?;
+        Some(format!("skipped: {marker} in the head commit's message"))
+    }
 }
 
 #[cfg(test)]
@@ -526,6 +692,51 @@ mod tests {
         Request { github_event: Some(event), body: body.as_bytes(), ..Default::default() }
     }
 
+    /// GitLab lists a push's commits in its own order: the head is the one whose id is
+    /// `checkout_sha`, first, last or between; ids of other types are skipped.
+    #[test]
+    fn the_head_commit_is_found_by_its_id_wherever_it_is_listed() {
+        let (head, other) = ("a".repeat(40), "b".repeat(40));
+        let gitlab = |commits: &str| {
+            let body = format!(
+                r#"{{"ref":"refs/heads/main","checkout_sha":"{head}","project":{{"path_with_namespace":"a/b","git_http_url":"file:///x"}},"commits":{commits}}}"#
+            );
+            match parse(&Request { gitlab_event: Some("Push Hook"), body: body.as_bytes(), ..Default::default() }) {
+                Ok(Delivery::Build(p)) => p.message,
+                other => panic!("{other:?}"),
+            }
+        };
+        let c = |id: &str, m: &str| format!(r#"{{"id":"{id}","message":"{m}"}}"#);
+        assert_eq!(gitlab(&format!("[{},{}]", c(&other, "old"), c(&head, "new"))), "new");
+        assert_eq!(gitlab(&format!("[{},{}]", c(&head, "new"), c(&other, "old"))), "new");
+        assert_eq!(
+            gitlab(&format!(r#"[{},{{"id":[1,{{"x":2}}],"message":"odd"}},{}]"#, c(&other, "a"), c(&head.to_uppercase(), "new"))),
+            "new"
+        );
+        assert_eq!(gitlab(&format!("[{}]", c(&other, "not the head"))), "");
+        assert_eq!(gitlab("null"), "");
+    }
+
+    #[test]
+    fn skip_markers_in_any_case_skip_branch_pushes_only() {
+        let body = |msg: &str| {
+            format!(
+                r#"{{"ref":"refs/heads/main","after":"{}","head_commit":{{"message":{}}},"repository":{{"full_name":"a/b","clone_url":"file:///x"}}}}"#,
+                "c".repeat(40),
+                serde_json::json!(msg)
+            )
+        };
+        let skip = |msg: &str| match parse(&req("push", Box::leak(body(msg).into_boxed_str()))) {
+            Ok(Delivery::Build(p)) => p.skip_reason(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(skip("fix\n\n[SKIP CI]").as_deref(), Some("skipped: [skip ci] in the head commit's message"));
+        assert_eq!(skip("[Ci Skip] docs").as_deref(), Some("skipped: [ci skip] in the head commit's message"));
+        for no in ["skip ci", "[skip-ci]", "[ci  skip]", "[skip ci", ""] {
+            assert_eq!(skip(no), None, "{no:?}");
+        }
+    }
+
     #[test]
     fn form_encoded_payload_is_decoded() {
         let body = "payload=%7B%22zen%22%3A%22a+b%22%2C%22hook_id%22%3A1%7D";
@@ -538,7 +749,7 @@ mod tests {
         assert!(parse(&req("push", "{not json")).unwrap_err().0.contains("malformed JSON"));
         let r = Request { content_type: Some("text/plain"), ..req("push", "{}") };
         assert!(parse(&r).unwrap_err().0.contains("unsupported content type"));
-        assert!(parse(&req("push", "{}")).unwrap_err().0.contains("missing field: ref"));
+        assert_eq!(parse(&req("push", "{}")).unwrap_err().0, "missing field: ref (the pushed ref in a GitHub push body)");
     }
 
     #[test]

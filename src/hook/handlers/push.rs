@@ -39,6 +39,12 @@ pub(crate) fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &st
         }
         Err(e) => return Reply::error(400, e.0),
     };
+    if let Some(reason) = push.skip_reason() {
+        let mut r = Reply::json(200, json!({ "reason": reason }));
+        let short = payload::short_sha(&push.sha);
+        r.facts = format!(" repo={} branch={} sha={short} reason={}", quote(&push.repo), quote(&push.branch), quote(&reason));
+        return r;
+    }
     push.hints = crate::routing::parse_hints(path);
     let delivery = req
         .header("X-GitHub-Delivery")
