@@ -95,3 +95,29 @@ fn a_job_and_record_of_the_previous_version_read_as_their_branch_tells() {
     blocker.release();
     check(&b, "acme/old", "pull/8", &id, "pull_request", "pull_request", None);
 }
+
+/// A queued build that a newer push or a re-run coalesces into takes the newer one's event,
+/// like its commit: the last asked for is what runs.
+#[test]
+fn a_coalesced_build_takes_the_newer_event() {
+    let b = Backend::start(1, &[], &[]);
+    let (blocker, _) = b.occupy("acme/busy");
+    let repo = b.repo("acme/co");
+    repo.write("integration.yml", EVENT_YML);
+    let first = repo.commit("first");
+    repo.push();
+    let id = b.hook.push_ok(&repo, &first);
+    let stored = |b: &Backend| b.redis.hgetall(&format!("ci:build:{id}")).get("event").cloned();
+    assert_eq!(stored(&b).as_deref(), Some("push"));
+    let bearer = format!("Bearer {}", b.hook.token);
+    let r = b.hook.post("/build/acme/co?branch=main", &[("Authorization", &bearer)], b"");
+    assert_eq!((r.code, r.json()["id"].as_str(), r.json()["coalesced"].as_bool()), (202, Some(id.as_str()), Some(true)), "{r}");
+    assert_eq!(stored(&b).as_deref(), Some("manual"));
+    let second = repo.commit("second");
+    repo.push();
+    let r = b.hook.push(&repo, &second);
+    assert_eq!((r.code, r.json()["id"].as_str(), r.json()["coalesced"].as_bool()), (202, Some(id.as_str()), Some(true)), "{r}");
+    assert_eq!(stored(&b).as_deref(), Some("push"));
+    blocker.release();
+    check(&b, "acme/co", "main", &id, "push", "push", Some("push"));
+}
