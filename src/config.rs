@@ -204,8 +204,8 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
-/// The longest SLAVE_STATUS_CONTEXT: with `/pull_request`'s room to spare,
-/// far under the forges' 255.
+/// The longest SLAVE_STATUS_CONTEXT: with `/manual` after it, a name
+/// still short enough to read in a forge's list of statuses.
 pub const MAX_STATUS_CONTEXT: usize = 64;
 
 /// SLAVE_STATUS_CONTEXT, when it is 1 to [`MAX_STATUS_CONTEXT`] characters
