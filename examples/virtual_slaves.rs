@@ -23,7 +23,7 @@
 //! Usage: `cargo run --release --example virtual_slaves -- --redis redis://127.0.0.1:6379/0
 //! --slaves 100 [--repos 10000] [--producers 4] [--lease-ms 10000] [--idle-secs 3]`
 
-use ci_backend::payload::{ForgeFacts, Push};
+use ci_backend::payload::{Event, ForgeFacts, Push};
 use ci_backend::routing::Routing;
 use ci_backend::store::keys;
 use ci_backend::store::membership::Member;
@@ -162,6 +162,7 @@ fn push_of(i: usize) -> Push {
         pull: None,
         tag: None,
         fork: false,
+        event: Event::Push,
     }
 }
 

@@ -178,6 +178,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         default: "5",
         doc: "attempts per commit status (2, 4, 8, 16 s apart) before `forge.status_failed`",
     },
+    Setting {
+        name: "SLAVE_STATUS_CONTEXT",
+        default: "ci-backend",
+        doc: "commit statuses' context (GitLab: name) is `<it>/<event>`: push, pr, tag, cron, manual; 1 to 64 of `A-Za-z0-9._-/`",
+    },
     CI_PUBLIC_URL,
     Setting {
         name: "SLAVE_DOCKER",
@@ -198,6 +203,24 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     Setting { name: "SLAVE_STEP_CPUS", default: "2", doc: "CPUs a step's container may use (a decimal: 0.5, 2)" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
+
+/// The longest SLAVE_STATUS_CONTEXT: with `/manual` after it, a name
+/// still short enough to read in a forge's list of statuses.
+pub const MAX_STATUS_CONTEXT: usize = 64;
+
+/// SLAVE_STATUS_CONTEXT, when it is 1 to [`MAX_STATUS_CONTEXT`] characters
+/// of `A-Za-z0-9._-/`, `/` only between others: a name every forge shows
+/// as written, and a log value without quotes.
+fn status_context(value: &str) -> Result<String, ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/".contains(c);
+    let parts_ok = value.split('/').all(|part| !part.is_empty());
+    if (1..=MAX_STATUS_CONTEXT).contains(&value.len()) && value.chars().all(allowed) && parts_ok {
+        return Ok(value.to_string());
+    }
+    Err(ConfigError(format!(
+        "SLAVE_STATUS_CONTEXT={value:?}: expected 1 to {MAX_STATUS_CONTEXT} characters of A-Z a-z 0-9 . _ - /, with no `/` at either end or twice in a row (statuses are named `<it>/push`, `<it>/pr`, …)"
+    )))
+}
 
 /// SLAVE_IMAGE_PULL: when a step's image is pulled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,7 +324,8 @@ impl CancelRunning {
         match self {
             CancelRunning::All => true,
             CancelRunning::None => false,
-            CancelRunning::Pulls => branch.starts_with("pull/") || branch.starts_with("merge-requests/"),
+            // A request's branch (pull/<N>, merge-requests/<N>), whatever queued it.
+            CancelRunning::Pulls => crate::payload::Event::of_branch(branch) == crate::payload::Event::PullRequest,
         }
     }
 }
@@ -499,6 +523,8 @@ pub const MIN_LOG_BYTES: usize = 64 * 1024;
 pub struct ForgeSettings {
     pub timeout: Duration,
     pub attempts: u32,
+    /// SLAVE_STATUS_CONTEXT: checked by [`status_context`].
+    pub context: String,
     /// No trailing `/`.
     pub public_url: Option<String>,
 }
@@ -567,6 +593,7 @@ impl SlaveConfig {
                 0 => return Err(ConfigError("SLAVE_FORGE_ATTEMPTS=\"0\": expected at least 1".into())),
                 n => n,
             },
+            context: status_context(&raw(s, "SLAVE_STATUS_CONTEXT").unwrap_or_default())?,
             public_url,
         };
         let containers = ContainerSettings {
@@ -681,10 +708,21 @@ mod tests {
     }
 
     #[test]
-    fn the_configuration_page_lists_every_hook_setting_with_its_default() {
+    fn a_status_context_is_bounded_and_plain() {
+        for good in ["ci-backend", "ci", "acme/ci", "a.b_c-D9", &"x".repeat(MAX_STATUS_CONTEXT)] {
+            assert_eq!(status_context(good).unwrap(), good);
+        }
+        let long = "x".repeat(MAX_STATUS_CONTEXT + 1);
+        for bad in ["", "/ci", "ci/", "a//b", "ci backend", "ci\nx", "ci\u{202e}", "é", "ci:x", "ci\"x", &long] {
+            let e = status_context(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("SLAVE_STATUS_CONTEXT={bad:?}: expected 1 to 64 characters")), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_configuration_page_lists_every_setting_with_its_default() {
         let readme = include_str!("../docs/configuration.md");
-        let forge = SLAVE_SETTINGS.iter().filter(|s| s.name.contains("FORGE") || s.name == "CI_PUBLIC_URL");
-        for s in HOOK_SETTINGS.iter().chain(forge) {
+        for s in HOOK_SETTINGS.iter().chain(SLAVE_SETTINGS) {
             let row = readme.lines().find(|l| l.starts_with(&format!("| `{}` |", s.name)));
             let row = row.unwrap_or_else(|| panic!("docs/configuration.md has no row for {}", s.name));
             if !s.default.is_empty() {

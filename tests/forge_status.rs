@@ -1,6 +1,8 @@
 //! Commit statuses back to the forge: a real hook and slave, and a plain HTTP receiver on
 //! 127.0.0.1 standing for each forge's API (it records method, path, headers and body). The
 //! expected paths, headers and bodies are written out here from the forges' API documents.
+//! Statuses are named `<SLAVE_STATUS_CONTEXT>/<event>`; GitLab's carry the build's `ref`
+//! (GitLab's `lib/api/commit_statuses.rb`: without it, a commit on no branch is a 404).
 
 use crate::harness::*;
 use std::collections::HashMap;
@@ -127,17 +129,24 @@ impl Kind {
     /// The signed payload of a push of `git` at `sha`, naming `forge_host` (`127.0.0.1:<port>`)
     /// as its forge (GitHub: statuses_url; Gitea/GitLab: the repository's web URL).
     fn send(&self, hook: &Hook, git: &GitRepo, sha: &str, forge_host: &str) -> Response {
+        self.send_ref(hook, git, sha, forge_host, &format!("refs/heads/{}", git.branch))
+    }
+
+    /// [`Kind::send`] of a push to `git_ref` (`refs/heads/…` or `refs/tags/…`).
+    fn send_ref(&self, hook: &Hook, git: &GitRepo, sha: &str, forge_host: &str, git_ref: &str) -> Response {
         let msg = git.message(sha);
         let json = ("Content-Type", "application/json");
         match self.name {
             "github" => {
                 let mut v = github_push(&git.name, &git.file_url(), &git.branch, sha, &msg, &git.default_branch);
+                v["ref"] = json!(git_ref);
                 v["repository"]["statuses_url"] = json!(format!("http://{forge_host}{}/repos/{}/statuses/{{sha}}", self.api, git.name));
                 v["repository"]["html_url"] = json!(format!("http://{forge_host}/{}", git.name));
                 hook.send_github("/", "push", v.to_string().as_bytes(), &[])
             }
             "gitea" => {
                 let mut v = gitea_push(&git.name, &git.file_url(), &git.branch, sha, &msg);
+                v["ref"] = json!(git_ref);
                 v["repository"]["html_url"] = json!(format!("http://{forge_host}/{}", git.name));
                 let body = v.to_string();
                 let sig = sign_gitea(body.as_bytes(), &hook.token);
@@ -145,12 +154,49 @@ impl Kind {
             }
             _ => {
                 let mut v = gitlab_push(&git.name, &git.file_url(), &git.branch, sha, &msg);
+                v["ref"] = json!(git_ref);
                 v["project"]["web_url"] = json!(format!("http://{forge_host}/{}", git.name));
                 v["project"]["id"] = json!(self.project_id);
                 v["project_id"] = json!(self.project_id);
+                let event = if git_ref.starts_with("refs/tags/") { "Tag Push Hook" } else { "Push Hook" };
                 let body = v.to_string();
-                hook.post("/", &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", &hook.token), json], body.as_bytes())
+                hook.post("/", &[("X-Gitlab-Event", event), ("X-Gitlab-Token", &hook.token), json], body.as_bytes())
             }
+        }
+    }
+
+    /// The signed payload of request 6 of `git`, its head `sha` on branch `feature/x` of the
+    /// same repository, naming `forge_host` as its forge.
+    fn send_request(&self, hook: &Hook, git: &GitRepo, sha: &str, forge_host: &str) -> Response {
+        if self.name == "gitlab" {
+            let mut v = crate::pulls::gitlab_mr(&git.name, &git.file_url(), 6, sha, 14, "open");
+            v["project"]["web_url"] = json!(format!("http://{forge_host}/{}", git.name));
+            v["project"]["id"] = json!(self.project_id);
+            let body = v.to_string();
+            return hook.post("/", &[("X-Gitlab-Event", "Merge Request Hook"), ("X-Gitlab-Token", &hook.token)], body.as_bytes());
+        }
+        let mut v = crate::pulls::github_pull(&git.name, &git.file_url(), 6, sha, &git.name, "opened");
+        v["repository"]["statuses_url"] = json!(format!("http://{forge_host}{}/repos/{}/statuses/{{sha}}", self.api, git.name));
+        v["repository"]["html_url"] = json!(format!("http://{forge_host}/{}", git.name));
+        let body = v.to_string();
+        if self.name == "github" {
+            return hook.send_github("/", "pull_request", body.as_bytes(), &[]);
+        }
+        let sig = sign_gitea(body.as_bytes(), &hook.token);
+        hook.post(
+            "/",
+            &[("X-Gitea-Event", "pull_request"), ("X-Gitea-Signature", &sig), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    /// Where the forge keeps a request's head: GitLab `refs/merge-requests/<N>/head`, the
+    /// others `refs/pull/<N>/head`.
+    fn request_ref(&self, n: u64) -> String {
+        if self.name == "gitlab" {
+            format!("refs/merge-requests/{n}/head")
+        } else {
+            format!("refs/pull/{n}/head")
         }
     }
 
@@ -181,9 +227,22 @@ impl Kind {
         }
     }
 
+    /// The body of a push build's status (of branch `main`).
     fn body(&self, state: &str, description: &str, id: &str) -> Value {
-        let label = if self.name == "gitlab" { "name" } else { "context" };
-        json!({ "state": self.state(state), "description": description, label: "ci-backend", "target_url": format!("{PUBLIC}/builds/{id}") })
+        let mut v = json!({ "state": self.state(state), "description": description, self.label(): "ci-backend/push", "target_url": format!("{PUBLIC}/builds/{id}") });
+        if self.name == "gitlab" {
+            v["ref"] = json!("main");
+        }
+        v
+    }
+
+    /// The body's field naming the status.
+    fn label(&self) -> &'static str {
+        if self.name == "gitlab" {
+            "name"
+        } else {
+            "context"
+        }
     }
 }
 
@@ -194,10 +253,15 @@ fn token(kind: Kind) -> String {
 /// A backend with one slave whose SLAVE_FORGES names `receiver` as `kind`; Gitea's line is
 /// given in a SLAVE_FORGES_FILE (mode 0600) instead.
 fn backend(kind: Kind, receiver: &Receiver, token: &str, extra: &[(&str, &str)]) -> Backend {
+    backend_with(kind, receiver, token, &[], extra)
+}
+
+/// [`backend`] with the hook's environment `hook_env`.
+fn backend_with(kind: Kind, receiver: &Receiver, token: &str, hook_env: &[(&str, &str)], extra: &[(&str, &str)]) -> Backend {
     let redis = Redis::start();
     let env = slave_env(&redis, kind, receiver, token, extra);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let hook = Hook::start(&redis, &[]);
+    let hook = Hook::start(&redis, hook_env);
     let slaves = vec![Slave::start(&redis, &env)];
     hook.wait_slaves("slave", 1);
     let startup = events(&slaves[0].log(), "slave.forges").first().map(|l| l.to_string()).unwrap_or_default();
@@ -453,8 +517,10 @@ fn a_canceled_build_is_error_canceled_on_github_and_canceled_on_gitlab() {
         let r = b.hook.post(&format!("/cancel/acme/canceled?branch={}", git.branch), &[("Authorization", &bearer)], b"");
         assert_eq!(r.code, 202, "{r}");
         let got = wait_states(&rx, &kind.path("acme/canceled", &sha), 2);
-        let label = if kind.name == "gitlab" { "name" } else { "context" };
-        let want = json!({ "state": state, "description": "canceled", label: "ci-backend", "target_url": format!("{PUBLIC}/builds/{id}") });
+        let mut want = json!({ "state": state, "description": "canceled", kind.label(): "ci-backend/push", "target_url": format!("{PUBLIC}/builds/{id}") });
+        if kind.name == "gitlab" {
+            want["ref"] = json!(git.branch);
+        }
         assert_eq!(got[1].body, want, "{}", kind.name);
         assert_eq!(got.len(), 2, "{}: {got:?}", kind.name);
     }
@@ -498,4 +564,87 @@ fn github_request_statuses_go_to_the_head_sha() {
 #[test]
 fn gitlab_request_statuses_go_to_the_head_sha() {
     request_statuses_go_to_the_head_sha(GITLAB);
+}
+
+/// One commit built as a push, a tag, a request and a re-run (`POST /build`): each posts its
+/// own status, `<SLAVE_STATUS_CONTEXT>/push`, `/tag`, `/pr`, `/manual`, so none overwrites
+/// another on the forge; GitLab's carry the branch, the tag's name and the request's source
+/// branch as `ref` (the re-run: its branch's).
+fn statuses_are_named_by_event(kind: Kind) {
+    let rx = Receiver::start(Answer::Code(201));
+    let b = backend_with(kind, &rx, &token(kind), &[("HOOK_BUILD_TAGS", "1")], &[("SLAVE_STATUS_CONTEXT", "acme.ci/v2")]);
+    let host = format!("127.0.0.1:{}", rx.port);
+    let repo = b.repo("acme/events");
+    repo.write("integration.yml", PASS);
+    let sha = repo.commit("one commit, four builds");
+    repo.push();
+    // The tag and the request's head name the same commit, as the forge keeps them.
+    run(git(&repo.work).args(["tag", "v1.2", &sha]));
+    run(git(&repo.work).args(["push", "-q", "origin", "refs/tags/v1.2", &format!("{sha}:{}", kind.request_ref(6))]));
+    let path = kind.path("acme/events", &sha);
+    let bearer = format!("Bearer {}", b.hook.token);
+    for (n, what) in ["push", "tag", "request", "rebuild"].into_iter().enumerate() {
+        let r = match what {
+            "push" => kind.send(&b.hook, &repo, &sha, &host),
+            "tag" => kind.send_ref(&b.hook, &repo, &sha, &host, "refs/tags/v1.2"),
+            "request" => kind.send_request(&b.hook, &repo, &sha, &host),
+            _ => b.hook.post("/build/acme/events?branch=main", &[("Authorization", &bearer)], b""),
+        };
+        assert_eq!(r.code, 202, "{what}: {r}");
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed", "{what}");
+        wait_states(&rx, &path, 2 * (n + 1));
+    }
+    let got: Vec<(String, String, Option<String>)> = wait_states(&rx, &path, 8)
+        .iter()
+        .map(|r| {
+            (
+                r.body[kind.label()].as_str().unwrap_or("?").to_string(),
+                r.body["state"].as_str().unwrap_or("?").to_string(),
+                r.body.get("ref").map(|v| v.as_str().unwrap_or("?").to_string()),
+            )
+        })
+        .collect();
+    let gitlab = kind.name == "gitlab";
+    let mut want = Vec::new();
+    for (context, git_ref) in
+        [("acme.ci/v2/push", "main"), ("acme.ci/v2/tag", "v1.2"), ("acme.ci/v2/pr", "feature/x"), ("acme.ci/v2/manual", "main")]
+    {
+        for state in ["pending", "success"] {
+            want.push((context.to_string(), kind.state(state).to_string(), gitlab.then(|| git_ref.to_string())));
+        }
+    }
+    assert_eq!(got, want, "{}", kind.name);
+    assert_eq!(rx.requests().len(), 8, "every status to the one commit: {:?}", rx.requests());
+    let logs = b.all_logs();
+    let contexts: Vec<String> = events(&logs, "forge.status").iter().filter_map(|l| kv(l, "context")).collect();
+    assert_eq!(contexts.len(), 8, "{logs}");
+    assert!(contexts.iter().all(|c| c.starts_with("acme.ci/v2/")), "{contexts:?}");
+}
+
+#[test]
+fn github_statuses_are_named_by_event() {
+    statuses_are_named_by_event(GITHUB);
+}
+
+#[test]
+fn gitea_statuses_are_named_by_event() {
+    statuses_are_named_by_event(GITEA);
+}
+
+#[test]
+fn gitlab_statuses_are_named_by_event_and_carry_the_ref() {
+    statuses_are_named_by_event(GITLAB);
+}
+
+/// SLAVE_STATUS_CONTEXT is bounded: a bad value stops the slave at start, naming it.
+#[test]
+fn a_bad_status_context_stops_the_slave_at_start() {
+    let long = "c".repeat(65);
+    for bad in ["ci backend", "/ci", "ci//x", "ci\u{1b}[31m", "ci\u{202e}x", long.as_str()] {
+        let (code, err) = crate::secrets::slave_refuses(&[("SLAVE_STATUS_CONTEXT", bad)]);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        let want = format!("SLAVE_STATUS_CONTEXT={bad:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ - /");
+        assert!(err.contains(&want), "{bad:?}: {err}");
+    }
 }

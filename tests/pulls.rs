@@ -247,6 +247,7 @@ fn a_built_fork_request_runs_contained_and_sees_nothing_of_the_slaves_environmen
         "LOG",
         "OK",
         "CI",
+        "CI_EVENT",
         "REPO",
         "BUILD_ID",
         "PULL_REQUEST",

@@ -489,7 +489,7 @@ fn git_credentials_go_to_no_other_host() {
 }
 
 /// Runs the slave binary with `env` until it exits (it must, at startup); its code and stderr.
-fn slave_refuses(env: &[(&str, &str)]) -> (i32, String) {
+pub(crate) fn slave_refuses(env: &[(&str, &str)]) -> (i32, String) {
     let dir = fresh_dir(&test_name());
     let mut cmd = std::process::Command::new(bin("slave"));
     for (k, _) in std::env::vars() {

@@ -78,7 +78,7 @@ mod history;
 mod dashboard;
 
 /// Commit statuses to GitHub, Gitea and GitLab (a local HTTP receiver per forge): pending then
-/// the result, exact requests; a forge answering 500 or never answering delays no build and is
+/// the result, exact requests; named `<SLAVE_STATUS_CONTEXT>/<event>`, GitLab's with their `ref`; a forge answering 500 or never answering delays no build and is
 /// retried a bounded number of times; a payload naming another host gets no token.
 mod forge_status;
 
@@ -95,6 +95,10 @@ mod cancel;
 
 /// Pull/merge requests (refs/pull/<N>/head, fork trust) and tag builds.
 mod pulls;
+
+/// Events: `push`, `tag`, `pull_request`, `manual` in records, `/status` and `/history` JSON, the
+/// build page and the steps' `CI_EVENT`; jobs and records of the previous version (no `event`).
+mod events;
 
 /// Scaling: executors beside a long build, one branch at a time, stealing (exactly once, the
 /// home cache kept).

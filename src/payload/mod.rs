@@ -1,9 +1,12 @@
 //! A sender's web-hook body → one normalized [`Push`], or the reason no build
 //! is needed. No I/O; each sender's field names live in its own module.
 
+mod event;
 mod gitea;
 mod github;
 mod gitlab;
+
+pub use event::Event;
 
 use std::fmt;
 
@@ -30,6 +33,9 @@ pub struct Push {
     /// The request's head lives in another repository: code from outside
     /// the team, built (if at all) with nothing of the slave's environment.
     pub fork: bool,
+    /// Why it is built: a sender's push, tag or request; whoever queues it
+    /// again says `manual` or `cron`.
+    pub event: Event,
 }
 
 /// What a pull/merge request names besides its head commit.
@@ -394,6 +400,13 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
             web_url: ForgeFacts::url(raw.web_url),
             statuses_url: ForgeFacts::url(raw.statuses_url),
             project_id: raw.project_id,
+        },
+        event: if tag.is_some() {
+            Event::Tag
+        } else if raw.pull.is_some() {
+            Event::PullRequest
+        } else {
+            Event::Push
         },
         pull: raw.pull,
         tag,
@@ -877,6 +890,22 @@ mod tests {
         let p = fixture_push(("gitlab", "Push Hook"), "gitlab/push-hook.json");
         assert_eq!((p.forge.kind.as_str(), p.forge.project_id), ("gitlab", Some(15)));
         assert_eq!(p.forge.web_url.as_deref(), Some("http://example.com/mike/diaspora"));
+    }
+
+    /// Pushes, tag pushes and requests of each sender say which they are.
+    #[test]
+    fn real_payloads_give_their_event() {
+        let tags = Policy { build_tags: true, ..Policy::default() };
+        for (sender, rel, policy, want) in [
+            (("github", "push"), "github/push/with-new-branch.payload.json", Policy::default(), Event::Push),
+            (("gitea", "push"), "gitea/gitea-push.json", Policy::default(), Event::Push),
+            (("gitlab", "Push Hook"), "gitlab/push-hook.json", Policy::default(), Event::Push),
+            (("gitlab", "Tag Push Hook"), "gitlab/tag-push-hook.json", tags, Event::Tag),
+            (("github", "pull_request"), "github/pull_request/opened.payload.json", Policy::default(), Event::PullRequest),
+            (("gitlab", "Merge Request Hook"), "gitlab/merge-request-hook.json", Policy::default(), Event::PullRequest),
+        ] {
+            assert_eq!(fixture_push_with(sender, rel, policy).event, want, "{rel}");
+        }
     }
 
     fn github_pull(body: &[u8], policy: Policy) -> Result<Delivery, PayloadError> {

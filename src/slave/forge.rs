@@ -8,10 +8,14 @@
 //! payload's `statuses_url` must lie under it, for Gitea and GitLab the
 //! repository's web URL must have its scheme, host and port; the request URL
 //! is always built from the base, never taken from the payload.
+//!
+//! Each build's status is named after its event (`ci-backend/push`,
+//! `ci-backend/pr`, …), so a push build and a request build of one commit
+//! keep a status each; GitLab's also carry the ref the build is of.
 
 use crate::logging::quote;
 use crate::payload::short_sha;
-use crate::payload::Push;
+use crate::payload::{self, Push};
 use crate::slave::error::StartError;
 use crate::store::conn::Redis;
 use crate::store::stats;
@@ -25,8 +29,8 @@ use std::time::{Duration, Instant};
 const QUEUE: usize = 256;
 /// GitHub refuses descriptions over 140 characters.
 const MAX_DESCRIPTION: usize = 140;
-/// The status's context (GitHub, Gitea) or name (GitLab).
-pub const CONTEXT: &str = "ci-backend";
+/// The poster's User-Agent.
+const USER_AGENT: &str = "ci-backend";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -248,10 +252,49 @@ impl Event {
     }
 }
 
+/// The status's context (GitHub, Gitea) or name (GitLab) for builds of
+/// `event`: `<prefix>/<event>` (SLAVE_STATUS_CONTEXT), a request's event
+/// spelled `pr`.
+pub fn context(prefix: &str, event: payload::Event) -> String {
+    let word = match event {
+        payload::Event::PullRequest => "pr",
+        other => other.as_str(),
+    };
+    format!("{prefix}/{word}")
+}
+
+/// The ref GitLab files the status under (without one it picks a branch
+/// holding the commit, and answers 404 when none does): the tag's name,
+/// the request's source branch, else the pushed branch. A manual or
+/// scheduled build is of a push of one of these.
+pub fn gitlab_ref(push: &Push) -> &str {
+    match (&push.tag, &push.pull) {
+        (Some(tag), _) => tag,
+        (None, Some(pull)) => &pull.head_branch,
+        (None, None) => &push.branch,
+    }
+}
+
+/// Which status of a commit an update is: what the build is (`context`,
+/// `gitlab_ref`) beyond its forge and commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    pub context: String,
+    /// GitLab only.
+    pub git_ref: Option<String>,
+}
+
+impl Label {
+    pub fn of(kind: Kind, prefix: &str, push: &Push) -> Label {
+        Label { context: context(prefix, push.event), git_ref: (kind == Kind::GitLab).then(|| gitlab_ref(push).to_string()) }
+    }
+}
+
 /// One status to post.
 struct Update {
     forge: Forge,
     url: String,
+    label: Label,
     body: String,
     repo: String,
     sha: String,
@@ -261,17 +304,20 @@ struct Update {
 }
 
 /// The JSON body of a status for `kind`.
-pub fn body(kind: Kind, event: &Event, target_url: Option<&str>) -> serde_json::Value {
+pub fn body(kind: Kind, event: &Event, label: &Label, target_url: Option<&str>) -> serde_json::Value {
     let mut v = serde_json::json!({ "description": event.description() });
     match kind {
         Kind::GitHub | Kind::Gitea => {
             v["state"] = event.state().into();
-            v["context"] = CONTEXT.into();
+            v["context"] = label.context.as_str().into();
         }
         Kind::GitLab => {
             v["state"] = event.gitlab_state().into();
-            v["name"] = CONTEXT.into();
+            v["name"] = label.context.as_str().into();
         }
+    }
+    if let Some(r) = &label.git_ref {
+        v["ref"] = r.as_str().into();
     }
     if let Some(u) = target_url {
         v["target_url"] = u.into();
@@ -327,6 +373,8 @@ impl std::error::Error for ForgeLineError {}
 pub struct Poster {
     forges: Forges,
     public_url: Option<String>,
+    /// SLAVE_STATUS_CONTEXT.
+    context: String,
     tx: Option<Sender<Update>>,
     dropped: Arc<AtomicU64>,
 }
@@ -336,7 +384,7 @@ impl Poster {
     pub fn spawn(forges: Forges, settings: Settings, redis_url: &crate::store::conn::Target) -> Result<Poster, StartError> {
         let dropped = Arc::new(AtomicU64::new(0));
         if forges.is_empty() {
-            return Ok(Poster { forges, public_url: settings.public_url, tx: None, dropped });
+            return Ok(Poster { forges, public_url: settings.public_url, context: settings.context, tx: None, dropped });
         }
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let redis = Redis::open(redis_url, Duration::from_secs(5));
@@ -345,7 +393,7 @@ impl Poster {
             .http_status_as_error(false)
             // A redirect would carry PRIVATE-TOKEN (a plain header) to wherever it points.
             .max_redirects(0)
-            .user_agent(CONTEXT)
+            .user_agent(USER_AGENT)
             .build()
             .into();
         let counter = Arc::clone(&dropped);
@@ -354,7 +402,7 @@ impl Poster {
             .name("forge-status".into())
             .spawn(move || post_loop(&rx, agent, redis, &counter, attempts))
             .map_err(StartError::thread("the forge status thread"))?;
-        Ok(Poster { forges, public_url: settings.public_url, tx: Some(tx), dropped })
+        Ok(Poster { forges, public_url: settings.public_url, context: settings.context, tx: Some(tx), dropped })
     }
 
     /// Queues the status of build `id` for its forge, if one is configured
@@ -369,10 +417,12 @@ impl Poster {
         };
         let target = self.public_url.as_ref().map(|u| format!("{u}/builds/{id}"));
         let state = if forge.kind == Kind::GitLab { event.gitlab_state() } else { event.state() };
+        let label = Label::of(forge.kind, &self.context, push);
         let update = Update {
             forge: forge.clone(),
             url,
-            body: body(forge.kind, &event, target.as_deref()).to_string(),
+            body: body(forge.kind, &event, &label, target.as_deref()).to_string(),
+            label,
             repo: push.repo.clone(),
             sha: push.sha.clone(),
             state,
@@ -382,9 +432,10 @@ impl Poster {
         if let Err(TrySendError::Full(u) | TrySendError::Disconnected(u)) = tx.try_send(update) {
             self.dropped.fetch_add(1, Ordering::SeqCst);
             log::warn!(
-                "forge.status_dropped repo={} sha={} state={} forge={}: the status queue is full",
+                "forge.status_dropped repo={} sha={} context={} state={} forge={}: the status queue is full",
                 quote(&u.repo),
                 short_sha(&u.sha),
+                u.label.context,
                 u.state,
                 u.forge.kind.name()
             );
@@ -432,7 +483,14 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         let started = Instant::now();
         let result = send(&agent, &u);
         let ms = started.elapsed().as_millis();
-        let facts = format!("repo={} sha={} state={} forge={}", quote(&u.repo), short_sha(&u.sha), u.state, u.forge.kind.name());
+        let facts = format!(
+            "repo={} sha={} context={} state={} forge={}",
+            quote(&u.repo),
+            short_sha(&u.sha),
+            u.label.context,
+            u.state,
+            u.forge.kind.name()
+        );
         match result {
             Ok(code) => {
                 log::info!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts);
@@ -453,18 +511,20 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
     }
 }
 
-/// Queues `u`. A status of the same commit that already failed once and
-/// waits for its retry is given up (counted failed): posted after `u`, it
-/// would show a stale state. One never tried yet goes first, in order.
+/// Queues `u`. The same status (commit, context, ref) that already failed
+/// once and waits for its retry is given up (counted failed): posted after
+/// `u`, it would show a stale state. One never tried yet goes first, in
+/// order. Another event's status of the commit is another status: kept.
 fn supersede(waiting: &mut Vec<Update>, u: Update, redis: &mut Redis) {
     let before = waiting.len();
     waiting.retain(|w| {
-        let stale = w.url == u.url && w.attempts > 0;
+        let stale = w.url == u.url && w.label == u.label && w.attempts > 0;
         if stale {
             log::warn!(
-                "forge.status_failed repo={} sha={} state={} forge={} attempts={}: superseded by state={} before its retry",
+                "forge.status_failed repo={} sha={} context={} state={} forge={} attempts={}: superseded by state={} before its retry",
                 quote(&w.repo),
                 short_sha(&w.sha),
+                w.label.context,
                 w.state,
                 w.forge.kind.name(),
                 w.attempts,
@@ -531,6 +591,7 @@ mod tests {
             pull: None,
             tag: None,
             fork: false,
+            event: payload::Event::Push,
         }
     }
 
@@ -617,28 +678,86 @@ mod tests {
     #[test]
     fn bodies_per_forge() {
         let e = Event::Passed { seconds: 12 };
+        let hub = Label { context: "ci-backend/push".into(), git_ref: None };
+        let lab = Label { context: "ci-backend/tag".into(), git_ref: Some("v1.2".into()) };
         assert_eq!(
-            body(Kind::GitHub, &e, Some("https://ci/builds/7")),
-            serde_json::json!({"state": "success", "target_url": "https://ci/builds/7", "description": "passed in 12 s", "context": "ci-backend"})
+            body(Kind::GitHub, &e, &hub, Some("https://ci/builds/7")),
+            serde_json::json!({"state": "success", "target_url": "https://ci/builds/7", "description": "passed in 12 s", "context": "ci-backend/push"})
         );
         assert_eq!(
-            body(Kind::GitLab, &Event::Error { why: "integration.yml missing".into() }, None),
-            serde_json::json!({"state": "failed", "description": "could not run: integration.yml missing", "name": "ci-backend"})
+            body(Kind::GitLab, &Event::Error { why: "integration.yml missing".into() }, &lab, None),
+            serde_json::json!({"state": "failed", "description": "could not run: integration.yml missing", "name": "ci-backend/tag", "ref": "v1.2"})
         );
-        assert_eq!(body(Kind::GitLab, &Event::Started { slave: "s-0".into() }, None)["state"], "running");
-        assert_eq!(body(Kind::Gitea, &Event::Failed { seconds: 1 }, None)["state"], "failure");
-        assert_eq!(body(Kind::GitHub, &Event::Canceled, None)["state"], "error");
-        assert_eq!(body(Kind::GitHub, &Event::Canceled, None)["description"], "canceled");
-        assert_eq!(body(Kind::Gitea, &Event::Canceled, None)["state"], "error");
-        assert_eq!(body(Kind::GitLab, &Event::Canceled, None)["state"], "canceled");
-        let long = body(Kind::GitHub, &Event::Error { why: "é".repeat(300) }, None);
+        assert_eq!(body(Kind::GitLab, &Event::Started { slave: "s-0".into() }, &lab, None)["state"], "running");
+        assert_eq!(body(Kind::Gitea, &Event::Failed { seconds: 1 }, &hub, None)["state"], "failure");
+        assert_eq!(body(Kind::GitHub, &Event::Canceled, &hub, None)["state"], "error");
+        assert_eq!(body(Kind::GitHub, &Event::Canceled, &hub, None)["description"], "canceled");
+        assert_eq!(body(Kind::Gitea, &Event::Canceled, &hub, None)["state"], "error");
+        assert_eq!(body(Kind::GitLab, &Event::Canceled, &lab, None)["state"], "canceled");
+        let long = body(Kind::GitHub, &Event::Error { why: "é".repeat(300) }, &hub, None);
         assert_eq!(long["description"].as_str().unwrap().chars().count(), 140);
+    }
+
+    #[test]
+    fn contexts_per_event_with_pr_for_requests() {
+        let want = ["acme-ci/push", "acme-ci/pr", "acme-ci/tag", "acme-ci/cron", "acme-ci/manual"];
+        let got: Vec<String> = payload::Event::ALL.iter().map(|e| context("acme-ci", *e)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn gitlab_statuses_carry_the_branch_the_tag_or_the_requests_source_branch() {
+        use payload::{Event as E, Pull};
+        let branch = push("gitlab", None, None, Some(1));
+        let tag = Push { branch: "tags/v1.2".into(), tag: Some("v1.2".into()), event: E::Tag, ..branch.clone() };
+        let pull = Pull { number: 6, base_branch: "main".into(), head_branch: "feature/x".into(), head_repo: "them/app".into() };
+        let request = Push { branch: "merge-requests/6".into(), pull: Some(pull), event: E::PullRequest, ..branch.clone() };
+        for (p, context, git_ref) in [
+            (&branch, "ci/push", "main"),
+            (&tag, "ci/tag", "v1.2"),
+            (&request, "ci/pr", "feature/x"),
+            // A rebuild or a schedule is of one of these: its ref, its own context.
+            (&Push { event: E::Manual, ..request.clone() }, "ci/manual", "feature/x"),
+            (&Push { event: E::Cron, ..branch.clone() }, "ci/cron", "main"),
+        ] {
+            let want = Label { context: context.into(), git_ref: Some(git_ref.into()) };
+            assert_eq!(Label::of(Kind::GitLab, "ci", p), want, "{:?}", p.event);
+            assert_eq!(Label::of(Kind::GitHub, "ci", p), Label { git_ref: None, ..want.clone() }, "only GitLab's carry a ref");
+            assert_eq!(Label::of(Kind::Gitea, "ci", p).git_ref, None);
+        }
+    }
+
+    #[test]
+    fn a_retry_is_superseded_by_its_own_status_only() {
+        let f = forges();
+        let gh = f.0.iter().find(|f| f.kind == Kind::GitHub).unwrap().clone();
+        let update = |context: &str, attempts: u32| Update {
+            forge: gh.clone(),
+            url: "https://api.github.com/repos/acme/app/statuses/ab".into(),
+            label: Label { context: context.into(), git_ref: None },
+            body: String::new(),
+            repo: "acme/app".into(),
+            sha: "ab".into(),
+            state: "pending",
+            attempts,
+            due: Instant::now(),
+        };
+        // No Redis listens there: a count given up is lost with a WARN, the queue is still right.
+        let mut redis = Redis::open(&crate::store::conn::Target::url("redis://127.0.0.1:1/0"), Duration::from_millis(100));
+        let mut waiting = vec![update("ci-backend/push", 1)];
+        supersede(&mut waiting, update("ci-backend/pr", 0), &mut redis);
+        let contexts: Vec<&str> = waiting.iter().map(|u| u.label.context.as_str()).collect();
+        assert_eq!(contexts, ["ci-backend/push", "ci-backend/pr"], "the request's status does not replace the push's");
+        supersede(&mut waiting, update("ci-backend/push", 0), &mut redis);
+        let contexts: Vec<(&str, u32)> = waiting.iter().map(|u| (u.label.context.as_str(), u.attempts)).collect();
+        assert_eq!(contexts, [("ci-backend/pr", 0), ("ci-backend/push", 0)], "the push's retry is given up for its newer state");
     }
 
     #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        let poster = Poster { forges: forges(), public_url: None, tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)) };
+        let poster =
+            Poster { forges: forges(), public_url: None, context: "ci-backend".into(), tx: Some(tx), dropped: Arc::new(AtomicU64::new(0)) };
         let p = push("github", None, Some("https://api.github.com/repos/acme/app/statuses/{sha}"), None);
         poster.report("1", &p, Event::Started { slave: "s-0".into() });
         poster.report("1", &p, Event::Passed { seconds: 1 });

@@ -5,9 +5,10 @@
 //! The stored JSON keeps the names and the key order (alphabetical) that
 //! earlier versions wrote, and reads what they wrote: only `repo`, `branch`,
 //! `sha` and `clone_url` are required; any other field that is missing, null
-//! or of another type reads as empty.
+//! or of another type reads as empty, but for `event`, which then reads as
+//! its branch tells ([`Event::of_branch`]).
 
-use crate::payload::{ForgeFacts, Pull, Push};
+use crate::payload::{Event, ForgeFacts, Pull, Push};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,9 @@ pub struct Job {
     pub clone_url: String,
     #[serde(default, deserialize_with = "lenient")]
     pub default_branch: Option<String>,
+    /// `None` in jobs of earlier versions (and for an unknown name).
+    #[serde(default, deserialize_with = "lenient")]
+    pub event: Option<Event>,
     /// The forge's kind (`github`, `gitea`, `gitlab`), "" when unknown.
     #[serde(default, deserialize_with = "lenient")]
     pub forge: String,
@@ -69,6 +73,7 @@ impl Job {
             branch: p.branch.clone(),
             clone_url: p.clone_url.clone(),
             default_branch: p.default_branch.clone(),
+            event: Some(p.event),
             forge: p.forge.kind.clone(),
             fork: p.fork,
             hints: p.hints.clone(),
@@ -90,6 +95,7 @@ impl Job {
 
     pub fn into_push(self) -> Push {
         Push {
+            event: self.event.unwrap_or_else(|| Event::of_branch(&self.branch)),
             repo: self.repo,
             branch: self.branch,
             sha: self.sha,
@@ -142,6 +148,7 @@ mod tests {
             pull: None,
             tag: None,
             fork: false,
+            event: Event::Push,
         }
     }
 
@@ -153,18 +160,40 @@ mod tests {
             branch: "pull/7".into(),
             pull: Some(Pull { number: 7, base_branch: "main".into(), head_branch: "fix/x".into(), head_repo: "them/b".into() }),
             fork: true,
+            event: Event::PullRequest,
             ..p.clone()
         };
-        assert_eq!(decode(&encode(&q)), Some(q));
-        let t = Push { branch: "tags/v1.2".into(), tag: Some("v1.2".into()), ..p };
+        assert_eq!(decode(&encode(&q)), Some(q.clone()));
+        let t = Push { branch: "tags/v1.2".into(), tag: Some("v1.2".into()), event: Event::Tag, ..p.clone() };
         assert_eq!(decode(&encode(&t)), Some(t));
+        // The stored event wins over what the branch would tell.
+        for event in Event::ALL {
+            let m = Push { event, ..q.clone() };
+            assert_eq!(decode(&encode(&m)).map(|d| d.event), Some(event));
+        }
+    }
+
+    #[test]
+    fn jobs_without_an_event_read_as_their_branch_tells() {
+        let job = |branch: &str, event: &str| format!(r#"{{"repo":"a/b","branch":"{branch}","sha":"ab","clone_url":"u"{event}}}"#);
+        for (branch, want) in
+            [("main", Event::Push), ("pull/3", Event::PullRequest), ("merge-requests/3", Event::PullRequest), ("tags/v1", Event::Tag)]
+        {
+            for absent in ["", r#","event":null"#, r#","event":"nightly""#, r#","event":7"#] {
+                assert_eq!(decode(&job(branch, absent)).map(|p| p.event), Some(want), "{branch} {absent}");
+            }
+        }
+        assert_eq!(decode(&job("main", r#","event":"cron""#)).map(|p| p.event), Some(Event::Cron));
     }
 
     #[test]
     fn the_stored_json_keeps_its_bytes() {
-        // What the hand-written codec (serde_json::json!, keys sorted) stored.
+        // What the hand-written codec (serde_json::json!, keys sorted) stored, and `event`
+        // since events are stored (in its alphabetical place).
         let old = r#"{"branch":"main","clone_url":"file:///x","default_branch":null,"forge":"gitlab","fork":false,"hints":["jdk8"],"message":"m","project_id":15,"pull":null,"repo":"a/b","sha":"abababababababababababababababababababab","statuses_url":null,"tag":null,"web_url":"https://gl.example/a/b"}"#;
-        assert_eq!(encode(&sample()), old);
+        let now = old.replace(r#""default_branch":null,"#, r#""default_branch":null,"event":"push","#);
+        assert_eq!(encode(&sample()), now);
+        assert_eq!(decode(old), Some(sample()), "the old bytes read as the same push");
         let pull =
             Push { pull: Some(Pull { number: 7, base_branch: "m".into(), head_branch: "h".into(), head_repo: "r".into() }), ..sample() };
         assert!(encode(&pull).contains(r#""pull":{"base_branch":"m","head_branch":"h","head_repo":"r","number":7}"#));

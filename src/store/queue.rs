@@ -83,6 +83,7 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(if job.cancel_running.applies(&p.branch) { "1" } else { "0" })
         .arg(job.routing.as_str())
         .arg(job.routing.points(&p.repo).iter().map(u32::to_string).collect::<Vec<_>>().join(" "))
+        .arg(p.event.as_str())
         .invoke(conn)?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     Ok(match reply.first().map(String::as_str) {

@@ -2,6 +2,7 @@
 //! HASH, [`keys::build`]), and the views `/status` and `/history` show of
 //! them (text log or JSON).
 
+use crate::payload::Event;
 use crate::store::keys;
 
 use redis::{Connection, RedisResult};
@@ -17,6 +18,9 @@ pub struct BuildRecord {
     pub repo: String,
     pub branch: String,
     pub sha: String,
+    /// Why it runs; records of earlier versions have none stored: then
+    /// what the branch tells ([`Event::of_branch`]).
+    pub event: Event,
     /// `queued`, `running`, `passed`, `failed` or `canceled`.
     pub state: String,
     /// The stored `ok` (`true` once passed).
@@ -51,6 +55,7 @@ pub struct BuildRecord {
 #[derive(Serialize)]
 struct Api<'a> {
     branch: &'a str,
+    event: Event,
     finished_at: Option<f64>,
     id: &'a str,
     log: &'a [String],
@@ -77,6 +82,7 @@ impl BuildRecord {
             repo: s("repo"),
             branch: s("branch"),
             sha: s("sha"),
+            event: h.get("event").and_then(|e| Event::parse(e)).unwrap_or_else(|| Event::of_branch(&s("branch"))),
             state: s("state"),
             ok: h.get("ok").is_some_and(|v| v == "true"),
             log: log
@@ -113,6 +119,7 @@ impl BuildRecord {
     pub fn to_json(&self) -> Value {
         let api = Api {
             branch: &self.branch,
+            event: self.event,
             finished_at: self.finished_at,
             id: &self.id,
             log: &self.log,
@@ -326,11 +333,30 @@ mod tests {
         let r = BuildRecord::from_hash(&h);
         assert_eq!((r.attempt, r.reset, r.ok, r.cluster.as_str()), (1, false, true, "slave"));
         // What serde_json::json! (keys sorted) made of the same hash.
-        let want = r#"{"branch":"main","finished_at":5.0,"id":"7","log":["x"],"ok":true,"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null}"#;
+        let want = r#"{"branch":"main","event":"push","finished_at":5.0,"id":"7","log":["x"],"ok":true,"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null}"#;
         assert_eq!(r.to_json().to_string(), want);
         let empty = BuildRecord::from_hash(&HashMap::new()).to_json().to_string();
-        let want = r#"{"branch":"","finished_at":null,"id":"","log":[],"ok":false,"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null}"#;
+        let want = r#"{"branch":"","event":"push","finished_at":null,"id":"","log":[],"ok":false,"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null}"#;
         assert_eq!(empty, want);
+    }
+
+    #[test]
+    fn the_event_is_the_stored_one_else_what_the_branch_tells() {
+        let record = |fields: &[(&str, &str)]| {
+            let h: HashMap<String, String> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            BuildRecord::from_hash(&h)
+        };
+        for (branch, want) in [("main", "push"), ("pull/3", "pull_request"), ("merge-requests/9", "pull_request"), ("tags/v1", "tag")] {
+            // Written by the previous version: no `event` field; or an unreadable one.
+            for stored in [None, Some(""), Some("Push"), Some("nightly")] {
+                let mut fields = vec![("branch", branch)];
+                fields.extend(stored.map(|e| ("event", e)));
+                assert_eq!(record(&fields).to_json()["event"], want, "{branch} {stored:?}");
+            }
+        }
+        for event in ["push", "pull_request", "tag", "cron", "manual"] {
+            assert_eq!(record(&[("branch", "pull/3"), ("event", event)]).to_json()["event"], event);
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! `POST /build/<repo>`: builds a branch's last push again (`X-Reset: true`
 //! starts from a fresh clone), authenticated by a bearer token or a fresh
-//! signed body.
+//! signed body; its event is `manual`.
 
 use super::{push::enqueue, refusal, repo_and_branch};
 use crate::hook::reply::{redis_down, Reply};
 use crate::hook::state::Hook;
 use crate::hook::wire::Request;
+use crate::payload::{Event, Push};
 use crate::signature::Intent;
 use crate::store::conn::Redis;
 use crate::store::queue::{self, Job};
@@ -27,7 +28,7 @@ pub(crate) fn post_build(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo
             hook,
             redis,
             &Job {
-                push: &push,
+                push: &Push { event: Event::Manual, ..push },
                 delivery: None,
                 reset,
                 keep: hook.config.history_keep,

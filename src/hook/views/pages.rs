@@ -204,6 +204,7 @@ pub fn build(record: &BuildRecord, lines: &[String], follow: &str) -> String {
     let why = if st == "failed" { why(lines) } else { String::new() };
     let facts: Vec<String> = [
         format!("branch {}", escape(&record.branch)),
+        format!("event {}", record.event),
         format!("commit <code>{}</code>", escape(short_sha(&record.sha))),
         match record.stolen.as_deref().unwrap_or("") {
             "" => escape(&record.slave),
@@ -307,6 +308,13 @@ mod tests {
         assert!(!html.contains('\u{1b}'), "{html}");
         assert!(!build(&record("3", "passed"), &log[..3], "/x").contains("id=\"why\""));
         assert!(!build(&record("3", "canceled"), &log, "/x").contains("id=\"why\""));
+    }
+
+    #[test]
+    fn the_build_page_says_its_event() {
+        let r = BuildRecord { event: crate::payload::Event::PullRequest, branch: "pull/3".into(), ..record("4", "passed") };
+        let html = build(&r, &[], "/x");
+        assert!(html.contains("branch pull/3 · event pull_request · commit"), "{html}");
     }
 
     #[test]

@@ -679,6 +679,7 @@ impl Steps<'_> {
             ("LOG", crate::ansi::strip(&log.recent(LOG_ENV_BYTES))),
             ("OK", ok.to_string()),
             ("CI", "true".to_string()),
+            ("CI_EVENT", push.event.as_str().to_string()),
             ("REPO", push.repo.clone()),
             ("BUILD_ID", job.id.to_string()),
         ];
