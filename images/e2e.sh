@@ -742,11 +742,15 @@ sn_new_master() {   # the name of the replica that is master now
     done
     return 1
 }
+sn_cli() {     # redis-cli to sentinel $1, with the password from the file (never on a command line)
+    local i=$1; shift
+    docker exec "$STACK-sn-sentinel$i" sh -c 'REDISCLI_AUTH="$(cat /run/ci-redis/password)" exec redis-cli -p 26379 "$@"' sh "$@"
+}
 sn_ready() {   # each sentinel knows 2 replicas and 2 other sentinels
     local i
     for i in 1 2 3; do
-        [ "$(docker exec "$STACK-sn-sentinel$i" redis-cli -p 26379 sentinel replicas ci 2>/dev/null | grep -cx 'name')" = 2 ] || return 1
-        [ "$(docker exec "$STACK-sn-sentinel$i" redis-cli -p 26379 sentinel sentinels ci 2>/dev/null | grep -cx 'name')" = 2 ] || return 1
+        [ "$(sn_cli "$i" sentinel replicas ci 2>/dev/null | grep -cx 'name')" = 2 ] || return 1
+        [ "$(sn_cli "$i" sentinel sentinels ci 2>/dev/null | grep -cx 'name')" = 2 ] || return 1
     done
 }
 sn_push() {   # sn_push <k>: pushes repo e2e/sn-<k mod 4> at SN_SHA (a new commit when empty)
@@ -778,7 +782,7 @@ check_sentinel() {
         # auth-pass: the sentinel's own config (it rewrites it), in its /data, the redis user's only.
         docker run -d "${label[@]}" "${net[@]}" "${data[@]}" "${sec[@]}" --name "$STACK-sn-sentinel$i" --network-alias "sentinel$i" \
             --entrypoint bash "ci-backend/redis:$TAG" -c 'umask 077 && printf "%s\n" "port 26379" "dir /data" "sentinel resolve-hostnames yes" \
-                "sentinel monitor ci master 6379 2" "sentinel auth-pass ci $(cat /run/ci-redis/password)" "sentinel down-after-milliseconds ci 1000" \
+                "sentinel monitor ci master 6379 2" "requirepass $(cat /run/ci-redis/password)" "sentinel auth-pass ci $(cat /run/ci-redis/password)" "sentinel down-after-milliseconds ci 1000" \
                 "sentinel failover-timeout ci 5000" "sentinel parallel-syncs ci 2" >/data/sentinel.conf && chown redis:redis /data /data/sentinel.conf \
                 && exec setpriv --reuid=redis --regid=redis --init-groups -- redis-sentinel /data/sentinel.conf' \
             >/dev/null || { WHY="sentinel$i container failed"; return 1; }

@@ -25,6 +25,12 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(root: &Path, k: usize, master_port: u16) -> Sentinel {
+        Sentinel::start_locked(root, k, master_port, None)
+    }
+
+    /// With `password`: the sentinel's own (`requirepass`) and the master's (`auth-pass`).
+    fn start_locked(root: &Path, k: usize, master_port: u16, password: Option<&str>) -> Sentinel {
+        let lock = password.map_or(String::new(), |pw| format!("requirepass {pw}\nsentinel auth-pass {NAME} {pw}\n"));
         for attempt in 0..20 {
             let port = 20000 + (rand_u64() % 12000) as u16;
             if TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -38,7 +44,7 @@ impl Sentinel {
                  sentinel monitor {NAME} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {NAME} 1000\n\
                  sentinel failover-timeout {NAME} 5000\n\
-                 sentinel parallel-syncs {NAME} 2\n",
+                 sentinel parallel-syncs {NAME} 2\n{lock}",
                 dir.display()
             );
             std::fs::write(&conf, text).unwrap();
@@ -48,7 +54,7 @@ impl Sentinel {
             let started = Instant::now();
             while started.elapsed() < DEADLINE && proc.alive() {
                 // Ours when it names our master (another test may have raced us for the port).
-                if master_of(port) == Some(master_port) {
+                if master_of(port, password) == Some(master_port) {
                     return Sentinel { port, _proc: proc };
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -59,8 +65,9 @@ impl Sentinel {
 }
 
 /// The master port a sentinel names.
-fn master_of(sentinel: u16) -> Option<u16> {
-    match resp_cmd(sentinel, &["SENTINEL", "get-master-addr-by-name", NAME]) {
+fn master_of(sentinel: u16, password: Option<&str>) -> Option<u16> {
+    let ask = ["SENTINEL", "get-master-addr-by-name", NAME];
+    match password.map_or_else(|| resp_cmd(sentinel, &ask), |pw| resp_cmd_auth(sentinel, pw, &ask)) {
         Ok(Resp::Array(Some(items))) => items.get(1)?.str()?.parse().ok(),
         _ => None,
     }
@@ -265,7 +272,7 @@ fn sigkilled_master_fails_over_and_every_2xx_push_is_built() {
     // sentinels name: one may fail over once more on its own just after the kill (seen in CI, a
     // sentinel marked the fresh master down and promoted the other replica).
     let (from, replica) = wait_for("the sentinels to agree on the master", DEADLINE, || {
-        let named: Vec<Option<u16>> = sentinels.iter().map(|s| master_of(s.port)).collect();
+        let named: Vec<Option<u16>> = sentinels.iter().map(|s| master_of(s.port, None)).collect();
         match named[0] {
             Some(p) if named.iter().all(|n| *n == Some(p)) && role(p) == "master" && p == r1.port => Ok((&r1, &r2)),
             Some(p) if named.iter().all(|n| *n == Some(p)) && role(p) == "master" && p == r2.port => Ok((&r2, &r1)),
@@ -304,6 +311,27 @@ fn sigkilled_master_fails_over_and_every_2xx_push_is_built() {
 
 fn codes(answers: &[&Answer]) -> Vec<u16> {
     answers.iter().map(|a| a.code).collect()
+}
+
+#[test]
+fn a_locked_sentinel_answers_only_with_the_password_and_the_hook_gives_it() {
+    let redis = Redis::start();
+    let pw = "sentinel-and-master-pw";
+    assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", pw]), Resp::Simple("OK".into()));
+    let sentinel = Sentinel::start_locked(&redis.root, 0, redis.port, Some(pw));
+    // The oracle: without the password the sentinel names no master to anyone (a step).
+    let open = resp_cmd(sentinel.port, &["SENTINEL", "get-master-addr-by-name", NAME]).unwrap();
+    assert!(matches!(&open, Resp::Error(e) if e.starts_with("NOAUTH")), "{open:?}");
+    let url = format!("redis://:{pw}@127.0.0.1:1/0");
+    let sentinels = format!("127.0.0.1:{}", sentinel.port);
+    let env = [("REDIS_URL", url.as_str()), ("REDIS_SENTINELS", sentinels.as_str()), ("REDIS_MASTER_NAME", NAME)];
+    let hook = Hook::start(&redis, &env);
+    let line = wait_for("the hook to dial the master the locked sentinel names", DEADLINE, || {
+        let log = hook.log();
+        events(&log, "redis.master").first().map(|l| l.to_string()).ok_or(log)
+    });
+    assert_eq!(kv(&line, "addr"), Some(format!("127.0.0.1:{}", redis.port)), "{line}");
+    assert!(!hook.log().contains(pw), "the password is in the hook's log");
 }
 
 #[test]

@@ -51,6 +51,11 @@ struct Sentinels {
     seen: Mutex<Option<String>>,
     /// The watcher thread, started at the first dial.
     watching: std::sync::Once,
+    /// REDIS_URL's password, also given to the sentinels (a sentinel with
+    /// `requirepass`: a step that reaches an open one could name a master
+    /// of its own and be handed the password). A sentinel without one is
+    /// asked without it.
+    password: Option<String>,
 }
 
 impl Target {
@@ -69,6 +74,7 @@ impl Target {
             first: AtomicUsize::new(0),
             seen: Mutex::new(None),
             watching: std::sync::Once::new(),
+            password: redis::IntoConnectionInfo::into_connection_info(address.url.as_str()).ok().and_then(|i| i.redis.password),
         };
         Target { url: address.url.clone(), sentinel: Some(Arc::new(sentinels)) }
     }
@@ -141,7 +147,7 @@ impl Sentinels {
         let mut tried: Vec<(String, u16)> = Vec::new();
         let mut errors = Vec::new();
         for (i, (host, port)) in self.in_turn() {
-            let named = match ask(host, *port, &self.master) {
+            let named = match ask(host, *port, &self.master, self.password.as_deref()) {
                 Ok(Some(addr)) => addr,
                 Ok(None) => {
                     errors.push(format!("sentinel {host}:{port} knows no master {:?}", self.master));
@@ -182,7 +188,7 @@ impl Sentinels {
         loop {
             std::thread::sleep(WATCH_EVERY);
             for (_, (host, port)) in self.in_turn() {
-                if let Ok(Some((h, p))) = ask(host, *port, &self.master) {
+                if let Ok(Some((h, p))) = ask(host, *port, &self.master, self.password.as_deref()) {
                     self.saw(&format!("{h}:{p}"), host, *port);
                     break;
                 }
@@ -204,10 +210,19 @@ impl Sentinels {
     }
 }
 
-/// `SENTINEL get-master-addr-by-name`, with short timeouts.
-fn ask(host: &str, port: u16, name: &str) -> RedisResult<Option<(String, u16)>> {
+/// `SENTINEL get-master-addr-by-name`, with short timeouts; with the
+/// password when there is one, again without it when the sentinel has none.
+fn ask(host: &str, port: u16, name: &str, password: Option<&str>) -> RedisResult<Option<(String, u16)>> {
+    match ask_once(host, port, name, password) {
+        Err(e) if password.is_some() && e.to_string().contains("without any password configured") => ask_once(host, port, name, None),
+        answer => answer,
+    }
+}
+
+fn ask_once(host: &str, port: u16, name: &str, password: Option<&str>) -> RedisResult<Option<(String, u16)>> {
     let addr = ConnectionAddr::Tcp(host.to_string(), port);
-    let info = ConnectionInfo { addr, redis: redis::RedisConnectionInfo::default() };
+    let redis = redis::RedisConnectionInfo { password: password.map(str::to_string), ..Default::default() };
+    let info = ConnectionInfo { addr, redis };
     let mut conn = redis::Client::open(info)?.get_connection_with_timeout(SENTINEL_TIMEOUT)?;
     conn.set_read_timeout(Some(SENTINEL_TIMEOUT))?;
     conn.set_write_timeout(Some(SENTINEL_TIMEOUT))?;
