@@ -2,6 +2,8 @@
 //! colour), text widths computed from a table of Verdana 11px advances so no
 //! font or asset is fetched. No I/O.
 
+use super::html::escape;
+
 /// What a badge says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadgeState {
@@ -70,10 +72,6 @@ fn advance(c: char) -> u32 {
 /// Width of `text` in whole pixels.
 pub fn text_width(text: &str) -> u32 {
     text.chars().map(advance).sum::<u32>().div_ceil(10)
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The SVG of a badge `label | state`, shields' "flat" geometry: 20 px high,

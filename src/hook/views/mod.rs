@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod badge;
+pub mod html;
 pub mod pages;
 pub mod terminal;
 

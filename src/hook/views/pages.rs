@@ -10,21 +10,7 @@ use crate::build_log;
 use crate::payload::short_sha;
 use crate::store::record::BuildRecord;
 
-/// HTML-escapes text for element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use super::html::escape;
 
 /// Percent-encodes a repository or branch name for a path or query.
 pub fn url_part(text: &str) -> String {

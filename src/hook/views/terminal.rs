@@ -4,7 +4,7 @@
 //! block: the Content-Security-Policy allows no inline style). What a
 //! sequence is, is [`crate::ansi`]'s rule; every other sequence is dropped.
 
-use super::pages::escape;
+use super::html::escape;
 use crate::ansi::{tokens, Token};
 
 /// A terminal's colour state, carried from line to line as on a terminal;
