@@ -39,15 +39,6 @@ fn next_build_passes(b: &Backend, git: &GitRepo, after: &Build) {
     assert_eq!(next.slave, after.slave, "the next build ran on another slave");
 }
 
-/// The one log line that starts with `prefix` and ends with `suffix`.
-fn line_like<'a>(build: &'a Build, prefix: &str, suffix: &str) -> &'a str {
-    build
-        .log
-        .iter()
-        .find(|l| l.starts_with(prefix) && l.ends_with(suffix))
-        .unwrap_or_else(|| panic!("no log line `{prefix}…{suffix}` in {:#?}", build.log))
-}
-
 /// Kills the pids named in a file when dropped (daemons a step left behind).
 struct KillOnDrop(PathBuf);
 
@@ -72,7 +63,7 @@ fn a_setsid_daemon_a_step_leaves_is_killed_and_the_next_build_passes() {
     );
     let (git, build) = first_build(&b, "misbehave/daemon", &yml);
     assert_eq!(build.state, "passed", "{:#?}", build.log);
-    line_like(&build, "[passed] setsid sleep 300 &... (", "exit code 0)");
+    build.line_like("[passed] setsid sleep 300 &... (", "exit code 0)");
     assert!(build.has_line("[passed]   . after"), "{:#?}", build.log);
     // The daemon escaped the step's process group (it was its own session leader when the
     // snippet ended), and still it does not outlive the step: the slave, its subreaper, kills it.
@@ -90,9 +81,9 @@ fn a_step_that_closes_stdout_and_stderr_early_ends_and_the_next_build_passes() {
     let yml = "step: closes\ndebug: true\nshell:\n  - echo before; exec >&-; sleep 1; true\n  - exec >&- 2>&-; sleep 1; echo lost; true\n  - echo still here\n";
     let (git, build) = first_build(&b, "misbehave/closes", yml);
     assert_eq!(build.state, "passed", "{:#?}", build.log);
-    line_like(&build, "[passed] echo before; exec >&-; sleep 1; true (", "exit code 0)");
+    build.line_like("[passed] echo before; exec >&-; sleep 1; true (", "exit code 0)");
     assert!(build.has_line("[passed]   . before"), "{:#?}", build.log);
-    line_like(&build, "[passed] exec >&- 2>&-; sleep 1; echo lost; true (", "exit code 0)");
+    build.line_like("[passed] exec >&- 2>&-; sleep 1; echo lost; true (", "exit code 0)");
     assert!(build.has_line("[passed]   . still here"), "{:#?}", build.log);
     next_build_passes(&b, &git, &build);
 }
@@ -134,7 +125,7 @@ fn a_step_that_fills_its_workspace_disk_ends_and_the_slave_keeps_building() {
         return;
     }
     assert_eq!(build.state, "failed", "{:#?}", build.log);
-    line_like(&build, "[failed] head -c 50M /dev/zero > big (", "exit code 1)");
+    build.line_like("[failed] head -c 50M /dev/zero > big (", "exit code 1)");
     let big = dir.join("main/checkout/big");
     let size = std::fs::metadata(&big).map(|m| m.len()).unwrap_or(0);
     assert!(size > 4 << 20 && size < 8 << 20, "the step filled {size} bytes of an 8 MiB disk");
@@ -182,7 +173,7 @@ fn a_step_that_never_ends_times_out_and_the_next_build_passes() {
     );
     let (git, build) = first_build(&b, "misbehave/forever", &yml);
     assert_eq!(build.state, "failed", "{:#?}", build.log);
-    line_like(&build, "[failed] sleep 1000 & echo $$ $! > ", "timed out)");
+    build.line_like("[failed] sleep 1000 & echo $$ $! > ", "timed out)");
     assert!(build.has_line("* build timed out after 3 seconds"), "{:#?}", build.log);
     assert!(build.has_line("[skipped] echo never"), "{:#?}", build.log);
     for pid in std::fs::read_to_string(&pidfile).unwrap().split_whitespace() {

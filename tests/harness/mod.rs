@@ -733,6 +733,14 @@ impl Build {
     pub fn has_line(&self, line: &str) -> bool {
         self.log.iter().any(|l| l == line)
     }
+    /// The one log line that starts with `prefix` and ends with `suffix` (a line whose middle,
+    /// e.g. its seconds, depends on the machine).
+    pub fn line_like(&self, prefix: &str, suffix: &str) -> &str {
+        self.log
+            .iter()
+            .find(|l| l.starts_with(prefix) && l.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no log line `{prefix}…{suffix}` in {:#?}", self.log))
+    }
     /// What passed snippets of `debug` steps printed, in order.
     pub fn printed(&self) -> Vec<String> {
         self.log.iter().filter_map(|l| l.strip_prefix("[passed]   . ")).map(String::from).collect()
