@@ -163,6 +163,7 @@ fn push_of(i: usize) -> Push {
         tag: None,
         fork: false,
         event: Event::Push,
+        params: Default::default(),
     }
 }
 
@@ -177,6 +178,7 @@ fn producer(url: String, me: usize, of: usize, repos: usize, tally: Arc<Tally>) 
             keep: HISTORY_KEEP,
             cancel_running: CancelRunning::None,
             routing: Routing::Mod,
+            alone: false,
         };
         tally.enqueues.fetch_add(1, Ordering::Relaxed);
         match queue::enqueue(&mut conn, &job).expect("enqueue") {

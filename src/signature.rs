@@ -70,7 +70,7 @@ pub const SIGNED_BODY_TTL: u64 = 2 * REBUILD_WINDOW as u64 + 60;
 /// The form a signed body must have, as error messages show it.
 const SIGNED_FORM: &str =
     "{\"at\": <unix seconds>, \"action\": \"build\"|\"cancel\", \"repo\": \"<owner/name>\", \"branch\": \"<branch>\"} \
-     (\"id\": <n> instead of \"branch\" for one build, neither for the default branch; \"reset\": true with X-Reset)";
+     (\"id\": <n> instead of \"branch\" for one build, neither for the default branch; \"reset\": true with X-Reset; \"env\": {\"NAME\": \"value\"} for a build's parameters)";
 
 /// How far the `at` of a signed `POST /build` body may be from the hook's clock, in seconds.
 pub const REBUILD_WINDOW: f64 = 300.0;
@@ -175,6 +175,10 @@ struct SignedBody {
     id: Option<serde_json::Value>,
     #[serde(default)]
     reset: bool,
+    /// `POST /build`'s parameters: checked by `payload::params`, signed
+    /// with the rest (so bound to this one request).
+    #[serde(default, rename = "env")]
+    _env: Option<serde_json::Value>,
 }
 
 impl SignedBody {

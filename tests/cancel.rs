@@ -264,7 +264,8 @@ fn the_enqueue_script_and_the_rust_rule_agree_on_which_branches_are_pull_request
                 ci_backend::store::job::decode(&text).unwrap()
             };
             let (p1, p2) = (push(&"1".repeat(40)), push(&"2".repeat(40)));
-            let job = |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy, routing: Routing::Mod };
+            let job =
+                |p| Job { push: p, delivery: None, reset: false, keep: 50, cancel_running: policy, routing: Routing::Mod, alone: false };
             let Enqueued::Queued { id: first, .. } = queue::enqueue(&mut c, &job(&p1)).unwrap() else { panic!("not queued") };
             let taken = queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap();
             assert_eq!(taken.as_deref(), Some(first.as_str()));

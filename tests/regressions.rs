@@ -262,7 +262,15 @@ fn a_finish_retried_after_a_lost_answer_counts_the_build_once() {
     let mut c = redis.queue_conn();
     let text = serde_json::json!({ "repo": "acme/once", "branch": "main", "sha": "1".repeat(40), "clone_url": "file:///nowhere" });
     let push = ci_backend::store::job::decode(&text.to_string()).unwrap();
-    let job = Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: CancelRunning::None, routing: Routing::Mod };
+    let job = Job {
+        push: &push,
+        delivery: None,
+        reset: false,
+        keep: 50,
+        cancel_running: CancelRunning::None,
+        routing: Routing::Mod,
+        alone: false,
+    };
     let Enqueued::Queued { id, .. } = queue::enqueue(&mut c, &job).unwrap() else { panic!("not queued") };
     assert_eq!(queue::take(&mut c, "slave", 0, Duration::from_secs(1)).unwrap().as_deref(), Some(id.as_str()));
     let Begun::Run(started) = queue::start(&mut c, &id, "ci:working:slave:0", "slave-0", 3, &[]).unwrap() else { panic!("not started") };

@@ -43,8 +43,15 @@ fn the_enqueue_script_puts_each_repository_where_routing_index_says() {
                 let repo = format!("lua-{}/repo-{i}", i % 7);
                 let branch = format!("{}-{n}", rule.as_str());
                 let push = push_of(&repo, &branch);
-                let job =
-                    Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: queue::CancelRunning::None, routing: rule };
+                let job = Job {
+                    push: &push,
+                    delivery: None,
+                    reset: false,
+                    keep: 50,
+                    cancel_running: queue::CancelRunning::None,
+                    routing: rule,
+                    alone: false,
+                };
                 let reply = queue::enqueue(&mut c, &job).unwrap();
                 let Enqueued::Queued { slave, .. } = reply else { panic!("{rule:?} {repo} n={n}: {reply:?}") };
                 assert_eq!(slave, format!("slave-{}", rule.index(&repo, n)), "{rule:?} {repo} n={n}");
@@ -58,8 +65,15 @@ fn the_enqueue_script_puts_each_repository_where_routing_index_says() {
     // A job of another rule than ci:routing's is refused, and nothing is queued.
     let before = redis.get("ci:seq");
     let push = push_of("lua/other", "main");
-    let job =
-        Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: queue::CancelRunning::None, routing: Routing::Mod };
+    let job = Job {
+        push: &push,
+        delivery: None,
+        reset: false,
+        keep: 50,
+        cancel_running: queue::CancelRunning::None,
+        routing: Routing::Mod,
+        alone: false,
+    };
     assert_eq!(queue::enqueue(&mut c, &job).unwrap(), Enqueued::OtherRouting { agreed: "jump".into() });
     assert_eq!(redis.get("ci:seq"), before, "no build was created");
 }
@@ -174,8 +188,15 @@ fn the_enqueue_script_reads_cluster_names_as_routing_cluster_tokens() {
         redis.cli(&["ZADD", &format!("ci:members:{name}"), &until, "0"]);
         let mut push = push_of(&format!("tokens/r{i}"), "main");
         push.hints = hints.clone();
-        let job =
-            Job { push: &push, delivery: None, reset: false, keep: 50, cancel_running: queue::CancelRunning::None, routing: Routing::Mod };
+        let job = Job {
+            push: &push,
+            delivery: None,
+            reset: false,
+            keep: 50,
+            cancel_running: queue::CancelRunning::None,
+            routing: Routing::Mod,
+            alone: false,
+        };
         let reply = queue::enqueue(&mut c, &job).unwrap();
         match &reply {
             Enqueued::Queued { slave, .. } => assert_eq!(slave, &format!("{name}-0")),

@@ -208,7 +208,7 @@ fn rebuild_endpoint_requires_the_token() {
     let builds = b.redis.keys("ci:build:*").len();
     let not_bound = "a signed POST /build or /cancel body must say what it is for, {\"at\": <unix seconds>, \"action\": \"build\"|\"cancel\", \
                      \"repo\": \"<owner/name>\", \"branch\": \"<branch>\"} (\"id\": <n> instead of \"branch\" for one build, neither for the \
-                     default branch; \"reset\": true with X-Reset): a signature of anything less could be used for another request";
+                     default branch; \"reset\": true with X-Reset; \"env\": {\"NAME\": \"value\"} for a build's parameters): a signature of anything less could be used for another request";
     let body_at = |at: u64| format!("{{\"at\": {at}, \"action\": \"build\", \"repo\": \"acme/rebuild\", \"branch\": \"main\"}}");
     // (what, body, the error, or the clock skew it must name)
     let refusals: [(&str, String, Result<&str, i64>); 5] = [

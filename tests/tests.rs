@@ -100,6 +100,11 @@ mod pulls;
 /// build page and the steps' `CI_EVENT`; jobs and records of the previous version (no `event`).
 mod events;
 
+/// Manual runs: `POST /build` parameters (`{"env": {...}}`, bearer or signed) in bare and container
+/// steps, the record and the page; each refused body's 400 and reason; `?id=N` builds N's commit,
+/// never another repository's; a run with parameters is never coalesced away.
+mod manual;
+
 /// Scaling: executors beside a long build, one branch at a time, stealing (exactly once, the
 /// home cache kept).
 mod scaling;

@@ -5,8 +5,10 @@ mod event;
 mod gitea;
 mod github;
 mod gitlab;
+pub mod params;
 
 pub use event::Event;
+pub use params::Params;
 
 use std::fmt;
 
@@ -36,6 +38,8 @@ pub struct Push {
     /// Why it is built: a sender's push, tag or request; whoever queues it
     /// again says `manual` or `cron`.
     pub event: Event,
+    /// A manual run's parameters (`POST /build`'s `env`); none otherwise.
+    pub params: Params,
 }
 
 /// What a pull/merge request names besides its head commit.
@@ -411,6 +415,7 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         pull: raw.pull,
         tag,
         fork: raw.fork,
+        params: Params::new(),
     }))
 }
 

@@ -592,6 +592,7 @@ mod tests {
             tag: None,
             fork: false,
             event: payload::Event::Push,
+            params: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@
 //! or of another type reads as empty, but for `event`, which then reads as
 //! its branch tells ([`Event::of_branch`]).
 
-use crate::payload::{Event, ForgeFacts, Pull, Push};
+use crate::payload::{Event, ForgeFacts, Params, Pull, Push};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,9 @@ pub struct Job {
     pub hints: Vec<String>,
     #[serde(default, deserialize_with = "lenient")]
     pub message: String,
+    /// A manual run's parameters; absent (not written) when there are none.
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Params::is_empty")]
+    pub params: Params,
     #[serde(default, deserialize_with = "lenient")]
     pub project_id: Option<u64>,
     #[serde(default, deserialize_with = "lenient")]
@@ -78,6 +81,7 @@ impl Job {
             fork: p.fork,
             hints: p.hints.clone(),
             message: p.message.clone(),
+            params: p.params.clone(),
             project_id: p.forge.project_id,
             pull: p.pull.as_ref().map(|q| JobPull {
                 base_branch: q.base_branch.clone(),
@@ -112,6 +116,7 @@ impl Job {
             }),
             tag: self.tag,
             fork: self.fork,
+            params: self.params,
         }
     }
 }
@@ -149,6 +154,7 @@ mod tests {
             tag: None,
             fork: false,
             event: Event::Push,
+            params: Params::new(),
         }
     }
 
@@ -166,6 +172,10 @@ mod tests {
         assert_eq!(decode(&encode(&q)), Some(q.clone()));
         let t = Push { branch: "tags/v1.2".into(), tag: Some("v1.2".into()), event: Event::Tag, ..p.clone() };
         assert_eq!(decode(&encode(&t)), Some(t));
+        let params = Params::from([("TARGET".to_string(), "prod \"eu\"\n".to_string()), ("A".to_string(), String::new())]);
+        let m = Push { event: Event::Manual, params, ..p.clone() };
+        assert!(encode(&m).contains(r#""message":"m","params":{"A":"","TARGET":"prod \"eu\"\n"},"project_id""#), "{}", encode(&m));
+        assert_eq!(decode(&encode(&m)), Some(m));
         // The stored event wins over what the branch would tell.
         for event in Event::ALL {
             let m = Push { event, ..q.clone() };

@@ -35,6 +35,12 @@ pub struct Job<'a> {
     pub cancel_running: CancelRunning,
     /// HOOK_ROUTING: the rule this hook routes by (it must be the deployment's, [`agree_routing`]).
     pub routing: crate::routing::Routing,
+    /// A build of its own: a manual run that names its commit (`?id=`) or
+    /// carries parameters. It never coalesces into the branch's pending
+    /// build and no later push replaces it (what was asked for runs), it is
+    /// not the branch's last push (re-runs and schedules build that), and
+    /// it cancels no running build.
+    pub alone: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -80,10 +86,11 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(if job.reset { "1" } else { "0" })
         .arg(DELIVERY_TTL_SECS)
         .arg(job.keep.max(1))
-        .arg(if job.cancel_running.applies(&p.branch) { "1" } else { "0" })
+        .arg(if !job.alone && job.cancel_running.applies(&p.branch) { "1" } else { "0" })
         .arg(job.routing.as_str())
         .arg(job.routing.points(&p.repo).iter().map(u32::to_string).collect::<Vec<_>>().join(" "))
         .arg(p.event.as_str())
+        .arg(if job.alone { "1" } else { "0" })
         .invoke(conn)?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     Ok(match reply.first().map(String::as_str) {

@@ -2,7 +2,7 @@
 //! HASH, [`keys::build`]), and the views `/status` and `/history` show of
 //! them (text log or JSON).
 
-use crate::payload::Event;
+use crate::payload::{Event, Params};
 use crate::store::keys;
 
 use redis::{Connection, RedisResult};
@@ -48,6 +48,8 @@ pub struct BuildRecord {
     pub died: u32,
     /// Why it was canceled while it ran.
     pub cancel: Option<String>,
+    /// A manual run's parameters, as its job carries them (none otherwise).
+    pub params: Params,
 }
 
 /// The record as the API documents it. Fields in alphabetical order, the
@@ -60,6 +62,7 @@ struct Api<'a> {
     id: &'a str,
     log: &'a [String],
     ok: bool,
+    params: &'a Params,
     queued_at: Option<f64>,
     repo: &'a str,
     seconds: Option<u64>,
@@ -102,6 +105,7 @@ impl BuildRecord {
             stolen: h.get("stolen").cloned(),
             died: count("died"),
             cancel: h.get("cancel").cloned(),
+            params: h.get("push").and_then(|p| crate::store::job::decode(p)).map(|p| p.params).unwrap_or_default(),
         }
     }
 
@@ -124,6 +128,7 @@ impl BuildRecord {
             id: &self.id,
             log: &self.log,
             ok: self.state == "passed",
+            params: &self.params,
             queued_at: self.queued_at,
             repo: &self.repo,
             seconds: self.seconds,
@@ -333,11 +338,15 @@ mod tests {
         let r = BuildRecord::from_hash(&h);
         assert_eq!((r.attempt, r.reset, r.ok, r.cluster.as_str()), (1, false, true, "slave"));
         // What serde_json::json! (keys sorted) made of the same hash.
-        let want = r#"{"branch":"main","event":"push","finished_at":5.0,"id":"7","log":["x"],"ok":true,"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null}"#;
+        let want = r#"{"branch":"main","event":"push","finished_at":5.0,"id":"7","log":["x"],"ok":true,"params":{},"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null}"#;
         assert_eq!(r.to_json().to_string(), want);
         let empty = BuildRecord::from_hash(&HashMap::new()).to_json().to_string();
-        let want = r#"{"branch":"","event":"push","finished_at":null,"id":"","log":[],"ok":false,"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null}"#;
+        let want = r#"{"branch":"","event":"push","finished_at":null,"id":"","log":[],"ok":false,"params":{},"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null}"#;
         assert_eq!(empty, want);
+        // A manual run's parameters, out of its job.
+        let job = r#"{"repo":"a/b","branch":"main","sha":"ab","clone_url":"u","event":"manual","params":{"TARGET":"prod","A":"1"}}"#;
+        let h: HashMap<String, String> = [("push".to_string(), job.to_string())].into();
+        assert_eq!(BuildRecord::from_hash(&h).to_json()["params"], serde_json::json!({"A": "1", "TARGET": "prod"}));
     }
 
     #[test]

@@ -72,17 +72,22 @@ pub(crate) fn credentials(req: &Request) -> Credentials<'_> {
 /// body naming exactly `intent`, used for the first time. The refusal to
 /// send, if any.
 pub(crate) fn refusal(hook: &Hook, redis: &mut Redis, req: &Request, intent: &Intent) -> Option<Reply> {
+    authorize(hook, redis, req, intent).err().map(|refused| *refused)
+}
+
+/// [`refusal`], telling how the request was authenticated when it was.
+pub(crate) fn authorize(hook: &Hook, redis: &mut Redis, req: &Request, intent: &Intent) -> Result<Authorized, Box<Reply>> {
     let authorized = match signature::verify_intent(&hook.token, &req.body, &credentials(req), crate::unix_now(), intent) {
         Ok(a) => a,
-        Err(e) => return Some(Reply::error(403, e.to_string())),
+        Err(e) => return Err(Box::new(Reply::error(403, e.to_string()))),
     };
-    let Authorized::Signed { digest } = authorized else { return None };
-    match redis.run_again(|c| signed::first_use(c, &digest, SIGNED_BODY_TTL)) {
-        Ok(true) => None,
-        Ok(false) => Some(Reply::error(
+    let Authorized::Signed { digest } = &authorized else { return Ok(authorized) };
+    match redis.run_again(|c| signed::first_use(c, digest, SIGNED_BODY_TTL)) {
+        Ok(true) => Ok(authorized),
+        Ok(false) => Err(Box::new(Reply::error(
             403,
             "this signed body was used already: each is good for one request; sign a new one with the current unix seconds",
-        )),
-        Err(e) => Some(redis_down(&e)),
+        ))),
+        Err(e) => Err(Box::new(redis_down(&e))),
     }
 }

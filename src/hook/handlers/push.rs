@@ -59,6 +59,7 @@ pub(crate) fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &st
         keep: hook.config.history_keep,
         cancel_running: hook.config.cancel_running,
         routing: hook.config.routing,
+        alone: false,
     };
     enqueue(hook, redis, &job)
 }

@@ -203,8 +203,9 @@ pub fn build(record: &BuildRecord, lines: &[String], follow: &str) -> String {
     .filter(|f| !f.is_empty())
     .collect();
     let follow_attr = if running { format!(" data-follow=\"{}\"", escape(follow)) } else { String::new() };
+    let params = params(&record.params);
     let mut body = format!(
-        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">{}</span></p>\n{why}<pre id=\"log\"{follow_attr}>{log}</pre>\n",
+        "<h1><a href=\"/\">ci-backend</a> / <a href=\"/repo/{}\">{}</a> / #{}</h1>\n<p>{} <span class=\"meta\">{}</span></p>\n{params}{why}<pre id=\"log\"{follow_attr}>{log}</pre>\n",
         url_part(repo),
         escape(repo),
         escape(id),
@@ -215,6 +216,21 @@ pub fn build(record: &BuildRecord, lines: &[String], follow: &str) -> String {
         body.push_str(&format!("<script>{FOLLOW_SCRIPT}</script>\n"));
     }
     page(&format!("{repo} #{id}"), &body, running)
+}
+
+/// A manual run's parameters, names and values (they are not secrets);
+/// empty when it has none.
+fn params(params: &crate::payload::Params) -> String {
+    if params.is_empty() {
+        return String::new();
+    }
+    let rows: String = params
+        .iter()
+        .map(|(k, v)| {
+            format!("<tr><th scope=\"row\"><code>{}</code></th><td><pre>{}</pre></td></tr>\n", escape(k), escape(&crate::ansi::strip(v)))
+        })
+        .collect();
+    format!("<section id=\"params\" aria-label=\"parameters\"><h2>Parameters</h2>\n<table><tbody>\n{rows}</tbody></table></section>\n")
 }
 
 /// A page saying what was not found (`text` is escaped here).
@@ -301,6 +317,15 @@ mod tests {
         let r = BuildRecord { event: crate::payload::Event::PullRequest, branch: "pull/3".into(), ..record("4", "passed") };
         let html = build(&r, &[], "/x");
         assert!(html.contains("branch pull/3 · event pull_request · commit"), "{html}");
+    }
+
+    #[test]
+    fn a_manual_runs_parameters_are_shown_escaped() {
+        let params = crate::payload::Params::from([("TARGET".to_string(), "<eu> & \"us\"".to_string())]);
+        let html = build(&BuildRecord { params, ..record("5", "passed") }, &[], "/x");
+        let want = "<h2>Parameters</h2>\n<table><tbody>\n<tr><th scope=\"row\"><code>TARGET</code></th><td><pre>&lt;eu&gt; &amp; &quot;us&quot;</pre></td></tr>\n";
+        assert!(html.contains(want), "{html}");
+        assert!(!build(&record("5", "passed"), &[], "/x").contains("Parameters"));
     }
 
     #[test]

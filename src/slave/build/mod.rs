@@ -667,32 +667,43 @@ impl Steps<'_> {
         }
         // A request's record is `pull/<N>`; its steps see the head branch.
         let branch = push.pull.as_ref().map_or(&push.branch, |p| &p.head_branch).clone();
+        use crate::payload::params::ci;
         let mut vars = vec![
-            ("HOST", ctx.host.to_string()),
-            ("SLAVE", ctx.slave.to_string()),
-            ("BRANCH", branch),
-            ("COMMIT", push.sha.clone()),
-            ("COMMIT_SHORT", short.to_string()),
-            ("MESSAGE", commit.message.clone()),
-            ("TAG", tag(&push.branch, short)),
-            ("TIMESTAMP", commit.timestamp.clone()),
-            ("LOG", crate::ansi::strip(&log.recent(LOG_ENV_BYTES))),
-            ("OK", ok.to_string()),
-            ("CI", "true".to_string()),
-            ("CI_EVENT", push.event.as_str().to_string()),
-            ("REPO", push.repo.clone()),
-            ("BUILD_ID", job.id.to_string()),
+            (ci::HOST, ctx.host.to_string()),
+            (ci::SLAVE, ctx.slave.to_string()),
+            (ci::BRANCH, branch),
+            (ci::COMMIT, push.sha.clone()),
+            (ci::COMMIT_SHORT, short.to_string()),
+            (ci::MESSAGE, commit.message.clone()),
+            (ci::TAG, tag(&push.branch, short)),
+            (ci::TIMESTAMP, commit.timestamp.clone()),
+            (ci::LOG, crate::ansi::strip(&log.recent(LOG_ENV_BYTES))),
+            (ci::OK, ok.to_string()),
+            (ci::CI, "true".to_string()),
+            (ci::CI_EVENT, push.event.as_str().to_string()),
+            (ci::REPO, push.repo.clone()),
+            (ci::BUILD_ID, job.id.to_string()),
         ];
         if let Some(p) = &push.pull {
-            vars.push(("PULL_REQUEST", p.number.to_string()));
-            vars.push(("BASE_BRANCH", p.base_branch.clone()));
-            vars.push(("HEAD_BRANCH", p.head_branch.clone()));
-            vars.push(("HEAD_REPO", p.head_repo.clone()));
+            vars.push((ci::PULL_REQUEST, p.number.to_string()));
+            vars.push((ci::BASE_BRANCH, p.base_branch.clone()));
+            vars.push((ci::HEAD_BRANCH, p.head_branch.clone()));
+            vars.push((ci::HEAD_REPO, p.head_repo.clone()));
         }
         if let Some(t) = &push.tag {
-            vars.push(("TAG_NAME", t.clone()));
+            vars.push((ci::TAG_NAME, t.clone()));
         }
-        for (k, v) in vars.into_iter().map(|(k, v)| (k.to_string(), v)).chain(step.env.iter().cloned()) {
+        debug_assert!(vars.iter().all(|(k, _)| crate::payload::params::CI_VARIABLES.contains(k)), "a CI variable outside the list");
+        // A manual run's parameters come last: the step's `env` gives
+        // defaults, a run overrides them. Never in a fork's build; never a
+        // CI variable's name (the hook refused those; checked again here).
+        let params = push.params.iter().filter(|(k, v)| !push.fork && crate::payload::params::check(k, v).is_ok());
+        let all = vars
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .chain(step.env.iter().cloned())
+            .chain(params.map(|(k, v)| (k.clone(), v.clone())));
+        for (k, v) in all {
             env.retain(|(name, _)| *name != k);
             env.push((k, v));
         }

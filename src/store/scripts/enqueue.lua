@@ -3,7 +3,9 @@
 -- ('1'/'0'), delivery TTL seconds, HISTORY_KEEP, cancel the branch's running
 -- build ('1'/'0': Rust's CancelRunning::applies decided), routing rule, jump
 -- points (space-separated), event (the record's `event`, a name Rust's
--- payload::Event gave; a coalesced build takes the newer push's).
+-- payload::Event gave; a coalesced build takes the newer push's), alone ('1':
+-- a build of its own, queue::Job::alone: it coalesces into no pending build,
+-- becomes none, and is not remembered as the branch's last push; '0').
 -- Returns {'queued', id, slave, canceled id or ''}, {'coalesced', id, slave},
 -- {'duplicate', id, ''}, {'routing', agreed, ''} or {'noslave', live clusters, ''}.
 local repo, branch, sha, push, crc, hints, delivery, now, default_branch, reset =
@@ -48,7 +50,8 @@ local function remember()
   if default_branch ~= '' then redis.call('SET', K.default .. repo, default_branch) end
 end
 -- coalesce: a newer push replaces the commit of the pending build
-local pending = redis.call('GET', K.pending .. bkey)
+local alone = A[17] == '1'
+local pending = (not alone) and redis.call('GET', K.pending .. bkey)
 if pending and redis.call('HGET', K.build .. pending, 'state') == 'queued' then
   redis.call('HSET', K.build .. pending, 'sha', sha, 'push', push, 'event', A[16])
   if reset == '1' then redis.call('HSET', K.build .. pending, 'reset', '1') end
@@ -73,8 +76,10 @@ redis.call('HSET', K.build .. id, 'id', id, 'repo', repo, 'branch', branch, 'sha
   'event', A[16], 'state', 'queued', 'ok', 'false', 'log', '[]', 'slave', slave, 'cluster', cluster,
   'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset)
 redis.call('SET', K.last .. bkey, id)
-redis.call('SET', K.pending .. bkey, id)
-remember()
+if not alone then
+  redis.call('SET', K.pending .. bkey, id)
+  remember()
+end
 -- retention, the one rule: the last HISTORY_KEEP builds of a branch stay; older
 -- records (and their live logs) are deleted, unless still queued or running or
 -- the branch's latest finished build (then the list waits one push longer)
