@@ -12,6 +12,14 @@ const PASSED: &str = "[passed]";
 const FAILED: &str = "[failed]";
 /// Between a result's tag and an output line.
 const OUTPUT: &str = "   . ";
+/// A step's note naming the secrets it lists but does not get: a fact, not
+/// why anything failed.
+const NOT_GRANTED: &str = "* secrets not granted here: ";
+
+/// The note naming the secrets a step lists under `secrets:` and does not get.
+pub fn not_granted(names: &[&str]) -> String {
+    format!("{NOT_GRANTED}{}", names.join(", "))
+}
 
 /// The tag of a snippet's lines: `[passed]` or `[failed]`.
 pub fn tag(passed: bool) -> &'static str {
@@ -86,7 +94,7 @@ pub fn why(log: &[String]) -> Option<Why<'_>> {
             let notes = log[at + 1 + outputs..].iter().take_while(|l| l.starts_with("* ")).count();
             (at, outputs, notes)
         }
-        None => (log.iter().position(|l| l.starts_with("* "))?, 0, 0),
+        None => (log.iter().position(|l| l.starts_with("* ") && !l.starts_with(NOT_GRANTED))?, 0, 0),
     };
     // The commit line (`- commit …`) is the log's first; step titles follow it.
     let step = log[1.min(at)..at].iter().rev().find_map(|l| l.strip_prefix("- "));

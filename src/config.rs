@@ -172,6 +172,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
         doc: "commit statuses: `<github|gitea|gitlab> <api base URL> <token>` lines; a token only for pushes of its forge's host",
     },
     Setting { name: "SLAVE_FORGES_FILE", default: "", doc: "a file of such lines (mode 0400/0600), e.g. a Docker secret" },
+    Setting {
+        name: "SLAVE_SECRETS_FILE",
+        default: "",
+        doc: "secrets per repository, `<NAME> <repo glob> <branch glob> <value>` lines (mode 0400/0600): a step gets NAME when it lists it under `secrets:` and the first line for NAME matches its repository and branch; never a fork's build",
+    },
     Setting { name: "SLAVE_FORGE_TIMEOUT", default: "10", doc: "seconds one commit-status request may take" },
     Setting {
         name: "SLAVE_FORGE_ATTEMPTS",

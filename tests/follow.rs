@@ -359,7 +359,7 @@ fn a_follower_of_a_canceled_build_ends_with_canceled() {
 }
 
 /// The `ci:log:<id>` stream as (field, value) pairs, oldest first.
-fn stream(b: &Backend, id: &str) -> Vec<(String, String)> {
+pub(crate) fn stream(b: &Backend, id: &str) -> Vec<(String, String)> {
     let Resp::Array(Some(entries)) = b.redis.cli(&["XRANGE", &format!("ci:log:{id}"), "-", "+"]) else { return vec![] };
     entries
         .iter()

@@ -47,6 +47,11 @@ mod hostile_names;
 /// environments; `secrets:` values masked in recorded logs.
 mod secrets;
 
+/// Secrets per repository (SLAVE_SECRETS_FILE): granted by repository and branch glob, first
+/// line first; other repositories, forks and branches get none; masked in the record and the live
+/// stream; container steps; a bad file's mode, owner or line stops the slave at start.
+mod repo_secrets;
+
 /// Builds that misbehave (setsid daemon, closed stdout, full workspace disk, never ending):
 /// each ends with a status and the next build on the same slave passes.
 mod misbehaving;

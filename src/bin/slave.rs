@@ -18,7 +18,8 @@ fn main() {
     logging::init();
     let config = config::SlaveConfig::from_env().unwrap_or_else(|e| exit(2, &e.to_string()));
     let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e.to_string()));
-    let identity = worker::Identity { build_user, git: taken.git, forges: taken.forges, redis: Target::new(&config.redis) };
+    let identity =
+        worker::Identity { build_user, git: taken.git, forges: taken.forges, secrets: taken.secrets, redis: Target::new(&config.redis) };
     let user = &identity.build_user;
     let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
     let creds = if identity.git.is_empty() { "-".to_string() } else { identity.git.hosts() };
@@ -32,6 +33,9 @@ fn main() {
         if user.switch { format!("{}-{}", config.build_groups.0, config.build_groups.1) } else { "-".to_string() },
         logging::quote(&creds)
     );
+    if !identity.secrets.is_empty() {
+        log::info!("slave.secrets names={}", logging::quote(&identity.secrets.names()));
+    }
     if !identity.forges.is_empty() {
         log::info!("slave.forges forges={}", logging::quote(&identity.forges.describe()));
     }

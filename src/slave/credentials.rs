@@ -8,9 +8,12 @@
 //! helper reads it from a pipe the slave fills for that one command.
 //!
 //! The forge tokens of commit statuses (SLAVE_FORGES, SLAVE_FORGES_FILE; see
-//! `crate::slave::forge`) take the same way out of the environment, in the same memfd.
+//! `crate::slave::forge`) and the secrets per repository (SLAVE_SECRETS_FILE;
+//! see `crate::slave::repo_secrets`) take the same way out of the environment,
+//! in the same memfd.
 
 use crate::slave::forge::ForgeLineError;
+use crate::slave::repo_secrets::{RepoSecrets, SecretLineError};
 use std::ffi::{CStr, OsString};
 use std::fmt;
 use std::io::{Read, Seek, Write};
@@ -33,12 +36,17 @@ pub(crate) const FORGES: &str = "SLAVE_FORGES";
 pub(crate) const FORGES_FILE: &str = "SLAVE_FORGES_FILE";
 /// Separates the git lines from the forge lines in the memfd.
 const FORGES_MARK: &str = "#forges\n";
+/// Secrets per repository (`<NAME> <repo glob> <branch glob> <value>` lines).
+pub(crate) const SECRETS_FILE: &str = "SLAVE_SECRETS_FILE";
+/// Separates the forge lines from the secrets' lines in the memfd.
+const SECRETS_MARK: &str = "#secrets\n";
 
 /// The secrets taken out of the environment.
 #[derive(Debug, Default)]
 pub struct Taken {
     pub git: Credentials,
     pub forges: crate::slave::forge::Forges,
+    pub secrets: RepoSecrets,
 }
 
 /// One credential: where it may go, and what it is.
@@ -67,8 +75,8 @@ impl fmt::Debug for Credentials {
 /// `main`, before any thread exists. When GIT_CREDENTIALS or
 /// GIT_CREDENTIALS_FILE is set, it checks them, then restarts the slave
 /// (same executable and arguments) without them, handing the lines over in a
-/// memfd; it returns in the restarted process. SLAVE_FORGES and
-/// SLAVE_FORGES_FILE are taken the same way.
+/// memfd; it returns in the restarted process. SLAVE_FORGES,
+/// SLAVE_FORGES_FILE and SLAVE_SECRETS_FILE are taken the same way.
 pub fn take() -> Result<Taken, SecretsError> {
     for name in RETIRED {
         if set(name).is_some() {
@@ -78,14 +86,17 @@ pub fn take() -> Result<Taken, SecretsError> {
     if let Some(fd) = std::env::var_os(HANDOVER) {
         std::env::remove_var(HANDOVER);
         let text = read_handover(&fd)?;
-        let (git, forges) = text.split_once(FORGES_MARK).unwrap_or((&text, ""));
+        let (git, rest) = text.split_once(FORGES_MARK).unwrap_or((&text, ""));
+        let (forges, secrets) = rest.split_once(SECRETS_MARK).unwrap_or((rest, ""));
         return Ok(Taken {
             git: Credentials::parse(git, "the credentials handed over at restart")?,
             forges: crate::slave::forge::Forges::parse(forges, "the forge tokens handed over at restart")?,
+            secrets: RepoSecrets::parse(secrets, "the secrets handed over at restart")?,
         });
     }
     let (inline, file, forges, forges_file) = (set(INLINE), set(FILE), set(FORGES), set(FORGES_FILE));
-    if inline.is_none() && file.is_none() && forges.is_none() && forges_file.is_none() {
+    let secrets_file = set(SECRETS_FILE);
+    if inline.is_none() && file.is_none() && forges.is_none() && forges_file.is_none() && secrets_file.is_none() {
         return Ok(Taken::default());
     }
     let mut all = Credentials::default();
@@ -105,7 +116,12 @@ pub fn take() -> Result<Taken, SecretsError> {
         let text = read_file(FORGES_FILE, &path)?;
         forge_lines.push_str(&crate::slave::forge::Forges::parse(&text, &format!("{FORGES_FILE}={path:?}"))?.lines());
     }
-    Err(restart_without_env(&format!("{}{FORGES_MARK}{forge_lines}", all.lines())))
+    let mut secret_lines = String::new();
+    if let Some(path) = secrets_file {
+        let text = read_file(SECRETS_FILE, &path)?;
+        secret_lines = RepoSecrets::parse(&text, &format!("{SECRETS_FILE}={path:?}"))?.lines();
+    }
+    Err(restart_without_env(&format!("{}{FORGES_MARK}{forge_lines}{SECRETS_MARK}{secret_lines}", all.lines())))
 }
 
 /// A variable's value, when it is set and not blank.
@@ -150,6 +166,8 @@ pub enum SecretsError {
     },
     /// A line of a forge list.
     Forge(ForgeLineError),
+    /// A line of the secrets file.
+    RepoSecret(SecretLineError),
     /// The handover variable does not name a credentials memfd of this slave.
     NotHandover(OsString),
     HandoverUnreadable(std::io::Error),
@@ -230,6 +248,7 @@ impl fmt::Display for SecretsError {
             ),
             SecretsError::Entry { source, number, why } => write!(f, "{source}, entry {number}: {why}"),
             SecretsError::Forge(e) => e.fmt(f),
+            SecretsError::RepoSecret(e) => e.fmt(f),
             SecretsError::NotHandover(fd) => write!(f, "{HANDOVER}={fd:?}: not a credentials memfd of this slave"),
             SecretsError::HandoverUnreadable(e) => write!(f, "{HANDOVER}: cannot read: {e}"),
             SecretsError::NoMemfd(e) => write!(f, "cannot hand the credentials over (memfd_create): {e}"),
@@ -240,6 +259,12 @@ impl fmt::Display for SecretsError {
 }
 
 impl std::error::Error for SecretsError {}
+
+impl From<SecretLineError> for SecretsError {
+    fn from(e: SecretLineError) -> SecretsError {
+        SecretsError::RepoSecret(e)
+    }
+}
 
 impl From<ForgeLineError> for SecretsError {
     fn from(e: ForgeLineError) -> SecretsError {
@@ -270,6 +295,7 @@ fn restart_without_env(lines: &str) -> SecretsError {
         .env_remove(FILE)
         .env_remove(FORGES)
         .env_remove(FORGES_FILE)
+        .env_remove(SECRETS_FILE)
         .env(HANDOVER, fd.to_string())
         .exec();
     SecretsError::Restart(err)

@@ -33,6 +33,7 @@ pub(crate) struct Shared {
     /// Groups per repository and checkout; `None` on a slave that is not root.
     pub(crate) build_groups: Option<crate::slave::build_groups::BuildGroups>,
     pub(crate) git: Credentials,
+    pub(crate) secrets: crate::slave::repo_secrets::RepoSecrets,
     pub(crate) signals: Arc<Signals>,
     pub(crate) state: Arc<State>,
     pub(crate) poster: Poster,
@@ -205,6 +206,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     let ctx = build::Context {
         cache: &config.cache,
         creds: &sh.git,
+        secrets: &sh.secrets,
         user: &sh.build_user,
         groups: sh.build_groups.as_ref(),
         max_log: config.max_log_bytes,

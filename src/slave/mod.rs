@@ -9,6 +9,7 @@
 //! - [`build`]: one build (workspace, integration.yml, runner, log), no Redis.
 //! - `proc`: child processes in their own groups, under a guard.
 //! - [`build_user`], [`credentials`], `forge`: who builds, git's secrets, commit statuses.
+//! - [`repo_secrets`]: the secrets per repository (SLAVE_SECRETS_FILE) and which step gets which.
 //! - `error`: why the slave cannot start.
 
 pub(crate) mod backend;
@@ -23,6 +24,7 @@ pub(crate) mod executor;
 pub(crate) mod forge;
 pub(crate) mod lease;
 pub(crate) mod proc;
+pub mod repo_secrets;
 pub(crate) mod reroute;
 pub mod run;
 pub(crate) mod state;

@@ -46,6 +46,8 @@ pub struct Identity {
     pub git: Credentials,
     /// Forge tokens for commit statuses; never logged, never in a build's env.
     pub forges: Forges,
+    /// Secrets per repository (SLAVE_SECRETS_FILE): only in the steps they are granted to.
+    pub secrets: crate::slave::repo_secrets::RepoSecrets,
     /// Where Redis is (one per process: clones share what it saw of the sentinels).
     pub redis: Target,
 }
@@ -85,6 +87,7 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
         build_user: identity.build_user,
         build_groups,
         git: identity.git,
+        secrets: identity.secrets,
         signals: Arc::clone(&signals),
         state: Arc::clone(&state),
         poster,

@@ -13,6 +13,7 @@ use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
 use crate::slave::proc::process::{Exit, LineSink};
+use crate::slave::repo_secrets::RepoSecrets;
 use commit_object::Commit;
 use integration::Step;
 use std::collections::VecDeque;
@@ -38,6 +39,10 @@ use crate::config::MIN_LOG_BYTES;
 // The smallest budget config allows still holds the longest line in each half.
 const _: () = assert!((MIN_LOG_BYTES - LOG_RESERVE) / 2 >= MAX_LOG_LINE + 2 + LINE_OVERHEAD);
 
+/// Shortest value masked: shorter ones would mask everything. A secret of
+/// SLAVE_SECRETS_FILE is at least this long.
+pub(crate) const MIN_MASKED: usize = 4;
+
 /// Lines of each service's output a failed step's log gets.
 const SERVICE_LINES: u32 = 20;
 
@@ -46,6 +51,8 @@ pub(crate) struct Context<'a> {
     /// Absolute.
     pub cache: &'a Path,
     pub creds: &'a Credentials,
+    /// SLAVE_SECRETS_FILE: given to the steps they are granted to.
+    pub secrets: &'a RepoSecrets,
     /// Who steps (and the git commands writing their checkout) run as,
     /// before each checkout gives it its groups.
     pub user: &'a BuildUser,
@@ -311,6 +318,8 @@ impl Steps<'_> {
     /// only its `no-skip` ones.
     fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         log.push(format!("- {}", step.title));
+        let contained = step.image.is_some() || self.default_image.is_some();
+        self.log_secrets(number, step, log, contained);
         let cwd = match step_dir(self.dir, step) {
             Ok(d) => d,
             Err(why) => {
@@ -362,6 +371,39 @@ impl Steps<'_> {
             log::warn!("container.network_remove_failed network={} error={}", runs.network, crate::logging::quote(&e.to_string()));
         }
         result
+    }
+
+    /// Which secrets the step lists and does not get (unset in its
+    /// environment): one build-log line naming them, and one event.
+    fn log_secrets(&self, number: usize, step: &Step, log: &mut Log, contained: bool) {
+        if step.secrets.is_empty() {
+            return;
+        }
+        let env = self.env(log, true, step, contained);
+        let mut missing: Vec<&str> = Vec::new();
+        for name in &step.secrets {
+            if !env.iter().any(|(k, _)| k == name) && !missing.contains(&name.as_str()) {
+                missing.push(name);
+            }
+        }
+        if !missing.is_empty() {
+            log.push(build_log::not_granted(&missing));
+        }
+        let push = self.job.push;
+        let granted = self.ctx.secrets.grant(&push.repo, &push.branch, push.fork, &step.secrets).given;
+        let granted: Vec<&str> = granted.iter().map(|(name, _)| name.as_str()).collect();
+        let list = |names: &[&str]| if names.is_empty() { "-".to_string() } else { names.join(",") };
+        log::info!(
+            "step.secrets repo={} branch={} sha={} slave={} build={} step={} granted={} not_granted={}",
+            crate::logging::quote(&push.repo),
+            crate::logging::quote(&push.branch),
+            self.short,
+            self.ctx.slave,
+            self.job.id,
+            number + 1,
+            list(&granted),
+            list(&missing)
+        );
     }
 
     /// The step's snippets, in order, each on `runs` (a container step) or on
@@ -526,7 +568,7 @@ fn secret_values(env: &[(String, String)], names: &[String]) -> Vec<String> {
         values.push(value.clone());
         values.extend(value.lines().map(|l| l.trim().to_string()));
     }
-    values.retain(|v| v.len() >= 4);
+    values.retain(|v| v.len() >= MIN_MASKED);
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     values.dedup();
     values
@@ -651,9 +693,11 @@ fn step_dir(root: &Path, step: &Step) -> Result<PathBuf, CwdError> {
 
 impl Steps<'_> {
     /// A snippet's environment: the base, the build user's HOME, USER and
-    /// LOGNAME when switching, the CI variables, then the step's `env`. In a
-    /// container (`contained`): the CI variables and the step's `env` only —
-    /// the image brings its own PATH and HOME, the slave's are not its.
+    /// LOGNAME when switching, the CI variables, the step's `env`, then the
+    /// secrets of SLAVE_SECRETS_FILE granted to it (those the file defines
+    /// but does not grant here unset). In a container (`contained`): the CI
+    /// variables, the step's `env` and its secrets only — the image brings
+    /// its own PATH and HOME, the slave's are not its.
     fn env(&self, log: &Log, ok: bool, step: &Step, contained: bool) -> Vec<(String, String)> {
         let (ctx, job, commit, short) = (self.ctx, self.job, self.commit, self.short);
         let push = job.push;
@@ -707,6 +751,9 @@ impl Steps<'_> {
             env.retain(|(name, _)| *name != k);
             env.push((k, v));
         }
+        let grant = ctx.secrets.grant(&push.repo, &push.branch, push.fork, &step.secrets);
+        env.retain(|(name, _)| !grant.withheld.contains(name) && !grant.given.iter().any(|(n, _)| n == name));
+        env.extend(grant.given);
         env
     }
 }
