@@ -18,6 +18,11 @@ pub struct Push {
     pub branch: String,
     /// The pushed commit, full hex.
     pub sha: String,
+    /// The branch's commit before the push (the payload's `before`), full
+    /// hex: what `when: path` diffs against. `None` when unknown: a new
+    /// branch (all zeros), a request (diffed against its target), a job of
+    /// an earlier version, a build that replaced a queued one.
+    pub before: Option<String>,
     pub clone_url: String,
     pub default_branch: Option<String>,
     pub message: String,
@@ -307,6 +312,8 @@ pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
 pub(crate) struct RawPush<'a> {
     pub git_ref: Option<&'a str>,
     pub sha: Option<&'a str>,
+    /// The payload's `before`; kept only when a full hex sha, not all zeros.
+    pub before: Option<&'a str>,
     pub repo: Option<&'a str>,
     pub clone_url: Option<&'a str>,
     pub default_branch: Option<&'a str>,
@@ -381,7 +388,7 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         check_branch(&p.head_branch).map_err(|e| PayloadError(format!("head {}", e.0)))?;
         check_repo(&p.head_repo).map_err(|e| PayloadError(format!("head {}", e.0)))?;
     }
-    if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !full_sha(sha) {
         return Err(PayloadError(format!("commit {sha:?} is not a full hex sha")));
     }
     if clone_url.is_empty() || clone_url.starts_with('-') || clone_url.chars().any(char::is_control) {
@@ -391,6 +398,7 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         repo: repo.to_string(),
         branch: branch.to_string(),
         sha: sha.to_ascii_lowercase(),
+        before: raw.before.filter(|b| full_sha(b) && !zero(b)).map(str::to_ascii_lowercase),
         clone_url: clone_url.to_string(),
         default_branch: raw.default_branch.filter(|b| !b.is_empty()).map(String::from),
         message: raw.message.unwrap_or("").to_string(),
@@ -412,6 +420,11 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         tag,
         fork: raw.fork,
     }))
+}
+
+/// A full hex commit name (SHA-1 or SHA-256).
+fn full_sha(sha: &str) -> bool {
+    (sha.len() == 40 || sha.len() == 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Names come from senders and end up in Redis keys (`<repo>:<branch>`),

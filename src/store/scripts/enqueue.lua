@@ -3,7 +3,10 @@
 -- ('1'/'0'), delivery TTL seconds, HISTORY_KEEP, cancel the branch's running
 -- build ('1'/'0': Rust's CancelRunning::applies decided), routing rule, jump
 -- points (space-separated), event (the record's `event`, a name Rust's
--- payload::Event gave; a coalesced build takes the newer push's).
+-- payload::Event gave; a coalesced build takes the newer push's), the job's
+-- JSON as a coalesced build stores it (its `before` dropped: the commits of
+-- the push it replaces are not in before..sha, so its changed files are
+-- unknown).
 -- Returns {'queued', id, slave, canceled id or ''}, {'coalesced', id, slave},
 -- {'duplicate', id, ''}, {'routing', agreed, ''} or {'noslave', live clusters, ''}.
 local repo, branch, sha, push, crc, hints, delivery, now, default_branch, reset =
@@ -50,7 +53,7 @@ end
 -- coalesce: a newer push replaces the commit of the pending build
 local pending = redis.call('GET', K.pending .. bkey)
 if pending and redis.call('HGET', K.build .. pending, 'state') == 'queued' then
-  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', push, 'event', A[16])
+  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', A[17], 'event', A[16])
   if reset == '1' then redis.call('HSET', K.build .. pending, 'reset', '1') end
   remember()
   if delivery ~= '' then redis.call('SET', K.delivery .. delivery, pending, 'EX', A[11]) end
