@@ -217,6 +217,36 @@ fn paths_changed_by_a_push_new_branch_and_force_push() {
     assert_eq!(skipped(&build)[0], "[skipped] step src (when: no file changed, none matches src/**)", "{:#?}", build.log);
 }
 
+/// Whoever holds the web-hook token names `before`: an option-like or non-sha value is never
+/// handed to git (the build counts everything as changed) and plants nothing.
+#[test]
+fn a_hostile_before_is_no_option_and_changes_everything() {
+    let b = Backend::start(1, &[], &[]);
+    let marks = marks_dir(&b);
+    let repo = b.repo("acme/hostile");
+    repo.write("integration.yml", &step(&marks, "src", "{path: src/**}"));
+    let base = repo.commit("base");
+    repo.push();
+    wait_build(&b.redis, &b.hook.push_ok(&repo, &base), LONG);
+    take_marks(&marks);
+    repo.write("README.md", "not src");
+    let sha = repo.commit("docs only");
+    repo.push();
+    let planted = b.root().join("planted");
+    for before in [format!("--output={}", planted.display()), "HEAD~1".to_string(), format!("{base}^")] {
+        let id = push_with_before(&b, &repo, "main", &sha, &before);
+        let job: Value = serde_json::from_str(&b.redis.hgetall(&format!("ci:build:{id}"))["push"]).unwrap();
+        assert_eq!(job.get("before"), None, "{before}: {job}");
+        let build = wait_build(&b.redis, &id, LONG);
+        assert_eq!(build.state, "passed", "{before}: {:#?}", build.log);
+        assert_eq!(take_marks(&marks), ["src"], "{before}: everything counts as changed: {:#?}", build.log);
+        assert!(!planted.exists(), "{before}: git wrote {}", planted.display());
+    }
+    // The oracle that the push above changes no src file: with its real before, src is skipped.
+    let build = wait_build(&b.redis, &push_with_before(&b, &repo, "main", &sha, &base), LONG);
+    assert_eq!(take_marks(&marks), Vec::<String>::new(), "{:#?}", build.log);
+}
+
 /// A request is diffed from its merge base with the target: a change the target got after the
 /// head branched off is not the request's (a two-dot diff against the target would say it is).
 #[test]

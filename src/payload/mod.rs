@@ -890,6 +890,32 @@ mod tests {
         }
     }
 
+    /// `before` (what `when: path` diffs from), read off the fixtures by eye: kept when a
+    /// full sha, unknown for a new branch or tag (all zeros) and for requests.
+    #[test]
+    fn pushes_keep_their_before() {
+        let before = |event, rel| fixture_push(event, rel).before;
+        let tags = Policy { build_tags: true, ..Policy::default() };
+        // GitHub's samples with a before are tag deletions; Gitea's body has GitHub's shape.
+        assert_eq!(before(("github", "push"), "github/push/with-new-branch.payload.json"), None);
+        assert_eq!(before(("gitea", "push"), "gitea/gitea-push.json").as_deref(), Some("28e1879d029cb852e4844d9c718537df08844e03"));
+        assert_eq!(before(("gitlab", "Push Hook"), "gitlab/push-hook.json").as_deref(), Some("95790bf891e76fee5e1747ab589903a6a1f80f22"));
+        assert_eq!(fixture_push_with(("gitlab", "Tag Push Hook"), "gitlab/tag-push-hook.json", tags).before, None);
+        assert_eq!(before(("github", "pull_request"), "github/pull_request/synchronize.payload.json"), None);
+        assert_eq!(before(("gitlab", "Merge Request Hook"), "gitlab/merge-request-hook.json"), None);
+        // Anything but a full hex sha is unknown: never an option or a ref name for git.
+        let body =
+            std::fs::read_to_string(format!("{}/tests/fixtures/webhooks/gitea/gitea-push.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for bad in ["--output=/tmp/x", "HEAD", "28e1879d", "28e1879d029cb852e4844d9c718537df08844e0g"] {
+            let hostile = body.replacen("\"28e1879d029cb852e4844d9c718537df08844e03\"", &format!("{bad:?}"), 1);
+            let r = Request { body: hostile.as_bytes(), gitea_event: Some("push"), ..Default::default() };
+            match parse(&r) {
+                Ok(Delivery::Build(p)) => assert_eq!(p.before, None, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
     /// The values are the fixtures' own, read off the files by eye.
     #[test]
     fn real_payloads_give_their_forge_facts() {
