@@ -181,7 +181,7 @@ fn paths_changed_by_a_push_new_branch_and_force_push() {
         line.ok_or_else(|| logs.clone())
     });
     assert_eq!(kv(&diff, "files").as_deref(), Some("1"), "{diff}");
-    assert!(kv(&diff, "diff_ms").and_then(|ms| ms.parse::<u64>().ok()).is_some(), "{diff}");
+    assert!(kv(&diff, "diff_ms").and_then(|ms| ms.parse::<f64>().ok()).is_some(), "{diff}");
 
     // docs and a nested src file: `src/*.rs` does not cross `/`, `src/**` and `docs/**/*.md` do.
     repo.write("docs/guide/b.md", "1");

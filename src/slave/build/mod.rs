@@ -422,7 +422,7 @@ impl Steps<'_> {
             ctx.slave,
             self.job.id,
             changed.describe(),
-            started.elapsed().as_millis()
+            format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0)
         );
         changed
     }
