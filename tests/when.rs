@@ -121,6 +121,30 @@ fn branch_globs_and_events_on_a_push_a_tag_and_a_request() {
     );
 }
 
+/// A re-run asked for by `POST /build` has the event `manual`: a step for manual runs only is
+/// skipped on the push and runs on the re-run of the same commit.
+#[test]
+fn a_manual_run_holds_event_manual() {
+    let b = Backend::start(1, &[], &[]);
+    let marks = marks_dir(&b);
+    let yml = [step(&marks, "deploy", "{event: manual}"), step(&marks, "scheduled", "{event: [cron, manual], branch: main}")].concat();
+    let (_repo, _sha, build) = b.build("acme/manual", &[("integration.yml", &yml)], "manual only");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(take_marks(&marks), Vec::<String>::new(), "{:#?}", build.log);
+    assert_eq!(
+        skipped(&build),
+        ["[skipped] step deploy (when: event push is not manual)", "[skipped] step scheduled (when: event push is none of cron, manual)"],
+        "{:#?}",
+        build.log
+    );
+    let bearer = format!("Bearer {}", b.hook.token);
+    let id = accepted(&b.hook.post("/build/acme/manual?branch=main", &[("Authorization", &bearer)], b""));
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(take_marks(&marks), ["deploy", "scheduled"], "{:#?}", build.log);
+    assert!(skipped(&build).is_empty(), "{:#?}", build.log);
+}
+
 /// A skipped step neither fails the build nor stops what follows; after a failure the `no-skip`
 /// snippets of a step whose `when` holds still run, and a step whose `when` does not hold is
 /// skipped with its reason (not as a failure's skip).
