@@ -356,7 +356,7 @@ impl Git<'_> {
         args.push("--");
         let out = match self.run_kept(self.mirror_git(Some(&mirror), None), &args, &shown, MAX_CHANGED_BYTES + 1) {
             Ok(out) => out,
-            Err(e) => return Changed::All(format!("git {shown}: {e}")),
+            Err(e) => return Changed::All(e.to_string()),
         };
         if out.len() > MAX_CHANGED_BYTES {
             return Changed::All(format!("more than {MAX_CHANGED_BYTES} bytes of changed names"));
