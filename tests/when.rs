@@ -184,7 +184,14 @@ fn paths_changed_by_a_push_new_branch_and_force_push() {
     let build = wait_build(&b.redis, &b.hook.push_ok(&repo, &first), LONG);
     assert_eq!(build.state, "passed", "{:#?}", build.log);
     assert_eq!(take_marks(&marks), ["docs", "src", "src-on-main"], "{:#?}", build.log);
-    assert!(b.all_logs().contains("all=\"no before: a new branch, or not a push\""), "{}", b.all_logs());
+    wait_for("the slave's build.diff line of the new branch", DEADLINE, || {
+        let logs = b.all_logs();
+        if logs.contains("all=\"no before: a new branch, or not a push\"") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    });
 
     // A push that changes src/ only.
     repo.write("src/lib.rs", "2");
@@ -273,12 +280,18 @@ fn a_hostile_before_is_no_option_and_changes_everything() {
 
 /// A request is diffed from its merge base with the target: a change the target got after the
 /// head branched off is not the request's (a two-dot diff against the target would say it is).
+/// GitHub's pull request and GitLab's merge request (`merge-requests/<N>`, its own head ref) alike.
 #[test]
 fn a_request_is_diffed_against_its_merge_base() {
     let b = Backend::start(1, &[], &[]);
     let marks = marks_dir(&b);
     let mut repo = b.repo("acme/req");
-    let yml = [step(&marks, "src", "{path: src/**}"), step(&marks, "docs", "{path: docs/**}")].concat();
+    let yml = [
+        step(&marks, "src", "{path: src/**}"),
+        step(&marks, "docs", "{path: docs/**}"),
+        step(&marks, "gitlab", "{branch: merge-requests/*}"),
+    ]
+    .concat();
     repo.write("integration.yml", &yml);
     repo.write("src/a.rs", "1");
     repo.write("docs/a.md", "1");
@@ -287,13 +300,13 @@ fn a_request_is_diffed_against_its_merge_base() {
     repo.checkout("feature/x");
     repo.write("src/a.rs", "2");
     let head = repo.commit("the request changes src");
-    run(git(&repo.work).args(["push", "-q", "origin", &format!("{head}:refs/pull/9/head")]));
+    run(git(&repo.work).args(["push", "-q", "origin", &format!("{head}:refs/pull/9/head"), &format!("{head}:refs/merge-requests/9/head")]));
     repo.checkout("main");
     run(git(&repo.work).args(["reset", "-q", "--hard", "HEAD~1"]));
     repo.write("docs/a.md", "2");
     let target = repo.commit("the target moves on in docs");
     repo.push();
-    // Independent check of the setup: head..target touches docs, the merge base is target's parent.
+    // Independent check of the setup: head..target touches docs.
     let two_dot = run(git(&repo.work).args(["diff", "--name-only", &head, &target]));
     assert!(two_dot.contains("docs/a.md"), "{two_dot}");
 
@@ -301,7 +314,56 @@ fn a_request_is_diffed_against_its_merge_base() {
     let build = wait_build(&b.redis, &accepted(&b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[])), LONG);
     assert_eq!(build.state, "passed", "{:#?}", build.log);
     assert_eq!(take_marks(&marks), ["src"], "{:#?}", build.log);
+    assert_eq!(
+        skipped(&build),
+        [
+            "[skipped] step docs (when: the 1 changed file does not match docs/**)",
+            "[skipped] step gitlab (when: branch pull/9 does not match merge-requests/*)",
+        ],
+        "{:#?}",
+        build.log
+    );
+
+    let body = crate::pulls::gitlab_mr("acme/req", &repo.file_url(), 9, &head, 14, "open");
+    let delivery = delivery_id();
+    let headers = [("X-Gitlab-Event", "Merge Request Hook"), ("X-Gitlab-Token", b.hook.token.as_str()), ("Idempotency-Key", &delivery)];
+    let build = wait_build(&b.redis, &accepted(&b.hook.post("/", &headers, body.to_string().as_bytes())), LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(take_marks(&marks), ["gitlab", "src"], "{:#?}", build.log);
     assert_eq!(skipped(&build), ["[skipped] step docs (when: the 1 changed file does not match docs/**)"], "{:#?}", build.log);
+}
+
+/// Past 10,000 changed names the list is not read: everything counts as changed.
+#[test]
+fn more_than_ten_thousand_changed_files_count_as_everything() {
+    let b = Backend::start(1, &[], &[]);
+    let marks = marks_dir(&b);
+    let repo = b.repo("acme/wide");
+    repo.write("integration.yml", &step(&marks, "nowhere", "{path: nowhere/**}"));
+    let base = repo.commit("base");
+    repo.push();
+    wait_build(&b.redis, &b.hook.push_ok(&repo, &base), LONG);
+    take_marks(&marks);
+    for dir in 0..11 {
+        for file in 0..1000 {
+            repo.write(&format!("many/{dir}/{file}"), "");
+        }
+    }
+    let sha = repo.commit("11,000 files");
+    repo.push();
+    let count = run(git(&repo.work).args(["diff", "--name-only", &base, &sha])).lines().count();
+    assert_eq!(count, 11_000, "the setup's own count");
+    let build = wait_build(&b.redis, &push_with_before(&b, &repo, "main", &sha, &base), LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(take_marks(&marks), ["nowhere"], "{:#?}", build.log);
+    wait_for("the slave's build.diff line saying why", DEADLINE, || {
+        let logs = b.all_logs();
+        if logs.contains("all=\"more than 10000 changed files\"") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    });
 }
 
 /// A push that replaces a queued build (coalescing) builds the commits of both: its own `before`
