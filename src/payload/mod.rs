@@ -906,8 +906,10 @@ mod tests {
         // Anything but a full hex sha is unknown: never an option or a ref name for git.
         let body =
             std::fs::read_to_string(format!("{}/tests/fixtures/webhooks/gitea/gitea-push.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        for bad in ["--output=/tmp/x", "HEAD", "28e1879d", "28e1879d029cb852e4844d9c718537df08844e0g"] {
-            let hostile = body.replacen("\"28e1879d029cb852e4844d9c718537df08844e03\"", &format!("{bad:?}"), 1);
+        let bad =
+            ["\"--output=/tmp/x\"", "\"HEAD\"", "\"28e1879d\"", "\"28e1879d029cb852e4844d9c718537df08844e0g\"", "7", "null", "[1, {}]"];
+        for bad in bad {
+            let hostile = body.replacen("\"28e1879d029cb852e4844d9c718537df08844e03\"", bad, 1);
             let r = Request { body: hostile.as_bytes(), gitea_event: Some("push"), ..Default::default() };
             match parse(&r) {
                 Ok(Delivery::Build(p)) => assert_eq!(p.before, None, "{bad}"),
