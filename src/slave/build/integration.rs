@@ -612,6 +612,11 @@ mod tests {
         let many = vec!["a"; 33].join(", ");
         assert_eq!(error(&format!("{{path: [{many}]}}")), format!("{at}: \"when: path\" lists more than 32 items"));
         assert_eq!(error("{event: push, event: tag}"), format!("{at}: \"when: event\" is given twice"));
+        // An unquoted glob starting with `*` is a YAML alias: refused with its line, as documented.
+        assert_eq!(
+            parse("step: a\nshell: x\nwhen: {path: *.md}\n", HOUR).unwrap_err().0,
+            "integration.yml line 3: invalid YAML: while parsing node, found unknown anchor"
+        );
     }
 
     #[test]
