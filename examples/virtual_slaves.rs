@@ -155,6 +155,7 @@ fn push_of(i: usize) -> Push {
         repo,
         branch: "main".into(),
         sha: format!("{:040x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15),
+        before: None,
         default_branch: Some("main".into()),
         message: format!("change {i}"),
         hints: Vec::new(),

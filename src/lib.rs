@@ -6,7 +6,7 @@
 //!
 //! The house, by floor (each module opens with its job; docs/architecture.md
 //! draws it):
-//! - [`config`], [`logging`], [`payload`], [`signature`], [`routing`],
+//! - [`config`], [`glob`], [`logging`], [`payload`], [`signature`], [`routing`],
 //!   [`ansi`], [`build_log`]: shared, no Redis, no processes.
 //! - [`store`]: the only code that speaks Redis (keys, Lua scripts, records).
 //! - [`hook`]: the HTTP edge; [`slave`]: leases, executors, builds. Neither
@@ -15,6 +15,7 @@
 pub mod ansi;
 pub mod build_log;
 pub mod config;
+pub mod glob;
 pub mod hook;
 pub mod logging;
 pub mod payload;

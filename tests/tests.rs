@@ -141,3 +141,8 @@ mod readme_examples;
 /// The reference against the code: /metrics against the documented metrics, build records
 /// against their documented fields, `make help` against scripts/deps.sh.
 mod docs_truth;
+
+/// `when:` on a step: branch globs (pushes, tags, requests), events, changed paths (push,
+/// new branch, force-push, request against its merge base, coalesced build), `[skipped]` lines,
+/// parse errors.
+mod when;

@@ -11,6 +11,10 @@ pub(super) struct Body<'a> {
     git_ref: Option<Cow<'a, str>>,
     #[serde(borrow)]
     after: Option<Cow<'a, str>>,
+    /// The branch's commit before the push (`when: path` diffs from it).
+    /// Kept loose: anything but a string is no before, not a bad body.
+    #[serde(borrow, default)]
+    before: super::LooseStr<'a>,
     /// Kept loose: a non-boolean is simply not a deletion.
     deleted: Option<serde_json::Value>,
     #[serde(borrow)]
@@ -111,6 +115,7 @@ pub(super) fn push(b: &Body, body: &[u8], forge: &'static str, build_tags: bool)
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
         sha: b.after.as_deref(),
+        before: b.before.0.as_deref(),
         repo: repo.and_then(|r| r.full_name.as_deref()),
         clone_url: repo.and_then(|r| r.clone_url.as_deref()),
         default_branch: repo.and_then(|r| r.default_branch.as_deref()),
@@ -161,6 +166,7 @@ pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, Payloa
     normalize(RawPush {
         git_ref: Some(&format!("pull/{number}")),
         sha: head.sha.as_deref(),
+        before: None,
         repo: Some(target),
         clone_url: repo.and_then(|r| r.clone_url.as_deref()),
         default_branch: repo.and_then(|r| r.default_branch.as_deref()),

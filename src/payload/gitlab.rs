@@ -10,6 +10,10 @@ struct Body<'a> {
     git_ref: Option<Cow<'a, str>>,
     #[serde(borrow)]
     after: Option<Cow<'a, str>>,
+    /// The branch's commit before the push (`when: path` diffs from it).
+    /// Kept loose: anything but a string is no before, not a bad body.
+    #[serde(borrow, default)]
+    before: super::LooseStr<'a>,
     /// `null` on a deleted branch; a Value keeps null apart from absent.
     checkout_sha: Option<serde_json::Value>,
     #[serde(borrow)]
@@ -103,6 +107,7 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
         sha: checkout.or(b.after.as_deref()),
+        before: b.before.0.as_deref(),
         repo: project.and_then(|p| p.path_with_namespace.as_deref()),
         clone_url: project.and_then(|p| p.git_http_url.as_deref()).or_else(|| b.repository.as_ref()?.git_http_url.as_deref()),
         default_branch: project.and_then(|p| p.default_branch.as_deref()),
@@ -149,6 +154,7 @@ fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
     normalize(RawPush {
         git_ref: Some(&format!("merge-requests/{number}")),
         sha: mr.last_commit.as_ref().and_then(|c| c.id.as_deref()),
+        before: None,
         repo: Some(target),
         clone_url: project.and_then(|p| p.git_http_url.as_deref()),
         default_branch: project.and_then(|p| p.default_branch.as_deref()),

@@ -20,6 +20,11 @@ pub struct Push {
     pub branch: String,
     /// The pushed commit, full hex.
     pub sha: String,
+    /// The branch's commit before the push (the payload's `before`), full
+    /// hex: what `when: path` diffs against. `None` when unknown: a new
+    /// branch (all zeros), a request (diffed against its target), a job of
+    /// an earlier version, a build that replaced a queued one.
+    pub before: Option<String>,
     pub clone_url: String,
     pub default_branch: Option<String>,
     pub message: String,
@@ -311,6 +316,8 @@ pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
 pub(crate) struct RawPush<'a> {
     pub git_ref: Option<&'a str>,
     pub sha: Option<&'a str>,
+    /// The payload's `before`; kept only when a full hex sha, not all zeros.
+    pub before: Option<&'a str>,
     pub repo: Option<&'a str>,
     pub clone_url: Option<&'a str>,
     pub default_branch: Option<&'a str>,
@@ -385,7 +392,7 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         check_branch(&p.head_branch).map_err(|e| PayloadError(format!("head {}", e.0)))?;
         check_repo(&p.head_repo).map_err(|e| PayloadError(format!("head {}", e.0)))?;
     }
-    if !(sha.len() == 40 || sha.len() == 64) || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !full_sha(sha) {
         return Err(PayloadError(format!("commit {sha:?} is not a full hex sha")));
     }
     if clone_url.is_empty() || clone_url.starts_with('-') || clone_url.chars().any(char::is_control) {
@@ -395,6 +402,7 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         repo: repo.to_string(),
         branch: branch.to_string(),
         sha: sha.to_ascii_lowercase(),
+        before: raw.before.filter(|b| full_sha(b) && !zero(b)).map(str::to_ascii_lowercase),
         clone_url: clone_url.to_string(),
         default_branch: raw.default_branch.filter(|b| !b.is_empty()).map(String::from),
         message: raw.message.unwrap_or("").to_string(),
@@ -417,6 +425,11 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         fork: raw.fork,
         params: Params::new(),
     }))
+}
+
+/// A full hex commit name (SHA-1 or SHA-256).
+fn full_sha(sha: &str) -> bool {
+    (sha.len() == 40 || sha.len() == 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Names come from senders and end up in Redis keys (`<repo>:<branch>`),
@@ -879,6 +892,34 @@ mod tests {
         match parse(&r) {
             Ok(Delivery::Build(p)) => p,
             other => panic!("{rel}: {other:?}"),
+        }
+    }
+
+    /// `before` (what `when: path` diffs from), read off the fixtures by eye: kept when a
+    /// full sha, unknown for a new branch or tag (all zeros) and for requests.
+    #[test]
+    fn pushes_keep_their_before() {
+        let before = |event, rel| fixture_push(event, rel).before;
+        let tags = Policy { build_tags: true, ..Policy::default() };
+        // GitHub's samples with a before are tag deletions; Gitea's body has GitHub's shape.
+        assert_eq!(before(("github", "push"), "github/push/with-new-branch.payload.json"), None);
+        assert_eq!(before(("gitea", "push"), "gitea/gitea-push.json").as_deref(), Some("28e1879d029cb852e4844d9c718537df08844e03"));
+        assert_eq!(before(("gitlab", "Push Hook"), "gitlab/push-hook.json").as_deref(), Some("95790bf891e76fee5e1747ab589903a6a1f80f22"));
+        assert_eq!(fixture_push_with(("gitlab", "Tag Push Hook"), "gitlab/tag-push-hook.json", tags).before, None);
+        assert_eq!(before(("github", "pull_request"), "github/pull_request/synchronize.payload.json"), None);
+        assert_eq!(before(("gitlab", "Merge Request Hook"), "gitlab/merge-request-hook.json"), None);
+        // Anything but a full hex sha is unknown: never an option or a ref name for git.
+        let body =
+            std::fs::read_to_string(format!("{}/tests/fixtures/webhooks/gitea/gitea-push.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let bad =
+            ["\"--output=/tmp/x\"", "\"HEAD\"", "\"28e1879d\"", "\"28e1879d029cb852e4844d9c718537df08844e0g\"", "7", "null", "[1, {}]"];
+        for bad in bad {
+            let hostile = body.replacen("\"28e1879d029cb852e4844d9c718537df08844e03\"", bad, 1);
+            let r = Request { body: hostile.as_bytes(), gitea_event: Some("push"), ..Default::default() };
+            match parse(&r) {
+                Ok(Delivery::Build(p)) => assert_eq!(p.before, None, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
         }
     }
 

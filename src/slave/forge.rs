@@ -578,6 +578,7 @@ mod tests {
             repo: "acme/app".into(),
             branch: "main".into(),
             sha: "ab".repeat(20),
+            before: None,
             clone_url: "https://x/acme/app.git".into(),
             default_branch: None,
             message: String::new(),

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 /// JSON keys (what `serde_json::json!` wrote before this type).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
+    /// Written only when known, so a job without it keeps its bytes; read
+    /// as unknown when absent or not a string (an earlier version's job).
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     pub branch: String,
     pub clone_url: String,
     #[serde(default, deserialize_with = "lenient")]
@@ -73,6 +77,7 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 impl Job {
     pub fn of(p: &Push) -> Job {
         Job {
+            before: p.before.clone(),
             branch: p.branch.clone(),
             clone_url: p.clone_url.clone(),
             default_branch: p.default_branch.clone(),
@@ -103,6 +108,7 @@ impl Job {
             repo: self.repo,
             branch: self.branch,
             sha: self.sha,
+            before: self.before,
             clone_url: self.clone_url,
             default_branch: self.default_branch,
             message: self.message,
@@ -140,6 +146,7 @@ mod tests {
             repo: "a/b".into(),
             branch: "main".into(),
             sha: "ab".repeat(20),
+            before: None,
             clone_url: "file:///x".into(),
             default_branch: None,
             message: "m".into(),
@@ -176,6 +183,10 @@ mod tests {
         let m = Push { event: Event::Manual, params, ..p.clone() };
         assert!(encode(&m).contains(r#""message":"m","params":{"A":"","TARGET":"prod \"eu\"\n"},"project_id""#), "{}", encode(&m));
         assert_eq!(decode(&encode(&m)), Some(m));
+
+        let b = Push { before: Some("cd".repeat(20)), ..p.clone() };
+        assert!(encode(&b).starts_with(&format!(r#"{{"before":"{}","branch""#, "cd".repeat(20))), "{}", encode(&b));
+        assert_eq!(decode(&encode(&b)), Some(b));
         // The stored event wins over what the branch would tell.
         for event in Event::ALL {
             let m = Push { event, ..q.clone() };
@@ -223,6 +234,8 @@ mod tests {
         let p = decode(odd).expect("parses");
         assert_eq!((p.message.as_str(), p.hints, p.forge.kind.as_str()), ("", vec!["x".to_string()], ""));
         assert_eq!((p.forge.project_id, p.pull, p.fork, p.tag), (None, None, false, None));
+        let odd_before = r#"{"repo":"a/b","branch":"main","sha":"ab","clone_url":"u","before":7}"#;
+        assert_eq!(decode(odd_before).map(|p| p.before), Some(None));
         assert_eq!(decode(r#"{"repo":"a/b","branch":"main","sha":"ab"}"#), None);
         assert_eq!(decode(r#"{"repo":1,"branch":"main","sha":"ab","clone_url":"u"}"#), None);
         assert_eq!(decode("not json"), None);

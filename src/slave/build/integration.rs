@@ -4,6 +4,9 @@
 //! loader so that aliases and nesting are bounded (an alias bomb is refused,
 //! not expanded) and every error names its line, step and key.
 
+use super::when::{When, MAX_GLOBS};
+use crate::glob::Glob;
+use crate::payload::Event as BuildEvent;
 use std::fmt;
 use std::time::Duration;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -31,6 +34,8 @@ pub struct Step {
     /// `timeout:`: how long the step's snippets may run together (at most
     /// the build's own limit); `None`: until the build's limit.
     pub timeout: Option<Duration>,
+    /// `when:`: the branch, event and changed files it runs for; `None`: always.
+    pub when: Option<When>,
 }
 
 /// A service container of a step: `{name, image, env, command}`.
@@ -229,6 +234,7 @@ fn step(number: usize, node: &Node, max_timeout: Duration) -> Result<Step, Strin
         image: None,
         services: Vec::new(),
         timeout: None,
+        when: None,
     };
     let (mut has_title, mut has_shell) = (false, false);
     for (key, value) in entries {
@@ -281,9 +287,10 @@ fn step(number: usize, node: &Node, max_timeout: Duration) -> Result<Step, Strin
             }
             ("services", _) => return Err(format!("{}: \"services\" must be a list of {{name, image, env, command}}", at(vline))),
             ("timeout", value) => s.timeout = Some(timeout(value, max_timeout).map_err(|m| format!("{}: {m}", at(vline)))?),
+            ("when", value) => s.when = Some(when(value, &at)?),
             (other, _) => {
                 return Err(format!(
-                    "{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services, timeout)",
+                    "{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services, timeout, when)",
                     at(vline)
                 ))
             }
@@ -355,6 +362,65 @@ fn service(node: &Node, at: &dyn Fn(usize) -> String) -> Result<Service, String>
         return Err(format!("{}: a service needs a name and an image", at(*line)));
     }
     Ok(svc)
+}
+
+/// A `when:` mapping: `branch` and `path` a glob or a list of globs,
+/// `event` an event name or a list of them; at least one key; no list empty
+/// or longer than MAX_GLOBS.
+fn when(node: &Node, at: &dyn Fn(usize) -> String) -> Result<When, String> {
+    let Node::Map { entries, line } = node else {
+        return Err(format!("{}: \"when\" must be a mapping of branch, event and path", at(node.line())));
+    };
+    if entries.is_empty() {
+        return Err(format!("{}: \"when\" is empty: give branch, event or path", at(*line)));
+    }
+    let mut w = When::default();
+    for (i, (key, value)) in entries.iter().enumerate() {
+        let vline = value.line();
+        if entries[..i].iter().any(|(k, _)| k == key) {
+            return Err(format!("{}: \"when: {key}\" is given twice", at(vline)));
+        }
+        let what = match key.as_str() {
+            "branch" | "path" => "a glob or a list of globs",
+            "event" => "an event (push, pull_request, tag, cron, manual) or a list of them",
+            other => return Err(format!("{}: unknown \"when\" key {other:?} (keys: branch, event, path)", at(vline))),
+        };
+        let shape = |l: usize| format!("{}: \"when: {key}\" must be {what}", at(l));
+        let items: Vec<(&str, usize)> = match value {
+            Node::Scalar { value, plain, line } => vec![(scalar_text(value, *plain).ok_or_else(|| shape(*line))?, *line)],
+            Node::Seq { items, .. } if items.is_empty() => return Err(format!("{}: \"when: {key}\" is an empty list", at(vline))),
+            Node::Seq { items, .. } if items.len() > MAX_GLOBS => {
+                return Err(format!("{}: \"when: {key}\" lists more than {MAX_GLOBS} items", at(vline)))
+            }
+            Node::Seq { items, .. } => items
+                .iter()
+                .map(|item| match item {
+                    Node::Scalar { value, plain, line } => scalar_text(value, *plain).map(|t| (t, *line)).ok_or_else(|| shape(*line)),
+                    other => Err(shape(other.line())),
+                })
+                .collect::<Result<_, _>>()?,
+            Node::Map { line, .. } => return Err(shape(*line)),
+        };
+        for (text, l) in items {
+            match key.as_str() {
+                "event" => w.event.push(BuildEvent::parse(text).ok_or_else(|| {
+                    format!("{}: \"when: event\" {text:?} is not an event (push, pull_request, tag, cron, manual)", at(l))
+                })?),
+                _ => {
+                    let glob = Glob::new(text).map_err(|e| format!("{}: \"when: {key}\": {e}", at(l)))?;
+                    if key == "branch" { &mut w.branch } else { &mut w.path }.push(glob)
+                }
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// A scalar read as text: a string or number as written; `None` for what
+/// YAML reads as null or a boolean.
+fn scalar_text(value: &str, plain: bool) -> Option<&str> {
+    let not_text = plain && matches!(value, "" | "~" | "null" | "Null" | "NULL" | "true" | "True" | "TRUE" | "false" | "False" | "FALSE");
+    (!not_text).then_some(value)
 }
 
 /// A `timeout:`: a whole number of seconds, from 1 to `max` (SLAVE_BUILD_TIMEOUT).
@@ -502,6 +568,55 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn when_reads_globs_and_events() {
+        let s = parse("step: a\nshell: x\nwhen:\n  branch: [main, release/*]\n  event: push\n  path: src/**\n", HOUR).unwrap();
+        let w = s[0].when.as_ref().unwrap();
+        let shown: Vec<String> = w.branch.iter().map(|g| g.to_string()).collect();
+        assert_eq!(shown, ["main", "release/*"]);
+        assert_eq!(w.event, [BuildEvent::Push]);
+        assert_eq!(w.path.len(), 1);
+        assert_eq!(parse("step: a\nshell: x\n", HOUR).unwrap()[0].when, None);
+        let w = &parse("step: a\nshell: x\nwhen: {event: [cron, manual], branch: 2024}\n", HOUR).unwrap()[0].when;
+        assert_eq!(
+            w.as_ref().map(|w| (w.event.clone(), w.branch[0].to_string())),
+            Some((vec![BuildEvent::Cron, BuildEvent::Manual], "2024".into()))
+        );
+    }
+
+    #[test]
+    fn a_bad_when_names_the_step_and_key() {
+        let error =
+            |when: &str| parse(&format!("- step: a\n  shell: x\n- step: deploy\n  shell: y\n  when: {when}\n"), HOUR).unwrap_err().0;
+        let at = "integration.yml line 5, step 2 (\"deploy\")";
+        assert_eq!(error("main"), format!("{at}: \"when\" must be a mapping of branch, event and path"));
+        assert_eq!(error("{}"), format!("{at}: \"when\" is empty: give branch, event or path"));
+        assert_eq!(error("{branches: main}"), format!("{at}: unknown \"when\" key \"branches\" (keys: branch, event, path)"));
+        assert_eq!(error("{branch: {a: b}}"), format!("{at}: \"when: branch\" must be a glob or a list of globs"));
+        assert_eq!(error("{path: [a, [b]]}"), format!("{at}: \"when: path\" must be a glob or a list of globs"));
+        assert_eq!(error("{path: ~}"), format!("{at}: \"when: path\" must be a glob or a list of globs"));
+        assert_eq!(error("{branch: []}"), format!("{at}: \"when: branch\" is an empty list"));
+        assert_eq!(
+            error("{event: [push, nightly]}"),
+            format!("{at}: \"when: event\" \"nightly\" is not an event (push, pull_request, tag, cron, manual)")
+        );
+        assert_eq!(
+            error("{event: true}"),
+            format!("{at}: \"when: event\" must be an event (push, pull_request, tag, cron, manual) or a list of them")
+        );
+        assert_eq!(error("{path: \"a[b\"}"), format!("{at}: \"when: path\": glob \"a[b\" has an unclosed ["));
+        let long = "x".repeat(257);
+        assert_eq!(error(&format!("{{path: {long}}}")), format!("{at}: \"when: path\": glob \"{long}\" is longer than 256 bytes"));
+        let many = vec!["a"; 33].join(", ");
+        assert_eq!(error(&format!("{{path: [{many}]}}")), format!("{at}: \"when: path\" lists more than 32 items"));
+        assert_eq!(error("{event: push, event: tag}"), format!("{at}: \"when: event\" is given twice"));
+        // An unquoted glob starting with `*` is a YAML alias: refused with its line, as documented.
+        assert_eq!(
+            parse("step: a\nshell: x\nwhen: {path: *.md}\n", HOUR).unwrap_err().0,
+            "integration.yml line 3: invalid YAML: while parsing node, found unknown anchor"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub(crate) mod commit_object;
 pub mod integration;
+pub(crate) mod when;
 pub(crate) mod workspace;
 
 use crate::build_log;
@@ -263,7 +264,18 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     if push.fork && default_image.is_none() && steps.iter().any(|s| s.image.is_none()) {
         return could_not_run(log, "fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image".into());
     }
-    let steps_run = Steps { ctx, job, base_env, commit: &commit, user: &user, short, dir: &dir, deadline, default_image };
+    let steps_run = Steps {
+        ctx,
+        job,
+        base_env,
+        commit: &commit,
+        user: &user,
+        short,
+        dir: &dir,
+        deadline,
+        default_image,
+        changed: std::cell::OnceCell::new(),
+    };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
         if steps_run.step(number, step, log, &mut ok).is_err() {
@@ -310,6 +322,8 @@ struct Steps<'a> {
     deadline: Instant,
     /// SLAVE_DEFAULT_IMAGE: the image of every step without `image:`.
     default_image: Option<&'a str>,
+    /// The files the build changes, read when a step's `when: path` first asks.
+    changed: std::cell::OnceCell<when::Changed>,
 }
 
 impl Steps<'_> {
@@ -317,6 +331,10 @@ impl Steps<'_> {
     /// slave or in containers of its `image:`; after a failure (`ok` false)
     /// only its `no-skip` ones.
     fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
+        if let Some(why) = step.when.as_ref().and_then(|w| self.refuses(w)) {
+            log.push(format!("[skipped] step {} (when: {why})", step.title));
+            return Ok(());
+        }
         log.push(format!("- {}", step.title));
         let contained = step.image.is_some() || self.default_image.is_some();
         self.log_secrets(number, step, log, contained);
@@ -404,6 +422,51 @@ impl Steps<'_> {
             list(&granted),
             list(&missing)
         );
+    }
+
+    /// Why a step's `when:` does not hold for this build; `None`: it runs.
+    /// The changed files are read only for a `path`, once per build.
+    fn refuses(&self, when: &when::When) -> Option<String> {
+        let push = self.job.push;
+        when.refuses_ref(&push.branch, push.event).or_else(|| {
+            if when.path.is_empty() {
+                None
+            } else {
+                when.refuses_paths(self.changed.get_or_init(|| self.diff()))
+            }
+        })
+    }
+
+    /// The files the build changes (`before..sha` of a push, merge
+    /// base..head of a request), read from the mirror; logged with what
+    /// reading them took (`build.diff ... diff_ms=`).
+    fn diff(&self) -> when::Changed {
+        let (ctx, push) = (self.ctx, self.job.push);
+        let started = Instant::now();
+        let git = Git {
+            cache: ctx.cache,
+            creds: ctx.creds,
+            user: ctx.user,
+            groups: ctx.groups,
+            home: None,
+            env: self.base_env,
+            deadline: self.deadline,
+            limit: ctx.timeout,
+            abort: ctx.abort,
+        };
+        let target = push.pull.as_ref().map(|p| p.base_branch.as_str());
+        let changed = git.changed(&push.repo, &push.clone_url, push.before.as_deref(), target, &push.sha);
+        log::info!(
+            "build.diff repo={} branch={} sha={} slave={} build={} {} diff_ms={}",
+            crate::logging::quote(&push.repo),
+            crate::logging::quote(&push.branch),
+            self.short,
+            ctx.slave,
+            self.job.id,
+            changed.describe(),
+            format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0)
+        );
+        changed
     }
 
     /// The step's snippets, in order, each on `runs` (a container step) or on

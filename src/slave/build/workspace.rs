@@ -13,6 +13,7 @@
 //! abort flag, in its own process group (see `process`).
 
 use crate::slave::build::commit_object::{self, Commit};
+use crate::slave::build::when::Changed;
 use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
 use crate::slave::credentials::Credentials;
@@ -36,6 +37,10 @@ const BUILD_GITCONFIG: &str = ".build-gitconfig";
 const OLD_NETRC_HOME: &str = ".git-home";
 /// Bytes of a git command's stdout kept (`git show`: the commit message).
 const STDOUT_HEAD: usize = 64 * 1024;
+/// Most changed names `when: path` reads; past it (or past
+/// MAX_CHANGED_BYTES of names) everything counts as changed.
+pub const MAX_CHANGED: usize = 10_000;
+pub const MAX_CHANGED_BYTES: usize = 1 << 20;
 /// Bytes of a git command's stderr kept for its error message.
 const STDERR_TAIL: usize = 16 * 1024;
 /// An http(s) transfer slower than 1000 bytes/s for this long is given up.
@@ -269,9 +274,14 @@ impl Git<'_> {
     /// Runs git to its end or the build's deadline; `shown` is what a
     /// message may say was run. Returns stdout's head.
     fn run(&self, cmd: Result<Command, GitError>, args: &[&str], shown: &str) -> Result<String, GitError> {
+        self.run_kept(cmd, args, shown, STDOUT_HEAD)
+    }
+
+    /// [`Git::run`], keeping the first `head` bytes of stdout.
+    fn run_kept(&self, cmd: Result<Command, GitError>, args: &[&str], shown: &str, head: usize) -> Result<String, GitError> {
         let mut cmd = cmd?;
         cmd.args(args);
-        let done = process::run(cmd, Capture::Split { head: STDOUT_HEAD, tail: STDERR_TAIL }, self.deadline, self.abort);
+        let done = process::run(cmd, Capture::Split { head, tail: STDERR_TAIL }, self.deadline, self.abort);
         let how = match done.exit {
             Exit::Code(0) => return Ok(String::from_utf8_lossy(&done.stdout).into_owned()),
             Exit::Aborted => return Err(GitError::Aborted),
@@ -325,6 +335,37 @@ impl Git<'_> {
         let mut disarm = Duration::ZERO;
         let commit = git.check_out(&mirror, &dir, url, sha, &mut disarm)?;
         Ok(Prepared { commit, user, contained: Contained { groups, disarm } })
+    }
+
+    /// The files `sha` changes, from the mirror of `url` (as the slave's
+    /// user, no credentials, no network): `since` a push's `before`, or
+    /// (`None`) since the merge base with `target` (a request's base branch
+    /// as the mirror last fetched it). Unknown (everything changed) when
+    /// neither is given, a commit is not in the mirror (a force-push, a
+    /// target never fetched), git fails or the names pass MAX_CHANGED or
+    /// MAX_CHANGED_BYTES. Runs after `prepare`, so the mirror holds `sha`.
+    pub fn changed(&self, repo: &str, url: &str, since: Option<&str>, target: Option<&str>, sha: &str) -> Changed {
+        let mirror = mirror_dir(self.cache, repo, url);
+        let (range, shown) = match (since, target) {
+            (Some(before), _) => (vec![before.to_string(), sha.to_string()], format!("diff {before}..{sha}")),
+            (None, Some(target)) => (vec![format!("refs/heads/{target}...{sha}")], format!("diff {target}...{sha}")),
+            (None, None) => return Changed::All("no before: a new branch, or not a push".into()),
+        };
+        let mut args = vec!["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv"];
+        args.extend(range.iter().map(String::as_str));
+        args.push("--");
+        let out = match self.run_kept(self.mirror_git(Some(&mirror), None), &args, &shown, MAX_CHANGED_BYTES + 1) {
+            Ok(out) => out,
+            Err(e) => return Changed::All(e.to_string()),
+        };
+        if out.len() > MAX_CHANGED_BYTES {
+            return Changed::All(format!("more than {MAX_CHANGED_BYTES} bytes of changed names"));
+        }
+        let names: Vec<String> = out.split('\0').filter(|n| !n.is_empty()).map(String::from).collect();
+        if names.len() > MAX_CHANGED {
+            return Changed::All(format!("more than {MAX_CHANGED} changed files"));
+        }
+        Changed::Files(names)
     }
 
     /// The repository's and the branch's directories made, and the build

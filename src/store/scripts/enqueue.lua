@@ -5,7 +5,10 @@
 -- points (space-separated), event (the record's `event`, a name Rust's
 -- payload::Event gave; a coalesced build takes the newer push's), alone ('1':
 -- a build of its own, queue::Job::alone: it coalesces into no pending build,
--- becomes none, and is not remembered as the branch's last push; '0').
+-- becomes none, and is not remembered as the branch's last push; '0'), the
+-- job's JSON as a coalesced build stores it (its `before` dropped: the
+-- commits of the push it replaces are not in before..sha, so its changed
+-- files are unknown).
 -- Returns {'queued', id, slave, canceled id or ''}, {'coalesced', id, slave},
 -- {'duplicate', id, ''}, {'routing', agreed, ''} or {'noslave', live clusters, ''}.
 local repo, branch, sha, push, crc, hints, delivery, now, default_branch, reset =
@@ -53,7 +56,7 @@ end
 local alone = A[17] == '1'
 local pending = (not alone) and redis.call('GET', K.pending .. bkey)
 if pending and redis.call('HGET', K.build .. pending, 'state') == 'queued' then
-  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', push, 'event', A[16])
+  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', A[18], 'event', A[16])
   if reset == '1' then redis.call('HSET', K.build .. pending, 'reset', '1') end
   remember()
   if delivery ~= '' then redis.call('SET', K.delivery .. delivery, pending, 'EX', A[11]) end
