@@ -131,3 +131,8 @@ mod readme_examples;
 /// The reference against the code: /metrics against the documented metrics, build records
 /// against their documented fields, `make help` against scripts/deps.sh.
 mod docs_truth;
+
+/// Schedules (`HOOK_CRON`): one build per schedule and minute however many hooks run (the claim
+/// raced through `hook::cron::fire`, then two real hooks at the next wall-clock minute), event
+/// `cron`, a never-pushed branch only warned about, bad lines refusing to start.
+mod schedules;
