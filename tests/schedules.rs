@@ -158,6 +158,45 @@ fn two_real_hooks_fire_each_schedule_once_at_the_next_minute() {
 /// A hook's environment: (name, value) pairs.
 type Env<'a> = Vec<(&'a str, &'a str)>;
 
+/// Redis stopped across a minute boundary: the hook retries (`WARN redis.unreachable op=cron`),
+/// keeps serving, and queues that minute's build once Redis is back within the minute.
+#[test]
+fn a_redis_outage_at_the_minute_is_retried_within_it() {
+    let mut redis = Redis::start();
+    drop(redis.queue_conn()); // slave-0 counts as live for an hour: builds are queued, not run
+    let hook = Hook::start(&redis, &[("HOOK_CRON", "* * * * * acme/outage main")]);
+    let git = GitRepo::new(&redis.root, "acme/outage");
+    git.write("integration.yml", YML);
+    let sha = git.commit("outage");
+    git.push();
+    hook.push_ok(&git, &sha);
+    redis.stop();
+    let unreachable = wait_for("the cron thread to meet the outage", std::time::Duration::from_secs(70), || {
+        let log = hook.log();
+        events(&log, "redis.unreachable")
+            .into_iter()
+            .find(|l| l.contains(" op=cron "))
+            .map(String::from)
+            .ok_or_else(|| "not yet".to_string())
+    });
+    let minute = minute_of(&unreachable).unwrap_or_else(|| panic!("no minute= in {unreachable}"));
+    redis.restart();
+    let queued = wait_for("the minute's build once Redis is back", DEADLINE, || {
+        let log = hook.log();
+        let missed = events(&log, "cron.missed");
+        assert!(missed.is_empty(), "{missed:?}");
+        events(&log, "cron.queued")
+            .into_iter()
+            .find(|l| minute_of(l) == Some(minute))
+            .map(String::from)
+            .ok_or_else(|| "not yet".to_string())
+    });
+    assert_eq!(hook.get("/ping").code, 200);
+    let id = kv(&queued, "id").unwrap();
+    let build = read_build(&redis, &id).unwrap_or_else(|| panic!("no record for {queued}"));
+    assert_eq!((build.sha.as_str(), build.fields["event"].as_str()), (sha.as_str(), "cron"));
+}
+
 #[test]
 fn bad_schedules_refuse_to_start_naming_the_line() {
     let redis = Redis::start();

@@ -114,49 +114,49 @@ fn sleep_until(unix_secs: u64, stop: &AtomicBool) -> bool {
     }
 }
 
-/// Fires every due schedule of `minute`, retrying Redis errors until the
-/// minute is over.
+/// Fires every due schedule of `minute`, retrying Redis errors (from the
+/// schedule that met one) until the minute is over; what is left then is
+/// logged `cron.missed`.
 fn fire_minute(hook: &Hook, redis: &mut Redis, due: &[&Schedule], minute: u64, how: &Firing, stop: &AtomicBool) {
-    let mut pending: Vec<&Schedule> = due.to_vec();
+    let ends = (minute + 1) as f64 * 60.0;
+    let mut pending: &[&Schedule] = due;
     let mut backoff = Backoff::default();
-    loop {
-        let mut failed = Vec::new();
-        let mut error = None;
-        for s in pending {
-            let started = Instant::now();
-            match redis.run_again(|c| fire(c, s, minute, how)) {
-                Ok(fired) => report(hook, s, minute, fired, started),
-                Err(e) => {
-                    error = Some(e);
-                    failed.push(s);
+    let mut error = String::new();
+    while !pending.is_empty() && crate::unix_now() < ends && !stop.load(Ordering::SeqCst) {
+        let s = pending[0];
+        let started = Instant::now();
+        match redis.run_again(|c| fire(c, s, minute, how)) {
+            Ok(fired) => {
+                report(hook, s, minute, fired, started);
+                pending = &pending[1..];
+                backoff = Backoff::default();
+            }
+            Err(e) => {
+                error = e.to_string();
+                let delay = backoff.next_delay();
+                if crate::unix_now() + delay.as_secs_f64() >= ends {
+                    break;
                 }
-            }
-        }
-        let Some(e) = error else { return };
-        pending = failed;
-        let delay = backoff.next_delay();
-        let ends = (minute + 1) as f64 * 60.0;
-        if crate::unix_now() + delay.as_secs_f64() >= ends || stop.load(Ordering::SeqCst) {
-            for s in pending {
                 log::warn!(
-                    "cron.missed repo={} branch={} schedule={} line={} minute={minute} error={}: Redis did not answer within the minute; the next matching minute fires again",
-                    quote(&s.repo),
-                    quote(&s.branch),
-                    s.id,
-                    s.line,
-                    quote(&e.to_string())
+                    "redis.unreachable op=cron minute={minute} schedules={} redis={} error={} retry_ms={}",
+                    pending.len(),
+                    quote(&hook.redis.to_string()),
+                    quote(&error),
+                    delay.as_millis()
                 );
+                std::thread::sleep(delay);
             }
-            return;
         }
+    }
+    for s in pending {
         log::warn!(
-            "redis.unreachable op=cron schedules={} redis={} error={} retry_ms={}",
-            pending.len(),
-            quote(&hook.redis.to_string()),
-            quote(&e.to_string()),
-            delay.as_millis()
+            "cron.missed repo={} branch={} schedule={} line={} minute={minute} error={}: not fired within its minute; it fires again at its next one",
+            quote(&s.repo),
+            quote(&s.branch),
+            s.id,
+            s.line,
+            quote(if error.is_empty() { "stopped or late" } else { &error })
         );
-        std::thread::sleep(delay);
     }
 }
 
