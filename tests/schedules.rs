@@ -233,3 +233,47 @@ fn bad_schedules_refuse_to_start_naming_the_line() {
         }
     }
 }
+
+/// The bound at its limit: 1,000 schedules of 1,000 pushed branches due in one minute, each
+/// queued once by one hook and found taken by another; prints what parsing, matching and
+/// firing took (docs/schedules.md quotes it):
+/// `cargo test --test tests -- --ignored schedules::a_thousand_schedules_due_at_once --nocapture`.
+#[test]
+#[ignore]
+fn a_thousand_schedules_due_at_once() {
+    let redis = Redis::start();
+    drop(redis.queue_conn());
+    let hook = Hook::start(&redis, &[]);
+    let text: String = (0..cron::MAX_SCHEDULES).map(|k| format!("* * * * * acme/app b{k}\n")).collect();
+    let t = std::time::Instant::now();
+    let all = cron::parse(&text, "HOOK_CRON").unwrap();
+    let parsed = t.elapsed();
+    let t = std::time::Instant::now();
+    let due = all.iter().filter(|s| s.matches(cron::Minute::of(this_minute()))).count();
+    let matched = t.elapsed();
+    assert_eq!(due, cron::MAX_SCHEDULES);
+    for k in 0..cron::MAX_SCHEDULES {
+        let body = github_push("acme/app", "file:///nowhere", &format!("b{k}"), &"3".repeat(40), "m", "main");
+        assert_eq!(hook.send_github("/", "push", body.to_string().as_bytes(), &[]).code, 202);
+    }
+    let mut c = conn(&redis);
+    let minute = this_minute() + 5;
+    let t = std::time::Instant::now();
+    for s in &all {
+        let fired = fire(&mut c, s, minute, &firing("hook-a")).unwrap();
+        assert!(matches!(fired, Fired::Enqueued { enqueued: Enqueued::Coalesced { .. }, .. }), "{fired:?}");
+    }
+    let fired = t.elapsed();
+    let t = std::time::Instant::now();
+    for s in &all {
+        assert_eq!(fire(&mut c, s, minute, &firing("hook-b")).unwrap(), Fired::Taken);
+    }
+    let taken = t.elapsed();
+    let cron_events = (0..cron::MAX_SCHEDULES)
+        .filter(|k| redis.hgetall(&format!("ci:build:{}", k + 1)).get("event").map(String::as_str) == Some("cron"))
+        .count();
+    assert_eq!(cron_events, cron::MAX_SCHEDULES, "every pending build took its schedule in");
+    eprintln!(
+        "1000 schedules: parse {parsed:?}, match one minute {matched:?}, fire (claim, last push, enqueue) {fired:?}, found taken {taken:?}"
+    );
+}
