@@ -71,14 +71,12 @@ impl Minute {
         let in_day = unix_minute % 1440;
         // Howard Hinnant's civil_from_days, for days since 1970-01-01 (a Thursday).
         let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
+        let doe = z.rem_euclid(146_097); // day of the 400-year era
         let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
         let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
         let mp = (5 * doy + 2) / 153;
         let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
         let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let _year = yoe + era * 400 + i64::from(month <= 2);
         Minute { minute: (in_day % 60) as u32, hour: (in_day / 60) as u32, day, month, weekday: ((days + 4) % 7) as u32 }
     }
 }
