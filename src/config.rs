@@ -115,7 +115,7 @@ pub const HOOK_SETTINGS: &[Setting] = &[
     Setting {
         name: "HOOK_CRON",
         default: "",
-        doc: "schedules, one a line: `<min> <hour> <day of month> <month> <day of week> <owner/name> <branch>` (cron fields, UTC); each matching minute builds the branch's last push with event `cron`, once however many hooks run (docs/schedules.md); at most 1000 lines of 1024 bytes; a bad line refuses to start",
+        doc: "schedules, one a line: `<min> <hour> <day of month> <month> <day of week> <owner/name> <branch>` (cron fields, UTC); each matching minute builds the branch's last push with event `cron`, once however many hooks run (docs/schedules.md); at most 1000 schedules, lines of 1024 bytes; a bad line refuses to start",
     },
     Setting { name: "HOOK_CRON_FILE", default: "", doc: "a file of schedules as HOOK_CRON (at most 256 KiB), instead of HOOK_CRON" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },

@@ -398,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn the_schedules_page_shows_what_the_parser_does() {
+        let page = include_str!("../docs/schedules.md");
+        let example = page.split("```\n").nth(1).expect("docs/schedules.md's first code block");
+        let all = parse(example, "HOOK_CRON").unwrap();
+        let names: Vec<(&str, &str, &str)> = all.iter().map(|s| (s.when.as_str(), s.repo.as_str(), s.branch.as_str())).collect();
+        assert_eq!(
+            names,
+            [("0 3 * * *", "acme/app", "main"), ("*/15 8-18 * * 1-5", "acme/app", "release/1.x"), ("0 6 1,15 * *", "acme/lib", "main")]
+        );
+        // the quarter-hour line: 44 times a weekday (08:00 to 18:45), none at the weekend
+        assert_eq!(fires_in_week("*/15 8-18 * * 1-5").len(), 5 * 11 * 4);
+        let shown = page.lines().find(|l| l.starts_with("hook: HOOK_CRON line ")).expect("the refusal the page shows");
+        assert_eq!(shown, format!("hook: {}", err("0 3 * * * acme/app main\n61 * * * * acme/app main")));
+    }
+
+    #[test]
     fn both_settings_at_once_are_refused() {
         assert!(load(Some("* * * * * a/b main"), Some("/dev/null")).unwrap_err().0.contains("both set"));
         assert_eq!(load(None, None).unwrap(), vec![]);
