@@ -112,6 +112,12 @@ pub const HOOK_SETTINGS: &[Setting] = &[
         default: "mod",
         doc: "slave index of a repository inside its cluster of N: `mod` (CRC32 mod N; N to N+1 moves N/(N+1) of the repositories) or `jump` (jump consistent hash of the CRC32; moves 1/(N+1)); every hook must agree (the routing key in Redis)",
     },
+    Setting {
+        name: "HOOK_CRON",
+        default: "",
+        doc: "schedules, one a line: `<min> <hour> <day of month> <month> <day of week> <owner/name> <branch>` (cron fields, UTC); each matching minute builds the branch's last push with event `cron`, once however many hooks run (docs/schedules.md); at most 1000 schedules, lines of 1024 bytes; a bad line refuses to start",
+    },
+    Setting { name: "HOOK_CRON_FILE", default: "", doc: "a file of schedules as HOOK_CRON (at most 256 KiB), instead of HOOK_CRON" },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -464,6 +470,10 @@ pub struct HookConfig {
     pub policy: crate::payload::Policy,
     /// HOOK_ROUTING.
     pub routing: crate::routing::Routing,
+    /// HOOK_CRON's text as given (line numbers count from its first line), and
+    /// HOOK_CRON_FILE's path; [`crate::cron::load`] reads them.
+    pub cron: Option<String>,
+    pub cron_file: Option<String>,
 }
 
 impl HookConfig {
@@ -503,6 +513,13 @@ impl HookConfig {
                 let v = raw(s, "HOOK_ROUTING").unwrap_or_default();
                 crate::routing::Routing::parse(&v).ok_or_else(|| ConfigError(format!("HOOK_ROUTING={v:?}: expected mod or jump")))?
             },
+            cron: match std::env::var("HOOK_CRON") {
+                Ok(v) if v.trim().is_empty() => None,
+                Ok(v) => Some(v),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(_)) => return Err(ConfigError("HOOK_CRON: not UTF-8".into())),
+            },
+            cron_file: raw(s, "HOOK_CRON_FILE"),
             policy: crate::payload::Policy {
                 fork_pulls: match raw(s, "HOOK_FORK_PULLS").unwrap_or_default().as_str() {
                     "ignore" => false,

@@ -15,6 +15,7 @@
 pub mod ansi;
 pub mod build_log;
 pub mod config;
+pub mod cron;
 pub mod glob;
 pub mod hook;
 pub mod logging;

@@ -142,6 +142,10 @@ mod readme_examples;
 /// against their documented fields, `make help` against scripts/deps.sh.
 mod docs_truth;
 
+/// Schedules (`HOOK_CRON`): one build per schedule and minute however many hooks run (the claim
+/// raced through `hook::cron::fire`, then two real hooks at the next wall-clock minute), event
+/// `cron`, a never-pushed branch only warned about, bad lines refusing to start.
+mod schedules;
 /// `when:` on a step: branch globs (pushes, tags, requests), events, changed paths (push,
 /// new branch, force-push, request against its merge base, coalesced build), `[skipped]` lines,
 /// parse errors.

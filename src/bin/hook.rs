@@ -6,7 +6,7 @@ use ci_backend::hook::server as http;
 use ci_backend::logging::quote;
 use ci_backend::store::conn::{Backoff, Redis, Target};
 use ci_backend::store::{keys, queue};
-use ci_backend::{config, logging, signature};
+use ci_backend::{config, cron, logging, signature};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,7 @@ impl From<String> for Stop {
 
 fn run() -> Result<(), Stop> {
     let config = config::HookConfig::from_env().map_err(|e| e.to_string())?;
+    let schedules = cron::load(config.cron.as_deref(), config.cron_file.as_deref()).map_err(|e| Stop::Refused(e.0))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
     ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
@@ -70,6 +71,10 @@ fn run() -> Result<(), Stop> {
     let mut redis = Redis::open(&hook.redis, Duration::from_secs(3));
     let watched = Arc::clone(&hook);
     std::thread::spawn(move || metrics::watch_durability(&mut redis, &watched.metrics, watched.config.durability_check));
+    if !schedules.is_empty() {
+        let (scheduled, stopped) = (Arc::clone(&hook), Arc::clone(&stop));
+        std::thread::spawn(move || ci_backend::hook::cron::run(scheduled, schedules, stopped));
+    }
     http::serve(hook, listener, stop);
     log::info!("hook.stopped");
     Ok(())

@@ -8,7 +8,7 @@ use crate::store::durability::{answers_without_password, durability, Durability}
 use crate::store::stats;
 use redis::Connection;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -94,6 +94,8 @@ pub struct Metrics {
     auth: Mutex<Auth>,
     /// REDIS_MIN_REPLICAS, shown beside the replicas Redis has.
     min_replicas: AtomicU32,
+    /// Builds this hook's schedules queued (or coalesced into a pending one).
+    cron_builds: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -104,6 +106,7 @@ impl Default for Metrics {
             durable: Mutex::new(DurableState::NotChecked),
             auth: Mutex::new(Auth::NotChecked),
             min_replicas: AtomicU32::new(0),
+            cron_builds: AtomicU64::new(0),
         }
     }
 }
@@ -111,6 +114,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn set_min_replicas(&self, n: u32) {
         self.min_replicas.store(n, Ordering::Relaxed);
+    }
+
+    /// One more build queued by a schedule (`ci_cron_builds_total`).
+    pub fn count_cron_build(&self) {
+        self.cron_builds.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count(&self, route: &'static str, code: u16) {
@@ -127,6 +135,8 @@ impl Metrics {
         for ((route, code), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             out.push_str(&format!("ci_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}\n"));
         }
+        out.push_str("# HELP ci_cron_builds_total Builds this hook's schedules queued (HOOK_CRON).\n# TYPE ci_cron_builds_total counter\n");
+        out.push_str(&format!("ci_cron_builds_total {}\n", self.cron_builds.load(Ordering::Relaxed)));
         let redis_part = conn.map(redis_metrics);
         match redis_part {
             Some(Ok(text)) => {

@@ -2,6 +2,7 @@
 //! and serves statuses, history, live logs, pages and badges.
 
 pub(crate) mod connections;
+pub mod cron;
 pub(crate) mod handlers;
 pub mod metrics;
 pub(crate) mod reply;

@@ -43,6 +43,10 @@ const HOLDERS: &str = "ci:holders:";
 /// `executors:<cluster>` HASH: index → `<busy> <total> <lease expiry ms>`.
 const EXECUTORS: &str = "ci:executors:";
 
+/// `cron:<schedule id>:<unix minute>` STRING with a TTL: the hook that fires
+/// that schedule in that minute (SET NX: one build however many hooks run).
+const CRON: &str = "ci:cron:";
+
 /// `repos` SET: every pushed repository.
 pub const REPOS: &str = "ci:repos";
 /// `clusters` SET: every cluster a slave ever announced.
@@ -132,6 +136,10 @@ pub fn executors(cluster: &str) -> String {
     format!("{EXECUTORS}{cluster}")
 }
 
+pub fn cron(schedule: &str, unix_minute: u64) -> String {
+    format!("{CRON}{schedule}:{unix_minute}")
+}
+
 /// The key names the Lua scripts use, as the JSON object each script gets
 /// as `ARGV[1]` (`scripts/lib/keys.lua` reads it into `K`): prefixes end
 /// where the script appends an id, `<repo>:<branch>` or `<cluster>[:<index>]`.
@@ -185,6 +193,7 @@ mod tests {
         assert_eq!(last("a/b", "pull/3"), "ci:last:a/b:pull/3");
         assert_eq!(queue("slave-jdk8", 2), "ci:queue:slave-jdk8:2");
         assert_eq!(members("slave"), "ci:members:slave");
+        assert_eq!(cron("00112233aabbccdd", 29_943_975), "ci:cron:00112233aabbccdd:29943975");
         let table: serde_json::Value = serde_json::from_str(script_prefixes()).unwrap();
         for (name, key) in table.as_object().unwrap() {
             assert!(key.as_str().unwrap().starts_with(NAMESPACE), "{name}: {key}");

@@ -3,6 +3,7 @@
 //! membership, live-log streams and the connection itself.
 
 pub mod conn;
+pub mod cron;
 pub(crate) mod durability;
 pub mod job;
 pub mod keys;
