@@ -84,6 +84,7 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(job.routing.as_str())
         .arg(job.routing.points(&p.repo).iter().map(u32::to_string).collect::<Vec<_>>().join(" "))
         .arg(p.event.as_str())
+        .arg(crate::payload::title(&p.message))
         .invoke(conn)?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     Ok(match reply.first().map(String::as_str) {

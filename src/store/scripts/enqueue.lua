@@ -3,7 +3,8 @@
 -- ('1'/'0'), delivery TTL seconds, HISTORY_KEEP, cancel the branch's running
 -- build ('1'/'0': Rust's CancelRunning::applies decided), routing rule, jump
 -- points (space-separated), event (the record's `event`, a name Rust's
--- payload::Event gave; a coalesced build takes the newer push's).
+-- payload::Event gave; a coalesced build takes the newer push's), title (the
+-- head commit's first line, payload::title; a coalesced build takes the newer).
 -- Returns {'queued', id, slave, canceled id or ''}, {'coalesced', id, slave},
 -- {'duplicate', id, ''}, {'routing', agreed, ''} or {'noslave', live clusters, ''}.
 local repo, branch, sha, push, crc, hints, delivery, now, default_branch, reset =
@@ -50,7 +51,7 @@ end
 -- coalesce: a newer push replaces the commit of the pending build
 local pending = redis.call('GET', K.pending .. bkey)
 if pending and redis.call('HGET', K.build .. pending, 'state') == 'queued' then
-  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', push, 'event', A[16])
+  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', push, 'event', A[16], 'title', A[17])
   if reset == '1' then redis.call('HSET', K.build .. pending, 'reset', '1') end
   remember()
   if delivery ~= '' then redis.call('SET', K.delivery .. delivery, pending, 'EX', A[11]) end
@@ -71,7 +72,7 @@ local id = tostring(redis.call('INCR', K.seq))
 local previous = redis.call('GET', K.last .. bkey)
 redis.call('HSET', K.build .. id, 'id', id, 'repo', repo, 'branch', branch, 'sha', sha,
   'event', A[16], 'state', 'queued', 'ok', 'false', 'log', '[]', 'slave', slave, 'cluster', cluster,
-  'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset)
+  'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset, 'title', A[17])
 redis.call('SET', K.last .. bkey, id)
 redis.call('SET', K.pending .. bkey, id)
 remember()
