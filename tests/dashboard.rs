@@ -1,4 +1,5 @@
-//! The dashboard in a real browser (Debian's headless Chromium), badges parsed by xmllint, and
+//! The dashboard in a real browser (Debian's headless Chromium, driven over the DevTools pipe
+//! where a test clicks), badges parsed by xmllint, and
 //! HOOK_READ_TOKEN on every read route.
 
 use crate::harness::*;
@@ -425,4 +426,50 @@ fn pages_refresh_while_a_build_runs_and_a_web_hook_token_session_rebuilds_and_ca
     assert!(page.contains(">live/app</a>") && !page.contains("<button") && !page.contains("csrf"), "{page}");
     browser.goto(&format!("{base}/builds/{rebuilt}"));
     assert!(!browser.html().contains("<button"), "no button on a build page either");
+}
+
+/// Redis's counter of `field` in `INFO <section>`.
+fn info_counter(redis: &Redis, section: &str, field: &str) -> Option<u64> {
+    let info = redis.cli(&["INFO", section]).str().unwrap_or_default();
+    info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).map(|v| {
+        let v = v.split(',').next().unwrap_or(v);
+        v.trim_start_matches("calls=").trim().parse().unwrap()
+    })
+}
+
+#[test]
+fn listings_and_their_refresh_never_read_a_log() {
+    let mut b = Backend::start(1, &[], &[]);
+    // Five branches whose builds stored big logs (debug: every output line is kept).
+    let yml = "step: big\ndebug: true\nshell: head -c 300000 /dev/zero | tr '\\\\0' x | fold -w 100\n";
+    let mut git = b.repo("cheap/app");
+    let mut log_bytes = 0;
+    for branch in ["main", "b1", "b2", "b3", "b4"] {
+        git.checkout(branch);
+        git.write("integration.yml", yml);
+        let sha = git.commit(branch);
+        git.push();
+        let id = b.hook.push_ok(&git, &sha);
+        let build = wait_build(&b.redis, &id, LONG);
+        assert_eq!(build.state, "passed", "{:?}", build.log.iter().take(5).collect::<Vec<_>>());
+        log_bytes += b.redis.hgetall(&format!("ci:build:{id}"))["log"].len();
+    }
+    assert!(log_bytes > 150_000, "the logs are big: {log_bytes} bytes");
+    // Nothing else talks to Redis now but the hook.
+    b.slaves.clear();
+    b.redis.cli(&["CONFIG", "RESETSTAT"]);
+    let before = info_counter(&b.redis, "stats", "total_net_output_bytes").unwrap();
+    assert_eq!(b.hook.get("/repos").text().lines().count(), 5);
+    assert_eq!(b.hook.get_json("/pulse").json()["active"], false);
+    assert_eq!(b.hook.get_json("/pulse?repo=cheap/app").json()["active"], false);
+    for path in ["/", "/repo/cheap/app"] {
+        assert_eq!(http(b.hook.addr, "GET", path, &[("Accept", "text/html")], b"").code, 200, "{path}");
+    }
+    let read = info_counter(&b.redis, "stats", "total_net_output_bytes").unwrap() - before;
+    eprintln!("five listings of 5 branches ({log_bytes} bytes of logs) read {read} bytes from Redis");
+    assert!(read < 32 * 1024, "the listings read {read} bytes from Redis: logs are {log_bytes} bytes");
+    assert_eq!(info_counter(&b.redis, "commandstats", "cmdstat_hgetall"), None, "no whole record read");
+    // One HMGET per listed branch in each of the five listings, and the repository page's one
+    // per build of its history (one build a branch here).
+    assert_eq!(info_counter(&b.redis, "commandstats", "cmdstat_hmget"), Some(5 * 5 + 5));
 }

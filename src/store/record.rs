@@ -464,6 +464,24 @@ mod tests {
     }
 
     #[test]
+    fn listings_put_the_default_branch_first_then_the_newest() {
+        let r = |branch: &str, queued: f64, finished: Option<f64>| BuildRecord {
+            branch: branch.into(),
+            queued_at: Some(queued),
+            finished_at: finished,
+            ..BuildRecord::default()
+        };
+        let mut list =
+            vec![r("a", 10.0, Some(50.0)), r("main", 1.0, Some(2.0)), r("z", 30.0, None), r("b", 40.0, None), r("c", 40.0, None)];
+        order(Some("main"), &mut list);
+        let names: Vec<&str> = list.iter().map(|r| r.branch.as_str()).collect();
+        // a finished last (50), then b and c queued at 40 (by name), then z (30); main first.
+        assert_eq!(names, ["main", "a", "b", "c", "z"]);
+        order(None, &mut list);
+        assert_eq!(list[0].branch, "a", "no default branch: by activity only");
+    }
+
+    #[test]
     fn iso_times_match_known_dates() {
         // Oracles: `date -u -d @<n> +%FT%TZ`.
         assert_eq!(iso_time(0.0), "1970-01-01T00:00:00Z");

@@ -351,6 +351,35 @@ mod tests {
     }
 
     #[test]
+    fn buttons_only_for_an_acting_viewer_and_cancel_only_while_active() {
+        let rows = |state: &str, csrf| {
+            dashboard(&[("a/b".into(), vec![BuildRecord { repo: "a/b".into(), ..record("7", state) }])], &Listing { csrf, pulse: None })
+        };
+        let html = rows("running", Some("c0ffee"));
+        assert!(html.contains("<form class=\"act\" method=\"post\" action=\"/act/build/a/b?branch=main\"><input type=\"hidden\" name=\"csrf\" value=\"c0ffee\"><button type=\"submit\">Rebuild</button></form>"), "{html}");
+        assert!(html.contains("action=\"/act/cancel/a/b?id=7\"") && html.contains(">Cancel</button>"), "{html}");
+        let done = rows("passed", Some("c0ffee"));
+        assert!(done.contains(">Rebuild</button>") && !done.contains(">Cancel</button>"), "{done}");
+        assert!(!rows("running", None).contains("<form"), "no session, no form");
+        let b = BuildRecord { repo: "a/b".into(), ..record("7", "queued") };
+        assert!(build(&b, &[], "/x", Some("c0ffee")).contains(">Cancel</button>"));
+        assert!(!build(&b, &[], "/x", None).contains("<button"));
+    }
+
+    #[test]
+    fn a_listing_refreshes_only_while_active_and_titles_are_escaped() {
+        let r = BuildRecord { title: "fix <script>".into(), ..record("7", "passed") };
+        let idle = dashboard(&[("a/b".into(), vec![r.clone()])], &Listing::default());
+        assert!(!idle.contains("<script>") && !idle.contains("pulse") && !idle.contains("refresh"), "{idle}");
+        assert!(idle.contains("<td>main<span class=\"title\">fix &lt;script&gt;</span></td>"), "{idle}");
+        let pulse = Some(("/pulse?repo=a%2Fb".to_string(), "0badf00d".to_string()));
+        let busy = repository("a/b", &[("main".into(), vec![r])], &Listing { csrf: None, pulse });
+        assert!(busy.contains("<div id=\"pulse\" hidden data-pulse=\"/pulse?repo=a%2Fb\" data-stamp=\"0badf00d\"></div>"), "{busy}");
+        assert!(busy.contains(&format!("<script>{REFRESH_SCRIPT}</script>")));
+        assert!(busy.contains("<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"));
+    }
+
+    #[test]
     fn a_running_build_follows_and_refreshes_without_js() {
         let html = build(&record("9", "running"), &["- commit 0123456789 (x)".into()], "/status/acme/app?follow=1&id=9", None);
         assert!(html.contains("<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"));
