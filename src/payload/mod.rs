@@ -1033,6 +1033,22 @@ mod tests {
     }
 
     #[test]
+    fn a_default_branch_is_kept_only_when_it_is_a_branch_name() {
+        let body = |default: &str| {
+            let v = serde_json::json!({"ref": "refs/heads/x", "after": "ab".repeat(20),
+                "repository": {"full_name": "a/b", "clone_url": "file:///x", "default_branch": default}});
+            match parse(&req("push", Box::leak(v.to_string().into_boxed_str()))) {
+                Ok(Delivery::Build(p)) => p.default_branch,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(body("main").as_deref(), Some("main"));
+        for bad in ["", "a\nb", "..", &"x".repeat(300), "a\u{202e}b"] {
+            assert_eq!(body(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn a_title_is_the_first_line_bounded_and_visible() {
         assert_eq!(title("\n  fix: the parser  \n\nbody"), "fix: the parser");
         assert_eq!(title("a\u{202e}b\u{7}c\td"), "abcd");
