@@ -343,6 +343,7 @@ fn pages_refresh_while_a_build_runs_and_a_web_hook_token_session_rebuilds_and_ca
     let page = browser.html();
     assert!(page.contains("<span class=\"state running\">running</span>"), "{page}");
     assert!(page.contains("id=\"pulse\"") && page.contains(">Rebuild</button>") && page.contains(">Cancel</button>"), "{page}");
+    browser.screenshot(900, 420, &output_dir().join("dashboard-acting.png"));
     // The page changes by itself: nothing here reloads it.
     let pulses = || b.hook.log().matches("path=/pulse ").count();
     blocker.release();

@@ -147,6 +147,18 @@ impl Browser {
         assert_eq!(self.eval(&js), json!(true), "nothing to click at {selector}:\n{}", self.html());
     }
 
+    /// A PNG of the page as shown `width` × `height` CSS pixels, written to `path`.
+    pub fn screenshot(&mut self, width: u32, height: u32, path: &Path) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));
+        let png = base64_decode(shot["data"].as_str().expect("screenshot data"));
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+        std::fs::write(path, png).unwrap();
+    }
+
     /// Fills the input matching `selector` with `value`.
     pub fn fill(&mut self, selector: &str, value: &str) {
         let js = format!(
@@ -163,4 +175,23 @@ impl Drop for Browser {
         self.session.clear();
         let _ = self.try_call("Browser.close", json!({}));
     }
+}
+
+/// Standard base64 (the screenshot's encoding), padding ignored.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, d)| n | (u32::from(*d) << (18 - 6 * i)));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
 }

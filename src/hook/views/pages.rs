@@ -41,7 +41,7 @@ const CSS: &str = "
 body{margin:0 auto;max-width:72rem;padding:.75rem;font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
 h1{font-size:1.25rem;margin:.25rem 0 .75rem}h1 a{color:inherit}
 table{border-collapse:collapse;width:100%;overflow-wrap:anywhere}th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line);vertical-align:top}
-th{font-weight:600;color:var(--mute)}td.num{text-align:right;white-space:nowrap}
+th{font-weight:600;color:var(--mute);white-space:nowrap}td.acts{white-space:nowrap}td.num{text-align:right;white-space:nowrap}
 a{color:#0969da}@media (prefers-color-scheme:dark){a{color:#4493f8}}
 .state{white-space:nowrap;font-weight:600}.state::before{content:'';display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.35em;background:currentColor}
 .passed{color:#1a7f37}.failed{color:#d1242f}.running,.queued{color:#9a6700}.unknown,.canceled{color:var(--mute)}
@@ -172,7 +172,7 @@ pub fn dashboard(repos: &[(String, Vec<BuildRecord>)], listing: &Listing) -> Str
                 duration(b),
                 escape(&b.slave),
                 when(b),
-                if listing.csrf.is_some() { format!("<td>{}</td>", actions(listing.csrf, b)) } else { String::new() }
+                if listing.csrf.is_some() { format!("<td class=\"acts\">{}</td>", actions(listing.csrf, b)) } else { String::new() }
             ));
         }
     }
