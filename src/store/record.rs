@@ -248,7 +248,7 @@ pub fn order(default: Option<&str>, latest: &mut [BuildRecord]) {
 
 /// Every pushed repository with a listed branch (sorted by name), and the
 /// latest build record (listed fields: [`LISTED`]) of each of its listed
-/// branches, in the listing's [`order`]; `only` lists one repository. Four
+/// branches, in the listing's [`order`]. Four
 /// round trips however many repositories and branches.
 pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
     let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys::REPOS).query(conn)?;
