@@ -278,7 +278,7 @@ fn payload_parser_survives_twenty_thousand_mutations_of_the_real_fixtures() {
                     problems.push(format!("case {case} ({}): {e}", path.display()));
                 }
             }
-            Ok(Ok(Delivery::NoBuild(reason))) => {
+            Ok(Ok(Delivery::NoBuild(reason) | Delivery::Gone(payload::Gone { reason, .. }))) => {
                 no_builds += 1;
                 if reason.trim().is_empty() {
                     problems.push(format!("case {case}: no build without a reason"));

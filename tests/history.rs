@@ -88,7 +88,7 @@ fn sixty_pushes_keep_the_last_fifty_newest_first_and_delete_the_rest() {
 }
 
 #[test]
-fn repos_lists_every_pushed_repository_and_branch_sorted() {
+fn repos_lists_every_pushed_repository_sorted_and_its_default_branch_first() {
     let b = Backend::start(1, &[], &[]);
     let (mut zed, _, z_main) = b.build("zed/app", &[("integration.yml", "step: s\nshell: \"true\"\n")], "z");
     zed.checkout("dev");
@@ -120,7 +120,8 @@ fn repos_lists_every_pushed_repository_and_branch_sorted() {
         ("acme/lib".to_string(), vec![("main".to_string(), a_main.id.clone(), "passed".to_string())]),
         (
             "zed/app".to_string(),
-            vec![("dev".to_string(), z_dev.id.clone(), "failed".to_string()), ("main".into(), z_main.id.clone(), "passed".into())],
+            // The default branch first, though `dev` sorts before it and was pushed after it.
+            vec![("main".to_string(), z_main.id.clone(), "passed".to_string()), ("dev".into(), z_dev.id.clone(), "failed".into())],
         ),
     ];
     assert_eq!(got, want, "{r}");
@@ -128,7 +129,8 @@ fn repos_lists_every_pushed_repository_and_branch_sorted() {
     let lines: Vec<&str> = t.body.split(|c| *c == b'\n').filter(|l| !l.is_empty()).map(|l| std::str::from_utf8(l).unwrap()).collect();
     assert_eq!(lines.len(), 3, "{t}");
     assert!(lines[0].starts_with(&format!("acme/lib main {} passed ", a_main.id)), "{}", lines[0]);
-    assert!(lines[1].starts_with(&format!("zed/app dev {} failed ", z_dev.id)), "{}", lines[1]);
+    assert!(lines[1].starts_with(&format!("zed/app main {} passed ", z_main.id)), "{}", lines[1]);
+    assert!(lines[2].starts_with(&format!("zed/app dev {} failed ", z_dev.id)), "{}", lines[2]);
     // The history of the non-default branch, by ?branch=.
     let h = b.hook.get_json("/history/zed/app?branch=dev");
     assert_eq!(h.json().as_array().map(|a| a.len()), Some(1), "{h}");

@@ -79,7 +79,9 @@ mod run_local;
 /// deleted; `/repos`.
 mod history;
 
-/// The dashboard in headless Chromium, badges parsed by xmllint, HOOK_READ_TOKEN.
+/// The dashboard in headless Chromium (driven over the DevTools pipe: logins and clicks): branch
+/// order and titles, deleted branches and closed requests unlisted, self-refresh, Rebuild and
+/// Cancel with CSRF; listings that never read a log; badges parsed by xmllint, HOOK_READ_TOKEN.
 mod dashboard;
 
 /// Commit statuses to GitHub, Gitea and GitLab (a local HTTP receiver per forge): pending then

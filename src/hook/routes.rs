@@ -2,7 +2,8 @@
 //! whether reading it needs HOOK_READ_TOKEN, and its handlers. A new route is
 //! one row of [`ROUTES`]; `Allow`, 404 and 405 answers follow from the table.
 
-use crate::hook::handlers::{build, cancel, history, push, status, wants_html};
+use crate::hook::handlers::act::{self, Act};
+use crate::hook::handlers::{build, cancel, history, push, query_param, status, wants_html};
 use crate::hook::reply::Reply;
 use crate::hook::state::Hook;
 use crate::hook::views::{self, auth};
@@ -56,6 +57,9 @@ const ROUTES: &[Route] = &[
     Route { path: Path::Prefix("/badge/"), name: "badge", private: false, get: Some(badge), post: None },
     Route { path: Path::Prefix("/build/"), name: "build", private: false, get: None, post: Some(rebuild) },
     Route { path: Path::Prefix("/cancel/"), name: "cancel", private: false, get: None, post: Some(cancel_build) },
+    Route { path: Path::Exact("/pulse"), name: "pulse", private: true, get: Some(pulse), post: None },
+    Route { path: Path::Prefix("/act/build/"), name: "act", private: false, get: None, post: Some(act_build) },
+    Route { path: Path::Prefix("/act/cancel/"), name: "act", private: false, get: None, post: Some(act_cancel) },
     Route { path: Path::Hints, name: "push", private: false, get: None, post: Some(push_here) },
 ];
 
@@ -88,7 +92,7 @@ pub(crate) fn route(hook: &Hook, redis: &mut Redis, req: &Request) -> (&'static 
     let reading = matches!(req.method, Method::Get | Method::Head);
     if reading && route.private {
         let cookies = req.header("Cookie");
-        if !auth::may_read(hook.config.read_token.as_deref(), req.header("Authorization"), cookies) {
+        if !auth::may_read(hook.config.read_token.as_deref(), &hook.token, req.header("Authorization"), cookies) {
             return ("unauthorized", auth::refused(wants_html(req)).into());
         }
     }
@@ -135,7 +139,8 @@ fn ping(_: &Call, _: &mut Redis) -> Reply {
 /// `GET /`: the dashboard for a browser, the repositories for a program.
 fn root(call: &Call, redis: &mut Redis) -> Reply {
     if wants_html(call.req) {
-        Reply { route: Some("dashboard"), ..view(redis, views::dashboard) }
+        let csrf = csrf(call);
+        Reply { route: Some("dashboard"), ..view(redis, |c| views::dashboard(c, csrf.as_deref())) }
     } else {
         history::get_repos(redis, call.req)
     }
@@ -148,7 +153,7 @@ fn login_form(_: &Call, _: &mut Redis) -> Reply {
 fn login(call: &Call, _: &mut Redis) -> Reply {
     let https_url = call.hook.config.public_url.as_deref().is_some_and(|u| u.to_ascii_lowercase().starts_with("https://"));
     let https_proxy = call.req.header("X-Forwarded-Proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
-    auth::login(call.hook.config.read_token.as_deref(), &call.req.body, https_url || https_proxy).into()
+    auth::login(call.hook.config.read_token.as_deref(), &call.hook.token, &call.req.body, https_url || https_proxy).into()
 }
 
 fn metrics(call: &Call, redis: &mut Redis) -> Reply {
@@ -174,13 +179,45 @@ fn get_history(call: &Call, redis: &mut Redis) -> Reply {
 
 fn repository(call: &Call, redis: &mut Redis) -> Reply {
     match crate::hook::handlers::repo_and_branch(call.rest, "") {
-        Ok((repo, _)) => view(redis, |c| views::repository(c, &repo, call.hook.config.history_keep)),
+        Ok((repo, _)) => {
+            let csrf = csrf(call);
+            view(redis, |c| views::repository(c, &repo, call.hook.config.history_keep, csrf.as_deref()))
+        }
         Err(bad) => bad.into(),
     }
 }
 
 fn build_page(call: &Call, redis: &mut Redis) -> Reply {
-    view(redis, |c| views::build(c, call.rest))
+    let csrf = csrf(call);
+    view(redis, |c| views::build(c, call.rest, csrf.as_deref()))
+}
+
+/// The viewer's CSRF token when its cookie is an acting session's: its pages show buttons.
+fn csrf(call: &Call) -> Option<String> {
+    auth::acting(&call.hook.token, call.req.header("Cookie"))
+}
+
+/// `GET /pulse[?repo=R]`: what the listing pages poll while a build is active.
+fn pulse(call: &Call, redis: &mut Redis) -> Reply {
+    let repo = match query_param(call.query, "repo") {
+        None => None,
+        Some(r) => match crate::payload::check_repo(&r) {
+            Ok(()) => Some(r),
+            Err(e) => return Reply::error(400, e.0),
+        },
+    };
+    match redis.run_again(|c| views::pulse(c, repo.as_deref())) {
+        Ok(v) => Reply::json(200, v),
+        Err(e) => Reply::error(503, format!("redis unreachable: {e}")),
+    }
+}
+
+fn act_build(call: &Call, redis: &mut Redis) -> Reply {
+    act::post_act(call.hook, redis, call.req, Act::Rebuild, call.rest, call.query)
+}
+
+fn act_cancel(call: &Call, redis: &mut Redis) -> Reply {
+    act::post_act(call.hook, redis, call.req, Act::Cancel, call.rest, call.query)
 }
 
 /// `GET /badge/<repo>.svg`; a badge path without `.svg` is not a badge.

@@ -1,6 +1,8 @@
 //! GitHub (and GitHub Enterprise) deliveries: `X-GitHub-Event`.
 
-use super::{builds_head, check_json, from_json, head_message, normalize, Delivery, Last, Names, PayloadError, Pull, RawCommit, RawPush};
+use super::{
+    builds_head, check_json, from_json, head_message, normalize, Delivery, Gone, Last, Names, PayloadError, Pull, RawCommit, RawPush,
+};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -138,6 +140,13 @@ pub(super) fn push(b: &Body, body: &[u8], forge: &'static str, build_tags: bool)
 /// request, fetched from the target repository's `refs/pull/<N>/head`.
 pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, PayloadError> {
     let action = b.action.as_deref().unwrap_or("");
+    if action == "closed" {
+        let number = b.number.as_ref().and_then(serde_json::Value::as_u64);
+        let repo = b.repository.as_ref().and_then(|r| r.full_name.as_deref());
+        if let Some(n) = number {
+            return Gone::of(repo, &format!("pull/{n}"), format!("pull request {n} closed: nothing to build"));
+        }
+    }
     if !builds_head(action) {
         return Ok(Delivery::NoBuild(format!("pull request action {action:?} brings no new commit: nothing to build")));
     }

@@ -1,6 +1,6 @@
 //! GitLab deliveries: `X-Gitlab-Event: Push Hook` and the rest.
 
-use super::{check_json, from_json, head_message, normalize, Delivery, Last, Names, PayloadError, Pull, RawCommit, RawPush};
+use super::{check_json, from_json, head_message, normalize, Delivery, Gone, Last, Names, PayloadError, Pull, RawCommit, RawPush};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -133,6 +133,10 @@ fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
     let mr = b.object_attributes.as_ref().ok_or_else(|| missing("object_attributes"))?;
     let action = mr.action.as_deref().unwrap_or("");
     let new_commits = mr.oldrev.as_ref().is_some_and(|v| v.is_string());
+    if let ("close" | "merge", Some(n)) = (action, mr.iid.as_ref().and_then(serde_json::Value::as_u64)) {
+        let repo = b.project.as_ref().and_then(|p| p.path_with_namespace.as_deref());
+        return Gone::of(repo, &format!("merge-requests/{n}"), format!("merge request {n} {action}d: nothing to build"));
+    }
     if !(matches!(action, "open" | "reopen") || (action == "update" && new_commits)) {
         let why = if action == "update" { " without new commits" } else { "" };
         return Ok(Delivery::NoBuild(format!("merge request action {action:?}{why} brings no new commit: nothing to build")));

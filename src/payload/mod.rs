@@ -117,8 +117,43 @@ impl Push {
 #[allow(clippy::large_enum_variant)]
 pub enum Delivery {
     Build(Push),
-    /// Answered 200 with this reason: ping, other events, deletions, tags.
+    /// Answered 200 with this reason: ping, other events, tags.
     NoBuild(String),
+    /// A branch deleted or a request closed or merged: answered 200 with
+    /// the reason, no build; it leaves the listings.
+    Gone(Gone),
+}
+
+/// A branch that no longer exists on its forge: deleted by a push (`tags/<name>`
+/// for a tag), or a request's `pull/<N>` / `merge-requests/<N>` closed or merged.
+/// Its names passed [`check_repo`] and [`check_branch`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gone {
+    pub repo: String,
+    pub branch: String,
+    pub reason: String,
+}
+
+impl Gone {
+    /// The gone branch, when its names pass the names rules (else why not:
+    /// answered 400 like any bad name).
+    pub(crate) fn of(repo: Option<&str>, branch: &str, reason: String) -> Result<Delivery, PayloadError> {
+        let repo = repo.ok_or_else(|| PayloadError(format!("{reason}, but the body names no repository")))?;
+        check_repo(repo)?;
+        check_branch(branch)?;
+        Ok(Delivery::Gone(Gone { repo: repo.to_string(), branch: branch.to_string(), reason }))
+    }
+}
+
+/// The longest title a record keeps, in characters.
+pub const TITLE_MAX: usize = 200;
+
+/// A commit message's (or request title's) first line as the dashboard shows
+/// it: trimmed, without control or invisible format characters, at most
+/// [`TITLE_MAX`] characters.
+pub fn title(message: &str) -> String {
+    let first = message.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    first.chars().filter(|c| !c.is_control() && !is_format(*c)).take(TITLE_MAX).collect()
 }
 
 /// A body that cannot be understood (answered 400).
@@ -367,13 +402,13 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
             return Ok(Delivery::NoBuild(format!("tag push {tag:?}: tags are not built (HOOK_BUILD_TAGS=0)")));
         }
         if raw.deleted || raw.sha.is_some_and(zero) {
-            return Ok(Delivery::NoBuild(format!("tag {tag:?} deleted: nothing to build")));
+            return Gone::of(raw.repo, &format!("tags/{tag}"), format!("tag {tag:?} deleted: nothing to build"));
         }
         check_branch(tag).map_err(|e| PayloadError(format!("tag: {}", e.0)))?;
         (format!("tags/{tag}"), Some(tag.to_string()), raw.tag_commit.or(raw.sha))
     } else if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
         if raw.deleted || raw.sha.is_some_and(zero) {
-            return Ok(Delivery::NoBuild(format!("branch {branch:?} deleted: nothing to build")));
+            return Gone::of(raw.repo, branch, format!("branch {branch:?} deleted: nothing to build"));
         }
         (branch.to_string(), None, raw.sha)
     } else if raw.pull.is_some() {
@@ -404,7 +439,8 @@ pub(crate) fn normalize(raw: RawPush) -> Result<Delivery, PayloadError> {
         sha: sha.to_ascii_lowercase(),
         before: raw.before.filter(|b| full_sha(b) && !zero(b)).map(str::to_ascii_lowercase),
         clone_url: clone_url.to_string(),
-        default_branch: raw.default_branch.filter(|b| !b.is_empty()).map(String::from),
+        // Named by the (hostile) payload and stored per repository: the names rules bound it.
+        default_branch: raw.default_branch.filter(|b| check_branch(b).is_ok()).map(String::from),
         message: raw.message.unwrap_or("").to_string(),
         hints: Vec::new(),
         forge: ForgeFacts {
@@ -795,7 +831,8 @@ mod tests {
     fn deletion_and_tags_build_nothing() {
         let del =
             r#"{"ref":"refs/heads/x","after":"0000000000000000000000000000000000000000","deleted":true,"repository":{"full_name":"a/b"}}"#;
-        assert!(matches!(parse(&req("push", del)), Ok(Delivery::NoBuild(r)) if r.contains("deleted")));
+        let gone = Gone { repo: "a/b".into(), branch: "x".into(), reason: "branch \"x\" deleted: nothing to build".into() };
+        assert_eq!(parse(&req("push", del)), Ok(Delivery::Gone(gone)));
         let tag = r#"{"ref":"refs/tags/v1","after":"6113728f27ae82c7b1a177c8d03f9e96e0adf246"}"#;
         assert!(matches!(parse(&req("push", tag)), Ok(Delivery::NoBuild(r)) if r.contains("tag")));
     }
@@ -997,14 +1034,9 @@ mod tests {
             parse(&Request { gitlab_event: Some("Merge Request Hook"), body: body.as_bytes(), policy, ..Default::default() })
         };
         let mut v = fixture_value("gitlab/merge-request-hook.json");
-        for (action, oldrev, builds) in [
-            ("update", None, false),
-            ("update", Some("ab".repeat(20)), true),
-            ("close", None, false),
-            ("merge", None, false),
-            ("approved", None, false),
-            ("reopen", None, true),
-        ] {
+        for (action, oldrev, builds) in
+            [("update", None, false), ("update", Some("ab".repeat(20)), true), ("approved", None, false), ("reopen", None, true)]
+        {
             v["object_attributes"]["action"] = serde_json::json!(action);
             v["object_attributes"]["oldrev"] = serde_json::json!(oldrev);
             let got = gitlab(&v, Policy::default());
@@ -1017,8 +1049,63 @@ mod tests {
     }
 
     #[test]
+    fn closed_and_merged_requests_and_deleted_branches_are_gone() {
+        let gone = |got: Result<Delivery, PayloadError>| match got {
+            Ok(Delivery::Gone(g)) => (g.repo, g.branch),
+            other => panic!("not gone: {other:?}"),
+        };
+        let mut v = fixture_value("github/pull_request/opened.payload.json");
+        v["action"] = serde_json::json!("closed");
+        assert_eq!(gone(github_pull(v.to_string().as_bytes(), Policy::default())), ("Codertocat/Hello-World".into(), "pull/2".into()));
+        let body = v.to_string();
+        let gitea = parse(&Request { gitea_event: Some("pull_request"), body: body.as_bytes(), ..Default::default() });
+        assert_eq!(gone(gitea).1, "pull/2");
+        // A hostile name is refused like any other.
+        v["repository"]["full_name"] = serde_json::json!("a/../b");
+        assert!(github_pull(v.to_string().as_bytes(), Policy::default()).is_err());
+        let mut v = fixture_value("gitlab/merge-request-hook.json");
+        for action in ["close", "merge"] {
+            v["object_attributes"]["action"] = serde_json::json!(action);
+            let body = v.to_string();
+            let got = parse(&Request { gitlab_event: Some("Merge Request Hook"), body: body.as_bytes(), ..Default::default() });
+            assert_eq!(gone(got).1, "merge-requests/1", "{action}");
+        }
+        let mut v = fixture_value("gitlab/push-hook.json");
+        v["after"] = serde_json::json!("0".repeat(40));
+        v["checkout_sha"] = serde_json::Value::Null;
+        let body = v.to_string();
+        let got = parse(&Request { gitlab_event: Some("Push Hook"), body: body.as_bytes(), ..Default::default() });
+        assert_eq!(gone(got).1, "master");
+    }
+
+    #[test]
+    fn a_default_branch_is_kept_only_when_it_is_a_branch_name() {
+        let body = |default: &str| {
+            let v = serde_json::json!({"ref": "refs/heads/x", "after": "ab".repeat(20),
+                "repository": {"full_name": "a/b", "clone_url": "file:///x", "default_branch": default}});
+            match parse(&req("push", Box::leak(v.to_string().into_boxed_str()))) {
+                Ok(Delivery::Build(p)) => p.default_branch,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(body("main").as_deref(), Some("main"));
+        for bad in ["", "a\nb", "..", &"x".repeat(300), "a\u{202e}b"] {
+            assert_eq!(body(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_title_is_the_first_line_bounded_and_visible() {
+        assert_eq!(title("\n  fix: the parser  \n\nbody"), "fix: the parser");
+        assert_eq!(title("a\u{202e}b\u{7}c\td"), "abcd");
+        let long = "é".repeat(300);
+        assert_eq!(title(&long).chars().count(), TITLE_MAX);
+        assert_eq!(title(""), "");
+    }
+
+    #[test]
     fn other_pull_request_actions_build_nothing() {
-        for action in ["closed", "labeled", "edited", "assigned", "review_requested", ""] {
+        for action in ["labeled", "edited", "assigned", "review_requested", ""] {
             let mut v = fixture_value("github/pull_request/opened.payload.json");
             v["action"] = serde_json::json!(action);
             let got = github_pull(v.to_string().as_bytes(), Policy::default());

@@ -92,6 +92,7 @@ pub fn enqueue(conn: &mut Connection, job: &Job) -> RedisResult<Enqueued> {
         .arg(p.event.as_str())
         .arg(if job.alone { "1" } else { "0" })
         .arg(if p.before.is_some() { job::encode(&crate::payload::Push { before: None, ..p.clone() }) } else { job::encode(p) })
+        .arg(crate::payload::title(&p.message))
         .invoke(conn)?;
     let field = |i: usize| reply.get(i).cloned().unwrap_or_default();
     Ok(match reply.first().map(String::as_str) {

@@ -50,6 +50,9 @@ pub struct BuildRecord {
     pub cancel: Option<String>,
     /// A manual run's parameters, as its job carries them (none otherwise).
     pub params: Params,
+    /// The head commit's first line (a request's title), at most
+    /// [`crate::payload::TITLE_MAX`] characters; empty in older records.
+    pub title: String,
 }
 
 /// The record as the API documents it. Fields in alphabetical order, the
@@ -71,6 +74,7 @@ struct Api<'a> {
     started_at: Option<f64>,
     state: &'a str,
     stolen_from: Option<&'a str>,
+    title: &'a str,
 }
 
 impl BuildRecord {
@@ -106,6 +110,7 @@ impl BuildRecord {
             died: count("died"),
             cancel: h.get("cancel").cloned(),
             params: h.get("push").and_then(|p| crate::store::job::decode(p)).map(|p| p.params).unwrap_or_default(),
+            title: s("title"),
         }
     }
 
@@ -137,6 +142,7 @@ impl BuildRecord {
             started_at: self.started_at,
             state: &self.state,
             stolen_from: self.stolen.as_deref(),
+            title: &self.title,
         };
         serde_json::to_value(api).expect("a record is strings and numbers")
     }
@@ -216,30 +222,128 @@ fn records(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<BuildRecord
     Ok(found.iter().filter(|h| !h.is_empty()).map(BuildRecord::from_hash).collect())
 }
 
-/// Every pushed repository (sorted) with the latest build record of each of
-/// its branches (sorted by branch name).
+/// The fields a listing reads of a record: never its log (a listing costs
+/// the same however long the builds' logs are).
+const LISTED: [&str; 13] =
+    ["id", "repo", "branch", "sha", "event", "state", "seconds", "slave", "queued_at", "started_at", "finished_at", "stolen", "title"];
+
+/// The listed fields of the records of `ids` that still exist, in that order: one round trip.
+fn listed(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<BuildRecord>> {
+    let mut pipe = redis::pipe();
+    for id in ids {
+        pipe.cmd("HMGET").arg(keys::build(id)).arg(&LISTED[..]);
+    }
+    let found: Vec<Vec<Option<String>>> = pipe.query(conn)?;
+    Ok(found
+        .into_iter()
+        .filter(|values| values.first().is_some_and(Option::is_some))
+        .map(|values| BuildRecord::from_hash(&LISTED.iter().zip(values).filter_map(|(k, v)| Some((k.to_string(), v?))).collect()))
+        .collect())
+}
+
+/// The listing's order of a repository's branches (their latest builds): the
+/// default branch first, then by last activity (finished, else started,
+/// else queued), newest first; ties by name.
+pub fn order(default: Option<&str>, latest: &mut [BuildRecord]) {
+    latest.sort_by(|a, b| {
+        let key = |r: &BuildRecord| (Some(r.branch.as_str()) != default, std::cmp::Reverse(r.when().map(|w| (w * 1000.0) as i64)));
+        key(a).cmp(&key(b)).then_with(|| a.branch.cmp(&b.branch))
+    });
+}
+
+/// Every pushed repository with a listed branch (sorted by name), and the
+/// latest build record (listed fields: [`LISTED`]) of each of its listed
+/// branches, in the listing's [`order`]. Four
+/// round trips however many repositories and branches.
 pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
     let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys::REPOS).query(conn)?;
     names.sort();
-    let mut out = Vec::with_capacity(names.len());
-    for repo in names {
-        let branches = branches(conn, &repo)?;
-        let mut pipe = redis::pipe();
-        for b in &branches {
-            pipe.get(keys::last(&repo, b));
+    listing(conn, names)
+}
+
+/// One repository's listed branches' latest builds, in the listing's [`order`].
+pub fn repo_listing(conn: &mut Connection, repo: &str) -> RedisResult<Vec<BuildRecord>> {
+    Ok(listing(conn, vec![repo.to_string()])?.pop().map(|(_, b)| b).unwrap_or_default())
+}
+
+fn listing(conn: &mut Connection, names: Vec<String>) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
+    let mut pipe = redis::pipe();
+    for repo in &names {
+        pipe.cmd("SMEMBERS").arg(keys::branches(repo)).get(keys::default_branch(repo));
+    }
+    let found: Vec<(Vec<String>, Option<String>)> =
+        if names.is_empty() { Vec::new() } else { pipe.query::<Vec<redis::Value>>(conn).and_then(pairs)? };
+    let mut pipe = redis::pipe();
+    for (repo, (branches, _)) in names.iter().zip(&found) {
+        for b in branches {
+            pipe.get(keys::last(repo, b));
         }
-        let last: Vec<Option<String>> = pipe.query(conn)?;
-        let ids: Vec<String> = last.into_iter().flatten().collect();
-        out.push((repo, records(conn, &ids)?));
+    }
+    let last: Vec<Option<String>> = pipe.query(conn)?;
+    let ids: Vec<String> = last.into_iter().flatten().collect();
+    let mut records = listed(conn, &ids)?;
+    let mut out = Vec::with_capacity(names.len());
+    for (repo, (branches, default)) in names.into_iter().zip(found) {
+        let mut latest: Vec<BuildRecord> = Vec::new();
+        records.retain(|r| {
+            let mine = r.repo == repo && branches.contains(&r.branch);
+            if mine {
+                latest.push(r.clone());
+            }
+            !mine
+        });
+        if !latest.is_empty() {
+            order(default.as_deref(), &mut latest);
+            out.push((repo, latest));
+        }
     }
     Ok(out)
 }
 
-/// The branches a repository was pushed to, sorted (empty when never pushed).
-pub fn branches(conn: &mut Connection, repo: &str) -> RedisResult<Vec<String>> {
-    let mut branches: Vec<String> = redis::cmd("SMEMBERS").arg(keys::branches(repo)).query(conn)?;
-    branches.sort();
-    Ok(branches)
+/// A pipeline's replies as (SMEMBERS, GET) pairs.
+fn pairs(values: Vec<redis::Value>) -> RedisResult<Vec<(Vec<String>, Option<String>)>> {
+    let mut out = Vec::with_capacity(values.len() / 2);
+    let mut it = values.into_iter();
+    while let (Some(set), Some(default)) = (it.next(), it.next()) {
+        out.push((redis::from_redis_value(&set)?, redis::from_redis_value(&default)?));
+    }
+    Ok(out)
+}
+
+/// A repository's page: each listed branch (in the listing's [`order`]) with
+/// its last `limit` builds (listed fields), newest first. Three round trips.
+pub fn repository(conn: &mut Connection, repo: &str, limit: usize) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
+    let latest = repo_listing(conn, repo)?;
+    let mut pipe = redis::pipe();
+    for r in &latest {
+        pipe.cmd("LRANGE").arg(keys::history(repo, &r.branch)).arg(0).arg(limit.max(1) - 1);
+    }
+    let lists: Vec<Vec<String>> = if latest.is_empty() { Vec::new() } else { pipe.query(conn)? };
+    let ids: Vec<String> = lists.iter().flatten().cloned().collect();
+    let mut records = listed(conn, &ids)?.into_iter();
+    let mut out = Vec::with_capacity(latest.len());
+    for (r, list) in latest.into_iter().zip(lists) {
+        let mut builds: Vec<BuildRecord> = records.by_ref().take(list.len()).collect();
+        // A branch pushed before histories were kept has its latest build only.
+        if builds.is_empty() {
+            builds.push(r.clone());
+        }
+        out.push((r.branch, builds));
+    }
+    Ok(out)
+}
+
+/// Takes a deleted branch or a closed request out of the listings (`/repos`,
+/// the dashboard's pages); its builds, history and last push stay, and a new
+/// push lists it again. Whether it was listed.
+pub fn unlist(conn: &mut Connection, repo: &str, branch: &str) -> RedisResult<bool> {
+    let removed: i64 = redis::cmd("SREM").arg(keys::branches(repo)).arg(branch).query(conn)?;
+    Ok(removed == 1)
+}
+
+/// Whether the repository was ever pushed (listed or not).
+pub fn branches_known(conn: &mut Connection, repo: &str) -> RedisResult<bool> {
+    redis::cmd("SISMEMBER").arg(keys::REPOS).arg(repo).query(conn)
 }
 
 /// Build `id`, if it exists and belongs to `repo`.
@@ -338,10 +442,10 @@ mod tests {
         let r = BuildRecord::from_hash(&h);
         assert_eq!((r.attempt, r.reset, r.ok, r.cluster.as_str()), (1, false, true, "slave"));
         // What serde_json::json! (keys sorted) made of the same hash.
-        let want = r#"{"branch":"main","event":"push","finished_at":5.0,"id":"7","log":["x"],"ok":true,"params":{},"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null}"#;
+        let want = r#"{"branch":"main","event":"push","finished_at":5.0,"id":"7","log":["x"],"ok":true,"params":{},"queued_at":1.5,"repo":"a/b","seconds":3,"sha":"ab","slave":"slave-0","started_at":2.25,"state":"passed","stolen_from":null,"title":""}"#;
         assert_eq!(r.to_json().to_string(), want);
         let empty = BuildRecord::from_hash(&HashMap::new()).to_json().to_string();
-        let want = r#"{"branch":"","event":"push","finished_at":null,"id":"","log":[],"ok":false,"params":{},"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null}"#;
+        let want = r#"{"branch":"","event":"push","finished_at":null,"id":"","log":[],"ok":false,"params":{},"queued_at":null,"repo":"","seconds":null,"sha":"","slave":"","started_at":null,"state":"","stolen_from":null,"title":""}"#;
         assert_eq!(empty, want);
         // A manual run's parameters, out of its job.
         let job = r#"{"repo":"a/b","branch":"main","sha":"ab","clone_url":"u","event":"manual","params":{"TARGET":"prod","A":"1"}}"#;
@@ -366,6 +470,24 @@ mod tests {
         for event in ["push", "pull_request", "tag", "cron", "manual"] {
             assert_eq!(record(&[("branch", "pull/3"), ("event", event)]).to_json()["event"], event);
         }
+    }
+
+    #[test]
+    fn listings_put_the_default_branch_first_then_the_newest() {
+        let r = |branch: &str, queued: f64, finished: Option<f64>| BuildRecord {
+            branch: branch.into(),
+            queued_at: Some(queued),
+            finished_at: finished,
+            ..BuildRecord::default()
+        };
+        let mut list =
+            vec![r("a", 10.0, Some(50.0)), r("main", 1.0, Some(2.0)), r("z", 30.0, None), r("b", 40.0, None), r("c", 40.0, None)];
+        order(Some("main"), &mut list);
+        let names: Vec<&str> = list.iter().map(|r| r.branch.as_str()).collect();
+        // a finished last (50), then b and c queued at 40 (by name), then z (30); main first.
+        assert_eq!(names, ["main", "a", "b", "c", "z"]);
+        order(None, &mut list);
+        assert_eq!(list[0].branch, "a", "no default branch: by activity only");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! directory is removed when the test passes and kept (its path printed) when it fails.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,6 +2,7 @@
 //! the query string, the repository and branch of a path, content
 //! negotiation, the sender's credentials.
 
+pub(crate) mod act;
 pub(crate) mod build;
 pub(crate) mod cancel;
 pub(crate) mod follow;

@@ -37,6 +37,7 @@ pub(crate) fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &st
             r.facts = format!(" reason={}", quote(&reason));
             return r;
         }
+        Ok(Delivery::Gone(gone)) => return unlist(redis, &gone),
         Err(e) => return Reply::error(400, e.0),
     };
     if let Some(reason) = push.skip_reason() {
@@ -63,6 +64,23 @@ pub(crate) fn post_push(hook: &Hook, redis: &mut Redis, req: &Request, path: &st
     };
     enqueue(hook, redis, &job)
 }
+/// A deleted branch or a closed request: out of the listings (its builds and
+/// history stay), answered 200 with the reason.
+fn unlist(redis: &mut Redis, gone: &payload::Gone) -> Reply {
+    let (repo, branch) = (gone.repo.as_str(), gone.branch.as_str());
+    match redis.run_again(|c| crate::store::record::unlist(c, repo, branch)) {
+        Err(e) => Reply::error(503, format!("redis unreachable, the branch stays listed: {e}")),
+        Ok(listed) => {
+            if listed {
+                log::info!("branch.unlisted repo={} branch={}: {}", quote(repo), quote(branch), gone.reason);
+            }
+            let mut r = Reply::json(200, json!({ "reason": gone.reason, "unlisted": listed }));
+            r.facts = format!(" repo={} branch={} reason={}", quote(repo), quote(branch), quote(&gone.reason));
+            r
+        }
+    }
+}
+
 /// Runs the ENQUEUE script and, with REDIS_MIN_REPLICAS, `WAIT`s on the same
 /// connection for that many replicas: a 2xx means the job is on the master
 /// and on them. Short of them, 503: the job may be queued on the master,

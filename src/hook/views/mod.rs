@@ -38,10 +38,11 @@ pub(crate) fn page_headers() -> Vec<(&'static str, String)> {
     static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let csp = CSP.get_or_init(|| {
         format!(
-            "default-src 'none'; style-src '{}'; script-src '{}'; connect-src 'self'; img-src 'self'; form-action 'self'; \
+            "default-src 'none'; style-src '{}'; script-src '{}' '{}'; connect-src 'self'; img-src 'self'; form-action 'self'; \
              frame-ancestors 'none'; base-uri 'none'",
             csp_hash(pages::stylesheet()),
-            csp_hash(pages::FOLLOW_SCRIPT)
+            csp_hash(pages::FOLLOW_SCRIPT),
+            csp_hash(pages::REFRESH_SCRIPT)
         )
     });
     vec![
@@ -75,35 +76,65 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// `GET /` for a browser: every repository and branch, latest build each.
-pub fn dashboard(conn: &mut Connection) -> RedisResult<View> {
-    Ok(html(200, pages::dashboard(&record::repos(conn)?)))
+/// A listing's stamp: what its refresh compares. It changes when a listed
+/// branch gets a new build or its latest build changes state; `None` when
+/// no listed build is queued or running (the page then polls nothing).
+pub fn stamp<'a>(latest: impl IntoIterator<Item = &'a record::BuildRecord>) -> Option<String> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut active = false;
+    for r in latest {
+        active |= r.active();
+        crc.update(format!("{} {} {}\n", r.branch, r.id, r.state).as_bytes());
+    }
+    active.then(|| format!("{:08x}", crc.finalize()))
 }
 
-/// `GET /repo/<repo>`: each branch's history.
-pub fn repository(conn: &mut Connection, repo: &str, limit: usize) -> RedisResult<View> {
-    let names = record::branches(conn, repo)?;
-    if names.is_empty() {
+/// The pulse of a listing page: the URL it polls and its stamp, while active.
+fn pulse_of<'a>(url: String, latest: impl IntoIterator<Item = &'a record::BuildRecord>) -> Option<(String, String)> {
+    stamp(latest).map(|s| (url, s))
+}
+
+/// `GET /` for a browser: every listed repository and branch, latest build
+/// each. `csrf`: an acting viewer's token.
+pub fn dashboard(conn: &mut Connection, csrf: Option<&str>) -> RedisResult<View> {
+    let repos = record::repos(conn)?;
+    let pulse = pulse_of("/pulse".into(), repos.iter().flat_map(|(_, b)| b));
+    Ok(html(200, pages::dashboard(&repos, &pages::Listing { csrf, pulse })))
+}
+
+/// `GET /repo/<repo>`: each listed branch's history.
+pub fn repository(conn: &mut Connection, repo: &str, limit: usize, csrf: Option<&str>) -> RedisResult<View> {
+    let branches = record::repository(conn, repo, limit)?;
+    if branches.is_empty() && !record::branches_known(conn, repo)? {
         return Ok(html(404, pages::not_found(&format!("{repo} was never pushed: point a web-hook at this server and push."))));
     }
-    let mut branches = Vec::new();
-    for branch in names {
-        let history = record::history(conn, repo, Some(&branch), limit)?.unwrap_or_default();
-        branches.push((branch, history));
-    }
-    Ok(html(200, pages::repository(repo, &branches)))
+    let url = format!("/pulse?repo={}", pages::url_part(repo));
+    let pulse = pulse_of(url, branches.iter().filter_map(|(_, b)| b.first()));
+    Ok(html(200, pages::repository(repo, &branches, &pages::Listing { csrf, pulse })))
+}
+
+/// `GET /pulse[?repo=R]`: what the listing pages poll while a build is
+/// active: `{"active": bool, "stamp": "…"}` (stamp `""` when idle). Reads
+/// the listing's fields only, never a log.
+pub fn pulse(conn: &mut Connection, repo: Option<&str>) -> RedisResult<serde_json::Value> {
+    let latest: Vec<record::BuildRecord> = match repo {
+        Some(repo) => record::repo_listing(conn, repo)?,
+        None => record::repos(conn)?.into_iter().flat_map(|(_, b)| b).collect(),
+    };
+    let stamp = stamp(&latest);
+    Ok(serde_json::json!({ "active": stamp.is_some(), "stamp": stamp.unwrap_or_default() }))
 }
 
 /// `GET /builds/<id>`: the build's page; its log so far (a running build's
 /// live lines come from `/status`'s text).
-pub fn build(conn: &mut Connection, id: &str) -> RedisResult<View> {
+pub fn build(conn: &mut Connection, id: &str, csrf: Option<&str>) -> RedisResult<View> {
     let Some(record) = record::record_by_id(conn, id)? else {
         return Ok(html(404, pages::not_found(&format!("There is no build {id}."))));
     };
     let lines: Vec<String> =
         if record.active() { crate::store::stream::lines_so_far(conn, id, LIVE_LINES_SHOWN)? } else { record.log.clone() };
     let follow = format!("/status/{}?follow=1&id={}", pages::url_part(&record.repo), pages::url_part(id));
-    Ok(html(200, pages::build(&record, &lines, &follow)))
+    Ok(html(200, pages::build(&record, &lines, &follow, csrf)))
 }
 
 /// `GET /badge/<repo>.svg[?branch=B]`: the latest build's state, public.

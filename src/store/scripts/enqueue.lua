@@ -8,7 +8,8 @@
 -- becomes none, and is not remembered as the branch's last push; '0'), the
 -- job's JSON as a coalesced build stores it (its `before` dropped: the
 -- commits of the push it replaces are not in before..sha, so its changed
--- files are unknown).
+-- files are unknown), title (the head commit's first line, payload::title;
+-- a coalesced build takes the newer).
 -- Returns {'queued', id, slave, canceled id or ''}, {'coalesced', id, slave},
 -- {'duplicate', id, ''}, {'routing', agreed, ''} or {'noslave', live clusters, ''}.
 local repo, branch, sha, push, crc, hints, delivery, now, default_branch, reset =
@@ -56,7 +57,7 @@ end
 local alone = A[17] == '1'
 local pending = (not alone) and redis.call('GET', K.pending .. bkey)
 if pending and redis.call('HGET', K.build .. pending, 'state') == 'queued' then
-  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', A[18], 'event', A[16])
+  redis.call('HSET', K.build .. pending, 'sha', sha, 'push', A[18], 'event', A[16], 'title', A[19])
   if reset == '1' then redis.call('HSET', K.build .. pending, 'reset', '1') end
   remember()
   if delivery ~= '' then redis.call('SET', K.delivery .. delivery, pending, 'EX', A[11]) end
@@ -77,7 +78,7 @@ local id = tostring(redis.call('INCR', K.seq))
 local previous = redis.call('GET', K.last .. bkey)
 redis.call('HSET', K.build .. id, 'id', id, 'repo', repo, 'branch', branch, 'sha', sha,
   'event', A[16], 'state', 'queued', 'ok', 'false', 'log', '[]', 'slave', slave, 'cluster', cluster,
-  'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset)
+  'queued_at', now, 'attempt', '0', 'push', push, 'reset', reset, 'title', A[19])
 redis.call('SET', K.last .. bkey, id)
 if not alone then
   redis.call('SET', K.pending .. bkey, id)
