@@ -364,14 +364,7 @@ fn a_timeout_kills_the_step_and_its_background_children() {
     // to spend over 2 seconds in git).
     assert!(secs <= 3, "{line:?}");
     assert!(build.has_line("[skipped] echo never"), "{:#?}", build.log);
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    wait_for(&format!("background child {pid} to be killed"), DEADLINE, || {
-        if process_gone(pid) {
-            Ok(())
-        } else {
-            Err(std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-        }
-    });
+    wait_killed(&pidfile);
 }
 
 #[test]

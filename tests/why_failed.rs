@@ -188,14 +188,7 @@ fn a_step_timeout_kills_its_snippet_and_later_steps_follow_the_usual_rules() {
     ] {
         assert_eq!(kv(timed_out[0], key).as_deref(), Some(want), "{key} in {}", timed_out[0]);
     }
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    wait_for(&format!("background child {pid} to be killed"), DEADLINE, || {
-        if process_gone(pid) {
-            Ok(())
-        } else {
-            Err(std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-        }
-    });
+    wait_killed(&pidfile);
 }
 
 #[test]

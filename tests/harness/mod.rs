@@ -203,6 +203,19 @@ pub fn process_gone(pid: u32) -> bool {
     }
 }
 
+/// Waits until the process whose pid a step wrote to `pidfile` is gone (its step's kill
+/// reached it).
+pub fn wait_killed(pidfile: &Path) {
+    let pid: u32 = fs::read_to_string(pidfile).unwrap().trim().parse().unwrap();
+    wait_for(&format!("background child {pid} to be killed"), DEADLINE, || {
+        if process_gone(pid) {
+            Ok(())
+        } else {
+            Err(fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        }
+    });
+}
+
 /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
 pub fn proc_kb(pid: u32, field: &str) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

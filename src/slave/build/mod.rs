@@ -411,17 +411,21 @@ impl Steps<'_> {
         let granted = self.ctx.secrets.grant(&push.repo, &push.branch, push.fork, &step.secrets).given;
         let granted: Vec<&str> = granted.iter().map(|(name, _)| name.as_str()).collect();
         let list = |names: &[&str]| if names.is_empty() { "-".to_string() } else { names.join(",") };
-        log::info!(
-            "step.secrets repo={} branch={} sha={} slave={} build={} step={} granted={} not_granted={}",
+        log::info!("step.secrets {} step={} granted={} not_granted={}", self.facts(), number + 1, list(&granted), list(&missing));
+    }
+
+    /// `repo=… branch=… sha=… slave=… build=…`: what every step event line
+    /// of this build starts with.
+    fn facts(&self) -> String {
+        let push = self.job.push;
+        format!(
+            "repo={} branch={} sha={} slave={} build={}",
             crate::logging::quote(&push.repo),
             crate::logging::quote(&push.branch),
             self.short,
             self.ctx.slave,
-            self.job.id,
-            number + 1,
-            list(&granted),
-            list(&missing)
-        );
+            self.job.id
+        )
     }
 
     /// Why a step's `when:` does not hold for this build; `None`: it runs.
@@ -457,12 +461,8 @@ impl Steps<'_> {
         let target = push.pull.as_ref().map(|p| p.base_branch.as_str());
         let changed = git.changed(&push.repo, &push.clone_url, push.before.as_deref(), target, &push.sha);
         log::info!(
-            "build.diff repo={} branch={} sha={} slave={} build={} {} diff_ms={}",
-            crate::logging::quote(&push.repo),
-            crate::logging::quote(&push.branch),
-            self.short,
-            ctx.slave,
-            self.job.id,
+            "build.diff {} {} diff_ms={}",
+            self.facts(),
             changed.describe(),
             format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0)
         );
@@ -499,17 +499,7 @@ impl Steps<'_> {
             return Err("container steps need a Docker engine, and this slave has none (SLAVE_DOCKER)".into());
         };
         let id = containers.image(image)?;
-        let push = self.job.push;
-        log::info!(
-            "step.image repo={} branch={} sha={} slave={} build={} step={} image={} id={id}",
-            crate::logging::quote(&push.repo),
-            crate::logging::quote(&push.branch),
-            self.short,
-            ctx.slave,
-            self.job.id,
-            number + 1,
-            crate::logging::quote(image)
-        );
+        log::info!("step.image {} step={} image={} id={id}", self.facts(), number + 1, crate::logging::quote(image));
         let network = format!("ci-{}-{}-{}", self.job.id, number + 1, container::random_suffix());
         containers.network(&network, self.job.id).map_err(|e| e.to_string())?;
         Ok(container::Step {
@@ -571,17 +561,7 @@ impl Steps<'_> {
             match (limit.by_step, step.timeout) {
                 (true, Some(t)) => {
                     log.push(format!("* step {} ({:?}) timed out after {} seconds", at.number + 1, step.title, t.as_secs()));
-                    let push = self.job.push;
-                    log::info!(
-                        "step.timed_out repo={} branch={} sha={} slave={} build={} step={} seconds={}",
-                        crate::logging::quote(&push.repo),
-                        crate::logging::quote(&push.branch),
-                        self.short,
-                        ctx.slave,
-                        self.job.id,
-                        at.number + 1,
-                        t.as_secs()
-                    );
+                    log::info!("step.timed_out {} step={} seconds={}", self.facts(), at.number + 1, t.as_secs());
                 }
                 _ => log.push(format!("* build timed out after {} seconds", ctx.timeout.as_secs())),
             }
