@@ -163,7 +163,7 @@ fn a_fork_gets_no_secret_and_a_container_step_gets_its_own() {
     let secret = value("deploy");
     let (half1, half2) = secret.split_at(8);
     let b = Backend::start(0, &[("HOOK_FORK_PULLS", "build")], &[]);
-    let file = secrets_file(b.root(), &format!("DEPLOY acme/* * {secret}\n"), 0o400);
+    let file = secrets_file(b.root(), &format!("DEPLOY acme/* ** {secret}\n"), 0o400);
     let _slave = Slave::start(&b.redis, &[("SLAVE_SECRETS_FILE", file.to_str().unwrap()), ("SLAVE_DEFAULT_IMAGE", image)]);
     b.hook.wait_slaves("slave", 1);
     let yml = format!(
@@ -182,7 +182,7 @@ fn a_fork_gets_no_secret_and_a_container_step_gets_its_own() {
     assert_eq!(build.state, "passed", "{:#?}", build.log);
     assert_eq!(build.printed(), ["granted", "***"], "{:#?}", build.log);
     assert!(!build.log_text().contains("secrets not granted"), "{:#?}", build.log);
-    // The same step in a fork's request: the line matches `acme/*` and `pull/9`, and still nothing.
+    // The same step in a fork's request: the line matches `acme/*` and `pull/9` (`**`), and still nothing.
     let body = crate::pulls::github_pull("acme/fb", &main.file_url(), 9, &head, "mallory/fb", "opened");
     let r = b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]);
     assert_eq!(r.code, 202, "{r}");

@@ -9,9 +9,9 @@
 //! record's branch (`pull/<N>` for requests, `tags/<name>` for tags): the
 //! first such line in the file wins. A name the file defines but does not
 //! grant here is withheld: unset in the step, whatever else would set it.
+//! The globs are `when:`'s ([`crate::glob`]): `*` stops at `/`, `**` does not.
 
-pub(crate) mod glob;
-
+use crate::glob::Glob;
 use std::fmt;
 
 /// Largest file read (bytes).
@@ -27,8 +27,8 @@ const FORM: &str = "expected <NAME> <repo glob> <branch glob> <value>";
 #[derive(Clone, PartialEq, Eq)]
 struct Secret {
     name: String,
-    repo: String,
-    branch: String,
+    repo: Glob,
+    branch: Glob,
     value: String,
 }
 
@@ -104,7 +104,7 @@ impl RepoSecrets {
             if lines.peek().is_none() || grant.given.iter().any(|(n, _)| n == name) || grant.withheld.contains(name) {
                 continue;
             }
-            let first = lines.find(|s| glob::matches(&s.repo, repo) && glob::matches(&s.branch, branch));
+            let first = lines.find(|s| s.repo.matches(repo) && s.branch.matches(branch));
             match first {
                 Some(s) if !fork => grant.given.push((name.clone(), s.value.clone())),
                 _ => grant.withheld.push(name.clone()),
@@ -129,11 +129,8 @@ fn parse_line(line: &str) -> Result<Secret, SecretLineKind> {
     if !valid_name(&name) {
         return Err(SecretLineKind::Name);
     }
-    for (which, glob) in [("repo", &repo), ("branch", &branch)] {
-        if glob.chars().count() > glob::MAX_GLOB {
-            return Err(SecretLineKind::LongGlob(which));
-        }
-    }
+    let repo = Glob::new(&repo).map_err(|_| SecretLineKind::BadGlob("repo"))?;
+    let branch = Glob::new(&branch).map_err(|_| SecretLineKind::BadGlob("branch"))?;
     if value.len() < crate::slave::build::MIN_MASKED {
         return Err(SecretLineKind::ShortValue);
     }
@@ -168,7 +165,7 @@ pub struct SecretLineError {
 enum SecretLineKind {
     Fields,
     Name,
-    LongGlob(&'static str),
+    BadGlob(&'static str),
     ShortValue,
     LongValue,
     Control,
@@ -186,7 +183,11 @@ impl fmt::Display for SecretLineError {
         match self.kind {
             SecretLineKind::Fields => write!(f, "{FORM}"),
             SecretLineKind::Name => write!(f, "the name must be [A-Z_][A-Z0-9_]*; {FORM}"),
-            SecretLineKind::LongGlob(which) => write!(f, "the {which} glob is longer than {} characters", glob::MAX_GLOB),
+            SecretLineKind::BadGlob(which) => write!(
+                f,
+                "the {which} glob is not one (`*`, `**`, `?`, `[…]`, at most {} bytes: docs/integration-yml.md#when)",
+                crate::glob::MAX_GLOB
+            ),
             SecretLineKind::ShortValue => {
                 write!(f, "the value is shorter than {} bytes: it could not be masked in build logs", crate::slave::build::MIN_MASKED)
             }
@@ -216,7 +217,7 @@ mod tests {
     fn lines_parse_with_comments_blank_lines_and_spaces_in_values() {
         let s = secrets("# deploy keys\n\nDEPLOY acme/* main  key with  spaces  \n\t_X9 * tags/* v#1=2\r\n");
         assert_eq!(s.0.len(), 2);
-        assert_eq!((s.0[0].name.as_str(), s.0[0].repo.as_str(), s.0[0].branch.as_str()), ("DEPLOY", "acme/*", "main"));
+        assert_eq!((s.0[0].name.as_str(), s.0[0].repo.to_string(), s.0[0].branch.to_string()), ("DEPLOY", "acme/*".into(), "main".into()));
         assert_eq!(s.0[0].value, "key with  spaces");
         assert_eq!((s.0[1].name.as_str(), s.0[1].value.as_str()), ("_X9", "v#1=2"));
         assert_eq!(s.names(), "DEPLOY,_X9");
@@ -234,7 +235,8 @@ mod tests {
             ("a * * Hush42", "the name must be"),
             ("9A * * Hush42", "the name must be"),
             ("A-B * * Hush42", "the name must be"),
-            (long_glob.as_str(), "the repo glob is longer"),
+            (long_glob.as_str(), "the repo glob is not one"),
+            ("A acme/[z-a] * Hush42", "the repo glob is not one"),
             ("A * * abc", "shorter than 4 bytes"),
             (long_value.as_str(), "longer than 65536 bytes"),
             ("A * * Hush42\u{7}bell", "control character"),
@@ -252,7 +254,7 @@ mod tests {
     #[test]
     fn the_first_line_matching_repo_and_branch_wins() {
         let s = secrets(
-            "KEY acme/app main app-main\nKEY acme/* main acme-main\nKEY acme/* * acme-any\nTOKEN acme/app pull/* for-requests\n\
+            "KEY acme/app main app-main\nKEY acme/* main acme-main\nKEY acme/* ** acme-any\nTOKEN acme/app pull/* for-requests\n\
              OTHER zeta/* * zeta-only\n",
         );
         let given = |repo, branch, listed: &[&str]| s.grant(repo, branch, false, &names(listed));
@@ -265,11 +267,15 @@ mod tests {
         let g = given("acme-evil/app", "main", &["KEY", "TOKEN"]);
         assert_eq!((g.given, g.withheld), (vec![], names(&["KEY", "TOKEN"])));
         assert_eq!(given("acme/app", "main", &[]), Grant::default(), "nothing listed, nothing given");
+        // `*` stops at `/`: a branch glob `*` grants no request (`pull/<N>`) and no `feature/x`.
+        let s = secrets("KEY acme/* * plain\n");
+        assert_eq!(s.grant("acme/app", "feature/x", false, &names(&["KEY"])).withheld, names(&["KEY"]));
+        assert_eq!(s.grant("acme/deep/app", "main", false, &names(&["KEY"])).withheld, names(&["KEY"]));
     }
 
     #[test]
     fn a_fork_build_gets_nothing() {
-        let s = secrets("KEY * * everyone\n");
+        let s = secrets("KEY ** ** everyone\n");
         let g = s.grant("acme/app", "pull/3", true, &names(&["KEY"]));
         assert_eq!((g.given, g.withheld), (vec![], names(&["KEY"])));
     }
