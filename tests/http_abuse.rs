@@ -733,6 +733,37 @@ fn a_25_mb_push_of_empty_commits_keeps_the_hook_under_64_mib() {
     assert_serves(&b, &git, "a 25 MB push of empty commits");
 }
 
+/// Signed 25 MB bodies whose loosely typed fields (`deleted` of a push, `number` of a pull
+/// request, `checkout_sha`/`project_id` of a GitLab push) hold arrays of millions of entries:
+/// such a field is skipped as it is read, never built into a document, so the hook's peak stays
+/// under 64 MiB (they were read into `serde_json::Value` documents).
+#[test]
+fn loose_fields_of_25_mb_hold_the_hook_under_64_mib() {
+    let (b, git) = backend(Some(26 * 1024 * 1024));
+    let sha = git.commit("loose fields");
+    git.push();
+    let entries = (25 * 1024 * 1024) / 2;
+    let mut array = String::with_capacity(entries * 2 + 2);
+    array.push('[');
+    for i in 0..entries {
+        array.push_str(if i == 0 { "0" } else { ",0" });
+    }
+    array.push(']');
+    let mut push = github_push(&git.name, &git.file_url(), &git.branch, &sha, "loose fields", &git.default_branch);
+    push.as_object_mut().unwrap().remove("deleted");
+    let push = push.to_string();
+    let body = format!("{{\"deleted\":{array},{}", &push[1..]);
+    let r = b.hook.send_github("/", "push", body.as_bytes(), &[]);
+    assert_eq!(r.code, 202, "a push whose `deleted` is no boolean is not a deletion: {r}");
+    let pull = format!("{{\"action\":\"opened\",\"number\":{array}}}");
+    let r = b.hook.send_github("/", "pull_request", pull.as_bytes(), &[]);
+    assert_eq!(r.code, 400, "{r}");
+    let peak = proc_kb(b.hook.pid(), "VmHWM").expect("VmHWM of the hook");
+    eprintln!("25 MB loose fields: hook VmHWM {peak} kB");
+    assert!(peak < 64 * 1024, "hook peak RSS {peak} kB (VmHWM) after 25 MB loose fields: over 64 MiB");
+    assert_serves(&b, &git, "25 MB loose fields");
+}
+
 /// A flood of clients that connect and never finish a request, four times HOOK_MAX_CONNECTIONS:
 /// each new connection closes the oldest one still reading, so `/ping` answers within a second
 /// and a signed push is queued, the flood's oldest members closed, not the hook's door.

@@ -18,7 +18,7 @@ pub(super) struct Body<'a> {
     #[serde(borrow, default)]
     before: super::LooseStr<'a>,
     /// Kept loose: a non-boolean is simply not a deletion.
-    deleted: Option<serde_json::Value>,
+    deleted: Option<super::Loose<'a>>,
     #[serde(borrow)]
     repository: Option<Repository<'a>>,
     #[serde(borrow)]
@@ -46,7 +46,7 @@ struct Repository<'a> {
 pub(super) struct PullBody<'a> {
     #[serde(borrow)]
     action: Option<Cow<'a, str>>,
-    number: Option<serde_json::Value>,
+    number: Option<super::Loose<'a>>,
     #[serde(borrow)]
     pull_request: Option<PullRequest<'a>>,
     #[serde(borrow)]
@@ -122,7 +122,7 @@ pub(super) fn push(b: &Body, body: &[u8], forge: &'static str, build_tags: bool)
         clone_url: repo.and_then(|r| r.clone_url.as_deref()),
         default_branch: repo.and_then(|r| r.default_branch.as_deref()),
         message: message.as_deref(),
-        deleted: b.deleted.as_ref().and_then(serde_json::Value::as_bool).unwrap_or(false),
+        deleted: b.deleted.as_ref().and_then(super::Loose::as_bool).unwrap_or(false),
         forge,
         web_url: repo.and_then(|r| r.html_url.as_deref()),
         // Gitea's body has no statuses_url; only GitHub's is used.
@@ -141,7 +141,7 @@ pub(super) fn push(b: &Body, body: &[u8], forge: &'static str, build_tags: bool)
 pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, PayloadError> {
     let action = b.action.as_deref().unwrap_or("");
     if action == "closed" {
-        let number = b.number.as_ref().and_then(serde_json::Value::as_u64);
+        let number = b.number.as_ref().and_then(super::Loose::as_u64);
         let repo = b.repository.as_ref().and_then(|r| r.full_name.as_deref());
         if let Some(n) = number {
             return Gone::of(repo, &format!("pull/{n}"), format!("pull request {n} closed: nothing to build"));
@@ -153,7 +153,7 @@ pub(super) fn pull(b: &PullBody, forge: &'static str) -> Result<Delivery, Payloa
     let names = if forge == "gitea" { &GITEA_PULL } else { &PULL };
     let missing = |what: &str| PayloadError(format!("missing field: {what} (in a {} body)", names.body));
     let pr = b.pull_request.as_ref().ok_or_else(|| missing("pull_request"))?;
-    let number = b.number.as_ref().and_then(serde_json::Value::as_u64).ok_or_else(|| missing("number"))?;
+    let number = b.number.as_ref().and_then(super::Loose::as_u64).ok_or_else(|| missing("number"))?;
     let head = pr.head.as_ref().ok_or_else(|| missing("pull_request.head"))?;
     let base = pr.base.as_ref().ok_or_else(|| missing("pull_request.base"))?;
     let repo = b.repository.as_ref();

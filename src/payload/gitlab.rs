@@ -15,7 +15,7 @@ struct Body<'a> {
     #[serde(borrow, default)]
     before: super::LooseStr<'a>,
     /// `null` on a deleted branch; a Value keeps null apart from absent.
-    checkout_sha: Option<serde_json::Value>,
+    checkout_sha: Option<super::Loose<'a>>,
     #[serde(borrow)]
     project: Option<Project<'a>>,
     #[serde(borrow)]
@@ -23,7 +23,7 @@ struct Body<'a> {
     #[serde(borrow)]
     commits: Option<Last<RawCommit<'a>>>,
     /// Kept loose: anything but a non-negative integer is no id.
-    project_id: Option<serde_json::Value>,
+    project_id: Option<super::Loose<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -36,7 +36,7 @@ struct Project<'a> {
     default_branch: Option<Cow<'a, str>>,
     #[serde(borrow)]
     web_url: Option<Cow<'a, str>>,
-    id: Option<serde_json::Value>,
+    id: Option<super::Loose<'a>>,
 }
 
 /// A `Merge Request Hook` body: the target project, and the request.
@@ -50,19 +50,19 @@ struct MergeBody<'a> {
 
 #[derive(Deserialize)]
 struct Request<'a> {
-    iid: Option<serde_json::Value>,
+    iid: Option<super::Loose<'a>>,
     #[serde(borrow)]
     action: Option<Cow<'a, str>>,
     /// Present on an `update` that brought new commits.
-    oldrev: Option<serde_json::Value>,
+    oldrev: Option<super::Loose<'a>>,
     #[serde(borrow)]
     title: Option<Cow<'a, str>>,
     #[serde(borrow)]
     source_branch: Option<Cow<'a, str>>,
     #[serde(borrow)]
     target_branch: Option<Cow<'a, str>>,
-    source_project_id: Option<serde_json::Value>,
-    target_project_id: Option<serde_json::Value>,
+    source_project_id: Option<super::Loose<'a>>,
+    target_project_id: Option<super::Loose<'a>>,
     #[serde(borrow)]
     source: Option<Project<'a>>,
     #[serde(borrow)]
@@ -101,8 +101,8 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
     let b: Body = from_json(body)?;
     let project = b.project.as_ref();
     // A deleted branch has `checkout_sha: null` and an all-zero `after`.
-    let deleted = b.checkout_sha.as_ref().is_some_and(serde_json::Value::is_null);
-    let checkout = b.checkout_sha.as_ref().and_then(serde_json::Value::as_str);
+    let deleted = b.checkout_sha.as_ref().is_some_and(super::Loose::is_null);
+    let checkout = b.checkout_sha.as_ref().and_then(super::Loose::as_str);
     let message = head_message(body, None, b.commits.as_ref().and_then(|c| c.0.as_ref()), checkout.or(b.after.as_deref()));
     normalize(RawPush {
         git_ref: b.git_ref.as_deref(),
@@ -116,7 +116,7 @@ pub(super) fn parse(event: &str, body: &[u8], build_tags: bool) -> Result<Delive
         forge: "gitlab",
         web_url: project.and_then(|p| p.web_url.as_deref()),
         statuses_url: None,
-        project_id: project.and_then(|p| p.id.as_ref()).or(b.project_id.as_ref()).and_then(serde_json::Value::as_u64),
+        project_id: project.and_then(|p| p.id.as_ref()).or(b.project_id.as_ref()).and_then(super::Loose::as_u64),
         pull: None,
         fork: false,
         // `checkout_sha` is the commit even for an annotated tag.
@@ -132,8 +132,8 @@ fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
     let missing = |what: &str| PayloadError(format!("missing field: {what} (in a {} body)", MERGE.body));
     let mr = b.object_attributes.as_ref().ok_or_else(|| missing("object_attributes"))?;
     let action = mr.action.as_deref().unwrap_or("");
-    let new_commits = mr.oldrev.as_ref().is_some_and(|v| v.is_string());
-    if let ("close" | "merge", Some(n)) = (action, mr.iid.as_ref().and_then(serde_json::Value::as_u64)) {
+    let new_commits = mr.oldrev.as_ref().is_some_and(|v| v.as_str().is_some());
+    if let ("close" | "merge", Some(n)) = (action, mr.iid.as_ref().and_then(super::Loose::as_u64)) {
         let repo = b.project.as_ref().and_then(|p| p.path_with_namespace.as_deref());
         return Gone::of(repo, &format!("merge-requests/{n}"), format!("merge request {n} {action}d: nothing to build"));
     }
@@ -141,7 +141,7 @@ fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
         let why = if action == "update" { " without new commits" } else { "" };
         return Ok(Delivery::NoBuild(format!("merge request action {action:?}{why} brings no new commit: nothing to build")));
     }
-    let number = mr.iid.as_ref().and_then(serde_json::Value::as_u64).ok_or_else(|| missing("object_attributes.iid"))?;
+    let number = mr.iid.as_ref().and_then(super::Loose::as_u64).ok_or_else(|| missing("object_attributes.iid"))?;
     let project = b.project.as_ref();
     let target = project.and_then(|p| p.path_with_namespace.as_deref()).ok_or_else(|| missing("project.path_with_namespace"))?;
     let ids = (mr.source_project_id.as_ref().and_then(|v| v.as_u64()), mr.target_project_id.as_ref().and_then(|v| v.as_u64()));
@@ -167,7 +167,7 @@ fn merge_request(b: &MergeBody) -> Result<Delivery, PayloadError> {
         forge: "gitlab",
         web_url: project.and_then(|p| p.web_url.as_deref()),
         statuses_url: None,
-        project_id: project.and_then(|p| p.id.as_ref()).and_then(serde_json::Value::as_u64).or(ids.1),
+        project_id: project.and_then(|p| p.id.as_ref()).and_then(super::Loose::as_u64).or(ids.1),
         fork,
         pull: Some(pull),
         tag_commit: None,

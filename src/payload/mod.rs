@@ -558,54 +558,103 @@ pub(crate) struct RawCommit<'a> {
     pub id: LooseStr<'a>,
 }
 
-/// A string, or nothing when the sender put anything else there: other
-/// values are skipped as they are read, never built into a document (an
-/// `id` of a million numbers costs no memory).
+/// A loosely typed field: its scalar value, or `Other` for an array or an
+/// object, which is skipped as it is read and never built into a document
+/// (a `number` of a million elements costs no memory).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) enum Loose<'a> {
+    #[default]
+    Null,
+    Bool(bool),
+    /// A whole number that fits in a u64.
+    Count(u64),
+    Str(std::borrow::Cow<'a, str>),
+    /// Any other number, an array or an object.
+    Other,
+}
+
+impl Loose<'_> {
+    pub(crate) fn as_bool(&self) -> Option<bool> {
+        if let Loose::Bool(b) = self {
+            Some(*b)
+        } else {
+            None
+        }
+    }
+    pub(crate) fn as_u64(&self) -> Option<u64> {
+        if let Loose::Count(n) = self {
+            Some(*n)
+        } else {
+            None
+        }
+    }
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        if let Loose::Str(s) = self {
+            Some(s)
+        } else {
+            None
+        }
+    }
+    pub(crate) fn is_null(&self) -> bool {
+        matches!(self, Loose::Null)
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Loose<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = Loose<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(v.to_string().into()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(u64::try_from(v).map_or(Loose::Other, Loose::Count))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Loose::Count(v))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+        }
+        d.deserialize_any(Any)
+    }
+}
+
+/// A string, or nothing when the sender put anything else there ([`Loose`]).
 #[derive(Default)]
 pub(crate) struct LooseStr<'a>(pub Option<std::borrow::Cow<'a, str>>);
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for LooseStr<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Any;
-        impl<'de> serde::de::Visitor<'de> for Any {
-            type Value = LooseStr<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("any value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(LooseStr(Some(v.into())))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(LooseStr(Some(v.to_string().into())))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(LooseStr(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(LooseStr(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(LooseStr(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(LooseStr(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(LooseStr(None))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(LooseStr(None))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(LooseStr(None))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
-                Ok(LooseStr(None))
-            }
-        }
-        d.deserialize_any(Any)
+        Ok(match Loose::deserialize(d)? {
+            Loose::Str(s) => LooseStr(Some(s)),
+            _ => LooseStr(None),
+        })
     }
 }
 
