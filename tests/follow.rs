@@ -15,13 +15,13 @@ fn unix_f64() -> f64 {
 
 /// A client following a log: each line with the unix time it arrived, decoded from the chunked
 /// body here (not by the hook's code).
-struct Follower {
+pub(crate) struct Follower {
     lines: Arc<Mutex<Vec<(String, f64)>>>,
     thread: Option<std::thread::JoinHandle<Result<u16, String>>>,
 }
 
 impl Follower {
-    fn start(addr: SocketAddr, path: &str) -> Follower {
+    pub(crate) fn start(addr: SocketAddr, path: &str) -> Follower {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (seen, path) = (Arc::clone(&lines), path.to_string());
         let thread = std::thread::spawn(move || -> Result<u16, String> {
@@ -76,7 +76,7 @@ impl Follower {
         self.lines.lock().unwrap().iter().find(|(l, _)| l.starts_with(prefix)).cloned()
     }
 
-    fn wait_line(&self, prefix: &str) -> (String, f64) {
+    pub(crate) fn wait_line(&self, prefix: &str) -> (String, f64) {
         wait_for(&format!("a followed line starting {prefix:?}"), LONG, || self.has(prefix).ok_or_else(|| format!("{:?}", self.texts())))
     }
 
@@ -85,7 +85,7 @@ impl Follower {
     }
 
     /// Waits for the end of the answer; its code and lines.
-    fn finish(mut self) -> (u16, Vec<String>) {
+    pub(crate) fn finish(mut self) -> (u16, Vec<String>) {
         let code = self.thread.take().unwrap().join().unwrap().unwrap_or_else(|e| panic!("follower failed: {e}: {:?}", self.texts()));
         (code, self.texts())
     }

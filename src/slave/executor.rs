@@ -14,6 +14,7 @@ use crate::slave::forge::{self, Poster};
 use crate::slave::state::{lock, Signals, State, IO_TIMEOUT};
 use crate::store::conn::{is_connection_error, log_error, Backoff, Redis, Target};
 use crate::store::keys;
+use crate::store::passes;
 use crate::store::queue::{self, Begun, Outcome, Started};
 use crate::store::stream::{BuildLog, Publisher};
 use std::sync::atomic::Ordering;
@@ -203,6 +204,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     log::info!("build.started {facts} attempt={}", started.attempt);
     sh.poster.report(&started.id, &started.push, forge::Event::Started { slave: slave.clone() });
     let live = sh.publisher.for_build(&started.id);
+    let passes = RedisPasses(std::cell::RefCell::new(&mut *redis));
     let ctx = build::Context {
         cache: &config.cache,
         creds: &sh.git,
@@ -217,6 +219,7 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         abort: &slot.kill,
         live: Some(Arc::new(live.clone())),
         containers: sh.containers.as_ref(),
+        passes: Some(&passes),
     };
     let built = build::run(&ctx, &build::Job { id: &started.id, push: &started.push, reset: started.reset });
     state.set_job(e, None);
@@ -308,6 +311,24 @@ impl build::LiveLog for BuildLog {
     }
     fn count_dropped(&self, n: u64) {
         BuildLog::count_dropped(self, n);
+    }
+}
+
+/// The memory of passed steps, in Redis (`store::passes`), on the
+/// executor's own connection. An error is logged and the step runs.
+struct RedisPasses<'r>(std::cell::RefCell<&'r mut Redis>);
+
+impl build::Passes for RedisPasses<'_> {
+    fn find(&self, repo: &str, fingerprint: &str) -> Option<String> {
+        self.0.borrow_mut().run(|c| passes::find(c, repo, fingerprint)).unwrap_or_else(|e| {
+            log_error("passes.find", &e);
+            None
+        })
+    }
+    fn remember(&self, repo: &str, fingerprint: &str, build: &str) {
+        if let Err(e) = self.0.borrow_mut().run(|c| passes::remember(c, repo, fingerprint, build)) {
+            log_error("passes.remember", &e);
+        }
     }
 }
 

@@ -176,6 +176,12 @@ pub fn script_prefixes() -> &'static str {
     })
 }
 
+/// `ci:passed:<repo>:<fingerprint>` STRING with a TTL: the build in which a
+/// step with `inputs:` of that fingerprint passed (see [`super::passes`]).
+pub fn passed(repo: &str, fingerprint: &str) -> String {
+    format!("ci:passed:{repo}:{fingerprint}")
+}
+
 /// `ci:signed:<sha256 of the body>` STRING with a TTL: a signed `POST
 /// /build` or `/cancel` body already used (each is accepted once).
 pub fn signed_body(digest: &str) -> String {
@@ -194,6 +200,7 @@ mod tests {
         assert_eq!(queue("slave-jdk8", 2), "ci:queue:slave-jdk8:2");
         assert_eq!(members("slave"), "ci:members:slave");
         assert_eq!(cron("00112233aabbccdd", 29_943_975), "ci:cron:00112233aabbccdd:29943975");
+        assert_eq!(passed("a/b", "00ff"), "ci:passed:a/b:00ff");
         let table: serde_json::Value = serde_json::from_str(script_prefixes()).unwrap();
         for (name, key) in table.as_object().unwrap() {
             assert!(key.as_str().unwrap().starts_with(NAMESPACE), "{name}: {key}");

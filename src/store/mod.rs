@@ -8,6 +8,7 @@ pub(crate) mod durability;
 pub mod job;
 pub mod keys;
 pub mod membership;
+pub mod passes;
 pub mod queue;
 pub(crate) mod record;
 mod scripts;

@@ -4,6 +4,7 @@
 //! loader so that aliases and nesting are bounded (an alias bomb is refused,
 //! not expanded) and every error names its line, step and key.
 
+use super::inputs::{Input, MAX_INPUTS};
 use super::when::{When, MAX_GLOBS};
 use crate::glob::Glob;
 use crate::payload::Event as BuildEvent;
@@ -36,6 +37,9 @@ pub struct Step {
     pub timeout: Option<Duration>,
     /// `when:`: the branch, event and changed files it runs for; `None`: always.
     pub when: Option<When>,
+    /// `inputs:`: the paths and globs its pass depends on; `None`: never
+    /// reused; `Some([])` (`inputs: []`): never reused either.
+    pub inputs: Option<Vec<Input>>,
 }
 
 /// A service container of a step: `{name, image, env, command}`.
@@ -235,6 +239,7 @@ fn step(number: usize, node: &Node, max_timeout: Duration) -> Result<Step, Strin
         services: Vec::new(),
         timeout: None,
         when: None,
+        inputs: None,
     };
     let (mut has_title, mut has_shell) = (false, false);
     for (key, value) in entries {
@@ -288,9 +293,10 @@ fn step(number: usize, node: &Node, max_timeout: Duration) -> Result<Step, Strin
             ("services", _) => return Err(format!("{}: \"services\" must be a list of {{name, image, env, command}}", at(vline))),
             ("timeout", value) => s.timeout = Some(timeout(value, max_timeout).map_err(|m| format!("{}: {m}", at(vline)))?),
             ("when", value) => s.when = Some(when(value, &at)?),
+            ("inputs", value) => s.inputs = Some(inputs(value, &at)?),
             (other, _) => {
                 return Err(format!(
-                    "{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services, timeout, when)",
+                    "{}: unknown key {other:?} (keys: step, shell, cwd, env, debug, secrets, image, services, timeout, when, inputs)",
                     at(vline)
                 ))
             }
@@ -414,6 +420,25 @@ fn when(node: &Node, at: &dyn Fn(usize) -> String) -> Result<When, String> {
         }
     }
     Ok(w)
+}
+
+/// An `inputs:` list: at most MAX_INPUTS paths or globs; `[]` allowed.
+fn inputs(node: &Node, at: &dyn Fn(usize) -> String) -> Result<Vec<Input>, String> {
+    let shape = |l: usize| format!("{}: \"inputs\" must be a list of paths or globs", at(l));
+    let Node::Seq { items, line } = node else { return Err(shape(node.line())) };
+    if items.len() > MAX_INPUTS {
+        return Err(format!("{}: \"inputs\" lists more than {MAX_INPUTS} items", at(*line)));
+    }
+    items
+        .iter()
+        .map(|item| match item {
+            Node::Scalar { value, plain, line } => {
+                let text = scalar_text(value, *plain).ok_or_else(|| shape(*line))?;
+                Input::parse(text).map_err(|e| format!("{}: \"inputs\": {e}", at(*line)))
+            }
+            other => Err(shape(other.line())),
+        })
+        .collect()
 }
 
 /// A scalar read as text: a string or number as written; `None` for what
@@ -584,6 +609,25 @@ mod tests {
             w.as_ref().map(|w| (w.event.clone(), w.branch[0].to_string())),
             Some((vec![BuildEvent::Cron, BuildEvent::Manual], "2024".into()))
         );
+    }
+
+    #[test]
+    fn inputs_are_paths_or_globs_and_may_be_empty() {
+        let s = parse("step: a\nshell: x\ninputs: [src/, \"**/*.c\", Cargo.lock]\n", HOUR).unwrap();
+        let i = s[0].inputs.as_ref().unwrap();
+        assert_eq!(i.len(), 3);
+        assert_eq!(i[0], Input::Path("src".into()));
+        assert!(matches!(&i[1], Input::Glob(g) if g.to_string() == "**/*.c"));
+        assert_eq!(parse("step: a\nshell: x\ninputs: []\n", HOUR).unwrap()[0].inputs, Some(vec![]));
+        assert_eq!(parse("step: a\nshell: x\n", HOUR).unwrap()[0].inputs, None);
+        let error = |inputs: &str| parse(&format!("step: a\nshell: x\ninputs: {inputs}\n"), HOUR).unwrap_err().0;
+        let at = "integration.yml line 3, step 1 (\"a\")";
+        assert_eq!(error("src"), format!("{at}: \"inputs\" must be a list of paths or globs"));
+        assert!(error("[../up]").contains("must be a relative path without . or .."), "{}", error("[../up]"));
+        assert!(error("[/etc]").contains("must be a relative path"));
+        assert!(error("[[a]]").contains("must be a list of paths or globs"));
+        let many = format!("[{}]", (0..=MAX_INPUTS).map(|i| format!("f{i}")).collect::<Vec<_>>().join(", "));
+        assert_eq!(error(&many), format!("{at}: \"inputs\" lists more than {MAX_INPUTS} items"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`Job`] and a [`LiveLog`] and answers a [`Built`]; the executor stores it.
 
 pub(crate) mod commit_object;
+pub(crate) mod inputs;
 pub mod integration;
 pub(crate) mod when;
 pub(crate) mod workspace;
@@ -72,6 +73,18 @@ pub(crate) struct Context<'a> {
     pub live: Option<Arc<dyn LiveLog>>,
     /// Container steps' engine and settings; `None`: `image:` steps fail.
     pub containers: Option<&'a container::Containers>,
+    /// The steps with `inputs:` that passed before; `None`: none is reused.
+    pub passes: Option<&'a dyn Passes>,
+}
+
+/// The memory of steps that passed, by fingerprint (`inputs::fingerprint`,
+/// which covers the repository). Failing to read or write it never fails a
+/// build: the step runs.
+pub(crate) trait Passes {
+    /// The build in which a step of this fingerprint passed.
+    fn find(&self, repo: &str, fingerprint: &str) -> Option<String>;
+    /// A step of this fingerprint passed in `build`.
+    fn remember(&self, repo: &str, fingerprint: &str, build: &str);
 }
 
 /// Where a build's lines go as they happen (the live log followers read).
@@ -275,6 +288,8 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
         deadline,
         default_image,
         changed: std::cell::OnceCell::new(),
+        trees: std::cell::OnceCell::new(),
+        all_inputs: steps.iter().filter_map(|s| s.inputs.as_deref()).flatten().cloned().collect(),
     };
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
@@ -324,17 +339,111 @@ struct Steps<'a> {
     default_image: Option<&'a str>,
     /// The files the build changes, read when a step's `when: path` first asks.
     changed: std::cell::OnceCell<when::Changed>,
+    /// The input trees of every step, read when a step's `inputs:` first asks.
+    trees: std::cell::OnceCell<Result<inputs::Trees, String>>,
+    /// The `inputs:` of all steps together (read in one go).
+    all_inputs: Vec<inputs::Input>,
 }
 
 impl Steps<'_> {
     /// Runs step `number` (from 0): its snippets in its directory, on the
     /// slave or in containers of its `image:`; after a failure (`ok` false)
-    /// only its `no-skip` ones.
+    /// only its `no-skip` ones. A step with `inputs:` whose fingerprint
+    /// passed before in this repository is reused: logged, not run.
     fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         if let Some(why) = step.when.as_ref().and_then(|w| self.refuses(w)) {
             log.push(format!("[skipped] step {} (when: {why})", step.title));
             return Ok(());
         }
+        let fingerprint = self.fingerprint(number, step);
+        if let (true, Some(fp)) = (*ok, &fingerprint) {
+            let push = self.job.push;
+            if let Some(from) = self.ctx.passes.and_then(|p| p.find(&push.repo, fp)) {
+                log.push(format!("[reused] {} (passed in build {from})", step.title));
+                log::info!("step.reused {} step={} from={from} fingerprint={}", self.facts(), number + 1, &fp[..16]);
+                return Ok(());
+            }
+        }
+        let was_ok = *ok;
+        let mut all_passed = false;
+        self.run_step(number, step, log, ok, &mut all_passed)?;
+        if let (true, true, Some(fp), Some(passes)) = (was_ok, all_passed, &fingerprint, self.ctx.passes) {
+            passes.remember(&self.job.push.repo, fp, self.job.id);
+            log::info!("step.remembered {} step={} fingerprint={}", self.facts(), number + 1, &fp[..16]);
+        }
+        Ok(())
+    }
+
+    /// The step's fingerprint when its pass may be reused: it has
+    /// non-empty `inputs:`, the build is not a fork's, and its input trees
+    /// were read (else logged why not, and `None`).
+    fn fingerprint(&self, number: usize, step: &Step) -> Option<String> {
+        let (ctx, push) = (self.ctx, self.job.push);
+        let step_inputs = step.inputs.as_deref().filter(|i| !i.is_empty())?;
+        if push.fork || ctx.passes.is_none() {
+            return None;
+        }
+        let trees = match self.trees.get_or_init(|| self.read_trees()) {
+            Ok(t) => t,
+            Err(why) => {
+                log::warn!("step.not_reusable {} step={} why={}", self.facts(), number + 1, crate::logging::quote(why));
+                return None;
+            }
+        };
+        let granted = ctx.secrets.grant(&push.repo, &push.branch, push.fork, &step.secrets).given;
+        let secrets: Vec<String> = granted.into_iter().map(|(name, _)| name).collect();
+        let params: Vec<(String, String)> = push.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let recipe = inputs::Recipe {
+            repo: &push.repo,
+            shell: &step.shell,
+            env: &step.env,
+            params: &params,
+            image: step.image.as_deref().or(self.default_image),
+            cwd: step.cwd.as_deref(),
+            secrets: &secrets,
+            rest: format!("{:?} {:?}", step.services, step.timeout),
+        };
+        inputs::fingerprint(&recipe, step_inputs, trees)
+    }
+
+    /// Every step's input trees in the pushed commit, from the mirror (one
+    /// `ls-tree` for the paths, one `ls-tree -r` when a glob asks); logged
+    /// with what reading them took (`build.trees ... trees_ms=`).
+    fn read_trees(&self) -> Result<inputs::Trees, String> {
+        let (ctx, push) = (self.ctx, self.job.push);
+        let started = Instant::now();
+        let git = Git {
+            cache: ctx.cache,
+            creds: ctx.creds,
+            user: ctx.user,
+            groups: ctx.groups,
+            home: None,
+            env: self.base_env,
+            deadline: self.deadline,
+            limit: ctx.timeout,
+            abort: ctx.abort,
+        };
+        let mut paths: Vec<&str> = Vec::new();
+        for input in &self.all_inputs {
+            if let inputs::Input::Path(p) = input {
+                if !paths.contains(&p.as_str()) {
+                    paths.push(p);
+                }
+            }
+        }
+        let globs = self.all_inputs.iter().any(|i| matches!(i, inputs::Input::Glob(_)));
+        let trees = git.trees(&push.repo, &push.clone_url, &push.sha, &paths, globs);
+        log::info!(
+            "build.trees {} ok={} trees_ms={}",
+            self.facts(),
+            trees.is_ok(),
+            format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0)
+        );
+        trees
+    }
+
+    /// Runs the step (see [`Steps::step`]); `all_passed`: every snippet ran and exited 0.
+    fn run_step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool, all_passed: &mut bool) -> Result<(), Stopped> {
         log.push(format!("- {}", step.title));
         let contained = step.image.is_some() || self.default_image.is_some();
         self.log_secrets(number, step, log, contained);
@@ -352,7 +461,7 @@ impl Steps<'_> {
                 *ok = false;
                 return Ok(());
             }
-            return self.snippets(&At { number, step }, &cwd, None, log, ok);
+            return self.snippets(&At { number, step }, &cwd, None, log, ok).map(|all| *all_passed = all);
         };
         let runs = match self.container_step(number, image) {
             Ok(runs) => runs,
@@ -374,7 +483,8 @@ impl Steps<'_> {
                 }
             }
         }
-        let result = if started { self.snippets(&At { number, step }, &cwd, Some(&runs), log, ok) } else { Ok(()) };
+        let result =
+            if started { self.snippets(&At { number, step }, &cwd, Some(&runs), log, ok).map(|all| *all_passed = all) } else { Ok(()) };
         for (name, id) in &services {
             if !*ok {
                 for line in runs.containers.service_tail(id, SERVICE_LINES) {
@@ -472,8 +582,10 @@ impl Steps<'_> {
     /// The step's snippets, in order, each on `runs` (a container step) or on
     /// the slave, within the build's time and the step's `timeout:` (counted
     /// from its first snippet); a snippet whose time is up is skipped.
-    fn snippets(&self, at: &At, cwd: &Path, runs: Option<&container::Step>, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
+    /// Whether every snippet ran and exited 0.
+    fn snippets(&self, at: &At, cwd: &Path, runs: Option<&container::Step>, log: &mut Log, ok: &mut bool) -> Result<bool, Stopped> {
         let step = at.step;
+        let mut all = true;
         let step_deadline = step.timeout.map(|t| Instant::now() + t).filter(|d| *d < self.deadline);
         for snippet in &step.shell {
             let (forced, script) = match snippet.strip_prefix("no-skip ") {
@@ -483,12 +595,14 @@ impl Steps<'_> {
             let left = step_deadline.unwrap_or(self.deadline).saturating_duration_since(Instant::now());
             if (!*ok && !forced) || left.is_zero() {
                 log.push(format!("[skipped] {}", cut(script)));
+                all = false;
                 continue;
             }
             let limit = Limit { left, by_step: step_deadline.is_some() };
-            *ok &= self.snippet(at, script, cwd, runs, limit, log, *ok)?;
+            let passed = self.snippet(at, script, cwd, runs, limit, log, *ok)?;
+            (*ok, all) = (*ok && passed, all && passed);
         }
-        Ok(())
+        Ok(all)
     }
 
     /// What the container runs of step `number` need: the image (pulled as

@@ -13,6 +13,7 @@
 //! abort flag, in its own process group (see `process`).
 
 use crate::slave::build::commit_object::{self, Commit};
+use crate::slave::build::inputs::{self, Trees};
 use crate::slave::build::when::Changed;
 use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
@@ -366,6 +367,32 @@ impl Git<'_> {
             return Changed::All(format!("more than {MAX_CHANGED} changed files"));
         }
         Changed::Files(names)
+    }
+
+    /// The entries of `paths` in commit `sha` and, when `all_files`, every
+    /// file of it: read from the mirror, never a checkout; bounded like
+    /// [`Git::changed`]'s names (an error when more).
+    pub fn trees(&self, repo: &str, url: &str, sha: &str, paths: &[&str], all_files: bool) -> Result<Trees, String> {
+        let mirror = mirror_dir(self.cache, repo, url);
+        let list = |args: &[&str], shown: &str| -> Result<Vec<(String, String)>, String> {
+            let out = self.run_kept(self.mirror_git(Some(&mirror), None), args, shown, MAX_CHANGED_BYTES + 1).map_err(|e| e.to_string())?;
+            if out.len() > MAX_CHANGED_BYTES {
+                return Err(format!("more than {MAX_CHANGED_BYTES} bytes of names"));
+            }
+            let entries = inputs::parse_ls_tree(&out);
+            if entries.len() > MAX_CHANGED {
+                return Err(format!("more than {MAX_CHANGED} files"));
+            }
+            Ok(entries)
+        };
+        // The commit must be there: a missing path is then a missing path.
+        let mut args = vec!["ls-tree", "-z", "--full-tree", sha, "--"];
+        args.extend(paths);
+        let mut trees = Trees { paths: list(&args, &format!("ls-tree {sha}"))?, files: None };
+        if all_files {
+            trees.files = Some(list(&["ls-tree", "-r", "-z", "--full-tree", sha], &format!("ls-tree -r {sha}"))?);
+        }
+        Ok(trees)
     }
 
     /// The repository's and the branch's directories made, and the build
