@@ -152,3 +152,8 @@ mod schedules;
 /// new branch, force-push, request against its merge base, coalesced build), `[skipped]` lines,
 /// parse errors.
 mod when;
+
+/// `inputs:` on a step: a pass is reused (`[reused] <title> (passed in build <id>)`, not run)
+/// while its inputs, snippets and repository are the same; a change under its inputs runs it
+/// again; `inputs: []`, a failed step and another repository never reuse; a follower sees it.
+mod inputs;

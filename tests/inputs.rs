@@ -1,0 +1,152 @@
+//! `inputs:` on a step: a step that passed with the same input trees (and snippets, env,
+//! image, secrets) in the same repository is not run again; its log line is `[reused] <title>
+//! (passed in build <id>)`. Oracle: each step run appends a line to a count file outside the
+//! checkout (written by bash, not by the slave), so "ran" is read from the disk, not the log.
+
+use crate::follow::Follower;
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+
+/// A 0777 directory for the count files, outside every checkout.
+fn counts_dir(b: &Backend) -> PathBuf {
+    let dir = b.root().join("counts");
+    std::fs::create_dir_all(&dir).unwrap();
+    world_writable(&dir);
+    dir
+}
+
+/// How many times the step counting into `name` ran.
+fn count(dir: &Path, name: &str) -> usize {
+    std::fs::read_to_string(dir.join(name)).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// A step titled `title` with `inputs: {inputs}` that appends to `<dir>/<title>`, then runs `then`.
+fn step(dir: &Path, title: &str, inputs: &str, then: &str) -> String {
+    format!("- step: {title}\n  inputs: {inputs}\n  shell: echo ran >> {}/{title}; {then}\n", dir.display())
+}
+
+/// Commits what was written, pushes it and builds it to the end.
+fn push_build(b: &Backend, repo: &GitRepo, msg: &str) -> (String, Build) {
+    let sha = repo.commit(msg);
+    repo.push();
+    let id = b.hook.push_ok(repo, &sha);
+    let build = wait_build(&b.redis, &id, LONG);
+    (id, build)
+}
+
+fn reused(build: &Build) -> Vec<&str> {
+    build.log.iter().filter(|l| l.starts_with("[reused] ")).map(String::as_str).collect()
+}
+
+#[test]
+fn a_pass_is_reused_until_a_change_under_its_inputs_and_never_for_empty_inputs() {
+    let b = Backend::start(1, &[], &[]);
+    let dir = counts_dir(&b);
+    let repo = b.repo("acme/inputs");
+    let yml = [step(&dir, "compile", "[src, \"**/*.c\"]", "true"), step(&dir, "always", "[]", "true")].concat();
+    repo.write("integration.yml", &yml);
+    repo.write("src/a.txt", "one");
+    repo.write("docs/readme", "one");
+    let (first, build) = push_build(&b, &repo, "first");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    assert_eq!((count(&dir, "compile"), count(&dir, "always")), (1, 1));
+
+    // A change outside its inputs: reused, not run; `inputs: []` runs.
+    repo.write("docs/readme", "two");
+    let (_, build) = push_build(&b, &repo, "docs only");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(reused(&build), [format!("[reused] compile (passed in build {first})")], "{:#?}", build.log);
+    assert!(!build.log.iter().any(|l| l == "- compile"), "{:#?}", build.log);
+    assert_eq!((count(&dir, "compile"), count(&dir, "always")), (1, 2), "{:#?}", build.log);
+
+    // A change under a path input: run again.
+    repo.write("src/a.txt", "two");
+    let (_, build) = push_build(&b, &repo, "src");
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 2, "{:#?}", build.log);
+
+    // A new file matching a glob input: run again; the pass remembered is this build's.
+    repo.write("lib/x.c", "int x;");
+    let (fourth, build) = push_build(&b, &repo, "a c file");
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 3, "{:#?}", build.log);
+    repo.write("docs/readme", "three");
+    let (_, build) = push_build(&b, &repo, "docs again");
+    assert_eq!(reused(&build), [format!("[reused] compile (passed in build {fourth})")], "{:#?}", build.log);
+    assert_eq!((count(&dir, "compile"), count(&dir, "always")), (3, 5));
+
+    // A change of its snippets (integration.yml): run again.
+    let yml = [step(&dir, "compile", "[src, \"**/*.c\"]", "echo changed"), step(&dir, "always", "[]", "true")].concat();
+    repo.write("integration.yml", &yml);
+    let (_, build) = push_build(&b, &repo, "new snippet");
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 4, "{:#?}", build.log);
+
+    // The memory is in Redis, under the repository, with a TTL.
+    let keys = b.redis.keys("ci:passed:acme/inputs:*");
+    assert_eq!(keys.len(), 4, "one pass per fingerprint run (first, src, c file, snippet): {keys:?}");
+    let ttl = b.redis.cli(&["TTL", &keys[0]]).int();
+    assert!(ttl > 0, "ttl {ttl}");
+    assert!(b.all_logs().contains("step.reused "), "the event line");
+}
+
+#[test]
+fn another_repository_with_identical_content_does_not_reuse() {
+    let b = Backend::start(1, &[], &[]);
+    let dir = counts_dir(&b);
+    let yml = step(&dir, "compile", "[src]", "true");
+    let files = [("integration.yml", yml.as_str()), ("src/a.txt", "same")];
+    let (_, _, one) = b.build("acme/one", &files, "same");
+    let (_, _, two) = b.build("acme/two", &files, "same");
+    assert_eq!((one.state.as_str(), two.state.as_str()), ("passed", "passed"), "{:#?}", two.log);
+    assert!(reused(&two).is_empty(), "{:#?}", two.log);
+    assert_eq!(count(&dir, "compile"), 2);
+}
+
+#[test]
+fn a_failed_step_is_not_remembered() {
+    let b = Backend::start(1, &[], &[]);
+    let dir = counts_dir(&b);
+    let repo = b.repo("acme/fails");
+    repo.write("integration.yml", &step(&dir, "flaky", "[src]", "false"));
+    repo.write("src/a.txt", "same");
+    let (_, build) = push_build(&b, &repo, "one");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    repo.write("docs/readme", "other");
+    let (_, build) = push_build(&b, &repo, "two");
+    assert_eq!(build.state, "failed", "{:#?}", build.log);
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    assert_eq!(count(&dir, "flaky"), 2);
+    assert!(b.redis.keys("ci:passed:*").is_empty());
+}
+
+#[test]
+fn a_follower_sees_the_reused_line_while_the_build_runs() {
+    let b = Backend::start(1, &[], &[]);
+    let dir = counts_dir(&b);
+    let gate = dir.join("gate");
+    let repo = b.repo("acme/followed");
+    let wait = format!("while [ ! -e '{}' ]; do sleep 0.01; done", gate.display());
+    repo.write("integration.yml", &[step(&dir, "compile", "[src]", "true"), step(&dir, "gated", "[]", &wait)].concat());
+    repo.write("src/a.txt", "same");
+    std::fs::write(&gate, b"").unwrap();
+    let (first, build) = push_build(&b, &repo, "one");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    std::fs::remove_file(&gate).unwrap();
+
+    repo.write("docs/readme", "other");
+    let sha = repo.commit("two");
+    repo.push();
+    let id = b.hook.push_ok(&repo, &sha);
+    let f = Follower::start(b.hook.addr, &format!("/status/acme/followed?follow=1&id={id}"));
+    let want = format!("[reused] compile (passed in build {first})");
+    f.wait_line(&want);
+    f.wait_line("- gated");
+    assert_eq!(read_build(&b.redis, &id).unwrap().state, "running", "seen live, before the end");
+    std::fs::write(&gate, b"").unwrap();
+    let (code, lines) = f.finish();
+    assert_eq!(code, 200);
+    assert!(lines.contains(&want), "{lines:#?}");
+    assert_eq!(count(&dir, "compile"), 1);
+}
