@@ -1,7 +1,9 @@
 //! `inputs:` on a step: a step that passed with the same input trees (and snippets, env,
 //! image, secrets) in the same repository is not run again; its log line is `[reused] <title>
-//! (passed in build <id>)`. Oracle: each step run appends a line to a count file outside the
-//! checkout (written by bash, not by the slave), so "ran" is read from the disk, not the log.
+//! (passed in build <id>)`; a push whose steps are all reused (or skipped by `when:`) is not
+//! checked out. Oracle: each step run appends a line to a count file outside the checkout
+//! (written by bash, not by the slave), so "ran" is read from the disk, not the log; "checked
+//! out" is read from a file in the slave's checkout.
 
 use crate::follow::Follower;
 use crate::harness::*;
@@ -149,4 +151,63 @@ fn a_follower_sees_the_reused_line_while_the_build_runs() {
     assert_eq!(code, 200);
     assert!(lines.contains(&want), "{lines:#?}");
     assert_eq!(count(&dir, "compile"), 1);
+}
+
+/// The text of `name` in the slave's checkout of the repository, found by walking its cache.
+fn in_checkout(b: &Backend, name: &str) -> String {
+    fn walk(dir: &Path, name: &str) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.ends_with(Path::new("checkout").join(name)) {
+                return Some(path);
+            }
+            if path.is_dir() && !path.is_symlink() {
+                if let Some(found) = walk(&path, name) {
+                    return Some(found);
+                }
+            }
+        }
+        None
+    }
+    let path = walk(&b.slaves[0].cache, name).unwrap_or_else(|| panic!("no checkout holds {name}"));
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn a_push_whose_steps_are_all_reused_or_skipped_needs_no_checkout() {
+    let b = Backend::start(1, &[], &[]);
+    let dir = counts_dir(&b);
+    let repo = b.repo("acme/nocheckout");
+    let release = format!("- step: release\n  shell: echo ran >> {}/release\n  when: {{branch: release/*}}\n", dir.display());
+    repo.write("integration.yml", &[step(&dir, "compile", "[src]", "true"), release].concat());
+    repo.write("src/a.txt", "same");
+    repo.write("NOTES", "one");
+    let (first, build) = push_build(&b, &repo, "one");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(in_checkout(&b, "NOTES"), "one");
+
+    repo.write("NOTES", "two");
+    let sha = repo.commit("two");
+    repo.push();
+    let id = b.hook.push_ok(&repo, &sha);
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert_eq!(
+        build.log,
+        [
+            format!("- commit {} (two)", &sha[..10]),
+            format!("[reused] compile (passed in build {first})"),
+            "[skipped] step release (when: branch main does not match release/*)".to_string(),
+        ]
+    );
+    assert_eq!(in_checkout(&b, "NOTES"), "one", "the checkout was not touched");
+    assert_eq!((count(&dir, "compile"), count(&dir, "release")), (1, 0));
+
+    // A change under the inputs: checked out and run.
+    repo.write("src/a.txt", "changed");
+    repo.write("NOTES", "three");
+    let (_, build) = push_build(&b, &repo, "three");
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    assert_eq!(in_checkout(&b, "NOTES"), "three");
+    assert_eq!(count(&dir, "compile"), 2);
 }

@@ -256,6 +256,16 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
+    match without_checkout(ctx, job, base_env, deadline, log) {
+        Ok(Some(ending)) => return ending,
+        Ok(None) => {}
+        Err(GitError::Aborted) => return Ending::Stopped,
+        Err(e) => log::warn!(
+            "build.mirror_failed repo={} sha={short} error={}",
+            crate::logging::quote(&push.repo),
+            crate::logging::quote(&e.to_string())
+        ),
+    }
     let Prepared { commit, user, contained: took } = match checkout(ctx, job, base_env, deadline) {
         Ok(p) => p,
         Err(GitError::Aborted) => return Ending::Stopped,
@@ -298,6 +308,84 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
         }
     }
     Ending::Ran { passed: ok }
+}
+
+/// A build whose every step is reused (or skipped by `when:`) needs no
+/// checkout: its commit and integration.yml are read from the mirror, and
+/// its steps' fingerprints from the mirror too. Tried only where it may
+/// pay: a build that may reuse (not a fork's, not a reset) of a branch
+/// whose previous build's integration.yml (its checkout's) had `inputs:`.
+/// `None`: a step would run, so the build checks out as usual.
+fn without_checkout(
+    ctx: &Context,
+    job: &Job,
+    base_env: &[(String, String)],
+    deadline: Instant,
+    log: &mut Log,
+) -> Result<Option<Ending>, GitError> {
+    let push = job.push;
+    let Some(passes) = ctx.passes.filter(|_| !push.fork && !job.reset) else { return Ok(None) };
+    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
+    let reusing = |steps: &[Step]| steps.iter().any(|s| s.inputs.as_ref().is_some_and(|i| !i.is_empty()));
+    if !read_steps(&dir, ctx.timeout).is_ok_and(|steps| reusing(&steps)) {
+        return Ok(None);
+    }
+    let git = Git {
+        cache: ctx.cache,
+        creds: ctx.creds,
+        user: ctx.user,
+        groups: ctx.groups,
+        home: None,
+        env: base_env,
+        deadline,
+        limit: ctx.timeout,
+        abort: ctx.abort,
+    };
+    let Some((commit, text)) = git.read_mirror(&push.repo, &push.clone_url, &push.source_ref(), &push.sha)? else { return Ok(None) };
+    let Ok(steps) = integration::parse(&text, ctx.timeout) else { return Ok(None) };
+    let short = crate::payload::short_sha(&push.sha);
+    let steps_run = Steps {
+        ctx,
+        job,
+        base_env,
+        commit: &commit,
+        user: ctx.user,
+        short,
+        dir: &dir,
+        deadline,
+        default_image: ctx.containers.and_then(|c| c.settings.default_image.as_deref()),
+        changed: std::cell::OnceCell::new(),
+        trees: std::cell::OnceCell::new(),
+        all_inputs: steps.iter().filter_map(|s| s.inputs.as_deref()).flatten().cloned().collect(),
+    };
+    let mut lines = Vec::new();
+    for (number, step) in steps.iter().enumerate() {
+        if let Some(why) = step.when.as_ref().and_then(|w| steps_run.refuses(w)) {
+            lines.push(skipped_line(step, &why));
+            continue;
+        }
+        let Some(fp) = steps_run.fingerprint(number, step) else { return Ok(None) };
+        let Some(from) = passes.find(&push.repo, &fp) else { return Ok(None) };
+        log::info!("step.reused {} step={} from={from} fingerprint={}", steps_run.facts(), number + 1, &fp[..16]);
+        lines.push(reused_line(step, &from));
+    }
+    let subject = commit.message.lines().next().unwrap_or("");
+    log.push(format!("- commit {short} ({subject})"));
+    for line in lines {
+        log.push(line);
+    }
+    log::info!("build.no_checkout {} steps={}", steps_run.facts(), steps.len());
+    Ok(Some(Ending::Ran { passed: true }))
+}
+
+/// The line of a step its `when:` keeps from running.
+fn skipped_line(step: &Step, why: &str) -> String {
+    format!("[skipped] step {} (when: {why})", step.title)
+}
+
+/// The line of a step whose pass in build `from` is reused.
+fn reused_line(step: &Step, from: &str) -> String {
+    format!("[reused] {} (passed in build {from})", step.title)
 }
 
 /// The job's commit checked out (detached) in its cached checkout.
@@ -352,14 +440,14 @@ impl Steps<'_> {
     /// passed before in this repository is reused: logged, not run.
     fn step(&self, number: usize, step: &Step, log: &mut Log, ok: &mut bool) -> Result<(), Stopped> {
         if let Some(why) = step.when.as_ref().and_then(|w| self.refuses(w)) {
-            log.push(format!("[skipped] step {} (when: {why})", step.title));
+            log.push(skipped_line(step, &why));
             return Ok(());
         }
         let fingerprint = self.fingerprint(number, step);
         if let (true, Some(fp)) = (*ok, &fingerprint) {
             let push = self.job.push;
             if let Some(from) = self.ctx.passes.and_then(|p| p.find(&push.repo, fp)) {
-                log.push(format!("[reused] {} (passed in build {from})", step.title));
+                log.push(reused_line(step, &from));
                 log::info!("step.reused {} step={} from={from} fingerprint={}", self.facts(), number + 1, &fp[..16]);
                 return Ok(());
             }

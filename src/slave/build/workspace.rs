@@ -338,6 +338,47 @@ impl Git<'_> {
         Ok(Prepared { commit, user, contained: Contained { groups, disarm } })
     }
 
+    /// The mirror updated (never cloned: `None` without one) and, from it
+    /// alone, as the slave's user, the commit `sha` and its `integration.yml`
+    /// (a regular file's text, at most MAX_FILE bytes, UTF-8): what a build
+    /// whose steps are all reused needs instead of a checkout. `None`: use
+    /// a checkout (which also says why, if something is wrong).
+    pub fn read_mirror(&self, repo: &str, url: &str, source: &str, sha: &str) -> Result<Option<(Commit, String)>, GitError> {
+        let repo_dir = self.cache.join(encode(repo));
+        let mirror = mirror_dir(self.cache, repo, url);
+        if url.starts_with('-') || !mirror.join("HEAD").is_file() {
+            return Ok(None);
+        }
+        let held = repo_lock(&repo_dir);
+        let _held = held.lock().unwrap_or_else(|p| p.into_inner());
+        self.update_mirror(&repo_dir, &mirror, url, source)?;
+        let peeled = format!("{sha}^{{commit}}");
+        let in_mirror = |git: &Self| git.run(git.mirror_git(Some(&mirror), None), &["cat-file", "-e", &peeled], "cat-file -e").is_ok();
+        if !in_mirror(self) {
+            let spec = format!("+{sha}:refs/ci/build");
+            self.remote(Some(&mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
+        }
+        let commit = match commit_object::read(&mirror.join("objects"), sha) {
+            Some(c) => c,
+            None => {
+                let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show")?;
+                let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
+                Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
+            }
+        };
+        // A symlink's blob is its target's name: it never parses as steps.
+        let (file, max) = (format!("{sha}:integration.yml"), crate::slave::build::integration::MAX_FILE);
+        let Ok(text) =
+            self.run_kept(self.mirror_git(Some(&mirror), None), &["cat-file", "blob", &file], "cat-file integration.yml", max + 1)
+        else {
+            return Ok(None);
+        };
+        if text.len() > max || text.contains('\u{FFFD}') {
+            return Ok(None);
+        }
+        Ok(Some((commit, text)))
+    }
+
     /// The files `sha` changes, from the mirror of `url` (as the slave's
     /// user, no credentials, no network): `since` a push's `before`, or
     /// (`None`) since the merge base with `target` (a request's base branch
