@@ -64,30 +64,47 @@ fn a_pass_is_reused_until_a_change_under_its_inputs_and_never_for_empty_inputs()
 
     // A change under a path input: run again.
     repo.write("src/a.txt", "two");
-    let (_, build) = push_build(&b, &repo, "src");
+    let (third, build) = push_build(&b, &repo, "src");
     assert!(reused(&build).is_empty(), "{:#?}", build.log);
     assert_eq!(count(&dir, "compile"), 2, "{:#?}", build.log);
+
+    // A path input is a name, never pathspec magic: `:magic` is the file of that name.
+    let yml = [step(&dir, "compile", "[src, \"**/*.c\", \":magic\"]", "true"), step(&dir, "always", "[]", "true")].concat();
+    repo.write("integration.yml", &yml);
+    repo.write(":magic", "one");
+    repo.write("magic", "one");
+    let (_, build) = push_build(&b, &repo, "magic");
+    assert!(reused(&build).is_empty(), "{:#?}", build.log);
+    repo.write(":magic", "two");
+    let (_, build) = push_build(&b, &repo, "magic changed");
+    assert!(reused(&build).is_empty(), "a change of `:magic` runs it: {:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 4, "{:#?}", build.log);
+    repo.write("integration.yml", &[step(&dir, "compile", "[src, \"**/*.c\"]", "true"), step(&dir, "always", "[]", "true")].concat());
+    // Back to the inputs and trees of the third build: its pass, though older, is reused.
+    let (_, build) = push_build(&b, &repo, "back");
+    assert_eq!(reused(&build), [format!("[reused] compile (passed in build {third})")], "{:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 4, "{:#?}", build.log);
 
     // A new file matching a glob input: run again; the pass remembered is this build's.
     repo.write("lib/x.c", "int x;");
     let (fourth, build) = push_build(&b, &repo, "a c file");
     assert!(reused(&build).is_empty(), "{:#?}", build.log);
-    assert_eq!(count(&dir, "compile"), 3, "{:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 5, "{:#?}", build.log);
     repo.write("docs/readme", "three");
     let (_, build) = push_build(&b, &repo, "docs again");
     assert_eq!(reused(&build), [format!("[reused] compile (passed in build {fourth})")], "{:#?}", build.log);
-    assert_eq!((count(&dir, "compile"), count(&dir, "always")), (3, 5));
+    assert_eq!((count(&dir, "compile"), count(&dir, "always")), (5, 8));
 
     // A change of its snippets (integration.yml): run again.
     let yml = [step(&dir, "compile", "[src, \"**/*.c\"]", "echo changed"), step(&dir, "always", "[]", "true")].concat();
     repo.write("integration.yml", &yml);
     let (_, build) = push_build(&b, &repo, "new snippet");
     assert!(reused(&build).is_empty(), "{:#?}", build.log);
-    assert_eq!(count(&dir, "compile"), 4, "{:#?}", build.log);
+    assert_eq!(count(&dir, "compile"), 6, "{:#?}", build.log);
 
     // The memory is in Redis, under the repository, with a TTL.
     let keys = b.redis.keys("ci:passed:acme/inputs:*");
-    assert_eq!(keys.len(), 4, "one pass per fingerprint run (first, src, c file, snippet): {keys:?}");
+    assert_eq!(keys.len(), 6, "one pass per fingerprint run: {keys:?}");
     let ttl = b.redis.cli(&["TTL", &keys[0]]).int();
     assert!(ttl > 0, "ttl {ttl}");
     assert!(b.all_logs().contains("step.reused "), "the event line");

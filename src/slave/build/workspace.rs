@@ -427,7 +427,8 @@ impl Git<'_> {
             Ok(entries)
         };
         // The commit must be there: a missing path is then a missing path.
-        let mut args = vec!["ls-tree", "-z", "--full-tree", sha, "--"];
+        // Paths as written: `:x` is the file `:x`, never pathspec magic.
+        let mut args = vec!["--literal-pathspecs", "ls-tree", "-z", "--full-tree", sha, "--"];
         args.extend(paths);
         let mut trees = Trees { paths: list(&args, &format!("ls-tree {sha}"))?, files: None };
         if all_files {
