@@ -353,12 +353,14 @@ impl Git<'_> {
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
         self.update_mirror(&repo_dir, &mirror, url, source)?;
         let peeled = format!("{sha}^{{commit}}");
-        let in_mirror = |git: &Self| git.run(git.mirror_git(Some(&mirror), None), &["cat-file", "-e", &peeled], "cat-file -e").is_ok();
-        if !in_mirror(self) {
+        // A loose commit object read is one there (no process); else ask git.
+        let loose = commit_object::read(&mirror.join("objects"), sha);
+        let in_mirror = || self.run(self.mirror_git(Some(&mirror), None), &["cat-file", "-e", &peeled], "cat-file -e").is_ok();
+        if loose.is_none() && !in_mirror() {
             let spec = format!("+{sha}:refs/ci/build");
             self.remote(Some(&mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
         }
-        let commit = match commit_object::read(&mirror.join("objects"), sha) {
+        let commit = match loose.or_else(|| commit_object::read(&mirror.join("objects"), sha)) {
             Some(c) => c,
             None => {
                 let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show")?;
