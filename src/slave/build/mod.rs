@@ -261,8 +261,11 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
         Ok(None) => {}
         Err(GitError::Aborted) => return Ending::Stopped,
         Err(e) => log::warn!(
-            "build.mirror_failed repo={} sha={short} error={}",
+            "build.mirror_failed repo={} branch={} sha={short} slave={} build={} error={}: checking out as usual",
             crate::logging::quote(&push.repo),
+            crate::logging::quote(&push.branch),
+            ctx.slave,
+            job.id,
             crate::logging::quote(&e.to_string())
         ),
     }
