@@ -228,3 +228,23 @@ fn a_push_whose_steps_are_all_reused_or_skipped_needs_no_checkout() {
     assert_eq!(in_checkout(&b, "NOTES"), "three");
     assert_eq!(count(&dir, "compile"), 2);
 }
+
+#[test]
+fn a_fork_build_neither_reads_nor_writes_passes() {
+    let Some(image) = crate::containers::image() else { return };
+    let b = Backend::start(1, &[("HOOK_FORK_PULLS", "build")], &[("SLAVE_DEFAULT_IMAGE", image)]);
+    let yml = "step: compile\ninputs: [integration.yml]\nshell: echo ran\n";
+    let (git, head) = crate::pulls::target_with_request(&b, "acme/fpass", "refs/pull/9/head", yml);
+    let mut ids = Vec::new();
+    for action in ["opened", "synchronize"] {
+        let body = crate::pulls::github_pull("acme/fpass", &git.file_url(), 9, &head, "mallory/fpass", action);
+        let id = crate::pulls::accepted(&b.hook.send_github("/", "pull_request", body.to_string().as_bytes(), &[]));
+        let build = wait_build(&b.redis, &id, LONG);
+        assert_eq!(build.state, "passed", "{:#?}", build.log);
+        assert!(reused(&build).is_empty(), "{:#?}", build.log);
+        assert!(build.log.iter().any(|l| l.starts_with("[passed] echo ran ")), "it ran: {:#?}", build.log);
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert!(b.redis.keys("ci:passed:*").is_empty(), "a fork's pass is never written");
+}

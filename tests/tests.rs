@@ -155,5 +155,6 @@ mod when;
 
 /// `inputs:` on a step: a pass is reused (`[reused] <title> (passed in build <id>)`, not run)
 /// while its inputs, snippets and repository are the same; a change under its inputs runs it
-/// again; `inputs: []`, a failed step and another repository never reuse; a follower sees it.
+/// again; `inputs: []`, a failed step, another repository and a fork never reuse; a push whose
+/// steps are all reused is not checked out; a follower sees it.
 mod inputs;
