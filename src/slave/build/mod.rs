@@ -87,6 +87,24 @@ pub(crate) trait Passes {
     fn remember(&self, repo: &str, fingerprint: &str, build: &str);
 }
 
+impl Context<'_> {
+    /// Git for one build of this slave: its cache, credentials and user,
+    /// `env` for the build user's git, until `deadline`.
+    fn git<'a>(&'a self, env: &'a [(String, String)], deadline: Instant) -> Git<'a> {
+        Git {
+            cache: self.cache,
+            creds: self.creds,
+            user: self.user,
+            groups: self.groups,
+            home: None,
+            env,
+            deadline,
+            limit: self.timeout,
+            abort: self.abort,
+        }
+    }
+}
+
 /// Where a build's lines go as they happen (the live log followers read).
 /// It never blocks: a line it has no room for is counted, not waited for.
 pub(crate) trait LiveLog: Send + Sync {
@@ -333,17 +351,7 @@ fn without_checkout(
     if !read_steps(&dir, ctx.timeout).is_ok_and(|steps| reusing(&steps)) {
         return Ok(None);
     }
-    let git = Git {
-        cache: ctx.cache,
-        creds: ctx.creds,
-        user: ctx.user,
-        groups: ctx.groups,
-        home: None,
-        env: base_env,
-        deadline,
-        limit: ctx.timeout,
-        abort: ctx.abort,
-    };
+    let git = ctx.git(base_env, deadline);
     let Some((commit, text)) = git.read_mirror(&push.repo, &push.clone_url, &push.source_ref(), &push.sha)? else { return Ok(None) };
     let Ok(steps) = integration::parse(&text, ctx.timeout) else { return Ok(None) };
     let short = crate::payload::short_sha(&push.sha);
@@ -394,17 +402,7 @@ fn reused_line(step: &Step, from: &str) -> String {
 /// The job's commit checked out (detached) in its cached checkout.
 fn checkout(ctx: &Context, job: &Job, env: &[(String, String)], deadline: Instant) -> Result<Prepared, GitError> {
     let push = job.push;
-    let git = Git {
-        cache: ctx.cache,
-        creds: ctx.creds,
-        user: ctx.user,
-        groups: ctx.groups,
-        home: None,
-        env,
-        deadline,
-        limit: ctx.timeout,
-        abort: ctx.abort,
-    };
+    let git = ctx.git(env, deadline);
     git.prepare(&push.repo, &push.clone_url, &push.branch, &push.source_ref(), &push.sha, job.reset)
 }
 
@@ -503,17 +501,7 @@ impl Steps<'_> {
     fn read_trees(&self) -> Result<inputs::Trees, String> {
         let (ctx, push) = (self.ctx, self.job.push);
         let started = Instant::now();
-        let git = Git {
-            cache: ctx.cache,
-            creds: ctx.creds,
-            user: ctx.user,
-            groups: ctx.groups,
-            home: None,
-            env: self.base_env,
-            deadline: self.deadline,
-            limit: ctx.timeout,
-            abort: ctx.abort,
-        };
+        let git = ctx.git(self.base_env, self.deadline);
         let mut paths: Vec<&str> = Vec::new();
         for input in &self.all_inputs {
             if let inputs::Input::Path(p) = input {
@@ -648,17 +636,7 @@ impl Steps<'_> {
     fn diff(&self) -> when::Changed {
         let (ctx, push) = (self.ctx, self.job.push);
         let started = Instant::now();
-        let git = Git {
-            cache: ctx.cache,
-            creds: ctx.creds,
-            user: ctx.user,
-            groups: ctx.groups,
-            home: None,
-            env: self.base_env,
-            deadline: self.deadline,
-            limit: ctx.timeout,
-            abort: ctx.abort,
-        };
+        let git = ctx.git(self.base_env, self.deadline);
         let target = push.pull.as_ref().map(|p| p.base_branch.as_str());
         let changed = git.changed(&push.repo, &push.clone_url, push.before.as_deref(), target, &push.sha);
         log::info!(
