@@ -303,6 +303,20 @@ struct Update {
     due: Instant,
 }
 
+impl Update {
+    /// `repo=… sha=… context=… state=… forge=…`: what every line about it says.
+    fn facts(&self) -> String {
+        format!(
+            "repo={} sha={} context={} state={} forge={}",
+            quote(&self.repo),
+            short_sha(&self.sha),
+            self.label.context,
+            self.state,
+            self.forge.kind.name()
+        )
+    }
+}
+
 /// The JSON body of a status for `kind`.
 pub fn body(kind: Kind, event: &Event, label: &Label, target_url: Option<&str>) -> serde_json::Value {
     let mut v = serde_json::json!({ "description": event.description() });
@@ -431,14 +445,7 @@ impl Poster {
         };
         if let Err(TrySendError::Full(u) | TrySendError::Disconnected(u)) = tx.try_send(update) {
             self.dropped.fetch_add(1, Ordering::SeqCst);
-            log::warn!(
-                "forge.status_dropped repo={} sha={} context={} state={} forge={}: the status queue is full",
-                quote(&u.repo),
-                short_sha(&u.sha),
-                u.label.context,
-                u.state,
-                u.forge.kind.name()
-            );
+            log::warn!("forge.status_dropped {}: the status queue is full", u.facts());
         }
     }
 }
@@ -483,14 +490,7 @@ fn post_loop(rx: &Receiver<Update>, agent: ureq::Agent, mut redis: Redis, droppe
         let started = Instant::now();
         let result = send(&agent, &u);
         let ms = started.elapsed().as_millis();
-        let facts = format!(
-            "repo={} sha={} context={} state={} forge={}",
-            quote(&u.repo),
-            short_sha(&u.sha),
-            u.label.context,
-            u.state,
-            u.forge.kind.name()
-        );
+        let facts = u.facts();
         match result {
             Ok(code) => {
                 log::info!("forge.status {facts} code={code} ms={ms} attempt={}", u.attempts);
