@@ -167,19 +167,25 @@ fn ctrl_c_stores_the_running_build_before_redis_stops() {
 
 /// Starts make run's script in `dir` (its output to `make-run.out`/`.err` there); returns it
 /// once it printed its token and its three slaves are ready.
+/// Waits until `make run` (writing to `out` and `err`) has printed its token; panics with
+/// both outputs if it exits first.
+fn wait_for_token(make: &mut std::process::Child, out: &Path, err: &Path) {
+    wait_for("make run to print its token", LONG, || {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        if let Some(status) = make.try_wait().unwrap() {
+            panic!("make run exited: {status}\n{text}\n{}", std::fs::read_to_string(err).unwrap_or_default());
+        }
+        text.lines().find(|l| l.starts_with("Secret token: ")).map(drop).ok_or(text)
+    });
+}
+
 pub(crate) fn start(dir: &Path, redis_port: u16, hook_port: u16) -> std::process::Child {
     let out_path = dir.join("make-run.out");
     let err_path = dir.join("make-run.err");
     let mut cmd = run_local(dir, redis_port, hook_port);
     cmd.stdout(std::fs::File::create(&out_path).unwrap()).stderr(std::fs::File::create(&err_path).unwrap());
     let mut child = cmd.spawn().unwrap();
-    wait_for("make run to print its token", LONG, || {
-        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("make run exited: {status}\n{text}\n{}", std::fs::read_to_string(&err_path).unwrap_or_default());
-        }
-        text.lines().find(|l| l.starts_with("Secret token: ")).map(drop).ok_or(text)
-    });
+    wait_for_token(&mut child, &out_path, &err_path);
     for i in 0..3 {
         wait_for(&format!("local slave {i} to be ready"), LONG, || {
             let log = std::fs::read_to_string(dir.join(format!("slave-{i}.log"))).unwrap_or_default();
@@ -351,13 +357,7 @@ fn ctrl_c_in_a_terminal_ends_make_run_with_status_0() {
         });
     }
     let mut make = cmd.spawn().unwrap();
-    wait_for("make run to print its token", LONG, || {
-        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if let Some(status) = make.try_wait().unwrap() {
-            panic!("make run exited: {status}\n{text}\n{}", std::fs::read_to_string(&err_path).unwrap_or_default());
-        }
-        text.lines().find(|l| l.starts_with("Secret token: ")).map(drop).ok_or(text)
-    });
+    wait_for_token(&mut make, &out_path, &err_path);
     master.write_all(b"\x03").unwrap();
     let status = wait_for("make run to stop", Duration::from_secs(60), || make.try_wait().unwrap().ok_or("running".to_string()));
     let out = std::fs::read_to_string(&out_path).unwrap();
