@@ -7,6 +7,7 @@
 //! off the build's path ([`super::retire`]). A step's first snippet may run
 //! in a container started before the build ([`super::warm`]).
 
+use super::naming::{labels, random_suffix, SLAVE_LABEL, WORKSPACE};
 use super::retire::Retirer;
 use super::warm::{EndLine, Waiting, Warm};
 use super::{Ran, OUTPUT_TAIL};
@@ -20,15 +21,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Where the checkout is inside every container (the same for every image).
-pub const WORKSPACE: &str = "/ci/checkout";
-
-/// The label every container and network of a slave carries: its host and
-/// cache, so a restarted slave finds what it left.
-pub const SLAVE_LABEL: &str = "ci-backend.slave";
-/// The label naming the build a container or network belongs to.
-pub const BUILD_LABEL: &str = "ci-backend.build";
 
 /// How often the time limit and the stop flag are looked at.
 const POLL: Duration = Duration::from_millis(50);
@@ -142,11 +134,6 @@ impl Containers {
     fn labels(&self, build: &str) -> Vec<(String, String)> {
         labels(&self.slave_label, build)
     }
-}
-
-/// The labels of what a slave makes for a build: the sweep finds them by the first.
-pub(crate) fn labels(slave_label: &str, build: &str) -> Vec<(String, String)> {
-    vec![(SLAVE_LABEL.to_string(), slave_label.to_string()), (BUILD_LABEL.to_string(), build.to_string())]
 }
 
 /// One step's container runs: its image, network and checkout.
@@ -312,11 +299,4 @@ fn read_output(mut output: impl Read, sink: Option<LineSink>, mut end: Option<En
         l.finish();
     }
     (tail.finish(), code)
-}
-
-/// Eight hex digits, so two containers of one build never share a name.
-pub(crate) fn random_suffix() -> String {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

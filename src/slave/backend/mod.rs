@@ -6,6 +6,7 @@
 
 pub(crate) mod bare;
 pub(crate) mod container;
+pub(crate) mod naming;
 pub(crate) mod retire;
 pub(crate) mod warm;
 

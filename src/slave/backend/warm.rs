@@ -25,7 +25,7 @@
 //! Nothing of another build reaches a warm container: it is made fresh for
 //! one build, has run nothing but the shim, and is used once.
 
-use super::container::{labels, random_suffix, WORKSPACE};
+use super::naming::{labels, random_suffix, WORKSPACE};
 use super::retire::Retirer;
 use crate::slave::engine::{ContainerSpec, Engine, EngineError};
 use std::collections::{HashMap, HashSet};

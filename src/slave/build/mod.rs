@@ -726,7 +726,7 @@ impl Steps<'_> {
         let network = match &waiting {
             Some(w) => w.network.clone(),
             None => {
-                let network = format!("ci-{}-{}-{}", self.job.id, number + 1, container::random_suffix());
+                let network = format!("ci-{}-{}-{}", self.job.id, number + 1, crate::slave::backend::naming::random_suffix());
                 containers.network(&network, self.job.id).map_err(|e| e.to_string())?;
                 network
             }
