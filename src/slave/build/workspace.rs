@@ -302,9 +302,10 @@ impl Git<'_> {
     /// Untracked files from earlier builds stay: the cache is the point.
     /// `reset` starts the checkout and the mirror afresh.
     ///
-    /// The common path is three git processes: fetch into the mirror, then
-    /// checkout (the checkout borrows the mirror's objects: no second fetch)
-    /// and show side by side.
+    /// The common path is two git processes: fetch into the mirror, then
+    /// checkout (the checkout borrows the mirror's objects: no second fetch);
+    /// the commit's message and date are read from its loose object. A
+    /// commit the mirror already holds loose is not fetched again.
     /// Returns the commit and who the build's steps run as.
     pub fn prepare(&self, repo: &str, url: &str, branch: &str, source: &str, sha: &str, reset: bool) -> Result<Prepared, GitError> {
         if url.starts_with('-') {
@@ -329,7 +330,9 @@ impl Git<'_> {
         let git = Git { user: &user, home: user.switch.then_some(home.as_path()), ..*self };
         git.make_home(&home)?;
         git.clear_stale(&mirror, &dir)?;
-        git.update_mirror(&repo_dir, &mirror, url, source)?;
+        if !has_loose_commit(&mirror, sha) {
+            git.update_mirror(&repo_dir, &mirror, url, source)?;
+        }
         if !dir.exists() {
             git.clone_checkout(&branch_dir, &mirror.to_string_lossy(), &dir, url)?;
         }
@@ -351,7 +354,9 @@ impl Git<'_> {
         }
         let held = repo_lock(&repo_dir);
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
-        self.update_mirror(&repo_dir, &mirror, url, source)?;
+        if !has_loose_commit(&mirror, sha) {
+            self.update_mirror(&repo_dir, &mirror, url, source)?;
+        }
         let peeled = format!("{sha}^{{commit}}");
         // A loose commit object read is one there (no process); else ask git.
         let loose = commit_object::read(&mirror.join("objects"), sha);
@@ -645,6 +650,14 @@ impl Git<'_> {
 
 /// The lock of one repository's directory in this process (its mirror and
 /// checkouts). Entries are a few bytes per repository ever built here.
+/// Whether the mirror holds commit `sha` as a loose object (read without a
+/// process): then nothing is fetched for it. A commit is content: the same
+/// sha is the same commit and trees, whichever branch it came with (a
+/// fast-forward merge pushes a commit its branch already brought).
+fn has_loose_commit(mirror: &Path, sha: &str) -> bool {
+    mirror.join("HEAD").is_file() && commit_object::read(&mirror.join("objects"), sha).is_some()
+}
+
 fn repo_lock(repo_dir: &Path) -> Arc<Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
     let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
