@@ -184,10 +184,13 @@ def cpu_parts(redis, hook, slaves):
     """CPU seconds so far of each part of a throughput run: the hook, Redis, the slaves themselves, what the
     slaves started (git, its upload side, bash, guards: reaped children), and this bench (posting, polling)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
-    return {"hook": proc_cpu(hook.pid), "redis": proc_cpu(redis.proc.pid),
-            "slaves": sum(proc_cpu(p.pid) for p in slaves),
-            "slave_children": sum(proc_cpu(p.pid, children=True) - proc_cpu(p.pid) for p in slaves),
-            "bench": me.ru_utime + me.ru_stime}
+    parts = {"hook": proc_cpu(hook.pid), "redis": proc_cpu(redis.proc.pid),
+             "slaves": sum(proc_cpu(p.pid) for p in slaves),
+             "slave_children": sum(proc_cpu(p.pid, children=True) - proc_cpu(p.pid) for p in slaves),
+             "bench": me.ru_utime + me.ru_stime}
+    if GIT_SERVER is not None:  # lighttpd and its CGIs (git http-backend, upload-pack): the serving side of http fetches
+        parts["git_server"] = proc_cpu(GIT_SERVER.proc.pid, children=True)
+    return parts
 
 
 def cpu_ticks():
@@ -2387,7 +2390,9 @@ def report():
                 L.append(f"\n{n}: every clone URL http:// through the git server ({RESULTS['git_server']['server'].split(' ')[0]} + git http-backend); "
                          f"its first repository saw {g['post_upload_pack']} POST git-upload-pack, {g['info_refs_smart']} GET "
                          f"info/refs?service=git-upload-pack, {g['other']} other, {g['not_200']} not 200 (server time per POST p50 "
-                         f"{fmt(g['post_server_ms_p50'], 2)} ms)")
+                         f"{fmt(g['post_server_ms_p50'], 2)} ms); CPU-ms per warm build (median of rounds) "
+                         + ", ".join(f"{k} {fmt(median([r['cpu_ms_per_build_by_part'].get(k, 0) for r in tv['rounds'] if not r['cold']]), 1)}"
+                                     for k in ("hook", "redis", "slaves", "slave_children", "git_server")))
     if RESULTS.get("charts"):
         L.append("\ncharts: " + ", ".join(RESULTS["charts"]))
     L.append("\nsection durations (s): " + ", ".join(f"{k} {v}" for k, v in RESULTS.get("section_seconds", {}).items())
