@@ -2175,6 +2175,10 @@ def report_rows():
                      f"the slave logged `build.no_checkout` {res['no_checkout_builds']} times; the input trees read from the mirror "
                      f"(`build.trees trees_ms=`) {fmt(res['trees_ms_p50'], 2)} ms p50. integration.yml: "
                      f"`{'; '.join(res['integration_yml'].strip().splitlines())}`")
+            share = fp["fetch"]["p50"] / med["floor_p50_ms"]
+            L.append(f"\nthe floor's `git fetch` alone is {fmt(fp['fetch']['p50'])} ms p50, {share:.2f} of the floor's p50: a build that "
+                     f"fetches the same new commit from the same URL (as this one must, to read integration.yml and the input trees) "
+                     f"stays above about {share:.2f}× unless its fetch is faster than the floor's")
         tr = res.get("traced")
         if tr:
             L.append(f"\ninside the slave ({tr['analysed']} of {tr['pushes']} extra pushes traced with perf sched_process_fork/exec/exit; ms):\n")
