@@ -1966,9 +1966,9 @@ def charts():
             ax.set_ylim(0, max(ours + floor) * 1.4)
             ax.set_ylabel("ms, p50 (median of runs)")
             ax.set_title("container step (echo ok)" if panel[0][0] == "containers" else "bare step; reused step (no checkout)", fontsize=10)
-        axes[0][0].legend(fontsize=8, loc="upper left")
         fig.suptitle("Push → result vs the same by hand, cached 3,000-file clone (ratio: median of push ÷ its floor)", fontsize=11)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.94))
+        fig.tight_layout(rect=(0, 0.04, 1, 0.9))
         save(fig, "push-to-result.png")
 
     tv = got("throughput_variants")
