@@ -271,6 +271,7 @@ def git(*args, cwd=None, env=None):
 # repository on the same disk) and http (the same repository served by lighttpd + git http-backend).
 URL_KINDS = os.environ.get("BENCH_URLS", "file,http").split(",")
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"  # from Debian's git package
+LIGHTTPD = shutil.which("lighttpd") or "/usr/sbin/lighttpd"  # /usr/sbin: not on every user's PATH
 
 
 class GitServer:
@@ -299,10 +300,10 @@ $HTTP["url"] =~ "^/git/" {{
   setenv.set-environment = ("GIT_PROJECT_ROOT" => "{WORK}", "GIT_HTTP_EXPORT_ALL" => "1")
 }}
 """)
-        run(["lighttpd", "-tt", "-f", conf])
-        self.proc = start("git-http", ["lighttpd", "-D", "-f", conf])
+        run([LIGHTTPD, "-tt", "-f", conf])
+        self.proc = start("git-http", [LIGHTTPD, "-D", "-f", conf])
         wait_for(lambda: http_get(self.port, "/ready")[0] != 0, 15, "lighttpd")  # 404: no such file
-        self.version = run(["lighttpd", "-v"]).strip().splitlines()[0]
+        self.version = run([LIGHTTPD, "-v"]).strip().splitlines()[0]
         self.backend_git = run(["/usr/lib/git-core/git", "--version"]).strip()
         RESULTS["git_server"] = {"server": self.version, "backend": f"{HTTP_BACKEND} ({self.backend_git})",
                                  "url": f"http://127.0.0.1:{self.port}/git/<path under the scratch dir>"}

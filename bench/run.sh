@@ -38,7 +38,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 scripts/deps.sh redis-benchmark:redis-tools wrk:wrk /usr/bin/webhook:webhook py:ensurepip:python3-venv perf:linux-perf \
-  lighttpd:lighttpd /usr/lib/git-core/git-http-backend:git
+  /usr/sbin/lighttpd:lighttpd /usr/lib/git-core/git-http-backend:git
 
 venv=bench/.venv
 stamp=$venv/.requirements.sha256
