@@ -1072,15 +1072,18 @@ def row_tag(section, kind):
     return section if kind == "file" else f"{section}-{kind}"
 
 
-def interleaved(rig, n, what, check=None):
+def interleaved(rig, n, what, check=None, before=None):
     """RUNS runs of `n` new commits, each pushed through the rig and built by hand (the floor) beside
-    it, who goes first alternating; `check(push)` sees each push with its log. Returns the runs."""
+    it, who goes first alternating; `check(push)` sees each push with its log; `before(sha, msg)`, not
+    timed, runs after each commit is made and before either is measured. Returns the runs."""
     runs = []
     log(f"{what}: {RUNS} runs x {n} pushes ({rig.kind}: {rig.url}), the floor by hand interleaved")
     for r_i in range(RUNS):
         pushes, floors = [], []
         for i in range(n):
             sha, msg = rig.new_commit()
+            if before:
+                before(sha, msg)
             if i % 2 == 0:  # alternate who goes first, so neither always finds the objects in the page cache
                 floors.append(rig.floor(sha))
                 pushes.append(rig.through_hook(sha, msg, keep_log=check is not None))
@@ -1275,7 +1278,30 @@ def reuse(redis, fixture):
             raise RuntimeError(f"reuse ({kind}): {seen['reused']} builds reused their step, the slave logged "
                                f"{res['no_checkout_builds']} build.no_checkout")
         RESULTS[row_key("reuse", kind)] = res
+        reuse_fast_forward(rig, fixture, kind, check, seen)
         stop_rig(rig)
+
+
+def reuse_fast_forward(rig, fixture, kind, check, seen):
+    """The reuse row's fast-forward case: each new commit is first pushed to a branch `feature` and built
+    there (not timed; the floor's clone fetches it too, as someone who built the feature by hand has it),
+    then main is pushed at that commit and measured: a commit the slave's mirror already holds is not
+    fetched again, and its step's pass is reused, so the build reads only Redis and the mirror."""
+    def built_on_feature(sha, msg):
+        git("push", "-q", "origin", f"{sha}:refs/heads/feature", cwd=rig.work)
+        code, answer = rig.cli.push(push_body(fixture, rig.repo, sha, "feature", rig.url, msg))
+        if code != 202:
+            raise RuntimeError(f"reuse ff: the feature push answered {code}: {answer[:200]}")
+        wait_for(lambda: (lambda st: st and st.get("sha") == sha and st.get("state") in ("passed", "failed"))(rig.cli.status(rig.repo, "feature")),
+                 60, "the feature build")
+        subprocess.run(["git", "-C", rig.floor_dir, *LEAN_GIT, "fetch", "--quiet", "--no-tags", "origin",
+                        "+refs/heads/feature:refs/remotes/origin/feature"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    seen["reused"] = 0
+    runs = interleaved(rig, REUSE_PUSHES, f"reuse, fast-forward ({kind})", check, before=built_on_feature)
+    res = row_results(rig, runs)
+    res.update({"reused_pushes": seen["reused"], "integration_yml": REUSE_YML})
+    RESULTS[row_key("reuse_ff", kind)] = res
 
 
 def perf_children(text, threads):
@@ -1963,7 +1989,7 @@ def charts():
                 ratio = row_medians(r)["paired_ratio_p50"]
                 ax.annotate(f"{ratio:.2f}×\n(goal ≤ {goals[s]:.2f})", (i, max(ours[i], floor[i])), xytext=(0, 16), textcoords="offset points",
                             ha="center", va="bottom", fontsize=9, fontweight="bold", color="#2ca02c" if ratio <= goals[s] else "#d62728")
-            ax.set_xticks(list(x), [f"{ {'latency': 'bare', 'containers': 'container', 'reuse': 'reused'}[s]}\n{k}" for s, k, _ in panel], fontsize=9)
+            ax.set_xticks(list(x), [f"{ {'latency': 'bare', 'containers': 'container', 'reuse': 'reused', 'reuse_ff': 'reused, ff'}[s]}\n{k}" for s, k, _ in panel], fontsize=9)
             ax.set_ylim(0, max(ours + floor) * 1.4)
             ax.set_ylabel("ms, p50 (median of runs)")
             ax.set_title("container step (echo ok)" if panel[0][0] == "containers" else "bare step; reused step (no checkout)", fontsize=10)
@@ -2095,7 +2121,9 @@ ROW_SECTIONS = [("latency", "bare step `echo ok`", 1.10, "git fetch + git checko
                 ("containers", f"container step (`image: {TEST_IMAGE}`) `echo ok`", 0.90,
                  f"git fetch + git checkout --force + docker run --rm -v <checkout>:/ci/checkout -w /ci/checkout {TEST_IMAGE} sh -c 'echo ok'"),
                 ("reuse", "step already passed (`inputs: [README.md]`, a src/ file changed): reused, no checkout", 0.50,
-                 "git fetch + git checkout --force + bash -c 'echo ok'")]
+                 "git fetch + git checkout --force + bash -c 'echo ok'"),
+                ("reuse_ff", "the same, the commit already built on another branch (a fast-forward merge): no fetch, no checkout", 0.50,
+                 "git fetch (the commit's objects already fetched with the feature) + git checkout --force + bash -c 'echo ok'")]
 
 
 def row_medians(res):
@@ -2171,6 +2199,8 @@ def report_rows():
             L.append(f"\ngit server, this repository (slave and floor): {g['post_upload_pack']} POST git-upload-pack, "
                      f"{g['info_refs_smart']} GET info/refs?service=git-upload-pack, {g['other']} other, {g['not_200']} not 200; "
                      f"Git-Protocol headers {g['protocols']}; server time per POST p50 {fmt(g['post_server_ms_p50'], 2)} ms")
+        if s == "reuse_ff":
+            L.append(f"\nevery measured push's log had `[reused] ok (passed in build …)` and no `[passed]`: {res['reused_pushes']} pushes")
         if s == "reuse":
             L.append(f"\nevery measured push's log had `[reused] ok (passed in build …)` and no `[passed]`: {res['reused_pushes']} pushes; "
                      f"the slave logged `build.no_checkout` {res['no_checkout_builds']} times; the input trees read from the mirror "
