@@ -326,7 +326,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     if push.fork && default_image.is_none() && steps.iter().any(|s| s.image.is_none()) {
         return could_not_run(log, "fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image".into());
     }
-    let steps_run = Steps::new(Shared { ctx, job, base_env, commit: &commit, user: &user, short, dir: &dir, deadline }, &steps);
+    let steps_run = Steps::new(ctx, job, base_env, &commit, &user, short, &dir, deadline, &steps);
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
         if steps_run.step(number, step, log, &mut ok).is_err() {
@@ -360,7 +360,7 @@ fn without_checkout(
     let Some((commit, text)) = git.read_mirror(&push.repo, &push.clone_url, &push.source_ref(), &push.sha)? else { return Ok(None) };
     let Ok(steps) = integration::parse(&text, ctx.timeout) else { return Ok(None) };
     let short = crate::payload::short_sha(&push.sha);
-    let steps_run = Steps::new(Shared { ctx, job, base_env, commit: &commit, user: ctx.user, short, dir: &dir, deadline }, &steps);
+    let steps_run = Steps::new(ctx, job, base_env, &commit, ctx.user, short, &dir, deadline, &steps);
     let mut lines = Vec::new();
     for (number, step) in steps.iter().enumerate() {
         if let Some(why) = step.when.as_ref().and_then(|w| steps_run.refuses(w)) {
@@ -428,30 +428,30 @@ struct Steps<'a> {
     container_seen: std::cell::Cell<bool>,
 }
 
-/// What [`Steps::new`] is given: the build's facts the steps share.
-struct Shared<'a> {
-    ctx: &'a Context<'a>,
-    job: &'a Job<'a>,
-    base_env: &'a [(String, String)],
-    commit: &'a Commit,
-    user: &'a BuildUser,
-    short: &'a str,
-    dir: &'a Path,
-    deadline: Instant,
-}
-
 impl<'a> Steps<'a> {
-    fn new(s: Shared<'a>, steps: &[Step]) -> Steps<'a> {
+    /// The build's facts the steps share, and the steps (for their inputs).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        ctx: &'a Context<'a>,
+        job: &'a Job<'a>,
+        base_env: &'a [(String, String)],
+        commit: &'a Commit,
+        user: &'a BuildUser,
+        short: &'a str,
+        dir: &'a Path,
+        deadline: Instant,
+        steps: &[Step],
+    ) -> Steps<'a> {
         Steps {
-            ctx: s.ctx,
-            job: s.job,
-            base_env: s.base_env,
-            commit: s.commit,
-            user: s.user,
-            short: s.short,
-            dir: s.dir,
-            deadline: s.deadline,
-            default_image: s.ctx.containers.and_then(|c| c.settings.default_image.as_deref()),
+            ctx,
+            job,
+            base_env,
+            commit,
+            user,
+            short,
+            dir,
+            deadline,
+            default_image: ctx.containers.and_then(|c| c.settings.default_image.as_deref()),
             changed: std::cell::OnceCell::new(),
             trees: std::cell::OnceCell::new(),
             all_inputs: steps.iter().filter_map(|st| st.inputs.as_deref()).flatten().cloned().collect(),
