@@ -10,7 +10,10 @@ would; with `--hook-pid`, the hook's CPU per such poll is measured afterwards, w
 and given per 100 branches listed.
 
     python3 bench/client_throughput.py --url http://127.0.0.1:5000 --token-file T --bodies pushes.jsonl \
-        [--connections 8] [--poll-repos 0.2] [--hook-pid PID] [--timeout 600]
+        [--connections 8] [--burst N] [--poll-repos 0.2] [--hook-pid PID] [--timeout 600]
+
+`--burst N`: N pushes at a time instead, each burst waited for (counted) before the next is posted, as a
+client that pushes in waves sees it.
 
 `--bodies`: one GitHub push body a line (minified JSON, sent byte for byte, signed with the token). The
 bench (bench.py, section throughput, BENCH_TP_CLIENT) writes that file for a round and runs this client
@@ -97,6 +100,7 @@ def main():
     ap.add_argument("--token-file", required=True, help="a file holding the web-hook token (HOOK_TOKEN)")
     ap.add_argument("--bodies", required=True, help="push bodies, one minified JSON a line")
     ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--burst", type=int, default=0, metavar="N", help="post N at a time, each burst counted before the next")
     ap.add_argument("--poll-repos", type=float, default=0.0, metavar="SECONDS", help="GET /repos every SECONDS meanwhile")
     ap.add_argument("--hook-pid", type=int, help="measure the hook's CPU per /repos poll (afterwards, alone)")
     ap.add_argument("--idle-polls", type=int, default=100, help="polls of the afterwards measurement")
@@ -116,9 +120,12 @@ def main():
 
     answers = [None] * len(signed)
     failures = []
-    next_i = [0]
+    burst = a.burst if a.burst > 0 else len(signed)
+    next_i = [0, burst]  # the next push to post, the end of the current burst
     lock = threading.Lock()
     go = threading.Event()
+    posted = threading.Semaphore(0)  # one per push answered
+    cleared = [threading.Event() for _ in range(0, len(signed), burst)]  # burst k may be posted
 
     def poster():
         c = Conn(host, port)
@@ -126,9 +133,13 @@ def main():
         while True:
             with lock:
                 i = next_i[0]
-                next_i[0] += 1
+                if i < len(signed) and i < next_i[1]:
+                    next_i[0] += 1
             if i >= len(signed) or failures:
                 break
+            if i >= next_i[1] or not cleared[i // burst].is_set():
+                cleared[i // burst].wait()
+                continue
             body, sig = signed[i]
             try:
                 code, ans = c.request("POST", "/", body, {"Content-Type": "application/json", "X-GitHub-Event": "push",
@@ -140,6 +151,7 @@ def main():
                 failures.append(f"push {i} answered {code}: {ans[:200]!r}")
                 break
             answers[i] = json.loads(ans)
+            posted.release()
         c.close()
 
     polls = {"ms": [], "branches": 0, "errors": 0}
@@ -169,29 +181,46 @@ def main():
         t.start()
     time.sleep(0.2)  # every connection's thread waiting on `go`
     t0 = time.perf_counter()
+    deadline = t0 + a.timeout
+    counted, expect, t_posted = 0, 0, t0
+    cleared[0].set()
     go.set()
+    for k in range(len(cleared)):
+        end = min(len(signed), (k + 1) * burst)
+        for _ in range(k * burst, end):
+            while not posted.acquire(timeout=1):
+                if failures or time.perf_counter() > deadline:
+                    break
+            if failures:
+                break
+        if failures:
+            break
+        t_posted = time.perf_counter()
+        expect = end - sum(bool(x.get("coalesced")) for x in answers[:end])
+        while time.perf_counter() < deadline:
+            counted = builds_counted(meter) - done0
+            if counted >= expect:
+                break
+            time.sleep(a.metrics_every)
+        if k + 1 < len(cleared):
+            with lock:
+                next_i[1] = min(len(signed), (k + 2) * burst)
+            cleared[k + 1].set()
+    for c in cleared:
+        c.set()
     for t in threads[:a.connections]:
         t.join()
-    t_posted = time.perf_counter()
     if failures:
         stop_poll.set()
         print(json.dumps({"error": failures[0], "posted": sum(x is not None for x in answers)}))
         return 1
     coalesced = sum(bool(x.get("coalesced")) for x in answers)
-    expect = len(answers) - coalesced
-    deadline = t0 + a.timeout
-    counted = 0
-    while time.perf_counter() < deadline:
-        counted = builds_counted(meter) - done0
-        if counted >= expect:
-            break
-        time.sleep(a.metrics_every)
     t1 = time.perf_counter()
     stop_poll.set()
     for t in threads[a.connections:]:
         t.join()
     out = {"pushes": len(answers), "coalesced": coalesced, "builds": expect, "counted": int(counted),
-           "connections": a.connections, "seconds": round(t1 - t0, 3), "post_seconds": round(t_posted - t0, 3),
+           "connections": a.connections, "burst": a.burst or None, "seconds": round(t1 - t0, 3), "post_seconds": round(t_posted - t0, 3),
            "builds_per_s": round(expect / (t1 - t0), 1)}
     if a.poll_repos > 0:
         ms = polls["ms"]
