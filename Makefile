@@ -76,7 +76,7 @@ e2e: ## the deployment tests on a real Docker engine (needs `make images`)
 	@images/e2e.sh
 
 .PHONY: bench
-bench: ## benchmarks: ingest and latency vs webhook/Buildbot/redis, throughput, control plane, charts; < 20 min
+bench: ## benchmarks: ingest and push → result (bare, container, reused step; file:// and a git server over http) vs webhook/Buildbot/redis/by hand, throughput, control plane, charts; < 25 min
 	@bench/run.sh
 
 SOAK_SECONDS ?= 180

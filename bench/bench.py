@@ -4,7 +4,8 @@
 Run by bench/run.sh with bench/.venv's python: the standard library, plus Buildbot
 (started as programs from the venv) and matplotlib (charts only). Everything it
 starts (redis-server, hook, slaves, adnanh/webhook, Buildbot's master and worker,
-wrk, redis-benchmark, examples/virtual_slaves) listens on 127.0.0.1 only, runs in
+wrk, redis-benchmark, examples/virtual_slaves, lighttpd with git http-backend, the
+git server of the http rows) listens on 127.0.0.1 only, runs in
 its own process group and is stopped by pid at the end. Every loop is bounded in
 time or count. Results: bench/out/results.json and bench/out/results.md, logs in
 bench/out/logs/, charts in docs/bench/.
@@ -14,14 +15,18 @@ Sections:
               redis-benchmark LPUSH 7000 B (the ceiling, with Redis's cost per command);
               fsync always, then everysec
   latency     push → status "passed" on a cached 3,000-file repository, and the
-              floor (git fetch + git checkout + bash -c 'echo ok' by hand) interleaved
+              floor (git fetch + git checkout + bash -c 'echo ok' by hand) interleaved;
+              a row per URL kind (BENCH_URLS: file:// and http:// through the git
+              server, the floor fetching from the same URL); what containment costs
+  containers  the same with a container step (`image:`), the floor's step `docker run --rm`
+  reuse       the same with a step whose inputs did not change: reused, no checkout
   buildbot    the same pushes to ours, Buildbot and the floor; signed-push ingest of both
   throughput  1,000 trivial builds over 50 repositories and 3 slaves, in variants
-              (SLAVE_EXECUTORS, SLAVE_STEAL_AFTER, one slow repository)
+              (SLAVE_EXECUTORS, SLAVE_STEAL_AFTER, one slow repository, -http: over the git server)
   control     examples/virtual_slaves: 10, 100, 1,000 build-less slaves, 10,000 builds
   footprint   RSS idle/under load, binary sizes, image sizes
   balance     CRC32 mod N over 10,000 owner/name strings
-  charts      docs/bench/{latency,throughput,control-plane}.png
+  charts      docs/bench/{latency,push-to-result,throughput,control-plane}.png
 """
 
 import atexit
@@ -47,7 +52,9 @@ import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
-BIN = os.environ.get("BENCH_BIN", os.path.join(ROOT, "target", "release"))  # BENCH_BIN: compare another build
+# the binaries bench/run.sh just built (cargo's CARGO_TARGET_DIR when set); BENCH_BIN: compare another build
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
+BIN = os.environ.get("BENCH_BIN", TARGET)
 OUT = os.environ.get("BENCH_OUT", os.path.join(BENCH, "out"))
 LOGS = os.path.join(OUT, "logs")
 FIXTURE = os.path.join(BENCH, "fixtures", "github-push-with-new-branch.payload.json")
@@ -59,13 +66,13 @@ PUSHES = int(os.environ.get("BENCH_PUSHES", "100"))  # pushes per latency run
 TP_REPOS = int(os.environ.get("BENCH_TP_REPOS", "50"))
 TP_BRANCHES = int(os.environ.get("BENCH_TP_BRANCHES", "20"))  # 50 x 20 = 1,000 builds per run
 TP_SLAVES = 3
-# throughput variants: x<executors per slave>[-steal]; "slow-" makes one repository's
+# throughput variants: x<executors per slave>[-steal][-http (clone URLs through the git server)]; "slow-" makes one repository's
 # builds take TP_SLOW_SECONDS (on its first TP_SLOW_BRANCHES branches, so a round stays bounded)
-TP_VARIANTS = os.environ.get("BENCH_TP_VARIANTS", "x1,x2,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal").split(",")
+TP_VARIANTS = os.environ.get("BENCH_TP_VARIANTS", "x1,x2,x2-http,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal").split(",")
 TP_RUNS = int(os.environ.get("BENCH_TP_RUNS", str(min(RUNS, 3))))  # warm rounds of the variants in TP_FULL
 TP_FULL = os.environ.get("BENCH_TP_FULL", "x1,x2").split(",")  # the plain variants the goal is read from
 TP_VARIANT_WARM = int(os.environ.get("BENCH_TP_VARIANT_WARM", "1"))  # warm rounds of every other variant
-BUDGET_S = 20 * 60  # the whole of `make bench` at the defaults
+BUDGET_S = 25 * 60  # the whole of `make bench` at the defaults
 TP_STEAL_AFTER = os.environ.get("BENCH_TP_STEAL_AFTER", "2")  # SLAVE_STEAL_AFTER when a variant steals
 TP_SLOW_SECONDS = int(os.environ.get("BENCH_TP_SLOW_SECONDS", "10"))
 TP_SLOW_BRANCHES = int(os.environ.get("BENCH_TP_SLOW_BRANCHES", "3"))
@@ -77,7 +84,7 @@ TP_CLIENT_BURST = int(os.environ.get("BENCH_TP_CLIENT_BURST", "50"))  # a third 
 EVERYSEC = os.environ.get("BENCH_EVERYSEC", "1") == "1"
 # the floors run git as lean as the slave does: no automatic gc or maintenance after a fetch
 LEAN_GIT = ["-c", "gc.auto=0", "-c", "maintenance.auto=false"]
-SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,containers,buildbot,throughput,control,footprint,balance,charts").split(",")
+SECTIONS = os.environ.get("BENCH_SECTIONS", "ingest,latency,containers,reuse,buildbot,throughput,control,footprint,balance,charts").split(",")
 POLL_S = float(os.environ.get("BENCH_POLL_MS", "1")) / 1000  # status poll interval (latency, BENCH_FOLLOW=0)
 FOLLOW = os.environ.get("BENCH_FOLLOW", "1") == "1"  # latency: wait for the result by following the live log
 TOKEN = "bench-token-0123456789abcdefABCDEF"
@@ -182,10 +189,13 @@ def cpu_parts(redis, hook, slaves):
     """CPU seconds so far of each part of a throughput run: the hook, Redis, the slaves themselves, what the
     slaves started (git, its upload side, bash, guards: reaped children), and this bench (posting, polling)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
-    return {"hook": proc_cpu(hook.pid), "redis": proc_cpu(redis.proc.pid),
-            "slaves": sum(proc_cpu(p.pid) for p in slaves),
-            "slave_children": sum(proc_cpu(p.pid, children=True) - proc_cpu(p.pid) for p in slaves),
-            "bench": me.ru_utime + me.ru_stime}
+    parts = {"hook": proc_cpu(hook.pid), "redis": proc_cpu(redis.proc.pid),
+             "slaves": sum(proc_cpu(p.pid) for p in slaves),
+             "slave_children": sum(proc_cpu(p.pid, children=True) - proc_cpu(p.pid) for p in slaves),
+             "bench": me.ru_utime + me.ru_stime}
+    if GIT_SERVER is not None:  # lighttpd and its CGIs (git http-backend, upload-pack): the serving side of http fetches
+        parts["git_server"] = proc_cpu(GIT_SERVER.proc.pid, children=True)
+    return parts
 
 
 def cpu_ticks():
@@ -258,6 +268,118 @@ def git(*args, cwd=None, env=None):
              GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="bench@localhost")
     e.update(env or {})
     return run(["git", *args], cwd=cwd, env=e)
+
+
+# ---------------------------------------------------------------- the git server (smart HTTP)
+
+# Which URL kinds the latency, containers and reuse sections measure, each its own row: file:// (the
+# repository on the same disk) and http (the same repository served by lighttpd + git http-backend).
+URL_KINDS = os.environ.get("BENCH_URLS", "file,http").split(",")
+HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"  # from Debian's git package
+LIGHTTPD = shutil.which("lighttpd") or "/usr/sbin/lighttpd"  # /usr/sbin: not on every user's PATH
+
+
+class GitServer:
+    """lighttpd (Debian's package) serving `git http-backend` as a CGI, as GitHub, Gitea and GitLab
+    serve clones over smart HTTP: GIT_PROJECT_ROOT is the bench's scratch directory, so
+    <WORK>/x/medium.git is http://127.0.0.1:<port>/git/x/medium.git. The access log records each
+    request with its Git-Protocol header and the server's time (%D, µs)."""
+
+    def __init__(self):
+        if not os.access(HTTP_BACKEND, os.X_OK):
+            raise RuntimeError(f"no {HTTP_BACKEND} (Debian's git package provides it)")
+        self.port = free_port()
+        self.access = os.path.join(LOGS, "git-http-access.log")
+        conf = os.path.join(WORK, "lighttpd.conf")
+        with open(conf, "w") as fh:
+            fh.write(f"""server.document-root = "{WORK}"
+server.bind = "127.0.0.1"
+server.port = {self.port}
+server.modules = ("mod_alias", "mod_cgi", "mod_setenv", "mod_accesslog")
+server.errorlog = "{os.path.join(LOGS, 'git-http-error.log')}"
+accesslog.filename = "{self.access}"
+accesslog.format = "%h %t \\"%r\\" %>s %b \\"%{{Git-Protocol}}i\\" %D"
+alias.url = ("/git/" => "{HTTP_BACKEND}/")
+$HTTP["url"] =~ "^/git/" {{
+  cgi.assign = ("" => "")
+  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{WORK}", "GIT_HTTP_EXPORT_ALL" => "1")
+}}
+""")
+        run([LIGHTTPD, "-tt", "-f", conf])
+        self.proc = start("git-http", [LIGHTTPD, "-D", "-f", conf])
+        wait_for(lambda: http_get(self.port, "/ready")[0] != 0, 15, "lighttpd")  # 404: no such file
+        self.version = run([LIGHTTPD, "-v"]).strip().splitlines()[0]
+        self.backend_git = run(["/usr/lib/git-core/git", "--version"]).strip()
+        RESULTS["git_server"] = {"server": self.version, "backend": f"{HTTP_BACKEND} ({self.backend_git})",
+                                 "url": f"http://127.0.0.1:{self.port}/git/<path under the scratch dir>"}
+        log(f"git server: {self.version}, {HTTP_BACKEND} ({self.backend_git}) on 127.0.0.1:{self.port}")
+
+    def url(self, path):
+        rel = os.path.relpath(path, WORK)
+        if rel.startswith(".."):
+            raise RuntimeError(f"{path} is outside the git server's root {WORK}")
+        return f"http://127.0.0.1:{self.port}/git/{rel}"
+
+    def flush(self):
+        """lighttpd writes its access log in batches (about once a second): a marker request, then
+        wait until its line is in the file (every request before it is then there too)."""
+        self.marks = getattr(self, "marks", 0) + 1
+        mark = f"GET /flush-{self.marks} "
+        http_get(self.port, mark.split()[1])
+        wait_for(lambda: os.path.exists(self.access) and mark in open(self.access, errors="replace").read(), 15,
+                 "lighttpd's access log")
+
+    def requests(self, path):
+        """What the server answered for the repository at `path`: smart-HTTP requests (POST
+        git-upload-pack, GET info/refs?service=), anything else (a dumb client's GETs of objects),
+        non-200 answers, the Git-Protocol headers seen and the server's time per POST (ms)."""
+        self.flush()
+        prefix = "/git/" + os.path.relpath(path, WORK) + "/"
+        out = {"post_upload_pack": 0, "info_refs_smart": 0, "other": 0, "not_200": 0, "protocols": {}, "post_ms": []}
+        if not os.path.exists(self.access):
+            return out
+        for line in open(self.access, errors="replace"):
+            m = re.search(r'"(\w+) (\S+) HTTP/[\d.]+" (\d+) \S+ "([^"]*)" (\d+)', line)
+            if not m or not m.group(2).startswith(prefix):
+                continue
+            method, target, status, proto, us = m.groups()
+            rest = target[len(prefix):]
+            if method == "POST" and rest == "git-upload-pack":
+                out["post_upload_pack"] += 1
+                out["post_ms"].append(int(us) / 1000)
+            elif method == "GET" and rest == "info/refs?service=git-upload-pack":
+                out["info_refs_smart"] += 1
+            else:
+                out["other"] += 1
+            out["not_200"] += status != "200"
+            out["protocols"][proto] = out["protocols"].get(proto, 0) + 1
+        return out
+
+    def check_smart(self, path, what):
+        """Raises unless the repository at `path` was fetched over smart HTTP only; returns the counts."""
+        r = self.requests(path)
+        if r["post_upload_pack"] == 0 or r["other"] or r["not_200"]:
+            raise RuntimeError(f"{what}: not smart HTTP only, or failed requests, at {self.url(path)}: "
+                               f"{ {k: v for k, v in r.items() if k != 'post_ms'} } (see {self.access})")
+        ms = r.pop("post_ms")
+        r["post_server_ms_p50"] = median(ms)
+        return r
+
+
+GIT_SERVER = None
+
+
+def git_url(path, kind):
+    """The clone URL of the bare repository at `path`: file://, or http:// through the git server
+    (started on first use, kept for the whole bench)."""
+    global GIT_SERVER
+    if kind == "file":
+        return f"file://{path}"
+    if kind != "http":
+        raise RuntimeError(f"BENCH_URLS: {kind!r}: expected file or http")
+    if GIT_SERVER is None:
+        GIT_SERVER = GitServer()
+    return GIT_SERVER.url(path)
 
 
 # ---------------------------------------------------------------- redis
@@ -792,10 +914,11 @@ def make_medium_repo(path, files=3000, integration=None):
     git("checkout", "-q", "-f", "main", cwd=path)
 
 
-def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None, slave_env=None):
+def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None, slave_env=None, kind="file"):
     """A cached 3,000-file clone behind our hook and one slave, the floor's copy of that clone,
     and the three closures a latency measurement needs: new_commit(), through_hook(sha, msg)
-    and floor(sha). The first build (the clone) is made and not measured."""
+    and floor(sha). The first build (the clone) is made and not measured. `kind`: the push's clone
+    URL and the floor's `origin`, file:// or http:// (the same repository through the git server)."""
     base = os.path.join(WORK, tag)
     work = os.path.join(base, "work")
     bare = os.path.join(base, "medium.git")
@@ -803,7 +926,7 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
     git("clone", "-q", "--bare", work, bare)
     git("remote", "add", "origin", bare, cwd=work)
     git("fetch", "-q", "origin", cwd=work)
-    url = f"file://{bare}"
+    url = git_url(bare, kind)
     repo, branch = "bench/medium", "main"
 
     redis.reset()
@@ -835,8 +958,9 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
     if os.path.exists(alternates):
         os.remove(alternates)
     git("cat-file", "-e", "HEAD^{tree}", cwd=floor_dir)
-    # The slave's checkout fetches from its mirror; the floor fetches from the repository itself.
-    git("remote", "set-url", "origin", bare, cwd=floor_dir)
+    # The slave's checkout fetches from its mirror; the floor fetches from the repository itself (over
+    # http from the same server as the slave's mirror when kind is http).
+    git("remote", "set-url", "origin", bare if kind == "file" else url, cwd=floor_dir)
 
     gitc = ["git", "-C", floor_dir, "-c", "advice.detachedHead=false", *LEAN_GIT]
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
@@ -855,7 +979,7 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
         r["show"] = timed(gitc + ["show", "-s", "--format=%cI%n%B", sha])
         return r
 
-    def through_hook(sha, message):
+    def through_hook(sha, message, keep_log=False):
         body = push_body(fixture, repo, sha, branch, url, message)
         t0w, t0 = time.time(), time.perf_counter()
         code, answer = cli.push(body)
@@ -890,7 +1014,8 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
         return {"total": (t1 - t0) * 1000, "post_202": (t202 - t0) * 1000, "state": st["state"], "polls": polls,
                 "mono": (t0, t202, t1), "finished_mono": f("finished_at") - (t1w - t1), "started_mono": f("started_at") - (t1w - t1),
                 "to_queued": (f("queued_at") - t0w) * 1000, "queue_wait": (f("started_at") - f("queued_at")) * 1000,
-                "build": (f("finished_at") - f("started_at")) * 1000, "seen_after": (t1w - f("finished_at")) * 1000}
+                "build": (f("finished_at") - f("started_at")) * 1000, "seen_after": (t1w - f("finished_at")) * 1000,
+                **({"log": st.get("log") or []} if keep_log else {})}
 
     counter = [0]
 
@@ -906,7 +1031,8 @@ def latency_rig(redis, fixture, tag="latency", integration=None, step_argv=None,
         return git("rev-parse", "HEAD", cwd=work).strip(), msg
 
     return types.SimpleNamespace(hook=hook, slave=slave, cli=cli, bare=bare, url=url, repo=repo, branch=branch, work=work,
-                                 base=base, new_commit=new_commit, through_hook=through_hook, floor=floor)
+                                 base=base, new_commit=new_commit, through_hook=through_hook, floor=floor, kind=kind,
+                                 floor_dir=floor_dir, tag=tag, first=first)
 
 
 def thread_cpu_ms(pid, name):
@@ -941,56 +1067,143 @@ def containment_costs(log_path, skip, reaper_ms, builds):
             "reaper_cpu_ms_per_build": reaper_ms / max(builds, 1)}
 
 
-def latency(redis, fixture):
-    rig = latency_rig(redis, fixture)
-    hook, slave, new_commit, through_hook, floor = rig.hook, rig.slave, rig.new_commit, rig.through_hook, rig.floor
-    reaper_before = thread_cpu_ms(slave.pid, "reaper")
-    slave_log = os.path.join(LOGS, "latency-slave.log")
-    with open(slave_log, errors="replace") as fh:
-        finished_before = sum(1 for line in fh if "build.finished" in line)
+def row_key(section, kind):
+    """RESULTS key of a section's row: the file:// row keeps the section's name, others add the kind."""
+    return section if kind == "file" else f"{section}_{kind}"
+
+
+def row_tag(section, kind):
+    """Its logs' and scratch directory's name."""
+    return section if kind == "file" else f"{section}-{kind}"
+
+
+def interleaved(rig, n, what, check=None, before=None):
+    """RUNS runs of `n` new commits, each pushed through the rig and built by hand (the floor) beside
+    it, who goes first alternating; `check(push)` sees each push with its log; `before(sha, msg)`, not
+    timed, runs after each commit is made and before either is measured. Returns the runs."""
     runs = []
-    log(f"latency: {RUNS} runs x {PUSHES} pushes on a cached 3,000-file clone, floor interleaved")
+    log(f"{what}: {RUNS} runs x {n} pushes ({rig.kind}: {rig.url}), the floor by hand interleaved")
     for r_i in range(RUNS):
         pushes, floors = [], []
-        for i in range(PUSHES):
-            sha, msg = new_commit()
+        for i in range(n):
+            sha, msg = rig.new_commit()
+            if before:
+                before(sha, msg)
             if i % 2 == 0:  # alternate who goes first, so neither always finds the objects in the page cache
-                floors.append(floor(sha))
-                pushes.append(through_hook(sha, msg))
+                floors.append(rig.floor(sha))
+                pushes.append(rig.through_hook(sha, msg, keep_log=check is not None))
             else:
-                pushes.append(through_hook(sha, msg))
-                floors.append(floor(sha))
-        failed = sum(1 for p in pushes if p["state"] != "passed")
-        tot = [p["total"] for p in pushes]
-        fl = [f["total"] for f in floors]
+                pushes.append(rig.through_hook(sha, msg, keep_log=check is not None))
+                floors.append(rig.floor(sha))
+            if check:
+                check(pushes[-1])
+                pushes[-1].pop("log")
+        tot, fl = [p["total"] for p in pushes], [f["total"] for f in floors]
         summary = {"p50_ms": median(tot), "p99_ms": pct(tot, 99), "floor_p50_ms": median(fl), "floor_p99_ms": pct(fl, 99),
-                   "failed": failed}
+                   "failed": sum(1 for p in pushes if p["state"] != "passed")}
         summary["ratio_p50"] = summary["p50_ms"] / summary["floor_p50_ms"]
         # each push against the floor measured right beside it (same commit, adjacent in time):
         # robust to the machine's speed drifting within a run
         summary["paired_ratio_p50"] = median([p["total"] / f["total"] for p, f in zip(pushes, floors)])
         runs.append({"summary": summary, "pushes": pushes, "floors": floors})
         log(f"  run {r_i + 1}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    return runs
+
+
+def row_results(rig, runs, floor_keys=("fetch", "checkout", "bash", "total")):
+    """What every latency-style row reports: its runs, where the time went, the floor's parts, and for
+    an http row what the git server answered (smart HTTP checked)."""
     allp = [p for r in runs for p in r["pushes"]]
     allf = [f for r in runs for f in r["floors"]]
-    breakdown = {k: {"p50": median([p[k] for p in allp]), "p99": pct([p[k] for p in allp], 99)}
-                 for k in ("total", "post_202", "to_queued", "queue_wait", "build", "seen_after")}
-    floor_parts = {k: {"p50": median([f[k] for f in allf]), "p99": pct([f[k] for f in allf], 99)}
-                   for k in ("fetch", "checkout", "bash", "total", "show")}
-    RESULTS["latency"] = {"runs": [r["summary"] for r in runs], "breakdown_all_pushes": breakdown, "floor_parts": floor_parts,
-                          "slave_rss": proc_status(slave.pid), "hook_rss": proc_status(hook.pid),
-                          "containment": containment_costs(slave_log, finished_before,
-                                                           thread_cpu_ms(slave.pid, "reaper") - reaper_before, len(allp))}
-    if shutil.which("perf") and os.geteuid() == 0 and os.environ.get("BENCH_PERF", "1") == "1":
-        RESULTS["latency"]["traced"] = traced_pushes(slave, new_commit, through_hook)
-    else:
-        RESULTS["latency"]["untraced"] = ("BENCH_PERF=0" if os.environ.get("BENCH_PERF", "1") != "1"
-                                          else "not root" if os.geteuid() != 0 else "no perf (Debian's linux-perf)")
-    with open(os.path.join(LOGS, "latency-samples.json"), "w") as fh:
+    out = {"kind": rig.kind, "url": rig.url, "pushes_per_run": len(runs[0]["pushes"]) if runs else 0,
+           "runs": [r["summary"] for r in runs],
+           "breakdown_all_pushes": {k: {"p50": median([p[k] for p in allp]), "p99": pct([p[k] for p in allp], 99)}
+                                    for k in ("total", "post_202", "to_queued", "queue_wait", "build", "seen_after")},
+           "floor_parts": {k: {"p50": median([f[k] for f in allf]), "p99": pct([f[k] for f in allf], 99)} for k in floor_keys}}
+    if rig.kind == "http":
+        out["git_server_requests"] = GIT_SERVER.check_smart(rig.bare, rig.tag)
+    with open(os.path.join(LOGS, f"{rig.tag}-samples.json"), "w") as fh:
         json.dump(runs, fh)
-    stop(slave)
+    return out
+
+
+def stop_rig(rig):
+    stop(rig.slave)
     rig.cli.close()
-    stop_soon(hook)
+    stop_soon(rig.hook)
+
+
+def latency(redis, fixture):
+    for kind in URL_KINDS:
+        latency_row(redis, fixture, kind)
+
+
+def latency_row(redis, fixture, kind):
+    rig = latency_rig(redis, fixture, tag=row_tag("latency", kind), kind=kind)
+    slave = rig.slave
+    reaper_before = thread_cpu_ms(slave.pid, "reaper")
+    slave_log = os.path.join(LOGS, f"{rig.tag}-slave.log")
+    with open(slave_log, errors="replace") as fh:
+        finished_before = sum(1 for line in fh if "build.finished" in line)
+    runs = interleaved(rig, PUSHES, f"latency ({kind})")
+    res = row_results(rig, runs, ("fetch", "checkout", "bash", "total", "show"))
+    builds = sum(len(r["pushes"]) for r in runs)
+    res.update({"slave_rss": proc_status(slave.pid), "hook_rss": proc_status(rig.hook.pid),
+                "containment": containment_costs(slave_log, finished_before, thread_cpu_ms(slave.pid, "reaper") - reaper_before, builds)})
+    if kind == URL_KINDS[0]:
+        res["git_hardening"] = git_hardening(rig.floor_dir)
+        if shutil.which("perf") and os.geteuid() == 0 and os.environ.get("BENCH_PERF", "1") == "1":
+            res["traced"] = traced_pushes(slave, rig.new_commit, rig.through_hook)
+        else:
+            res["untraced"] = ("BENCH_PERF=0" if os.environ.get("BENCH_PERF", "1") != "1"
+                               else "not root" if os.geteuid() != 0 else "no perf (Debian's linux-perf)")
+    RESULTS[row_key("latency", kind)] = res
+    stop_rig(rig)
+
+
+# The options the slave gives the build user's git (src/slave/build/workspace.rs, build_git) that keep a
+# build's checkout from running code of the build's: no hooks, no fsmonitor, no attributes; and its
+# global configuration (only safe.directory).
+GIT_HARDENING = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.attributesFile=/dev/null",
+                 "-c", "credential.helper="]
+GIT_HARDENING_N = int(os.environ.get("BENCH_GIT_HARDENING_N", "40"))
+
+
+def git_hardening(clone, n=GIT_HARDENING_N):
+    """The slave's git hardening on a checkout of the 3,000-file clone: `git checkout --force` between two
+    commits with and without the options and the global config, interleaved (n of each, the order
+    alternating); wall and CPU (the children's user + system, getrusage) per checkout."""
+    if n <= 0:
+        return None
+    cfg = os.path.join(WORK, "hardening-gitconfig")
+    with open(cfg, "w") as fh:
+        fh.write("[safe]\n\tdirectory = *\n")
+    a = git("rev-parse", "HEAD", cwd=clone).strip()
+    b = git("rev-parse", "HEAD~1", cwd=clone).strip()
+    base = ["git", "-C", clone, "-c", "advice.detachedHead=false", *LEAN_GIT]
+    modes = {"plain": (base, dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null")),
+             "hardened": (base + GIT_HARDENING, dict(os.environ, GIT_CONFIG_GLOBAL=cfg))}
+    got = {m: {"wall_ms": [], "cpu_ms": []} for m in modes}
+
+    def children_cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    for i in range(n):
+        for m in (("plain", "hardened") if i % 2 == 0 else ("hardened", "plain")):
+            argv, env = modes[m]
+            for sha in (b, a):
+                c0, t0 = children_cpu(), time.perf_counter()
+                subprocess.run(argv + ["checkout", "--quiet", "--force", "--detach", sha], check=True, env=env)
+                got[m]["wall_ms"].append((time.perf_counter() - t0) * 1000)
+                got[m]["cpu_ms"].append((children_cpu() - c0) * 1000)
+    out = {"checkouts_each": 2 * n, "options": " ".join(GIT_HARDENING) + " + GIT_CONFIG_GLOBAL (safe.directory = *)"}
+    for m, v in got.items():
+        out[m] = {k: {"p25": pct(x, 25), "p50": median(x), "p75": pct(x, 75)} for k, x in v.items()}
+    out["hardened_minus_plain_ms"] = {k: out["hardened"][k]["p50"] - out["plain"][k]["p50"] for k in ("wall_ms", "cpu_ms")}
+    log(f"git hardening: checkout p50 wall {out['plain']['wall_ms']['p50']:.2f} → {out['hardened']['wall_ms']['p50']:.2f} ms, "
+        f"CPU {out['plain']['cpu_ms']['p50']:.2f} → {out['hardened']['cpu_ms']['p50']:.2f} ms")
+    return out
 
 
 TEST_IMAGE = "ci-test/busybox:1"
@@ -1017,7 +1230,7 @@ def test_image():
 def containers(redis, fixture):
     """Push → result of a container step (`image:`, `echo ok`) on the cached 3,000-file clone, against
     the same by hand: git fetch + git checkout --force + docker run --rm -v <checkout>:/ci/checkout -w
-    /ci/checkout <image> sh -c 'echo ok' on a cached clone, interleaved."""
+    /ci/checkout <image> sh -c 'echo ok' on a cached clone, interleaved; a row per URL kind."""
     image, why = test_image()
     if image is None:
         RESULTS["containers"] = {"skipped": why}
@@ -1025,34 +1238,75 @@ def containers(redis, fixture):
         return
     yml = f"step: contained\nimage: {image}\nshell: echo ok\n"
     docker_run = lambda d: ["docker", "run", "--rm", "-v", f"{d}:/ci/checkout", "-w", "/ci/checkout", image, "sh", "-c", "echo ok"]
-    rig = latency_rig(redis, fixture, tag="containers", integration=yml, step_argv=docker_run)
-    runs = []
     n = max(10, PUSHES // 5)
-    log(f"containers: {RUNS} runs x {n} pushes of a container step, the floor by hand interleaved")
-    for r_i in range(RUNS):
-        pushes, floors = [], []
-        for i in range(n):
-            sha, msg = rig.new_commit()
-            if i % 2 == 0:
-                floors.append(rig.floor(sha))
-                pushes.append(rig.through_hook(sha, msg))
-            else:
-                pushes.append(rig.through_hook(sha, msg))
-                floors.append(rig.floor(sha))
-        tot, fl = [p["total"] for p in pushes], [f["total"] for f in floors]
-        summary = {"p50_ms": median(tot), "p99_ms": pct(tot, 99), "floor_p50_ms": median(fl), "floor_p99_ms": pct(fl, 99),
-                   "failed": sum(1 for p in pushes if p["state"] != "passed")}
-        summary["ratio_p50"] = summary["p50_ms"] / summary["floor_p50_ms"]
-        summary["paired_ratio_p50"] = median([p["total"] / f["total"] for p, f in zip(pushes, floors)])
-        runs.append({"summary": summary, "floors": floors})
-        log(f"  run {r_i + 1}: " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
-    allf = [f for r in runs for f in r["floors"]]
-    RESULTS["containers"] = {"runs": [r["summary"] for r in runs], "pushes_per_run": n,
-                             "floor_parts": {k: {"p50": median([f[k] for f in allf]), "p99": pct([f[k] for f in allf], 99)}
-                                             for k in ("fetch", "checkout", "bash", "total")}}
-    stop(rig.slave)
-    rig.cli.close()
-    stop_soon(rig.hook)
+    for kind in URL_KINDS:
+        rig = latency_rig(redis, fixture, tag=row_tag("containers", kind), integration=yml, step_argv=docker_run, kind=kind)
+        runs = interleaved(rig, n, f"containers ({kind})")
+        RESULTS[row_key("containers", kind)] = row_results(rig, runs)
+        stop_rig(rig)
+
+
+# ---------------------------------------------------------------- 2f. reuse: steps that already passed
+
+REUSE_YML = "step: ok\ninputs: [README.md]\nshell: echo ok\n"
+REUSE_PUSHES = int(os.environ.get("BENCH_REUSE_PUSHES", str(max(10, PUSHES // 2))))  # half the latency's: the budget
+
+
+def reuse(redis, fixture):
+    """Push → result when the only step (`inputs: [README.md]`, `echo ok`) already passed: new_commit()
+    changes a file under src/ only, so after the first build every build reuses the pass and needs no
+    checkout (the slave logs `build.no_checkout`). Against the same floor as the latency section (git
+    fetch + git checkout --force + bash by hand), interleaved; every measured push's log must say
+    `[reused]` and not `[passed]` (read from the status API). A row per URL kind."""
+    for kind in URL_KINDS:
+        rig = latency_rig(redis, fixture, tag=row_tag("reuse", kind), integration=REUSE_YML, kind=kind)
+        if not any(l.startswith("[passed]") for l in rig.first.get("log") or []):
+            raise RuntimeError(f"reuse: the first build did not run its step: {rig.first.get('log')}")
+        slave_log = os.path.join(LOGS, f"{rig.tag}-slave.log")
+        count = lambda: open(slave_log, errors="replace").read().count("build.no_checkout")
+        no_checkout0 = count()
+        seen = {"reused": 0}
+
+        def check(push):
+            lines = push["log"]
+            if push["state"] != "passed" or not any(l.startswith("[reused] ok (passed in build ") for l in lines) \
+                    or any(l.startswith("[passed]") for l in lines):
+                raise RuntimeError(f"reuse ({kind}): a push's step was not reused: state {push['state']}, log {lines}")
+            seen["reused"] += 1
+
+        runs = interleaved(rig, REUSE_PUSHES, f"reuse ({kind})", check)
+        res = row_results(rig, runs)
+        trees = [float(m) for m in re.findall(r"build\.trees .*trees_ms=([\d.]+)", open(slave_log, errors="replace").read())][-seen["reused"]:]
+        res.update({"reused_pushes": seen["reused"], "no_checkout_builds": count() - no_checkout0, "trees_ms_p50": median(trees),
+                    "integration_yml": REUSE_YML, "first_build_log": rig.first.get("log")})
+        if res["no_checkout_builds"] != seen["reused"]:
+            raise RuntimeError(f"reuse ({kind}): {seen['reused']} builds reused their step, the slave logged "
+                               f"{res['no_checkout_builds']} build.no_checkout")
+        RESULTS[row_key("reuse", kind)] = res
+        reuse_fast_forward(rig, fixture, kind, check, seen)
+        stop_rig(rig)
+
+
+def reuse_fast_forward(rig, fixture, kind, check, seen):
+    """The reuse row's fast-forward case: each new commit is first pushed to a branch `feature` and built
+    there (not timed; the floor's clone fetches it too, as someone who built the feature by hand has it),
+    then main is pushed at that commit and measured: a commit the slave's mirror already holds is not
+    fetched again, and its step's pass is reused, so the build reads only Redis and the mirror."""
+    def built_on_feature(sha, msg):
+        git("push", "-q", "origin", f"{sha}:refs/heads/feature", cwd=rig.work)
+        code, answer = rig.cli.push(push_body(fixture, rig.repo, sha, "feature", rig.url, msg))
+        if code != 202:
+            raise RuntimeError(f"reuse ff: the feature push answered {code}: {answer[:200]}")
+        wait_for(lambda: (lambda st: st and st.get("sha") == sha and st.get("state") in ("passed", "failed"))(rig.cli.status(rig.repo, "feature")),
+                 60, "the feature build")
+        subprocess.run(["git", "-C", rig.floor_dir, *LEAN_GIT, "fetch", "--quiet", "--no-tags", "origin",
+                        "+refs/heads/feature:refs/remotes/origin/feature"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    seen["reused"] = 0
+    runs = interleaved(rig, REUSE_PUSHES, f"reuse, fast-forward ({kind})", check, before=built_on_feature)
+    res = row_results(rig, runs)
+    res.update({"reused_pushes": seen["reused"], "integration_yml": REUSE_YML})
+    RESULTS[row_key("reuse_ff", kind)] = res
 
 
 def perf_children(text, threads):
@@ -1174,12 +1428,15 @@ def throughput(redis, fixture):
     RESULTS["throughput_variants"] = {}
     RESULTS["throughput_floor_cpu_ms"] = throughput_floor()
     for name in TP_VARIANTS:
-        m = re.fullmatch(r"(slow-)?x(\d+)(-steal)?", name)
+        m = re.fullmatch(r"(slow-)?x(\d+)(-steal)?(-http)?", name)
         if not m:
-            raise RuntimeError(f"BENCH_TP_VARIANTS: {name!r}: expected x<executors>[-steal], optionally slow- first")
+            raise RuntimeError(f"BENCH_TP_VARIANTS: {name!r}: expected x<executors>[-steal][-http], optionally slow- first")
         warm = TP_RUNS if name in TP_FULL else TP_VARIANT_WARM
         t = time.monotonic()
-        res = throughput_variant(redis, fixture, name, int(m.group(2)), bool(m.group(3)), bool(m.group(1)), warm)
+        res = throughput_variant(redis, fixture, name, int(m.group(2)), bool(m.group(3)), bool(m.group(1)), warm,
+                                 kind="http" if m.group(4) else "file")
+        if m.group(4):  # every repository was fetched over smart HTTP; the counts of the first one
+            res["git_server_requests"] = GIT_SERVER.check_smart(os.path.join(WORK, f"throughput-{name}", "r00.git"), name)
         res["wall_s"] = round(time.monotonic() - t, 1)
         RESULTS["throughput_variants"][name] = res
         if name == "x1":
@@ -1221,7 +1478,7 @@ def throughput_floor(n=100):
     return out
 
 
-def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rounds):
+def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rounds, kind="file"):
     base = os.path.join(WORK, f"throughput-{variant}")
     os.makedirs(base)
     repos = owner_names(TP_REPOS, seed=99)
@@ -1274,7 +1531,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
                 if full == slow_repo and bi >= TP_SLOW_BRANCHES:
                     continue
                 bare, s = shas[full]
-                bodies.append((full, push_body(fixture, full, s[b][k], b, f"file://{bare}", f"{b} round {k}")))
+                bodies.append((full, push_body(fixture, full, s[b][k], b, git_url(bare, kind), f"{b} round {k}")))
         sampler_stop = threading.Event()
         peaks = {"slave": 0, "hook": 0}
 
@@ -1335,7 +1592,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
     per_slave = {}
     for i, p in enumerate(slaves):
         per_slave[f"slave-{i}"] = open(os.path.join(LOGS, f"tp-{variant}-slave-{i}.log")).read().count("build.finished")
-    res = {"variant": variant, "executors": executors, "steal": steal, "steal_after": TP_STEAL_AFTER if steal else None,
+    res = {"variant": variant, "kind": kind, "executors": executors, "steal": steal, "steal_after": TP_STEAL_AFTER if steal else None,
            "slow_repo": slow_repo, "slow_seconds": TP_SLOW_SECONDS if slow else None,
            "slow_branches": TP_SLOW_BRANCHES if slow else None,
            "slave_env": slave_env, "slave_mentions_executors_or_steal": knows,
@@ -1656,7 +1913,7 @@ CP_LEASE_MS = int(os.environ.get("BENCH_CP_LEASE_MS", "10000"))  # SLAVE_LEASE's
 
 def control(redis, fixture):
     """examples/virtual_slaves.rs against the bench's Redis (AOF, fsync always), once per fleet size."""
-    exe = os.path.join(ROOT, "target", "release", "examples", "virtual_slaves")
+    exe = os.path.join(TARGET, "examples", "virtual_slaves")
     if not os.path.exists(exe):
         raise RuntimeError(f"{exe} missing: bench/run.sh builds it (cargo build --release --example virtual_slaves)")
     maxclients = int(redis.cli("CONFIG", "GET", "maxclients").splitlines()[-1])
@@ -1771,20 +2028,53 @@ def charts():
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         save(fig, "latency.png")
 
+    rows = [(s, k, got(row_key(s, k))) for s, *_ in ROW_SECTIONS for k in URL_KINDS]
+    rows = [(s, k, r) for s, k, r in rows if r and r.get("runs")]
+    if rows:
+        goals = {s: g for s, _, g, _ in ROW_SECTIONS}
+        panels = [[r for r in rows if r[0] != "containers"], [r for r in rows if r[0] == "containers"]]
+        panels = [p for p in panels if p]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 4.6), squeeze=False,
+                                 gridspec_kw={"width_ratios": [len(p) for p in panels]})
+        for ax, panel in zip(axes[0], panels):
+            x = range(len(panel))
+            ours = [row_medians(r)["p50_ms"] for _, _, r in panel]
+            floor = [row_medians(r)["floor_p50_ms"] for _, _, r in panel]
+            w = 0.38
+            b1 = ax.bar([i - w / 2 for i in x], ours, w, label="ci-backend: push → result p50", color="#1f77b4")
+            b2 = ax.bar([i + w / 2 for i in x], floor, w, label="by hand: fetch + checkout + step, p50", color="#999999")
+            for bars in (b1, b2):
+                for b in bars:
+                    v = b.get_height()
+                    ax.annotate(f"{v:,.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+            for i, (s, k, r) in enumerate(panel):
+                ratio = row_medians(r)["paired_ratio_p50"]
+                ax.annotate(f"{ratio:.2f}×\n(goal ≤ {goals[s]:.2f})", (i, max(ours[i], floor[i])), xytext=(0, 16), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=9, fontweight="bold", color="#2ca02c" if ratio <= goals[s] else "#d62728")
+            ax.set_xticks(list(x), [f"{ {'latency': 'bare', 'containers': 'container', 'reuse': 'reused', 'reuse_ff': 'reused, ff'}[s]}\n{k}" for s, k, _ in panel], fontsize=9)
+            ax.set_ylim(0, max(ours + floor) * 1.4)
+            ax.set_ylabel("ms, p50 (median of runs)")
+            ax.set_title("container step (echo ok)" if panel[0][0] == "containers" else "bare step; reused step (no checkout)", fontsize=10)
+        fig.suptitle("Push → result vs the same by hand, cached 3,000-file clone (ratio: median of push ÷ its floor)", fontsize=11)
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, 0.94))
+        fig.tight_layout(rect=(0, 0.04, 1, 0.9))
+        save(fig, "push-to-result.png")
+
     tv = got("throughput_variants")
     if tv:
         names = list(tv)
         warm = [median([r["builds_per_s"] for r in tv[n]["rounds"] if not r["cold"]] or [0]) for n in names]
         wait = [median([r["queue_wait_p95_ms"] for r in tv[n]["rounds"] if not r["cold"]] or [0]) / 1000 for n in names]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-        bars = a1.bar(names, warm, color=["#d62728" if n.startswith("slow") else "#1f77b4" for n in names])
+        colors = ["#d62728" if n.startswith("slow") else "#2ca02c" if n.endswith("-http") else "#1f77b4" for n in names]
+        bars = a1.bar(names, warm, color=colors)
         for b, v in zip(bars, warm):
             a1.annotate(f"{v:.1f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9, fontweight="bold")
         a1.set_ylabel("builds/s (warm rounds, median)")
         unread = not any(tv[n].get("slave_mentions_executors_or_steal") for n in names)
-        a1.set_title(f"Throughput, {TP_SLAVES} slaves: x<executors>, -steal"
+        a1.set_title(f"Throughput, {TP_SLAVES} slaves: x<executors>, -steal, -http (git server)"
                      + ("\n(this slave ignored SLAVE_EXECUTORS / SLAVE_STEAL_AFTER)" if unread else ""), fontsize=11)
-        bars = a2.bar(names, wait, color=["#d62728" if n.startswith("slow") else "#1f77b4" for n in names])
+        bars = a2.bar(names, wait, color=colors)
         for b, v in zip(bars, wait):
             a2.annotate(f"{v:.1f} s", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9, fontweight="bold")
         a2.set_ylabel("queue wait p95, s (started_at − queued_at)")
@@ -1888,6 +2178,145 @@ def fmt(v, d=1):
     return "—" if v is None else f"{v:,.{d}f}"
 
 
+# The latency-style sections, their goals (push → result / the floor by hand, issue 21) and what the floor ran.
+ROW_SECTIONS = [("latency", "bare step `echo ok`", 1.10, "git fetch + git checkout --force + bash -c 'echo ok'"),
+                ("containers", f"container step (`image: {TEST_IMAGE}`) `echo ok`", 0.90,
+                 f"git fetch + git checkout --force + docker run --rm -v <checkout>:/ci/checkout -w /ci/checkout {TEST_IMAGE} sh -c 'echo ok'"),
+                ("reuse", "step already passed (`inputs: [README.md]`, a src/ file changed): reused, no checkout", 0.50,
+                 "git fetch + git checkout --force + bash -c 'echo ok'"),
+                ("reuse_ff", "the same, the commit already built on another branch (a fast-forward merge): no fetch, no checkout", 0.50,
+                 "git fetch (the commit's objects already fetched with the feature) + git checkout --force + bash -c 'echo ok'")]
+
+
+def row_medians(res):
+    return {k: median([r[k] for r in res["runs"]]) for k in ("p50_ms", "p99_ms", "floor_p50_ms", "floor_p99_ms", "ratio_p50", "paired_ratio_p50")}
+
+
+def containment_summary():
+    """Point 5 of issue 21: what the container path costs per build beside the bare one (push → result
+    p50 of the container row minus the bare row's, same bench run, per URL kind; the floors' `docker run`
+    against `bash`), with the bare step's containment measured by the latency section."""
+    out = {}
+    for kind in URL_KINDS:
+        lat, con = RESULTS.get(row_key("latency", kind)), RESULTS.get(row_key("containers", kind))
+        if lat and con and "runs" in con:
+            out[kind] = {"container_minus_bare_ms": row_medians(con)["p50_ms"] - row_medians(lat)["p50_ms"],
+                         "floor_docker_run_minus_bash_ms": con["floor_parts"]["bash"]["p50"] - lat["floor_parts"]["bash"]["p50"],
+                         "floor_container_minus_bare_ms": row_medians(con)["floor_p50_ms"] - row_medians(lat)["floor_p50_ms"]}
+    return out
+
+
+def report_rows():
+    """results.md's section 2: every latency-style row (bare, container, reuse; file:// and http)."""
+    L = []
+    rows = [(s, k, RESULTS[row_key(s, k)], what, goal, fl) for s, what, goal, fl in ROW_SECTIONS for k in URL_KINDS
+            if row_key(s, k) in RESULTS and "runs" in RESULTS[row_key(s, k)]]
+    skipped = [(s, RESULTS[s]["skipped"]) for s, *_ in ROW_SECTIONS if "skipped" in RESULTS.get(s, {})]
+    if not rows and not skipped:
+        return L
+    L.append("\n## 2. Push → result against the same by hand (cached 3,000-file clone; medians of runs)\n")
+    gs = RESULTS.get("git_server")
+    if gs:
+        L.append(f"http rows: the push's clone URL and the floor's `origin` are {gs['url']}, served by {gs['server']} running "
+                 f"{gs['backend']} as a CGI (smart HTTP, checked in its access log: POST git-upload-pack, no dumb requests). "
+                 "file rows: file:// (the slave) and the repository's path (the floor).\n")
+    L.append("| section | URL | pushes × runs | p50 ms | floor p50 ms | p50 / floor p50 | median of push / its floor (runs) | goal | failed |")
+    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|")
+    for s, k, res, what, goal, _ in rows:
+        m = row_medians(res)
+        ok = "met" if m["paired_ratio_p50"] <= goal else "not met"
+        L.append(f"| {s}: {what} | {k} | {res['pushes_per_run']} × {len(res['runs'])} | {m['p50_ms']:.1f} | {m['floor_p50_ms']:.1f} | "
+                 f"{m['ratio_p50']:.2f} | **{m['paired_ratio_p50']:.2f}** ({' '.join('%.2f' % r['paired_ratio_p50'] for r in res['runs'])}) | "
+                 f"≤ {goal:.2f} ({ok}) | {sum(r['failed'] for r in res['runs'])} |")
+    for s, why in skipped:
+        L.append(f"| {s} | | | | | | skipped: {why} | | |")
+    names = {"post_202": "POST → 202 (client)", "to_queued": "POST → queued_at (hook)", "queue_wait": "queued_at → started_at (queue, BLMOVE, start script)",
+             "build": "started_at → finished_at (slave: git, the step, store)",
+             "seen_after": ("finished_at → the follower's stream ends (live log)" if FOLLOW else f"finished_at → seen by the {POLL_S * 1000:g} ms poller"),
+             "total": "total"}
+    for s, k, res, what, goal, fl in rows:
+        L.append(f"\n### {s}, {k}: {what}\n")
+        L.append(f"clone URL {res['url']}; the floor by hand: {fl}, on a cached clone, interleaved with the pushes.\n")
+        L.append("| run | p50 ms | p99 ms | floor p50 ms | floor p99 ms | p50 / floor p50 | median of push / its floor | failed |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for i, r in enumerate(res["runs"], 1):
+            L.append(f"| {i} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['floor_p50_ms']:.1f} | {r['floor_p99_ms']:.1f} | {r['ratio_p50']:.2f} | "
+                     f"{r['paired_ratio_p50']:.2f} | {r['failed']} |")
+        med = row_medians(res)
+        L.append(f"| **median** | **{med['p50_ms']:.1f}** | **{med['p99_ms']:.1f}** | **{med['floor_p50_ms']:.1f}** | **{med['floor_p99_ms']:.1f}** | "
+                 f"**{med['ratio_p50']:.2f}** | **{med['paired_ratio_p50']:.2f}** | |")
+        L.append("\nwhere the time goes (all pushes; ms):\n")
+        L.append("| part | p50 | p99 |")
+        L.append("|---|---:|---:|")
+        for key, v in res["breakdown_all_pushes"].items():
+            L.append(f"| {names[key]} | {v['p50']:.1f} | {v['p99']:.1f} |")
+        fp = res["floor_parts"]
+        step = "docker run" if s == "containers" else "bash -c 'echo ok'"
+        for key, label in (("fetch", "git fetch"), ("checkout", "git checkout"), ("bash", step)):
+            L.append(f"| floor by hand: {label} | {fp[key]['p50']:.1f} | {fp[key]['p99']:.1f} |")
+        if "show" in fp:
+            L.append(f"| git show -s by hand (the slave reads the loose commit instead; git show only for packed ones) | {fp['show']['p50']:.1f} | {fp['show']['p99']:.1f} |")
+        if "git_server_requests" in res:
+            g = res["git_server_requests"]
+            L.append(f"\ngit server, this repository (slave and floor): {g['post_upload_pack']} POST git-upload-pack, "
+                     f"{g['info_refs_smart']} GET info/refs?service=git-upload-pack, {g['other']} other, {g['not_200']} not 200; "
+                     f"Git-Protocol headers {g['protocols']}; server time per POST p50 {fmt(g['post_server_ms_p50'], 2)} ms")
+        if s == "reuse_ff":
+            L.append(f"\nevery measured push's log had `[reused] ok (passed in build …)` and no `[passed]`: {res['reused_pushes']} pushes")
+        if s == "reuse":
+            L.append(f"\nevery measured push's log had `[reused] ok (passed in build …)` and no `[passed]`: {res['reused_pushes']} pushes; "
+                     f"the slave logged `build.no_checkout` {res['no_checkout_builds']} times; the input trees read from the mirror "
+                     f"(`build.trees trees_ms=`) {fmt(res['trees_ms_p50'], 2)} ms p50. integration.yml: "
+                     f"`{'; '.join(res['integration_yml'].strip().splitlines())}`")
+            share = fp["fetch"]["p50"] / med["floor_p50_ms"]
+            L.append(f"\nthe floor's `git fetch` alone is {fmt(fp['fetch']['p50'])} ms p50, {share:.2f} of the floor's p50: a build that "
+                     f"fetches the same new commit from the same URL (as this one must, to read integration.yml and the input trees) "
+                     f"stays above about {share:.2f}× unless its fetch is faster than the floor's")
+        tr = res.get("traced")
+        if tr:
+            L.append(f"\ninside the slave ({tr['analysed']} of {tr['pushes']} extra pushes traced with perf sched_process_fork/exec/exit; ms):\n")
+            L.append("| part | p50 | p99 |")
+            L.append("|---|---:|---:|")
+            for key, v in tr["parts"].items():
+                L.append(f"| {key} | {v['p50']:.1f} | {v['p99']:.1f} |")
+        elif res.get("untraced"):
+            L.append(f"\nthe trace inside the slave was skipped: {res['untraced']}")
+    L += report_containment()
+    return L
+
+
+def report_containment():
+    L = []
+    cs = containment_summary()
+    RESULTS["containment_costs"] = cs
+    bare = [(k, RESULTS[row_key("latency", k)]) for k in URL_KINDS if "containment" in RESULTS.get(row_key("latency", k), {})]
+    if not bare and not cs:
+        return L
+    L.append("\n## 2g. What containment costs, per build (same run)\n")
+    L.append("| what | URL | cost per build | how measured |")
+    L.append("|---|---|---:|---|")
+    for k, lat in bare:
+        c = lat["containment"]
+        L.append(f"| groups per repository and branch (`SLAVE_BUILD_GROUPS`) | {k} | {c['groups_ms']['p50']:.3f} ms p50 ({c['groups_ms']['p99']:.3f} p99) | "
+                 f"the slave's `build.finished groups_us=`, {c['builds']} builds |")
+        L.append(f"| `.git` taken back (disarm) | {k} | {c['disarm_ms']['p50']:.3f} ms p50 ({c['disarm_ms']['p99']:.3f} p99) | `build.finished disarm_us=` |")
+        L.append(f"| the subreaper's sweeps | {k} | {c['reaper_cpu_ms_per_build']:.3f} CPU-ms | the slave's `reaper` thread's CPU over the row ÷ builds |")
+    h = next((lat["git_hardening"] for _, lat in bare if lat.get("git_hardening")), None)
+    if h:
+        d = h["hardened_minus_plain_ms"]
+        L.append(f"| git hardening ({h['options']}) | — | {d['wall_ms']:+.2f} ms wall, {d['cpu_ms']:+.2f} CPU-ms per checkout | "
+                 f"`git checkout --force` between two commits of the 3,000-file clone, {h['checkouts_each']} with and without, interleaved: "
+                 f"p50 (p25–p75) wall {h['plain']['wall_ms']['p50']:.2f} ({h['plain']['wall_ms']['p25']:.2f}–{h['plain']['wall_ms']['p75']:.2f}) vs "
+                 f"{h['hardened']['wall_ms']['p50']:.2f} ({h['hardened']['wall_ms']['p25']:.2f}–{h['hardened']['wall_ms']['p75']:.2f}) ms; CPU "
+                 f"{h['plain']['cpu_ms']['p50']:.2f} vs {h['hardened']['cpu_ms']['p50']:.2f} ms: a difference inside the spread is none |")
+    for k, c in cs.items():
+        L.append(f"| the container path (a container step instead of a bare one) | {k} | {c['container_minus_bare_ms']:.1f} ms | "
+                 f"push → result p50, containers row − latency row |")
+        L.append(f"| by hand: `docker run --rm` instead of `bash -c` | {k} | {c['floor_docker_run_minus_bash_ms']:.1f} ms | "
+                 f"floor parts p50, containers − latency (whole floor: {c['floor_container_minus_bare_ms']:.1f} ms) |")
+    return L
+
+
 def report():
     L = []
     m = RESULTS["machine"]
@@ -1940,60 +2369,7 @@ def report():
                  f"(VmHWM {fmt((rss['hook_after_load'] or {}).get('VmHWM', 0) / 1024)} MiB); webhook RSS idle "
                  f"{fmt(rss['webhook_idle'].get('VmRSS', 0) / 1024)} MiB, right after a run "
                  + ", ".join(f"{k} {fmt(v / 1024)} MiB" for k, v in rss["webhook_peak_after_run"].items()))
-    if "containers" in RESULTS:
-        c = RESULTS["containers"]
-        L.append("\n## 2e. Container step: push → passed vs git fetch + checkout + `docker run --rm` by hand\n")
-        if "skipped" in c:
-            L.append(f"skipped: {c['skipped']}\n")
-        else:
-            L.append(f"{c['pushes_per_run']} pushes per run, cached 3,000-file clone, `image: {TEST_IMAGE}`, `echo ok`; "
-                     "the floor: `git fetch` + `git checkout --force` + `docker run --rm -v <checkout>:/ci/checkout -w /ci/checkout "
-                     f"{TEST_IMAGE} sh -c 'echo ok'` on a cached clone, interleaved.\n")
-            L.append("| run | p50 ms | p99 ms | floor p50 ms | floor p99 ms | p50 / floor p50 | median of push / its floor | failed |")
-            L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-            for i, r in enumerate(c["runs"], 1):
-                L.append(f"| {i} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['floor_p50_ms'])} | {fmt(r['floor_p99_ms'])} | "
-                         f"{r['ratio_p50']:.2f} | {r['paired_ratio_p50']:.2f} | {r['failed']} |")
-            fp = c["floor_parts"]
-            L.append(f"\nfloor parts p50: git fetch {fmt(fp['fetch']['p50'])} ms, git checkout {fmt(fp['checkout']['p50'])} ms, "
-                     f"docker run {fmt(fp['bash']['p50'])} ms\n")
-    if "latency" in RESULTS:
-        lat = RESULTS["latency"]
-        L.append(f"\n## 2. Push → passed latency ({PUSHES} pushes per run, cached 3,000-file clone, `echo ok`)\n")
-        L.append("| run | p50 ms | p99 ms | floor p50 ms | floor p99 ms | p50 / floor p50 | median of push / its floor | failed |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for i, r in enumerate(lat["runs"]):
-            L.append(f"| {i + 1} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['floor_p50_ms']:.1f} | {r['floor_p99_ms']:.1f} | {r['ratio_p50']:.2f} | {r['paired_ratio_p50']:.2f} | {r['failed']} |")
-        med = {k: median([r[k] for r in lat["runs"]]) for k in ("p50_ms", "p99_ms", "floor_p50_ms", "floor_p99_ms", "ratio_p50", "paired_ratio_p50")}
-        L.append(f"| **median** | **{med['p50_ms']:.1f}** | **{med['p99_ms']:.1f}** | **{med['floor_p50_ms']:.1f}** | **{med['floor_p99_ms']:.1f}** | **{med['ratio_p50']:.2f}** | **{med['paired_ratio_p50']:.2f}** | |")
-        if "containment" in lat:
-            c = lat["containment"]
-            L.append(f"\nwhat keeping bare builds apart cost per build ({c['builds']} builds, from the slave's `build.finished` lines and its "
-                     f"reaper thread's CPU): groups per repository and branch {c['groups_ms']['p50']:.3f} ms p50 ({c['groups_ms']['p99']:.3f} p99), "
-                     f"`.git` taken back (disarm) {c['disarm_ms']['p50']:.3f} ms p50 ({c['disarm_ms']['p99']:.3f} p99), "
-                     f"the subreaper's sweeps {c['reaper_cpu_ms_per_build']:.3f} CPU-ms per build (every 100 ms, whether or not a build runs); "
-                     "git's hardening flags (no hooks, fsmonitor, attributes) are arguments of processes that run anyway.\n")
-        L.append("\nwhere the time goes (all pushes; ms):\n")
-        L.append("| part | p50 | p99 |")
-        L.append("|---|---:|---:|")
-        names = {"post_202": "POST → 202 (client)", "to_queued": "POST → queued_at (hook)", "queue_wait": "queued_at → started_at (queue, BLMOVE, start script)",
-                 "build": "started_at → finished_at (slave: git + bash + store)", "seen_after": ("finished_at → the follower's stream ends (live log)" if FOLLOW else f"finished_at → seen by the {POLL_S * 1000:g} ms poller"), "total": "total"}
-        for k, v in lat["breakdown_all_pushes"].items():
-            L.append(f"| {names[k]} | {v['p50']:.1f} | {v['p99']:.1f} |")
-        fp = lat["floor_parts"]
-        L.append(f"| floor by hand: git fetch | {fp['fetch']['p50']:.1f} | {fp['fetch']['p99']:.1f} |")
-        L.append(f"| floor by hand: git checkout | {fp['checkout']['p50']:.1f} | {fp['checkout']['p99']:.1f} |")
-        L.append(f"| floor by hand: bash -c 'echo ok' | {fp['bash']['p50']:.1f} | {fp['bash']['p99']:.1f} |")
-        L.append(f"| git show -s by hand (the slave reads the loose commit instead; git show only for packed ones) | {fp['show']['p50']:.1f} | {fp['show']['p99']:.1f} |")
-        tr = lat.get("traced")
-        if tr:
-            L.append(f"\ninside the slave ({tr['analysed']} of {tr['pushes']} extra pushes traced with perf sched_process_fork/exec/exit; ms):\n")
-            L.append("| part | p50 | p99 |")
-            L.append("|---|---:|---:|")
-            for k, v in tr["parts"].items():
-                L.append(f"| {k} | {v['p50']:.1f} | {v['p99']:.1f} |")
-        elif lat.get("untraced"):
-            L.append(f"\nthe trace inside the slave was skipped: {lat['untraced']}")
+    L += report_rows()
     if "throughput" in RESULTS:
         tp = RESULTS["throughput"]
         L.append(f"\n## 3. Build throughput ({TP_REPOS} repositories x {TP_BRANCHES} branches = {TP_REPOS * TP_BRANCHES} builds per round, {TP_SLAVES} slaves)\n")
@@ -2105,6 +2481,15 @@ def report():
                      f"{fmt(median([r['builds_per_s'] for r in warm]))} | {fmt(median([r['builds_per_s'] for r in cold]))} | "
                      f"{fmt(median([r['queue_wait_p95_ms'] for r in warm]), 0)} | {fmt(median([r['queue_wait_p95_ms_other_repos'] for r in warm]), 0)} | "
                      f"{fmt(max([r['queue_wait_max_ms'] or 0 for r in warm] or [0]), 0)} | {sum(r['failed'] for r in tv['rounds'])} | {tv.get('wall_s')} |")
+        for n, tv in RESULTS["throughput_variants"].items():
+            g = tv.get("git_server_requests")
+            if g:
+                L.append(f"\n{n}: every clone URL http:// through the git server ({RESULTS['git_server']['server'].split(' ')[0]} + git http-backend); "
+                         f"its first repository saw {g['post_upload_pack']} POST git-upload-pack, {g['info_refs_smart']} GET "
+                         f"info/refs?service=git-upload-pack, {g['other']} other, {g['not_200']} not 200 (server time per POST p50 "
+                         f"{fmt(g['post_server_ms_p50'], 2)} ms); CPU-ms per warm build (median of rounds) "
+                         + ", ".join(f"{k} {fmt(median([r['cpu_ms_per_build_by_part'].get(k, 0) for r in tv['rounds'] if not r['cold']]), 1)}"
+                                     for k in ("hook", "redis", "slaves", "slave_children", "git_server")))
         clients = {n: tv["client"] for n, tv in RESULTS["throughput_variants"].items() if tv.get("client")}
         if clients:
             L.append("\n## 3c. Throughput as a client sees it (bench/client_throughput.py: 8 keep-alive connections post every push "
@@ -2176,7 +2561,7 @@ def main():
     redis = Redis()
     steps = {"ingest": lambda: ingest(redis, fixture), "latency": lambda: latency(redis, fixture),
              "throughput": lambda: throughput(redis, fixture), "footprint": footprint, "balance": balance,
-             "containers": lambda: containers(redis, fixture),
+             "containers": lambda: containers(redis, fixture), "reuse": lambda: reuse(redis, fixture),
              "buildbot": lambda: buildbot(redis, fixture), "control": lambda: control(redis, fixture), "charts": charts}
     for name in SECTIONS:
         t = time.monotonic()
@@ -2200,7 +2585,7 @@ def main():
     report()
     log("section durations: " + ", ".join(f"{k} {v:.0f}s" for k, v in RESULTS["section_seconds"].items()))
     if RESULTS["total_seconds"] > BUDGET_S:
-        log(f"over budget: {RESULTS['total_seconds']:.0f}s > {BUDGET_S}s for the whole bench (the budget: under 20 minutes)")
+        log(f"over budget: {RESULTS['total_seconds']:.0f}s > {BUDGET_S}s for the whole bench (the budget: under 25 minutes)")
     log(f"total {time.monotonic() - t0:.0f}s; results in {os.path.relpath(OUT, ROOT)}/results.md and results.json")
 
 

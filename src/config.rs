@@ -212,6 +212,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     },
     Setting { name: "SLAVE_STEP_MEMORY", default: "4096", doc: "MiB of memory (swap included) a step's container may use" },
     Setting { name: "SLAVE_STEP_CPUS", default: "2", doc: "CPUs a step's container may use (a decimal: 0.5, 2)" },
+    Setting {
+        name: "SLAVE_WARM_CONTAINERS",
+        default: "4",
+        doc: "branches whose next container step finds its container started and waiting (0: none; each holds a network)",
+    },
     Setting { name: "RUST_LOG", default: "info", doc: "log filter (error, warn, info, debug)" },
 ];
 
@@ -251,6 +256,9 @@ pub struct ContainerSettings {
     pub default_image: Option<String>,
     pub memory_bytes: u64,
     pub nano_cpus: u64,
+    /// SLAVE_WARM_CONTAINERS: at most this many containers wait, started,
+    /// for a branch's next container step.
+    pub warm: usize,
 }
 
 /// A bad value in the environment, quoted with what was expected.
@@ -634,6 +642,10 @@ impl SlaveConfig {
             nano_cpus: match number::<f64>(s, "SLAVE_STEP_CPUS", "a number of CPUs")? {
                 n if n.is_finite() && (0.01..=1024.0).contains(&n) => (n * 1e9) as u64,
                 n => return Err(ConfigError(format!("SLAVE_STEP_CPUS=\"{n}\": expected 0.01 to 1024"))),
+            },
+            warm: match number::<usize>(s, "SLAVE_WARM_CONTAINERS", "a number of containers")? {
+                n @ 0..=64 => n,
+                n => return Err(ConfigError(format!("SLAVE_WARM_CONTAINERS=\"{n}\": expected 0 to 64"))),
             },
         };
         Ok(SlaveConfig {

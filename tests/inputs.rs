@@ -248,3 +248,42 @@ fn a_fork_build_neither_reads_nor_writes_passes() {
     assert_ne!(ids[0], ids[1]);
     assert!(b.redis.keys("ci:passed:*").is_empty(), "a fork's pass is never written");
 }
+
+#[test]
+fn a_commit_the_mirror_already_holds_is_not_fetched_again() {
+    let b = Backend::start(1, &[], &[]);
+    let dir = counts_dir(&b);
+    let mut repo = b.repo("acme/fastforward");
+    repo.write("integration.yml", &step(&dir, "compile", "[src]", "true"));
+    repo.write("src/a.txt", "same");
+    let (first, build) = push_build(&b, &repo, "main");
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    let old_main = repo.head();
+    // A feature branch changes what the step does not read, and is built (its step reused).
+    repo.checkout("feature");
+    repo.write("NOTES", "feature");
+    let (_, build) = push_build(&b, &repo, "feature");
+    assert_eq!(reused(&build), [format!("[reused] compile (passed in build {first})")], "{:#?}", build.log);
+    let feature = repo.head();
+    // The server's main moves elsewhere; a push of main naming the feature's commit (a
+    // fast-forward, its hook answered after) needs nothing the slave's mirror does not hold.
+    // Oracle: a fetch of main would move the mirror's main to the server's.
+    repo.checkout("elsewhere");
+    repo.write("NOTES", "elsewhere");
+    let elsewhere = repo.commit("elsewhere");
+    run(git(&repo.work).args(["push", "-q", "-f", "origin", &format!("{elsewhere}:refs/heads/main")]));
+    repo.checkout("main");
+    run(git(&repo.work).args(["reset", "-q", "--hard", &feature]));
+    let id = b.hook.push_ok(&repo, &feature);
+    let build = wait_build(&b.redis, &id, LONG);
+    assert_eq!(build.log, [format!("- commit {} (feature)", &feature[..10]), format!("[reused] compile (passed in build {first})")]);
+    assert_eq!(count(&dir, "compile"), 1);
+    let mirror = std::fs::read_dir(b.slaves[0].cache.join("acme%2Ffastforward"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".mirror-")))
+        .expect("the mirror");
+    let main_there = run(git(&mirror).args(["rev-parse", "refs/heads/main"]));
+    assert_eq!(main_there.trim(), old_main, "the mirror's main moved: it was fetched");
+}

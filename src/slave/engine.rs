@@ -74,6 +74,8 @@ type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 trait Stream: Read + Write + Send {
     fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Ends what is written (the container's stdin), reading goes on.
+    fn close_write(&self) -> io::Result<()>;
 }
 
 impl Stream for UnixStream {
@@ -81,12 +83,18 @@ impl Stream for UnixStream {
         self.set_read_timeout(t)?;
         self.set_write_timeout(t)
     }
+    fn close_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
 
 impl Stream for std::net::TcpStream {
     fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(t)?;
         self.set_write_timeout(t)
+    }
+    fn close_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -107,6 +115,8 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     pub memory_bytes: u64,
     pub nano_cpus: u64,
+    /// Its stdin open for one attach (closed when that attach's input ends).
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -136,8 +146,9 @@ impl ContainerSpec {
             "Labels": labels,
             "AttachStdout": true,
             "AttachStderr": true,
-            "AttachStdin": false,
-            "OpenStdin": false,
+            "AttachStdin": self.stdin,
+            "OpenStdin": self.stdin,
+            "StdinOnce": self.stdin,
             "Tty": false,
             "HostConfig": host,
         });
@@ -331,6 +342,32 @@ impl Engine {
         // The output may pause for as long as a step runs quietly.
         reader.get_ref().set_timeouts(None).map_err(|e| EngineError::Unreachable(e.to_string()))?;
         Ok(Output { inner: Box::new(reader), left: 0 })
+    }
+
+    /// Gives a running container opened with [`ContainerSpec::stdin`] its
+    /// whole input, then its output from now on, as [`Engine::attach`].
+    pub fn attach_input(&self, id: &str, input: &[u8]) -> Result<Output> {
+        let path = format!("/containers/{}/attach?stream=1&stdin=1&stdout=1&stderr=1", encode(id));
+        let (status, _, mut reader) = self.send("POST", &path, None, "Connection: Upgrade\r\nUpgrade: tcp\r\n", Some(self.timeout))?;
+        if status != 101 && status != 200 {
+            return Err(EngineError::Refused { status, message: format!("attach answered {status}") });
+        }
+        let broken = |e: io::Error| EngineError::Unreachable(format!("attach {id}: {e}"));
+        let stream = reader.get_mut();
+        stream.write_all(input).map_err(broken)?;
+        stream.flush().map_err(broken)?;
+        stream.close_write().map_err(broken)?;
+        stream.set_timeouts(None).map_err(broken)?;
+        Ok(Output { inner: Box::new(reader), left: 0 })
+    }
+
+    /// Whether the container exists and runs.
+    pub fn running(&self, id: &str) -> Result<bool> {
+        match self.json("GET", &format!("/containers/{}/json", encode(id)), None) {
+            Ok(v) => Ok(v["State"]["Running"].as_bool() == Some(true)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn start(&self, id: &str) -> Result<()> {

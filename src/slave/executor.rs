@@ -248,6 +248,10 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
     let last_lines = live.close();
     let stored = store(redis, &started, &working, &outcome, &last_lines, &sh.signals, &facts);
     announce(sh, &started, &facts, &outcome, stored, contained);
+    // With the result out, the branch's next container is made.
+    if let Some(containers) = &sh.containers {
+        containers.warm.make_wanted();
+    }
     true
 }
 

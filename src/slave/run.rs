@@ -7,6 +7,8 @@
 use crate::config::SlaveConfig;
 use crate::logging::quote;
 use crate::slave::backend::container::Containers;
+use crate::slave::backend::retire::Retirer;
+use crate::slave::backend::warm::Warm;
 use crate::slave::build;
 use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
@@ -106,6 +108,9 @@ pub fn run(config: SlaveConfig, identity: Identity, signals: Arc<Signals>) -> Re
     for handle in executors {
         let _ = handle.join();
     }
+    if let Some(containers) = &shared.containers {
+        containers.close();
+    }
     state.done.store(true, Ordering::SeqCst);
     let index = state.index();
     let _ = redis.run(|c| member.release(c, index));
@@ -122,11 +127,12 @@ fn containers(config: &SlaveConfig, host: &str) -> Result<Option<Containers>, St
     if let Some(image) = &config.containers.default_image {
         build::integration::check_image(image).map_err(|why| StartError::Setting(format!("SLAVE_DEFAULT_IMAGE: {why}")))?;
     }
-    let containers = Containers {
-        engine: Engine::new(endpoint, ENGINE_TIMEOUT),
-        settings: config.containers.clone(),
-        slave_label: format!("{host}:{}", config.cache.display()),
-    };
+    let engine = Engine::new(endpoint, ENGINE_TIMEOUT);
+    let slave_label = format!("{host}:{}", config.cache.display());
+    // The removing thread ends with the process; what it had not removed, the next start's sweep does.
+    let (retire, _thread) = Retirer::start(engine.clone());
+    let warm = Arc::new(Warm::new(engine.clone(), retire.clone(), &config.containers, slave_label.clone()));
+    let containers = Containers { engine, settings: config.containers.clone(), slave_label, retire, warm };
     match containers.engine.ping().and_then(|()| containers.sweep()) {
         Ok((c, n)) => log::info!(
             "slave.containers docker={} removed_containers={c} removed_networks={n}",

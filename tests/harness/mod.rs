@@ -1079,6 +1079,31 @@ pub struct Slave {
     pub proc: Proc,
 }
 
+/// A killed slave leaves what it made on the Docker engine (its next start's sweep would remove
+/// it, but a test's cache is never started again): removed here, for a slave that made any.
+impl Drop for Slave {
+    fn drop(&mut self) {
+        self.proc.kill9();
+        if self.log().contains("step.container") {
+            remove_engine_leftovers(&format!("label=ci-backend.slave={}", self.engine_label()));
+        }
+    }
+}
+
+/// Removes the containers, then the networks, matching `filter`; twice, for what a killed
+/// slave's last calls to the engine were still making the first time.
+pub fn remove_engine_leftovers(filter: &str) {
+    for _ in 0..2 {
+        for (list, remove) in [(&["ps", "-aq"][..], &["rm", "-f"][..]), (&["network", "ls", "-q"][..], &["network", "rm"][..])] {
+            let Ok(out) = Command::new("docker").args(list).args(["--filter", filter]).output() else { return };
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(remove).args(&ids).output();
+            }
+        }
+    }
+}
+
 impl Slave {
     /// Starts a slave with its own cache dir and `SLAVE_LEASE=2`; `env` is applied last.
     /// Waits for `slave.ready` and reads the claimed index.
@@ -1137,6 +1162,12 @@ impl Slave {
 
     pub fn kill9(&mut self) {
         self.proc.kill9();
+    }
+
+    /// The label the slave puts on what it makes on the Docker engine (its host and cache).
+    pub fn engine_label(&self) -> String {
+        let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        format!("{host}:{}", self.cache.display())
     }
 
     pub fn term(&self) {

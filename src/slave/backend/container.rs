@@ -3,36 +3,36 @@
 //! checkout mounted read-write at [`WORKSPACE`] and nothing else of the
 //! host: not privileged, no Docker socket, memory, CPU and process limits,
 //! as the build user's uid. Output, time limit and stop flag as for a bare
-//! snippet; the container is killed when either ends it and removed after.
+//! snippet; the container is killed when either ends it and removed after,
+//! off the build's path ([`super::retire`]). A step's first snippet may run
+//! in a container started before the build ([`super::warm`]).
 
+use super::naming::{labels, random_suffix, SLAVE_LABEL, WORKSPACE};
+use super::retire::Retirer;
+use super::warm::{EndLine, Waiting, Warm};
 use super::{Ran, OUTPUT_TAIL};
 use crate::config::{ContainerSettings, ImagePull};
 use crate::slave::build::integration::Service;
 use crate::slave::engine::{ContainerSpec, Engine, EngineError};
 use crate::slave::proc::process::{Exit, LineSink, Lines, Tail, TailBuf};
+use std::cell::Cell;
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Where the checkout is inside every container (the same for every image).
-pub const WORKSPACE: &str = "/ci/checkout";
-
-/// The label every container and network of a slave carries: its host and
-/// cache, so a restarted slave finds what it left.
-pub const SLAVE_LABEL: &str = "ci-backend.slave";
-/// The label naming the build a container or network belongs to.
-pub const BUILD_LABEL: &str = "ci-backend.build";
 
 /// How often the time limit and the stop flag are looked at.
 const POLL: Duration = Duration::from_millis(50);
+/// How long a stopping slave waits for its containers' removal.
+const CLOSE_WAIT: Duration = Duration::from_secs(20);
 /// How long a pull may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs a snippet with the image's bash if it has one, else its `/bin/sh`;
 /// stderr joins stdout so the lines keep their order, as on the bare slave.
 /// The snippet is `$1`: never part of this text.
-const WRAPPER: &str = "exec 2>&1; if command -v bash >/dev/null 2>&1; then exec bash -c \"$1\"; fi; exec /bin/sh -c \"$1\"";
+pub(crate) const WRAPPER: &str = "exec 2>&1; if command -v bash >/dev/null 2>&1; then exec bash -c \"$1\"; fi; exec /bin/sh -c \"$1\"";
 
 /// What a slave's container steps share: the engine and the settings.
 pub(crate) struct Containers {
@@ -40,6 +40,10 @@ pub(crate) struct Containers {
     pub settings: ContainerSettings,
     /// This slave's [`SLAVE_LABEL`] value.
     pub slave_label: String,
+    /// Removes what steps leave, off their builds' path.
+    pub retire: Retirer,
+    /// Containers started for branches' next builds.
+    pub warm: Arc<Warm>,
 }
 
 impl Containers {
@@ -72,6 +76,18 @@ impl Containers {
             self.engine.remove_network(id)?;
         }
         Ok((containers.len(), networks.len()))
+    }
+
+    /// The slave stops: the waiting containers are removed, and what steps
+    /// left, within a bound (the next start's sweep removes the rest).
+    pub fn close(&self) {
+        self.warm.drain();
+        if !self.retire.settle(CLOSE_WAIT) {
+            log::warn!(
+                "slave.containers_left: not all removed within {} seconds; the next start's sweep removes them",
+                CLOSE_WAIT.as_secs()
+            );
+        }
     }
 
     /// A network for one step's containers, labelled for the sweep.
@@ -116,7 +132,7 @@ impl Containers {
     }
 
     fn labels(&self, build: &str) -> Vec<(String, String)> {
-        vec![(SLAVE_LABEL.to_string(), self.slave_label.clone()), (BUILD_LABEL.to_string(), build.to_string())]
+        labels(&self.slave_label, build)
     }
 }
 
@@ -131,6 +147,8 @@ pub(crate) struct Step<'a> {
     pub build: &'a str,
     /// `uid:gid` the snippets run as.
     pub user: String,
+    /// A started container on [`Step::network`] for the first snippet.
+    pub warm: Cell<Option<Waiting>>,
 }
 
 impl Step<'_> {
@@ -150,6 +168,19 @@ impl Step<'_> {
             |why: String| Ran { exit: Exit::SpawnFailed(why), elapsed: started.elapsed(), output: Tail { lines: vec![], dropped: 0 } };
         let rel = dir.strip_prefix(self.checkout).unwrap_or(Path::new(""));
         let working_dir = Path::new(WORKSPACE).join(rel).to_string_lossy().into_owned();
+        if let Some(waiting) = self.warm.take() {
+            let nonce = super::warm::nonce();
+            match super::warm::input(&nonce, WRAPPER, script, &working_dir, env) {
+                Some(input) => {
+                    let engine = &self.containers.engine;
+                    let ran =
+                        self.watch(&waiting.id, || engine.attach_input(&waiting.id, &input), Some(&nonce), started, timeout, abort, sink);
+                    self.containers.retire.container(waiting.id, self.checkout);
+                    return ran.unwrap_or_else(|e| failed(format!("container: {e}")));
+                }
+                None => self.containers.retire.container(waiting.id, self.checkout),
+            }
+        }
         let spec = ContainerSpec {
             image: self.image.clone(),
             cmd: vec!["/bin/sh".into(), "-c".into(), WRAPPER.into(), "ci-step".into(), script.into()],
@@ -162,6 +193,7 @@ impl Step<'_> {
             user: Some(self.user.clone()),
             memory_bytes: self.containers.settings.memory_bytes,
             nano_cpus: self.containers.settings.nano_cpus,
+            stdin: false,
         };
         let engine = &self.containers.engine;
         let name = format!("ci-{}-{}", self.build, random_suffix());
@@ -169,35 +201,46 @@ impl Step<'_> {
             Ok(id) => id,
             Err(e) => return failed(format!("container: {e}")),
         };
-        let ran = self.watch(&id, started, timeout, abort, sink);
-        if let Err(e) = engine.remove(&id) {
-            log::warn!("container.remove_failed id={id} error={}", crate::logging::quote(&e.to_string()));
-        }
-        match ran {
-            Ok(ran) => ran,
-            Err(e) => failed(format!("container: {e}")),
-        }
+        let begin = || {
+            let output = engine.attach(&id)?;
+            engine.start(&id)?;
+            Ok(output)
+        };
+        let ran = self.watch(&id, begin, None, started, timeout, abort, sink);
+        self.containers.retire.container(id, self.checkout);
+        ran.unwrap_or_else(|e| failed(format!("container: {e}")))
     }
 
-    /// Attaches, starts and watches container `id` until it exits, its time
-    /// is up or `abort` is set (then it is killed).
-    fn watch(&self, id: &str, started: Instant, timeout: Duration, abort: &AtomicBool, sink: Option<LineSink>) -> Result<Ran, EngineError> {
+    /// Watches container `id` from `begin` (its output, once it runs) until
+    /// its snippet ends (the end line of `nonce`, or the output's end), its
+    /// time is up or `abort` is set (then it is killed).
+    #[allow(clippy::too_many_arguments)]
+    fn watch(
+        &self,
+        id: &str,
+        begin: impl FnOnce() -> Result<crate::slave::engine::Output, EngineError>,
+        nonce: Option<&str>,
+        started: Instant,
+        timeout: Duration,
+        abort: &AtomicBool,
+        sink: Option<LineSink>,
+    ) -> Result<Ran, EngineError> {
         let engine = &self.containers.engine;
-        let output = engine.attach(id)?;
+        let output = begin()?;
+        let end = nonce.map(EndLine::new);
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let reader = std::thread::Builder::new()
             .name("container-output".into())
             .spawn(move || {
-                let _ = done_tx.send(read_output(output, sink));
+                let _ = done_tx.send(read_output(output, sink, end));
             })
             .map_err(|e| EngineError::Unreachable(format!("cannot start the output reader: {e}")))?;
-        engine.start(id)?;
         let deadline = started + timeout;
         let mut stopped = None;
-        let tail = loop {
+        let (tail, code) = loop {
             match done_rx.recv_timeout(POLL) {
-                Ok(tail) => break tail,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break Tail { lines: vec![], dropped: 0 },
+                Ok(read) => break read,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break (Tail { lines: vec![], dropped: 0 }, None),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             }
             if stopped.is_none() {
@@ -212,40 +255,48 @@ impl Step<'_> {
             }
         };
         let _ = reader.join();
-        let exit = match stopped {
-            Some(exit) => exit,
-            None => Exit::Code(engine.wait(id, Duration::from_secs(30))? as i32),
+        let exit = match (stopped, code) {
+            (Some(exit), _) => exit,
+            (None, Some(code)) => Exit::Code(code),
+            (None, None) => Exit::Code(engine.wait(id, Duration::from_secs(30))? as i32),
         };
         Ok(Ran { exit, elapsed: started.elapsed(), output: tail })
     }
 }
 
-/// Reads a container's output to its end: the bounded tail, and each line
-/// to `sink` as it comes.
-fn read_output(mut output: impl Read, sink: Option<LineSink>) -> Tail {
+/// Reads a container's output to its end (or to `end`'s line): the
+/// bounded tail, each line to `sink` as it comes, and the exit code the end
+/// line gave.
+fn read_output(mut output: impl Read, sink: Option<LineSink>, mut end: Option<EndLine>) -> (Tail, Option<i32>) {
     let mut tail = TailBuf::new(OUTPUT_TAIL);
     let mut lines = sink.map(Lines::new);
+    let mut feed = |bytes: &[u8]| {
+        tail.feed(bytes);
+        if let Some(l) = lines.as_mut() {
+            l.feed(bytes);
+        }
+    };
     let mut buf = vec![0u8; 8 * 1024];
+    let mut code = None;
     loop {
         match output.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                tail.feed(&buf[..n]);
-                if let Some(l) = lines.as_mut() {
-                    l.feed(&buf[..n]);
+            Ok(n) => match end.as_mut() {
+                Some(end) => {
+                    code = end.feed(&buf[..n], &mut feed);
+                    if code.is_some() {
+                        break;
+                    }
                 }
-            }
+                None => feed(&buf[..n]),
+            },
         }
+    }
+    if let (Some(end), None) = (end.as_mut(), code) {
+        end.finish(&mut feed);
     }
     if let Some(l) = lines.as_mut() {
         l.finish();
     }
-    tail.finish()
-}
-
-/// Eight hex digits, so two containers of one build never share a name.
-pub(crate) fn random_suffix() -> String {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    (tail.finish(), code)
 }

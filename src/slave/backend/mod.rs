@@ -6,6 +6,9 @@
 
 pub(crate) mod bare;
 pub(crate) mod container;
+pub(crate) mod naming;
+pub(crate) mod retire;
+pub(crate) mod warm;
 
 use crate::slave::proc::process::{Exit, Tail};
 use std::time::Duration;

@@ -10,6 +10,7 @@ pub(crate) mod workspace;
 
 use crate::build_log;
 use crate::payload::Push;
+use crate::slave::backend::warm::Recipe;
 use crate::slave::backend::{bare, container, Ran};
 use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
@@ -267,6 +268,10 @@ pub(crate) fn run(ctx: &Context, job: &Job) -> Built {
     Built { ending, log: log.into_lines(), seconds: started.elapsed().as_secs(), contained }
 }
 
+/// How long a build waits for the previous build's containers of its
+/// checkout to be removed.
+const FENCE: Duration = Duration::from_secs(60);
+
 /// The build stopped from outside: it ends here, nothing more is logged.
 struct Stopped;
 
@@ -277,6 +282,19 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
+    if let Some(containers) = ctx.containers {
+        let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
+        // Nothing a previous build's container may still do reaches this one.
+        if !containers.retire.fence(&dir, FENCE) {
+            return could_not_run(
+                log,
+                format!("a previous build's container of this branch is still being removed after {} seconds", FENCE.as_secs()),
+            );
+        }
+        if !push.fork {
+            containers.warm.prepare(&dir);
+        }
+    }
     match without_checkout(ctx, job, base_env, deadline, log) {
         Ok(Some(ending)) => return ending,
         Ok(None) => {}
@@ -311,20 +329,7 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     if push.fork && default_image.is_none() && steps.iter().any(|s| s.image.is_none()) {
         return could_not_run(log, "fork builds run only in containers: set SLAVE_DEFAULT_IMAGE or give each step an image".into());
     }
-    let steps_run = Steps {
-        ctx,
-        job,
-        base_env,
-        commit: &commit,
-        user: &user,
-        short,
-        dir: &dir,
-        deadline,
-        default_image,
-        changed: std::cell::OnceCell::new(),
-        trees: std::cell::OnceCell::new(),
-        all_inputs: steps.iter().filter_map(|s| s.inputs.as_deref()).flatten().cloned().collect(),
-    };
+    let steps_run = Steps::new(Shared { ctx, job, base_env, commit: &commit, user: &user, short, dir: &dir, deadline }, &steps);
     let mut ok = true;
     for (number, step) in steps.iter().enumerate() {
         if steps_run.step(number, step, log, &mut ok).is_err() {
@@ -360,20 +365,7 @@ fn without_checkout(
     };
     let Ok(steps) = integration::parse(&text, ctx.timeout) else { return Ok(None) };
     let short = crate::payload::short_sha(&push.sha);
-    let steps_run = Steps {
-        ctx,
-        job,
-        base_env,
-        commit: &commit,
-        user: ctx.user,
-        short,
-        dir: &dir,
-        deadline,
-        default_image: ctx.containers.and_then(|c| c.settings.default_image.as_deref()),
-        changed: std::cell::OnceCell::new(),
-        trees: std::cell::OnceCell::new(),
-        all_inputs: steps.iter().filter_map(|s| s.inputs.as_deref()).flatten().cloned().collect(),
-    };
+    let steps_run = Steps::new(Shared { ctx, job, base_env, commit: &commit, user: ctx.user, short, dir: &dir, deadline }, &steps);
     let mut lines = Vec::new();
     for (number, step) in steps.iter().enumerate() {
         if let Some(why) = step.when.as_ref().and_then(|w| steps_run.refuses(w)) {
@@ -437,6 +429,40 @@ struct Steps<'a> {
     trees: std::cell::OnceCell<Result<inputs::Trees, String>>,
     /// The `inputs:` of all steps together (read in one go).
     all_inputs: Vec<inputs::Input>,
+    /// Whether a container step was reached (only the first takes a warm container).
+    container_seen: std::cell::Cell<bool>,
+}
+
+/// What [`Steps::new`] is given: the build's facts the steps share.
+struct Shared<'a> {
+    ctx: &'a Context<'a>,
+    job: &'a Job<'a>,
+    base_env: &'a [(String, String)],
+    commit: &'a Commit,
+    user: &'a BuildUser,
+    short: &'a str,
+    dir: &'a Path,
+    deadline: Instant,
+}
+
+impl<'a> Steps<'a> {
+    fn new(s: Shared<'a>, steps: &[Step]) -> Steps<'a> {
+        Steps {
+            ctx: s.ctx,
+            job: s.job,
+            base_env: s.base_env,
+            commit: s.commit,
+            user: s.user,
+            short: s.short,
+            dir: s.dir,
+            deadline: s.deadline,
+            default_image: s.ctx.containers.and_then(|c| c.settings.default_image.as_deref()),
+            changed: std::cell::OnceCell::new(),
+            trees: std::cell::OnceCell::new(),
+            all_inputs: steps.iter().filter_map(|st| st.inputs.as_deref()).flatten().cloned().collect(),
+            container_seen: std::cell::Cell::new(false),
+        }
+    }
 }
 
 impl Steps<'_> {
@@ -569,19 +595,19 @@ impl Steps<'_> {
         }
         let result =
             if started { self.snippets(&At { number, step }, &cwd, Some(&runs), log, ok).map(|all| *all_passed = all) } else { Ok(()) };
-        for (name, id) in &services {
+        for (name, id) in services {
             if !*ok {
-                for line in runs.containers.service_tail(id, SERVICE_LINES) {
+                for line in runs.containers.service_tail(&id, SERVICE_LINES) {
                     log.push(format!("[service {name}] {line}"));
                 }
             }
-            if let Err(e) = runs.containers.engine.remove(id) {
-                log::warn!("container.remove_failed id={id} error={}", crate::logging::quote(&e.to_string()));
-            }
+            runs.containers.retire.container(id, self.dir);
         }
-        if let Err(e) = runs.containers.engine.remove_network(&runs.network) {
-            log::warn!("container.network_remove_failed network={} error={}", runs.network, crate::logging::quote(&e.to_string()));
+        // A warm container no snippet took (every one was skipped) goes too.
+        if let Some(waiting) = runs.warm.take() {
+            runs.containers.retire.container(waiting.id, self.dir);
         }
+        runs.containers.retire.network(runs.network);
         result
     }
 
@@ -680,7 +706,10 @@ impl Steps<'_> {
     }
 
     /// What the container runs of step `number` need: the image (pulled as
-    /// SLAVE_IMAGE_PULL says) and a network of the step's own.
+    /// SLAVE_IMAGE_PULL says) and a network of the step's own. The build's
+    /// first container step (not a fork's) takes the container started for
+    /// it, with its network, if it fits ([`warm`](crate::slave::backend::warm)),
+    /// and asks for one for the branch's next build.
     fn container_step(&self, number: usize, image: &str) -> Result<container::Step<'_>, String> {
         let ctx = self.ctx;
         let Some(containers) = ctx.containers else {
@@ -688,15 +717,33 @@ impl Steps<'_> {
         };
         let id = containers.image(image)?;
         log::info!("step.image {} step={} image={} id={id}", self.facts(), number + 1, crate::logging::quote(image));
-        let network = format!("ci-{}-{}-{}", self.job.id, number + 1, container::random_suffix());
-        containers.network(&network, self.job.id).map_err(|e| e.to_string())?;
+        let user = format!("{}:{}", self.user.uid, self.user.gid);
+        let recipe = (!self.job.push.fork && !self.container_seen.replace(true)).then(|| Recipe {
+            image: id.clone(),
+            user: user.clone(),
+            checkout: self.dir.to_path_buf(),
+        });
+        let waiting = recipe.as_ref().and_then(|r| containers.warm.take(r));
+        log::info!("step.container {} step={} warm={}", self.facts(), number + 1, waiting.is_some());
+        if let Some(recipe) = recipe {
+            containers.warm.want(recipe);
+        }
+        let network = match &waiting {
+            Some(w) => w.network.clone(),
+            None => {
+                let network = format!("ci-{}-{}-{}", self.job.id, number + 1, crate::slave::backend::naming::random_suffix());
+                containers.network(&network, self.job.id).map_err(|e| e.to_string())?;
+                network
+            }
+        };
         Ok(container::Step {
             containers,
             image: id,
             network,
             checkout: self.dir,
             build: self.job.id,
-            user: format!("{}:{}", self.user.uid, self.user.gid),
+            user,
+            warm: std::cell::Cell::new(waiting),
         })
     }
 

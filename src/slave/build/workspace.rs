@@ -306,12 +306,13 @@ impl Git<'_> {
     ///
     /// The common path is two git processes: fetch into the mirror, then
     /// `read-tree` into the checkout with HEAD written here (the checkout
-    /// borrows the mirror's objects: no second fetch); `git checkout` and
-    /// `git show` beside it when the commit came packed. The fetch
-    /// also brings the branches `queued` names (the sources of other builds
-    /// of this repository waiting here, asked only when a fetch runs), so
-    /// that theirs is skipped: a mirror whose `source` already points at
-    /// `sha` is not fetched into.
+    /// borrows the mirror's objects: no second fetch); the commit's message
+    /// and date are read from its loose object (`git checkout` and
+    /// `git show` beside it when the commit came packed). A commit the
+    /// mirror already holds loose is not fetched again, nor one whose
+    /// branch the mirror holds at it. The fetch also brings the branches
+    /// `queued` names (the sources of other builds of this repository
+    /// waiting here, asked only when a fetch runs), so that theirs is skipped.
     /// Returns the commit and who the build's steps run as.
     #[allow(clippy::too_many_arguments)]
     pub fn prepare(
@@ -346,7 +347,9 @@ impl Git<'_> {
         let git = Git { user: &user, home: user.switch.then_some(home.as_path()), ..*self };
         git.make_home(&home)?;
         git.clear_stale(&mirror, &dir)?;
-        git.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
+        if !has_loose_commit(&mirror, sha) {
+            git.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
+        }
         if !dir.exists() {
             git.clone_checkout(&branch_dir, &mirror.to_string_lossy(), &dir, url)?;
         }
@@ -375,7 +378,9 @@ impl Git<'_> {
         }
         let held = repo_lock(&repo_dir);
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
-        self.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
+        if !has_loose_commit(&mirror, sha) {
+            self.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
+        }
         let peeled = format!("{sha}^{{commit}}");
         // A loose commit object read is one there (no process); else ask git.
         let loose = commit_object::read(&mirror.join("objects"), sha);
@@ -745,6 +750,14 @@ fn ref_points_at(mirror: &Path, source: &str, sha: &str) -> bool {
 
 /// The lock of one repository's directory in this process (its mirror and
 /// checkouts). Entries are a few bytes per repository ever built here.
+/// Whether the mirror holds commit `sha` as a loose object (read without a
+/// process): then nothing is fetched for it. A commit is content: the same
+/// sha is the same commit and trees, whichever branch it came with (a
+/// fast-forward merge pushes a commit its branch already brought).
+fn has_loose_commit(mirror: &Path, sha: &str) -> bool {
+    mirror.join("HEAD").is_file() && commit_object::read(&mirror.join("objects"), sha).is_some()
+}
+
 fn repo_lock(repo_dir: &Path) -> Arc<Mutex<()>> {
     static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
     let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
