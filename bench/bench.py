@@ -1588,7 +1588,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
     client = {}
     for j, what in enumerate(client_rounds):
         client[what] = client_round(redis, hook, hport, slaves, shas, repos, branches, slow_repo, fixture, nrounds + j,
-                                    base, variant, what)
+                                    base, variant, what, kind)
     per_slave = {}
     for i, p in enumerate(slaves):
         per_slave[f"slave-{i}"] = open(os.path.join(LOGS, f"tp-{variant}-slave-{i}.log")).read().count("build.finished")
@@ -1609,7 +1609,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
     return res
 
 
-def client_round(redis, hook, hport, slaves, shas, repos, branches, slow_repo, fixture, k, base, variant, what):
+def client_round(redis, hook, hport, slaves, shas, repos, branches, slow_repo, fixture, k, base, variant, what, kind="file"):
     """One more warm round, posted and counted by bench/client_throughput.py (8 keep-alive connections, /metrics
     polled), as a client outside the bench sees it. `what`: "alone"; "repos_poller", a second client reads
     GET /repos every TP_CLIENT_POLL seconds meanwhile, and the hook's CPU per poll is measured once the backlog
@@ -1624,7 +1624,7 @@ def client_round(redis, hook, hport, slaves, shas, repos, branches, slow_repo, f
                 if full == slow_repo and bi >= TP_SLOW_BRANCHES:
                     continue
                 bare, s = shas[full]
-                f.write(push_body(fixture, full, s[b][k], b, f"file://{bare}", f"{b} round {k}") + b"\n")
+                f.write(push_body(fixture, full, s[b][k], b, git_url(bare, kind), f"{b} round {k}") + b"\n")
     token = os.path.join(base, "token")
     with open(token, "w") as f:
         f.write(TOKEN)
