@@ -76,6 +76,11 @@ BUDGET_S = 25 * 60  # the whole of `make bench` at the defaults
 TP_STEAL_AFTER = os.environ.get("BENCH_TP_STEAL_AFTER", "2")  # SLAVE_STEAL_AFTER when a variant steals
 TP_SLOW_SECONDS = int(os.environ.get("BENCH_TP_SLOW_SECONDS", "10"))
 TP_SLOW_BRANCHES = int(os.environ.get("BENCH_TP_SLOW_BRANCHES", "3"))
+# variants also measured by bench/client_throughput.py from outside (two more warm rounds: alone, then with a
+# client polling GET /repos every BENCH_TP_CLIENT_POLL seconds)
+TP_CLIENT = [v for v in os.environ.get("BENCH_TP_CLIENT", "x2").split(",") if v]
+TP_CLIENT_POLL = os.environ.get("BENCH_TP_CLIENT_POLL", "0.2")
+TP_CLIENT_BURST = int(os.environ.get("BENCH_TP_CLIENT_BURST", "50"))  # a third round: pushes in waves of this many (0: none)
 EVERYSEC = os.environ.get("BENCH_EVERYSEC", "1") == "1"
 # the floors run git as lean as the slave does: no automatic gc or maintenance after a fetch
 LEAN_GIT = ["-c", "gc.auto=0", "-c", "maintenance.auto=false"]
@@ -1479,13 +1484,16 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
     repos = owner_names(TP_REPOS, seed=99)
     branches = BRANCHES[:TP_BRANCHES]
     nrounds = warm_rounds + 1  # round 0 = cold caches (clones), then warm rounds
+    client_rounds = []  # then the outside client's rounds
+    if variant in TP_CLIENT:
+        client_rounds = ["alone", "repos_poller"] + ([f"bursts_of_{TP_CLIENT_BURST}"] if TP_CLIENT_BURST > 0 else [])
     slow_repo = repos[0] if slow else None
     slow_yml = f"step: slow\nshell: sleep {TP_SLOW_SECONDS}\n"
     t = time.monotonic()
     shas = {}
     for i, full in enumerate(repos):
         bare = os.path.join(base, f"r{i:02d}.git")
-        shas[full] = (bare, make_tp_repo(bare, nrounds, branches, slow_yml if full == slow_repo else None))
+        shas[full] = (bare, make_tp_repo(bare, nrounds + len(client_rounds), branches, slow_yml if full == slow_repo else None))
     log(f"throughput {variant}: {len(repos)} repositories x {len(branches)} branches prepared in {time.monotonic() - t:.1f}s")
 
     redis.reset()
@@ -1577,6 +1585,10 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
             f"{r['builds_per_s']:.1f}/s (posting took {r['post_seconds']:.2f}s), failed {r['failed']}, coalesced {coalesced}, "
             f"CPU busy {100 * r['cpu_busy']:.0f}%, {r['cpu_ms_per_build']:.0f} CPU-ms per build ({parts}), queue wait p95 "
             f"{r['queue_wait_p95_ms']:.0f} ms (other repositories {r['queue_wait_p95_ms_other_repos']:.0f} ms)")
+    client = {}
+    for j, what in enumerate(client_rounds):
+        client[what] = client_round(redis, hook, hport, slaves, shas, repos, branches, slow_repo, fixture, nrounds + j,
+                                    base, variant, what, kind)
     per_slave = {}
     for i, p in enumerate(slaves):
         per_slave[f"slave-{i}"] = open(os.path.join(LOGS, f"tp-{variant}-slave-{i}.log")).read().count("build.finished")
@@ -1587,7 +1599,7 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
            "rounds": rounds, "slave_idle": slave_idle, "hook_idle": hook_idle,
            "slave_peak_rss_kib": peak_slave_rss, "hook_peak_rss_kib": peak_hook_rss,
            "slave_after": [proc_status(p.pid) for p in slaves], "builds_per_slave_log": per_slave,
-           "slave_field_not_crc32_mod_3": mismatched_slave}
+           "slave_field_not_crc32_mod_3": mismatched_slave, "client": client}
     cli.close()
     for p in slaves:
         os.killpg(p.pid, signal.SIGTERM)  # all at once: each stops within its grace
@@ -1595,6 +1607,56 @@ def throughput_variant(redis, fixture, variant, executors, steal, slow, warm_rou
         stop(p)
     stop_soon(hook)
     return res
+
+
+def client_round(redis, hook, hport, slaves, shas, repos, branches, slow_repo, fixture, k, base, variant, what, kind="file"):
+    """One more warm round, posted and counted by bench/client_throughput.py (8 keep-alive connections, /metrics
+    polled), as a client outside the bench sees it. `what`: "alone"; "repos_poller", a second client reads
+    GET /repos every TP_CLIENT_POLL seconds meanwhile, and the hook's CPU per poll is measured once the backlog
+    is done; "bursts_of_<n>", n pushes at a time, each burst counted before the next is posted."""
+    poller = what == "repos_poller"
+    for bare, s in shas.values():
+        point_branches(bare, s, k)
+    bodies = os.path.join(base, f"client-{k}.jsonl")
+    with open(bodies, "wb") as f:
+        for bi, b in enumerate(branches):
+            for full in repos:
+                if full == slow_repo and bi >= TP_SLOW_BRANCHES:
+                    continue
+                bare, s = shas[full]
+                f.write(push_body(fixture, full, s[b][k], b, git_url(bare, kind), f"{b} round {k}") + b"\n")
+    token = os.path.join(base, "token")
+    with open(token, "w") as f:
+        f.write(TOKEN)
+    argv = [sys.executable, os.path.join(BENCH, "client_throughput.py"), "--url", f"http://127.0.0.1:{hport}",
+            "--token-file", token, "--bodies", bodies, "--connections", "8", "--hook-pid", str(hook.pid)]
+    if poller:
+        argv += ["--poll-repos", TP_CLIENT_POLL]
+    if what.startswith("bursts_of_"):
+        argv += ["--burst", what.rsplit("_", 1)[1]]
+    parts0 = cpu_parts(redis, hook, slaves)
+    cpu0 = cpu_ticks()
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    cpu1 = cpu_ticks()
+    parts1 = cpu_parts(redis, hook, slaves)
+    with open(os.path.join(LOGS, f"tp-{variant}-client-{k}.log"), "w") as f:
+        f.write(" ".join(argv) + "\n" + p.stdout + p.stderr)
+    if p.returncode != 0:
+        raise RuntimeError(f"client_throughput.py exited {p.returncode}: {(p.stdout + p.stderr)[-500:]}")
+    r = json.loads(p.stdout)
+    n = max(1, r["builds"])
+    idle = r.get("repos_poll_idle", {})
+    # the hook's part without the afterwards /repos measurement's polls; the client's own CPU is not counted
+    parts1["hook"] -= idle.get("hook_cpu_ms_per_poll", 0) * idle.get("polls", 0) / 1000
+    r["cpu_ms_per_build_by_part"] = {key: round((parts1[key] - parts0[key]) * 1000 / n, 2) for key in parts0 if key != "bench"}
+    r["cpu_busy"] = (cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1])
+    log(f"  round {k} (warm, bench/client_throughput.py, {what.replace('_', ' ')}{', GET /repos every ' + TP_CLIENT_POLL + ' s' if poller else ''}): "
+        f"{r['builds']} builds in {r['seconds']:.2f}s = {r['builds_per_s']:.1f}/s as the client saw it (posting took "
+        f"{r['post_seconds']:.2f}s), CPU busy {100 * r['cpu_busy']:.0f}%, CPU-ms per build {r['cpu_ms_per_build_by_part']}"
+        + (f"; /repos: {r['repos_poll']['polls']} polls, p50 {r['repos_poll']['ms_p50']} ms" if poller else "")
+        + (f"; hook CPU per /repos {idle['hook_cpu_ms_per_poll']} ms for {idle['branches']} branches = "
+           f"{idle['hook_cpu_ms_per_poll_per_100_branches']} ms per 100 branches" if idle else ""))
+    return r
 
 
 WAITS_LUA = """local out = {}
@@ -2428,6 +2490,22 @@ def report():
                          f"{fmt(g['post_server_ms_p50'], 2)} ms); CPU-ms per warm build (median of rounds) "
                          + ", ".join(f"{k} {fmt(median([r['cpu_ms_per_build_by_part'].get(k, 0) for r in tv['rounds'] if not r['cold']]), 1)}"
                                      for k in ("hook", "redis", "slaves", "slave_children", "git_server")))
+        clients = {n: tv["client"] for n, tv in RESULTS["throughput_variants"].items() if tv.get("client")}
+        if clients:
+            L.append("\n## 3c. Throughput as a client sees it (bench/client_throughput.py: 8 keep-alive connections post every push "
+                     "at once after the variant's rounds, /metrics polled; first POST → last build counted)\n")
+            L.append("| variant | builds/s alone | builds/s with GET /repos every " + TP_CLIENT_POLL + " s | builds/s in bursts of "
+                     f"{TP_CLIENT_BURST} | polls (p50 ms) | "
+                     "hook CPU-ms per /repos (branches) | per 100 branches | CPU-ms per build alone: hook / Redis / slaves / children |")
+            L.append("|---|---:|---:|---:|---|---:|---:|---|")
+            for n, c in clients.items():
+                a, w = c.get("alone", {}), c.get("repos_poller", {})
+                bu = c.get(f"bursts_of_{TP_CLIENT_BURST}", {})
+                rp, idle = w.get("repos_poll", {}), w.get("repos_poll_idle", {})
+                by = a.get("cpu_ms_per_build_by_part", {})
+                L.append(f"| {n} | {fmt(a.get('builds_per_s'))} | {fmt(w.get('builds_per_s'))} | {fmt(bu.get('builds_per_s'))} | {rp.get('polls')} ({fmt(rp.get('ms_p50'), 2)}) | "
+                         f"{fmt(idle.get('hook_cpu_ms_per_poll'), 3)} ({idle.get('branches')}) | {fmt(idle.get('hook_cpu_ms_per_poll_per_100_branches'), 3)} | "
+                         + " / ".join(fmt(by.get(k), 1) for k in ("hook", "redis", "slaves", "slave_children")) + " |")
     if RESULTS.get("charts"):
         L.append("\ncharts: " + ", ".join(RESULTS["charts"]))
     L.append("\nsection durations (s): " + ", ".join(f"{k} {v}" for k, v in RESULTS.get("section_seconds", {}).items())

@@ -27,6 +27,9 @@
 #   BENCH_TP_RUNS (3) warm rounds of the variants in BENCH_TP_FULL (x1,x2); BENCH_TP_VARIANT_WARM (1) of the
 #     others (each after a cold round)
 #   BENCH_TP_SLOW_SECONDS (10) BENCH_TP_SLOW_BRANCHES (3)
+#   BENCH_TP_CLIENT (x2): variants also measured from outside by bench/client_throughput.py (more warm rounds:
+#     alone, with GET /repos polled every BENCH_TP_CLIENT_POLL (0.2) s, in bursts of BENCH_TP_CLIENT_BURST (50;
+#     0: no such round) each counted before the next); empty: none
 #   BENCH_CP_SLAVES (10,100,1000) BENCH_CP_REPOS (10000) BENCH_CP_PRODUCERS (4) BENCH_CP_IDLE (5) BENCH_CP_LEASE_MS (10000)
 #   BENCH_CHARTS_DIR (docs/bench) BENCH_NOTE (text under every chart's title)
 #   BENCH_KEEP=1 keeps the scratch directory; BENCH_PERF, BENCH_QUIET_WAIT (180), BENCH_SETTLE (90: the most a

@@ -146,6 +146,34 @@ fn code_a_build_plants_in_its_checkouts_git_never_runs() {
     assert_eq!(looted, Vec::<String>::new(), "planted code ran in the next checkout");
 }
 
+/// A build that leaves its checkout's HEAD a link to a file of the slave's (or any garbage)
+/// never has the slave write through it: the next build's HEAD is a new file, the linked file
+/// is untouched and the build passes on the right commit.
+#[test]
+fn a_head_a_build_leaves_as_a_link_is_replaced_never_written_through() {
+    let b = Backend::start(1, &[], &[]);
+    let victim = b.root().join("victim");
+    std::fs::write(&victim, "the slave's own file\n").unwrap();
+    let git = b.repo("acme/head");
+    let link = format!("step: link\nshell: ln -sf '{}' .git/HEAD\n", victim.display());
+    git.write("integration.yml", &link);
+    let sha = git.commit("link");
+    git.push();
+    let linked = wait_build(&b.redis, &b.hook.push_ok(&git, &sha), LONG);
+    assert_eq!(linked.state, "passed", "{:#?}", linked.log);
+    let head = b.slaves[0].cache.join("acme%2Fhead/main/checkout/.git/HEAD");
+    assert!(head.symlink_metadata().unwrap().file_type().is_symlink(), "the link was not planted");
+
+    git.write("integration.yml", "step: s\ndebug: true\nshell: git rev-parse HEAD\n");
+    let sha = git.commit("next");
+    git.push();
+    let next = wait_build(&b.redis, &b.hook.push_ok(&git, &sha), LONG);
+    assert_eq!(next.state, "passed", "{:#?}", next.log);
+    assert_eq!(next.printed(), vec![sha.clone()], "{:#?}", next.log);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "the slave's own file\n", "written through the link");
+    assert!(head.symlink_metadata().unwrap().is_file(), "HEAD is a file again");
+}
+
 #[test]
 fn a_fork_build_reaches_nothing_beside_its_checkout() {
     let Some(image) = crate::containers::image() else { return };

@@ -87,3 +87,81 @@ fn x_reset_wipes_the_cached_clone() {
     assert_eq!(b3.state, "passed", "{:#?}", b3.log);
     assert_eq!(seen(&b3).as_deref(), Some("none"), "X-Reset: true must wipe the cached clone: {:#?}", b3.log);
 }
+
+/// Branches of one repository pushed while its slave is busy come into the mirror with the
+/// first of their builds' fetch; the others then fetch nothing (the slave's git commands traced:
+/// one fetch in all) and build with the remote gone (each fetching alone, they would find
+/// neither the remote nor their commit).
+#[test]
+fn queued_branches_of_a_repository_come_in_one_fetch() {
+    let trace = fresh_dir("burst-trace").join("git.trace");
+    let b = Backend::start(1, &[], &[("SLAVE_EXECUTORS", "1"), ("GIT_TRACE", trace.to_str().unwrap())]);
+    let mut git = b.repo("acme/burst");
+    git.write("integration.yml", "step: s\ndebug: true\nshell: git log -1 --format=%s\n");
+    let warm = git.commit("warm");
+    git.push();
+    let id = b.hook.push_ok(&git, &warm);
+    assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed", "the mirror cloned");
+
+    let (blocker, busy_id) = b.occupy("acme/busy");
+    let gate = Blocker::new(b.root(), "burst");
+    git.write("integration.yml", &gate.yml());
+    let main = git.commit("main, held");
+    git.push();
+    let mut ids = vec![b.hook.push_ok(&git, &main)];
+    let mut shas = vec![];
+    for branch in ["b1", "b2"] {
+        git.checkout(branch);
+        git.write("integration.yml", "step: s\ndebug: true\nshell: git log -1 --format=%s\n");
+        let sha = git.commit(&format!("on {branch}"));
+        git.push();
+        ids.push(b.hook.push_ok(&git, &sha));
+        shas.push(sha);
+    }
+    blocker.release();
+    assert_eq!(wait_build(&b.redis, &busy_id, LONG).state, "passed");
+    gate.wait_started();
+    // main's fetch is done: the remote goes away before b1 and b2 start.
+    std::fs::rename(&git.bare, git.bare.with_extension("gone")).unwrap();
+    gate.release();
+    for (i, id) in ids.iter().enumerate() {
+        let build = wait_build(&b.redis, id, LONG);
+        assert_eq!(build.state, "passed", "build {i}: {:#?}", build.log);
+        if i > 0 {
+            assert!(build.has_line(&format!("[passed]   . on b{i}")), "{:#?}", build.log);
+            assert_eq!(build.sha, shas[i - 1]);
+        }
+    }
+    let traced = std::fs::read_to_string(&trace).unwrap();
+    let fetches: Vec<&str> = traced.lines().filter(|l| l.contains("built-in: git fetch ")).collect();
+    assert_eq!(fetches.len(), 1, "one fetch (main's, bringing b1 and b2): {fetches:#?}");
+    assert!(fetches[0].contains("refs/heads/b1:refs/heads/b1") && fetches[0].contains("refs/heads/b2:refs/heads/b2"), "{}", fetches[0]);
+}
+
+/// A queued branch deleted before the fetch that would bring it along does not fail the
+/// build that fetches: it fetches its own branch alone.
+#[test]
+fn a_deleted_queued_branch_does_not_fail_the_fetch_that_would_bring_it() {
+    let b = Backend::start(1, &[], &[("SLAVE_EXECUTORS", "1")]);
+    let mut git = b.repo("acme/burst");
+    git.write("integration.yml", "step: s\ndebug: true\nshell: git log -1 --format=%s\n");
+    let warm = git.commit("warm");
+    git.push();
+    let id = b.hook.push_ok(&git, &warm);
+    assert_eq!(wait_build(&b.redis, &id, LONG).state, "passed", "the mirror cloned");
+
+    let (blocker, busy_id) = b.occupy("acme/busy");
+    let main = git.commit("main again");
+    git.push();
+    let main_id = b.hook.push_ok(&git, &main);
+    git.checkout("doomed");
+    let doomed = git.commit("on doomed");
+    git.push();
+    b.hook.push_ok(&git, &doomed);
+    run(crate::harness::git(&git.work).args(["push", "-q", "origin", ":refs/heads/doomed"]));
+    blocker.release();
+    assert_eq!(wait_build(&b.redis, &busy_id, LONG).state, "passed");
+    let build = wait_build(&b.redis, &main_id, LONG);
+    assert_eq!(build.state, "passed", "{:#?}", build.log);
+    assert!(build.has_line("[passed]   . main again"), "{:#?}", build.log);
+}

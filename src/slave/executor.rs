@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 /// ... while deferred jobs wait for their branch: they are tried this often.
 const DEFERRED_WAIT: Duration = Duration::from_millis(250);
+/// Oldest jobs of its queue a build looks through for other branches of its
+/// repository to fetch at once (only when it fetches).
+const QUEUED_DEPTH: u32 = 64;
 
 /// What the executors share.
 pub(crate) struct Shared {
@@ -221,7 +224,8 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         containers: sh.containers.as_ref(),
         passes: Some(&passes),
     };
-    let built = build::run(&ctx, &build::Job { id: &started.id, push: &started.push, reset: started.reset });
+    let queued = || queued_branches(&mut passes.0.borrow_mut(), &config.cluster, index, &started.push);
+    let built = build::run(&ctx, &build::Job { id: &started.id, push: &started.push, reset: started.reset, queued: &queued });
     state.set_job(e, None);
     let canceled = slot.canceled.swap(false, Ordering::SeqCst);
     let contained = built.contained;
@@ -249,6 +253,27 @@ fn build_one(redis: &mut Redis, sh: &Shared, e: usize, index: u32, started: Star
         containers.warm.make_wanted();
     }
     true
+}
+
+/// The branches (`refs/heads/<name>`) of the builds of `push`'s repository
+/// and URL waiting in this slave's queue (its QUEUED_DEPTH oldest jobs), for
+/// its fetch to bring along. Never a fork's; empty when Redis fails (the
+/// fetch goes on alone).
+fn queued_branches(redis: &mut Redis, cluster: &str, index: u32, push: &crate::payload::Push) -> Vec<String> {
+    if push.fork {
+        return Vec::new();
+    }
+    match redis.run(|c| queue::queued_pushes(c, cluster, index, &push.repo, QUEUED_DEPTH)) {
+        Ok(pushes) => pushes
+            .into_iter()
+            .filter(|p| !p.fork && p.pull.is_none() && p.tag.is_none() && p.clone_url == push.clone_url)
+            .map(|p| p.source_ref())
+            .collect(),
+        Err(e) => {
+            log_error("queued", &e);
+            Vec::new()
+        }
+    }
 }
 
 /// A build stopped from outside and not canceled: its attempt is set back

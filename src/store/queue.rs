@@ -173,6 +173,21 @@ pub fn start(conn: &mut Connection, id: &str, working: &str, slave: &str, max_at
     })
 }
 
+/// The pushes (their commit as queued) of the jobs of `repo` among the
+/// `depth` oldest in a slave's queue, oldest first: one fetch into the
+/// mirror can bring their commits too. Reads only.
+pub fn queued_pushes(conn: &mut Connection, cluster: &str, index: u32, repo: &str, depth: u32) -> RedisResult<Vec<crate::payload::Push>> {
+    let reply: Vec<String> = scripts::QUEUED.prepare().arg(keys::queue(cluster, index)).arg(repo).arg(depth).invoke(conn)?;
+    Ok(reply
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let mut push = job::decode(&pair[0])?;
+            push.sha = pair[1].clone();
+            Some(push)
+        })
+        .collect())
+}
+
 /// A job stolen from a sibling's queue (SLAVE_STEAL_AFTER).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Stolen {

@@ -51,10 +51,25 @@ pub(crate) static CLAIM: Verb = lua!("clock", "live", "membership"; "claim");
 pub(crate) static RENEW: Verb = lua!("clock", "live", "membership"; "renew");
 pub(crate) static COMPACT: Verb = lua!("clock", "live", "membership"; "compact");
 pub(crate) static RELEASE: Verb = lua!("clock", "live", "membership"; "release");
+pub(crate) static QUEUED: Verb = lua!(; "queued");
 
 #[cfg(test)]
-pub(crate) static ALL: [&Verb; 13] =
-    [&ENQUEUE, &START, &FINISH, &ABANDON, &MOVE_ONE, &STEAL, &REQUEUE_IDS, &CANCEL, &LIVE_COUNT, &CLAIM, &RENEW, &COMPACT, &RELEASE];
+pub(crate) static ALL: [&Verb; 14] = [
+    &ENQUEUE,
+    &START,
+    &FINISH,
+    &ABANDON,
+    &MOVE_ONE,
+    &STEAL,
+    &REQUEUE_IDS,
+    &CANCEL,
+    &LIVE_COUNT,
+    &CLAIM,
+    &RENEW,
+    &COMPACT,
+    &RELEASE,
+    &QUEUED,
+];
 
 #[cfg(test)]
 mod tests {

@@ -123,6 +123,9 @@ pub(crate) struct Job<'a> {
     pub push: &'a Push,
     /// Start the checkout and the mirror afresh.
     pub reset: bool,
+    /// The branches of this repository's builds waiting behind this one,
+    /// which its fetch brings along (asked only when it fetches).
+    pub queued: workspace::Queued<'a>,
 }
 
 /// A build's end, its log and how long it took.
@@ -357,7 +360,9 @@ fn without_checkout(
         return Ok(None);
     }
     let git = ctx.git(base_env, deadline);
-    let Some((commit, text)) = git.read_mirror(&push.repo, &push.clone_url, &push.source_ref(), &push.sha)? else { return Ok(None) };
+    let Some((commit, text)) = git.read_mirror(&push.repo, &push.clone_url, &push.source_ref(), &push.sha, job.queued)? else {
+        return Ok(None);
+    };
     let Ok(steps) = integration::parse(&text, ctx.timeout) else { return Ok(None) };
     let short = crate::payload::short_sha(&push.sha);
     let steps_run = Steps::new(ctx, job, base_env, &commit, ctx.user, short, &dir, deadline, &steps);
@@ -395,7 +400,7 @@ fn reused_line(step: &Step, from: &str) -> String {
 fn checkout(ctx: &Context, job: &Job, env: &[(String, String)], deadline: Instant) -> Result<Prepared, GitError> {
     let push = job.push;
     let git = ctx.git(env, deadline);
-    git.prepare(&push.repo, &push.clone_url, &push.branch, &push.source_ref(), &push.sha, job.reset)
+    git.prepare(&push.repo, &push.clone_url, &push.branch, &push.source_ref(), &push.sha, job.reset, job.queued)
 }
 
 /// Logs why the build could not run, as its last line.

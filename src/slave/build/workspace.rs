@@ -21,7 +21,7 @@ use crate::slave::credentials::Credentials;
 use crate::slave::error::CacheError;
 use crate::slave::proc::process::{self, Capture, Exit};
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -42,6 +42,8 @@ const STDOUT_HEAD: usize = 64 * 1024;
 /// MAX_CHANGED_BYTES of names) everything counts as changed.
 pub const MAX_CHANGED: usize = 10_000;
 pub const MAX_CHANGED_BYTES: usize = 1 << 20;
+/// Most refs of other queued builds one fetch brings along.
+const MAX_ALSO: usize = 32;
 /// Bytes of a git command's stderr kept for its error message.
 const STDERR_TAIL: usize = 16 * 1024;
 /// An http(s) transfer slower than 1000 bytes/s for this long is given up.
@@ -303,11 +305,26 @@ impl Git<'_> {
     /// `reset` starts the checkout and the mirror afresh.
     ///
     /// The common path is two git processes: fetch into the mirror, then
-    /// checkout (the checkout borrows the mirror's objects: no second fetch);
-    /// the commit's message and date are read from its loose object. A
-    /// commit the mirror already holds loose is not fetched again.
+    /// `read-tree` into the checkout with HEAD written here (the checkout
+    /// borrows the mirror's objects: no second fetch); the commit's message
+    /// and date are read from its loose object (`git checkout` and
+    /// `git show` beside it when the commit came packed). A commit the
+    /// mirror already holds loose is not fetched again, nor one whose
+    /// branch the mirror holds at it. The fetch also brings the branches
+    /// `queued` names (the sources of other builds of this repository
+    /// waiting here, asked only when a fetch runs), so that theirs is skipped.
     /// Returns the commit and who the build's steps run as.
-    pub fn prepare(&self, repo: &str, url: &str, branch: &str, source: &str, sha: &str, reset: bool) -> Result<Prepared, GitError> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare(
+        &self,
+        repo: &str,
+        url: &str,
+        branch: &str,
+        source: &str,
+        sha: &str,
+        reset: bool,
+        queued: Queued,
+    ) -> Result<Prepared, GitError> {
         if url.starts_with('-') {
             return Err(GitError::Setup(format!("clone URL {:?} is not usable", scrub_url(url))));
         }
@@ -331,7 +348,7 @@ impl Git<'_> {
         git.make_home(&home)?;
         git.clear_stale(&mirror, &dir)?;
         if !has_loose_commit(&mirror, sha) {
-            git.update_mirror(&repo_dir, &mirror, url, source)?;
+            git.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
         }
         if !dir.exists() {
             git.clone_checkout(&branch_dir, &mirror.to_string_lossy(), &dir, url)?;
@@ -346,7 +363,14 @@ impl Git<'_> {
     /// (a regular file's text, at most MAX_FILE bytes, UTF-8): what a build
     /// whose steps are all reused needs instead of a checkout. `None`: use
     /// a checkout (which also says why, if something is wrong).
-    pub fn read_mirror(&self, repo: &str, url: &str, source: &str, sha: &str) -> Result<Option<(Commit, String)>, GitError> {
+    pub fn read_mirror(
+        &self,
+        repo: &str,
+        url: &str,
+        source: &str,
+        sha: &str,
+        queued: Queued,
+    ) -> Result<Option<(Commit, String)>, GitError> {
         let repo_dir = self.cache.join(encode(repo));
         let mirror = mirror_dir(self.cache, repo, url);
         if url.starts_with('-') || !mirror.join("HEAD").is_file() {
@@ -355,7 +379,7 @@ impl Git<'_> {
         let held = repo_lock(&repo_dir);
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
         if !has_loose_commit(&mirror, sha) {
-            self.update_mirror(&repo_dir, &mirror, url, source)?;
+            self.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
         }
         let peeled = format!("{sha}^{{commit}}");
         // A loose commit object read is one there (no process); else ask git.
@@ -511,15 +535,40 @@ impl Git<'_> {
     /// The mirror, cloned when missing, with `source` fetched into the ref
     /// of that name (never a bare sha, so later fetches stay small). A clone
     /// has the branches and tags, never `refs/pull/*`: those are fetched after it.
-    fn update_mirror(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str) -> Result<(), GitError> {
+    /// No fetch when the mirror's `source` already points at `sha` (an earlier
+    /// fetch brought it along); else the branches of the builds `queued`
+    /// come in the same fetch (one git fetch for a burst of pushes to one
+    /// repository instead of one each), and alone again if that fails (one
+    /// of them deleted since).
+    fn update_mirror(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str, sha: &str, queued: Queued) -> Result<(), GitError> {
         let cloned = !mirror.exists();
         if cloned {
             self.clone_mirror(repo_dir, mirror, url)?;
+        } else if ref_points_at(mirror, source, sha) {
+            return Ok(());
         }
         if !cloned || !source.starts_with("refs/heads/") {
-            let spec = format!("+{source}:{source}");
+            let own = format!("+{source}:{source}");
+            let mut specs = vec![own.clone()];
+            if !cloned {
+                for also in queued() {
+                    let spec = format!("+{also}:{also}");
+                    if also.starts_with("refs/heads/") && !specs.contains(&spec) && specs.len() <= MAX_ALSO {
+                        specs.push(spec);
+                    }
+                }
+            }
+            let fetch = |specs: &[String]| {
+                let mut args = vec!["fetch", "--quiet", "--no-tags", "origin"];
+                args.extend(specs.iter().map(String::as_str));
+                self.remote(Some(mirror), url, &args, "fetch origin <ref>")
+            };
+            let fetched = match fetch(&specs) {
+                Err(e) if specs.len() > 1 && !e.ends_the_build() => fetch(&specs[..1]),
+                done => done,
+            };
             // A deleted or renamed branch still builds by sha below.
-            soft(self.remote(Some(mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], "fetch origin <ref>"))?;
+            soft(fetched)?;
         }
         Ok(())
     }
@@ -543,9 +592,17 @@ impl Git<'_> {
         let loose = || commit_object::read(&mirror.join("objects"), sha);
         // The message and date: from the fetched loose object when it is one
         // (no process), else from `git show` in the mirror while the checkout
-        // runs (another core, another user).
+        // runs (another core, another user). A loose commit is checked out
+        // by `read-tree` with HEAD written here: git checkout's work on refs
+        // (locks of HEAD, packed-refs and AUTO_MERGE, the reflog) skipped.
         let (checked, shown) = match loose() {
-            Some(commit) => (checkout(), Ok(Ok(commit))),
+            Some(commit) => {
+                let checked = match self.read_tree(dir, sha) {
+                    Err(e) if !e.ends_the_build() => checkout(),
+                    done => done,
+                };
+                (checked, Ok(Ok(commit)))
+            }
             None => std::thread::scope(|s| {
                 let shown = s.spawn(git_show);
                 let checked = checkout();
@@ -568,6 +625,29 @@ impl Git<'_> {
             Ok(Ok(commit)) => Ok(commit),
             _ => loose().map_or_else(git_show, Ok),
         }
+    }
+
+    /// HEAD detached at commit `sha`, written by the slave for the build
+    /// user (whatever a build left there, a link too, is replaced), then the
+    /// worktree and index of `dir` made the commit's (tracked files reset,
+    /// files it lacks removed, untracked ones in its way overwritten, other
+    /// untracked files kept: as `checkout --force`).
+    fn read_tree(&self, dir: &Path, sha: &str) -> Result<String, GitError> {
+        if sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(GitError::Local(format!("{sha:?} is not a full commit name")));
+        }
+        let git_dir = dir.join(".git");
+        let setup = |what: &str, e: std::io::Error| GitError::Setup(format!("cannot {what} in {}: {e}", git_dir.display()));
+        let tmp = git_dir.join("HEAD.ci-new");
+        let _ = std::fs::remove_file(&tmp);
+        // A new file (never through a link a build left), renamed over HEAD.
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp).map_err(|e| setup("write HEAD", e))?;
+        std::io::Write::write_all(&mut file, format!("{sha}\n").as_bytes()).map_err(|e| setup("write HEAD", e))?;
+        drop(file);
+        self.user.give(&tmp).map_err(|e| setup("give HEAD to the build user", e))?;
+        std::fs::rename(&tmp, git_dir.join("HEAD")).map_err(|e| setup("replace HEAD", e))?;
+        self.run(Ok(self.build_git(Some(dir))), &["read-tree", "-u", "--reset", sha], &format!("read-tree {sha}"))
     }
 
     /// Takes back the checkout's `.git` before git runs in it: a build (this
@@ -646,6 +726,26 @@ impl Git<'_> {
             .and_then(|_| self.run(Ok(self.build_git(Some(&tmp))), &["config", "remote.origin.url", url], "config remote.origin.url"));
         finish(result, &tmp, dir)
     }
+}
+
+/// The sources (`refs/heads/<branch>`) of other builds of the repository
+/// waiting on this slave, asked only when a fetch runs.
+pub type Queued<'a> = &'a dyn Fn() -> Vec<String>;
+
+/// Whether the mirror's loose ref `source` (a branch) holds `sha`: a fetch
+/// of another build brought it. Read as a file, no process; a packed ref, a
+/// name git would refuse or anything unexpected reads as no (fetch).
+fn ref_points_at(mirror: &Path, source: &str, sha: &str) -> bool {
+    let Some(branch) = source.strip_prefix("refs/heads/") else { return false };
+    let plain = |c: &str| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock") && !c.bytes().any(|b| b < 0x20 || b == b'\\');
+    if !branch.split('/').all(plain) || branch.contains("..") || sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return false;
+    }
+    let path = mirror.join(source);
+    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    std::fs::read_to_string(&path).is_ok_and(|text| text.trim_end() == sha)
 }
 
 /// The lock of one repository's directory in this process (its mirror and
@@ -754,6 +854,26 @@ mod tests {
         let b = encode(&format!("{}y", "x".repeat(999)));
         assert!(a.len() <= MAX_COMPONENT);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn only_a_plain_loose_branch_ref_holding_the_sha_skips_the_fetch() {
+        let dir = std::env::temp_dir().join(format!("ci-ref-points-at-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("refs/heads/feature")).unwrap();
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::write(dir.join("refs/heads/main"), format!("{sha}\n")).unwrap();
+        std::fs::write(dir.join("refs/heads/feature/x"), format!("{sha}\n")).unwrap();
+        std::fs::write(dir.join("secret"), format!("{sha}\n")).unwrap();
+        assert!(ref_points_at(&dir, "refs/heads/main", sha));
+        assert!(ref_points_at(&dir, "refs/heads/feature/x", sha));
+        assert!(!ref_points_at(&dir, "refs/heads/main", &sha.replace('0', "f")), "another commit");
+        assert!(!ref_points_at(&dir, "refs/heads/main", &sha[..12]), "a short sha");
+        assert!(!ref_points_at(&dir, "refs/heads/gone", sha), "no such ref (or a packed one)");
+        assert!(!ref_points_at(&dir, "refs/heads/feature", sha), "a directory");
+        assert!(!ref_points_at(&dir, "refs/heads/../../secret", sha), "a name git refuses");
+        assert!(!ref_points_at(&dir, "refs/pull/1/head", sha), "not a branch");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
