@@ -25,15 +25,13 @@ pub(crate) struct Reply {
 }
 impl Reply {
     pub(crate) fn json(code: u16, value: Value) -> Reply {
-        Reply {
-            code,
-            ctype: "application/json",
-            body: format!("{value}\n"),
-            headers: Vec::new(),
-            facts: String::new(),
-            follow: None,
-            route: None,
-        }
+        Reply::json_text(code, value.to_string())
+    }
+
+    /// A JSON answer already written (`text`: one JSON value).
+    pub(crate) fn json_text(code: u16, mut text: String) -> Reply {
+        text.push('\n');
+        Reply { code, ctype: "application/json", body: text, headers: Vec::new(), facts: String::new(), follow: None, route: None }
     }
 
     /// One JSON sentence, `{"error": why}`; also on the log line.

@@ -77,10 +77,25 @@ struct Api<'a> {
     title: &'a str,
 }
 
+/// A hash's fields, read by name.
+struct Fields<F>(F);
+
+impl<'h, F: Fn(&str) -> Option<&'h str>> Fields<F> {
+    fn get(&self, k: &str) -> Option<&'h str> {
+        (self.0)(k)
+    }
+}
+
 impl BuildRecord {
     /// The record of a HASH (all empty when the hash is).
     pub fn from_hash(h: &HashMap<String, String>) -> BuildRecord {
-        let s = |k: &str| h.get(k).cloned().unwrap_or_default();
+        BuildRecord::from_fields(|k| h.get(k).map(String::as_str))
+    }
+
+    /// The record of a hash's fields as `get` gives them (absent: empty).
+    fn from_fields<'h>(get: impl Fn(&str) -> Option<&'h str>) -> BuildRecord {
+        let h = Fields(get);
+        let s = |k: &str| h.get(k).map(String::from).unwrap_or_default();
         let number = |k: &str| h.get(k).and_then(|v| v.parse::<f64>().ok()).filter(|f| f.is_finite());
         let count = |k: &str| h.get(k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
         let log = h.get("log").and_then(|l| serde_json::from_str::<Value>(l).ok());
@@ -89,7 +104,7 @@ impl BuildRecord {
             repo: s("repo"),
             branch: s("branch"),
             sha: s("sha"),
-            event: h.get("event").and_then(|e| Event::parse(e)).unwrap_or_else(|| Event::of_branch(&s("branch"))),
+            event: h.get("event").and_then(Event::parse).unwrap_or_else(|| Event::of_branch(&s("branch"))),
             state: s("state"),
             ok: h.get("ok").is_some_and(|v| v == "true"),
             log: log
@@ -106,10 +121,10 @@ impl BuildRecord {
             attempt: count("attempt"),
             push: s("push"),
             reset: h.get("reset").is_some_and(|v| v == "1"),
-            stolen: h.get("stolen").cloned(),
+            stolen: h.get("stolen").map(String::from),
             died: count("died"),
-            cancel: h.get("cancel").cloned(),
-            params: h.get("push").and_then(|p| crate::store::job::decode(p)).map(|p| p.params).unwrap_or_default(),
+            cancel: h.get("cancel").map(String::from),
+            params: h.get("push").and_then(crate::store::job::decode).map(|p| p.params).unwrap_or_default(),
             title: s("title"),
         }
     }
@@ -126,7 +141,12 @@ impl BuildRecord {
 
     /// The JSON the API documents (`ok` follows the state; `stolen_from`).
     pub fn to_json(&self) -> Value {
-        let api = Api {
+        serde_json::to_value(self.api()).expect("a record is strings and numbers")
+    }
+
+    /// What [`BuildRecord::to_json`] writes, to serialize without a [`Value`].
+    pub fn api(&self) -> impl Serialize + '_ {
+        Api {
             branch: &self.branch,
             event: self.event,
             finished_at: self.finished_at,
@@ -143,8 +163,7 @@ impl BuildRecord {
             state: &self.state,
             stolen_from: self.stolen.as_deref(),
             title: &self.title,
-        };
-        serde_json::to_value(api).expect("a record is strings and numbers")
+        }
     }
 
     /// When it finished, else started, else was queued (unix seconds).
@@ -229,15 +248,27 @@ const LISTED: [&str; 13] =
 
 /// The listed fields of the records of `ids` that still exist, in that order: one round trip.
 fn listed(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<BuildRecord>> {
+    Ok(listed_each(conn, ids)?.into_iter().flatten().collect())
+}
+
+/// The listed fields of the record of each of `ids` (`None`: gone): one round trip.
+fn listed_each(conn: &mut Connection, ids: &[String]) -> RedisResult<Vec<Option<BuildRecord>>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut pipe = redis::pipe();
     for id in ids {
         pipe.cmd("HMGET").arg(keys::build(id)).arg(&LISTED[..]);
     }
     let found: Vec<Vec<Option<String>>> = pipe.query(conn)?;
     Ok(found
-        .into_iter()
-        .filter(|values| values.first().is_some_and(Option::is_some))
-        .map(|values| BuildRecord::from_hash(&LISTED.iter().zip(values).filter_map(|(k, v)| Some((k.to_string(), v?))).collect()))
+        .iter()
+        .map(|values| {
+            values
+                .first()
+                .is_some_and(Option::is_some)
+                .then(|| BuildRecord::from_fields(|k| LISTED.iter().position(|l| *l == k).and_then(|i| values.get(i)?.as_deref())))
+        })
         .collect())
 }
 
@@ -253,61 +284,38 @@ pub fn order(default: Option<&str>, latest: &mut [BuildRecord]) {
 
 /// Every pushed repository with a listed branch (sorted by name), and the
 /// latest build record (listed fields: [`LISTED`]) of each of its listed
-/// branches, in the listing's [`order`]. Four
-/// round trips however many repositories and branches.
+/// branches, in the listing's [`order`]. One round trip (a script) however
+/// many repositories and branches, no log read.
 pub fn repos(conn: &mut Connection) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
-    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(keys::REPOS).query(conn)?;
-    names.sort();
-    listing(conn, names)
+    let mut repos = listing(conn, "")?;
+    repos.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(repos)
 }
 
 /// One repository's listed branches' latest builds, in the listing's [`order`].
 pub fn repo_listing(conn: &mut Connection, repo: &str) -> RedisResult<Vec<BuildRecord>> {
-    Ok(listing(conn, vec![repo.to_string()])?.pop().map(|(_, b)| b).unwrap_or_default())
+    Ok(listing(conn, repo)?.pop().map(|(_, b)| b).unwrap_or_default())
 }
 
-fn listing(conn: &mut Connection, names: Vec<String>) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
-    let mut pipe = redis::pipe();
-    for repo in &names {
-        pipe.cmd("SMEMBERS").arg(keys::branches(repo)).get(keys::default_branch(repo));
-    }
-    let found: Vec<(Vec<String>, Option<String>)> =
-        if names.is_empty() { Vec::new() } else { pipe.query::<Vec<redis::Value>>(conn).and_then(pairs)? };
-    let mut pipe = redis::pipe();
-    for (repo, (branches, _)) in names.iter().zip(&found) {
-        for b in branches {
-            pipe.get(keys::last(repo, b));
-        }
-    }
-    let last: Vec<Option<String>> = pipe.query(conn)?;
-    let ids: Vec<String> = last.into_iter().flatten().collect();
-    let mut records = listed(conn, &ids)?;
-    let mut out = Vec::with_capacity(names.len());
-    for (repo, (branches, default)) in names.into_iter().zip(found) {
-        let mut latest: Vec<BuildRecord> = Vec::new();
-        records.retain(|r| {
-            let mine = r.repo == repo && branches.contains(&r.branch);
-            if mine {
-                latest.push(r.clone());
-            }
-            !mine
-        });
-        if !latest.is_empty() {
-            order(default.as_deref(), &mut latest);
-            out.push((repo, latest));
-        }
-    }
-    Ok(out)
-}
-
-/// A pipeline's replies as (SMEMBERS, GET) pairs.
-fn pairs(values: Vec<redis::Value>) -> RedisResult<Vec<(Vec<String>, Option<String>)>> {
-    let mut out = Vec::with_capacity(values.len() / 2);
-    let mut it = values.into_iter();
-    while let (Some(set), Some(default)) = (it.next(), it.next()) {
-        out.push((redis::from_redis_value(&set)?, redis::from_redis_value(&default)?));
-    }
-    Ok(out)
+/// `repo`'s (`""`: every repository's) listed branches' latest builds: one
+/// script (LISTING), one JSON text back.
+fn listing(conn: &mut Connection, repo: &str) -> RedisResult<Vec<(String, Vec<BuildRecord>)>> {
+    let text: String = crate::store::scripts::LISTING.prepare().arg(repo).arg(&LISTED[..]).invoke(conn)?;
+    type Listed = Vec<(String, String, Vec<(String, Vec<Option<String>>)>)>;
+    let repos: Listed = serde_json::from_str(&text)
+        .map_err(|e| redis::RedisError::from((redis::ErrorKind::TypeError, "LISTING: not the listing's JSON", e.to_string())))?;
+    Ok(repos
+        .into_iter()
+        .map(|(name, default, branches)| {
+            let mut latest: Vec<BuildRecord> = branches
+                .iter()
+                .filter(|(_, values)| values.len() == LISTED.len())
+                .map(|(_, values)| BuildRecord::from_fields(|k| LISTED.iter().position(|l| *l == k).and_then(|i| values[i].as_deref())))
+                .collect();
+            order((!default.is_empty()).then_some(default.as_str()), &mut latest);
+            (name, latest)
+        })
+        .collect())
 }
 
 /// A repository's page: each listed branch (in the listing's [`order`]) with

@@ -52,9 +52,10 @@ pub(crate) static RENEW: Verb = lua!("clock", "live", "membership"; "renew");
 pub(crate) static COMPACT: Verb = lua!("clock", "live", "membership"; "compact");
 pub(crate) static RELEASE: Verb = lua!("clock", "live", "membership"; "release");
 pub(crate) static QUEUED: Verb = lua!(; "queued");
+pub(crate) static LISTING: Verb = lua!(; "listing");
 
 #[cfg(test)]
-pub(crate) static ALL: [&Verb; 14] = [
+pub(crate) static ALL: [&Verb; 15] = [
     &ENQUEUE,
     &START,
     &FINISH,
@@ -69,6 +70,7 @@ pub(crate) static ALL: [&Verb; 14] = [
     &COMPACT,
     &RELEASE,
     &QUEUED,
+    &LISTING,
 ];
 
 #[cfg(test)]

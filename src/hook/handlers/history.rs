@@ -7,7 +7,7 @@ use crate::hook::state::Hook;
 use crate::hook::wire::Request;
 use crate::store::conn::Redis;
 use crate::store::record::{self, BuildRecord};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The last builds of a branch, newest first: one line each, or JSON records.
 pub(crate) fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_repo: &str, query: &str) -> Reply {
@@ -34,10 +34,17 @@ pub(crate) fn get_history(hook: &Hook, redis: &mut Redis, req: &Request, raw_rep
 pub(crate) fn get_repos(redis: &mut Redis, req: &Request) -> Reply {
     match redis.run_again(record::repos) {
         Err(e) => redis_down(&e),
-        Ok(repos) if wants_json(req) => Reply::json(
-            200,
-            Value::Array(repos.into_iter().map(|(repo, branches)| json!({ "repo": repo, "branches": branches.iter().map(BuildRecord::to_json).collect::<Vec<_>>() })).collect()),
-        ),
+        Ok(repos) if wants_json(req) => {
+            // Written straight from the records (no JSON tree): the listing is polled.
+            #[derive(serde::Serialize)]
+            struct Listed<'a, B> {
+                repo: &'a str,
+                branches: Vec<B>,
+            }
+            let listed: Vec<_> =
+                repos.iter().map(|(repo, branches)| Listed { repo, branches: branches.iter().map(BuildRecord::api).collect() }).collect();
+            Reply::json_text(200, serde_json::to_string(&listed).expect("records are strings and numbers"))
+        }
         Ok(repos) => {
             let mut text = String::new();
             for (repo, branches) in &repos {
