@@ -282,8 +282,8 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     // A fork's code gets nothing of the slave's environment, its git neither.
     let fork_env = fork_env(ctx.user.switch);
     let base_env = if push.fork { fork_env.as_slice() } else { ctx.base_env };
+    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     if let Some(containers) = ctx.containers {
-        let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
         // Nothing a previous build's container may still do reaches this one.
         if !containers.retire.fence(&dir, FENCE) {
             return could_not_run(
@@ -319,7 +319,6 @@ fn build(ctx: &Context, job: &Job, started: Instant, log: &mut Log, contained: &
     *contained = took;
     let subject = commit.message.lines().next().unwrap_or("");
     log.push(format!("- commit {short} ({subject})"));
-    let dir = workspace::checkout_dir(ctx.cache, &push.repo, &push.branch);
     let steps = match read_steps(&dir, ctx.timeout) {
         Ok(s) => s,
         Err(why) => return could_not_run(log, why.to_string()),
