@@ -39,6 +39,10 @@ mod coalescing;
 /// measured), pipelining, invalid UTF-8, other methods — the hook keeps serving pushes.
 mod http_abuse;
 
+/// One pushed commit fetched by one protocol v2 request (file:// and a real smart-HTTP server):
+/// no git fetch, one POST, the mirror whole; a hostile answer makes the slave use git, in bounds.
+mod pack_fetch;
+
 /// Hostile repository and branch names: `..`, leading `/`, long, control characters, shell
 /// metacharacters, leading `-`, unicode — nothing outside the cache, no option to git.
 mod hostile_names;

@@ -5,6 +5,8 @@
 pub(crate) mod commit_object;
 pub(crate) mod inputs;
 pub mod integration;
+pub(crate) mod objects;
+pub(crate) mod pack_fetch;
 pub(crate) mod when;
 pub(crate) mod workspace;
 

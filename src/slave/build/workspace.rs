@@ -14,6 +14,8 @@
 
 use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build::inputs::{self, Trees};
+use crate::slave::build::objects::{self, Objects};
+use crate::slave::build::pack_fetch;
 use crate::slave::build::when::Changed;
 use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
@@ -398,9 +400,13 @@ impl Git<'_> {
         };
         // A symlink's blob is its target's name: it never parses as steps.
         let (file, max) = (format!("{sha}:integration.yml"), crate::slave::build::integration::MAX_FILE);
-        let Ok(text) =
-            self.run_kept(self.mirror_git(Some(&mirror), None), &["cat-file", "blob", &file], "cat-file integration.yml", max + 1)
-        else {
+        let text = match read_file(&Objects::open(&mirror), sha, "integration.yml") {
+            Some(found) => found.map(|blob| String::from_utf8_lossy(&blob[..blob.len().min(max + 1)]).into_owned()),
+            None => {
+                self.run_kept(self.mirror_git(Some(&mirror), None), &["cat-file", "blob", &file], "cat-file integration.yml", max + 1).ok()
+            }
+        };
+        let Some(text) = text else {
             return Ok(None);
         };
         if text.len() > max || text.contains('\u{FFFD}') {
@@ -456,6 +462,11 @@ impl Git<'_> {
             }
             Ok(entries)
         };
+        if !all_files {
+            if let Some(paths) = list_paths(&Objects::open(&mirror), sha, paths) {
+                return Ok(Trees { paths, files: None });
+            }
+        }
         // The commit must be there: a missing path is then a missing path.
         // Paths as written: `:x` is the file `:x`, never pathspec magic.
         let mut args = vec!["--literal-pathspecs", "ls-tree", "-z", "--full-tree", sha, "--"];
@@ -557,6 +568,17 @@ impl Git<'_> {
                     }
                 }
             }
+            // This commit alone: one protocol v2 request, no git client (else git fetch).
+            if !cloned && specs.len() == 1 {
+                match self.fetch_pack(repo_dir, mirror, url, source, sha) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.ends_the_build() => return Err(e),
+                    Err(e) => {
+                        let why = crate::logging::quote(&e.to_string());
+                        log::info!("fetch.by_git url={} sha={sha} why={why}", crate::logging::quote(&scrub_url(url)));
+                    }
+                }
+            }
             let fetch = |specs: &[String]| {
                 let mut args = vec!["fetch", "--quiet", "--no-tags", "origin"];
                 args.extend(specs.iter().map(String::as_str));
@@ -570,6 +592,65 @@ impl Git<'_> {
             soft(fetched)?;
         }
         Ok(())
+    }
+
+    /// [`pack_fetch`]: the commit `sha` alone into `mirror`, offering the
+    /// branch's tip, and the branch pointed at it. `Err` (`Local`: run git
+    /// fetch instead) when the URL, the mirror or the answer is not one it
+    /// takes; a timeout or an abort ends the build.
+    fn fetch_pack(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str, sha: &str) -> Result<(), GitError> {
+        let not = |why: String| GitError::Local(format!("fetch by protocol v2: {why}"));
+        let have = pack_fetch::branch_tip(mirror, source).ok_or_else(|| not("the branch has no loose ref to offer".into()))?;
+        if self.creds.for_url(url).is_some() {
+            return Err(not("the URL has a credential (git sends it)".into()));
+        }
+        let request = pack_fetch::request(sha, &have);
+        let answer = if let Some(path) = pack_fetch::local_path(url) {
+            let mut cmd = self.mirror_git(None, None)?;
+            cmd.env("GIT_PROTOCOL", "version=2").args(["upload-pack", "--stateless-rpc"]).arg(path);
+            let (input, mut feed) = std::io::pipe().map_err(|e| not(format!("pipe: {e}")))?;
+            std::io::Write::write_all(&mut feed, &request).map_err(|e| not(format!("pipe: {e}")))?;
+            drop(feed);
+            let capture = Capture::Split { head: pack_fetch::MAX_PACK + 1, tail: STDERR_TAIL };
+            let done = process::run_fed(cmd, capture, self.deadline, self.abort, input.into());
+            self.ended(done.exit, "upload-pack", &done.output.lines)?;
+            done.stdout
+        } else if pack_fetch::plain_http(url) {
+            pack_fetch::post(url, &request, self.deadline.saturating_duration_since(Instant::now())).map_err(not)?
+        } else {
+            return Err(not("not a file:// or http(s) URL".into()));
+        };
+        if answer.len() > pack_fetch::MAX_PACK {
+            return Err(not(format!("the answer is over {} bytes", pack_fetch::MAX_PACK)));
+        }
+        // The pack in a file that is gone once unpacked (unlinked while open).
+        let tmp = beside(repo_dir, "pack");
+        let pack = std::fs::File::create_new(&tmp)
+            .map_err(|e| e.to_string())
+            .and_then(|mut file| pack_fetch::write_pack(&answer, &mut file))
+            .and_then(|_| std::fs::File::open(&tmp).map_err(|e| e.to_string()));
+        let _ = std::fs::remove_file(&tmp);
+        drop(answer);
+        let mut cmd = self.mirror_git(Some(mirror), None)?;
+        cmd.args(["unpack-objects", "-q"]);
+        let done =
+            process::run_fed(cmd, Capture::Split { head: 0, tail: STDERR_TAIL }, self.deadline, self.abort, pack.map_err(not)?.into());
+        self.ended(done.exit, "unpack-objects", &done.output.lines)?;
+        if commit_object::read(&mirror.join("objects"), sha).is_none() {
+            return Err(not("the pack did not bring the commit loose".into()));
+        }
+        pack_fetch::set_branch(mirror, source, sha).map_err(not)
+    }
+
+    /// A helper git process's end: `Ok` for exit code 0; a timeout or an
+    /// abort as such; anything else `Local`, with what it said last.
+    fn ended(&self, exit: Exit, what: &str, said: &[String]) -> Result<(), GitError> {
+        match exit {
+            Exit::Code(0) => Ok(()),
+            Exit::Aborted => Err(GitError::Aborted),
+            Exit::TimedOut => Err(GitError::TimedOut(format!("git {what} timed out after {} seconds", self.limit.as_secs()))),
+            other => Err(GitError::Local(format!("git {what} ended with {other:?}: {}", said.last().map_or("", |l| l.trim())))),
+        }
     }
 
     /// Checks `sha` out (detached), fetching the commit itself when the
@@ -720,16 +801,31 @@ pub type Queued<'a> = &'a dyn Fn() -> Vec<String>;
 /// of another build brought it. Read as a file, no process; a packed ref, a
 /// name git would refuse or anything unexpected reads as no (fetch).
 fn ref_points_at(mirror: &Path, source: &str, sha: &str) -> bool {
-    let Some(branch) = source.strip_prefix("refs/heads/") else { return false };
-    let plain = |c: &str| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock") && !c.bytes().any(|b| b < 0x20 || b == b'\\');
-    if !branch.split('/').all(plain) || branch.contains("..") || sha.len() < 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return false;
+    pack_fetch::branch_tip(mirror, source).is_some_and(|tip| tip == sha)
+}
+
+/// The blob at `path` in commit `sha`, read in this process: `Some(None)`
+/// when the path is not a blob there (git's `cat-file` would fail), `None`
+/// when git must be asked.
+fn read_file(objects: &Objects, sha: &str, path: &str) -> Option<Option<Vec<u8>>> {
+    let tree = objects.commit_tree(sha)?;
+    match objects.entry(&tree, path).ok()? {
+        Some((mode, id)) if objects::mode_kind(&mode) == "blob" => objects.read(&id).map(|(_, blob)| Some(blob)),
+        _ => Some(None),
     }
-    let path = mirror.join(source);
-    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-        return false;
+}
+
+/// `git ls-tree --full-tree <sha> -- <paths>` read in this process: each
+/// path that exists, with `<mode> <type> <id>`; `None` when git must be asked.
+fn list_paths(objects: &Objects, sha: &str, paths: &[&str]) -> Option<Vec<(String, String)>> {
+    let tree = objects.commit_tree(sha)?;
+    let mut out = Vec::new();
+    for path in paths {
+        if let Some((mode, id)) = objects.entry(&tree, path).ok()? {
+            out.push((path.to_string(), format!("{mode} {} {id}", objects::mode_kind(&mode))));
+        }
     }
-    std::fs::read_to_string(&path).is_ok_and(|text| text.trim_end() == sha)
+    Some(out)
 }
 
 /// The lock of one repository's directory in this process (its mirror and

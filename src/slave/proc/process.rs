@@ -133,8 +133,18 @@ pub fn run(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool
 /// [`run`], also handing each line of the merged output (or of stderr) to
 /// `sink` as it is read.
 pub fn run_with_sink(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool, sink: Option<LineSink>) -> Finished {
+    run_from(cmd, capture, deadline, abort, sink, Stdio::null())
+}
+
+/// [`run`] with `stdin` as the child's input (a file, or a pipe whose
+/// whole content was written before).
+pub fn run_fed(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool, stdin: Stdio) -> Finished {
+    run_from(cmd, capture, deadline, abort, None, stdin)
+}
+
+fn run_from(cmd: Command, capture: Capture, deadline: Instant, abort: &AtomicBool, sink: Option<LineSink>, stdin: Stdio) -> Finished {
     let started = Instant::now();
-    let (child, mut streams) = match spawn(cmd, capture, sink) {
+    let (child, mut streams) = match spawn(cmd, capture, sink, stdin) {
         Ok(spawned) => spawned,
         Err(e) => return Finished { exit: Exit::SpawnFailed(e), elapsed: started.elapsed(), output: Tail::default(), stdout: vec![] },
     };
@@ -164,15 +174,15 @@ pub fn run_with_sink(cmd: Command, capture: Capture, deadline: Instant, abort: &
     Finished { exit, elapsed: started.elapsed(), output, stdout }
 }
 
-/// Starts `cmd` in its own process group, stdin from /dev/null, its output
+/// Starts `cmd` in its own process group, stdin from `stdin`, its output
 /// into pipes: one merged stream, or stdout and stderr apart.
-fn spawn(mut cmd: Command, capture: Capture, sink: Option<LineSink>) -> Result<(Child, Vec<Stream>), String> {
+fn spawn(mut cmd: Command, capture: Capture, sink: Option<LineSink>, stdin: Stdio) -> Result<(Child, Vec<Stream>), String> {
     let (out_r, out_w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = match capture {
         Capture::Merged { .. } => (None, out_w.try_clone().map_err(|e| format!("pipe: {e}"))?),
         Capture::Split { .. } => std::io::pipe().map(|(r, w)| (Some(r), w)).map_err(|e| format!("pipe: {e}"))?,
     };
-    cmd.stdin(Stdio::null()).stdout(out_w).stderr(err_w).process_group(0);
+    cmd.stdin(stdin).stdout(out_w).stderr(err_w).process_group(0);
     let spawned = super::reaper::spawn(&mut cmd);
     drop(cmd); // closes our copies of the pipes' write ends
     let child = spawned.map_err(|e| e.to_string())?;
