@@ -211,6 +211,117 @@ impl Pack {
     }
 }
 
+/// Most bytes of a received pack's objects, inflated, held at once.
+pub const MAX_UNPACKED: usize = 16 << 20;
+
+impl Objects {
+    /// Stores every object of `pack` (a version 2 pack, thin or not, as
+    /// `git unpack-objects` takes it) as a loose object of this repository,
+    /// each id computed from its content here. `Err` (and the caller asks
+    /// git) for anything it does not take: a bad checksum, a delta whose
+    /// base is neither in the pack nor readable here, more than
+    /// [`MAX_UNPACKED`] bytes inflated. Returns how many objects it wrote.
+    pub fn store_pack(&self, pack: &[u8]) -> Result<usize, String> {
+        let body = pack.len().checked_sub(20).filter(|&n| n >= 12).ok_or("a pack too short")?;
+        if pack[..8] != *b"PACK\0\0\0\x02" || Sha1::digest(&pack[..body])[..] != pack[body..] {
+            return Err("not a version 2 pack with its checksum".into());
+        }
+        let count = u32::from_be_bytes(pack[8..12].try_into().unwrap_or_default()) as usize;
+        let mut held: Vec<(u64, Kind, Vec<u8>, [u8; 20])> = Vec::with_capacity(count.min(4096));
+        let (mut at, mut total) = (12usize, 0usize);
+        for _ in 0..count {
+            let offset = at as u64;
+            let (code, size, used) = entry_header(pack.get(at..body).ok_or("an entry past the end")?).ok_or("a bad entry header")?;
+            at += used;
+            let base = match code {
+                6 => {
+                    let (back, len) = ofs_delta_offset(&pack[at..body]).ok_or("a bad delta offset")?;
+                    at += len;
+                    let from = offset.checked_sub(back).ok_or("a delta before the pack")?;
+                    let i = held.binary_search_by_key(&from, |h| h.0).map_err(|_| "a delta's base is not an entry")?;
+                    Some((held[i].1, held[i].2.clone()))
+                }
+                7 => {
+                    let id: [u8; 20] = pack.get(at..at + 20).ok_or("an entry past the end")?.try_into().unwrap_or_default();
+                    at += 20;
+                    match held.iter().find(|h| h.3 == id) {
+                        Some(h) => Some((h.1, h.2.clone())),
+                        None => Some(self.read(&to_hex(&id)).ok_or("a delta's base is not here")?),
+                    }
+                }
+                _ => None,
+            };
+            if size > MAX_SIZE {
+                return Err("an object over the size read here".into());
+            }
+            let (data, used) = inflate_slice(&pack[at..body], size).ok_or("an entry that does not inflate")?;
+            at += used;
+            let (kind, data) = match base {
+                Some((kind, base)) => (kind, apply_delta(&base, &data).ok_or("a delta that does not apply")?),
+                None => (Kind::from_pack(code).ok_or("an entry of no known type")?, data),
+            };
+            total += data.len();
+            if total > MAX_UNPACKED {
+                return Err(format!("more than {MAX_UNPACKED} bytes inflated"));
+            }
+            let mut h = Sha1::new();
+            h.update(format!("{} {}\0", kind.name(), data.len()));
+            h.update(&data);
+            held.push((offset, kind, data, h.finalize().into()));
+        }
+        if at != body {
+            return Err("bytes after the last entry".into());
+        }
+        for (_, kind, data, id) in &held {
+            self.write_loose(*kind, data, id).map_err(|e| format!("cannot write an object: {e}"))?;
+        }
+        Ok(held.len())
+    }
+
+    /// One loose object, written beside and renamed into place (read only,
+    /// as git leaves them); one already there is kept.
+    fn write_loose(&self, kind: Kind, data: &[u8], id: &[u8; 20]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let hex = to_hex(id);
+        let dir = self.dir.join(&hex[..2]);
+        let path = dir.join(&hex[2..]);
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("tmp_obj_{}_{}", std::process::id(), &hex[2..12]));
+        let mut z = flate2::write::ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 64), flate2::Compression::fast());
+        z.write_all(format!("{} {}\0", kind.name(), data.len()).as_bytes())?;
+        z.write_all(data)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(&tmp)?;
+        let written = file.write_all(&z.finish()?).and_then(|_| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+}
+
+/// Exactly `size` bytes inflated from the start of `input`, and how many
+/// bytes of it the stream took.
+fn inflate_slice(input: &[u8], size: usize) -> Option<(Vec<u8>, usize)> {
+    let mut z = flate2::Decompress::new(true);
+    let mut out = Vec::with_capacity(size + 1);
+    loop {
+        let before = (z.total_in(), z.total_out());
+        let status = z.decompress_vec(&input[z.total_in() as usize..], &mut out, flate2::FlushDecompress::Finish).ok()?;
+        if status == flate2::Status::StreamEnd {
+            break;
+        }
+        if out.len() > size || (z.total_in(), z.total_out()) == before {
+            return None;
+        }
+        out.reserve(1);
+    }
+    (out.len() == size).then_some((out, z.total_in() as usize))
+}
+
 /// A tree's entries: mode (six octal digits), name, id.
 pub fn tree_entries(data: &[u8]) -> Option<impl Iterator<Item = (String, &[u8], String)> + '_> {
     let mut rest = data;
@@ -497,5 +608,33 @@ mod tests {
             assert_eq!(objects.read(bad), None, "{bad}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn a_thin_pack_is_stored_loose_and_whole() {
+        let dir = repo("thin");
+        let bare = dir.with_extension("bare");
+        let _ = std::fs::remove_dir_all(&bare);
+        git(&dir, &["init", "-q", "--bare", &bare.to_string_lossy()]);
+        git(&dir, &["push", "-q", &bare.to_string_lossy(), "HEAD~1:refs/heads/main"]);
+        git(&bare, &["repack", "-q", "-ad"]);
+        let mut cmd = Command::new("git");
+        cmd.arg("-C").arg(&dir).args(["pack-objects", "-q", "--thin", "--stdout", "--revs", "--delta-base-offset"]);
+        let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"HEAD\n^HEAD~1\n").unwrap();
+        let pack = child.wait_with_output().unwrap().stdout;
+        let objects = Objects::open(&bare);
+        let mut damaged = pack.clone();
+        damaged[20] ^= 1;
+        assert!(objects.store_pack(&damaged).unwrap_err().contains("checksum"));
+        let n = objects.store_pack(&pack).unwrap();
+        assert!(n >= 40, "{n} objects");
+        let head = String::from_utf8(git(&dir, &["rev-parse", "HEAD"])).unwrap().trim().to_string();
+        git(&bare, &["update-ref", "refs/heads/main", &head]);
+        git(&bare, &["fsck", "--connectivity-only", "--no-dangling"]);
+        assert_eq!(git(&bare, &["cat-file", "blob", "main:src/f3.txt"]), git(&dir, &["cat-file", "blob", "HEAD:src/f3.txt"]));
+        let mode = std::fs::metadata(bare.join("objects").join(&head[..2]).join(&head[2..])).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o444);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&bare);
     }
 }

@@ -8,11 +8,13 @@
 //! `info/refs` and POST of `ls-refs` each start the server's CGI again),
 //! pack-objects, unpack-objects and a `rev-list` connectivity walk. Here the
 //! commit's sha comes from the push (protocol v2 serves a `want` of any
-//! object: no ref listing), the pack is unpacked by `git unpack-objects`,
-//! and the branch's loose ref is written like git writes it (a `.lock`
-//! renamed). Anything unexpected — no loose ref to offer as `have`, another
-//! answer than a pack, a pack over [`MAX_PACK`], a credential for the URL —
-//! is `Err`, and the caller runs `git fetch` as before.
+//! object: no ref listing), the pack's objects are stored loose in this
+//! process ([`crate::slave::build::objects`], each id computed from its
+//! content), and the branch's loose ref is written like git writes it (a
+//! `.lock` renamed). Anything unexpected — no loose ref to offer as `have`,
+//! another answer than a pack, a pack over [`MAX_PACK`], a delta base not
+//! readable here, a credential for the URL — is `Err`, and the caller runs
+//! `git fetch` as before.
 //!
 //! Not done, unlike `git fetch`: the connectivity walk. A server that sends
 //! a pack without objects the commit needs breaks only its own mirror (one

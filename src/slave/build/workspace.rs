@@ -570,7 +570,7 @@ impl Git<'_> {
             }
             // This commit alone: one protocol v2 request, no git client (else git fetch).
             if !cloned && specs.len() == 1 {
-                match self.fetch_pack(repo_dir, mirror, url, source, sha) {
+                match self.fetch_pack(mirror, url, source, sha) {
                     Ok(()) => return Ok(()),
                     Err(e) if e.ends_the_build() => return Err(e),
                     Err(e) => {
@@ -598,7 +598,7 @@ impl Git<'_> {
     /// branch's tip, and the branch pointed at it. `Err` (`Local`: run git
     /// fetch instead) when the URL, the mirror or the answer is not one it
     /// takes; a timeout or an abort ends the build.
-    fn fetch_pack(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str, sha: &str) -> Result<(), GitError> {
+    fn fetch_pack(&self, mirror: &Path, url: &str, source: &str, sha: &str) -> Result<(), GitError> {
         let not = |why: String| GitError::Local(format!("fetch by protocol v2: {why}"));
         let have = pack_fetch::branch_tip(mirror, source).ok_or_else(|| not("the branch has no loose ref to offer".into()))?;
         if self.creds.for_url(url).is_some() {
@@ -623,19 +623,10 @@ impl Git<'_> {
         if answer.len() > pack_fetch::MAX_PACK {
             return Err(not(format!("the answer is over {} bytes", pack_fetch::MAX_PACK)));
         }
-        // The pack in a file that is gone once unpacked (unlinked while open).
-        let tmp = beside(repo_dir, "pack");
-        let pack = std::fs::File::create_new(&tmp)
-            .map_err(|e| e.to_string())
-            .and_then(|mut file| pack_fetch::write_pack(&answer, &mut file))
-            .and_then(|_| std::fs::File::open(&tmp).map_err(|e| e.to_string()));
-        let _ = std::fs::remove_file(&tmp);
+        let mut pack = Vec::with_capacity(answer.len());
+        pack_fetch::write_pack(&answer, &mut pack).map_err(not)?;
         drop(answer);
-        let mut cmd = self.mirror_git(Some(mirror), None)?;
-        cmd.args(["unpack-objects", "-q"]);
-        let done =
-            process::run_fed(cmd, Capture::Split { head: 0, tail: STDERR_TAIL }, self.deadline, self.abort, pack.map_err(not)?.into());
-        self.ended(done.exit, "unpack-objects", &done.output.lines)?;
+        Objects::open(mirror).store_pack(&pack).map_err(not)?;
         if commit_object::read(&mirror.join("objects"), sha).is_none() {
             return Err(not("the pack did not bring the commit loose".into()));
         }
