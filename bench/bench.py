@@ -69,6 +69,10 @@ TP_SLAVES = 3
 # throughput variants: x<executors per slave>[-steal][-http (clone URLs through the git server)]; "slow-" makes one repository's
 # builds take TP_SLOW_SECONDS (on its first TP_SLOW_BRANCHES branches, so a round stays bounded)
 TP_VARIANTS = os.environ.get("BENCH_TP_VARIANTS", "x1,x2,x2-http,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal").split(",")
+# ingest's rounds and the container rows' runs: 3 (not RUNS) keeps the whole of `make bench` in BUDGET_S (the
+# full run of 2026-12-07 14:27 took 1,581 s with 5; their spread between runs was 1-8 %)
+INGEST_RUNS = int(os.environ.get("BENCH_INGEST_RUNS", str(min(RUNS, 3))))
+CONTAINER_RUNS = int(os.environ.get("BENCH_CONTAINER_RUNS", str(min(RUNS, 3))))
 TP_RUNS = int(os.environ.get("BENCH_TP_RUNS", str(min(RUNS, 3))))  # warm rounds of the variants in TP_FULL
 TP_FULL = os.environ.get("BENCH_TP_FULL", "x1,x2").split(",")  # the plain variants the goal is read from
 TP_VARIANT_WARM = int(os.environ.get("BENCH_TP_VARIANT_WARM", "1"))  # warm rounds of every other variant
@@ -763,8 +767,8 @@ def ingest(redis, fixture):
     webhook_peak = {}
     for mode in modes:
         redis.fsync(mode)
-        log(f"ingest: appendfsync {mode}, {RUNS} rounds of {' / '.join(targets[mode])}, {SECONDS}s each")
-        for rnd_i in range(RUNS):
+        log(f"ingest: appendfsync {mode}, {INGEST_RUNS} rounds of {' / '.join(targets[mode])}, {SECONDS}s each")
+        for rnd_i in range(INGEST_RUNS):
             order = targets[mode][rnd_i % len(targets[mode]):] + targets[mode][:rnd_i % len(targets[mode])]
             for target in order:
                 redis.reset()
@@ -1077,13 +1081,13 @@ def row_tag(section, kind):
     return section if kind == "file" else f"{section}-{kind}"
 
 
-def interleaved(rig, n, what, check=None, before=None):
-    """RUNS runs of `n` new commits, each pushed through the rig and built by hand (the floor) beside
+def interleaved(rig, n, what, check=None, before=None, runs_n=None):
+    """RUNS (or `runs_n`) runs of `n` new commits, each pushed through the rig and built by hand (the floor) beside
     it, who goes first alternating; `check(push)` sees each push with its log; `before(sha, msg)`, not
     timed, runs after each commit is made and before either is measured. Returns the runs."""
     runs = []
-    log(f"{what}: {RUNS} runs x {n} pushes ({rig.kind}: {rig.url}), the floor by hand interleaved")
-    for r_i in range(RUNS):
+    log(f"{what}: {runs_n or RUNS} runs x {n} pushes ({rig.kind}: {rig.url}), the floor by hand interleaved")
+    for r_i in range(runs_n or RUNS):
         pushes, floors = [], []
         for i in range(n):
             sha, msg = rig.new_commit()
@@ -1241,7 +1245,7 @@ def containers(redis, fixture):
     n = max(10, PUSHES // 5)
     for kind in URL_KINDS:
         rig = latency_rig(redis, fixture, tag=row_tag("containers", kind), integration=yml, step_argv=docker_run, kind=kind)
-        runs = interleaved(rig, n, f"containers ({kind})")
+        runs = interleaved(rig, n, f"containers ({kind})", runs_n=CONTAINER_RUNS)
         RESULTS[row_key("containers", kind)] = row_results(rig, runs)
         stop_rig(rig)
 
@@ -2324,7 +2328,8 @@ def report():
     L.append(f"machine: {m['nproc']} x {m['cpu']}, {m['mem_gib']} GiB, kernel {m['kernel']}, {m['os']}; "
              f"{m['redis']}; {m['webhook']}; {m['wrk']}; {m['git']}; ci-backend {m['commit']}{' (+uncommitted src)' if m['dirty'] else ''}")
     L.append(f"waited {RESULTS['quiet_wait']['waited_s']} s for idle CPUs before starting (busy in the last second: {100 * RESULTS['quiet_wait']['busy_last_s']:.0f}%)")
-    L.append(f"runs per measurement: {RUNS} (medians); total {RESULTS.get('total_seconds')} s; load average (1/5/15 min) before/after each section: "
+    L.append(f"runs per measurement: {RUNS} (medians; ingest {INGEST_RUNS} rounds, container rows {CONTAINER_RUNS} runs, throughput {TP_RUNS} "
+             f"warm rounds of {'/'.join(TP_FULL)}, {TP_VARIANT_WARM} of the other variants); total {RESULTS.get('total_seconds')} s; load average (1/5/15 min) before/after each section: "
              + "; ".join(f"{k} {' '.join(v['before'])} → {' '.join(v['after'])}" for k, v in RESULTS.get("loadavg", {}).items()))
     if "ingest" in RESULTS:
         b = RESULTS["ingest_body_bytes"]
