@@ -238,6 +238,9 @@ fn a_hostile_answer_is_fetched_by_git_within_the_memory_bound() {
                     }
                 }
             }
+            "refuses" => {
+                let _ = conn.write_all(b"HTTP/1.1 415 Unsupported Media Type\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
             "error" => pack_answer(conn, &[pkt(b"packfile\n"), pkt(b"\x03upload-pack: boom\n"), b"0000".to_vec()].concat()),
             "empty" => {
                 // A valid pack of no objects: unpacked, and no commit comes of it.
@@ -264,8 +267,17 @@ fn a_hostile_answer_is_fetched_by_git_within_the_memory_bound() {
         assert_eq!(fallbacks.len(), before + 1, "{kind}: {fallbacks:#?}");
         assert!(fallbacks[before].contains(why), "{kind}: {}", fallbacks[before]);
     }
+    // A host that gives no git answer (a status, TLS with a CA only git knows) is left to git
+    // for a while: the next push sends it no request of ours.
+    *mode.lock().unwrap() = "refuses";
+    push_note(&b, &repo, &url, "refused");
+    push_note(&b, &repo, &url, "refused again");
+    let log = slave.log();
+    let fallbacks = events(&log, "fetch.by_git");
+    assert!(fallbacks[fallbacks.len() - 2].contains("answered 415"), "{fallbacks:#?}");
+    assert!(fallbacks[fallbacks.len() - 1].contains("gave no git answer to an earlier request"), "{fallbacks:#?}");
     let hwm = proc_kb(slave.pid(), "VmHWM").unwrap();
     assert!(hwm < 64 * 1024, "the slave's peak memory {hwm} KiB");
     let seen = server.seen();
-    assert_eq!(seen.iter().filter(|s| ours(s)).count(), 3, "one request of ours per hostile push: {seen:#?}");
+    assert_eq!(seen.iter().filter(|s| ours(s)).count(), 4, "one request of ours per hostile push, none once refused: {seen:#?}");
 }

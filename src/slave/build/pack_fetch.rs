@@ -21,10 +21,11 @@
 //! per repository and URL): that commit's checkout fails with git's missing
 //! object error, and a reset build (`reset`) clones the mirror afresh.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Most bytes of an answer kept (the pack and its framing); a larger push
 /// is fetched by git, which streams it.
@@ -116,13 +117,19 @@ pub fn plain_http(url: &str) -> bool {
 
 /// POSTs `body` to `<url>/git-upload-pack` and returns the answer's bytes
 /// (at most [`MAX_PACK`]), within `timeout` (at most 30 seconds). No
-/// redirect is followed and no credential is sent.
+/// redirect is followed and no credential is sent. A host that gave no git
+/// answer (no connection, TLS it does not take — a private CA git knows of,
+/// another status or content type) is left to git for [`SHUNNED_FOR`].
 pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    let host = origin(url);
+    if shunned(&host, None) {
+        return Err(format!("{host} gave no git answer to an earlier request (left to git for a while)"));
+    }
     let agent = AGENT
         .get_or_init(|| ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).user_agent(USER_AGENT).build().into());
     let endpoint = format!("{}/git-upload-pack", url.trim_end_matches('/'));
-    let mut answer = agent
+    let sent = agent
         .post(&endpoint)
         .header("Content-Type", "application/x-git-upload-pack-request")
         .header("Accept", "application/x-git-upload-pack-result")
@@ -130,14 +137,50 @@ pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>, String
         .config()
         .timeout_global(Some(timeout.min(HTTP_TIMEOUT)))
         .build()
-        .send(body)
-        .map_err(|e| format!("POST git-upload-pack: {e}"))?;
+        .send(body);
+    let mut answer = sent.map_err(|e| {
+        shunned(&host, Some(Instant::now()));
+        format!("POST git-upload-pack: {e}")
+    })?;
     let status = answer.status();
     let kind = answer.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if status != 200 || kind != "application/x-git-upload-pack-result" {
+        shunned(&host, Some(Instant::now()));
         return Err(format!("POST git-upload-pack answered {status} ({kind})"));
     }
     answer.body_mut().with_config().limit(MAX_PACK as u64).read_to_vec().map_err(|e| format!("POST git-upload-pack: {e}"))
+}
+
+/// How long a host that gave no git answer is left to git.
+pub const SHUNNED_FOR: Duration = Duration::from_secs(600);
+/// Most hosts remembered (all forgotten when more).
+const MAX_SHUNNED: usize = 1024;
+
+/// `scheme://authority` of an http(s) URL.
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    format!("{scheme}://{}", rest.split('/').next().unwrap_or(""))
+}
+
+/// Whether `host` is left to git; `Some(now)` remembers it from now.
+fn shunned(host: &str, since: Option<Instant>) -> bool {
+    static HOSTS: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let mut hosts = HOSTS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(now) = since {
+        if hosts.len() >= MAX_SHUNNED {
+            hosts.clear();
+        }
+        hosts.insert(host.to_string(), now);
+        return true;
+    }
+    match hosts.get(host) {
+        Some(at) if at.elapsed() < SHUNNED_FOR => true,
+        Some(_) => {
+            hosts.remove(host);
+            false
+        }
+        None => false,
+    }
 }
 
 /// The loose ref file of branch `source` (`refs/heads/<name>`) in `mirror`,
