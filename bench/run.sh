@@ -16,12 +16,13 @@
 # Knobs (environment), with defaults:
 #   BENCH_SECTIONS   ingest,latency,containers,reuse,buildbot,throughput,control,footprint,balance,charts
 #   BENCH_URLS (file,http) the rows of latency, containers and reuse: file:// and/or http:// through the git server
-#   BENCH_RUNS (5)   runs per measurement (medians)    BENCH_SECONDS (10) per wrk run
+#   BENCH_RUNS (3)   runs per measurement (medians)    BENCH_SECONDS (10) per wrk run
+#   BENCH_INGEST_RUNS, BENCH_CONTAINER_RUNS (BENCH_RUNS, at most 3) ingest rounds, container rows' runs
 #   BENCH_CONNS (32) wrk connections                   BENCH_PUSHES (100) per latency run
 #   BENCH_EVERYSEC (1) ingest again with appendfsync everysec   BENCH_POLL_MS (1) result poll
 #   BENCH_BB_PUSHES (40) pushes to ours + Buildbot + floor       BENCH_BB_RUNS (3) ingest runs each
 #   BENCH_REUSE_PUSHES (BENCH_PUSHES/2) per reuse run   BENCH_GIT_HARDENING_N (40) checkout pairs, git hardening's cost
-#   BENCH_TP_REPOS (50) BENCH_TP_BRANCHES (20) BENCH_TP_VARIANTS (x1,x2,x2-http,slow-x1,slow-x2,slow-x1-steal,slow-x2-steal):
+#   BENCH_TP_REPOS (50) BENCH_TP_BRANCHES (20) BENCH_TP_VARIANTS (x1,x2,x2-http,slow-x2,slow-x2-steal):
 #     x<SLAVE_EXECUTORS>[-steal (SLAVE_STEAL_AFTER=BENCH_TP_STEAL_AFTER, 2)][-http: clone URLs through the git server],
 #     slow- = one slow repository
 #   BENCH_TP_RUNS (3) warm rounds of the variants in BENCH_TP_FULL (x1,x2); BENCH_TP_VARIANT_WARM (1) of the
