@@ -9,9 +9,10 @@
 //! is `None`, and the caller asks git.
 
 use sha1::{Digest, Sha1};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Largest object (and delta base) read here.
@@ -228,6 +229,9 @@ impl Objects {
         }
         let count = u32::from_be_bytes(pack[8..12].try_into().unwrap_or_default()) as usize;
         let mut held: Vec<(u64, Kind, Vec<u8>, [u8; 20])> = Vec::with_capacity(count.min(4096));
+        // By id, for REF_DELTA bases in the pack: a lookup each, not a scan (a hostile pack of
+        // 4 MiB holds some 190,000 entries).
+        let mut by_id: HashMap<[u8; 20], usize> = HashMap::new();
         let (mut at, mut total) = (12usize, 0usize);
         for _ in 0..count {
             let offset = at as u64;
@@ -244,7 +248,7 @@ impl Objects {
                 7 => {
                     let id: [u8; 20] = pack.get(at..at + 20).ok_or("an entry past the end")?.try_into().unwrap_or_default();
                     at += 20;
-                    match held.iter().find(|h| h.3 == id) {
+                    match by_id.get(&id).map(|&i| &held[i]) {
                         Some(h) => Some((h.1, h.2.clone())),
                         None => Some(self.read(&to_hex(&id)).ok_or("a delta's base is not here")?),
                     }
@@ -254,6 +258,8 @@ impl Objects {
             if size > MAX_SIZE {
                 return Err("an object over the size read here".into());
             }
+            // Every base counts too: the work a pack asks for is bounded, not only what it stores.
+            total += base.as_ref().map_or(0, |(_, b)| b.len());
             let (data, used) = inflate_slice(&pack[at..body], size).ok_or("an entry that does not inflate")?;
             at += used;
             let (kind, data) = match base {
@@ -267,7 +273,9 @@ impl Objects {
             let mut h = Sha1::new();
             h.update(format!("{} {}\0", kind.name(), data.len()));
             h.update(&data);
-            held.push((offset, kind, data, h.finalize().into()));
+            let id: [u8; 20] = h.finalize().into();
+            by_id.insert(id, held.len());
+            held.push((offset, kind, data, id));
         }
         if at != body {
             return Err("bytes after the last entry".into());
@@ -289,13 +297,20 @@ impl Objects {
         if path.exists() {
             return Ok(());
         }
-        std::fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            // Readable by the build user's clone through its alternates, whatever the slave's umask.
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        }
         let tmp = dir.join(format!("tmp_obj_{}_{}", std::process::id(), &hex[2..12]));
         let mut z = flate2::write::ZlibEncoder::new(Vec::with_capacity(data.len() / 2 + 64), flate2::Compression::fast());
         z.write_all(format!("{} {}\0", kind.name(), data.len()).as_bytes())?;
         z.write_all(data)?;
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(&tmp)?;
-        let written = file.write_all(&z.finish()?).and_then(|_| std::fs::rename(&tmp, &path));
+        let written = file
+            .write_all(&z.finish()?)
+            .and_then(|_| file.set_permissions(std::fs::Permissions::from_mode(0o444)))
+            .and_then(|_| std::fs::rename(&tmp, &path));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -636,5 +651,48 @@ mod tests {
         assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o444);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&bare);
+    }
+    /// A pack entry's header: type `code`, `size`.
+    fn entry(code: u8, mut size: usize) -> Vec<u8> {
+        let mut out = vec![(code << 4) | (size & 15) as u8];
+        size >>= 4;
+        while size > 0 {
+            *out.last_mut().unwrap() |= 0x80;
+            out.push((size & 0x7f) as u8);
+            size >>= 7;
+        }
+        out
+    }
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut z, data).unwrap();
+        z.finish().unwrap()
+    }
+
+    #[test]
+    fn a_pack_asking_for_unbounded_work_is_refused() {
+        // One 200 KB blob and 20,000 deltas of one byte of it: each makes a 1-byte blob, but
+        // resolving them all copies 4 GB of base.
+        let blob = vec![b'x'; 200_000];
+        let id: [u8; 20] = Sha1::digest([format!("blob {}\0", blob.len()).as_bytes(), &blob].concat()).into();
+        let delta = vec![0xc0, 0x9a, 0x0c, 0x01, 0x90, 0x01];
+        let n = 20_000u32;
+        let mut pack = [b"PACK\0\0\0\x02".to_vec(), (n + 1).to_be_bytes().to_vec()].concat();
+        pack.extend(entry(3, blob.len()));
+        pack.extend(deflate(&blob));
+        let one = [entry(7, delta.len()), id.to_vec(), deflate(&delta)].concat();
+        for _ in 0..n {
+            pack.extend(&one);
+        }
+        let sum = Sha1::digest(&pack);
+        pack.extend(sum);
+        let dir = std::env::temp_dir().join(format!("objects-work-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("objects")).unwrap();
+        let err = Objects::open(&dir).store_pack(&pack).unwrap_err();
+        assert!(err.contains("bytes inflated"), "{err}");
+        assert!(std::fs::read_dir(dir.join("objects")).unwrap().next().is_none(), "nothing written");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

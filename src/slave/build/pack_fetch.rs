@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -215,7 +216,10 @@ pub fn set_branch(mirror: &Path, source: &str, sha: &str) -> Result<(), String> 
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).map_err(fail)?;
-    let written = file.write_all(format!("{sha}\n").as_bytes()).and_then(|_| std::fs::rename(&lock, &path));
+    let written = file
+        .write_all(format!("{sha}\n").as_bytes())
+        .and_then(|_| file.set_permissions(std::fs::Permissions::from_mode(0o644)))
+        .and_then(|_| std::fs::rename(&lock, &path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&lock);
         return Err(fail(e));
