@@ -85,10 +85,7 @@ impl Objects {
     pub fn read(&self, id: &str) -> Option<(Kind, Vec<u8>)> {
         let raw = hex20(id)?;
         let (kind, data) = self.read_raw(&raw, 0)?;
-        let mut h = Sha1::new();
-        h.update(format!("{} {}\0", kind.name(), data.len()));
-        h.update(&data);
-        (h.finalize()[..] == raw[..]).then_some((kind, data))
+        (object_id(kind, &data) == raw).then_some((kind, data))
     }
 
     /// The tree of commit `id`.
@@ -270,10 +267,7 @@ impl Objects {
             if total > MAX_UNPACKED {
                 return Err(format!("more than {MAX_UNPACKED} bytes inflated"));
             }
-            let mut h = Sha1::new();
-            h.update(format!("{} {}\0", kind.name(), data.len()));
-            h.update(&data);
-            let id: [u8; 20] = h.finalize().into();
+            let id = object_id(kind, &data);
             by_id.insert(id, held.len());
             held.push((offset, kind, data, id));
         }
@@ -335,6 +329,14 @@ fn inflate_slice(input: &[u8], size: usize) -> Option<(Vec<u8>, usize)> {
         out.reserve(1);
     }
     (out.len() == size).then_some((out, z.total_in() as usize))
+}
+
+/// The id git gives an object of `kind` holding `data`.
+fn object_id(kind: Kind, data: &[u8]) -> [u8; 20] {
+    let mut h = Sha1::new();
+    h.update(format!("{} {}\0", kind.name(), data.len()));
+    h.update(data);
+    h.finalize().into()
 }
 
 /// A tree's entries: mode (six octal digits), name, id.

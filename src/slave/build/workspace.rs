@@ -287,8 +287,14 @@ impl Git<'_> {
         let mut cmd = cmd?;
         cmd.args(args);
         let done = process::run(cmd, Capture::Split { head, tail: STDERR_TAIL }, self.deadline, self.abort);
+        self.outcome(done, shown).map(|out| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// A git process's end: its stdout's head for exit code 0; a timeout or
+    /// an abort as such; else why, with the last lines it said.
+    fn outcome(&self, done: process::Finished, shown: &str) -> Result<Vec<u8>, GitError> {
         let how = match done.exit {
-            Exit::Code(0) => return Ok(String::from_utf8_lossy(&done.stdout).into_owned()),
+            Exit::Code(0) => return Ok(done.stdout),
             Exit::Aborted => return Err(GitError::Aborted),
             Exit::TimedOut => return Err(GitError::TimedOut(format!("git {shown} timed out after {} seconds", self.limit.as_secs()))),
             Exit::SpawnFailed(e) => return Err(GitError::Setup(format!("git {shown}: cannot run git: {e}"))),
@@ -612,9 +618,7 @@ impl Git<'_> {
             std::io::Write::write_all(&mut feed, &request).map_err(|e| not(format!("pipe: {e}")))?;
             drop(feed);
             let capture = Capture::Split { head: pack_fetch::MAX_PACK + 1, tail: STDERR_TAIL };
-            let done = process::run_fed(cmd, capture, self.deadline, self.abort, input.into());
-            self.ended(done.exit, "upload-pack", &done.output.lines)?;
-            done.stdout
+            self.outcome(process::run_fed(cmd, capture, self.deadline, self.abort, input.into()), "upload-pack")?
         } else if pack_fetch::plain_http(url) {
             pack_fetch::post(url, &request, self.deadline.saturating_duration_since(Instant::now())).map_err(not)?
         } else {
@@ -631,17 +635,6 @@ impl Git<'_> {
             return Err(not("the pack did not bring the commit loose".into()));
         }
         pack_fetch::set_branch(mirror, source, sha).map_err(not)
-    }
-
-    /// A helper git process's end: `Ok` for exit code 0; a timeout or an
-    /// abort as such; anything else `Local`, with what it said last.
-    fn ended(&self, exit: Exit, what: &str, said: &[String]) -> Result<(), GitError> {
-        match exit {
-            Exit::Code(0) => Ok(()),
-            Exit::Aborted => Err(GitError::Aborted),
-            Exit::TimedOut => Err(GitError::TimedOut(format!("git {what} timed out after {} seconds", self.limit.as_secs()))),
-            other => Err(GitError::Local(format!("git {what} ended with {other:?}: {}", said.last().map_or("", |l| l.trim())))),
-        }
     }
 
     /// Checks `sha` out (detached), fetching the commit itself when the
