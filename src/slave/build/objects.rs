@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Largest object (and delta base) read here.
 pub const MAX_SIZE: usize = 8 << 20;
+/// What a version 2 pack starts with.
+pub const PACK_HEADER: &[u8] = b"PACK\0\0\0\x02";
 /// Most deltas followed to a whole object (git's default `--depth` is 50).
 const MAX_DEPTH: usize = 64;
 
@@ -221,7 +223,7 @@ impl Objects {
     /// [`MAX_UNPACKED`] bytes inflated. Returns how many objects it wrote.
     pub fn store_pack(&self, pack: &[u8]) -> Result<usize, String> {
         let body = pack.len().checked_sub(20).filter(|&n| n >= 12).ok_or("a pack too short")?;
-        if pack[..8] != *b"PACK\0\0\0\x02" || Sha1::digest(&pack[..body])[..] != pack[body..] {
+        if pack[..8] != *PACK_HEADER || Sha1::digest(&pack[..body])[..] != pack[body..] {
             return Err("not a version 2 pack with its checksum".into());
         }
         let count = u32::from_be_bytes(pack[8..12].try_into().unwrap_or_default()) as usize;

@@ -21,6 +21,7 @@
 //! per repository and URL): that commit's checkout fails with git's missing
 //! object error, and a reset build (`reset`) clones the mirror afresh.
 
+use crate::slave::build::objects::PACK_HEADER;
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -31,8 +32,6 @@ use std::time::{Duration, Instant};
 /// Most bytes of an answer kept (the pack and its framing); a larger push
 /// is fetched by git, which streams it.
 pub const MAX_PACK: usize = 4 << 20;
-/// What a version 2 pack starts with.
-const PACK_HEADER: &[u8] = b"PACK\0\0\0\x02";
 /// Longest an http answer may take, whatever the build's deadline.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Says what we are; the `git/` prefix is what forges look for in a smart client.
