@@ -1382,9 +1382,11 @@ impl GitRepo {
         run(git(&self.work).args(["log", "-1", "--format=%B", sha])).trim_end().to_string()
     }
 
-    /// The committer date of `sha` in strict ISO 8601 (`%cI`).
+    /// The committer date as git's `%cI` gives it, UTC written `+00:00` as git 2.39 and the
+    /// slave write it (git 2.47 writes `Z`: the same instant).
     pub fn commit_time(&self, sha: &str) -> String {
-        run(git(&self.work).args(["log", "-1", "--format=%cI", sha])).trim().to_string()
+        let iso = run(git(&self.work).args(["log", "-1", "--format=%cI", sha])).trim().to_string();
+        iso.strip_suffix('Z').map_or(iso.clone(), |day| format!("{day}+00:00"))
     }
 }
 

@@ -1,14 +1,12 @@
-//! A pushed commit's message and committer date read straight from the
-//! mirror's loose object, so the common build needs no `git show` process
-//! (a process and its guard per build: about a tenth of a trivial build's
-//! CPU). Only what can be checked is trusted: the object must be a loose
-//! SHA-1 `commit` whose content hashes to the pushed sha; anything else
-//! (packed, a tag, SHA-256, an `encoding` header, a date out of range, too
-//! big) answers `None` and the caller asks git.
+//! A pushed commit's message and committer date read from the mirror's
+//! objects ([`Objects`]: loose or packed, the content hashed against the
+//! pushed sha), so a build needs no `git show` process (a process and its
+//! guard per build: about a tenth of a trivial build's CPU). Anything that
+//! cannot be read as git would show it (a tag, an `encoding` header, a date
+//! out of range, a commit over [`MAX_OBJECT`]) answers `None`, and the
+//! caller asks git.
 
-use sha1::{Digest, Sha1};
-use std::io::Read;
-use std::path::Path;
+use crate::slave::build::objects::{Kind, Objects};
 
 /// The pushed commit, as git knows it.
 #[derive(Debug, Clone, Default)]
@@ -18,30 +16,18 @@ pub struct Commit {
     pub timestamp: String,
 }
 
-/// Bytes of a commit object read, at most (compressed and inflated); git
-/// shows at most 64 KiB of a message to us anyway.
-const MAX_OBJECT: u64 = 256 * 1024;
+/// Largest commit object read here; git shows at most 64 KiB of a message
+/// to us anyway.
+const MAX_OBJECT: usize = 256 * 1024;
 /// Latest committer time formatted here: 9999-12-31T23:59:59Z.
 const MAX_TIME: i64 = 253_402_300_799;
 
-/// The commit `sha` (40 lowercase hex digits) of the repository whose object
-/// directory is `objects`, when it is a verifiable loose commit.
-pub fn read(objects: &Path, sha: &str) -> Option<Commit> {
-    if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
+/// The commit `sha` (40 lowercase hex digits) among `objects`.
+pub fn read(objects: &Objects, sha: &str) -> Option<Commit> {
+    match objects.read(sha)? {
+        (Kind::Commit, body) if body.len() <= MAX_OBJECT => parse(std::str::from_utf8(&body).ok()?),
+        _ => None,
     }
-    let file = std::fs::File::open(objects.join(&sha[..2]).join(&sha[2..])).ok()?;
-    let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(file.take(MAX_OBJECT)).take(MAX_OBJECT).read_to_end(&mut raw).ok()?;
-    if format!("{:x}", Sha1::digest(&raw)) != sha {
-        return None;
-    }
-    let nul = raw.iter().position(|&b| b == 0)?;
-    let body = &raw[nul + 1..];
-    if raw[..nul] != *format!("commit {}", body.len()).as_bytes() {
-        return None;
-    }
-    parse(std::str::from_utf8(body).ok()?)
 }
 
 /// Headers, a blank line, the message (`%B`); the date from the
@@ -102,6 +88,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::process::{Command, Stdio};
 
     fn git(dir: &Path, args: &[&str], input: Option<&[u8]>) -> String {
@@ -178,7 +165,7 @@ mod tests {
         ];
         for raw in &cases {
             let sha = write_commit(dir.path(), raw);
-            let ours = read(&dir.path().join("objects"), &sha).unwrap_or_else(|| panic!("not read: {raw:?}"));
+            let ours = read(&Objects::open(dir.path()), &sha).unwrap_or_else(|| panic!("not read: {raw:?}"));
             let mut git = shown(dir.path(), &sha);
             // git 2.47 writes UTC as `Z`, 2.39 (Debian 12) as `+00:00`: the same instant.
             if let Some(day) = git.timestamp.strip_suffix('Z') {
@@ -199,33 +186,41 @@ mod tests {
     fn what_cannot_be_checked_is_left_to_git() {
         let dir = repo();
         let objects = dir.path().join("objects");
+        let read = |sha: &str| read(&Objects::open(dir.path()), sha);
         let sig = "A <a@b>";
         // An `encoding` header: git re-encodes the message.
         let latin =
             write_commit(dir.path(), &format!("tree {TREE}\nauthor {sig} 0 +0000\ncommitter {sig} 0 +0000\nencoding ISO-8859-1\n\nx\n"));
-        assert!(read(&objects, &latin).is_none());
+        assert!(read(&latin).is_none());
         // A date git formats but we do not (past year 9999), and a malformed zone.
         let far = write_commit(dir.path(), &format!("tree {TREE}\nauthor {sig} 0 +0000\ncommitter {sig} 999999999999 +0000\n\nx\n"));
-        assert!(read(&objects, &far).is_none());
+        assert!(read(&far).is_none());
         let zone = write_commit(dir.path(), &format!("tree {TREE}\nauthor {sig} 0 +0000\ncommitter {sig} 5 +01\n\nx\n"));
-        assert!(read(&objects, &zone).is_none());
+        assert!(read(&zone).is_none());
         // A tag object (a tag push names it), a blob, a name that is no sha.
         let blob = git(dir.path(), &["hash-object", "-w", "--stdin"], Some(b"data\n")).trim().to_string();
-        assert!(read(&objects, &blob).is_none());
-        assert!(read(&objects, "../../../../etc/passwd").is_none());
-        assert!(read(&objects, &"A".repeat(40)).is_none());
+        assert!(read(&blob).is_none());
+        assert!(read("../../../../etc/passwd").is_none());
+        assert!(read(&"A".repeat(40)).is_none());
         // A loose file whose content is not the sha's (corrupt or planted).
         let good = write_commit(dir.path(), &format!("tree {TREE}\nauthor {sig} 0 +0000\ncommitter {sig} 7 +0000\n\ngood\n"));
         let other = write_commit(dir.path(), &format!("tree {TREE}\nauthor {sig} 0 +0000\ncommitter {sig} 8 +0000\n\nother\n"));
         let path = |s: &str| objects.join(&s[..2]).join(&s[2..]);
         std::fs::remove_file(path(&good)).unwrap();
         std::fs::copy(path(&other), path(&good)).unwrap();
-        assert!(read(&objects, &good).is_none());
-        // Packed: no loose file any more.
+        assert!(read(&good).is_none());
+        // Packed: no loose file any more, read from the pack as git shows it.
         git(dir.path(), &["update-ref", "refs/heads/main", &other], None);
         git(dir.path(), &["repack", "-a", "-d", "-q"], None);
         git(dir.path(), &["prune-packed"], None);
-        assert!(read(&objects, &other).is_none());
+        assert!(!path(&other).exists());
+        assert_eq!(read(&other).map(|c| c.message), Some(shown(dir.path(), &other).message));
+        // Over the bound: left to git.
+        let big = write_commit(
+            dir.path(),
+            &format!("tree {TREE}\nauthor {sig} 0 +0000\ncommitter {sig} 9 +0000\n\n{}\n", "x".repeat(MAX_OBJECT)),
+        );
+        assert!(read(&big).is_none());
     }
 
     #[test]

@@ -375,13 +375,7 @@ fn loose(file: File) -> Option<(Kind, Vec<u8>)> {
     let nul = raw.iter().position(|&b| b == 0)?;
     let (kind, size) = std::str::from_utf8(&raw[..nul]).ok()?.split_once(' ')?;
     let size: usize = size.parse().ok()?;
-    let kind = match kind {
-        "commit" => Kind::Commit,
-        "tree" => Kind::Tree,
-        "blob" => Kind::Blob,
-        "tag" => Kind::Tag,
-        _ => return None,
-    };
+    let kind = [Kind::Commit, Kind::Tree, Kind::Blob, Kind::Tag].into_iter().find(|k| k.name() == kind)?;
     let data = raw.split_off(nul + 1);
     (size == data.len()).then_some((kind, data))
 }

@@ -11,7 +11,7 @@
 //! object: no ref listing), the pack's objects are stored loose in this
 //! process ([`crate::slave::build::objects`], each id computed from its
 //! content), and the branch's loose ref is written like git writes it (a
-//! `.lock` renamed). Anything unexpected — no loose ref to offer as `have`,
+//! `.lock` renamed). Anything unexpected — no ref to offer as `have`,
 //! another answer than a pack, a pack over [`MAX_PACK`], a delta base not
 //! readable here, a credential for the URL — is `Err`, and the caller runs
 //! `git fetch` as before.
@@ -191,17 +191,38 @@ fn loose_ref(mirror: &Path, source: &str) -> Option<PathBuf> {
     (branch.split('/').all(plain) && !branch.contains("..")).then(|| mirror.join(source))
 }
 
-/// The sha the mirror's loose ref `source` holds (read as a file, no
-/// process): `None` for a packed ref, a link, a name git would refuse or
-/// anything but 40 hex digits.
+/// The sha the mirror holds for branch `source`, read as git reads it with
+/// no process: its loose ref file, else its line in `packed-refs` (where a
+/// clone leaves every branch). `None` for a link, a name git would refuse,
+/// anything but 40 hex digits, or a `packed-refs` over [`MAX_PACKED_REFS`].
 pub fn branch_tip(mirror: &Path, source: &str) -> Option<String> {
     let path = loose_ref(mirror, source)?;
-    if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.is_file() => full_sha(std::fs::read_to_string(&path).ok()?.trim_end()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => packed_tip(mirror, source),
+        _ => None,
+    }
+}
+
+/// Most bytes of `packed-refs` read for one branch (some 16,000 refs); a
+/// mirror with more offers no `have` from it, and git fetches.
+pub const MAX_PACKED_REFS: u64 = 1 << 20;
+
+/// `source`'s sha in the mirror's `packed-refs` (`<sha> <ref>` lines, after
+/// a `#` header; a `^<sha>` line peels the tag above it).
+fn packed_tip(mirror: &Path, source: &str) -> Option<String> {
+    let path = mirror.join("packed-refs");
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_PACKED_REFS {
         return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let sha = text.trim_end();
-    (sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sha.to_string())
+    let text = std::fs::read(&path).ok()?;
+    let line = text.split(|&b| b == b'\n').find(|line| line.get(41..) == Some(source.as_bytes()) && line.get(40) == Some(&b' '))?;
+    full_sha(std::str::from_utf8(&line[..40]).ok()?)
+}
+
+fn full_sha(text: &str) -> Option<String> {
+    (text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())).then(|| text.to_string())
 }
 
 /// Points the mirror's loose ref `source` at `sha`, as git does: the new
@@ -313,6 +334,23 @@ mod tests {
         assert_eq!(branch_tip(&dir, "refs/heads/short"), None);
         std::os::unix::fs::symlink(dir.join("refs/heads/feature/x"), dir.join("refs/heads/link")).unwrap();
         assert_eq!(branch_tip(&dir, "refs/heads/link"), None, "a link is not followed");
+        // A clone's packed refs; a loose ref wins over its packed line, as in git.
+        let packed = format!(
+            "# pack-refs with: peeled fully-peeled sorted \n{a} refs/heads/main\n{a} refs/heads/packed\n{b} refs/heads/packed/not\n{a} refs/tags/v1\n^{b}\n{short} refs/heads/bad\n",
+            a = "a".repeat(40),
+            b = "b".repeat(40),
+            short = "a".repeat(39)
+        );
+        std::fs::write(dir.join("packed-refs"), packed).unwrap();
+        assert_eq!(branch_tip(&dir, "refs/heads/packed"), Some("a".repeat(40)));
+        assert_eq!(branch_tip(&dir, "refs/heads/main"), Some("a".repeat(40)), "no loose ref (only its lock): the packed line");
+        std::fs::remove_file(dir.join("refs/heads/main.lock")).unwrap();
+        set_branch(&dir, "refs/heads/main", &sha).unwrap();
+        assert_eq!(branch_tip(&dir, "refs/heads/main"), Some(sha.clone()), "the loose ref wins");
+        assert_eq!(branch_tip(&dir, "refs/heads/bad"), None);
+        assert_eq!(branch_tip(&dir, "refs/heads/pack"), None, "a prefix of a name is not the name");
+        std::fs::write(dir.join("packed-refs"), vec![b'#'; MAX_PACKED_REFS as usize + 1]).unwrap();
+        assert_eq!(branch_tip(&dir, "refs/heads/packed"), None, "past the bound");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

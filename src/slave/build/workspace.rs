@@ -14,7 +14,7 @@
 
 use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build::inputs::{self, Trees};
-use crate::slave::build::objects::{self, Objects};
+use crate::slave::build::objects::{self, Kind, Objects};
 use crate::slave::build::pack_fetch;
 use crate::slave::build::when::Changed;
 use crate::slave::build_groups::BuildGroups;
@@ -312,13 +312,13 @@ impl Git<'_> {
     /// Untracked files from earlier builds stay: the cache is the point.
     /// `reset` starts the checkout and the mirror afresh.
     ///
-    /// The common path is two git processes: fetch into the mirror, then
-    /// `git checkout` (the checkout borrows the mirror's objects: no second
-    /// fetch); the commit's message and date are read from its loose object
-    /// (`git show` beside the checkout when the commit came packed). A commit the
-    /// mirror already holds loose is not fetched again, nor one whose
-    /// branch the mirror holds at it. The fetch also brings the branches
-    /// `queued` names (the sources of other builds of this repository
+    /// The common path: the commit fetched into the mirror by one request
+    /// ([`pack_fetch`]), then `git checkout` (the checkout borrows the
+    /// mirror's objects: no second fetch); the commit's message and date
+    /// are read from its object ([`commit_object`]; `git show` beside the
+    /// checkout when it cannot be). A commit the mirror already holds,
+    /// loose or packed, is not fetched again. A `git fetch` (when the one
+    /// request is not taken) also brings the branches `queued` names (the sources of other builds of this repository
     /// waiting here, asked only when a fetch runs), so that theirs is skipped.
     /// Returns the commit and who the build's steps run as.
     #[allow(clippy::too_many_arguments)]
@@ -354,7 +354,7 @@ impl Git<'_> {
         let git = Git { user: &user, home: user.switch.then_some(home.as_path()), ..*self };
         git.make_home(&home)?;
         git.clear_stale(&mirror, &dir)?;
-        if !has_loose_commit(&mirror, sha) {
+        if !has_commit(&mirror, sha) {
             git.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
         }
         if !dir.exists() {
@@ -385,18 +385,18 @@ impl Git<'_> {
         }
         let held = repo_lock(&repo_dir);
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
-        if !has_loose_commit(&mirror, sha) {
+        if !has_commit(&mirror, sha) {
             self.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
         }
         let peeled = format!("{sha}^{{commit}}");
-        // A loose commit object read is one there (no process); else ask git.
-        let loose = commit_object::read(&mirror.join("objects"), sha);
+        // A commit object read is one there (no process); else ask git.
+        let known = commit_object::read(&Objects::open(&mirror), sha);
         let in_mirror = || self.run(self.mirror_git(Some(&mirror), None), &["cat-file", "-e", &peeled], "cat-file -e").is_ok();
-        if loose.is_none() && !in_mirror() {
+        if known.is_none() && !in_mirror() {
             let spec = format!("+{sha}:refs/ci/build");
             self.remote(Some(&mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
         }
-        let commit = match loose.or_else(|| commit_object::read(&mirror.join("objects"), sha)) {
+        let commit = match known.or_else(|| commit_object::read(&Objects::open(&mirror), sha)) {
             Some(c) => c,
             None => {
                 let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show")?;
@@ -606,7 +606,7 @@ impl Git<'_> {
     /// takes; a timeout or an abort ends the build.
     fn fetch_pack(&self, mirror: &Path, url: &str, source: &str, sha: &str) -> Result<(), GitError> {
         let not = |why: String| GitError::Local(format!("fetch by protocol v2: {why}"));
-        let have = pack_fetch::branch_tip(mirror, source).ok_or_else(|| not("the branch has no loose ref to offer".into()))?;
+        let have = pack_fetch::branch_tip(mirror, source).ok_or_else(|| not("the mirror has no tip of the branch to offer".into()))?;
         if self.creds.for_url(url).is_some() {
             return Err(not("the URL has a credential (git sends it)".into()));
         }
@@ -630,8 +630,9 @@ impl Git<'_> {
         let mut pack = Vec::with_capacity(answer.len());
         pack_fetch::write_pack(&answer, &mut pack).map_err(not)?;
         drop(answer);
-        Objects::open(mirror).store_pack(&pack).map_err(not)?;
-        if commit_object::read(&mirror.join("objects"), sha).is_none() {
+        let objects = Objects::open(mirror);
+        objects.store_pack(&pack).map_err(not)?;
+        if !matches!(objects.read(sha), Some((Kind::Commit, _))) {
             return Err(not("the pack did not bring the commit loose".into()));
         }
         pack_fetch::set_branch(mirror, source, sha).map_err(not)
@@ -653,14 +654,14 @@ impl Git<'_> {
                 Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
             })
         };
-        let loose = || commit_object::read(&mirror.join("objects"), sha);
-        // The message and date: from the fetched loose object when it is one
+        let read = || commit_object::read(&Objects::open(mirror), sha);
+        // The message and date: from the commit object when it reads here
         // (no process), else from `git show` in the mirror while the checkout
         // runs (another core, another user). (`read-tree -u --reset` with HEAD
         // written here saves git checkout's ref locks on a small tree, but
         // costs 8 ms more on 3,000 files: the bench's latency row went from
         // 1.07-1.16x to 1.24-1.27x the floor with it.)
-        let (checked, shown) = match loose() {
+        let (checked, shown) = match read() {
             Some(commit) => (checkout(), Ok(Ok(commit))),
             None => std::thread::scope(|s| {
                 let shown = s.spawn(git_show);
@@ -682,7 +683,7 @@ impl Git<'_> {
         // Shown before the commit was fetched by sha, or not at all: again.
         match shown {
             Ok(Ok(commit)) => Ok(commit),
-            _ => loose().map_or_else(git_show, Ok),
+            _ => read().map_or_else(git_show, Ok),
         }
     }
 
@@ -781,9 +782,10 @@ impl Git<'_> {
 /// waiting on this slave, asked only when a fetch runs.
 pub type Queued<'a> = &'a dyn Fn() -> Vec<String>;
 
-/// Whether the mirror's loose ref `source` (a branch) holds `sha`: a fetch
-/// of another build brought it. Read as a file, no process; a packed ref, a
-/// name git would refuse or anything unexpected reads as no (fetch).
+/// Whether the mirror's branch `source` holds `sha`: a fetch of another
+/// build (or the clone) brought it. Read as files, no process
+/// ([`pack_fetch::branch_tip`]); a name git would refuse or anything
+/// unexpected reads as no (fetch).
 fn ref_points_at(mirror: &Path, source: &str, sha: &str) -> bool {
     pack_fetch::branch_tip(mirror, source).is_some_and(|tip| tip == sha)
 }
@@ -814,12 +816,12 @@ fn list_paths(objects: &Objects, sha: &str, paths: &[&str]) -> Option<Vec<(Strin
 
 /// The lock of one repository's directory in this process (its mirror and
 /// checkouts). Entries are a few bytes per repository ever built here.
-/// Whether the mirror holds commit `sha` as a loose object (read without a
+/// Whether the mirror holds commit `sha`, loose or packed (read without a
 /// process): then nothing is fetched for it. A commit is content: the same
 /// sha is the same commit and trees, whichever branch it came with (a
 /// fast-forward merge pushes a commit its branch already brought).
-fn has_loose_commit(mirror: &Path, sha: &str) -> bool {
-    mirror.join("HEAD").is_file() && commit_object::read(&mirror.join("objects"), sha).is_some()
+fn has_commit(mirror: &Path, sha: &str) -> bool {
+    mirror.join("HEAD").is_file() && matches!(Objects::open(mirror).read(sha), Some((Kind::Commit, _)))
 }
 
 fn repo_lock(repo_dir: &Path) -> Arc<Mutex<()>> {
@@ -933,7 +935,7 @@ mod tests {
         assert!(ref_points_at(&dir, "refs/heads/feature/x", sha));
         assert!(!ref_points_at(&dir, "refs/heads/main", &sha.replace('0', "f")), "another commit");
         assert!(!ref_points_at(&dir, "refs/heads/main", &sha[..12]), "a short sha");
-        assert!(!ref_points_at(&dir, "refs/heads/gone", sha), "no such ref (or a packed one)");
+        assert!(!ref_points_at(&dir, "refs/heads/gone", sha), "no such ref");
         assert!(!ref_points_at(&dir, "refs/heads/feature", sha), "a directory");
         assert!(!ref_points_at(&dir, "refs/heads/../../secret", sha), "a name git refuses");
         assert!(!ref_points_at(&dir, "refs/pull/1/head", sha), "not a branch");
