@@ -9,7 +9,7 @@
 use crate::harness::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -146,18 +146,8 @@ fn pack_answer(conn: &mut TcpStream, body: &[u8]) {
     let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(body));
 }
 
-/// The mirror of `repo` in `slave`'s cache.
-fn mirror(slave: &Slave, repo: &GitRepo) -> PathBuf {
-    std::fs::read_dir(slave.cache.join(repo.name.replace('/', "%2F")))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".mirror-")))
-        .expect("the mirror")
-}
-
 /// Commits `NOTES` = `note`, pushes it (naming `url`) and builds it: it must pass and print `note`.
-fn push_note(b: &Backend, repo: &GitRepo, url: &str, note: &str) -> String {
+pub fn push_note(b: &Backend, repo: &GitRepo, url: &str, note: &str) -> String {
     repo.write("NOTES", note);
     let sha = repo.commit(note);
     repo.push();
@@ -170,7 +160,7 @@ fn push_note(b: &Backend, repo: &GitRepo, url: &str, note: &str) -> String {
     sha
 }
 
-const YML: &str = "step: show\ndebug: true\nshell: cat NOTES\n";
+pub const YML: &str = "step: show\ndebug: true\nshell: cat NOTES\n";
 
 #[test]
 fn a_new_commit_over_file_urls_comes_without_git_fetch() {
@@ -181,17 +171,17 @@ fn a_new_commit_over_file_urls_comes_without_git_fetch() {
     push_note(&b, &repo, &url, "one");
     // The clone left the branch a packed ref: the first push after it offers that as `have` too.
     // Every `git fetch` writes FETCH_HEAD; the clone does not.
-    let fetch_head = || mirror(&b.slaves[0], &repo).join("FETCH_HEAD").exists();
+    let fetch_head = || b.slaves[0].mirror(&repo).join("FETCH_HEAD").exists();
     assert!(!fetch_head(), "a clone writes no FETCH_HEAD");
     push_note(&b, &repo, &url, "two");
     let three = push_note(&b, &repo, &url, "three");
     let four = push_note(&b, &repo, &url, "four");
     assert!(!fetch_head(), "no git fetch ran for the pushes after the clone");
     assert_eq!(events(&b.slaves[0].log(), "fetch.by_git"), Vec::<&str>::new());
-    let tip = run(git(&mirror(&b.slaves[0], &repo)).args(["rev-parse", "refs/heads/main"]));
+    let tip = run(git(&b.slaves[0].mirror(&repo)).args(["rev-parse", "refs/heads/main"]));
     assert_eq!(tip.trim(), four, "the mirror's branch moved to the pushed commit");
     assert_ne!(three, four);
-    let fsck = git(&mirror(&b.slaves[0], &repo)).args(["fsck", "--connectivity-only", "--no-dangling"]).output().unwrap();
+    let fsck = git(&b.slaves[0].mirror(&repo)).args(["fsck", "--connectivity-only", "--no-dangling"]).output().unwrap();
     assert!(fsck.status.success(), "the mirror is whole: {}", String::from_utf8_lossy(&fsck.stderr));
 }
 

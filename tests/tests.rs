@@ -43,6 +43,10 @@ mod http_abuse;
 /// no git fetch, one POST, the mirror whole; a hostile answer makes the slave use git, in bounds.
 mod pack_fetch;
 
+/// A mirror repacked at git's own `gc --auto` thresholds by the build that fetched: one pack,
+/// no loose object, every object kept (also those no ref reaches).
+mod mirror_upkeep;
+
 /// Hostile repository and branch names: `..`, leading `/`, long, control characters, shell
 /// metacharacters, leading `-`, unicode — nothing outside the cache, no option to git.
 mod hostile_names;

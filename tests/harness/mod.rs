@@ -1160,6 +1160,16 @@ impl Slave {
         self.proc.stdout()
     }
 
+    /// The mirror of `repo` in this slave's cache (a bare repository, `.mirror-<hash>`).
+    pub fn mirror(&self, repo: &GitRepo) -> PathBuf {
+        fs::read_dir(self.cache.join(repo.name.replace('/', "%2F")))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".mirror-")))
+            .expect("the mirror")
+    }
+
     pub fn kill9(&mut self) {
         self.proc.kill9();
     }

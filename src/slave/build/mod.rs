@@ -7,6 +7,7 @@ pub(crate) mod inputs;
 pub mod integration;
 pub(crate) mod objects;
 pub(crate) mod pack_fetch;
+pub(crate) mod upkeep;
 pub(crate) mod when;
 pub(crate) mod workspace;
 

@@ -16,6 +16,7 @@ use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build::inputs::{self, Trees};
 use crate::slave::build::objects::{self, Kind, Objects};
 use crate::slave::build::pack_fetch;
+use crate::slave::build::upkeep;
 use crate::slave::build::when::Changed;
 use crate::slave::build_groups::BuildGroups;
 use crate::slave::build_user::BuildUser;
@@ -555,8 +556,32 @@ impl Git<'_> {
     /// fetch brought it along); else the branches of the builds `queued`
     /// come in the same fetch (one git fetch for a burst of pushes to one
     /// repository instead of one each), and alone again if that fails (one
-    /// of them deleted since).
+    /// of them deleted since). Then repacked, when that made it due.
     fn update_mirror(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str, sha: &str, queued: Queued) -> Result<(), GitError> {
+        self.fetch_into(repo_dir, mirror, url, source, sha, queued)?;
+        self.upkeep(mirror, url, sha)
+    }
+
+    /// [`upkeep`]: the mirror repacked when it is due. A failed repack is
+    /// logged and the build goes on; a timeout or an abort ends it.
+    fn upkeep(&self, mirror: &Path, url: &str, sha: &str) -> Result<(), GitError> {
+        let Some(due) = upkeep::due(mirror) else { return Ok(()) };
+        let started = Instant::now();
+        let url = crate::logging::quote(&scrub_url(url));
+        let (loose, packs) = (due.loose, due.packs);
+        match self.run(self.mirror_git(Some(mirror), None), upkeep::REPACK, "repack") {
+            Ok(_) => log::info!("mirror.repacked url={url} sha={sha} loose={loose} packs={packs} ms={}", started.elapsed().as_millis()),
+            Err(e) if e.ends_the_build() => return Err(e),
+            Err(e) => log::warn!(
+                "mirror.repack_failed url={url} sha={sha} loose={loose} packs={packs} error={}",
+                crate::logging::quote(&e.to_string())
+            ),
+        }
+        Ok(())
+    }
+
+    /// The fetch of [`Git::update_mirror`].
+    fn fetch_into(&self, repo_dir: &Path, mirror: &Path, url: &str, source: &str, sha: &str, queued: Queued) -> Result<(), GitError> {
         let cloned = !mirror.exists();
         if cloned {
             self.clone_mirror(repo_dir, mirror, url)?;
