@@ -30,6 +30,16 @@ pub fn read(objects: &Objects, sha: &str) -> Option<Commit> {
     }
 }
 
+/// What `git show -s` is asked to print where [`read`] answers `None`: the
+/// committer date (`%cI`), a newline, the message (`%B`).
+pub const SHOW_FORMAT: &str = "--format=%cI%n%B";
+
+/// The commit in what `git show -s` printed with [`SHOW_FORMAT`].
+pub fn from_show(shown: &str) -> Commit {
+    let (timestamp, message) = shown.split_once('\n').unwrap_or((shown, ""));
+    Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
+}
+
 /// Headers, a blank line, the message (`%B`); the date from the
 /// `committer` header, formatted like git's `%cI`.
 fn parse(body: &str) -> Option<Commit> {
@@ -113,9 +123,7 @@ mod tests {
 
     /// What the slave read from `git show -s --format=%cI%n%B` before.
     fn shown(dir: &Path, sha: &str) -> Commit {
-        let info = git(dir, &["show", "-s", "--format=%cI%n%B", sha], None);
-        let (timestamp, message) = info.split_once('\n').unwrap();
-        Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
+        from_show(&git(dir, &["show", "-s", SHOW_FORMAT, sha], None))
     }
 
     /// A bare repository in a fresh directory, removed when dropped.

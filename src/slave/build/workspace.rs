@@ -319,8 +319,9 @@ impl Git<'_> {
     /// are read from its object ([`commit_object`]; `git show` beside the
     /// checkout when it cannot be). A commit the mirror already holds,
     /// loose or packed, is not fetched again. A `git fetch` (when the one
-    /// request is not taken) also brings the branches `queued` names (the sources of other builds of this repository
-    /// waiting here, asked only when a fetch runs), so that theirs is skipped.
+    /// request is not taken) also brings the branches `queued` names (the
+    /// sources of other builds of this repository waiting here, asked only
+    /// when a fetch runs), so that theirs is skipped.
     /// Returns the commit and who the build's steps run as.
     #[allow(clippy::too_many_arguments)]
     pub fn prepare(
@@ -400,9 +401,8 @@ impl Git<'_> {
         let commit = match known.or_else(|| commit_object::read(&Objects::open(&mirror), sha)) {
             Some(c) => c,
             None => {
-                let info = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show")?;
-                let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
-                Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
+                let shown = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", commit_object::SHOW_FORMAT, &peeled], "show")?;
+                commit_object::from_show(&shown)
             }
         };
         // A symlink's blob is its target's name: it never parses as steps.
@@ -674,10 +674,8 @@ impl Git<'_> {
             self.run(Ok(self.build_git(Some(dir))), &["checkout", "--quiet", "--force", "--detach", &peeled], &format!("checkout {sha}"))
         };
         let git_show = || {
-            self.run(self.mirror_git(Some(mirror), None), &["show", "-s", "--format=%cI%n%B", &peeled], "show").map(|info| {
-                let (timestamp, message) = info.split_once('\n').unwrap_or((&info, ""));
-                Commit { timestamp: timestamp.trim().to_string(), message: message.trim_end().to_string() }
-            })
+            self.run(self.mirror_git(Some(mirror), None), &["show", "-s", commit_object::SHOW_FORMAT, &peeled], "show")
+                .map(|shown| commit_object::from_show(&shown))
         };
         let read = || commit_object::read(&Objects::open(mirror), sha);
         // The message and date: from the commit object when it reads here
