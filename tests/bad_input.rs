@@ -1,5 +1,6 @@
 //! Malformed and hostile input: 400 with a reason, 413 over HOOK_MAX_BODY, a huge declared
-//! Content-Length, garbage bytes and 500 idle sockets — and the hook keeps serving.
+//! Content-Length, garbage bytes and 500 idle sockets — and the hook keeps serving; a setting
+//! either binary cannot take stops it at start, exit code 2, saying why.
 
 use crate::harness::*;
 use std::io::{Read, Write};
@@ -285,4 +286,29 @@ fn silent_connections_are_closed_after_hook_idle_timeout() {
         }
     }
     assert_eq!(b.hook.get("/ping").code, 200);
+}
+
+/// A setting a binary cannot take stops it before it serves, the same way for the hook and the
+/// slave: exit code 2, and the variable, its value and what was expected on stderr. (The hook
+/// exited 1 with the reason in its log only, where a bad schedule or routing rule exited 2.)
+#[test]
+fn a_bad_setting_stops_either_binary_with_exit_code_2_saying_why() {
+    let redis = Redis::start();
+    let cases = [
+        ("hook", "HOOK_MAX_BODY", "lots", "HOOK_MAX_BODY=\"lots\""),
+        ("hook", "HOOK_FORK_PULLS", "maybe", "HOOK_FORK_PULLS=\"maybe\""),
+        ("slave", "SLAVE_EXECUTORS", "many", "SLAVE_EXECUTORS=\"many\""),
+    ];
+    for (k, (binary, key, value, says)) in cases.into_iter().enumerate() {
+        let mut cmd = scrubbed(&bin(binary));
+        cmd.env("REDIS_URL", redis.url()).env("HOOK_ADDR", "127.0.0.1:0").env("SLAVE_CACHE", redis.root.join("cache"));
+        cmd.env(key, value).current_dir(&redis.root);
+        let (out, err) = (redis.root.join(format!("setting-{k}.out")), redis.root.join(format!("setting-{k}.err")));
+        let mut proc = Proc::spawn(binary, cmd, out, err.clone());
+        let status = proc.wait_exit(LONG);
+        let stderr = std::fs::read_to_string(&err).unwrap();
+        assert_eq!(status.code(), Some(2), "{key}={value}: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains("expected"), "{key}={value}: {stderr}");
+        assert!(events(&proc.stdout(), "hook.listening").is_empty() && events(&proc.stdout(), "slave.ready").is_empty());
+    }
 }

@@ -31,8 +31,9 @@ fn main() {
     }
 }
 
-/// Why the hook ended early: it refused to start (exit 2, the reason also on
-/// stderr), or it failed (exit 1).
+/// Why the hook ended early: it refused to start (a setting, a schedule or
+/// the routing rule it cannot take: exit 2, the reason also on stderr, as
+/// the slave's), or it failed (exit 1).
 enum Stop {
     Refused(String),
     Failed(String),
@@ -45,7 +46,7 @@ impl From<String> for Stop {
 }
 
 fn run() -> Result<(), Stop> {
-    let config = config::HookConfig::from_env().map_err(|e| e.to_string())?;
+    let config = config::HookConfig::from_env().map_err(|e| Stop::Refused(e.to_string()))?;
     let schedules = cron::load(config.cron.as_deref(), config.cron_file.as_deref()).map_err(|e| Stop::Refused(e.0))?;
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = Arc::clone(&stop);
