@@ -185,6 +185,11 @@ pub const SLAVE_SETTINGS: &[Setting] = &[
     },
     Setting { name: "SLAVE_FORGE_TIMEOUT", default: "10", doc: "seconds one commit-status request may take" },
     Setting {
+        name: "SLAVE_CA_FILE",
+        default: "",
+        doc: "a PEM file of the certificate authorities the slave's own https clients (commit statuses, the one-request fetch) trust instead of the public roots built in, e.g. a private CA or /etc/ssl/certs/ca-certificates.crt",
+    },
+    Setting {
         name: "SLAVE_FORGE_ATTEMPTS",
         default: "5",
         doc: "attempts per commit status (2, 4, 8, 16 s apart) before `forge.status_failed`",
@@ -584,6 +589,8 @@ pub struct SlaveConfig {
     /// SLAVE_BUILD_GROUPS: first and last group id (inclusive), last below u32::MAX.
     pub build_groups: (u32, u32),
     pub max_log_bytes: usize,
+    /// SLAVE_CA_FILE; [`crate::slave::trust::install`] reads it.
+    pub ca_file: Option<std::path::PathBuf>,
     pub forge: ForgeSettings,
     pub containers: ContainerSettings,
 }
@@ -672,6 +679,7 @@ impl SlaveConfig {
             build_user,
             build_groups: group_range(s)?,
             max_log_bytes,
+            ca_file: raw(s, "SLAVE_CA_FILE").map(std::path::PathBuf::from),
             forge,
             containers,
         })

@@ -97,6 +97,10 @@ mod dashboard;
 /// retried a bounded number of times; a payload naming another host gets no token.
 mod forge_status;
 
+/// A forge behind a private CA: statuses reach it over TLS with SLAVE_CA_FILE only; a CA file
+/// the slave cannot take stops it at start.
+mod private_ca;
+
 /// Live logs followed over chunked HTTP as the steps print them; 200 followers; a
 /// follower that stops reading; HOOK_MAX_FOLLOWERS.
 mod follow;

@@ -1,7 +1,7 @@
 //! `slave`: takes its credentials out of the environment, reads its
 //! configuration, starts the logger, handles signals and runs the worker loop.
 
-use ci_backend::slave::{build_user, credentials, run as worker};
+use ci_backend::slave::{build_user, credentials, run as worker, trust};
 use ci_backend::store::conn::Target;
 use ci_backend::{config, logging};
 use std::sync::atomic::Ordering;
@@ -18,6 +18,7 @@ fn main() {
     logging::init();
     let config = config::SlaveConfig::from_env().unwrap_or_else(|e| exit(2, &e.to_string()));
     let build_user = build_user::BuildUser::resolve(&config.build_user).unwrap_or_else(|e| exit(2, &e.to_string()));
+    let roots = trust::install(config.ca_file.as_deref()).unwrap_or_else(|e| exit(2, &e));
     let identity =
         worker::Identity { build_user, git: taken.git, forges: taken.forges, secrets: taken.secrets, redis: Target::new(&config.redis) };
     let user = &identity.build_user;
@@ -33,6 +34,9 @@ fn main() {
         if user.switch { format!("{}-{}", config.build_groups.0, config.build_groups.1) } else { "-".to_string() },
         logging::quote(&creds)
     );
+    if let Some(file) = &config.ca_file {
+        log::info!("slave.trust ca_file={} certificates={roots}", logging::quote(&file.to_string_lossy()));
+    }
     if !identity.secrets.is_empty() {
         log::info!("slave.secrets names={}", logging::quote(&identity.secrets.names()));
     }

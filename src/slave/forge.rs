@@ -408,6 +408,7 @@ impl Poster {
             // A redirect would carry PRIVATE-TOKEN (a plain header) to wherever it points.
             .max_redirects(0)
             .user_agent(USER_AGENT)
+            .tls_config(crate::slave::trust::tls())
             .build()
             .into();
         let counter = Arc::clone(&dropped);

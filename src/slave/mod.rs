@@ -10,6 +10,7 @@
 //! - `proc`: child processes in their own groups, under a guard.
 //! - [`build_user`], [`credentials`], `forge`: who builds, git's secrets, commit statuses.
 //! - [`repo_secrets`]: the secrets per repository (SLAVE_SECRETS_FILE) and which step gets which.
+//! - [`trust`]: the certificate authorities its own https clients trust (SLAVE_CA_FILE).
 //! - `error`: why the slave cannot start.
 
 pub(crate) mod backend;
@@ -28,3 +29,4 @@ pub mod repo_secrets;
 pub(crate) mod reroute;
 pub mod run;
 pub(crate) mod state;
+pub mod trust;

@@ -118,16 +118,19 @@ pub fn plain_http(url: &str) -> bool {
 /// POSTs `body` to `<url>/git-upload-pack` and returns the answer's bytes
 /// (at most [`MAX_PACK`]), within `timeout` (at most 30 seconds). No
 /// redirect is followed and no credential is sent. A host that gave no git
-/// answer (no connection, TLS it does not take — a private CA git knows of,
-/// another status or content type) is left to git for [`SHUNNED_FOR`].
+/// answer (no connection, TLS it does not take — a private CA git knows of
+/// and `SLAVE_CA_FILE` does not name, [`crate::slave::trust`] — another
+/// status or content type) is left to git for [`SHUNNED_FOR`].
 pub fn post(url: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>, String> {
     static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
     let host = origin(url);
     if shunned(&host, None) {
         return Err(format!("{host} gave no git answer to an earlier request (left to git for a while)"));
     }
-    let agent = AGENT
-        .get_or_init(|| ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).user_agent(USER_AGENT).build().into());
+    let agent = AGENT.get_or_init(|| {
+        let config = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).user_agent(USER_AGENT);
+        config.tls_config(crate::slave::trust::tls()).build().into()
+    });
     let endpoint = format!("{}/git-upload-pack", url.trim_end_matches('/'));
     let sent = agent
         .post(&endpoint)
