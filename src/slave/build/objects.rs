@@ -90,6 +90,11 @@ impl Objects {
         (object_id(kind, &data) == raw).then_some((kind, data))
     }
 
+    /// Whether `id` is a commit here (read and checked, as [`Objects::read`]).
+    pub fn is_commit(&self, id: &str) -> bool {
+        matches!(self.read(id), Some((Kind::Commit, _)))
+    }
+
     /// The tree of commit `id`.
     pub fn commit_tree(&self, id: &str) -> Option<String> {
         let (kind, data) = self.read(id)?;
@@ -676,7 +681,7 @@ mod tests {
         let id: [u8; 20] = Sha1::digest([format!("blob {}\0", blob.len()).as_bytes(), &blob].concat()).into();
         let delta = vec![0xc0, 0x9a, 0x0c, 0x01, 0x90, 0x01];
         let n = 20_000u32;
-        let mut pack = [b"PACK\0\0\0\x02".to_vec(), (n + 1).to_be_bytes().to_vec()].concat();
+        let mut pack = [PACK_HEADER.to_vec(), (n + 1).to_be_bytes().to_vec()].concat();
         pack.extend(entry(3, blob.len()));
         pack.extend(deflate(&blob));
         let one = [entry(7, delta.len()), id.to_vec(), deflate(&delta)].concat();

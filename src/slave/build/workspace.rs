@@ -14,7 +14,7 @@
 
 use crate::slave::build::commit_object::{self, Commit};
 use crate::slave::build::inputs::{self, Trees};
-use crate::slave::build::objects::{self, Kind, Objects};
+use crate::slave::build::objects::{self, Objects};
 use crate::slave::build::pack_fetch;
 use crate::slave::build::upkeep;
 use crate::slave::build::when::Changed;
@@ -387,18 +387,23 @@ impl Git<'_> {
         }
         let held = repo_lock(&repo_dir);
         let _held = held.lock().unwrap_or_else(|p| p.into_inner());
-        if !has_commit(&mirror, sha) {
+        // Opened again whenever git changed the mirror: a fetch may keep a
+        // pack, a repack replaces them all.
+        let mut objects = Objects::open(&mirror);
+        if !objects.is_commit(sha) {
             self.update_mirror(&repo_dir, &mirror, url, source, sha, queued)?;
+            objects = Objects::open(&mirror);
         }
         let peeled = format!("{sha}^{{commit}}");
         // A commit object read is one there (no process); else ask git.
-        let known = commit_object::read(&Objects::open(&mirror), sha);
+        let known = commit_object::read(&objects, sha);
         let in_mirror = || self.run(self.mirror_git(Some(&mirror), None), &["cat-file", "-e", &peeled], "cat-file -e").is_ok();
         if known.is_none() && !in_mirror() {
             let spec = format!("+{sha}:refs/ci/build");
             self.remote(Some(&mirror), url, &["fetch", "--quiet", "--no-tags", "origin", &spec], &format!("fetch origin {sha}"))?;
+            objects = Objects::open(&mirror);
         }
-        let commit = match known.or_else(|| commit_object::read(&Objects::open(&mirror), sha)) {
+        let commit = match known.or_else(|| commit_object::read(&objects, sha)) {
             Some(c) => c,
             None => {
                 let shown = self.run(self.mirror_git(Some(&mirror), None), &["show", "-s", commit_object::SHOW_FORMAT, &peeled], "show")?;
@@ -407,7 +412,7 @@ impl Git<'_> {
         };
         // A symlink's blob is its target's name: it never parses as steps.
         let (file, max) = (format!("{sha}:integration.yml"), crate::slave::build::integration::MAX_FILE);
-        let text = match read_file(&Objects::open(&mirror), sha, "integration.yml") {
+        let text = match read_file(&objects, sha, "integration.yml") {
             Some(found) => found.map(|blob| String::from_utf8_lossy(&blob[..blob.len().min(max + 1)]).into_owned()),
             None => {
                 self.run_kept(self.mirror_git(Some(&mirror), None), &["cat-file", "blob", &file], "cat-file integration.yml", max + 1).ok()
@@ -657,7 +662,7 @@ impl Git<'_> {
         drop(answer);
         let objects = Objects::open(mirror);
         objects.store_pack(&pack).map_err(not)?;
-        if !matches!(objects.read(sha), Some((Kind::Commit, _))) {
+        if !objects.is_commit(sha) {
             return Err(not("the pack did not bring the commit loose".into()));
         }
         pack_fetch::set_branch(mirror, source, sha).map_err(not)
@@ -844,7 +849,7 @@ fn list_paths(objects: &Objects, sha: &str, paths: &[&str]) -> Option<Vec<(Strin
 /// sha is the same commit and trees, whichever branch it came with (a
 /// fast-forward merge pushes a commit its branch already brought).
 fn has_commit(mirror: &Path, sha: &str) -> bool {
-    mirror.join("HEAD").is_file() && matches!(Objects::open(mirror).read(sha), Some((Kind::Commit, _)))
+    mirror.join("HEAD").is_file() && Objects::open(mirror).is_commit(sha)
 }
 
 fn repo_lock(repo_dir: &Path) -> Arc<Mutex<()>> {
