@@ -1,14 +1,13 @@
 //! A self-hosted forge behind a private certificate authority: the slave's commit status
 //! reaches it over TLS when SLAVE_CA_FILE names the CA, and not otherwise (the public roots
-//! built into the slave do not know it). The forge's API is `openssl s_server` with a
-//! certificate for 127.0.0.1 that a CA made here signed; what it received is read from its
-//! output, and the test answers through its input. A CA file the slave cannot take stops it.
+//! built into the slave do not know it). The forge's API is the harness's [`TlsServer`]
+//! (`openssl s_server`) with a certificate for 127.0.0.1 that a CA made here signed; what it
+//! received is read from its output, and the test answers through its input. A CA file the slave cannot take stops it.
 
 use crate::harness::*;
 use serde_json::json;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 /// Runs openssl with `args` in `dir`; panics when it fails.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -56,43 +55,9 @@ fn certificates(dir: &Path) {
     );
 }
 
-/// `openssl s_server` on 127.0.0.1:`port`: what a client sends lands in `out`, what is written
-/// to its input goes back to the client.
-struct TlsServer {
-    child: Child,
-    input: ChildStdin,
-    out: PathBuf,
-    port: u16,
-}
-
-impl TlsServer {
-    fn start(dir: &Path, name: &str) -> TlsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let out = dir.join(format!("{name}.out"));
-        let mut child = Command::new("openssl")
-            .args(["s_server", "-quiet", "-cert", "srv.crt", "-key", "srv.key", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
-            .spawn()
-            .expect("openssl s_server");
-        let input = child.stdin.take().unwrap();
-        wait_for("s_server listening", LONG, || std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()));
-        TlsServer { child, input, out, port }
-    }
-
-    fn received(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A TLS server with the certificate the CA signed; what it prints goes to `<name>.out`.
+fn forge(dir: &Path, name: &str) -> TlsServer {
+    TlsServer::start(&dir.join("srv.crt"), &dir.join("srv.key"), dir.join(format!("{name}.out")))
 }
 
 /// A backend whose one slave posts GitHub statuses to `server` with `token`, and `extra`.
@@ -129,7 +94,7 @@ fn a_forge_behind_a_private_ca_gets_its_status_only_with_slave_ca_file() {
     let ca = dir.join("ca.crt").to_string_lossy().into_owned();
 
     // The public roots: the handshake fails, nothing reaches the forge.
-    let server = TlsServer::start(&dir, "without");
+    let server = forge(&dir, "without");
     let b = backend(&server, "ghp-private-1", &[]);
     let sha = push(&b, &server);
     let failed = wait_for("the status given up", LONG, || {
@@ -140,28 +105,20 @@ fn a_forge_behind_a_private_ca_gets_its_status_only_with_slave_ca_file() {
     let log = b.slaves[0].log();
     let tried = events(&log, "forge.status").into_iter().find(|l| l.contains("code=-")).unwrap_or_else(|| panic!("{log}"));
     assert!(tried.to_lowercase().contains("certificate") || tried.contains("UnknownIssuer"), "{tried}");
-    assert!(!server.received().contains("POST"), "{}", server.received());
+    assert!(!server.output().contains("POST"), "{}", server.output());
     drop(b);
     drop(server);
 
     // SLAVE_CA_FILE naming the CA: the status arrives over TLS, with its token, and is answered.
-    let mut server = TlsServer::start(&dir, "with");
+    let mut server = forge(&dir, "with");
     let b = backend(&server, "ghp-private-2", &[("SLAVE_CA_FILE", &ca)]);
     let started = events(&b.slaves[0].log(), "slave.trust").join("\n");
     assert!(started.contains("certificates=1"), "{started}");
     let sha = push(&b, &server);
     let path = format!("POST /api/v3/repos/acme/private/statuses/{sha} HTTP/1.1");
-    let request = wait_for("the status request", LONG, || {
-        let got = server.received();
-        if got.contains(&path) && got.contains("\r\n\r\n") {
-            Ok(got)
-        } else {
-            Err(got)
-        }
-    });
+    let request = server.wait_until("the status request", |out| out.split(&path).nth(1).is_some_and(|rest| rest.contains("\r\n\r\n")));
     assert!(request.to_lowercase().contains("authorization: bearer ghp-private-2"), "{request}");
-    server.input.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n").unwrap();
-    server.input.flush().unwrap();
+    server.send("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
     let sent = wait_for("the status answered", LONG, || {
         let log = b.slaves[0].log();
         events(&log, "forge.status").into_iter().find(|l| l.contains("code=201")).map(|l| l.to_string()).ok_or(log.clone())

@@ -570,80 +570,27 @@ fn a_slave_that_is_not_root_runs_steps_as_itself_and_keeps_its_environ() {
     assert_eq!(events(&log, "slave.credentials_shared").len(), 1, "no warning that steps share the slave's user:\n{log}");
 }
 
-/// A TLS server (`openssl s_server`, which prints what a client sends and sends what it is
-/// given) on 127.0.0.1 with a fresh self-signed certificate for that address.
-struct TlsServer {
-    port: u16,
-    cert: std::path::PathBuf,
-    out: std::path::PathBuf,
-    stdin: Option<std::process::ChildStdin>,
-    child: std::process::Child,
-}
-
-impl TlsServer {
-    fn start(dir: &Path) -> TlsServer {
-        let (key, cert, out) = (dir.join("tls.key"), dir.join("tls.crt"), dir.join("tls.out"));
-        run(std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null()));
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = std::process::Command::new("openssl")
-            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("openssl s_server");
-        let stdin = child.stdin.take();
-        let server = TlsServer { port, cert, out, stdin, child };
-        server.wait_until("s_server to listen", |out| out.contains("ACCEPT"));
-        server
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
-    }
-
-    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        wait_for(what, LONG, || {
-            let out = self.output();
-            if done(&out) {
-                Ok(out)
-            } else {
-                Err(out.lines().last().unwrap_or("").to_string())
-            }
-        })
-    }
-
-    fn send(&mut self, bytes: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(bytes.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A fresh self-signed certificate for 127.0.0.1 in `dir`: its key and certificate.
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (key, cert) = (dir.join("tls.key"), dir.join("tls.crt"));
+    run(std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null()));
+    (key, cert)
 }
 
 #[test]
 fn git_credentials_reach_their_own_https_host() {
     let (pw, ..) = password();
     let b = Backend::start(0, &[], &[]);
-    let mut tls = TlsServer::start(b.root());
+    let (key, cert) = self_signed(b.root());
+    let mut tls = TlsServer::start(&cert, &key, b.root().join("tls.out"));
     let creds = format!("https://ci-user:{pw}@127.0.0.1:{}/acme https://other-user:{pw}x@127.0.0.1:{}/other", tls.port, tls.port);
-    let cainfo = tls.cert.to_string_lossy().into_owned();
+    let cainfo = cert.to_string_lossy().into_owned();
     let slave = Slave::start(&b.redis, &[("GIT_CREDENTIALS", &creds), ("GIT_SSL_CAINFO", &cainfo)]);
     b.hook.wait_slaves("slave", 1);
     let url = format!("https://127.0.0.1:{}/acme/app.git", tls.port);

@@ -1533,6 +1533,65 @@ pub fn seen(build: &Build) -> Option<String> {
     build.log.iter().find_map(|l| l.strip_prefix("[passed]   . seen=").map(String::from))
 }
 
+/// A TLS server (`openssl s_server`, which prints what a client sends and sends what it is
+/// given) on 127.0.0.1 with the certificate `cert` (for IP 127.0.0.1) and its `key`; what it
+/// prints goes to `out`.
+pub struct TlsServer {
+    pub port: u16,
+    out: PathBuf,
+    stdin: Option<std::process::ChildStdin>,
+    child: std::process::Child,
+}
+
+impl TlsServer {
+    pub fn start(cert: &Path, key: &Path, out: PathBuf) -> TlsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert"])
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let stdin = child.stdin.take();
+        let server = TlsServer { port, out, stdin, child };
+        server.wait_until("s_server to listen", |out| out.contains("ACCEPT"));
+        server
+    }
+
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    pub fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        wait_for(what, LONG, || {
+            let out = self.output();
+            if done(&out) {
+                Ok(out)
+            } else {
+                Err(out.lines().last().unwrap_or("").to_string())
+            }
+        })
+    }
+
+    pub fn send(&mut self, bytes: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(bytes.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod selftest {
     use super::*;
